@@ -1,0 +1,418 @@
+"""The on-disk content-addressed chunk store of one dfsd.
+
+Synchronous and thread-safe: the daemon calls it from several worker threads
+at once.  There is no lock on the data path; a small lock guards only the
+in-memory counters (chunk count, bytes, cached free space).
+
+Layout under ``root``::
+
+    chunks/ab/cd/<64 hex chars>   one encoded chunk (see dfs.codec), named by its id
+    chunks/tmp/                   temp files being written; emptied at start-up
+
+Invariants:
+- a file under ``chunks/ab/cd/`` is always a complete blob that passed
+  :func:`dfs.codec.verify` when written: it is written (and fsynced, unless
+  ``fsync=False``) under ``tmp/``, then hard-linked into place, so readers
+  never see a partial chunk, also not after a crash or ENOSPC;
+- publishing uses ``link(2)``, which fails if the name exists, so concurrent
+  puts of one id store it once and exactly one of them returns True; the
+  counters therefore stay exact without locking the data path.  On a
+  filesystem without hard links, publishing falls back to check-then-rename
+  under a per-id stripe lock;
+- :meth:`ChunkStore.get` never returns bytes that fail verification;
+- one ChunkStore per root at a time: start-up removes everything in ``tmp/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dfs.codec import ID_SIZE, verify
+from dfs.errors import ChunkMissing, CorruptChunk, DfsError, InvalidArgument, NoSpace, from_oserror
+
+log = logging.getLogger("dfs.chunks")
+
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_HEX_ID = re.compile(rf"[0-9a-f]{{{2 * ID_SIZE}}}")
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# link(2) failures meaning "this filesystem cannot hard-link": fall back to rename.
+_NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
+# How long a statvfs result is trusted for the reserve check (adjusted by our own writes).
+_SPACE_CACHE_S = 1.0
+_FILE_MODE = 0o600
+
+
+def _sync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # cleanup of a temp file must not hide the real error
+        log.warning("could not remove temp file %s: %s", path, exc)
+
+
+class ChunkStore:
+    """Encoded chunks on local disk, addressed by their 32-byte id."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, reserve_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.reserve_bytes = reserve_bytes
+        self.checksum_failures = 0
+        self._chunks = os.path.join(self.root, "chunks")
+        self._tmp = os.path.join(self._chunks, "tmp")
+        self._lock = threading.Lock()  # guards the counters below, never held during I/O
+        self._count = 0
+        self._bytes = 0
+        self._space_at = -_SPACE_CACHE_S
+        self._space_avail = 0
+        # "ab/cd" fan-out dirs known to exist (and durable): skips a mkdir per put.
+        self._dirs: set[str] = set()
+        self._seq = itertools.count()  # unique temp names; next() is atomic
+        self._use_link = True
+        self._rename_locks = [threading.Lock() for _ in range(64)]  # only without hard links
+        try:
+            os.makedirs(self._tmp, exist_ok=True)
+            self._clean_tmp()
+            self._scan()
+        except OSError as exc:
+            raise from_oserror(exc, f"opening chunk store {self._chunks}") from exc
+
+    # -- start-up ---------------------------------------------------------------
+    def _clean_tmp(self) -> None:
+        """Remove temp files left by a crash (they were never published)."""
+        removed = 0
+        with os.scandir(self._tmp) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _unlink_quietly(entry.path)
+                removed += 1
+        if removed:
+            log.info("removed %d leftover temp file(s) from %s", removed, self._tmp)
+
+    def _scan(self) -> None:
+        """Count stored chunks and bytes once, so stats() need not walk the disk."""
+        started = time.monotonic()
+        count = size = 0
+        for entry in self._walk(record_dirs=True):
+            count += 1
+            size += entry.stat(follow_symlinks=False).st_size
+        with self._lock:
+            self._count, self._bytes = count, size
+        log.info(
+            "chunk store %s: %d chunks, %d bytes (scanned in %.2fs)",
+            self._chunks,
+            count,
+            size,
+            time.monotonic() - started,
+        )
+
+    def _walk(self, *, record_dirs: bool = False) -> Iterator[os.DirEntry[str]]:
+        """Every chunk file; skips tmp/ and anything not named like a chunk."""
+        for top in self._subdirs(self._chunks):
+            for mid in self._subdirs(top.path):
+                if record_dirs:  # at start-up every existing dir is as durable as it will get
+                    self._dirs.add(f"{top.name}/{mid.name}")
+                prefix = top.name + mid.name
+                try:
+                    with os.scandir(mid.path) as it:
+                        for entry in it:
+                            name = entry.name
+                            if (
+                                name.startswith(prefix)
+                                and _HEX_ID.fullmatch(name)
+                                and entry.is_file(follow_symlinks=False)
+                            ):
+                                yield entry
+                except FileNotFoundError:
+                    continue
+
+    @staticmethod
+    def _subdirs(path: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                return [e for e in it if _HEX2.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+
+    # -- naming -----------------------------------------------------------------
+    @staticmethod
+    def _hex(chunk_id: bytes) -> str:
+        if not isinstance(chunk_id, bytes) or len(chunk_id) != ID_SIZE:
+            raise InvalidArgument(f"chunk id must be {ID_SIZE} bytes, got {chunk_id!r:.80}")
+        return chunk_id.hex()
+
+    def _path(self, hexid: str) -> str:
+        return os.path.join(self._chunks, hexid[:2], hexid[2:4], hexid)
+
+    def path_of(self, chunk_id: bytes) -> Path:
+        """Where the chunk lives (whether or not it exists)."""
+        return Path(self._path(self._hex(chunk_id)))
+
+    # -- writing ----------------------------------------------------------------
+    def put(self, chunk_id: bytes, blob: bytes) -> bool:
+        """Store ``blob`` under ``chunk_id``; False if it was already stored.
+
+        Raises CorruptChunk for a blob that fails verification and NoSpace
+        when the disk (or the configured reserve) is full.
+        """
+        hexid = self._hex(chunk_id)
+        verify(blob)
+        final = self._path(hexid)
+        if self._exists(final):
+            return False
+        self._check_reserve(hexid, len(blob))
+        self._ensure_dir(hexid)
+        tmp = self._write_temp(hexid, blob)
+        try:
+            created = self._publish(hexid, tmp, final)
+        finally:
+            _unlink_quietly(tmp)
+        if not created:
+            return False
+        with self._lock:
+            self._count += 1
+            self._bytes += len(blob)
+            self._space_avail -= len(blob)
+        if self.fsync:
+            # The chunk is complete and counted; a failure here is reported but leaves it.
+            self._sync(os.path.dirname(final), f"syncing directory of chunk {hexid}")
+        return True
+
+    def _sync(self, directory: str, context: str) -> None:
+        try:
+            _sync_dir(directory)
+        except OSError as exc:
+            raise self._error(exc, context) from exc
+
+    def _error(self, exc: OSError, context: str) -> DfsError:
+        if exc.errno in _NO_SPACE_ERRNOS:
+            return NoSpace(f"{context}: no space left in {self._chunks} ({exc.strerror})")
+        return from_oserror(exc, context)
+
+    def _check_reserve(self, hexid: str, size: int) -> None:
+        if self.reserve_bytes <= 0:
+            return
+        avail = self._avail_bytes()
+        if avail - size < self.reserve_bytes:
+            raise NoSpace(
+                f"storing chunk {hexid} ({size} bytes) would leave {avail - size} bytes free in "
+                f"{self._chunks}, below the reserve of {self.reserve_bytes}"
+            )
+
+    def _avail_bytes(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._space_at < _SPACE_CACHE_S:
+                return self._space_avail
+        try:
+            st = os.statvfs(self._chunks)
+        except OSError as exc:
+            raise from_oserror(exc, f"statvfs {self._chunks}") from exc
+        avail = st.f_bavail * st.f_frsize
+        with self._lock:
+            self._space_at, self._space_avail = now, avail
+        return avail
+
+    def _ensure_dir(self, hexid: str) -> None:
+        rel = f"{hexid[:2]}/{hexid[2:4]}"
+        if rel in self._dirs:
+            return
+        top = os.path.join(self._chunks, hexid[:2])
+        mid = os.path.join(top, hexid[2:4])
+        try:
+            os.makedirs(mid, exist_ok=True)
+            if self.fsync:
+                # New directory entries are durable only once their parents are synced.
+                _sync_dir(top)
+                _sync_dir(self._chunks)
+        except OSError as exc:
+            raise self._error(exc, f"creating chunk directory {mid}") from exc
+        self._dirs.add(rel)  # only after it is durable: others then skip the sync
+
+    def _write_temp(self, hexid: str, blob: bytes) -> str:
+        """Write and fsync ``blob`` to a new temp file; on failure remove it."""
+        tmp = os.path.join(self._tmp, f"{hexid}.{os.getpid()}.{next(self._seq)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        except OSError as exc:
+            raise self._error(exc, f"creating temp file for chunk {hexid}") from exc
+        try:
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise self._error(exc, f"writing chunk {hexid} ({len(blob)} bytes)") from exc
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def _publish(self, hexid: str, tmp: str, final: str) -> bool:
+        """Give the written temp file its final name; False if the chunk already exists."""
+        for attempt in (1, 2):
+            try:
+                return self._link(hexid, tmp, final)
+            except FileNotFoundError as exc:
+                # The fan-out dir vanished behind our cache: recreate it once.
+                self._dirs.discard(f"{hexid[:2]}/{hexid[2:4]}")
+                if attempt == 2:
+                    raise self._error(exc, f"publishing chunk {hexid}") from exc
+                self._ensure_dir(hexid)
+            except OSError as exc:
+                raise self._error(exc, f"publishing chunk {hexid}") from exc
+        raise AssertionError("unreachable")
+
+    def _link(self, hexid: str, tmp: str, final: str) -> bool:
+        if self._use_link:
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False  # a concurrent put of the same id won
+            except OSError as exc:
+                if exc.errno not in _NO_LINK_ERRNOS:
+                    raise
+                log.info("%s cannot hard-link (%s); publishing chunks by rename", self._chunks, exc)
+                self._use_link = False
+        # rename() would silently replace, so check-then-rename under a per-id stripe lock.
+        with self._rename_locks[int(hexid[:4], 16) % len(self._rename_locks)]:
+            if self._exists(final):
+                return False
+            os.rename(tmp, final)
+            return True
+
+    # -- reading ----------------------------------------------------------------
+    def get(self, chunk_id: bytes) -> bytes:
+        """The stored blob, verified; ChunkMissing if absent, CorruptChunk if damaged."""
+        hexid = self._hex(chunk_id)
+        path = self._path(hexid)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                blob = f.read()
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {hexid} is not stored in {self._chunks}") from None
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                # Unreadable media is a damaged chunk: callers can repair it like one.
+                raise CorruptChunk(f"chunk {hexid} at {path} is unreadable: {exc.strerror}") from exc
+            raise from_oserror(exc, f"reading chunk {hexid}") from exc
+        try:
+            verify(blob)
+        except CorruptChunk as exc:
+            with self._lock:
+                self.checksum_failures += 1
+            log.warning("corrupt chunk %s at %s: %s", hexid, path, exc.message)
+            raise CorruptChunk(f"chunk {hexid} at {path} is corrupt: {exc.message}") from None
+        return blob
+
+    @staticmethod
+    def _exists(path: str) -> bool:
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def exists(self, chunk_id: bytes) -> bool:
+        return self._exists(self._path(self._hex(chunk_id)))
+
+    def has(self, chunk_ids: list[bytes]) -> list[bool]:
+        return [self.exists(cid) for cid in chunk_ids]
+
+    def stored_bytes(self, chunk_id: bytes) -> int:
+        """Size on disk of the stored blob (header included)."""
+        hexid = self._hex(chunk_id)
+        try:
+            return os.stat(self._path(hexid)).st_size
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {hexid} is not stored in {self._chunks}") from None
+        except OSError as exc:
+            raise from_oserror(exc, f"stat of chunk {hexid}") from exc
+
+    def iter_ids(self) -> Iterator[bytes]:
+        """Every stored chunk id, in no particular order."""
+        for entry in self._walk():
+            yield bytes.fromhex(entry.name)
+
+    def scrub(self, chunk_ids: Iterable[bytes]) -> list[bytes]:
+        """The ids among ``chunk_ids`` that are missing or fail verification."""
+        bad: list[bytes] = []
+        for cid in chunk_ids:
+            try:
+                self.get(cid)
+            except (CorruptChunk, ChunkMissing):
+                bad.append(cid)
+        return bad
+
+    # -- deleting ---------------------------------------------------------------
+    def delete(self, chunk_ids: Iterable[bytes]) -> int:
+        """Remove the given chunks (absent ones are ignored); returns how many were removed."""
+        removed = freed = 0
+        dirs: set[str] = set()
+        try:
+            for cid in chunk_ids:
+                hexid = self._hex(cid)
+                path = self._path(hexid)
+                try:
+                    # A put cannot replace an existing chunk, so this size is the one unlinked.
+                    size = os.stat(path).st_size
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue  # absent, or a concurrent delete won
+                except OSError as exc:
+                    raise from_oserror(exc, f"deleting chunk {hexid}") from exc
+                removed += 1
+                freed += size
+                dirs.add(os.path.dirname(path))
+        finally:
+            with self._lock:
+                self._count -= removed
+                self._bytes -= freed
+                self._space_avail += freed
+        if self.fsync:
+            for d in dirs:
+                self._sync(d, f"syncing chunk directory {d}")
+        return removed
+
+    # -- accounting -------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Capacity of the filesystem holding the store, and what the store uses."""
+        try:
+            st = os.statvfs(self._chunks)
+        except OSError as exc:
+            raise from_oserror(exc, f"statvfs {self._chunks}") from exc
+        with self._lock:
+            return {
+                "total_bytes": st.f_blocks * st.f_frsize,
+                "free_bytes": st.f_bfree * st.f_frsize,
+                "avail_bytes": st.f_bavail * st.f_frsize,
+                "chunk_count": self._count,
+                "used_bytes": self._bytes,
+                "checksum_failures": self.checksum_failures,
+            }

@@ -1,0 +1,117 @@
+"""``dfsd``: run one dfs daemon in the foreground.
+
+Start-up order: config, logging, stores, listeners; then readiness is
+announced (systemd ``READY=1`` when ``NOTIFY_SOCKET`` is set, and the pid
+file ``<data_dir>/dfsd.pid``).  SIGTERM or SIGINT cancel everything; the
+stores are closed after every task has finished, so shutdown is graceful.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from daemon.service import Service
+from dfs import config as config_mod
+from dfs import logs, rpc
+from dfs.config import Config
+from dfs.errors import DfsError
+
+log = logging.getLogger("dfs.daemon")
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd about readiness (Type=notify); a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(addr)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+async def _wait_for_signal(cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            cancel.cancel()
+            return
+
+
+async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED) -> None:
+    service = Service(cfg)
+    try:
+        server = rpc.RpcServer(
+            service.handlers,
+            max_frame_bytes=cfg.rpc.max_frame_bytes,
+            max_inflight_per_conn=cfg.rpc.max_inflight_per_conn,
+        )
+        listeners = await rpc.open_listeners(cfg.rpc.listen)
+        if cfg.rpc.unix_socket:
+            listeners += await rpc.open_listeners(f"unix:{cfg.unix_socket_path}")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            nursery.start_soon(service.run_background)
+            task_status.started(service)
+            await trio.sleep_forever()
+    finally:
+        service.close()
+
+
+async def _main(cfg: Config) -> None:
+    pid_path = cfg.data_path / "dfsd.pid"
+    with trio.CancelScope() as cancel:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_wait_for_signal, cancel)
+            await nursery.start(serve, cfg)
+            pid_path.write_text(f"{os.getpid()}\n")
+            _sd_notify("READY=1")
+            log.info("dfsd ready", extra={"ctx": {"node": cfg.node_id, "listen": cfg.rpc.listen}})
+    _sd_notify("STOPPING=1")
+    try:
+        if pid_path.read_text().strip() == str(os.getpid()):
+            pid_path.unlink()
+    except OSError:
+        pass
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf to read")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="override [node] data_dir")
+@click.option("--listen", help="override [rpc] listen (HOST:PORT)")
+@click.version_option(package_name="dfs")
+def main(config_path: str | None, data_dir: str | None, listen: str | None) -> None:
+    """Run the dfs daemon in the foreground."""
+    try:
+        cfg = config_mod.load(config_path)
+        overrides: dict[str, dict[str, object]] = {}
+        if data_dir:
+            overrides["node"] = {"data_dir": str(Path(data_dir).resolve())}
+        if listen:
+            overrides["rpc"] = {"listen": listen}
+        if overrides:
+            cfg = config_mod.replace(cfg, **overrides)
+        logs.setup(cfg.log)
+        trio.run(_main, cfg)
+    except DfsError as exc:
+        click.echo(f"dfsd: {exc.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"dfsd: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1535 @@
+"""The metadata service's synchronous core: namespace, inodes, block maps and chunk refcounts in SQLite.
+
+:class:`MetaStore` owns one SQLite database and is driven from exactly one
+thread (the daemon's metadata worker), so it needs no locking of its own.
+Every mutating operation runs in one ``BEGIN IMMEDIATE`` transaction that
+also appends a row to ``oplog`` (the seam for future replication), so either
+all of an operation's effects are committed or none are.
+
+Schema (see ``_SCHEMA``):
+
+- ``inodes``: one row per inode.  ``stored`` caches the sum of the file's
+  block-map ``stored_bytes`` plus the length of its inline data; st_blocks is
+  derived from it.  Variable-size columns (symlink target, inline data) come
+  last so the fixed attributes stay in the row's local payload.
+- ``dentries``: ``(parent, name) -> ino`` with an AUTOINCREMENT ``id`` that is
+  the readdir cookie (never reused; a renamed entry gets a new one).
+- ``blocks``: the block map, ``(ino, idx) -> chunk_id, length, stored_bytes``.
+- ``chunks``: one row per chunk with its refcount; ``zero_since_ns`` is set
+  while the refcount is 0.  Only :meth:`MetaStore.gc_collect` deletes rows.
+- ``xattrs``, ``sessions``, ``opens`` (open counts per session and inode),
+  ``oplog`` and ``config`` (the block size the block maps were written with).
+
+Invariants (all checked, and where possible repaired, by :meth:`MetaStore.fsck`):
+
+- inode numbers are never reused; the root is ``ROOT_INO`` and has no dentry;
+- a directory has exactly one dentry and nlink = 2 + its subdirectories
+  (0 once removed); a non-directory's nlink is its number of dentries;
+- an inode with nlink 0 exists only while some session holds it open;
+- every directory is reachable from the root, and none from itself;
+- a chunk's refcount equals the number of block-map entries naming it;
+- block entries lie below the file size and name chunks that are stored;
+- only regular files hold inline data or blocks, never both, and inline data
+  is no longer than the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import msgpack
+
+from dfs.errors import (
+    ChunkMissing,
+    ConfigError,
+    DfsError,
+    Exists,
+    InternalError,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NoAttribute,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    RangeError,
+    TooManyLinks,
+    from_oserror,
+)
+from dfs.meta import (
+    NAME_MAX,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    ROOT_INO,
+    XATTR_CREATE,
+    XATTR_NAME_MAX,
+    XATTR_REPLACE,
+    XATTR_SIZE_MAX,
+    Attr,
+    BlockRef,
+    DirEntry,
+    FileMap,
+    check_name,
+)
+
+SCHEMA_VERSION = 1
+LINK_MAX = 65000
+DIR_SIZE = 4096  # st_size reported for every directory: stable and what tools expect
+_IFMT = 0o170000
+_IFDIR = stat.S_IFDIR
+_IFREG = stat.S_IFREG
+_PERM_BITS = 0o7777
+_RELATIME_NS = 24 * 3600 * 10**9
+# create/open refresh their session at most this often (heartbeats always do): saves a page write.
+_SESSION_REFRESH_NS = 10**9
+_LOST_FOUND = b"lost+found"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS inodes (
+        ino INTEGER PRIMARY KEY AUTOINCREMENT,
+        mode INTEGER NOT NULL,
+        nlink INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        rdev INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        stored INTEGER NOT NULL,
+        atime_ns INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        symlink BLOB,
+        inline BLOB)""",
+    """CREATE TABLE IF NOT EXISTS dentries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        parent INTEGER NOT NULL,
+        name BLOB NOT NULL,
+        ino INTEGER NOT NULL,
+        is_dir INTEGER NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS dentries_by_name ON dentries (parent, name)",
+    # readdir scans (parent, id > cookie) in id order.
+    "CREATE INDEX IF NOT EXISTS dentries_by_cookie ON dentries (parent, id)",
+    # Only directories are ever looked up by ino (parent walks); leaving files out of this
+    # index saves a page write on every file create/unlink/rename.
+    "CREATE INDEX IF NOT EXISTS dentries_dirs ON dentries (ino) WHERE is_dir = 1",
+    """CREATE TABLE IF NOT EXISTS xattrs (
+        ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS blocks (
+        ino INTEGER NOT NULL, idx INTEGER NOT NULL, chunk_id BLOB NOT NULL,
+        length INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
+        PRIMARY KEY (ino, idx)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chunks (
+        chunk_id BLOB PRIMARY KEY, refcount INTEGER NOT NULL,
+        stored_bytes INTEGER NOT NULL, zero_since_ns INTEGER) WITHOUT ROWID""",
+    # gc_collect only ever looks at unreferenced chunks, oldest first.
+    "CREATE INDEX IF NOT EXISTS chunks_unreferenced ON chunks (zero_since_ns) WHERE refcount = 0",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, last_seen_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    # Keyed by ino first: "is it open?" is the hot question; by-session scans (expiry) are rare
+    # and the table only holds currently open files.
+    """CREATE TABLE IF NOT EXISTS opens (
+        ino INTEGER NOT NULL, session TEXT NOT NULL, count INTEGER NOT NULL,
+        PRIMARY KEY (ino, session)) WITHOUT ROWID""",
+    # Plain rowid keys (no AUTOINCREMENT page write); _log continues from config's
+    # 'oplog_seq' when oplog_trim emptied the table, so sequence numbers never repeat.
+    """CREATE TABLE IF NOT EXISTS oplog (
+        seq INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL,
+        op TEXT NOT NULL, args BLOB NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+)
+
+
+def _attr_cols(prefix: str) -> str:
+    """The SELECT list that maps an inodes row onto :class:`Attr`, in field order."""
+    p = prefix
+    return (
+        f"{p}ino, {p}mode, {p}nlink, {p}uid, {p}gid, {p}rdev, {p}size, ({p}stored + 511) / 512, "
+        f"{p}atime_ns, {p}mtime_ns, {p}ctime_ns, {p}generation"
+    )
+
+
+_ATTR = _attr_cols("")
+_ATTR_I = _attr_cols("i.")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _db_error(exc: sqlite3.Error, context: str) -> DfsError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc):
+        return NoSpace(f"metadata {context}: {exc}")
+    return InternalError(f"metadata {context}: {type(exc).__name__}: {exc}")
+
+
+def _api(fn: Callable[P, R]) -> Callable[P, R]:
+    """Translate sqlite3 and OS errors escaping a public method into dfs errors."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _db_error(exc, name) from exc
+        except OSError as exc:
+            raise from_oserror(exc, f"metadata {name}") from exc
+
+    return wrapper
+
+
+def _is_dir(mode: int) -> bool:
+    return mode & _IFMT == _IFDIR
+
+
+def _check_lookup_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
+
+
+def _check_xattr_name(name: bytes) -> None:
+    if not name:
+        raise RangeError("empty xattr name")
+    if len(name) > XATTR_NAME_MAX:
+        raise NameTooLong(f"xattr name of {len(name)} bytes exceeds {XATTR_NAME_MAX}")
+
+
+class MetaStore:
+    """All metadata of one filesystem; see the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        inline_max: int,
+        block_size: int,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if block_size <= 0 or inline_max < 0:
+            raise ConfigError(f"bad metadata geometry: block_size={block_size} inline_max={inline_max}")
+        self._path = os.fspath(path)
+        self._inline_max = inline_max
+        self._block_size = block_size
+        self._now = now_ns
+        self._wal_fd: int | None = None
+        self._synced_changes = -1
+        try:
+            self._db = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, cached_statements=512
+            )
+        except sqlite3.Error as exc:
+            raise _db_error(exc, f"opening {self._path}") from exc
+        try:
+            self._setup()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _db_error(exc, f"opening {self._path}") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self) -> None:
+        db = self._db
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise ConfigError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
+        # NORMAL in WAL mode: commits survive a process crash; sync() adds power-loss durability.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("PRAGMA busy_timeout=10000")  # offline tools may hold the lock briefly
+        # Checkpoint every ~40 MiB of WAL rather than 4 MiB: checkpoints fsync, and a longer WAL
+        # lets hot pages (root directory, sequence table) be written back once per checkpoint.
+        db.execute("PRAGMA wal_autocheckpoint=10000")
+        with self._write() as now:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise ConfigError(f"{self._path}: metadata schema {version}, expected {SCHEMA_VERSION}")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._check_block_size()
+            if db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
+                self._create_root(now)
+
+    def _check_block_size(self) -> None:
+        row = self._db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO config VALUES ('block_size', ?)", (self._block_size,))
+        elif row[0] != self._block_size:
+            raise ConfigError(
+                f"{self._path}: block maps use block_size {row[0]}, configured {self._block_size}"
+            )
+
+    def _create_root(self, now: int) -> None:
+        self._db.execute(
+            "INSERT INTO inodes VALUES (?, ?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL)",
+            (ROOT_INO, _IFDIR | 0o755, DIR_SIZE, now, now, now),
+        )
+
+    @_api
+    def close(self) -> None:
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        self._db.close()
+
+    @_api
+    def sync(self) -> None:
+        """Make every committed transaction durable against power loss.
+
+        With synchronous=NORMAL, commits sit in the WAL without fsync; fsyncing
+        the WAL file makes them durable.  Skipped when nothing was committed
+        since the last call (``total_changes`` counts every row written, and
+        every mutating transaction writes at least its oplog row).
+        """
+        changes = self._db.total_changes
+        if changes == self._synced_changes:
+            return
+        fd = self._wal()
+        if fd is not None:
+            os.fsync(fd)
+        self._synced_changes = changes
+
+    def _wal(self) -> int | None:
+        wal_path = self._path + "-wal"
+        if self._wal_fd is not None:
+            try:
+                same = os.stat(wal_path).st_ino == os.fstat(self._wal_fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return self._wal_fd
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        try:
+            self._wal_fd = os.open(wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        # The WAL (and the database) may be newly created: make their directory entries durable.
+        dir_fd = os.open(os.path.dirname(os.path.abspath(self._path)), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return self._wal_fd
+
+    # -- transactions and small helpers -----------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self, *, commit: bool = True) -> Iterator[int]:
+        """One write transaction, rolled back on error (or always, without ``commit``); yields its time."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._now()
+            db.execute("COMMIT" if commit else "ROLLBACK")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _log(self, now: int, op: str, args: Sequence[object]) -> None:
+        self._db.execute(
+            "INSERT INTO oplog (seq, ts_ns, op, args) VALUES (COALESCE((SELECT MAX(seq) FROM oplog), "
+            "(SELECT value FROM config WHERE key = 'oplog_seq'), 0) + 1, ?, ?, ?)",
+            (now, op, msgpack.packb(list(args), use_bin_type=True)),
+        )
+
+    def _inode(self, ino: int) -> tuple[int, int]:
+        """(mode, nlink) of an existing inode."""
+        row: tuple[int, int] | None = self._db.execute(
+            "SELECT mode, nlink FROM inodes WHERE ino = ?", (ino,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"inode {ino} not found")
+        return row
+
+    def _dir(self, ino: int, *, live: bool) -> tuple[int, int, int]:
+        """(mode, nlink, gid) of a directory; ``live`` also rejects a removed (nlink 0) one."""
+        row: tuple[int, int, int] | None = self._db.execute(
+            "SELECT mode, nlink, gid FROM inodes WHERE ino = ?", (ino,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"inode {ino} not found")
+        if not _is_dir(row[0]):
+            raise NotADirectory(f"inode {ino} is not a directory")
+        if live and row[1] == 0:
+            raise NotFound(f"directory {ino} was removed")
+        return row
+
+    def _dentry(self, parent: int, name: bytes) -> tuple[int, int, int, int] | None:
+        """(dentry id, ino, mode, nlink) of ``name`` in ``parent``, if present."""
+        row: tuple[int, int, int, int] | None = self._db.execute(
+            "SELECT d.id, d.ino, i.mode, i.nlink FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.name = ?",
+            (parent, name),
+        ).fetchone()
+        return row
+
+    def _attr(self, ino: int) -> Attr:
+        row = self._db.execute(f"SELECT {_ATTR} FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        if row is None:
+            raise NotFound(f"inode {ino} not found")
+        return Attr(*row)
+
+    def _has_children(self, ino: int) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone() is not None
+        )
+
+    def _is_open(self, ino: int) -> bool:
+        return self._db.execute("SELECT 1 FROM opens WHERE ino = ? LIMIT 1", (ino,)).fetchone() is not None
+
+    def _touch_dir(self, ino: int, now: int, nlink_delta: int = 0) -> None:
+        self._db.execute(
+            "UPDATE inodes SET nlink = nlink + ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+            (nlink_delta, now, now, ino),
+        )
+
+    def _add_dentry(self, parent: int, name: bytes, ino: int, is_dir: bool) -> None:
+        self._db.execute(
+            "INSERT INTO dentries (parent, name, ino, is_dir) VALUES (?, ?, ?, ?)",
+            (parent, name, ino, is_dir),
+        )
+
+    def _del_dentry(self, dentry_id: int) -> None:
+        self._db.execute("DELETE FROM dentries WHERE id = ?", (dentry_id,))
+
+    def _set_nlink(self, ino: int, nlink: int, now: int) -> None:
+        """Give ``ino`` a new link count after losing a name; purge it when nothing holds it."""
+        if nlink == 0 and not self._is_open(ino):
+            self._purge(ino, now)
+        else:
+            self._db.execute("UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE ino = ?", (nlink, now, ino))
+
+    def _purge_if_unused(self, ino: int, now: int) -> None:
+        row = self._db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        if row is not None and row[0] == 0 and not self._is_open(ino):
+            self._purge(ino, now)
+
+    def _purge(self, ino: int, now: int) -> None:
+        """Delete an inode and everything it owns; its chunks lose one reference per block."""
+        self._drop_blocks(ino, 0, now, adjust_inode=False)
+        self._db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+        self._db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+
+    # -- chunk references ---------------------------------------------------------------
+
+    def _incref(self, chunk_id: bytes, stored_bytes: int, chunk_exists: Callable[[bytes], bool]) -> None:
+        row = self._db.execute("SELECT refcount FROM chunks WHERE chunk_id = ?", (chunk_id,)).fetchone()
+        # A chunk nobody references may have been (or be about to be) collected: confirm it is stored.
+        if (row is None or row[0] <= 0) and not chunk_exists(chunk_id):
+            raise ChunkMissing(f"chunk {chunk_id.hex()} is not stored")
+        if row is None:
+            self._db.execute("INSERT INTO chunks VALUES (?, 1, ?, NULL)", (chunk_id, stored_bytes))
+        else:
+            self._db.execute(
+                "UPDATE chunks SET refcount = refcount + 1, zero_since_ns = NULL WHERE chunk_id = ?",
+                (chunk_id,),
+            )
+
+    def _decref(self, chunk_ids: list[bytes], now: int) -> None:
+        self._db.executemany(
+            "UPDATE chunks SET refcount = refcount - 1, "
+            "zero_since_ns = CASE WHEN refcount <= 1 THEN ? ELSE zero_since_ns END WHERE chunk_id = ?",
+            [(now, chunk_id) for chunk_id in chunk_ids],
+        )
+
+    def _drop_blocks(self, ino: int, first_idx: int, now: int, *, adjust_inode: bool = True) -> None:
+        """Delete the entries at ``idx >= first_idx``, decref'ing their chunks in bulk."""
+        db = self._db
+        db.execute(
+            "UPDATE chunks SET refcount = chunks.refcount - d.n, "
+            "zero_since_ns = CASE WHEN chunks.refcount - d.n <= 0 THEN ? ELSE chunks.zero_since_ns END "
+            "FROM (SELECT chunk_id, COUNT(*) AS n FROM blocks WHERE ino = ? AND idx >= ? "
+            "GROUP BY chunk_id) d "
+            "WHERE chunks.chunk_id = d.chunk_id",
+            (now, ino, first_idx),
+        )
+        if adjust_inode:
+            db.execute(
+                "UPDATE inodes SET stored = stored - (SELECT COALESCE(SUM(stored_bytes), 0) FROM blocks "
+                "WHERE ino = ?1 AND idx >= ?2) WHERE ino = ?1",
+                (ino, first_idx),
+            )
+        db.execute("DELETE FROM blocks WHERE ino = ? AND idx >= ?", (ino, first_idx))
+
+    def _drop_block(self, ino: int, idx: int, now: int) -> None:
+        row = self._db.execute(
+            "DELETE FROM blocks WHERE ino = ? AND idx = ? RETURNING chunk_id, stored_bytes", (ino, idx)
+        ).fetchone()
+        if row is not None:
+            self._decref([row[0]], now)
+            self._db.execute("UPDATE inodes SET stored = stored - ? WHERE ino = ?", (row[1], ino))
+
+    def _shrink(self, ino: int, size: int, now: int) -> None:
+        """Cut block map and inline data to ``size``; bytes past a block's ``length`` read as zeros."""
+        bs = self._block_size
+        self._drop_blocks(ino, -(-size // bs), now)
+        if size % bs:
+            self._db.execute(
+                "UPDATE blocks SET length = MIN(length, ?) WHERE ino = ? AND idx = ?",
+                (size % bs, ino, size // bs),
+            )
+        self._db.execute(
+            "UPDATE inodes SET stored = stored - (length(inline) - ?1), "
+            "inline = CASE WHEN ?1 = 0 THEN NULL ELSE substr(inline, 1, ?1) END "
+            "WHERE ino = ?2 AND length(inline) > ?1",
+            (size, ino),
+        )
+
+    # -- lookups -------------------------------------------------------------------------
+
+    @_api
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        _check_lookup_name(name)
+        row = self._db.execute(
+            f"SELECT {_ATTR_I} FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.name = ?",
+            (parent, name),
+        ).fetchone()
+        if row is not None:
+            return Attr(*row)
+        self._dir(parent, live=False)  # the right error for a bad parent
+        if name == b".":
+            return self._attr(parent)
+        if name == b"..":
+            return self._attr(self._parent_of(parent))
+        raise NotFound(f"{name!r} not found in directory {parent}")
+
+    @_api
+    def parent(self, ino: int) -> int:
+        """The directory containing directory ``ino`` (the root is its own parent)."""
+        self._dir(ino, live=False)
+        return self._parent_of(ino)
+
+    def _parent_of(self, ino: int) -> int:
+        if ino == ROOT_INO:
+            return ROOT_INO
+        row = self._db.execute(
+            "SELECT parent FROM dentries WHERE is_dir = 1 AND ino = ? LIMIT 1", (ino,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"directory {ino} was removed")
+        parent: int = row[0]
+        return parent
+
+    @_api
+    def getattr(self, ino: int) -> Attr:
+        return self._attr(ino)
+
+    @_api
+    def readlink(self, ino: int) -> bytes:
+        row = self._db.execute("SELECT mode, symlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        if row is None:
+            raise NotFound(f"inode {ino} not found")
+        if not stat.S_ISLNK(row[0]):
+            raise InvalidArgument(f"inode {ino} is not a symlink")
+        target: bytes = row[1]
+        return target
+
+    @_api
+    def readdir(self, ino: int, cookie: int, limit: int) -> list[DirEntry]:
+        self._dir(ino, live=False)
+        rows = self._db.execute(
+            f"SELECT d.name, d.id, {_ATTR_I} FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
+            (ino, cookie, max(limit, 0)),
+        ).fetchall()
+        return [DirEntry(row[0], Attr(*row[2:]), row[1]) for row in rows]
+
+    # -- namespace changes ---------------------------------------------------------------
+
+    def _make(
+        self,
+        now: int,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        rdev: int = 0,
+        size: int = 0,
+        symlink: bytes | None = None,
+    ) -> Attr:
+        """Insert a new inode named ``name`` in ``parent`` (inside the caller's transaction)."""
+        check_name(name)
+        pmode, pnlink, pgid = self._dir(parent, live=True)
+        if self._db.execute(
+            "SELECT 1 FROM dentries WHERE parent = ? AND name = ?", (parent, name)
+        ).fetchone():
+            raise Exists(f"{name!r} exists in directory {parent}")
+        is_dir = _is_dir(mode)
+        if is_dir and pnlink >= LINK_MAX:
+            raise TooManyLinks(f"directory {parent} has {pnlink} links")
+        if pmode & stat.S_ISGID:  # BSD group semantics for setgid directories
+            gid = pgid
+            if is_dir:
+                mode |= stat.S_ISGID
+        nlink = 2 if is_dir else 1
+        cur = self._db.execute(
+            "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
+            "generation, symlink, inline) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, NULL)",
+            (mode, nlink, uid, gid, rdev, size, now, now, now, symlink),
+        )
+        ino = cur.lastrowid
+        assert ino is not None
+        self._add_dentry(parent, name, ino, is_dir)
+        self._touch_dir(parent, now, 1 if is_dir else 0)
+        return Attr(ino, mode, nlink, uid, gid, rdev, size, 0, now, now, now, 0)
+
+    @_api
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        kind = mode & _IFMT or _IFREG  # mknod(2): a zero file type means a regular file
+        if kind not in (_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise InvalidArgument(f"mknod cannot create file type {kind:o}")
+        mode = kind | (mode & _PERM_BITS)
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0
+        with self._write() as now:
+            attr = self._make(now, parent, name, mode, uid, gid, rdev=rdev)
+            self._log(now, "mknod", [parent, name, mode, rdev, uid, gid, attr.ino])
+        return attr
+
+    @_api
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        if mode & _IFMT not in (0, _IFDIR):
+            raise InvalidArgument(f"mkdir with file type {mode & _IFMT:o}")
+        mode = _IFDIR | (mode & _PERM_BITS)
+        with self._write() as now:
+            attr = self._make(now, parent, name, mode, uid, gid, size=DIR_SIZE)
+            self._log(now, "mkdir", [parent, name, mode, uid, gid, attr.ino])
+        return attr
+
+    @_api
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        if not target or b"\0" in target or len(target) > 4096:
+            raise InvalidArgument("symlink target must be 1..4096 bytes without NUL")
+        mode = stat.S_IFLNK | 0o777
+        with self._write() as now:
+            attr = self._make(now, parent, name, mode, uid, gid, size=len(target), symlink=target)
+            self._log(now, "symlink", [parent, name, target, uid, gid, attr.ino])
+        return attr
+
+    @_api
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, session: str) -> Attr:
+        if mode & _IFMT not in (0, _IFREG):
+            raise InvalidArgument(f"create with file type {mode & _IFMT:o}")
+        mode = _IFREG | (mode & _PERM_BITS)
+        with self._write() as now:
+            attr = self._make(now, parent, name, mode, uid, gid)
+            self._add_open(session, attr.ino, now)
+            self._log(now, "create", [parent, name, mode, uid, gid, session, attr.ino])
+        return attr
+
+    @_api
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        check_name(new_name)
+        with self._write() as now:
+            mode, nlink = self._inode(ino)
+            if _is_dir(mode):
+                raise NotPermitted(f"cannot hard-link directory {ino}")
+            if nlink == 0:
+                raise NotFound(f"inode {ino} was unlinked")
+            if nlink >= LINK_MAX:
+                raise TooManyLinks(f"inode {ino} has {nlink} links")
+            self._dir(new_parent, live=True)
+            if self._dentry(new_parent, new_name) is not None:
+                raise Exists(f"{new_name!r} exists in directory {new_parent}")
+            self._add_dentry(new_parent, new_name, ino, False)
+            row = self._db.execute(
+                f"UPDATE inodes SET nlink = nlink + 1, ctime_ns = ? WHERE ino = ? RETURNING {_ATTR}",
+                (now, ino),
+            ).fetchone()
+            self._touch_dir(new_parent, now)
+            self._log(now, "link", [ino, new_parent, new_name])
+        return Attr(*row)
+
+    @_api
+    def unlink(self, parent: int, name: bytes) -> None:
+        _check_lookup_name(name)
+        with self._write() as now:
+            self._dir(parent, live=False)
+            entry = self._dentry(parent, name)
+            if entry is None:
+                raise NotFound(f"{name!r} not found in directory {parent}")
+            dentry_id, ino, mode, nlink = entry
+            if _is_dir(mode):
+                raise IsADirectory(f"{name!r} is a directory")
+            self._del_dentry(dentry_id)
+            self._touch_dir(parent, now)
+            self._set_nlink(ino, nlink - 1, now)
+            self._log(now, "unlink", [parent, name])
+
+    @_api
+    def rmdir(self, parent: int, name: bytes) -> None:
+        _check_lookup_name(name)
+        if name == b".":
+            raise InvalidArgument("cannot remove '.'")
+        if name == b"..":
+            raise NotEmpty("cannot remove '..'")
+        with self._write() as now:
+            self._dir(parent, live=False)
+            entry = self._dentry(parent, name)
+            if entry is None:
+                raise NotFound(f"{name!r} not found in directory {parent}")
+            dentry_id, ino, mode, _ = entry
+            if not _is_dir(mode):
+                raise NotADirectory(f"{name!r} is not a directory")
+            if self._has_children(ino):
+                raise NotEmpty(f"directory {name!r} is not empty")
+            self._del_dentry(dentry_id)
+            self._touch_dir(parent, now, -1)
+            self._set_nlink(ino, 0, now)
+            self._log(now, "rmdir", [parent, name])
+
+    @_api
+    def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        if flags & RENAME_WHITEOUT:
+            raise NotSupported("RENAME_WHITEOUT is not supported")
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise InvalidArgument(f"bad rename flags {flags:#x}")
+        _check_lookup_name(name)
+        check_name(new_name)
+        with self._write() as now:
+            pnlink = self._dir(parent, live=False)[1]
+            src = self._dentry(parent, name)
+            if src is None:
+                raise NotFound(f"{name!r} not found in directory {parent}")
+            new_pnlink = self._dir(new_parent, live=True)[1]
+            dst = self._dentry(new_parent, new_name)
+            if flags & RENAME_NOREPLACE and dst is not None:
+                raise Exists(f"{new_name!r} exists in directory {new_parent}")
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise NotFound(f"{new_name!r} not found in directory {new_parent}")
+                changed = self._exchange(
+                    src, dst, (parent, name, pnlink), (new_parent, new_name, new_pnlink), now
+                )
+            else:
+                changed = self._move(src, dst, parent, (new_parent, new_name, new_pnlink), now)
+            if changed:
+                self._log(now, "rename", [parent, name, new_parent, new_name, flags])
+
+    def _check_not_ancestor(self, dir_ino: int, start: int) -> None:
+        """InvalidArgument if ``dir_ino`` is ``start`` or one of its ancestors."""
+        # UNION (not UNION ALL) makes the walk terminate even on a corrupted, cyclic tree.
+        hit = self._db.execute(
+            "WITH RECURSIVE up(ino) AS "
+            "(SELECT ? UNION SELECT d.parent FROM dentries d JOIN up ON d.is_dir = 1 AND d.ino = up.ino) "
+            "SELECT 1 FROM up WHERE ino = ? LIMIT 1",
+            (start, dir_ino),
+        ).fetchone()
+        if hit is not None:
+            raise InvalidArgument(f"cannot move directory {dir_ino} into its own subtree")
+
+    def _move(
+        self,
+        src: tuple[int, int, int, int],
+        dst: tuple[int, int, int, int] | None,
+        parent: int,
+        target: tuple[int, bytes, int],
+        now: int,
+    ) -> bool:
+        """Plain rename (optionally replacing ``dst``); False when it is a no-op."""
+        src_id, src_ino, src_mode, _ = src
+        new_parent, new_name, new_pnlink = target
+        src_dir = _is_dir(src_mode)
+        if dst is not None and dst[1] == src_ino:
+            return False  # both names are links to the same inode: POSIX says do nothing
+        if src_dir and parent != new_parent:
+            self._check_not_ancestor(src_ino, new_parent)
+        dst_dir = False
+        if dst is not None:
+            dst_dir = _is_dir(dst[2])
+            if src_dir and not dst_dir:
+                raise NotADirectory(f"{new_name!r} is not a directory")
+            if dst_dir and not src_dir:
+                raise IsADirectory(f"{new_name!r} is a directory")
+            if dst_dir and self._has_children(dst[1]):
+                raise NotEmpty(f"directory {new_name!r} is not empty")
+        elif src_dir and parent != new_parent and new_pnlink >= LINK_MAX:
+            raise TooManyLinks(f"directory {new_parent} has {new_pnlink} links")
+        if dst is not None:
+            self._del_dentry(dst[0])
+            self._set_nlink(dst[1], 0 if dst_dir else dst[3] - 1, now)
+        self._del_dentry(src_id)
+        self._add_dentry(new_parent, new_name, src_ino, src_dir)  # a fresh id: the entry's new cookie
+        self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src_ino))
+        if parent == new_parent:
+            self._touch_dir(parent, now, -int(dst_dir))
+        else:
+            self._touch_dir(parent, now, -int(src_dir))
+            self._touch_dir(new_parent, now, int(src_dir) - int(dst_dir))
+        return True
+
+    def _exchange(
+        self,
+        src: tuple[int, int, int, int],
+        dst: tuple[int, int, int, int],
+        origin: tuple[int, bytes, int],
+        target: tuple[int, bytes, int],
+        now: int,
+    ) -> bool:
+        """RENAME_EXCHANGE: swap two existing names atomically; False when it is a no-op."""
+        parent, name, pnlink = origin
+        new_parent, new_name, new_pnlink = target
+        if src[1] == dst[1]:
+            return False
+        src_dir, dst_dir = _is_dir(src[2]), _is_dir(dst[2])
+        moved = parent != new_parent
+        if moved and src_dir:
+            self._check_not_ancestor(src[1], new_parent)
+        if moved and dst_dir:
+            self._check_not_ancestor(dst[1], parent)
+        gain = int(src_dir) - int(dst_dir)  # subdirectories new_parent gains (parent loses as many)
+        if moved and ((gain > 0 and new_pnlink >= LINK_MAX) or (gain < 0 and pnlink >= LINK_MAX)):
+            raise TooManyLinks("rename exchange would exceed the directory link limit")
+        self._del_dentry(src[0])
+        self._del_dentry(dst[0])
+        self._add_dentry(parent, name, dst[1], dst_dir)
+        self._add_dentry(new_parent, new_name, src[1], src_dir)
+        self._db.executemany("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", [(now, src[1]), (now, dst[1])])
+        if moved:
+            self._touch_dir(parent, now, -gain)
+            self._touch_dir(new_parent, now, gain)
+        else:
+            self._touch_dir(parent, now)
+        return True
+
+    # -- attributes -----------------------------------------------------------------------
+
+    @_api
+    def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Attr:
+        with self._write() as now:
+            row = self._db.execute("SELECT mode, size FROM inodes WHERE ino = ?", (ino,)).fetchone()
+            if row is None:
+                raise NotFound(f"inode {ino} not found")
+            cur_mode, cur_size = row
+            new_mode = cur_mode if mode is None else (cur_mode & _IFMT) | (mode & _PERM_BITS)
+            if (uid is not None or gid is not None) and mode is None and not _is_dir(cur_mode):
+                new_mode = self._kill_suid(new_mode)
+            if size is not None:
+                self._check_truncate(ino, cur_mode, size)
+                if size != cur_size:
+                    self._shrink(ino, size, now)
+                    if mtime_ns is None:
+                        mtime_ns = now
+            result = self._db.execute(
+                "UPDATE inodes SET mode = ?, uid = COALESCE(?, uid), gid = COALESCE(?, gid), "
+                "size = COALESCE(?, size), atime_ns = COALESCE(?, atime_ns), "
+                "mtime_ns = COALESCE(?, mtime_ns), "
+                f"ctime_ns = ? WHERE ino = ? RETURNING {_ATTR}",
+                (new_mode, uid, gid, size, atime_ns, mtime_ns, now, ino),
+            ).fetchone()
+            self._log(now, "setattr", [ino, mode, uid, gid, size, atime_ns, mtime_ns])
+        return Attr(*result)
+
+    @staticmethod
+    def _kill_suid(mode: int) -> int:
+        """chown clears set-user-ID, and set-group-ID when it means 'setgid' (group exec set)."""
+        mode &= ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            mode &= ~stat.S_ISGID
+        return mode
+
+    @staticmethod
+    def _check_truncate(ino: int, mode: int, size: int) -> None:
+        if _is_dir(mode):
+            raise IsADirectory(f"inode {ino} is a directory")
+        if mode & _IFMT != _IFREG:
+            raise InvalidArgument(f"inode {ino} is not a regular file")
+        if size < 0:
+            raise InvalidArgument(f"negative size {size}")
+
+    # -- opens and sessions ---------------------------------------------------------------
+
+    def _add_open(self, session: str, ino: int, now: int) -> None:
+        self._touch_session(session, now, _SESSION_REFRESH_NS)
+        self._db.execute(
+            "INSERT INTO opens VALUES (?, ?, 1) ON CONFLICT (ino, session) DO UPDATE SET count = count + 1",
+            (ino, session),
+        )
+
+    def _touch_session(self, session: str, now: int, min_age_ns: int = 0) -> None:
+        """Create or refresh a session; skip the write when it was refreshed under ``min_age_ns`` ago."""
+        self._db.execute(
+            "INSERT INTO sessions VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE "
+            "SET last_seen_ns = excluded.last_seen_ns WHERE last_seen_ns <= ?2 - ?3",
+            (session, now, min_age_ns),
+        )
+
+    @_api
+    def open(self, ino: int, session: str, *, truncate: bool = False, read: bool = False) -> Attr:
+        with self._write() as now:
+            row = self._db.execute(
+                "SELECT mode, atime_ns, mtime_ns, ctime_ns FROM inodes WHERE ino = ?", (ino,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"inode {ino} not found")
+            mode, atime, mtime, ctime = row
+            if truncate and _is_dir(mode):
+                raise IsADirectory(f"inode {ino} is a directory")
+            self._add_open(session, ino, now)
+            if truncate and mode & _IFMT == _IFREG:
+                # open(O_TRUNC) marks mtime and ctime even when the file was already empty.
+                self._shrink(ino, 0, now)
+                self._db.execute(
+                    "UPDATE inodes SET size = 0, mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, ino)
+                )
+            if read and (atime <= mtime or atime <= ctime or now - atime >= _RELATIME_NS):
+                self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (now, ino))
+            self._log(now, "open", [ino, session, truncate, read])
+            return self._attr(ino)
+
+    @_api
+    def release(self, ino: int, session: str) -> None:
+        with self._write() as now:
+            row = self._db.execute(
+                "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
+                (ino, session),
+            ).fetchone()
+            if row is None:
+                return  # nothing registered: releasing is idempotent
+            if row[0] <= 0:
+                self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
+                self._purge_if_unused(ino, now)
+            self._log(now, "release", [ino, session])
+
+    @_api
+    def session_heartbeat(self, session: str) -> None:
+        with self._write() as now:
+            self._touch_session(session, now)
+            self._log(now, "session_heartbeat", [session])
+
+    @_api
+    def expire_sessions(self, older_than_ns: int) -> int:
+        with self._write() as now:
+            ids = [
+                r[0]
+                for r in self._db.execute("SELECT id FROM sessions WHERE last_seen_ns < ?", (older_than_ns,))
+            ]
+            for session in ids:
+                self._end_session(session, now)
+            if ids:
+                self._log(now, "expire_sessions", [older_than_ns, ids])
+        return len(ids)
+
+    def _end_session(self, session: str, now: int) -> None:
+        inos = [r[0] for r in self._db.execute("SELECT ino FROM opens WHERE session = ?", (session,))]
+        self._db.execute("DELETE FROM opens WHERE session = ?", (session,))
+        self._db.execute("DELETE FROM sessions WHERE id = ?", (session,))
+        for ino in inos:
+            self._purge_if_unused(ino, now)
+
+    # -- extended attributes -------------------------------------------------------------
+
+    @_api
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        _check_xattr_name(name)
+        row = self._db.execute("SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).fetchone()
+        if row is None:
+            self._inode(ino)
+            raise NoAttribute(f"no xattr {name!r} on inode {ino}")
+        value: bytes = row[0]
+        return value
+
+    @_api
+    def listxattr(self, ino: int) -> list[bytes]:
+        self._inode(ino)
+        return [r[0] for r in self._db.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,))]
+
+    @_api
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        _check_xattr_name(name)
+        if len(value) > XATTR_SIZE_MAX:
+            raise RangeError(f"xattr value of {len(value)} bytes exceeds {XATTR_SIZE_MAX}")
+        if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+            raise InvalidArgument(f"bad xattr flags {flags:#x}")
+        with self._write() as now:
+            self._inode(ino)
+            exists = self._db.execute(
+                "SELECT 1 FROM xattrs WHERE ino = ? AND name = ?", (ino, name)
+            ).fetchone()
+            if exists and flags & XATTR_CREATE:
+                raise Exists(f"xattr {name!r} exists on inode {ino}")
+            if not exists and flags & XATTR_REPLACE:
+                raise NoAttribute(f"no xattr {name!r} on inode {ino}")
+            self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+            self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            self._log(now, "setxattr", [ino, name, value, flags])
+
+    @_api
+    def removexattr(self, ino: int, name: bytes) -> None:
+        _check_xattr_name(name)
+        with self._write() as now:
+            self._inode(ino)
+            if self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).rowcount == 0:
+                raise NoAttribute(f"no xattr {name!r} on inode {ino}")
+            self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            self._log(now, "removexattr", [ino, name])
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _regular(self, ino: int) -> None:
+        mode = self._inode(ino)[0]
+        if _is_dir(mode):
+            raise IsADirectory(f"inode {ino} is a directory")
+        if mode & _IFMT != _IFREG:
+            raise InvalidArgument(f"inode {ino} is not a regular file")
+
+    @_api
+    def read_map(self, ino: int) -> FileMap:
+        self._regular(ino)
+        row = self._db.execute(f"SELECT {_ATTR}, inline FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        blocks = self._db.execute(
+            "SELECT idx, chunk_id, length, stored_bytes FROM blocks WHERE ino = ? ORDER BY idx", (ino,)
+        ).fetchall()
+        return FileMap(Attr(*row[:-1]), row[-1], [BlockRef(*b) for b in blocks])
+
+    @_api
+    def commit_write(
+        self,
+        ino: int,
+        *,
+        size: int,
+        mtime_ns: int,
+        blocks: list[BlockRef],
+        inline: bytes | None,
+        chunk_exists: Callable[[bytes], bool],
+    ) -> Attr:
+        if inline is not None and blocks:
+            raise InvalidArgument("commit_write got both inline data and blocks")
+        if inline is not None and len(inline) > self._inline_max:
+            raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_max}")
+        if size < 0:
+            raise InvalidArgument(f"negative size {size}")
+        refs = [self._check_ref(ref) for ref in blocks]
+        with self._write() as now:
+            self._regular(ino)
+            if inline is not None:
+                self._drop_blocks(ino, 0, now, adjust_inode=False)
+                size = len(inline)
+                self._db.execute(
+                    "UPDATE inodes SET inline = ?, stored = ? WHERE ino = ?", (inline, size, ino)
+                )
+            else:
+                self._db.execute(
+                    "UPDATE inodes SET stored = stored - length(inline), inline = NULL "
+                    "WHERE ino = ? AND inline IS NOT NULL",
+                    (ino,),
+                )
+                self._apply_refs(ino, refs, chunk_exists, now)
+                self._shrink(ino, size, now)
+            row = self._db.execute(
+                f"UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ? RETURNING {_ATTR}",
+                (size, mtime_ns, mtime_ns, ino),
+            ).fetchone()
+            self._log(now, "commit_write", [ino, size, mtime_ns, [list(r) for r in refs], inline])
+        return Attr(*row)
+
+    def _check_ref(self, ref: Sequence[Any]) -> BlockRef:
+        index, chunk_id, length, stored_bytes = ref
+        if not (
+            isinstance(index, int)
+            and isinstance(chunk_id, bytes)
+            and isinstance(length, int)
+            and isinstance(stored_bytes, int)
+        ):
+            raise InvalidArgument(f"malformed block ref {ref!r:.200}")
+        if index < 0 or not 0 <= length <= self._block_size or stored_bytes < 0:
+            raise InvalidArgument(f"block ref out of range: {ref!r:.200}")
+        return BlockRef(index, chunk_id, length, stored_bytes)
+
+    def _apply_refs(
+        self, ino: int, refs: list[BlockRef], chunk_exists: Callable[[bytes], bool], now: int
+    ) -> None:
+        """Point each block index at its new chunk (or a hole), increfs first so no row dips to 0."""
+        db = self._db
+        dropped: list[bytes] = []
+        delta = 0
+        for index, chunk_id, length, stored_bytes in refs:
+            old = db.execute(
+                "DELETE FROM blocks WHERE ino = ? AND idx = ? RETURNING chunk_id, stored_bytes", (ino, index)
+            ).fetchone()
+            if old is not None:
+                dropped.append(old[0])
+                delta -= old[1]
+            if chunk_id:
+                self._incref(chunk_id, stored_bytes, chunk_exists)
+                db.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", (ino, index, chunk_id, length, stored_bytes)
+                )
+                delta += stored_bytes
+        self._decref(dropped, now)
+        if delta:
+            db.execute("UPDATE inodes SET stored = stored + ? WHERE ino = ?", (delta, ino))
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    @_api
+    def gc_collect(
+        self, older_than_ns: int, limit: int, delete: Callable[[list[bytes]], None]
+    ) -> list[bytes]:
+        with self._write() as now:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT chunk_id FROM chunks WHERE refcount = 0 AND zero_since_ns < ? "
+                    "ORDER BY zero_since_ns LIMIT ?",
+                    (older_than_ns, max(limit, 0)),
+                )
+            ]
+            if not ids:
+                return []
+            # The rows go only after the files are gone, so a crash in between just retries.
+            delete(ids)
+            self._db.executemany(
+                "DELETE FROM chunks WHERE chunk_id = ? AND refcount = 0", [(i,) for i in ids]
+            )
+            self._log(now, "gc_collect", [ids])
+        return ids
+
+    @_api
+    def referenced_chunks(self) -> dict[bytes, int]:
+        return dict(self._db.execute("SELECT chunk_id, refcount FROM chunks WHERE refcount >= 0"))
+
+    @_api
+    def counts(self) -> dict[str, int]:
+        """Totals over inodes and the chunks table.
+
+        ``files`` counts regular files and ``logical_bytes`` sums their sizes.
+        ``chunks`` and ``stored_bytes`` cover every chunks row, including the
+        ``unreferenced_chunks`` still awaiting garbage collection; ``chunk_refs``
+        is the sum of refcounts (block-map entries).
+        """
+        inodes, files, dirs, logical = self._db.execute(
+            "SELECT COUNT(*), TOTAL(mode & ?1 = ?2), TOTAL(mode & ?1 = ?3), "
+            "TOTAL(CASE WHEN mode & ?1 = ?2 THEN size ELSE 0 END) FROM inodes",
+            (_IFMT, _IFREG, _IFDIR),
+        ).fetchone()
+        chunks, refs, stored, unreferenced = self._db.execute(
+            "SELECT COUNT(*), TOTAL(refcount), TOTAL(stored_bytes), TOTAL(refcount = 0) FROM chunks"
+        ).fetchone()
+        values = {
+            "inodes": inodes,
+            "files": files,
+            "dirs": dirs,
+            "logical_bytes": logical,
+            "chunks": chunks,
+            "chunk_refs": refs,
+            "stored_bytes": stored,
+            "unreferenced_chunks": unreferenced,
+        }
+        return {key: int(value) for key, value in values.items()}
+
+    @_api
+    def oplog_trim(self, keep: int) -> int:
+        # Not logged itself: trimming is local housekeeping, not a replicated change.
+        with self._write():
+            top = self._db.execute("SELECT MAX(seq) FROM oplog").fetchone()[0]
+            if top is None:
+                return 0
+            # Remember the high-water mark so _log never reuses a number even if all rows go.
+            self._db.execute(
+                "INSERT INTO config VALUES ('oplog_seq', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                (top,),
+            )
+            deleted: int = self._db.execute(
+                "DELETE FROM oplog WHERE seq <= ?", (top - max(keep, 0),)
+            ).rowcount
+            return deleted
+
+    @_api
+    def fsck(self, stored: Callable[[bytes], bool], *, repair: bool) -> list[str]:
+        """Check every invariant; one line per problem found.  ``repair`` also fixes them."""
+        with self._write(commit=repair) as now:
+            problems = _Fsck(self, stored, repair, now).run()
+            if repair and problems:
+                self._log(now, "fsck_repair", problems)
+        return problems
+
+
+class _Fsck:
+    """One fsck pass.  Checks run in dependency order so each repair feeds the next check."""
+
+    def __init__(self, store: MetaStore, stored: Callable[[bytes], bool], repair: bool, now: int) -> None:
+        self.store = store
+        self.db = store._db
+        self.stored_fn = stored
+        self.repair = repair
+        self.now = now
+        self.problems: list[str] = []
+        self._stored_memo: dict[bytes, bool] = {}
+        self._paths_left = 100
+
+    def run(self) -> list[str]:
+        for check in (
+            self.root,
+            self.dangling_dentries,
+            self.dentry_kinds,
+            self.directory_names,
+            self.opens,
+            self.xattrs,
+            self.orphans,
+            self.reachability,
+            self.nlink,
+            self.leaks,
+            self.stray_blocks,
+            self.blocks_beyond_size,
+            self.block_lengths,
+            self.missing_chunk_rows,
+            self.dangling_blocks,
+            self.inline,
+            self.stored_totals,
+            self.refcounts,
+        ):
+            check()
+        return self.problems
+
+    def report(self, line: str) -> None:
+        self.problems.append(line)
+
+    def is_stored(self, chunk_id: bytes) -> bool:
+        if chunk_id not in self._stored_memo:
+            self._stored_memo[chunk_id] = bool(self.stored_fn(chunk_id))
+        return self._stored_memo[chunk_id]
+
+    def path(self, ino: int) -> str:
+        """Best-effort path of an inode for messages (a file's first name costs a table scan,
+        so only the first few messages get one)."""
+        self._paths_left -= 1
+        if self._paths_left < 0:
+            return f"<inode {ino}>"
+        parts: list[bytes] = []
+        seen: set[int] = set()
+        cur = ino
+        while cur != ROOT_INO and cur not in seen:
+            seen.add(cur)
+            row = self.db.execute(
+                "SELECT parent, name FROM dentries WHERE ino = ? ORDER BY id LIMIT 1", (cur,)
+            )
+            found = row.fetchone()
+            if found is None:
+                return f"<inode {ino}, detached>"
+            cur = found[0]
+            parts.append(found[1])
+        if cur != ROOT_INO:
+            return f"<inode {ino}, in a cycle>"
+        return "/" + "/".join(p.decode("utf-8", "backslashreplace") for p in reversed(parts))
+
+    # -- namespace --------------------------------------------------------------------
+
+    def root(self) -> None:
+        row = self.db.execute("SELECT mode FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+        if row is not None and _is_dir(row[0]):
+            return
+        self.report("root inode missing" if row is None else "root inode is not a directory")
+        if self.repair:
+            self.db.execute("DELETE FROM inodes WHERE ino = ?", (ROOT_INO,))
+            self.store._create_root(self.now)
+
+    def dangling_dentries(self) -> None:
+        rows = self.db.execute(
+            "SELECT d.id, d.parent, d.name, d.ino, i.ino IS NULL, p.ino IS NULL, p.mode FROM dentries d "
+            "LEFT JOIN inodes i ON i.ino = d.ino LEFT JOIN inodes p ON p.ino = d.parent "
+            "WHERE i.ino IS NULL OR p.ino IS NULL OR p.mode & ? != ? OR d.ino = ?",
+            (_IFMT, _IFDIR, ROOT_INO),
+        ).fetchall()
+        for dentry_id, parent, name, ino, no_inode, no_parent, _ in rows:
+            if ino == ROOT_INO:
+                why = "names the root"
+            elif no_inode:
+                why = f"names missing inode {ino}"
+            else:
+                why = "has a missing parent" if no_parent else "has a non-directory parent"
+            self.report(f"dentry {name!r} in directory {parent} {why}")
+            if self.repair:
+                self.db.execute("DELETE FROM dentries WHERE id = ?", (dentry_id,))
+
+    def dentry_kinds(self) -> None:
+        rows = self.db.execute(
+            "SELECT d.id, d.parent, d.name, i.mode & ?1 = ?2 FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.is_dir != (i.mode & ?1 = ?2)",
+            (_IFMT, _IFDIR),
+        ).fetchall()
+        for dentry_id, parent, name, is_dir in rows:
+            self.report(f"dentry {name!r} in directory {parent} has the wrong is_dir flag")
+            if self.repair:
+                self.db.execute("UPDATE dentries SET is_dir = ? WHERE id = ?", (is_dir, dentry_id))
+
+    def directory_names(self) -> None:
+        rows = self.db.execute(
+            "SELECT d.ino, MIN(d.id), COUNT(*) FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE i.mode & ? = ? GROUP BY d.ino HAVING COUNT(*) > 1",
+            (_IFMT, _IFDIR),
+        ).fetchall()
+        for ino, keep, count in rows:
+            self.report(f"directory {ino} ({self.path(ino)}) has {count} names")
+            if self.repair:
+                self.db.execute("DELETE FROM dentries WHERE ino = ? AND id != ?", (ino, keep))
+
+    def opens(self) -> None:
+        rows = self.db.execute(
+            "SELECT o.session, o.ino, s.id IS NULL, i.ino IS NULL, o.count FROM opens o "
+            "LEFT JOIN sessions s ON s.id = o.session LEFT JOIN inodes i ON i.ino = o.ino "
+            "WHERE s.id IS NULL OR i.ino IS NULL OR o.count <= 0"
+        ).fetchall()
+        for session, ino, no_session, no_inode, count in rows:
+            why = "unknown session" if no_session else "missing inode" if no_inode else f"count {count}"
+            self.report(f"open of inode {ino} by session {session!r}: {why}")
+            if self.repair:
+                self.db.execute("DELETE FROM opens WHERE session = ? AND ino = ?", (session, ino))
+
+    def xattrs(self) -> None:
+        rows = self.db.execute(
+            "SELECT x.ino, COUNT(*) FROM xattrs x LEFT JOIN inodes i ON i.ino = x.ino "
+            "WHERE i.ino IS NULL GROUP BY x.ino"
+        ).fetchall()
+        for ino, count in rows:
+            self.report(f"{count} xattrs of missing inode {ino}")
+            if self.repair:
+                self.db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+
+    def _unreachable_dirs(self) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "WITH RECURSIVE reach(ino) AS (SELECT ?1 UNION SELECT d.ino FROM dentries d JOIN reach r "
+                "ON d.parent = r.ino) "
+                "SELECT i.ino FROM inodes i WHERE i.mode & ?2 = ?3 AND i.ino NOT IN reach "
+                "AND EXISTS (SELECT 1 FROM dentries d WHERE d.is_dir = 1 AND d.ino = i.ino) ORDER BY i.ino",
+                (ROOT_INO, _IFMT, _IFDIR),
+            )
+        ]
+
+    def reachability(self) -> None:
+        for ino in self._unreachable_dirs():
+            path = self.path(ino)
+            if path.endswith("in a cycle>"):
+                self.report(f"directory {ino} is reachable from itself (cycle)")
+            else:
+                self.report(f"directory {ino} ({path}) is unreachable from the root")
+        if not self.repair:
+            return
+        # Re-home one directory at a time: each move reconnects its whole subtree (or breaks a cycle).
+        while unreachable := self._unreachable_dirs():
+            ino = unreachable[0]
+            self.db.execute("DELETE FROM dentries WHERE is_dir = 1 AND ino = ?", (ino,))
+            self._attach_lost(ino, True)
+
+    def orphans(self) -> None:
+        # A nameless inode is fine only while it is an unlinked (nlink 0), childless open file.
+        rows = self.db.execute(
+            "SELECT ino, nlink, mode FROM inodes WHERE ino != ? AND ino NOT IN (SELECT ino FROM dentries) "
+            "AND (nlink > 0 OR ino IN (SELECT parent FROM dentries))",
+            (ROOT_INO,),
+        ).fetchall()
+        for ino, nlink, mode in rows:
+            self.report(f"inode {ino} has nlink {nlink} and children or links, but no name")
+            if self.repair:
+                self._attach_lost(ino, _is_dir(mode))
+
+    def _lost_found(self) -> int:
+        """The /lost+found directory (created on demand) where repairs re-home detached inodes."""
+        name = _LOST_FOUND
+        for n in range(1, 1000):
+            row = self.db.execute(
+                "SELECT d.ino, i.mode FROM dentries d JOIN inodes i ON i.ino = d.ino "
+                "WHERE d.parent = ? AND d.name = ?",
+                (ROOT_INO, name),
+            ).fetchone()
+            if row is None:
+                return self.store._make(self.now, ROOT_INO, name, _IFDIR | 0o700, 0, 0, size=DIR_SIZE).ino
+            if _is_dir(row[1]):
+                ino: int = row[0]
+                return ino
+            name = _LOST_FOUND + b".%d" % n
+        raise InternalError("cannot find a name for lost+found")
+
+    def _attach_lost(self, ino: int, is_dir: bool) -> None:
+        lost = self._lost_found()
+        name = b"#%d" % ino
+        suffix = 0
+        while self.db.execute(
+            "SELECT 1 FROM dentries WHERE parent = ? AND name = ?", (lost, name)
+        ).fetchone():
+            suffix += 1
+            name = b"#%d.%d" % (ino, suffix)
+        self.store._add_dentry(lost, name, ino, is_dir)
+        self.report(f"repair: inode {ino} re-linked as /{_LOST_FOUND.decode()}/{name.decode()}")
+
+    def nlink(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.ino, i.mode, i.nlink, COALESCE(n.names, 0), COALESCE(s.subdirs, 0) FROM inodes i "
+            "LEFT JOIN (SELECT ino, COUNT(*) AS names FROM dentries GROUP BY ino) n ON n.ino = i.ino "
+            "LEFT JOIN (SELECT parent, COUNT(*) AS subdirs FROM dentries WHERE is_dir = 1 GROUP BY parent) s "
+            "ON s.parent = i.ino"
+        ).fetchall()
+        for ino, mode, nlink, names, subdirs in rows:
+            if _is_dir(mode):
+                expected = 2 + subdirs if names or ino == ROOT_INO else 0
+            else:
+                expected = names
+            if nlink != expected:
+                self.report(f"inode {ino} has nlink {nlink}, expected {expected}")
+                if self.repair:
+                    self.db.execute("UPDATE inodes SET nlink = ? WHERE ino = ?", (expected, ino))
+
+    def leaks(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.ino FROM inodes i "
+            "WHERE i.nlink = 0 AND NOT EXISTS (SELECT 1 FROM opens o WHERE o.ino = i.ino)"
+        ).fetchall()
+        for (ino,) in rows:
+            self.report(f"inode {ino} has no links and is not open (leaked)")
+            if self.repair:
+                self.store._purge(ino, self.now)
+
+    # -- data -----------------------------------------------------------------------------
+
+    def stray_blocks(self) -> None:
+        rows = self.db.execute(
+            "SELECT b.ino, COUNT(*) FROM blocks b LEFT JOIN inodes i ON i.ino = b.ino "
+            "WHERE i.ino IS NULL OR i.mode & ? != ? GROUP BY b.ino",
+            (_IFMT, _IFREG),
+        ).fetchall()
+        for ino, count in rows:
+            self.report(f"{count} block entries of inode {ino}, which is missing or not a regular file")
+            if self.repair:
+                self.store._drop_blocks(ino, 0, self.now)
+
+    def blocks_beyond_size(self) -> None:
+        rows = self.db.execute(
+            "SELECT b.ino, b.idx, i.size FROM blocks b JOIN inodes i ON i.ino = b.ino "
+            "WHERE b.idx * ? >= i.size",
+            (self.store._block_size,),
+        ).fetchall()
+        for ino, idx, size in rows:
+            self.report(f"inode {ino} ({self.path(ino)}): block {idx} lies beyond size {size}")
+            if self.repair:
+                self.store._drop_block(ino, idx, self.now)
+
+    def block_lengths(self) -> None:
+        rows = self.db.execute(
+            "SELECT ino, idx, length FROM blocks WHERE length < 0 OR length > ?", (self.store._block_size,)
+        ).fetchall()
+        for ino, idx, length in rows:
+            self.report(f"inode {ino}: block {idx} has invalid length {length}")
+            if self.repair:
+                self.db.execute(
+                    "UPDATE blocks SET length = MAX(0, MIN(length, ?)) WHERE ino = ? AND idx = ?",
+                    (self.store._block_size, ino, idx),
+                )
+
+    def missing_chunk_rows(self) -> None:
+        rows = self.db.execute(
+            "SELECT b.chunk_id, COUNT(*), MAX(b.stored_bytes) FROM blocks b "
+            "LEFT JOIN chunks c ON c.chunk_id = b.chunk_id WHERE c.chunk_id IS NULL GROUP BY b.chunk_id"
+        ).fetchall()
+        for chunk_id, count, stored_bytes in rows:
+            self.report(f"chunk {chunk_id.hex()} is named by {count} block entries but has no chunks row")
+            if self.repair and self.is_stored(chunk_id):
+                # The refcount check below sets the right count; unstored ones become holes next.
+                self.db.execute("INSERT INTO chunks VALUES (?, 0, ?, ?)", (chunk_id, stored_bytes, self.now))
+
+    def dangling_blocks(self) -> None:
+        lost: dict[int, list[tuple[int, bytes]]] = {}
+        for ino, idx, chunk_id in self.db.execute("SELECT ino, idx, chunk_id FROM blocks").fetchall():
+            if not self.is_stored(chunk_id):
+                lost.setdefault(ino, []).append((idx, chunk_id))
+        for ino, entries in lost.items():
+            first_idx, first_chunk = entries[0]
+            self.report(
+                f"inode {ino} ({self.path(ino)}): {len(entries)} blocks name missing chunks "
+                f"(first: block {first_idx}, chunk {first_chunk.hex()})"
+            )
+            if self.repair:
+                for idx, _ in entries:
+                    self.store._drop_block(ino, idx, self.now)
+                self.report(f"repair: inode {ino}: {len(entries)} blocks turned into holes")
+
+    def inline(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.ino, i.mode, i.size, length(i.inline), "
+            "EXISTS (SELECT 1 FROM blocks b WHERE b.ino = i.ino) FROM inodes i WHERE i.inline IS NOT NULL"
+        ).fetchall()
+        for ino, mode, size, length, has_blocks in rows:
+            if mode & _IFMT != _IFREG:
+                self.report(f"inode {ino}: inline data on a non-regular file")
+                self._set_inline(ino, "NULL")
+            elif has_blocks:
+                self.report(
+                    f"inode {ino} ({self.path(ino)}): both inline data and blocks; dropping inline data"
+                )
+                self._set_inline(ino, "NULL")
+            elif length > size:
+                self.report(
+                    f"inode {ino} ({self.path(ino)}): {length} bytes of inline data exceed size {size}"
+                )
+                self._set_inline(ino, "substr(inline, 1, size)")
+
+    def _set_inline(self, ino: int, expr: str) -> None:
+        if self.repair:
+            self.db.execute(
+                "UPDATE inodes SET stored = stored - COALESCE(length(inline), 0) "
+                f"+ COALESCE(length({expr}), 0), "
+                f"inline = {expr} WHERE ino = ?",
+                (ino,),
+            )
+
+    def stored_totals(self) -> None:
+        rows = self.db.execute(
+            "SELECT i.ino, i.stored, COALESCE(length(i.inline), 0) + "
+            "(SELECT COALESCE(SUM(b.stored_bytes), 0) FROM blocks b WHERE b.ino = i.ino) AS actual "
+            "FROM inodes i WHERE i.stored != actual"
+        ).fetchall()
+        for ino, recorded, actual in rows:
+            self.report(f"inode {ino}: stored bytes {recorded}, actual {actual}")
+            if self.repair:
+                self.db.execute("UPDATE inodes SET stored = ? WHERE ino = ?", (actual, ino))
+
+    def refcounts(self) -> None:
+        rows = self.db.execute(
+            "SELECT c.chunk_id, c.refcount, c.zero_since_ns IS NOT NULL, COALESCE(b.n, 0) FROM chunks c "
+            "LEFT JOIN (SELECT chunk_id, COUNT(*) AS n FROM blocks GROUP BY chunk_id) b "
+            "ON b.chunk_id = c.chunk_id "
+            "WHERE c.refcount != COALESCE(b.n, 0) OR (c.refcount = 0) != (c.zero_since_ns IS NOT NULL)"
+        ).fetchall()
+        for chunk_id, refcount, zero_marked, actual in rows:
+            if refcount != actual:
+                self.report(f"chunk {chunk_id.hex()} has refcount {refcount}, but {actual} block entries")
+            else:
+                state = "marked" if zero_marked else "not marked"
+                self.report(f"chunk {chunk_id.hex()} with refcount {refcount} is {state} unreferenced")
+            if self.repair:
+                self.db.execute(
+                    "UPDATE chunks SET refcount = ?1, zero_since_ns = CASE WHEN ?1 > 0 THEN NULL "
+                    "ELSE COALESCE(zero_since_ns, ?2) END WHERE chunk_id = ?3",
+                    (actual, self.now, chunk_id),
+                )

@@ -1,0 +1,279 @@
+"""dfsd's service wiring: RPC handlers over the metadata service and chunk store.
+
+Concurrency design
+------------------
+- The :class:`MetaStore` is single-threaded.  Every metadata call runs in a
+  worker thread under a ``CapacityLimiter(1)``, so SQLite never blocks the
+  event loop and transactions are serialized without extra locks.  Chunk
+  existence checks needed by ``commit_write`` and chunk deletion by GC run
+  inside that same serialized call, so a chunk can never be collected
+  between "it exists" and "it is referenced".
+- Chunk I/O (read, verify, write, fsync) runs in worker threads under a
+  separate limiter; the chunk store is thread-safe.
+- Background work (GC, session expiry, op-log trimming) are tasks in the
+  daemon's nursery; each unit of work is short and bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from daemon.chunks import ChunkStore
+from daemon.metadata import MetaStore
+from dfs import __version__
+from dfs.config import Config
+from dfs.errors import DfsError, InvalidArgument
+from dfs.meta import BlockRef, StatFs
+
+log = logging.getLogger("dfs.daemon")
+T = TypeVar("T")
+Handler = Callable[..., Awaitable[Any]]
+
+_FSCK_BATCH = 256
+
+
+def _load_or_create_secret(path: Path) -> bytes:
+    """The cluster key that keys chunk ids; created once, mode 0600."""
+    try:
+        data = path.read_bytes()
+        if len(data) == 32:
+            return data
+        raise DfsError(f"{path} is corrupt: expected 32 bytes, found {len(data)}")
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return key
+
+
+class Service:
+    """Owns the stores and exposes them as RPC handlers."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.data = cfg.data_path
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.cluster_key = _load_or_create_secret(self.data / "cluster.key")
+        self.meta = MetaStore(
+            self.data / "meta.db",
+            inline_max=cfg.storage.inline_max,
+            block_size=cfg.storage.block_size,
+        )
+        self.chunks = ChunkStore(self.data, fsync=cfg.storage.fsync, reserve_bytes=cfg.storage.reserve_bytes)
+        self._meta_limiter = trio.CapacityLimiter(1)
+        self._chunk_limiter = trio.CapacityLimiter(8)
+        self.started_at = time.time()
+        self.handlers: dict[str, Handler] = self._handlers()
+
+    def close(self) -> None:
+        self.meta.close()
+
+    # -- thread helpers -------------------------------------------------
+    async def _m(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._meta_limiter)
+
+    async def _c(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._chunk_limiter)
+
+    # -- handler table ----------------------------------------------------
+    def _handlers(self) -> dict[str, Handler]:
+        m = self.meta
+        simple: dict[str, Callable[..., Any]] = {
+            "lookup": m.lookup,
+            "parent": m.parent,
+            "getattr": m.getattr,
+            "readlink": m.readlink,
+            "readdir": m.readdir,
+            "mknod": m.mknod,
+            "mkdir": m.mkdir,
+            "symlink": m.symlink,
+            "create": m.create,
+            "link": m.link,
+            "unlink": m.unlink,
+            "rmdir": m.rmdir,
+            "rename": m.rename,
+            "release": m.release,
+            "session_heartbeat": m.session_heartbeat,
+            "read_map": m.read_map,
+            "getxattr": m.getxattr,
+            "setxattr": m.setxattr,
+            "listxattr": m.listxattr,
+            "removexattr": m.removexattr,
+            "sync": m.sync,
+        }
+        table: dict[str, Handler] = {f"meta.{name}": self._meta_call(fn) for name, fn in simple.items()}
+        table.update(
+            {
+                "meta.setattr": self.setattr,
+                "meta.open": self.open,
+                "meta.commit_write": self.commit_write,
+                "chunk.put": self.chunk_put,
+                "chunk.get": self.chunk_get,
+                "chunk.has": self.chunk_has,
+                "sys.info": self.info,
+                "sys.ping": self.ping,
+                "sys.statfs": self.statfs,
+                "sys.status": self.status,
+                "sys.scrub_list": self.scrub_list,
+                "sys.scrub_batch": self.scrub_batch,
+                "sys.fsck_meta": self.fsck_meta,
+                "sys.gc": self.gc_now,
+            }
+        )
+        return table
+
+    def _meta_call(self, fn: Callable[..., Any]) -> Handler:
+        async def call(*args: Any) -> Any:
+            return await self._m(fn, *args)
+
+        call.__name__ = getattr(fn, "__name__", "meta_call")
+        return call
+
+    # -- metadata calls needing argument shaping --------------------------
+    async def setattr(self, ino: int, changes: dict[str, Any]) -> Any:
+        allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
+        if not isinstance(changes, dict) or set(changes) - allowed:
+            raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
+        return await self._m(self.meta.setattr, ino, **changes)
+
+    async def open(self, ino: int, session: str, truncate: bool, read: bool) -> Any:
+        return await self._m(self.meta.open, ino, session, truncate=truncate, read=read)
+
+    async def commit_write(
+        self, ino: int, size: int, mtime_ns: int, blocks: list[Any], inline: bytes | None
+    ) -> Any:
+        refs = [BlockRef.from_wire(b) for b in blocks]
+        return await self._m(
+            self.meta.commit_write,
+            ino,
+            size=size,
+            mtime_ns=mtime_ns,
+            blocks=refs,
+            inline=inline,
+            chunk_exists=self.chunks.exists,
+        )
+
+    # -- chunks --------------------------------------------------------------
+    async def chunk_put(self, chunk_id: bytes, blob: bytes) -> bool:
+        return await self._c(self.chunks.put, chunk_id, blob)
+
+    async def chunk_get(self, chunk_id: bytes) -> bytes:
+        return await self._c(self.chunks.get, chunk_id)
+
+    async def chunk_has(self, chunk_ids: list[bytes]) -> list[bool]:
+        return await self._c(self.chunks.has, chunk_ids)
+
+    # -- system ----------------------------------------------------------------
+    async def ping(self) -> str:
+        return "pong"
+
+    async def info(self) -> dict[str, Any]:
+        st = self.cfg.storage
+        return {
+            "node_id": self.cfg.node_id,
+            "version": __version__,
+            "block_size": st.block_size,
+            "inline_max": st.inline_max,
+            "compression_level": st.compression_level,
+            "cluster_key": self.cluster_key,
+        }
+
+    async def statfs(self) -> StatFs:
+        cs = await self._c(self.chunks.stats)
+        counts = await self._m(self.meta.counts)
+        inodes = counts["inodes"]
+        # Each inode costs roughly one metadata row; estimate free inodes from free space.
+        files_free = max(0, cs["avail_bytes"] // 512)
+        return StatFs(
+            4096, cs["total_bytes"], cs["free_bytes"], cs["avail_bytes"], inodes + files_free, files_free
+        )
+
+    async def status(self) -> dict[str, Any]:
+        cs = await self._c(self.chunks.stats)
+        counts = await self._m(self.meta.counts)
+        return {
+            "node_id": self.cfg.node_id,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "data_dir": str(self.data),
+            "health": "ok",
+            "capacity": cs,
+            "namespace": counts,
+        }
+
+    async def scrub_list(self) -> list[bytes]:
+        """Every stored chunk id, sorted: the CLI scrubs them in batches for a progress bar."""
+        return sorted(await self._c(lambda: list(self.chunks.iter_ids())))
+
+    async def scrub_batch(self, chunk_ids: list[bytes]) -> list[bytes]:
+        if len(chunk_ids) > 4 * _FSCK_BATCH:
+            raise InvalidArgument("scrub batch too large")
+        return await self._c(self.chunks.scrub, chunk_ids)
+
+    async def fsck_meta(self, repair: bool) -> dict[str, Any]:
+        problems: list[str] = await self._m(self.meta.fsck, self.chunks.exists, repair=repair)
+        refs: dict[bytes, int] = await self._m(self.meta.referenced_chunks)
+        stored = await self._c(lambda: list(self.chunks.iter_ids()))
+        orphans = [cid for cid in stored if cid not in refs]
+        if orphans:
+            problems.append(f"{len(orphans)} stored chunk(s) referenced by no metadata (orphans)")
+            if repair:
+                await self._m(self._delete_orphans, orphans)
+        return {"problems": problems, "chunks_stored": len(stored), "orphans": len(orphans)}
+
+    def _delete_orphans(self, orphans: list[bytes]) -> None:
+        # Runs in the metadata thread: a chunk referenced meanwhile is kept.
+        refs = self.meta.referenced_chunks()
+        self.chunks.delete([cid for cid in orphans if cid not in refs])
+
+    async def gc_now(self, delay_s: float | None = None) -> int:
+        delay = self.cfg.storage.gc_delay_s if delay_s is None else float(delay_s)
+        cutoff = time.time_ns() - int(delay * 1e9)
+        total = 0
+        while True:
+            ids = await self._m(self.meta.gc_collect, cutoff, 1000, self.chunks.delete)
+            total += len(ids)
+            if len(ids) < 1000:
+                return total
+
+    # -- background work ------------------------------------------------------
+    async def run_background(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._every, self.cfg.storage.gc_interval_s, self.gc_now, "gc")
+            nursery.start_soon(self._every, 30.0, self._expire_sessions, "session expiry")
+            nursery.start_soon(self._every, 600.0, self._trim_oplog, "oplog trim")
+
+    async def _every(self, interval_s: float, fn: Callable[[], Awaitable[Any]], what: str) -> None:
+        while True:
+            await trio.sleep(interval_s)
+            try:
+                await fn()
+            except DfsError as exc:
+                log.warning("%s failed: %s", what, exc.message)
+            except Exception:
+                log.exception("%s failed", what)
+
+    async def _expire_sessions(self) -> None:
+        cutoff = time.time_ns() - int(self.cfg.meta.session_timeout_s * 1e9)
+        n = await self._m(self.meta.expire_sessions, cutoff)
+        if n:
+            log.info("expired %d client session(s)", n)
+
+    async def _trim_oplog(self) -> None:
+        await self._m(self.meta.oplog_trim, self.cfg.meta.oplog_keep)

@@ -1,0 +1,327 @@
+"""The ``dfs`` command: set-up, status, fsck and benchmarks.
+
+Exit status is 0 on success and non-zero with one clear line on stderr
+otherwise; commands that report take ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from dfs import config as config_mod
+from dfs.config import Config
+from dfs.errors import DfsError
+from dfs.rpc import open_client
+
+T = TypeVar("T")
+_UP_TIMEOUT_S = 30.0
+
+
+class CliError(click.ClickException):
+    def show(self, file: Any = None) -> None:
+        click.echo(f"dfs: {self.message}", err=True)
+
+
+def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    try:
+        return trio.run(fn, *args)
+    except DfsError as exc:
+        raise CliError(exc.message) from None
+
+
+def _address(cfg: Config) -> str:
+    sock = cfg.unix_socket_path
+    if cfg.rpc.unix_socket and sock.exists():
+        return f"unix:{sock}"
+    return cfg.rpc.listen
+
+
+async def _call(address: str, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
+    async with open_client(address, call_timeout_s=timeout_s) as conn:
+        return await conn.call(method, *args)
+
+
+# -- dfs up / down -------------------------------------------------------------------------
+def up_config(base: Path) -> Config:
+    """The embedded single-host configuration for ``dfs up DIR``."""
+    var = base / "var"
+    conf = var / "dfs.conf"
+    if conf.exists():
+        return config_mod.load(conf)
+    cfg = config_mod.replace(config_mod.parse("", origin="defaults"), node={"data_dir": str(var)})
+    var.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "# written by `dfs up`; edit and run `dfs down && dfs up` to apply\n" + config_mod.render(cfg)
+    )
+    return cfg
+
+
+def _daemon_pid(cfg: Config) -> int | None:
+    try:
+        pid = int((cfg.data_path / "dfsd.pid").read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _is_mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if (
+                len(fields) > 2
+                and fields[1].encode().decode("unicode_escape") == target
+                and fields[2] == "fuse.dfs"
+            ):
+                return True
+    return False
+
+
+def _bin(name: str) -> str:
+    """Our own entry points live beside the running interpreter (the venv)."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+async def _wait_ready(address: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = trio.current_time() + _UP_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise CliError(
+                "dfsd exited during start-up: " + (" | ".join(tail) or f"status {proc.returncode}")
+            )
+        try:
+            with trio.fail_after(2):
+                await _call(address, "sys.ping", timeout_s=2)
+            return
+        except (DfsError, trio.TooSlowError):
+            pass
+        if trio.current_time() > deadline:
+            raise CliError(f"dfsd did not become ready within {_UP_TIMEOUT_S:.0f}s (see {log_path})")
+        await trio.sleep(0.05)
+
+
+@click.group()
+@click.version_option(package_name="dfs")
+def main() -> None:
+    """dfs: a FUSE-mountable POSIX distributed filesystem."""
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def up(directory: str) -> None:
+    """Start a daemon with data in DIR/var and mount it at DIR/mnt."""
+    base = Path(directory).resolve()
+    cfg = up_config(base)
+    mnt = base / "mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    address = cfg.rpc.listen
+    if _daemon_pid(cfg) is None:
+        log_path = cfg.data_path / "dfsd.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [_bin("dfsd"), "--config", str(cfg.data_path / "dfs.conf")],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        _run(_wait_ready, address, proc, log_path)
+    if not _is_mounted(mnt):
+        source = f"{address}:/"
+        opts = [f"log={cfg.data_path / 'mount.log'}"]
+        if cfg.rpc.unix_socket:
+            opts.append(f"socket={cfg.unix_socket_path}")
+        res = subprocess.run(
+            [_bin("mount.dfs"), source, str(mnt), "-o", ",".join(opts)], capture_output=True, text=True
+        )
+        if res.returncode != 0:
+            raise CliError(res.stderr.strip().removeprefix("mount.dfs: ") or "mount.dfs failed")
+    click.echo(f"dfs is up.\n  mount point: {mnt}\n  daemon:      {address} (data in {cfg.data_path})")
+    click.echo(f"  status:      dfs status {directory}\n  stop:        dfs down {directory}")
+
+
+def _unmount(mnt: Path) -> None:
+    if not _is_mounted(mnt):
+        return
+    res = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        # Busy: detach now, the kernel finishes open files, then the mount process exits.
+        res = subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise CliError(f"cannot unmount {mnt}: {res.stderr.strip()}")
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def down(directory: str) -> None:
+    """Unmount DIR/mnt and stop the daemon of DIR/var."""
+    base = Path(directory).resolve()
+    if not (base / "var" / "dfs.conf").exists():
+        raise CliError(f"{base} has no dfs set-up (no var/dfs.conf)")
+    cfg = config_mod.load(base / "var" / "dfs.conf")
+    _unmount(base / "mnt")
+    pid = _daemon_pid(cfg)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _daemon_pid(cfg) == pid:
+            if time.monotonic() > deadline:
+                raise CliError(f"dfsd (pid {pid}) did not stop within 30s")
+            time.sleep(0.05)
+    click.echo("dfs is down.")
+
+
+# -- status / fsck --------------------------------------------------------------------------
+def _cfg_for(directory: str | None, config_path: str | None) -> Config:
+    if config_path:
+        return config_mod.load(config_path)
+    base = Path(directory or ".").resolve()
+    if (base / "var" / "dfs.conf").exists():
+        return config_mod.load(base / "var" / "dfs.conf")
+    return config_mod.load(None)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(directory: str | None, config_path: str | None, as_json: bool) -> None:
+    """Capacity, usage, files, chunks and daemon health."""
+    cfg = _cfg_for(directory, config_path)
+    st = _run(_call, _address(cfg), "sys.status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    cap, ns = st["capacity"], st["namespace"]
+    used_pct = 100.0 * (cap["total_bytes"] - cap["free_bytes"]) / max(1, cap["total_bytes"])
+    rows = [
+        ("node", st["node_id"]),
+        ("health", st["health"]),
+        ("version", st["version"]),
+        ("uptime", f"{st['uptime_s']:.0f} s"),
+        ("data dir", st["data_dir"]),
+        (
+            "capacity",
+            f"{_human(cap['total_bytes'])} ({_human(cap['avail_bytes'])} available, {used_pct:.1f}% used)",
+        ),
+        ("files", f"{ns['files']} files, {ns['dirs']} directories, {ns['inodes']} inodes"),
+        ("logical data", _human(ns["logical_bytes"])),
+        (
+            "chunks",
+            f"{ns['chunks']} ({_human(ns['stored_bytes'])} stored, {ns['unreferenced_chunks']} awaiting GC)",
+        ),
+        ("checksum failures", str(cap.get("checksum_failures", 0))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+async def _fsck(address: str, repair: bool, show_progress: bool) -> dict[str, Any]:
+    async with open_client(address, call_timeout_s=600) as conn:
+        ids: list[bytes] = await conn.call("sys.scrub_list")
+        bad: list[bytes] = []
+        bar = click.progressbar(length=len(ids), label="verifying chunks", file=sys.stderr)
+        if show_progress:
+            bar.__enter__()
+        try:
+            for i in range(0, len(ids), 256):
+                batch = ids[i : i + 256]
+                bad.extend(await conn.call("sys.scrub_batch", batch))
+                if show_progress:
+                    bar.update(len(batch))
+        finally:
+            if show_progress:
+                bar.__exit__(None, None, None)
+        report: dict[str, Any] = await conn.call("sys.fsck_meta", repair)
+        report["chunks_checked"] = len(ids)
+        report["corrupt_chunks"] = [cid.hex() for cid in bad]
+        for cid in bad:
+            report["problems"].append(f"chunk {cid.hex()} fails its checksum")
+        return report
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--repair", is_flag=True, help="fix what can be fixed (counts, dangling entries, orphans)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def fsck(directory: str | None, config_path: str | None, repair: bool, as_json: bool) -> None:
+    """Check metadata and chunks agree; verify every chunk's checksum."""
+    cfg = _cfg_for(directory, config_path)
+    report = _run(_fsck, _address(cfg), repair, not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(f"checked {report['chunks_checked']} chunks")
+        for line in report["problems"]:
+            click.echo(f"problem: {line}")
+        click.echo(
+            "clean"
+            if not report["problems"]
+            else f"{len(report['problems'])} problem(s)" + (" (repaired what could be)" if repair else "")
+        )
+    if report["problems"] and not repair:
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--now", is_flag=True, help="collect unreferenced chunks at once, without the safety delay")
+def gc(directory: str | None, config_path: str | None, now: bool) -> None:
+    """Delete chunks no file references any more (after [storage] gc_delay_s unless --now)."""
+    cfg = _cfg_for(directory, config_path)
+    n = _run(_call, _address(cfg), "sys.gc", 0.0 if now else None)
+    click.echo(f"collected {n} chunk(s)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--local",
+    "local_dir",
+    type=click.Path(file_okay=False),
+    help="local directory to compare with (default: a temp dir under /var/tmp)",
+)
+@click.option("--size-mb", default=256, show_default=True, help="large-file size in MiB")
+@click.option("--files", "n_files", default=2000, show_default=True, help="number of small files")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def bench(path: str, local_dir: str | None, size_mb: int, n_files: int, as_json: bool) -> None:
+    """Large-file, small-file and metadata throughput in PATH versus a local directory."""
+    from dfs import bench as bench_mod
+
+    results = bench_mod.run(
+        Path(path), Path(local_dir) if local_dir else None, size_mb=size_mb, n_files=n_files
+    )
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(bench_mod.table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The cluster client: typed metadata calls and block reads/writes.
+
+Used by the mount, the CLI and (later) the S3 shim.  Block writes hash and
+encode in worker threads (never on the event loop), skip chunks the store
+already holds (dedup), and return a :class:`BlockRef` for the caller to
+commit; a block is only referenced by metadata after it is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
+
+import trio
+
+from dfs import codec, rpc
+from dfs.meta import Attr, BlockRef, DirEntry, FileMap, StatFs
+
+DEFAULT_PORT = 7400
+
+
+class ClusterInfo(NamedTuple):
+    node_id: str
+    block_size: int
+    inline_max: int
+    compression_level: int
+    cluster_key: bytes
+
+
+class Client:
+    def __init__(self, conn: rpc.RpcClient, info: ClusterInfo, *, codec_threads: int = 4) -> None:
+        self.rpc = conn
+        self.info = info
+        self.block_size = info.block_size
+        self.inline_max = info.inline_max
+        self._codec_limiter = trio.CapacityLimiter(codec_threads)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await self.rpc.call(method, *args)
+
+    # -- namespace ------------------------------------------------------------
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.lookup", parent, name))
+
+    async def getattr(self, ino: int) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.getattr", ino))
+
+    async def setattr(self, ino: int, **changes: int) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.setattr", ino, changes))
+
+    async def readlink(self, ino: int) -> bytes:
+        value = await self.rpc.call("meta.readlink", ino)
+        assert isinstance(value, bytes)
+        return value
+
+    async def readdir(self, ino: int, cookie: int, limit: int) -> list[DirEntry]:
+        return [DirEntry.from_wire(e) for e in await self.rpc.call("meta.readdir", ino, cookie, limit)]
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.mknod", parent, name, mode, rdev, uid, gid))
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.mkdir", parent, name, mode, uid, gid))
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.symlink", parent, name, target, uid, gid))
+
+    async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, session: str) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.create", parent, name, mode, uid, gid, session))
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.link", ino, new_parent, new_name))
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self.rpc.call("meta.unlink", parent, name)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        await self.rpc.call("meta.rmdir", parent, name)
+
+    async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        await self.rpc.call("meta.rename", parent, name, new_parent, new_name, flags)
+
+    async def open(self, ino: int, session: str, *, truncate: bool, read: bool) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.open", ino, session, truncate, read))
+
+    async def release(self, ino: int, session: str) -> None:
+        await self.rpc.call("meta.release", ino, session)
+
+    async def session_heartbeat(self, session: str) -> None:
+        await self.rpc.call("meta.session_heartbeat", session)
+
+    async def read_map(self, ino: int) -> FileMap:
+        return FileMap.from_wire(await self.rpc.call("meta.read_map", ino))
+
+    async def commit_write(
+        self, ino: int, *, size: int, mtime_ns: int, blocks: list[BlockRef], inline: bytes | None
+    ) -> Attr:
+        return Attr.from_wire(
+            await self.rpc.call("meta.commit_write", ino, size, mtime_ns, [list(b) for b in blocks], inline)
+        )
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = await self.rpc.call("meta.getxattr", ino, name)
+        assert isinstance(value, bytes)
+        return value
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> None:
+        await self.rpc.call("meta.setxattr", ino, name, value, flags)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return list(await self.rpc.call("meta.listxattr", ino))
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.rpc.call("meta.removexattr", ino, name)
+
+    async def sync(self) -> None:
+        await self.rpc.call("meta.sync")
+
+    async def statfs(self) -> StatFs:
+        return StatFs(*await self.rpc.call("sys.statfs"))
+
+    # -- data -------------------------------------------------------------------
+    def _prepare(self, data: bytes) -> tuple[bytes, bytes]:
+        cid = codec.chunk_id(self.info.cluster_key, data)
+        return cid, codec.encode(data, level=self.info.compression_level)
+
+    async def write_block(self, index: int, data: bytes) -> BlockRef:
+        """Store one block durably and return its reference (not yet committed)."""
+        cid, blob = await trio.to_thread.run_sync(self._prepare, data, limiter=self._codec_limiter)
+        (held,) = await self.rpc.call("chunk.has", [cid])
+        if not held:
+            await self.rpc.call("chunk.put", cid, blob)
+        return BlockRef(index, cid, len(data), len(blob))
+
+    async def read_chunk(self, chunk_id: bytes) -> bytes:
+        """The plaintext of one chunk, verified (checksum and length)."""
+        blob = await self.rpc.call("chunk.get", chunk_id)
+        data: bytes = await trio.to_thread.run_sync(codec.decode, blob, limiter=self._codec_limiter)
+        return data
+
+
+async def fetch_info(conn: rpc.RpcClient) -> ClusterInfo:
+    raw = await conn.call("sys.info")
+    return ClusterInfo(
+        node_id=raw["node_id"],
+        block_size=raw["block_size"],
+        inline_max=raw["inline_max"],
+        compression_level=raw["compression_level"],
+        cluster_key=raw["cluster_key"],
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect(address: str, *, call_timeout_s: float = 60.0) -> AsyncIterator[Client]:
+    async with rpc.open_client(address, call_timeout_s=call_timeout_s) as conn:
+        info = await fetch_info(conn)
+        yield Client(conn, info)

@@ -1,0 +1,337 @@
+"""Per-inode file state of the mount: write buffers, block reads, commits.
+
+Design note
+-----------
+One :class:`OpenFile` exists per inode while any handle on it is open
+(writeback and mmap pages may arrive through any handle, so buffers belong
+to the inode, not the handle).  Writes land in per-block ``bytearray``
+buffers and are acknowledged at once; a block that fills up is snapshotted
+and uploaded in the background, so a sequential writer keeps the codec
+threads and the daemon busy.  ``flush`` (close), ``fsync`` and ``release``
+upload what is left and commit the block map in one metadata transaction;
+nothing is referenced before its chunk is durable.
+
+Every state change happens in synchronous code between awaits, so handler
+tasks interleave safely on the trio thread.  Uploads finish in any order,
+so each dirty block carries a version: only the newest upload of an index
+may enter the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from dfs.client import Client
+from dfs.errors import DfsError, InternalError
+from dfs.meta import Attr, BlockRef, FileMap
+
+log = logging.getLogger("dfs.mount")
+
+
+class BlockCache:
+    """LRU of decoded chunk plaintext keyed by chunk id (content ids never go stale)."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._loading: dict[bytes, trio.Event] = {}
+
+    def get_nowait(self, chunk_id: bytes) -> bytes | None:
+        data = self._items.get(chunk_id)
+        if data is not None:
+            self._items.move_to_end(chunk_id)
+        return data
+
+    def put(self, chunk_id: bytes, data: bytes) -> None:
+        if len(data) > self.capacity_bytes or chunk_id in self._items:
+            return
+        self._items[chunk_id] = data
+        self.used_bytes += len(data)
+        while self.used_bytes > self.capacity_bytes:
+            _, old = self._items.popitem(last=False)
+            self.used_bytes -= len(old)
+
+    async def get(self, client: Client, chunk_id: bytes) -> bytes:
+        while True:
+            data = self.get_nowait(chunk_id)
+            if data is not None:
+                return data
+            pending = self._loading.get(chunk_id)
+            if pending is None:
+                break
+            # Someone else is fetching it (readahead); wait instead of fetching twice.
+            await pending.wait()
+            if chunk_id not in self._items and chunk_id not in self._loading:
+                break
+        done = trio.Event()
+        self._loading[chunk_id] = done
+        try:
+            data = await client.read_chunk(chunk_id)
+            self.put(chunk_id, data)
+            return data
+        finally:
+            del self._loading[chunk_id]
+            done.set()
+
+
+@dataclass
+class _Upload:
+    version: int
+    data: bytes
+    ref: BlockRef | None = None
+    error: DfsError | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class OpenFile:
+    """What this mount knows about one open regular file."""
+
+    def __init__(
+        self, ino: int, fmap: FileMap, client: Client, cache: BlockCache, budget: DirtyBudget
+    ) -> None:
+        self.ino = ino
+        self.client = client
+        self.cache = cache
+        self.budget = budget
+        self.block_size = client.block_size
+        self.handles = 0
+        self._load_map(fmap)
+        self.dirty: dict[int, bytearray] = {}
+        self.versions: dict[int, int] = {}
+        self.uploads: dict[int, _Upload] = {}
+        self.mtime_ns = fmap.attr.mtime_ns
+        self.commit_lock = trio.Lock()
+        self.upload_error: DfsError | None = None
+
+    # -- state ------------------------------------------------------------------
+    def _load_map(self, fmap: FileMap) -> None:
+        self.attr = fmap.attr
+        self.size = fmap.attr.size
+        self.inline: bytes | None = fmap.inline
+        self.blocks: dict[int, BlockRef] = {b.index: b for b in fmap.blocks}
+
+    def refresh(self, fmap: FileMap) -> None:
+        """Adopt the daemon's view (after open by another writer); only when nothing is pending."""
+        if not self.is_dirty:
+            self._load_map(fmap)
+            self.mtime_ns = fmap.attr.mtime_ns
+
+    @property
+    def is_dirty(self) -> bool:
+        return bool(self.dirty or self.uploads)
+
+    def overlay(self, attr: Attr) -> Attr:
+        """Attributes as the kernel should see them, including unflushed writes."""
+        if not self.is_dirty:
+            return attr
+        return attr._replace(size=self.size, mtime_ns=max(attr.mtime_ns, self.mtime_ns))
+
+    # -- reading ----------------------------------------------------------------
+    async def _committed_block(self, index: int) -> bytes:
+        """Valid bytes of block ``index`` as committed (may be shorter than a block)."""
+        if self.inline is not None:
+            return self.inline if index == 0 else b""
+        ref = self.blocks.get(index)
+        if ref is None:
+            return b""
+        data = await self.cache.get(self.client, ref.chunk_id)
+        return data[: ref.length]
+
+    async def _block_view(self, index: int) -> bytes | bytearray:
+        buf = self.dirty.get(index)
+        if buf is not None:
+            return buf
+        up = self.uploads.get(index)
+        if up is not None:
+            return up.data
+        return await self._committed_block(index)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        parts: list[bytes] = []
+        pos = offset
+        while pos < end:
+            index, start = divmod(pos, bs)
+            take = min(bs - start, end - pos)
+            data = await self._block_view(index)
+            piece = bytes(data[start : start + take])
+            if len(piece) < take:
+                piece += bytes(take - len(piece))  # holes and truncated tails read as zeros
+            parts.append(piece)
+            pos += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def prefetch(self, nursery: trio.Nursery, offset: int) -> None:
+        """Start fetching the block after ``offset`` so sequential reads do not stall."""
+        index = offset // self.block_size + 1
+        ref = self.blocks.get(index)
+        if ref is None or index in self.dirty or self.cache.get_nowait(ref.chunk_id) is not None:
+            return
+        if ref.chunk_id in self.cache._loading:
+            return
+
+        async def fetch() -> None:
+            try:
+                await self.cache.get(self.client, ref.chunk_id)
+            except DfsError:
+                pass  # the foreground read will report it
+
+        nursery.start_soon(fetch)
+
+    # -- writing ----------------------------------------------------------------
+    async def write(self, offset: int, data: bytes, nursery: trio.Nursery) -> None:
+        bs = self.block_size
+        pos = 0
+        while pos < len(data):
+            index, start = divmod(offset + pos, bs)
+            take = min(bs - start, len(data) - pos)
+            buf = await self._dirty_buffer(index, covers_all=(start == 0 and take == bs))
+            if len(buf) < start:
+                buf.extend(bytes(start - len(buf)))
+            buf[start : start + take] = data[pos : pos + take]
+            # Every change bumps the version, so a commit racing this write keeps it dirty.
+            self.versions[index] += 1
+            pos += take
+            if len(buf) == bs and start + take == bs:
+                await self._start_upload(index, nursery)
+        self.size = max(self.size, offset + len(data))
+        self.mtime_ns = time.time_ns()
+
+    async def _dirty_buffer(self, index: int, *, covers_all: bool) -> bytearray:
+        buf = self.dirty.get(index)
+        if buf is not None:
+            return buf
+        if covers_all:
+            initial: bytes | bytearray = b""
+        else:
+            initial = await self._block_view(index)
+            valid = max(0, min(len(initial), self.size - index * self.block_size))
+            initial = initial[:valid]
+        # Re-check: another task may have created the buffer while we awaited.
+        buf = self.dirty.get(index)
+        if buf is None:
+            buf = bytearray(initial)
+            self.dirty[index] = buf
+            self.versions.setdefault(index, 0)
+        return buf
+
+    async def _start_upload(self, index: int, nursery: trio.Nursery) -> None:
+        buf = self.dirty.pop(index)
+        data = bytes(buf)
+        await self.budget.acquire(len(data))
+        up = _Upload(self.versions[index], data)
+        self.uploads[index] = up
+        nursery.start_soon(self._upload, index, up)
+
+    async def _upload(self, index: int, up: _Upload) -> None:
+        try:
+            up.ref = await self.client.write_block(index, up.data)
+        except DfsError as exc:
+            up.error = exc
+        except Exception as exc:
+            log.exception("block upload failed", extra={"ctx": {"ino": self.ino, "block": index}})
+            up.error = InternalError(f"block upload failed: {exc}")
+        finally:
+            self.budget.release(len(up.data))
+            up.done.set()
+
+    # -- committing -------------------------------------------------------------
+    async def commit(self, nursery: trio.Nursery) -> Attr | None:
+        """Upload what is dirty and commit it; returns the new attributes, or None if clean."""
+        async with self.commit_lock:
+            if not self.is_dirty:
+                return None
+            size = self.size
+            mtime_ns = self.mtime_ns
+            if self.inline_candidate(size):
+                # Snapshot versions before reading: a write racing the read stays dirty.
+                versions = {i: self.versions[i] for i in self.dirty}
+                inline = bytes(await self.read(0, size))
+                attr = await self.client.commit_write(
+                    self.ino, size=size, mtime_ns=mtime_ns, blocks=[], inline=inline
+                )
+                self._after_commit(versions, size, [], inline, attr)
+                return attr
+            if self.inline is not None and 0 not in self.dirty and 0 not in self.uploads:
+                # An inline file growing into blocks: block 0 must carry the old bytes.
+                self.dirty[0] = bytearray(self.inline)
+                self.versions.setdefault(0, 0)
+            for index in list(self.dirty):
+                await self._start_upload(index, nursery)
+            uploads = dict(self.uploads)
+            versions = {i: up.version for i, up in uploads.items()}
+            for up in uploads.values():
+                await up.done.wait()
+            errors = [up.error for up in uploads.values() if up.error is not None]
+            if errors:
+                # Keep the data dirty so a later fsync/close can retry.
+                for index, up in uploads.items():
+                    if self.uploads.get(index) is up and up.error is not None:
+                        del self.uploads[index]
+                        self.dirty.setdefault(index, bytearray(up.data))
+                raise errors[0]
+            refs = [up.ref for up in uploads.values() if up.ref is not None]
+            attr = await self.client.commit_write(
+                self.ino, size=size, mtime_ns=mtime_ns, blocks=refs, inline=None
+            )
+            self._after_commit(versions, size, refs, None, attr)
+            return attr
+
+    def inline_candidate(self, size: int) -> bool:
+        return size <= self.client.inline_max and (self.inline is not None or not self.blocks)
+
+    def _after_commit(
+        self, versions: dict[int, int], size: int, refs: list[BlockRef], inline: bytes | None, attr: Attr
+    ) -> None:
+        if inline is not None:
+            self.inline = inline
+            self.blocks = {}
+        else:
+            self.inline = None
+            for ref in refs:
+                self.blocks[ref.index] = ref
+            bs = self.block_size
+            for index in [i for i in self.blocks if i * bs >= size]:
+                del self.blocks[index]
+        # Drop only what this commit covered: newer writes stay dirty.
+        for index, version in versions.items():
+            up = self.uploads.get(index)
+            if up is not None and up.version == version:
+                del self.uploads[index]
+            if inline is not None and index in self.dirty and self.versions.get(index) == version:
+                del self.dirty[index]
+        self.attr = attr
+        if not self.is_dirty:
+            self.size = attr.size
+
+
+class DirtyBudget:
+    """Caps the bytes of block snapshots in flight, so writers wait instead of exhausting memory."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self._waiters: list[trio.Event] = []
+
+    async def acquire(self, n: int) -> None:
+        # One oversized request may always proceed alone, so nothing waits forever.
+        while self.used_bytes > 0 and self.used_bytes + n > self.capacity_bytes:
+            event = trio.Event()
+            self._waiters.append(event)
+            await event.wait()
+        self.used_bytes += n
+
+    def release(self, n: int) -> None:
+        self.used_bytes -= n
+        waiters, self._waiters = self._waiters, []
+        for event in waiters:
+            event.set()

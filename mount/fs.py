@@ -1,0 +1,484 @@
+"""pyfuse3 Operations for dfs: kernel requests translated into dfs.client calls.
+
+Every handler is wrapped by :func:`_handler`: a :class:`DfsError` becomes
+``FUSEError(errno)``; anything else is logged and becomes EIO, because any
+other exception escaping a handler would end ``pyfuse3.main`` and leave a
+dead mount.
+
+Inode numbers are the daemon's (never reused).  When a subdirectory is
+mounted, kernel inode 1 stands for that directory.
+
+Caching: entries and attributes are cached by the kernel for
+``attr_timeout_s`` (1 s by default).  Page cache is kept across opens only
+when the daemon reports the same size and mtime this mount last saw
+(close-to-open consistency between mounts).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from dfs.client import Client
+from dfs.config import MountConfig
+from dfs.errors import DfsError, NoAttribute
+from dfs.meta import ROOT_INO, Attr, DirEntry
+from mount.files import BlockCache, DirtyBudget, OpenFile
+
+log = logging.getLogger("dfs.mount")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_READDIR_BATCH = 512
+_CAPABILITY = b"security.capability"
+_ACL_PREFIX = b"system.posix_acl_"
+
+
+def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except DfsError as exc:
+            if exc.errno == errno.EIO:
+                log.warning("%s failed: %s", fn.__name__, exc.message)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class _Handle:
+    ino: int
+    file: OpenFile
+    writable: bool
+
+
+@dataclass
+class _DirHandle:
+    ino: int
+    cookie: int = -1
+    entries: list[DirEntry] | None = None
+    exhausted: bool = False
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, client: Client, cfg: MountConfig, *, root_ino: int = ROOT_INO) -> None:
+        super().__init__()
+        self.client = client
+        self.cfg = cfg
+        self.root_ino = root_ino
+        self.session = secrets.token_hex(16)
+        self.cache = BlockCache(cfg.cache_bytes)
+        self.budget = DirtyBudget(cfg.dirty_bytes)
+        self.lookups: dict[int, int] = {}
+        self.files: dict[int, OpenFile] = {}
+        self.handles: dict[int, _Handle] = {}
+        self.dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        # (size, mtime_ns) this mount last saw for an inode's page cache contents.
+        self.seen: dict[int, tuple[int, int]] = {}
+        self.nursery: trio.Nursery | None = None
+        # inode -> monotonic expiry of a cached "no security.capability" answer
+        self.no_capability: dict[int, float] = {}
+
+    # -- helpers ------------------------------------------------------------------
+    def _d(self, ino: int) -> int:
+        """Kernel inode -> daemon inode."""
+        return self.root_ino if ino == pyfuse3.ROOT_INODE else ino
+
+    def _k(self, ino: int) -> int:
+        """Daemon inode -> kernel inode."""
+        return pyfuse3.ROOT_INODE if ino == self.root_ino else ino
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        f = self.files.get(attr.ino)
+        if f is not None:
+            attr = f.overlay(attr)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._k(attr.ino)
+        e.generation = attr.generation
+        e.entry_timeout = self.cfg.entry_timeout_s
+        e.attr_timeout = self.cfg.attr_timeout_s
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = 128 * 1024
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    def _looked_up(self, ino: int) -> None:
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    @property
+    def _bg(self) -> trio.Nursery:
+        assert self.nursery is not None, "Operations used before run()"
+        return self.nursery
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def heartbeat(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.client.session_heartbeat(self.session)
+            except DfsError as exc:
+                log.warning("session heartbeat failed: %s", exc.message)
+            await trio.sleep(interval_s)
+
+    # -- namespace ------------------------------------------------------------------
+    @_handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._d(parent_inode)
+        if name == b".":
+            attr = await self.client.getattr(parent)
+        elif name == b"..":
+            # Only NFS export asks for ".."; the daemon resolves a directory's parent.
+            attr = await self.client.getattr(
+                self.root_ino if parent == self.root_ino else await self._parent(parent)
+            )
+        else:
+            attr = await self.client.lookup(parent, name)
+        self._looked_up(attr.ino)
+        return self._entry(attr)
+
+    async def _parent(self, ino: int) -> int:
+        parent: int = await self.client.call("meta.parent", ino)
+        return parent
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups.pop(ino, None)
+
+    @_handler
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.client.getattr(self._d(inode)))
+
+    @_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: Any,
+    ) -> pyfuse3.EntryAttributes:
+        ino = self._d(inode)
+        changes: dict[str, int] = {}
+        if fields.update_mode:
+            changes["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        f = self.files.get(ino)
+        if fields.update_size:
+            changes["size"] = attr.st_size
+            if f is not None:
+                # Committed state first, so the daemon truncates exactly what we wrote.
+                await f.commit(self._bg)
+        elif f is not None and f.is_dirty and ("mtime_ns" in changes or "atime_ns" in changes):
+            await f.commit(self._bg)
+        new = await self.client.setattr(ino, **changes)
+        if f is not None and fields.update_size:
+            f.refresh(await self.client.read_map(ino))
+        self.seen[ino] = (new.size, new.mtime_ns)
+        return self._entry(new)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return await self.client.readlink(self._d(inode))
+
+    @_handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        attr = await self.client.mknod(self._d(parent_inode), name, mode, rdev, ctx.uid, ctx.gid)
+        self._looked_up(attr.ino)
+        return self._entry(attr)
+
+    @_handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        attr = await self.client.mkdir(self._d(parent_inode), name, mode, ctx.uid, ctx.gid)
+        self._looked_up(attr.ino)
+        return self._entry(attr)
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.client.unlink(self._d(parent_inode), name)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.client.rmdir(self._d(parent_inode), name)
+
+    @_handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        attr = await self.client.symlink(self._d(parent_inode), name, target, ctx.uid, ctx.gid)
+        self._looked_up(attr.ino)
+        return self._entry(attr)
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        await self.client.rename(
+            self._d(parent_inode_old), name_old, self._d(parent_inode_new), name_new, flags
+        )
+
+    @_handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        attr = await self.client.link(self._d(inode), self._d(new_parent_inode), new_name)
+        self._looked_up(attr.ino)
+        return self._entry(attr)
+
+    # -- directories ----------------------------------------------------------------
+    @_handler
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        ino = self._d(inode)
+        attr = await self.client.getattr(ino)
+        if not attr.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._new_fh()
+        self.dirs[fh] = _DirHandle(ino)
+        return fh
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        d = self.dirs[fh]
+        cookie = start_id
+        while True:
+            if d.entries is None or d.cookie != cookie:
+                d.entries = await self.client.readdir(d.ino, cookie, _READDIR_BATCH)
+                d.cookie = cookie
+                d.exhausted = len(d.entries) < _READDIR_BATCH
+            if not d.entries:
+                return
+            for i, entry in enumerate(d.entries):
+                if not pyfuse3.readdir_reply(token, entry.name, self._entry(entry.attr), entry.cookie):
+                    d.entries = d.entries[i:]
+                    d.cookie = cookie
+                    return
+                self._looked_up(entry.attr.ino)
+                cookie = entry.cookie
+            exhausted = d.exhausted
+            d.entries = None
+            if exhausted:
+                return
+
+    @_handler
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    @_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.client.sync()
+
+    # -- files ------------------------------------------------------------------------
+    async def _open_file(self, ino: int, attr: Attr) -> tuple[OpenFile, bool]:
+        """The inode's OpenFile (created on first open) and whether page cache may be kept."""
+        f = self.files.get(ino)
+        keep = self.seen.get(ino) == (attr.size, attr.mtime_ns)
+        if f is None:
+            f = OpenFile(ino, await self.client.read_map(ino), self.client, self.cache, self.budget)
+            self.files[ino] = f
+        elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
+            f.refresh(await self.client.read_map(ino))
+        if f.is_dirty:
+            keep = True  # our own unflushed writes are in the page cache already
+        f.handles += 1
+        self.seen[ino] = (attr.size, attr.mtime_ns)
+        return f, keep
+
+    def _register(self, ino: int, f: OpenFile, flags: int) -> int:
+        fh = self._new_fh()
+        self.handles[fh] = _Handle(ino, f, (flags & os.O_ACCMODE) != os.O_RDONLY)
+        return fh
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        ino = self._d(inode)
+        truncate = bool(flags & os.O_TRUNC)
+        f = self.files.get(ino)
+        if truncate and f is not None:
+            await f.commit(self._bg)
+        attr = await self.client.open(
+            ino, self.session, truncate=truncate, read=(flags & os.O_ACCMODE) != os.O_WRONLY
+        )
+        if truncate and f is not None:
+            f.refresh(await self.client.read_map(ino))
+        try:
+            f, keep = await self._open_file(ino, attr)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.client.release(ino, self.session)
+            raise
+        return pyfuse3.FileInfo(fh=self._register(ino, f, flags), keep_cache=keep)
+
+    @_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        attr = await self.client.create(self._d(parent_inode), name, mode, ctx.uid, ctx.gid, self.session)
+        f, _ = await self._open_file(attr.ino, attr)
+        self._looked_up(attr.ino)
+        fh = self._register(attr.ino, f, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        f = self.handles[fh].file
+        data = await f.read(off, size)
+        if len(data) == size:
+            f.prefetch(self._bg, off + size)
+        return data
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        await h.file.write(off, buf, self._bg)
+        return len(buf)
+
+    async def _commit(self, f: OpenFile) -> None:
+        attr = await f.commit(self._bg)
+        if attr is not None:
+            self.seen[f.ino] = (attr.size, attr.mtime_ns)
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if h is not None and h.file.is_dirty:
+            await self._commit(h.file)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handles[fh]
+        await self._commit(h.file)
+        await self.client.sync()
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        f = h.file
+        try:
+            if f.is_dirty:
+                # mmap writeback can arrive after the last close(2): commit it here.
+                await self._commit(f)
+        finally:
+            f.handles -= 1
+            if f.handles <= 0 and not f.is_dirty:
+                self.files.pop(h.ino, None)
+            with trio.CancelScope(shield=True):
+                await self.client.release(h.ino, self.session)
+
+    # -- xattrs ------------------------------------------------------------------------
+    @_handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if name.startswith(_ACL_PREFIX):
+            # No ACL support: refusing makes cp/rsync fall back to chmod instead of
+            # storing an ACL that would never be enforced.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        ino = self._d(inode)
+        self.no_capability.pop(ino, None)
+        await self.client.setxattr(ino, name, value, 0)
+
+    @_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if name.startswith(_ACL_PREFIX):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        ino = self._d(inode)
+        if name == _CAPABILITY:
+            # The kernel asks before every write(2); answer repeats from memory.
+            expiry = self.no_capability.get(ino)
+            if expiry is not None and expiry > time.monotonic():
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            try:
+                return await self.client.getxattr(ino, name)
+            except NoAttribute:
+                self.no_capability[ino] = time.monotonic() + self.cfg.attr_timeout_s
+                if len(self.no_capability) > 100_000:
+                    self.no_capability.clear()
+                raise
+        return await self.client.getxattr(ino, name)
+
+    @_handler
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        return await self.client.listxattr(self._d(inode))
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        ino = self._d(inode)
+        self.no_capability.pop(ino, None)
+        await self.client.removexattr(ino, name)
+
+    # -- misc ----------------------------------------------------------------------------
+    @_handler
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = await self.client.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = st.block_size
+        s.f_frsize = st.block_size
+        s.f_blocks = st.total_bytes // st.block_size
+        s.f_bfree = st.free_bytes // st.block_size
+        s.f_bavail = st.avail_bytes // st.block_size
+        s.f_files = st.files
+        s.f_ffree = st.files_free
+        s.f_favail = st.files_free
+        s.f_namemax = 255
+        return s
+
+    async def flush_all(self) -> None:
+        """Commit every dirty file (used on unmount)."""
+        for f in list(self.files.values()):
+            if f.is_dirty:
+                try:
+                    await self._commit(f)
+                except DfsError as exc:
+                    log.error("could not commit inode %d at unmount: %s", f.ino, exc.message)

@@ -1,0 +1,283 @@
+"""``mount.dfs``: the mount helper (works as ``mount -t dfs`` and from fstab).
+
+    mount.dfs HOST[:PORT][,HOST2...]:/[SUBDIR] MOUNTPOINT [-o OPTIONS] [-f]
+
+Without ``-f`` the helper starts the filesystem process in the background
+and returns only once the mount is usable (or with the error that stopped
+it), which is what ``mount(8)`` and systemd expect.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from dfs import config as config_mod
+from dfs import logs
+from dfs.client import DEFAULT_PORT, Client, fetch_info
+from dfs.config import Config
+from dfs.errors import DfsError, NotADirectory
+from dfs.meta import ROOT_INO
+from dfs.rpc import open_client
+from mount.fs import Operations
+
+log = logging.getLogger("dfs.mount")
+
+# fstab/mount(8) options that mean nothing to a FUSE filesystem: accepted and ignored.
+_IGNORED = {
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev",
+    "exec", "async", "relatime", "strictatime", "lazytime", "nolazytime",
+}  # fmt: skip
+# Passed through to libfuse/the kernel.
+_FUSE_FLAGS = {"ro", "allow_other", "nodev", "nosuid", "noexec", "noatime", "nodiratime", "dirsync", "sync"}
+_VALUE_OPTIONS = {"attr_timeout", "entry_timeout", "cache_size", "config", "log", "socket", "log_level"}
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class MountSpec:
+    addresses: list[str]
+    subdir: str
+    mountpoint: Path
+    fuse_options: set[str] = field(default_factory=set)
+    values: dict[str, str] = field(default_factory=dict)
+    debug: bool = False
+
+
+def parse_source(source: str) -> tuple[list[str], str]:
+    """``host[:port][,host2[:port]]:/sub/dir`` -> (["host:port", ...], "sub/dir")."""
+    hosts, sep, path = source.rpartition(":/")
+    if not sep or not hosts:
+        raise UsageError(f"source must look like HOST[:PORT]:/[SUBDIR], got {source!r}")
+    addresses = []
+    for host in hosts.split(","):
+        host = host.strip()
+        if not host:
+            raise UsageError(f"empty host in {source!r}")
+        if host.startswith("unix="):
+            addresses.append("unix:" + host[5:])
+            continue
+        if host.startswith("[") and "]" in host:
+            bracket = host.index("]")
+            port = host[bracket + 2 :] if host[bracket + 1 : bracket + 2] == ":" else ""
+            addresses.append(f"{host[: bracket + 1]}:{port or DEFAULT_PORT}")
+            continue
+        name, _, port = host.partition(":")
+        if port and not port.isdigit():
+            raise UsageError(f"bad port in {host!r}")
+        addresses.append(f"{name}:{port or DEFAULT_PORT}")
+    return addresses, path.strip("/")
+
+
+def parse_options(opts: Sequence[str]) -> tuple[set[str], dict[str, str], bool]:
+    flags: set[str] = set()
+    values: dict[str, str] = {}
+    debug = False
+    for group in opts:
+        for opt in group.split(","):
+            opt = opt.strip()
+            if not opt or opt in _IGNORED or opt.startswith("x-"):
+                continue
+            key, eq, value = opt.partition("=")
+            if eq and key in _VALUE_OPTIONS:
+                values[key] = value
+            elif opt == "debug":
+                debug = True
+            elif opt in _FUSE_FLAGS:
+                flags.add(opt)
+            elif key in ("uid", "gid", "fsname", "subtype"):
+                continue
+            else:
+                raise UsageError(f"unknown mount option {opt!r}")
+    return flags, values, debug
+
+
+def parse_args(argv: Sequence[str]) -> tuple[MountSpec, bool]:
+    positional: list[str] = []
+    opts: list[str] = []
+    foreground = False
+    it = iter(argv)
+    for arg in it:
+        if arg == "-o":
+            try:
+                opts.append(next(it))
+            except StopIteration:
+                raise UsageError("-o needs an argument") from None
+        elif arg.startswith("-o") and len(arg) > 2:
+            opts.append(arg[2:])
+        elif arg == "-f":
+            foreground = True
+        elif arg in ("-n", "-s", "-v"):
+            continue  # mount(8) passes these: no mtab, sloppy, verbose
+        elif arg in ("-h", "--help"):
+            raise UsageError(__doc__ or "")
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown flag {arg}")
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise UsageError("usage: mount.dfs HOST[:PORT]:/[SUBDIR] MOUNTPOINT [-o OPTIONS] [-f]")
+    addresses, subdir = parse_source(positional[0])
+    flags, values, debug = parse_options(opts)
+    mountpoint = Path(positional[1]).resolve()
+    return MountSpec(addresses, subdir, mountpoint, flags, values, debug), foreground
+
+
+def _config(spec: MountSpec) -> Config:
+    cfg = config_mod.load(spec.values.get("config")) if "config" in spec.values else config_mod.parse("")
+    mount: dict[str, object] = {}
+    if "attr_timeout" in spec.values:
+        mount["attr_timeout_s"] = float(spec.values["attr_timeout"])
+    if "entry_timeout" in spec.values:
+        mount["entry_timeout_s"] = float(spec.values["entry_timeout"])
+    if "cache_size" in spec.values:
+        mount["cache_bytes"] = int(spec.values["cache_size"])
+    log_cfg: dict[str, object] = {}
+    if spec.debug:
+        log_cfg["level"] = "DEBUG"
+    elif "log_level" in spec.values:
+        log_cfg["level"] = spec.values["log_level"].upper()
+    sections: dict[str, dict[str, object]] = {}
+    if mount:
+        sections["mount"] = mount
+    if log_cfg:
+        sections["log"] = log_cfg
+    return config_mod.replace(cfg, **sections) if sections else cfg
+
+
+async def _resolve_root(client: Client, subdir: str) -> int:
+    ino = ROOT_INO
+    for part in [p for p in subdir.split("/") if p]:
+        attr = await client.lookup(ino, part.encode())
+        if not attr.is_dir:
+            raise NotADirectory(f"{subdir} is not a directory")
+        ino = attr.ino
+    return ino
+
+
+async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
+    address = f"unix:{spec.values['socket']}" if "socket" in spec.values else spec.addresses[0]
+    async with open_client(address, call_timeout_s=cfg.rpc.call_timeout_s) as conn:
+        info = await fetch_info(conn)
+        client = Client(conn, info, codec_threads=max(2, cfg.mount.upload_concurrency))
+        root = await _resolve_root(client, spec.subdir)
+        ops = Operations(client, cfg.mount, root_ino=root)
+        source = ",".join(spec.addresses) + ":/" + spec.subdir
+        options = {"fsname=" + source, "subtype=dfs", "default_permissions", *spec.fuse_options}
+        if os.geteuid() == 0:
+            options.add("allow_other")
+        if spec.debug:
+            options.add("debug")
+        pyfuse3.init(ops, str(spec.mountpoint), options)
+        clean = False
+        try:
+            async with trio.open_nursery() as nursery:
+                ops.nursery = nursery
+                nursery.start_soon(ops.heartbeat, max(1.0, cfg.meta.session_timeout_s / 5))
+                nursery.start_soon(_terminate_on_signal)
+                if ready_fd is not None:
+                    os.write(ready_fd, b"ok\n")
+                    os.close(ready_fd)
+                    ready_fd = None
+                await pyfuse3.main(max_tasks=cfg.mount.max_tasks)
+                await ops.flush_all()
+                nursery.cancel_scope.cancel()
+            clean = True
+        finally:
+            pyfuse3.close(unmount=clean)
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+def _check_mountpoint(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise UsageError(f"{path} is a dead mount: run 'umount -l {path}' first") from None
+        raise UsageError(f"mount point {path}: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise UsageError(f"mount point {path} is not a directory")
+    del st
+
+
+def _spawn_background(argv: Sequence[str], spec: MountSpec) -> int:
+    """Start the filesystem in a detached child; return once it reports ready."""
+    read_fd, write_fd = os.pipe()
+    log_path = spec.values.get("log", "/dev/null")
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mount.main", *argv, "-f", f"--ready-fd={write_fd}"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        status = pipe.read().decode(errors="replace").strip()
+    if status == "ok":
+        return 0
+    child.wait()
+    sys.stderr.write(f"mount.dfs: {status or f'mount process exited with status {child.returncode}'}\n")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    ready_fd: int | None = None
+    for arg in list(args):
+        if arg.startswith("--ready-fd="):
+            ready_fd = int(arg.split("=", 1)[1])
+            args.remove(arg)
+    try:
+        spec, foreground = parse_args(args)
+        cfg = _config(spec)
+        _check_mountpoint(spec.mountpoint)
+    except (UsageError, DfsError, ValueError) as exc:
+        message = exc.message if isinstance(exc, DfsError) else str(exc)
+        _report(ready_fd, message)
+        sys.exit(1 if ready_fd is None else 2)
+    if not foreground:
+        sys.exit(_spawn_background(args, spec))
+    logs.setup(cfg.log)
+    try:
+        trio.run(run_mount, spec, cfg, ready_fd)
+    except DfsError as exc:
+        _report(ready_fd, f"{spec.mountpoint}: {exc.message}")
+        sys.exit(1)
+    except RuntimeError as exc:  # pyfuse3.init failures (e.g. no /dev/fuse)
+        _report(ready_fd, f"{spec.mountpoint}: {exc}")
+        sys.exit(1)
+
+
+def _report(ready_fd: int | None, message: str) -> None:
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, message.encode() + b"\n")
+        except OSError:
+            pass
+    sys.stderr.write(f"mount.dfs: {message}\n")
+
+
+if __name__ == "__main__":
+    main()

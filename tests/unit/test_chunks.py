@@ -1,0 +1,374 @@
+"""daemon.chunks.ChunkStore: storage, dedup, corruption, concurrency and a real ENOSPC."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from daemon.chunks import ChunkStore
+from dfs import codec
+from dfs.errors import ChunkMissing, CorruptChunk, InvalidArgument, NoSpace
+
+KEY = b"k" * 32
+T = TypeVar("T")
+
+
+def make(data: bytes, level: int = 1) -> tuple[bytes, bytes]:
+    return codec.chunk_id(KEY, data), codec.encode(data, level=level)
+
+
+def tmp_files(root: Path) -> list[Path]:
+    return list((root / "chunks" / "tmp").iterdir())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ChunkStore:
+    return ChunkStore(tmp_path)
+
+
+def test_put_get_has_delete(store: ChunkStore, tmp_path: Path) -> None:
+    cid, blob = make(b"hello world" * 100)
+    other, _ = make(b"absent")
+    assert store.put(cid, blob) is True
+    assert store.get(cid) == blob
+    assert codec.decode(store.get(cid)) == b"hello world" * 100
+    assert store.exists(cid)
+    assert not store.exists(other)
+    assert store.has([cid, other, cid]) == [True, False, True]
+    assert store.stored_bytes(cid) == len(blob)
+    h = cid.hex()
+    assert store.path_of(cid) == tmp_path / "chunks" / h[:2] / h[2:4] / h
+    assert store.path_of(cid).read_bytes() == blob
+    assert store.delete([cid, other]) == 1
+    assert not store.exists(cid)
+    assert store.delete([cid]) == 0
+    with pytest.raises(ChunkMissing):
+        store.get(cid)
+    assert tmp_files(tmp_path) == []
+
+
+def test_dedup_does_not_rewrite(store: ChunkStore) -> None:
+    cid, blob = make(b"same")
+    assert store.put(cid, blob)
+    mtime = store.path_of(cid).stat().st_mtime_ns
+    assert store.put(cid, blob) is False
+    assert store.put(cid, codec.encode(b"same", level=0)) is False
+    assert store.path_of(cid).stat().st_mtime_ns == mtime
+    assert store.stats()["chunk_count"] == 1
+
+
+def test_put_rejects_corrupt_blob(store: ChunkStore, tmp_path: Path) -> None:
+    cid, blob = make(os.urandom(1000))
+    bad = bytearray(blob)
+    bad[-1] ^= 0x40
+    with pytest.raises(CorruptChunk):
+        store.put(cid, bytes(bad))
+    with pytest.raises(CorruptChunk):
+        store.put(cid, b"garbage")
+    assert not store.exists(cid)
+    assert store.stats()["chunk_count"] == 0
+    assert tmp_files(tmp_path) == []
+
+
+def test_bad_ids_rejected(store: ChunkStore) -> None:
+    _, blob = make(b"x")
+    for bad in (b"", b"short", b"x" * 33):
+        with pytest.raises(InvalidArgument):
+            store.put(bad, blob)
+        with pytest.raises(InvalidArgument):
+            store.get(bad)
+        with pytest.raises(InvalidArgument):
+            store.exists(bad)
+
+
+def test_missing(store: ChunkStore) -> None:
+    cid, _ = make(b"never stored")
+    with pytest.raises(ChunkMissing, match=cid.hex()):
+        store.get(cid)
+    with pytest.raises(ChunkMissing):
+        store.stored_bytes(cid)
+    assert store.scrub([cid]) == [cid]
+
+
+@pytest.mark.parametrize("where", ["payload", "header", "truncate", "empty"])
+def test_corruption_on_disk(store: ChunkStore, where: str, caplog: pytest.LogCaptureFixture) -> None:
+    cid, blob = make(os.urandom(5000))
+    good, good_blob = make(b"fine")
+    store.put(cid, blob)
+    store.put(good, good_blob)
+    path = store.path_of(cid)
+    data = bytearray(path.read_bytes())
+    if where == "payload":
+        data[len(data) // 2] ^= 1
+    elif where == "header":
+        data[0] ^= 1
+    elif where == "truncate":
+        del data[-10:]
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="dfs.chunks"), pytest.raises(CorruptChunk) as info:
+        store.get(cid)
+    assert cid.hex() in info.value.message
+    assert str(path) in info.value.message
+    assert store.checksum_failures == 1
+    warnings = [r for r in caplog.records if r.name == "dfs.chunks" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert cid.hex() in warnings[0].getMessage()
+    assert store.scrub([good, cid]) == [cid]
+    assert store.checksum_failures == 2
+    assert store.stats()["checksum_failures"] == 2
+    assert store.get(good) == good_blob
+
+
+def test_persistence_across_instances(tmp_path: Path) -> None:
+    first = ChunkStore(tmp_path)
+    chunks = dict(make(os.urandom(n)) for n in (10, 1000, 70_000))
+    for cid, blob in chunks.items():
+        first.put(cid, blob)
+    second = ChunkStore(tmp_path)
+    for cid, blob in chunks.items():
+        assert second.get(cid) == blob
+        assert second.put(cid, blob) is False
+    assert set(second.iter_ids()) == set(chunks)
+    assert second.stats()["chunk_count"] == 3
+    assert second.stats()["used_bytes"] == sum(map(len, chunks.values()))
+
+
+def test_leftover_temp_files_cleaned(tmp_path: Path) -> None:
+    ChunkStore(tmp_path)
+    tmp = tmp_path / "chunks" / "tmp"
+    (tmp / "abc.123.0").write_bytes(b"partial")
+    (tmp / "junkdir").mkdir()
+    (tmp / "junkdir" / "x").write_bytes(b"x")
+    store = ChunkStore(tmp_path)
+    assert tmp_files(tmp_path) == []
+    assert list(store.iter_ids()) == []
+
+
+def test_junk_is_ignored(store: ChunkStore, tmp_path: Path) -> None:
+    cid, blob = make(b"real")
+    store.put(cid, blob)
+    chunks = tmp_path / "chunks"
+    h = cid.hex()
+    (chunks / "README").write_text("junk")
+    (chunks / "zz").mkdir()
+    (chunks / "zz" / "zz").mkdir()
+    (chunks / h[:2] / h[2:4] / "notes.txt").write_text("junk")
+    (chunks / h[:2] / h[2:4] / h.upper()).write_text("junk")  # wrong case
+    (chunks / h[:2] / h[2:4] / ("ff" * 32)).write_text("junk")  # wrong directory
+    (chunks / h[:2] / h[2:4] / (h[:4] + "0" * 60 + "0")).write_text("junk")  # too long
+    assert list(store.iter_ids()) == [cid]
+    reopened = ChunkStore(tmp_path)
+    assert list(reopened.iter_ids()) == [cid]
+    assert reopened.stats()["chunk_count"] == 1
+    assert reopened.stats()["used_bytes"] == len(blob)
+
+
+def test_iter_ids_and_stats_consistent(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, fsync=False)
+    chunks = dict(make(os.urandom(i * 37 % 5000)) for i in range(300))
+    for cid, blob in chunks.items():
+        assert store.put(cid, blob)
+    doomed = list(chunks)[::3]
+    assert store.delete(doomed) == len(doomed)
+    for cid in doomed:
+        del chunks[cid]
+    ids = set(store.iter_ids())
+    assert ids == set(chunks)
+    stats = store.stats()
+    assert stats["chunk_count"] == len(chunks)
+    assert stats["used_bytes"] == sum(map(len, chunks.values())) == sum(map(store.stored_bytes, ids))
+    assert stats["total_bytes"] >= stats["free_bytes"] >= stats["avail_bytes"] >= 0
+    assert stats["checksum_failures"] == 0
+    again = ChunkStore(tmp_path).stats()
+    assert (again["chunk_count"], again["used_bytes"]) == (stats["chunk_count"], stats["used_bytes"])
+    assert store.scrub(ids) == []
+
+
+def _run_threads(n: int, target: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``target(i)`` in ``n`` threads released together; results or exceptions."""
+    results: list[T | BaseException] = [RuntimeError("did not run")] * n
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = target(i)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _put_ignoring_index(store: ChunkStore, cid: bytes, blob: bytes, _i: int) -> bool:
+    return store.put(cid, blob)
+
+
+@pytest.mark.parametrize("use_link", [True, False])
+def test_concurrent_puts_of_same_id(tmp_path: Path, use_link: bool) -> None:
+    store = ChunkStore(tmp_path)
+    store._use_link = use_link
+    for round_ in range(10):
+        cid, blob = make(os.urandom(200_000) + bytes([round_]))
+        results = _run_threads(8, partial(_put_ignoring_index, store, cid, blob))
+        assert sorted(results, key=repr) == [False] * 7 + [True], results
+        assert store.get(cid) == blob
+    assert store.stats()["chunk_count"] == 10
+    assert tmp_files(tmp_path) == []
+
+
+def test_concurrent_puts_and_deletes(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    chunks = [make(os.urandom(3000)) for _ in range(64)]
+    doomed = chunks[0::4]
+    kept = [c for c in chunks if c not in doomed]
+    phase = threading.Barrier(8)
+
+    def work(i: int) -> int:
+        # Phase 1: every thread puts every chunk, in different orders (dedup races).
+        created = sum(store.put(cid, blob) for cid, blob in chunks[i:] + chunks[:i])
+        phase.wait()
+        # Phase 2: overlapping deletes race with reads of the survivors.
+        if i % 2:
+            store.delete([cid for cid, _ in doomed[i % 3 :]] + [cid for cid, _ in doomed])
+        else:
+            for cid, blob in kept:
+                assert store.get(cid) == blob
+        return created
+
+    results = _run_threads(8, work)
+    assert all(isinstance(r, int) for r in results), results
+    assert sum(r for r in results if isinstance(r, int)) == len(chunks)
+    expected = {cid for cid, _ in kept}
+    assert set(store.iter_ids()) == expected
+    stats = store.stats()
+    assert stats["chunk_count"] == len(expected)
+    assert stats["used_bytes"] == sum(store.stored_bytes(c) for c in expected)
+    assert tmp_files(tmp_path) == []
+
+
+def test_rename_fallback_when_links_unsupported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ChunkStore(tmp_path)
+
+    def no_link(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    cid, blob = make(b"no hard links here")
+    assert store.put(cid, blob) is True
+    assert store.put(cid, blob) is False
+    assert store.get(cid) == blob
+    assert store._use_link is False
+    assert tmp_files(tmp_path) == []
+
+
+def test_reserve_bytes(tmp_path: Path) -> None:
+    avail = ChunkStore(tmp_path).stats()["avail_bytes"]
+    store = ChunkStore(tmp_path, reserve_bytes=avail + (1 << 30))
+    cid, blob = make(b"anything")
+    with pytest.raises(NoSpace, match="reserve"):
+        store.put(cid, blob)
+    assert not store.exists(cid)
+    assert tmp_files(tmp_path) == []
+    roomy = ChunkStore(tmp_path, reserve_bytes=1 << 20)
+    assert roomy.put(cid, blob)
+    assert store.put(cid, blob) is False  # already stored: no space needed
+
+
+def test_write_error_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ChunkStore(tmp_path)
+    real_write = os.write
+    calls = 0
+
+    def failing_write(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return real_write(fd, memoryview(data)[:100])  # a short write first
+
+    monkeypatch.setattr(os, "write", failing_write)
+    cid, blob = make(os.urandom(10_000))
+    with pytest.raises(NoSpace, match=cid.hex()):
+        store.put(cid, blob)
+    monkeypatch.undo()
+    assert not store.exists(cid)
+    assert tmp_files(tmp_path) == []
+    assert store.stats()["chunk_count"] == 0
+    assert store.put(cid, blob)
+
+
+# -- a real ENOSPC on a tiny tmpfs ------------------------------------------------------
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount tmpfs: {exc}")
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+def test_enospc_on_full_disk(tiny_fs: Path) -> None:
+    store = ChunkStore(tiny_fs)
+    stored: dict[bytes, bytes] = {}
+    error: NoSpace | None = None
+    for i in range(200):
+        # Incompressible and of varying sizes so the last write is usually a partial one.
+        cid, blob = make(os.urandom(50_000 + i * 997))
+        try:
+            assert store.put(cid, blob)
+        except NoSpace as exc:
+            error = exc
+            break
+        stored[cid] = blob
+    assert error is not None, "the 2 MiB tmpfs never filled up"
+    assert "no space" in error.message.lower()
+    failed = cid
+    assert len(stored) >= 10
+    assert tmp_files(tiny_fs) == []
+    assert not store.exists(failed)
+    assert set(store.iter_ids()) == set(stored)
+    for cid, blob in stored.items():
+        assert store.get(cid) == blob  # verified: no partial chunk
+    assert store.stats()["chunk_count"] == len(stored)
+
+    victims = list(stored)[:5]
+    assert store.delete(victims) == 5
+    for cid in victims:
+        del stored[cid]
+    small_id, small_blob = make(os.urandom(20_000))
+    assert store.put(small_id, small_blob)
+    stored[small_id] = small_blob
+    reopened = ChunkStore(tiny_fs)
+    assert set(reopened.iter_ids()) == set(stored)
+    assert reopened.stats()["chunk_count"] == len(stored)
+    assert reopened.scrub(list(stored)) == []
