@@ -116,16 +116,35 @@ def _meta(root: Path, n: int) -> dict[str, float]:
     base = root / "meta"
     base.mkdir()
     d = [base / f"d{i:04d}" for i in range(n)]
-    t_mkdir = _timed(lambda: [p.mkdir() for p in d] and None)
-    t_create = _timed(
-        lambda: [os.close(os.open(p / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)) for p in d] and None
-    )
-    t_rename = _timed(lambda: [os.rename(d[i] / "f", d[(i + 1) % n] / "g") for i in range(n)] and None)
+
+    def mkdirs() -> None:
+        for p in d:
+            p.mkdir()
+
+    def creates() -> None:
+        for p in d:
+            os.close(os.open(p / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+    def renames() -> None:
+        for i in range(n):
+            os.rename(d[i] / "f", d[(i + 1) % n] / "g")
+
+    def unlinks() -> None:
+        for p in d:
+            os.unlink(p / "g")
+
+    def rmdirs() -> None:
+        for p in d:
+            p.rmdir()
+
+    t_mkdir = _timed(mkdirs)
+    t_create = _timed(creates)
+    t_rename = _timed(renames)
     missing = sum(1 for p in d if not (p / "g").exists())
     if missing:
         raise BenchMismatch(f"{missing} renamed files missing in {root}")
-    t_unlink = _timed(lambda: [os.unlink(p / "g") for p in d] and None)
-    t_rmdir = _timed(lambda: [p.rmdir() for p in d] and None)
+    t_unlink = _timed(unlinks)
+    t_rmdir = _timed(rmdirs)
     base.rmdir()
     return {
         "meta_mkdir ops/s": n / t_mkdir,

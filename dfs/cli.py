@@ -100,7 +100,7 @@ async def _wait_ready(address: str, proc: subprocess.Popen[bytes], log_path: Pat
     deadline = trio.current_time() + _UP_TIMEOUT_S
     while True:
         if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            tail = (await trio.Path(log_path).read_text(errors="replace")).strip().splitlines()[-3:]
             raise CliError(
                 "dfsd exited during start-up: " + (" | ".join(tail) or f"status {proc.returncode}")
             )

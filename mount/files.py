@@ -127,9 +127,13 @@ class OpenFile:
         return bool(self.dirty or self.uploads)
 
     def overlay(self, attr: Attr) -> Attr:
-        """Attributes as the kernel should see them, including unflushed writes."""
-        if not self.is_dirty:
-            return attr
+        """Attributes as the kernel should see them, including unflushed writes.
+
+        While the file is open here, this mount's size wins even when clean: a
+        getattr answered by the daemon just before our own commit landed would
+        otherwise hand the kernel a stale, smaller size, and the next O_APPEND
+        write would overwrite the tail.
+        """
         return attr._replace(size=self.size, mtime_ns=max(attr.mtime_ns, self.mtime_ns))
 
     # -- reading ----------------------------------------------------------------

@@ -23,7 +23,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -37,6 +37,7 @@ from dfs.meta import ROOT_INO, Attr, DirEntry
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
 log = logging.getLogger("dfs.mount")
+Ctx = pyfuse3.RequestContext
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -45,7 +46,7 @@ _CAPABILITY = b"security.capability"
 _ACL_PREFIX = b"system.posix_acl_"
 
 
-def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -156,7 +157,7 @@ class Operations(pyfuse3.Operations):
 
     # -- namespace ------------------------------------------------------------------
     @_handler
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Ctx) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
         if name == b".":
             attr = await self.client.getattr(parent)
@@ -183,7 +184,7 @@ class Operations(pyfuse3.Operations):
                 self.lookups.pop(ino, None)
 
     @_handler
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
         return self._entry(await self.client.getattr(self._d(inode)))
 
     @_handler
@@ -193,7 +194,7 @@ class Operations(pyfuse3.Operations):
         attr: pyfuse3.EntryAttributes,
         fields: pyfuse3.SetattrFields,
         fh: int | None,
-        ctx: Any,
+        ctx: Ctx,
     ) -> pyfuse3.EntryAttributes:
         ino = self._d(inode)
         changes: dict[str, int] = {}
@@ -222,34 +223,34 @@ class Operations(pyfuse3.Operations):
         return self._entry(new)
 
     @_handler
-    async def readlink(self, inode: int, ctx: Any) -> bytes:
+    async def readlink(self, inode: int, ctx: Ctx) -> bytes:
         return await self.client.readlink(self._d(inode))
 
     @_handler
     async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
         attr = await self.client.mknod(self._d(parent_inode), name, mode, rdev, ctx.uid, ctx.gid)
         self._looked_up(attr.ino)
         return self._entry(attr)
 
     @_handler
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
         attr = await self.client.mkdir(self._d(parent_inode), name, mode, ctx.uid, ctx.gid)
         self._looked_up(attr.ino)
         return self._entry(attr)
 
     @_handler
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         await self.client.unlink(self._d(parent_inode), name)
 
     @_handler
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         await self.client.rmdir(self._d(parent_inode), name)
 
     @_handler
     async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
         attr = await self.client.symlink(self._d(parent_inode), name, target, ctx.uid, ctx.gid)
         self._looked_up(attr.ino)
@@ -263,7 +264,7 @@ class Operations(pyfuse3.Operations):
         parent_inode_new: int,
         name_new: bytes,
         flags: int,
-        ctx: Any,
+        ctx: Ctx,
     ) -> None:
         await self.client.rename(
             self._d(parent_inode_old), name_old, self._d(parent_inode_new), name_new, flags
@@ -271,7 +272,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
         attr = await self.client.link(self._d(inode), self._d(new_parent_inode), new_name)
         self._looked_up(attr.ino)
@@ -279,7 +280,7 @@ class Operations(pyfuse3.Operations):
 
     # -- directories ----------------------------------------------------------------
     @_handler
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Ctx) -> int:
         ino = self._d(inode)
         attr = await self.client.getattr(ino)
         if not attr.is_dir:
@@ -325,8 +326,13 @@ class Operations(pyfuse3.Operations):
         f = self.files.get(ino)
         keep = self.seen.get(ino) == (attr.size, attr.mtime_ns)
         if f is None:
-            f = OpenFile(ino, await self.client.read_map(ino), self.client, self.cache, self.budget)
-            self.files[ino] = f
+            fmap = await self.client.read_map(ino)
+            # Re-check after the await: a concurrent open may have created it, and two
+            # OpenFiles for one inode would each commit their own view of the data.
+            f = self.files.get(ino)
+            if f is None:
+                f = OpenFile(ino, fmap, self.client, self.cache, self.budget)
+                self.files[ino] = f
         elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
             f.refresh(await self.client.read_map(ino))
         if f.is_dirty:
@@ -341,7 +347,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @_handler
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
         ino = self._d(inode)
         truncate = bool(flags & os.O_TRUNC)
         f = self.files.get(ino)
@@ -362,7 +368,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Ctx
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         attr = await self.client.create(self._d(parent_inode), name, mode, ctx.uid, ctx.gid, self.session)
         f, _ = await self._open_file(attr.ino, attr)
@@ -420,7 +426,7 @@ class Operations(pyfuse3.Operations):
 
     # -- xattrs ------------------------------------------------------------------------
     @_handler
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Ctx) -> None:
         if name.startswith(_ACL_PREFIX):
             # No ACL support: refusing makes cp/rsync fall back to chmod instead of
             # storing an ACL that would never be enforced.
@@ -430,7 +436,7 @@ class Operations(pyfuse3.Operations):
         await self.client.setxattr(ino, name, value, 0)
 
     @_handler
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+    async def getxattr(self, inode: int, name: bytes, ctx: Ctx) -> bytes:
         if name.startswith(_ACL_PREFIX):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         ino = self._d(inode)
@@ -449,18 +455,18 @@ class Operations(pyfuse3.Operations):
         return await self.client.getxattr(ino, name)
 
     @_handler
-    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+    async def listxattr(self, inode: int, ctx: Ctx) -> Sequence[bytes]:
         return await self.client.listxattr(self._d(inode))
 
     @_handler
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+    async def removexattr(self, inode: int, name: bytes, ctx: Ctx) -> None:
         ino = self._d(inode)
         self.no_capability.pop(ino, None)
         await self.client.removexattr(ino, name)
 
     # -- misc ----------------------------------------------------------------------------
     @_handler
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: Ctx) -> pyfuse3.StatvfsData:
         st = await self.client.statfs()
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.block_size

@@ -159,7 +159,7 @@ def _config(spec: MountSpec) -> Config:
 
 
 async def _resolve_root(client: Client, subdir: str) -> int:
-    ino = ROOT_INO
+    ino: int = ROOT_INO
     for part in [p for p in subdir.split("/") if p]:
         attr = await client.lookup(ino, part.encode())
         if not attr.is_dir:

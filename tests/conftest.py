@@ -52,6 +52,7 @@ class Daemon:
     data_dir: Path
     port: int
     extra_conf: str = ""
+    reserve_bytes: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -61,7 +62,7 @@ class Daemon:
         self.conf_path = self.data_dir / "dfs.conf"
         self.conf_path.write_text(
             f'[node]\ndata_dir = "{self.data_dir}"\n[rpc]\nlisten = "127.0.0.1:{self.port}"\n'
-            f'[storage]\nreserve_bytes = 0\n[log]\nlevel = "INFO"\n{self.extra_conf}'
+            f'[storage]\nreserve_bytes = {self.reserve_bytes}\n[log]\nlevel = "INFO"\n{self.extra_conf}'
         )
 
     @property
@@ -69,15 +70,18 @@ class Daemon:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "dfsd"), "--config", str(self.conf_path)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        wait_for(self._ready, 30, "dfsd to answer")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "dfsd"), "--config", str(self.conf_path)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_for(self._ready, 30, "dfsd to answer")
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
 
     def _ready(self) -> bool:
         assert self.proc is not None

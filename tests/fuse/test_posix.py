@@ -502,7 +502,11 @@ def test_corrupt_chunk_gives_eio(daemon: Daemon, tmp_path: Path) -> None:
         (m.path / "victim").write_bytes(data)
     finally:
         m.stop()
-    chunk_files = [p for p in (daemon.data_dir / "chunks").rglob("*") if p.is_file() and "tmp" not in p.parts]
+    chunk_files = [
+        p
+        for p in (daemon.data_dir / "chunks").rglob("*")
+        if p.is_file() and "tmp" not in p.relative_to(daemon.data_dir).parts
+    ]
     assert len(chunk_files) == 1
     raw = bytearray(chunk_files[0].read_bytes())
     raw[len(raw) // 2] ^= 0x40
@@ -530,7 +534,8 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
     if res.returncode != 0:
         pytest.skip("cannot mount tmpfs")
     try:
-        d = Daemon(data_dir / "var", free_port())
+        # The reserve keeps room for metadata, so deleting works on a full disk.
+        d = Daemon(data_dir / "var", free_port(), reserve_bytes=4 * 1024 * 1024)
         d.start()
         m = Mount(d, tmp_path / "m")
         m.start()
