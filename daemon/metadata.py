@@ -921,6 +921,27 @@ class MetaStore:
             self._log(now, "release", [ino, session])
 
     @_api
+    def release_many(self, inos: list[int], session: str) -> None:
+        """Release several opens in one transaction (mounts batch their releases)."""
+        with self._write() as now:
+            for ino in inos:
+                row = self._db.execute(
+                    "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
+                    (ino, session),
+                ).fetchone()
+                if row is not None and row[0] <= 0:
+                    self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
+                    self._purge_if_unused(ino, now)
+            self._log(now, "release_many", [inos, session])
+
+    @_api
+    def end_session(self, session: str) -> None:
+        """A mount going away cleanly: drop its opens now instead of at lease expiry."""
+        with self._write() as now:
+            self._end_session(session, now)
+            self._log(now, "end_session", [session])
+
+    @_api
     def session_heartbeat(self, session: str) -> None:
         with self._write() as now:
             self._touch_session(session, now)

@@ -130,6 +130,9 @@ def up(directory: str) -> None:
     mnt = base / "mnt"
     mnt.mkdir(parents=True, exist_ok=True)
     address = cfg.rpc.listen
+    # Poll our own daemon: the unix socket lives in this data dir, while the TCP
+    # port might be answered by another dfsd that already holds it.
+    own = f"unix:{cfg.unix_socket_path}" if cfg.rpc.unix_socket else address
     if _daemon_pid(cfg) is None:
         log_path = cfg.data_path / "dfsd.log"
         with open(log_path, "ab") as log_file:
@@ -140,7 +143,7 @@ def up(directory: str) -> None:
                 stderr=log_file,
                 start_new_session=True,
             )
-        _run(_wait_ready, address, proc, log_path)
+        _run(_wait_ready, own, proc, log_path)
     if not _is_mounted(mnt):
         source = f"{address}:/"
         opts = [f"log={cfg.data_path / 'mount.log'}"]

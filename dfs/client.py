@@ -81,11 +81,18 @@ class Client:
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         await self.rpc.call("meta.rename", parent, name, new_parent, new_name, flags)
 
-    async def open(self, ino: int, session: str, *, truncate: bool, read: bool) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.open", ino, session, truncate, read))
+    async def open(self, ino: int, session: str, *, truncate: bool, read: bool) -> FileMap:
+        """Register an open by ``session``; returns fresh attributes and the block map."""
+        return FileMap.from_wire(await self.rpc.call("meta.open", ino, session, truncate, read))
 
     async def release(self, ino: int, session: str) -> None:
         await self.rpc.call("meta.release", ino, session)
+
+    async def release_many(self, inos: list[int], session: str) -> None:
+        await self.rpc.call("meta.release_many", inos, session)
+
+    async def end_session(self, session: str) -> None:
+        await self.rpc.call("meta.end_session", session)
 
     async def session_heartbeat(self, session: str) -> None:
         await self.rpc.call("meta.session_heartbeat", session)

@@ -33,7 +33,7 @@ import trio
 from dfs.client import Client
 from dfs.config import MountConfig
 from dfs.errors import DfsError, NoAttribute
-from dfs.meta import ROOT_INO, Attr, DirEntry
+from dfs.meta import ROOT_INO, Attr, DirEntry, FileMap
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
 log = logging.getLogger("dfs.mount")
@@ -99,6 +99,8 @@ class Operations(pyfuse3.Operations):
         # (size, mtime_ns) this mount last saw for an inode's page cache contents.
         self.seen: dict[int, tuple[int, int]] = {}
         self.nursery: trio.Nursery | None = None
+        self._releases: list[int] = []
+        self._releases_ready = trio.Event()
         # inode -> monotonic expiry of a cached "no security.capability" answer
         self.no_capability: dict[int, float] = {}
 
@@ -321,20 +323,22 @@ class Operations(pyfuse3.Operations):
         await self.client.sync()
 
     # -- files ------------------------------------------------------------------------
-    async def _open_file(self, ino: int, attr: Attr) -> tuple[OpenFile, bool]:
-        """The inode's OpenFile (created on first open) and whether page cache may be kept."""
+    def _open_file(self, fmap: FileMap) -> tuple[OpenFile, bool]:
+        """The inode's OpenFile (created on first open) and whether page cache may be kept.
+
+        Synchronous on purpose: the lookup and the insert must not be split by
+        an await, or two concurrent opens would create two OpenFiles whose
+        commits overwrite each other.
+        """
+        attr = fmap.attr
+        ino = attr.ino
         f = self.files.get(ino)
         keep = self.seen.get(ino) == (attr.size, attr.mtime_ns)
         if f is None:
-            fmap = await self.client.read_map(ino)
-            # Re-check after the await: a concurrent open may have created it, and two
-            # OpenFiles for one inode would each commit their own view of the data.
-            f = self.files.get(ino)
-            if f is None:
-                f = OpenFile(ino, fmap, self.client, self.cache, self.budget)
-                self.files[ino] = f
+            f = OpenFile(ino, fmap, self.client, self.cache, self.budget)
+            self.files[ino] = f
         elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
-            f.refresh(await self.client.read_map(ino))
+            f.refresh(fmap)
         if f.is_dirty:
             keep = True  # our own unflushed writes are in the page cache already
         f.handles += 1
@@ -353,17 +357,12 @@ class Operations(pyfuse3.Operations):
         f = self.files.get(ino)
         if truncate and f is not None:
             await f.commit(self._bg)
-        attr = await self.client.open(
+        fmap = await self.client.open(
             ino, self.session, truncate=truncate, read=(flags & os.O_ACCMODE) != os.O_WRONLY
         )
         if truncate and f is not None:
-            f.refresh(await self.client.read_map(ino))
-        try:
-            f, keep = await self._open_file(ino, attr)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.client.release(ino, self.session)
-            raise
+            f.refresh(fmap)
+        f, keep = self._open_file(fmap)
         return pyfuse3.FileInfo(fh=self._register(ino, f, flags), keep_cache=keep)
 
     @_handler
@@ -371,7 +370,9 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Ctx
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         attr = await self.client.create(self._d(parent_inode), name, mode, ctx.uid, ctx.gid, self.session)
-        f, _ = await self._open_file(attr.ino, attr)
+        # A new file has no xattrs: spare the capability probe before its first write.
+        self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
+        f, _ = self._open_file(FileMap(attr, None, []))
         self._looked_up(attr.ino)
         fh = self._register(attr.ino, f, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
@@ -421,8 +422,26 @@ class Operations(pyfuse3.Operations):
             f.handles -= 1
             if f.handles <= 0 and not f.is_dirty:
                 self.files.pop(h.ino, None)
-            with trio.CancelScope(shield=True):
-                await self.client.release(h.ino, self.session)
+            # The kernel does not wait for RELEASE; batch them into one transaction.
+            self._releases.append(h.ino)
+            self._releases_ready.set()
+
+    async def release_loop(self) -> None:
+        """Send queued releases; a batch forms while the previous one is in flight."""
+        while True:
+            await self._releases_ready.wait()
+            await self.send_releases()
+
+    async def send_releases(self) -> None:
+        while self._releases:
+            self._releases_ready = trio.Event()
+            batch, self._releases = self._releases, []
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.client.release_many(batch, self.session)
+            except DfsError as exc:
+                # The session lease will release them when it expires.
+                log.warning("releasing %d open file(s) failed: %s", len(batch), exc.message)
 
     # -- xattrs ------------------------------------------------------------------------
     @_handler
@@ -479,6 +498,15 @@ class Operations(pyfuse3.Operations):
         s.f_favail = st.files_free
         s.f_namemax = 255
         return s
+
+    async def shutdown(self) -> None:
+        """After unmount: commit what is dirty, release every open, end the session."""
+        await self.flush_all()
+        await self.send_releases()
+        try:
+            await self.client.end_session(self.session)
+        except DfsError as exc:
+            log.warning("ending session failed: %s", exc.message)
 
     async def flush_all(self) -> None:
         """Commit every dirty file (used on unmount)."""

@@ -568,11 +568,15 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dfs_up_and_down(tmp_path: Path) -> None:
-    from tests.conftest import BIN
+    from tests.conftest import BIN, free_port
 
     env = dict(os.environ)
     base = tmp_path / "site"
-    base.mkdir()
+    (base / "var").mkdir(parents=True)
+    # A free port, so a dfs already up on this machine (port 7400) does not interfere.
+    (base / "var" / "dfs.conf").write_text(
+        f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
     res = subprocess.run(
         [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
     )

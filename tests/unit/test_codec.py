@@ -202,7 +202,8 @@ def test_encryption_round_trip(data: bytes) -> None:
     assert h.encrypted
     assert h.key_id == 7
     assert h.nonce != bytes(12)
-    assert data not in blob[HEADER_SIZE:] or not data
+    if len(data) >= 16:  # a shorter plaintext may occur in random ciphertext by chance
+        assert data not in blob[HEADER_SIZE:]
     verify(blob)  # checking does not need the key
     assert decode(blob, cipher_key=KEY) == data
 
