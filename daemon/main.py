@@ -57,6 +57,7 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             service.handlers,
             max_frame_bytes=cfg.rpc.max_frame_bytes,
             max_inflight_per_conn=cfg.rpc.max_inflight_per_conn,
+            inline_handlers=service.inline_handlers(),
         )
         listeners = await rpc.open_listeners(cfg.rpc.listen)
         if cfg.rpc.unix_socket:

@@ -279,6 +279,18 @@ class MetaStore:
             (ROOT_INO, _IFDIR | 0o755, DIR_SIZE, now, now, now),
         )
 
+    def reader(self) -> MetaStore:
+        """A second, read-only connection to the same database.
+
+        WAL readers never block the writer and see every committed
+        transaction, so lookups can be answered without queueing behind writes.
+        """
+        other = MetaStore(
+            self._path, inline_max=self._inline_max, block_size=self._block_size, now_ns=self._now
+        )
+        other._db.execute("PRAGMA query_only=ON")
+        return other
+
     @_api
     def close(self) -> None:
         if self._wal_fd is not None:

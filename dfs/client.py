@@ -28,6 +28,14 @@ class ClusterInfo(NamedTuple):
     cluster_key: bytes
 
 
+class DirStamp(NamedTuple):
+    """A directory changed by a call, with its mtime just before and after the change."""
+
+    ino: int
+    mtime_before_ns: int
+    mtime_after_ns: int
+
+
 class Client:
     def __init__(self, conn: rpc.RpcClient, info: ClusterInfo, *, codec_threads: int = 4) -> None:
         self.rpc = conn
@@ -57,29 +65,49 @@ class Client:
     async def readdir(self, ino: int, cookie: int, limit: int) -> list[DirEntry]:
         return [DirEntry.from_wire(e) for e in await self.rpc.call("meta.readdir", ino, cookie, limit)]
 
-    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.mknod", parent, name, mode, rdev, uid, gid))
+    async def _stamped(self, method: str, *args: Any) -> tuple[Any, list[DirStamp]]:
+        result, stamps = await self.rpc.call(method, *args)
+        return result, [DirStamp(*st) for st in stamps]
 
-    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.mkdir", parent, name, mode, uid, gid))
+    async def _new(self, method: str, *args: Any) -> tuple[Attr, list[DirStamp]]:
+        attr, stamps = await self._stamped(method, *args)
+        return Attr.from_wire(attr), stamps
 
-    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.symlink", parent, name, target, uid, gid))
+    # Calls that change directories also return DirStamps (see DirStamp).
+    async def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+    ) -> tuple[Attr, list[DirStamp]]:
+        return await self._new("meta.mknod", parent, name, mode, rdev, uid, gid)
 
-    async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, session: str) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.create", parent, name, mode, uid, gid, session))
+    async def mkdir(
+        self, parent: int, name: bytes, mode: int, uid: int, gid: int
+    ) -> tuple[Attr, list[DirStamp]]:
+        return await self._new("meta.mkdir", parent, name, mode, uid, gid)
 
-    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.link", ino, new_parent, new_name))
+    async def symlink(
+        self, parent: int, name: bytes, target: bytes, uid: int, gid: int
+    ) -> tuple[Attr, list[DirStamp]]:
+        return await self._new("meta.symlink", parent, name, target, uid, gid)
 
-    async def unlink(self, parent: int, name: bytes) -> None:
-        await self.rpc.call("meta.unlink", parent, name)
+    async def create(
+        self, parent: int, name: bytes, mode: int, uid: int, gid: int, session: str
+    ) -> tuple[Attr, list[DirStamp]]:
+        """Create and open a regular file for ``session``."""
+        return await self._new("meta.create", parent, name, mode, uid, gid, session)
 
-    async def rmdir(self, parent: int, name: bytes) -> None:
-        await self.rpc.call("meta.rmdir", parent, name)
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Attr, list[DirStamp]]:
+        return await self._new("meta.link", ino, new_parent, new_name)
 
-    async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
-        await self.rpc.call("meta.rename", parent, name, new_parent, new_name, flags)
+    async def unlink(self, parent: int, name: bytes) -> list[DirStamp]:
+        return (await self._stamped("meta.unlink", parent, name))[1]
+
+    async def rmdir(self, parent: int, name: bytes) -> list[DirStamp]:
+        return (await self._stamped("meta.rmdir", parent, name))[1]
+
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> list[DirStamp]:
+        return (await self._stamped("meta.rename", parent, name, new_parent, new_name, flags))[1]
 
     async def open(self, ino: int, session: str, *, truncate: bool, read: bool) -> FileMap:
         """Register an open by ``session``; returns fresh attributes and the block map."""

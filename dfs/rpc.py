@@ -265,9 +265,14 @@ class _Outbox:
     async def run(self) -> NoReturn:
         """Be the writer task: write queued frames forever (stream errors propagate)."""
         while True:
-            while not self._queue:
+            # Another task may be writing through send(); it drains the whole queue.
+            while not self._queue or self._writing:
                 await self._lot.park()
             await self._drain()
+
+    @property
+    def idle(self) -> bool:
+        return not self._writing and not self._queue and not self.broken
 
     async def send(self, item: _Outgoing) -> None:
         """Queue *item*; if no task is writing, write the queue from this task."""
@@ -456,8 +461,19 @@ class RpcClient:
         if conn is None or conn.failure is not None:
             conn = await self._connection()
         conn.pending[msgid] = waiter
-        conn.outbox.put(_Outgoing(parts, waiter))
+        item = _Outgoing(parts, waiter)
         try:
+            if conn.outbox.idle and len(parts) == 1 and len(parts[0]) < wire.LARGE_BUFFER_BYTES:
+                # Small frame, nobody writing: send it from this task, saving the writer
+                # task's wake-up.  Shielded so a cancelled caller never cuts a frame in
+                # half; a stalled peer is caught by the write watchdog, which closes the stream.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await conn.outbox.send(item)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        conn.fail(f"send failed: {_describe(exc)}")
+            else:
+                conn.outbox.put(item)
             await waiter.event.wait()
         finally:
             # If still queued, the writer now skips the frame; a late reply
@@ -680,10 +696,15 @@ class RpcServer:
         max_inflight_per_conn: int = DEFAULT_MAX_INFLIGHT_PER_CONN,
         ssl_context: ssl.SSLContext | None = None,
         send_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        inline_handlers: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
+        """``inline_handlers`` are plain functions that answer in microseconds
+        (indexed reads): the connection's reader runs them itself, saving the
+        task start and the scheduling round trip that dominate such calls."""
         if max_inflight_per_conn < 1:
             raise ValueError("max_inflight_per_conn must be >= 1")
         self._handlers = dict(handlers)
+        self._inline = dict(inline_handlers or {})
         self._max_frame_bytes = max_frame_bytes
         self._max_inflight = max_inflight_per_conn
         self._ssl_context = ssl_context
@@ -736,6 +757,11 @@ class RpcServer:
                 if not isinstance(event, wire.Request):
                     raise ProtocolError("client sent a response")
                 await self._take_slot(conn)
+                inline = self._inline.get(event.method)
+                if inline is not None:
+                    parts = self._run_inline(inline, event)
+                    await self._respond(conn, parts, on_sent=conn.slots.release)
+                    continue
                 conn.nursery.start_soon(self._run_request, conn, event)
         except ProtocolError as exc:
             await self._reject_connection(conn, exc)
@@ -787,6 +813,27 @@ class RpcServer:
             result = await self._invoke(handler, req)
         except DfsError as exc:
             return self._error(req, req.method, exc)
+        return self._encode_result(req, result)
+
+    def _run_inline(self, fn: Callable[..., Any], req: wire.Request) -> list[wire.Buffer]:
+        """Run a synchronous handler in the reader task; same error contract as :meth:`_invoke`."""
+        self.stats.calls[req.method] += 1
+        try:
+            try:
+                result = fn(*req.args)
+            except TypeError as exc:
+                if _raised_by_call(exc):
+                    raise InvalidArgument(f"{req.method}: bad arguments: {exc}") from None
+                raise
+        except DfsError as exc:
+            return self._error(req, req.method, exc)
+        except Exception as exc:
+            log.exception("rpc handler %r failed", req.method)
+            err = InternalError(f"{req.method}: internal error ({type(exc).__name__})")
+            return self._error(req, req.method, err)
+        return self._encode_result(req, result)
+
+    def _encode_result(self, req: wire.Request, result: Any) -> list[wire.Buffer]:
         try:
             parts = wire.encode_response_parts(req.msgid, result)
         except DfsError as exc:

@@ -48,6 +48,9 @@ class BlockCache:
             self._items.move_to_end(chunk_id)
         return data
 
+    def is_loading(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._loading
+
     def put(self, chunk_id: bytes, data: bytes) -> None:
         if len(data) > self.capacity_bytes or chunk_id in self._items:
             return
@@ -93,9 +96,17 @@ class OpenFile:
     """What this mount knows about one open regular file."""
 
     def __init__(
-        self, ino: int, fmap: FileMap, client: Client, cache: BlockCache, budget: DirtyBudget
+        self,
+        ino: int,
+        fmap: FileMap,
+        client: Client,
+        cache: BlockCache,
+        budget: DirtyBudget,
+        *,
+        attr_timeout_s: float = 1.0,
     ) -> None:
         self.ino = ino
+        self.attr_timeout_s = attr_timeout_s
         self.client = client
         self.cache = cache
         self.budget = budget
@@ -111,10 +122,14 @@ class OpenFile:
 
     # -- state ------------------------------------------------------------------
     def _load_map(self, fmap: FileMap) -> None:
-        self.attr = fmap.attr
+        self.set_attr(fmap.attr)
         self.size = fmap.attr.size
         self.inline: bytes | None = fmap.inline
         self.blocks: dict[int, BlockRef] = {b.index: b for b in fmap.blocks}
+
+    def set_attr(self, attr: Attr) -> None:
+        self.attr = attr
+        self.attr_fresh_until = time.monotonic() + self.attr_timeout_s
 
     def refresh(self, fmap: FileMap) -> None:
         """Adopt the daemon's view (after open by another writer); only when nothing is pending."""
@@ -180,7 +195,7 @@ class OpenFile:
         ref = self.blocks.get(index)
         if ref is None or index in self.dirty or self.cache.get_nowait(ref.chunk_id) is not None:
             return
-        if ref.chunk_id in self.cache._loading:
+        if self.cache.is_loading(ref.chunk_id):
             return
 
         async def fetch() -> None:
@@ -313,7 +328,7 @@ class OpenFile:
                 del self.uploads[index]
             if inline is not None and index in self.dirty and self.versions.get(index) == version:
                 del self.dirty[index]
-        self.attr = attr
+        self.set_attr(attr)
         if not self.is_dirty:
             self.size = attr.size
 

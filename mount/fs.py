@@ -32,8 +32,9 @@ import trio
 
 from dfs.client import Client
 from dfs.config import MountConfig
-from dfs.errors import DfsError, NoAttribute
-from dfs.meta import ROOT_INO, Attr, DirEntry, FileMap
+from dfs.errors import DfsError, Exists, NoAttribute
+from dfs.meta import RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap
+from mount.dirs import CompleteDirs
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
 log = logging.getLogger("dfs.mount")
@@ -42,6 +43,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _READDIR_BATCH = 512
+_RELEASE_BATCH_S = 0.02
 _CAPABILITY = b"security.capability"
 _ACL_PREFIX = b"system.posix_acl_"
 
@@ -99,6 +101,7 @@ class Operations(pyfuse3.Operations):
         # (size, mtime_ns) this mount last saw for an inode's page cache contents.
         self.seen: dict[int, tuple[int, int]] = {}
         self.nursery: trio.Nursery | None = None
+        self.known = CompleteDirs(cfg.entry_timeout_s)
         self._releases: list[int] = []
         self._releases_ready = trio.Event()
         # inode -> monotonic expiry of a cached "no security.capability" answer
@@ -135,6 +138,11 @@ class Operations(pyfuse3.Operations):
         e.st_ctime_ns = attr.ctime_ns
         return e
 
+    def _stale_open_attrs(self) -> None:
+        """This mount is changing inode metadata: stop answering getattr from OpenFiles."""
+        for f in self.files.values():
+            f.attr_fresh_until = 0.0
+
     def _looked_up(self, ino: int) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
 
@@ -169,6 +177,8 @@ class Operations(pyfuse3.Operations):
                 self.root_ino if parent == self.root_ino else await self._parent(parent)
             )
         else:
+            if self.known.absent(parent, name):
+                raise pyfuse3.FUSEError(errno.ENOENT)
             attr = await self.client.lookup(parent, name)
         self._looked_up(attr.ino)
         return self._entry(attr)
@@ -187,7 +197,13 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.client.getattr(self._d(inode)))
+        ino = self._d(inode)
+        f = self.files.get(ino)
+        if f is not None and f.attr_fresh_until > time.monotonic():
+            # Open here and fetched within the attribute timeout: the same answer
+            # the kernel's attribute cache could have given.
+            return self._entry(f.attr)
+        return self._entry(await self.client.getattr(ino))
 
     @_handler
     async def setattr(
@@ -219,6 +235,8 @@ class Operations(pyfuse3.Operations):
         elif f is not None and f.is_dirty and ("mtime_ns" in changes or "atime_ns" in changes):
             await f.commit(self._bg)
         new = await self.client.setattr(ino, **changes)
+        if f is not None:
+            f.set_attr(new)
         if f is not None and fields.update_size:
             f.refresh(await self.client.read_map(ino))
         self.seen[ino] = (new.size, new.mtime_ns)
@@ -232,29 +250,40 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        attr = await self.client.mknod(self._d(parent_inode), name, mode, rdev, ctx.uid, ctx.gid)
+        parent = self._d(parent_inode)
+        attr, stamps = await self.client.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
+        self.known.changed(stamps, added=[(parent, name)])
         self._looked_up(attr.ino)
         return self._entry(attr)
 
     @_handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
-        attr = await self.client.mkdir(self._d(parent_inode), name, mode, ctx.uid, ctx.gid)
+        parent = self._d(parent_inode)
+        attr, stamps = await self.client.mkdir(parent, name, mode, ctx.uid, ctx.gid)
+        self.known.changed(stamps, added=[(parent, name)])
+        self.known.made(attr.ino, attr.mtime_ns)
         self._looked_up(attr.ino)
         return self._entry(attr)
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
-        await self.client.unlink(self._d(parent_inode), name)
+        parent = self._d(parent_inode)
+        self._stale_open_attrs()  # the unlinked file's nlink changes
+        self.known.changed(await self.client.unlink(parent, name), removed=[(parent, name)])
 
     @_handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
-        await self.client.rmdir(self._d(parent_inode), name)
+        parent = self._d(parent_inode)
+        self._stale_open_attrs()
+        self.known.changed(await self.client.rmdir(parent, name), removed=[(parent, name)])
 
     @_handler
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        attr = await self.client.symlink(self._d(parent_inode), name, target, ctx.uid, ctx.gid)
+        parent = self._d(parent_inode)
+        attr, stamps = await self.client.symlink(parent, name, target, ctx.uid, ctx.gid)
+        self.known.changed(stamps, added=[(parent, name)])
         self._looked_up(attr.ino)
         return self._entry(attr)
 
@@ -268,15 +297,22 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: Ctx,
     ) -> None:
-        await self.client.rename(
-            self._d(parent_inode_old), name_old, self._d(parent_inode_new), name_new, flags
-        )
+        old, new = self._d(parent_inode_old), self._d(parent_inode_new)
+        self._stale_open_attrs()  # ctime of the moved file, nlink of a replaced one
+        stamps = await self.client.rename(old, name_old, new, name_new, flags)
+        if flags & RENAME_EXCHANGE:
+            self.known.changed(stamps)  # both names still exist
+        else:
+            self.known.changed(stamps, added=[(new, name_new)], removed=[(old, name_old)])
 
     @_handler
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        attr = await self.client.link(self._d(inode), self._d(new_parent_inode), new_name)
+        parent = self._d(new_parent_inode)
+        self._stale_open_attrs()
+        attr, stamps = await self.client.link(self._d(inode), parent, new_name)
+        self.known.changed(stamps, added=[(parent, new_name)])
         self._looked_up(attr.ino)
         return self._entry(attr)
 
@@ -335,7 +371,9 @@ class Operations(pyfuse3.Operations):
         f = self.files.get(ino)
         keep = self.seen.get(ino) == (attr.size, attr.mtime_ns)
         if f is None:
-            f = OpenFile(ino, fmap, self.client, self.cache, self.budget)
+            f = OpenFile(
+                ino, fmap, self.client, self.cache, self.budget, attr_timeout_s=self.cfg.attr_timeout_s
+            )
             self.files[ino] = f
         elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
             f.refresh(fmap)
@@ -369,13 +407,40 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Ctx
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        attr = await self.client.create(self._d(parent_inode), name, mode, ctx.uid, ctx.gid, self.session)
+        parent = self._d(parent_inode)
+        try:
+            attr, stamps = await self.client.create(parent, name, mode, ctx.uid, ctx.gid, self.session)
+        except Exists:
+            # Another mount made the name while we answered "absent" from our lease:
+            # open(O_CREAT) without O_EXCL must then open the existing file.
+            self.known.forget(parent)
+            if flags & os.O_EXCL:
+                raise
+            return await self._open_existing(parent, name, flags)
+        self.known.changed(stamps, added=[(parent, name)])
         # A new file has no xattrs: spare the capability probe before its first write.
         self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
         f, _ = self._open_file(FileMap(attr, None, []))
         self._looked_up(attr.ino)
         fh = self._register(attr.ino, f, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
+
+    async def _open_existing(
+        self, parent: int, name: bytes, flags: int
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        attr = await self.client.lookup(parent, name)
+        if attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        fmap = await self.client.open(
+            attr.ino,
+            self.session,
+            truncate=bool(flags & os.O_TRUNC),
+            read=(flags & os.O_ACCMODE) != os.O_WRONLY,
+        )
+        f, keep = self._open_file(fmap)
+        self._looked_up(attr.ino)
+        fh = self._register(attr.ino, f, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._entry(fmap.attr)
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -427,9 +492,11 @@ class Operations(pyfuse3.Operations):
             self._releases_ready.set()
 
     async def release_loop(self) -> None:
-        """Send queued releases; a batch forms while the previous one is in flight."""
+        """Send queued releases in batches, one metadata transaction per batch."""
         while True:
             await self._releases_ready.wait()
+            # Nobody waits for a release: collect a few milliseconds' worth per transaction.
+            await trio.sleep(_RELEASE_BATCH_S)
             await self.send_releases()
 
     async def send_releases(self) -> None:
@@ -452,6 +519,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         ino = self._d(inode)
         self.no_capability.pop(ino, None)
+        self._stale_open_attrs()
         await self.client.setxattr(ino, name, value, 0)
 
     @_handler
@@ -481,6 +549,7 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: Ctx) -> None:
         ino = self._d(inode)
         self.no_capability.pop(ino, None)
+        self._stale_open_attrs()
         await self.client.removexattr(ino, name)
 
     # -- misc ----------------------------------------------------------------------------

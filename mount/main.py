@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -229,9 +230,8 @@ def _check_mountpoint(path: Path) -> None:
         if exc.errno == errno.ENOTCONN:
             raise UsageError(f"{path} is a dead mount: run 'umount -l {path}' first") from None
         raise UsageError(f"mount point {path}: {exc.strerror}") from None
-    if not os.path.isdir(path):
+    if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mount point {path} is not a directory")
-    del st
 
 
 def _spawn_background(argv: Sequence[str], spec: MountSpec) -> int:

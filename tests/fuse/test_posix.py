@@ -598,3 +598,39 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
     assert not os.path.ismount(base / "mnt")
     assert not (base / "var" / "dfsd.pid").exists()
     shutil.rmtree(base)
+
+
+def test_mount_t_dfs_and_subdir(daemon: Daemon, tmp_path: Path) -> None:
+    """`mount -t dfs` finds the helper as /sbin/mount.dfs; a SUBDIR source mounts a subtree."""
+    from tests.conftest import BIN, is_mounted
+
+    helper = Path("/sbin/mount.dfs")
+    made_link = False
+    if not helper.exists():
+        helper.symlink_to(BIN / "mount.dfs")
+        made_link = True
+    top, sub = tmp_path / "top", tmp_path / "sub"
+    top.mkdir()
+    sub.mkdir()
+    try:
+        run("mount", "-t", "dfs", f"{daemon.address}:/", str(top))
+        assert is_mounted(top)
+        (top / "vol" / "inner").mkdir(parents=True)
+        (top / "vol" / "inner" / "f").write_text("in the subtree")
+        run("mount", "-t", "dfs", "-o", "noatime,_netdev", f"{daemon.address}:/vol", str(sub))
+        assert sorted(os.listdir(sub)) == ["inner"]
+        assert (sub / "inner" / "f").read_text() == "in the subtree"
+        assert os.stat(sub).st_ino == 1
+        (sub / "new").write_text("via sub")
+        # Another mount's new name shows within the entry timeout (1 s).
+        wait_for(lambda: (top / "vol" / "new").exists(), 10, "the name to appear in the other mount")
+        assert (top / "vol" / "new").read_text() == "via sub"
+        assert "fuse.dfs" in run("findmnt", "-n", "-o", "FSTYPE", str(sub))
+    finally:
+        for m in (sub, top):
+            if is_mounted(m):
+                subprocess.run(["umount", str(m)], capture_output=True)
+                wait_for(lambda m=m: not is_mounted(m), 30, f"{m} to unmount")
+        if made_link:
+            helper.unlink()
+    daemon.assert_clean()
