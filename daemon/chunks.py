@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from dfs.codec import ID_SIZE, verify
+from dfs.codec import ID_SIZE, chunk_relpath, verify
 from dfs.errors import ChunkMissing, CorruptChunk, DfsError, InvalidArgument, NoSpace, from_oserror
 
 log = logging.getLogger("dfs.chunks")
@@ -162,7 +162,7 @@ class ChunkStore:
         return chunk_id.hex()
 
     def _path(self, hexid: str) -> str:
-        return os.path.join(self._chunks, hexid[:2], hexid[2:4], hexid)
+        return os.path.join(self._chunks, chunk_relpath(hexid))
 
     def path_of(self, chunk_id: bytes) -> Path:
         """Where the chunk lives (whether or not it exists)."""

@@ -290,6 +290,8 @@ class Service:
             "inline_max": st.inline_max,
             "compression_level": st.compression_level,
             "cluster_key": self.cluster_key,
+            # Lets a client on this host read chunk files directly (short-circuit reads).
+            "data_dir": str(self.data.resolve()),
         }
 
     async def statfs(self) -> StatFs:

@@ -111,7 +111,7 @@ class _ThreadState(threading.local):
 _local = _ThreadState()
 
 
-def chunk_id(key: bytes, data: bytes) -> bytes:
+def chunk_id(key: bytes, data: BytesLike) -> bytes:
     """The content address of ``data``: keyed BLAKE3-256 of the plaintext.
 
     BLAKE3 rather than BLAKE2b: it hashes 4 MiB blocks about four times
@@ -122,6 +122,14 @@ def chunk_id(key: bytes, data: bytes) -> bytes:
     if len(key) != KEY_SIZE:
         raise InvalidArgument(f"chunk id key must be {KEY_SIZE} bytes, got {len(key)}")
     return blake3.blake3(data, key=key).digest(length=ID_SIZE)
+
+
+def chunk_relpath(hexid: str) -> str:
+    """Where a chunk lives below a store's ``chunks/`` directory (fan-out by id prefix).
+
+    Shared by the chunk store and by clients that read a co-located store directly.
+    """
+    return f"{hexid[:2]}/{hexid[2:4]}/{hexid}"
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:

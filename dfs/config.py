@@ -71,6 +71,7 @@ class MountConfig:
     dirty_bytes: int = 256 * MiB
     upload_concurrency: int = 4
     max_tasks: int = 99
+    local_reads: bool = True  # read chunk files directly when the daemon's store is on this host
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ from dfs.errors import DfsError, InternalError
 from dfs.meta import Attr, BlockRef, FileMap
 
 log = logging.getLogger("dfs.mount")
+_PREFETCH_BLOCKS = 4
 
 
 class BlockCache:
@@ -86,7 +87,7 @@ class BlockCache:
 @dataclass
 class _Upload:
     version: int
-    data: bytes
+    data: bytes | bytearray
     ref: BlockRef | None = None
     error: DfsError | None = None
     done: trio.Event = field(default_factory=trio.Event)
@@ -190,25 +191,31 @@ class OpenFile:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch(self, nursery: trio.Nursery, offset: int) -> None:
-        """Start fetching the block after ``offset`` so sequential reads do not stall."""
-        index = offset // self.block_size + 1
-        ref = self.blocks.get(index)
-        if ref is None or index in self.dirty or self.cache.get_nowait(ref.chunk_id) is not None:
-            return
-        if self.cache.is_loading(ref.chunk_id):
-            return
+        """Fetch the next few blocks after ``offset`` so a sequential reader never waits.
 
-        async def fetch() -> None:
-            try:
-                await self.cache.get(self.client, ref.chunk_id)
-            except DfsError:
-                pass  # the foreground read will report it
+        Several blocks in flight keep the daemon's disk reads, the transfer and
+        the decoding overlapped; the cache bounds what they can occupy.
+        """
+        first = offset // self.block_size + 1
+        depth = max(1, min(_PREFETCH_BLOCKS, self.cache.capacity_bytes // (4 * self.block_size)))
+        for index in range(first, first + depth):
+            ref = self.blocks.get(index)
+            if ref is None or index in self.dirty:
+                return
+            if self.cache.get_nowait(ref.chunk_id) is not None or self.cache.is_loading(ref.chunk_id):
+                continue
+            nursery.start_soon(self._fetch_quietly, ref.chunk_id)
 
-        nursery.start_soon(fetch)
+    async def _fetch_quietly(self, chunk_id: bytes) -> None:
+        try:
+            await self.cache.get(self.client, chunk_id)
+        except DfsError:
+            pass  # the foreground read will report it
 
     # -- writing ----------------------------------------------------------------
     async def write(self, offset: int, data: bytes, nursery: trio.Nursery) -> None:
         bs = self.block_size
+        view = memoryview(data)  # slices of a view copy nothing
         pos = 0
         while pos < len(data):
             index, start = divmod(offset + pos, bs)
@@ -216,7 +223,7 @@ class OpenFile:
             buf = await self._dirty_buffer(index, covers_all=(start == 0 and take == bs))
             if len(buf) < start:
                 buf.extend(bytes(start - len(buf)))
-            buf[start : start + take] = data[pos : pos + take]
+            buf[start : start + take] = view[pos : pos + take]
             # Every change bumps the version, so a commit racing this write keeps it dirty.
             self.versions[index] += 1
             pos += take
@@ -244,8 +251,9 @@ class OpenFile:
         return buf
 
     async def _start_upload(self, index: int, nursery: trio.Nursery) -> None:
-        buf = self.dirty.pop(index)
-        data = bytes(buf)
+        # The buffer itself becomes the upload (no copy): it is never written again,
+        # a later write to this block starts a new buffer from it.
+        data = self.dirty.pop(index)
         await self.budget.acquire(len(data))
         up = _Upload(self.versions[index], data)
         self.uploads[index] = up

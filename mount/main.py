@@ -173,7 +173,9 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
     address = f"unix:{spec.values['socket']}" if "socket" in spec.values else spec.addresses[0]
     async with open_client(address, call_timeout_s=cfg.rpc.call_timeout_s) as conn:
         info = await fetch_info(conn)
-        client = Client(conn, info, codec_threads=max(2, cfg.mount.upload_concurrency))
+        client = Client(
+            conn, info, codec_threads=max(2, cfg.mount.upload_concurrency), local_reads=cfg.mount.local_reads
+        )
         root = await _resolve_root(client, spec.subdir)
         ops = Operations(client, cfg.mount, root_ino=root)
         source = ",".join(spec.addresses) + ":/" + spec.subdir
