@@ -933,18 +933,36 @@ class MetaStore:
             self._log(now, "release", [ino, session])
 
     @_api
-    def release_many(self, inos: list[int], session: str) -> None:
-        """Release several opens in one transaction (mounts batch their releases)."""
+    def open_events(self, events: list[list[Any]], session: str) -> None:
+        """Apply a mount's batched ``["open", ino]`` / ``["release", ino]`` events in order.
+
+        Read-only opens are registered this way, after the fact, in one
+        transaction per batch; an "open" of an inode purged meanwhile is
+        skipped.  "open" also applies relatime to the file's atime.
+        """
         with self._write() as now:
-            for ino in inos:
-                row = self._db.execute(
-                    "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
-                    (ino, session),
-                ).fetchone()
-                if row is not None and row[0] <= 0:
-                    self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
-                    self._purge_if_unused(ino, now)
-            self._log(now, "release_many", [inos, session])
+            for kind, ino in events:
+                if kind == "open":
+                    row = self._db.execute(
+                        "SELECT atime_ns, mtime_ns, ctime_ns FROM inodes WHERE ino = ?", (ino,)
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    self._add_open(session, ino, now)
+                    atime, mtime, ctime = row
+                    if atime <= mtime or atime <= ctime or now - atime >= _RELATIME_NS:
+                        self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (now, ino))
+                elif kind == "release":
+                    row = self._db.execute(
+                        "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
+                        (ino, session),
+                    ).fetchone()
+                    if row is not None and row[0] <= 0:
+                        self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
+                        self._purge_if_unused(ino, now)
+                else:
+                    raise InvalidArgument(f"unknown open event {kind!r}")
+            self._log(now, "open_events", [events, session])
 
     @_api
     def end_session(self, session: str) -> None:

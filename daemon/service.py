@@ -152,7 +152,7 @@ class Service:
         m = self.meta
         simple: dict[str, Callable[..., Any]] = {
             "release": m.release,
-            "release_many": m.release_many,
+            "open_events": m.open_events,
             "end_session": m.end_session,
             "session_heartbeat": m.session_heartbeat,
             "setxattr": m.setxattr,
@@ -290,6 +290,8 @@ class Service:
             "inline_max": st.inline_max,
             "compression_level": st.compression_level,
             "cluster_key": self.cluster_key,
+            # Mounts heartbeat well within the daemon's lease, whatever their own config says.
+            "session_timeout_s": self.cfg.meta.session_timeout_s,
             # Lets a client on this host read chunk files directly (short-circuit reads).
             "data_dir": str(self.data.resolve()),
         }

@@ -37,6 +37,7 @@ class ClusterInfo(NamedTuple):
     compression_level: int
     cluster_key: bytes
     data_dir: str
+    session_timeout_s: float
 
 
 class DirStamp(NamedTuple):
@@ -130,8 +131,9 @@ class Client:
     async def release(self, ino: int, session: str) -> None:
         await self.rpc.call("meta.release", ino, session)
 
-    async def release_many(self, inos: list[int], session: str) -> None:
-        await self.rpc.call("meta.release_many", inos, session)
+    async def open_events(self, events: list[tuple[str, int]], session: str) -> None:
+        """Batched ``("open"|"release", ino)`` registrations, applied in order."""
+        await self.rpc.call("meta.open_events", [list(e) for e in events], session)
 
     async def end_session(self, session: str) -> None:
         await self.rpc.call("meta.end_session", session)
@@ -225,6 +227,7 @@ async def fetch_info(conn: rpc.RpcClient) -> ClusterInfo:
         compression_level=raw["compression_level"],
         cluster_key=raw["cluster_key"],
         data_dir=raw.get("data_dir", ""),
+        session_timeout_s=float(raw.get("session_timeout_s", 300.0)),
     )
 
 

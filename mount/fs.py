@@ -43,7 +43,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _READDIR_BATCH = 512
-_RELEASE_BATCH_S = 0.02
+_OPEN_EVENTS_BATCH_S = 0.02
 _CAPABILITY = b"security.capability"
 _ACL_PREFIX = b"system.posix_acl_"
 
@@ -102,8 +102,9 @@ class Operations(pyfuse3.Operations):
         self.seen: dict[int, tuple[int, int]] = {}
         self.nursery: trio.Nursery | None = None
         self.known = CompleteDirs(cfg.entry_timeout_s)
-        self._releases: list[int] = []
-        self._releases_ready = trio.Event()
+        # ("open"|"release", ino) registrations not yet sent, in order (see send_open_events).
+        self._open_events: list[tuple[str, int]] = []
+        self._open_events_ready = trio.Event()
         # inode -> monotonic expiry of a cached "no security.capability" answer
         self.no_capability: dict[int, float] = {}
 
@@ -268,6 +269,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         parent = self._d(parent_inode)
+        await self.send_open_events()  # files held open here must be registered before they lose a name
         self._stale_open_attrs()  # the unlinked file's nlink changes
         self.known.changed(await self.client.unlink(parent, name), removed=[(parent, name)])
 
@@ -298,6 +300,7 @@ class Operations(pyfuse3.Operations):
         ctx: Ctx,
     ) -> None:
         old, new = self._d(parent_inode_old), self._d(parent_inode_new)
+        await self.send_open_events()  # a replaced target may be open here
         self._stale_open_attrs()  # ctime of the moved file, nlink of a replaced one
         stamps = await self.client.rename(old, name_old, new, name_new, flags)
         if flags & RENAME_EXCHANGE:
@@ -392,14 +395,22 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
         ino = self._d(inode)
         truncate = bool(flags & os.O_TRUNC)
-        f = self.files.get(ino)
-        if truncate and f is not None:
-            await f.commit(self._bg)
+        if (flags & os.O_ACCMODE) == os.O_RDONLY and not truncate:
+            # A read-only open needs fresh attributes and the block map (one cheap read);
+            # its registration (which keeps the file alive if unlinked, and relatime)
+            # follows in the next batch of open events.
+            fmap = await self.client.read_map(ino)
+            reader, keep = self._open_file(fmap)
+            self._queue_open_event("open", ino)
+            return pyfuse3.FileInfo(fh=self._register(ino, reader, flags), keep_cache=keep)
+        current = self.files.get(ino)
+        if truncate and current is not None:
+            await current.commit(self._bg)
         fmap = await self.client.open(
             ino, self.session, truncate=truncate, read=(flags & os.O_ACCMODE) != os.O_WRONLY
         )
-        if truncate and f is not None:
-            f.refresh(fmap)
+        if truncate and current is not None:
+            current.refresh(fmap)
         f, keep = self._open_file(fmap)
         return pyfuse3.FileInfo(fh=self._register(ino, f, flags), keep_cache=keep)
 
@@ -488,27 +499,32 @@ class Operations(pyfuse3.Operations):
             if f.handles <= 0 and not f.is_dirty:
                 self.files.pop(h.ino, None)
             # The kernel does not wait for RELEASE; batch them into one transaction.
-            self._releases.append(h.ino)
-            self._releases_ready.set()
+            self._queue_open_event("release", h.ino)
 
-    async def release_loop(self) -> None:
-        """Send queued releases in batches, one metadata transaction per batch."""
+    def _queue_open_event(self, kind: str, ino: int) -> None:
+        self._open_events.append((kind, ino))
+        self._open_events_ready.set()
+
+    async def open_events_loop(self) -> None:
+        """Send queued open/release registrations in batches, one transaction per batch."""
         while True:
-            await self._releases_ready.wait()
-            # Nobody waits for a release: collect a few milliseconds' worth per transaction.
-            await trio.sleep(_RELEASE_BATCH_S)
-            await self.send_releases()
+            await self._open_events_ready.wait()
+            # Nobody waits for these: collect a few milliseconds' worth per transaction.
+            await trio.sleep(_OPEN_EVENTS_BATCH_S)
+            await self.send_open_events()
 
-    async def send_releases(self) -> None:
-        while self._releases:
-            self._releases_ready = trio.Event()
-            batch, self._releases = self._releases, []
+    async def send_open_events(self) -> None:
+        """Send what is queued now; namespace changes call this first, so the daemon
+        knows about every file this mount holds open before a name can vanish."""
+        while self._open_events:
+            self._open_events_ready = trio.Event()
+            batch, self._open_events = self._open_events, []
             try:
                 with trio.CancelScope(shield=True):
-                    await self.client.release_many(batch, self.session)
+                    await self.client.open_events(batch, self.session)
             except DfsError as exc:
-                # The session lease will release them when it expires.
-                log.warning("releasing %d open file(s) failed: %s", len(batch), exc.message)
+                # Releases are also implied when the session lease expires.
+                log.warning("registering %d open/release event(s) failed: %s", len(batch), exc.message)
 
     # -- xattrs ------------------------------------------------------------------------
     @_handler
@@ -571,7 +587,7 @@ class Operations(pyfuse3.Operations):
     async def shutdown(self) -> None:
         """After unmount: commit what is dirty, release every open, end the session."""
         await self.flush_all()
-        await self.send_releases()
+        await self.send_open_events()
         try:
             await self.client.end_session(self.session)
         except DfsError as exc:

@@ -189,13 +189,13 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 ops.nursery = nursery
-                nursery.start_soon(ops.heartbeat, max(1.0, cfg.meta.session_timeout_s / 5))
+                nursery.start_soon(ops.heartbeat, max(1.0, info.session_timeout_s / 5))
                 nursery.start_soon(_terminate_on_signal)
                 if ready_fd is not None:
                     os.write(ready_fd, b"ok\n")
                     os.close(ready_fd)
                     ready_fd = None
-                nursery.start_soon(ops.release_loop)
+                nursery.start_soon(ops.open_events_loop)
                 nursery.start_soon(_raise_readahead, spec.mountpoint)
                 await pyfuse3.main(max_tasks=cfg.mount.max_tasks)
                 await ops.shutdown()

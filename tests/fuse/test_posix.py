@@ -634,3 +634,38 @@ def test_mount_t_dfs_and_subdir(daemon: Daemon, tmp_path: Path) -> None:
         if made_link:
             helper.unlink()
     daemon.assert_clean()
+
+
+def test_locks_within_one_mount(mnt: Path) -> None:
+    """flock and fcntl locks are enforced by the kernel among processes of one mount."""
+    p = mnt / "locked"
+    p.write_text("x")
+    script = (
+        "import fcntl, sys\n"
+        "f = open(sys.argv[1], 'r+')\n"
+        "for kind in ('flock', 'lockf'):\n"
+        "    try:\n"
+        "        (fcntl.flock if kind == 'flock' else fcntl.lockf)(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "        print(kind, 'acquired')\n"
+        "    except OSError:\n"
+        "        print(kind, 'busy')\n"
+    )
+    import fcntl
+
+    with open(p, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        out = run("python3", "-c", script, str(p))
+        assert out.split("\n")[:2] == ["flock busy", "lockf busy"]
+    out = run("python3", "-c", script, str(p))
+    assert out.split("\n")[:2] == ["flock acquired", "lockf acquired"]
+
+
+def test_posix_fallocate_falls_back_to_zeros(mnt: Path) -> None:
+    """fallocate(2) is EOPNOTSUPP (pyfuse3 has no handler); glibc's posix_fallocate then writes zeros."""
+    p = mnt / "prealloc"
+    with open(p, "wb") as f:
+        f.write(b"head")
+        os.posix_fallocate(f.fileno(), 0, 3 * 1024 * 1024)
+    assert p.stat().st_size == 3 * 1024 * 1024
+    assert p.read_bytes() == b"head" + bytes(3 * 1024 * 1024 - 4)

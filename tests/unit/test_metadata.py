@@ -909,6 +909,24 @@ def test_open_relatime(store: MetaStore, chunks: set[bytes], clock: Clock) -> No
     check(store, chunks)
 
 
+def test_open_events_batch(store: MetaStore, chunks: set[bytes], clock: Clock) -> None:
+    """A mount's batched read-only opens and releases, applied in order in one transaction."""
+    f = new_file(store, b"f")
+    g = new_file(store, b"g")
+    store.open_events([["open", f], ["open", g], ["release", g], ["open", 999]], "m")
+    assert store._db.execute("SELECT ino, count FROM opens WHERE session = 'm'").fetchall() == [(f, 1)]
+    assert store.getattr(f).atime_ns == store.getattr(g).atime_ns  # relatime applied to both opens
+    store.unlink(ROOT, b"f")
+    assert store.getattr(f).nlink == 0  # registered: survives its last name
+    store.open_events([["release", f]], "m")
+    with pytest.raises(NotFound):
+        store.getattr(f)
+    with pytest.raises(InvalidArgument):
+        store.open_events([["bogus", g]], "m")
+    assert store.getattr(g).nlink == 1  # the failed batch changed nothing
+    check(store, chunks)
+
+
 def test_unlink_while_open(store: MetaStore, chunks: set[bytes]) -> None:
     f = new_file(store, b"f", keep_open=True)
     write(store, chunks, f, 2 * BS, [ref(0, cid(1)), ref(1, cid(2))])
