@@ -523,6 +523,23 @@ class MetaStore:
         raise NotFound(f"{name!r} not found in directory {parent}")
 
     @_api
+    def lookup_versioned(self, parent: int, name: bytes) -> tuple[Attr | None, int]:
+        """``lookup`` that reports absence as None, plus the directory's ctime.
+
+        Both come from one read snapshot, so a caller that knew the directory's
+        names at that ctime knows they are still exactly its names.
+        """
+        self._db.execute("BEGIN")
+        try:
+            try:
+                attr: Attr | None = self.lookup(parent, name)
+            except NotFound:
+                attr = None
+            return attr, self._attr(parent).ctime_ns
+        finally:
+            self._db.execute("COMMIT")
+
+    @_api
     def parent(self, ino: int) -> int:
         """The directory containing directory ``ino`` (the root is its own parent)."""
         self._dir(ino, live=False)

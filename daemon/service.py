@@ -42,7 +42,7 @@ from daemon.metadata import MetaStore
 from dfs import __version__
 from dfs.config import Config
 from dfs.errors import DfsError, InvalidArgument
-from dfs.meta import BlockRef, FileMap, StatFs
+from dfs.meta import Attr, BlockRef, FileMap, StatFs
 
 log = logging.getLogger("dfs.daemon")
 T = TypeVar("T")
@@ -170,7 +170,7 @@ class Service:
                 "meta.unlink": self._stamped(m.unlink, 0),
                 "meta.rmdir": self._stamped(m.rmdir, 0),
                 "meta.rename": self._stamped(m.rename, 0, 2),
-                "meta.setattr": self.setattr,
+                "meta.setattr": self._stamped(self._setattr, 0),
                 "meta.open": self.open,
                 "meta.commit_write": self.commit_write,
                 "chunk.put": self.chunk_put,
@@ -195,6 +195,7 @@ class Service:
             f"meta.{fn.__name__}": fn
             for fn in (
                 r.lookup,
+                r.lookup_versioned,
                 r.parent,
                 r.getattr,
                 r.readlink,
@@ -208,26 +209,24 @@ class Service:
     def _stamped(self, fn: Callable[..., Any], *dir_args: int) -> Handler:
         """Wrap a call that changes the directories named by positions ``dir_args``.
 
-        Returns ``[result, [[dir, mtime_before, mtime_after], ...]]``.  When a
-        directory's ``before`` equals the mtime a mount saw after its own
+        Returns ``[result, [[dir, ctime_before, attr_after], ...]]``.  When a
+        directory's ``before`` equals the ctime a mount saw after its own
         previous change there, nobody else changed it in between, so the mount
-        may keep answering negative lookups in it itself (mount/dirs.py).  All
-        steps run in one metadata-thread call: no other write can interleave.
+        may keep answering negative lookups in it itself (mount/dirs.py).  The
+        ctime, not the mtime, because no one can set it.  All steps run in one
+        metadata-thread call: no other write can interleave.
         """
 
         def run(*args: Any) -> list[Any]:
             dirs = list(dict.fromkeys(args[i] for i in dir_args))
-            before = [self._mtime(d) for d in dirs]
+            before = [self.meta.getattr(d).ctime_ns for d in dirs]
             result = fn(*args)
-            return [result, [[d, b, self._mtime(d)] for d, b in zip(dirs, before, strict=True)]]
+            return [result, [[d, b, self.meta.getattr(d)] for d, b in zip(dirs, before, strict=True)]]
 
         async def call(*args: Any) -> Any:
             return await self._m(run, *args)
 
         return call
-
-    def _mtime(self, ino: int) -> int:
-        return self.meta.getattr(ino).mtime_ns
 
     def _meta_call(self, fn: Callable[..., Any]) -> Handler:
         async def call(*args: Any) -> Any:
@@ -237,11 +236,11 @@ class Service:
         return call
 
     # -- metadata calls needing argument shaping --------------------------
-    async def setattr(self, ino: int, changes: dict[str, Any]) -> Any:
+    def _setattr(self, ino: int, changes: dict[str, Any]) -> Attr:
         allowed = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
         if not isinstance(changes, dict) or set(changes) - allowed:
             raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
-        return await self._m(self.meta.setattr, ino, **changes)
+        return self.meta.setattr(ino, **changes)
 
     async def open(self, ino: int, session: str, truncate: bool, read: bool) -> FileMap:
         """Register an open and return what a reader needs, in one round trip."""

@@ -41,11 +41,15 @@ class ClusterInfo(NamedTuple):
 
 
 class DirStamp(NamedTuple):
-    """A directory changed by a call, with its mtime just before and after the change."""
+    """A directory changed by a call: its ctime just before, its attributes just after."""
 
     ino: int
-    mtime_before_ns: int
-    mtime_after_ns: int
+    ctime_before_ns: int
+    after: Attr
+
+    @property
+    def ctime_after_ns(self) -> int:
+        return self.after.ctime_ns
 
 
 class Client:
@@ -66,11 +70,17 @@ class Client:
     async def lookup(self, parent: int, name: bytes) -> Attr:
         return Attr.from_wire(await self.rpc.call("meta.lookup", parent, name))
 
+    async def lookup_versioned(self, parent: int, name: bytes) -> tuple[Attr | None, int]:
+        """The entry (None when absent) and the directory's ctime, from one snapshot."""
+        attr, ctime_ns = await self.rpc.call("meta.lookup_versioned", parent, name)
+        return (None if attr is None else Attr.from_wire(attr)), ctime_ns
+
     async def getattr(self, ino: int) -> Attr:
         return Attr.from_wire(await self.rpc.call("meta.getattr", ino))
 
-    async def setattr(self, ino: int, **changes: int) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.setattr", ino, changes))
+    async def setattr(self, ino: int, **changes: int) -> tuple[Attr, list[DirStamp]]:
+        """Change attributes; a directory's own change comes back as a DirStamp too."""
+        return await self._new("meta.setattr", ino, changes)
 
     async def readlink(self, ino: int) -> bytes:
         value = await self.rpc.call("meta.readlink", ino)
@@ -82,7 +92,7 @@ class Client:
 
     async def _stamped(self, method: str, *args: Any) -> tuple[Any, list[DirStamp]]:
         result, stamps = await self.rpc.call(method, *args)
-        return result, [DirStamp(*st) for st in stamps]
+        return result, [DirStamp(ino, before, Attr.from_wire(after)) for ino, before, after in stamps]
 
     async def _new(self, method: str, *args: Any) -> tuple[Attr, list[DirStamp]]:
         attr, stamps = await self._stamped(method, *args)

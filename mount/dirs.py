@@ -1,18 +1,21 @@
-"""Directories whose complete list of names this mount knows, for a short lease.
+"""Directories whose complete list of names this mount knows, under a short lease.
 
 The kernel looks a name up before every create, mkdir, symlink and rename
 target; in a directory this mount made (or keeps changing), the answer is
 almost always "no such name", and asking the daemon costs a round trip per
 file for untar, rsync, cp -a and the like.
 
-Knowledge starts when this mount creates a directory (it is empty).  Every
-change this mount makes there reports the directory's mtime just before and
-after the change (a :class:`DirStamp`); if "before" equals the mtime we saw
-after our previous change, nobody else touched the directory in between and
-our list is still complete, so the lease is renewed.  Any other sign of change
-drops the knowledge.  A lease lasts ``lease_s`` (the entry timeout), so a name
-another mount creates in such a directory becomes visible here within that
-time, the same bound the kernel's own entry cache already gives.
+Knowledge starts when this mount creates a directory (it is empty).  It is a
+claim "while the directory's ctime is C, its names are exactly N".  Every
+change this mount makes there reports the ctime just before and after it (a
+:class:`DirStamp`), and every lookup this mount sends reports the ctime too;
+whenever the reported ctime equals C, the claim is proven current again and
+the lease renewed.  A different ctime means someone else changed the
+directory: the knowledge is dropped.  ctime, because nobody can set it.
+
+Between proofs, negative answers are given from memory for at most
+``lease_s`` (the entry timeout), so a name another mount creates there shows
+up here within that time: the bound the kernel's entry cache already gives.
 
 Pure bookkeeping: no I/O, time is injected.
 """
@@ -25,11 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dfs.client import DirStamp
+from dfs.meta import Attr
 
 
 @dataclass
 class _Known:
-    mtime_ns: int
+    attr: Attr
     expires: float
     names: set[bytes] = field(default_factory=set)
 
@@ -46,11 +50,12 @@ class CompleteDirs:
     def __len__(self) -> int:
         return len(self._dirs)
 
-    def made(self, ino: int, mtime_ns: int) -> None:
-        """This mount created directory ``ino``: it is empty."""
+    def made(self, attr: Attr) -> None:
+        """This mount created the directory with these attributes: it is empty."""
         if self.lease_s <= 0:
             return
-        self._dirs[ino] = _Known(mtime_ns, self._clock() + self.lease_s)
+        ino = attr.ino
+        self._dirs[ino] = _Known(attr, self._clock() + self.lease_s)
         self._dirs.move_to_end(ino)
         while len(self._dirs) > self.max_dirs:
             self._dirs.popitem(last=False)
@@ -63,16 +68,9 @@ class CompleteDirs:
         removed: Iterable[tuple[int, bytes]] = (),
     ) -> None:
         """Apply this mount's own change; ``added``/``removed`` are (dir, name) pairs."""
-        now = self._clock()
         for st in stamps:
-            known = self._dirs.get(st.ino)
-            if known is None:
-                continue
-            if known.mtime_ns != st.mtime_before_ns or known.expires <= now:
-                del self._dirs[st.ino]  # someone else changed it, or the lease ran out
-                continue
-            known.mtime_ns = st.mtime_after_ns
-            known.expires = now + self.lease_s
+            if self.confirm(st.ino, st.ctime_before_ns):
+                self._dirs[st.ino].attr = st.after
         for ino, name in added:
             known = self._dirs.get(ino)
             if known is not None:
@@ -82,15 +80,31 @@ class CompleteDirs:
             if known is not None:
                 known.names.discard(name)
 
+    def confirm(self, ino: int, ctime_ns: int) -> bool:
+        """The directory's ctime was observed: renew the lease if it proves our list current."""
+        known = self._dirs.get(ino)
+        if known is None:
+            return False
+        if known.attr.ctime_ns != ctime_ns:
+            del self._dirs[ino]  # someone else changed it
+            return False
+        known.expires = self._clock() + self.lease_s
+        self._dirs.move_to_end(ino)
+        return True
+
+    def attr(self, ino: int) -> Attr | None:
+        """The directory's attributes, if proven current within the lease."""
+        known = self._dirs.get(ino)
+        if known is None or known.expires <= self._clock():
+            return None
+        return known.attr
+
     def forget(self, ino: int) -> None:
         self._dirs.pop(ino, None)
 
     def absent(self, parent: int, name: bytes) -> bool:
         """True if ``name`` is certainly not in ``parent`` (no need to ask the daemon)."""
         known = self._dirs.get(parent)
-        if known is None:
-            return False
-        if known.expires <= self._clock():
-            del self._dirs[parent]
-            return False
+        if known is None or known.expires <= self._clock():
+            return False  # unknown, or unproven for too long: ask (the answer may re-prove it)
         return name not in known.names

@@ -180,7 +180,11 @@ class Operations(pyfuse3.Operations):
         else:
             if self.known.absent(parent, name):
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            attr = await self.client.lookup(parent, name)
+            found, dir_ctime_ns = await self.client.lookup_versioned(parent, name)
+            self.known.confirm(parent, dir_ctime_ns)
+            if found is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            attr = found
         self._looked_up(attr.ino)
         return self._entry(attr)
 
@@ -199,6 +203,11 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def getattr(self, inode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
         ino = self._d(inode)
+        known = self.known.attr(ino)
+        if known is not None:
+            # A directory whose state this mount proved within the lease (the kernel
+            # asks before every create in it, having dropped its cache after the last).
+            return self._entry(known)
         f = self.files.get(ino)
         if f is not None and f.attr_fresh_until > time.monotonic():
             # Open here and fetched within the attribute timeout: the same answer
@@ -235,7 +244,8 @@ class Operations(pyfuse3.Operations):
                 await f.commit(self._bg)
         elif f is not None and f.is_dirty and ("mtime_ns" in changes or "atime_ns" in changes):
             await f.commit(self._bg)
-        new = await self.client.setattr(ino, **changes)
+        new, stamps = await self.client.setattr(ino, **changes)
+        self.known.changed(stamps)  # a directory's own attributes changed
         if f is not None:
             f.set_attr(new)
         if f is not None and fields.update_size:
@@ -262,7 +272,7 @@ class Operations(pyfuse3.Operations):
         parent = self._d(parent_inode)
         attr, stamps = await self.client.mkdir(parent, name, mode, ctx.uid, ctx.gid)
         self.known.changed(stamps, added=[(parent, name)])
-        self.known.made(attr.ino, attr.mtime_ns)
+        self.known.made(attr)
         self._looked_up(attr.ino)
         return self._entry(attr)
 

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from dfs.client import DirStamp
+from dfs.meta import Attr
 from mount.dirs import CompleteDirs
+
+
+def dattr(ino: int, ctime_ns: int) -> Attr:
+    return Attr(ino, 0o40755, 2, 0, 0, 0, 4096, 0, ctime_ns, ctime_ns, ctime_ns, 0)
+
+
+def stamp(ino: int, before: int, after: int) -> DirStamp:
+    return DirStamp(ino, before, dattr(ino, after))
 
 
 class Clock:
@@ -18,51 +27,61 @@ def test_new_directory_is_known_empty_until_the_lease_ends() -> None:
     clock = Clock()
     dirs = CompleteDirs(1.0, clock=clock)
     assert not dirs.absent(7, b"x")
-    dirs.made(7, mtime_ns=10)
+    dirs.made(dattr(7, 10))
     assert dirs.absent(7, b"x")
     clock.now += 1.5
     assert not dirs.absent(7, b"x")
-    assert len(dirs) == 0
 
 
 def test_own_changes_renew_and_track_names() -> None:
     clock = Clock()
     dirs = CompleteDirs(1.0, clock=clock)
-    dirs.made(7, mtime_ns=10)
+    dirs.made(dattr(7, 10))
     for i in range(5):
         clock.now += 0.6  # each own change proves nobody else changed it, renewing the lease
-        dirs.changed([DirStamp(7, 10 + i, 11 + i)], added=[(7, f"f{i}".encode())])
+        dirs.changed([stamp(7, 10 + i, 11 + i)], added=[(7, f"f{i}".encode())])
     assert not dirs.absent(7, b"f3")  # our own names are asked of the daemon
     assert dirs.absent(7, b"other")
-    dirs.changed([DirStamp(7, 15, 16)], removed=[(7, b"f3")])
+    dirs.changed([stamp(7, 15, 16)], removed=[(7, b"f3")])
     assert dirs.absent(7, b"f3")
 
 
 def test_foreign_change_drops_knowledge() -> None:
     clock = Clock()
     dirs = CompleteDirs(1.0, clock=clock)
-    dirs.made(7, mtime_ns=10)
+    dirs.made(dattr(7, 10))
     # Someone else changed the directory (mtime 12) before our change (12 -> 13).
-    dirs.changed([DirStamp(7, 12, 13)], added=[(7, b"mine")])
+    dirs.changed([stamp(7, 12, 13)], added=[(7, b"mine")])
     assert not dirs.absent(7, b"theirs")
 
 
-def test_expired_lease_is_not_renewed() -> None:
+def test_expired_lease_is_renewed_only_by_proof() -> None:
     clock = Clock()
     dirs = CompleteDirs(1.0, clock=clock)
-    dirs.made(7, mtime_ns=10)
+    dirs.made(dattr(7, 10))
     clock.now += 2
-    dirs.changed([DirStamp(7, 10, 11)])
+    assert not dirs.absent(7, b"x")  # unproven for too long: ask the daemon
+    assert dirs.confirm(7, 10)  # the daemon's answer shows the same ctime
+    assert dirs.absent(7, b"x")
+    clock.now += 2
+    assert dirs.attr(7) is None  # not proven lately
+    dirs.changed([stamp(7, 10, 11)])  # our own change, nobody else's in between
+    assert dirs.absent(7, b"x")
+    attr = dirs.attr(7)
+    assert attr is not None
+    assert attr.ctime_ns == 11
+    assert not dirs.confirm(7, 12)  # a ctime we did not make: someone else changed it
     assert not dirs.absent(7, b"x")
+    assert len(dirs) == 0
 
 
 def test_bounded_and_disabled() -> None:
     dirs = CompleteDirs(1.0, max_dirs=3, clock=Clock())
     for ino in range(10):
-        dirs.made(ino, mtime_ns=1)
+        dirs.made(dattr(ino, 1))
     assert len(dirs) == 3
     assert dirs.absent(9, b"x")
     assert not dirs.absent(0, b"x")
     off = CompleteDirs(0.0, clock=Clock())
-    off.made(1, mtime_ns=1)
+    off.made(dattr(1, 1))
     assert not off.absent(1, b"x")

@@ -909,6 +909,20 @@ def test_open_relatime(store: MetaStore, chunks: set[bytes], clock: Clock) -> No
     check(store, chunks)
 
 
+def test_lookup_versioned_reports_absence_and_dir_ctime(store: MetaStore, chunks: set[bytes]) -> None:
+    attr, ctime = store.lookup_versioned(ROOT, b"nope")
+    assert attr is None
+    assert ctime == store.getattr(ROOT).ctime_ns
+    f = new_file(store, b"f")
+    attr, ctime2 = store.lookup_versioned(ROOT, b"f")
+    assert attr is not None
+    assert attr.ino == f
+    assert ctime2 > ctime  # adding a name moved the directory's ctime
+    with pytest.raises(NotADirectory):
+        store.lookup_versioned(f, b"x")
+    check(store, chunks)
+
+
 def test_open_events_batch(store: MetaStore, chunks: set[bytes], clock: Clock) -> None:
     """A mount's batched read-only opens and releases, applied in order in one transaction."""
     f = new_file(store, b"f")
