@@ -81,6 +81,7 @@ from dfs.meta import (
     DirEntry,
     FileMap,
     check_name,
+    chown_clears,
 )
 
 SCHEMA_VERSION = 1
@@ -861,7 +862,7 @@ class MetaStore:
             cur_mode, cur_size = row
             new_mode = cur_mode if mode is None else (cur_mode & _IFMT) | (mode & _PERM_BITS)
             if (uid is not None or gid is not None) and mode is None and not _is_dir(cur_mode):
-                new_mode = self._kill_suid(new_mode)
+                new_mode = chown_clears(new_mode)
             if size is not None:
                 self._check_truncate(ino, cur_mode, size)
                 if size != cur_size:
@@ -877,14 +878,6 @@ class MetaStore:
             ).fetchone()
             self._log(now, "setattr", [ino, mode, uid, gid, size, atime_ns, mtime_ns])
         return Attr(*result)
-
-    @staticmethod
-    def _kill_suid(mode: int) -> int:
-        """chown clears set-user-ID, and set-group-ID when it means 'setgid' (group exec set)."""
-        mode &= ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
-            mode &= ~stat.S_ISGID
-        return mode
 
     @staticmethod
     def _check_truncate(ino: int, mode: int, size: int) -> None:

@@ -253,18 +253,25 @@ class Service:
         return self.meta.read_map(ino)
 
     async def commit_write(
-        self, ino: int, size: int, mtime_ns: int, blocks: list[Any], inline: bytes | None
+        self,
+        ino: int,
+        size: int,
+        mtime_ns: int,
+        blocks: list[Any],
+        inline: bytes | None,
+        attrs: dict[str, Any] | None = None,
     ) -> Any:
+        """Commit a file's new blocks; ``attrs`` are setattr changes the mount held
+        back while it wrote the file, applied right after (same metadata-thread call)."""
         refs = [BlockRef.from_wire(b) for b in blocks]
-        return await self._m(
-            self.meta.commit_write,
-            ino,
-            size=size,
-            mtime_ns=mtime_ns,
-            blocks=refs,
-            inline=inline,
-            chunk_exists=self.chunks.exists,
-        )
+
+        def run() -> Attr:
+            attr = self.meta.commit_write(
+                ino, size=size, mtime_ns=mtime_ns, blocks=refs, inline=inline, chunk_exists=self.chunks.exists
+            )
+            return self._setattr(ino, attrs) if attrs else attr
+
+        return await self._m(run)
 
     # -- chunks --------------------------------------------------------------
     async def chunk_put(self, chunk_id: bytes, blob: bytes) -> bool:

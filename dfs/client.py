@@ -155,10 +155,19 @@ class Client:
         return FileMap.from_wire(await self.rpc.call("meta.read_map", ino))
 
     async def commit_write(
-        self, ino: int, *, size: int, mtime_ns: int, blocks: list[BlockRef], inline: bytes | None
+        self,
+        ino: int,
+        *,
+        size: int,
+        mtime_ns: int,
+        blocks: list[BlockRef],
+        inline: bytes | None,
+        attrs: dict[str, int] | None = None,
     ) -> Attr:
+        """Commit new blocks (or inline bytes), then apply held-back setattr ``attrs``."""
+        wire_blocks = [list(b) for b in blocks]
         return Attr.from_wire(
-            await self.rpc.call("meta.commit_write", ino, size, mtime_ns, [list(b) for b in blocks], inline)
+            await self.rpc.call("meta.commit_write", ino, size, mtime_ns, wire_blocks, inline, attrs or None)
         )
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:

@@ -140,3 +140,12 @@ def check_name(name: bytes) -> None:
         raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise InvalidArgument(f"invalid name {name!r}")
+
+
+def chown_clears(mode: int) -> int:
+    """The mode after a chown of a non-directory: set-user-ID goes, and set-group-ID
+    when it means "setgid" (group exec set), as Linux does."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode

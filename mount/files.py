@@ -20,6 +20,7 @@ may enter the commit.
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import trio
 
 from dfs.client import Client
 from dfs.errors import DfsError, InternalError
-from dfs.meta import Attr, BlockRef, FileMap
+from dfs.meta import Attr, BlockRef, FileMap, chown_clears
 
 log = logging.getLogger("dfs.mount")
 _PREFETCH_BLOCKS = 4
@@ -119,7 +120,10 @@ class OpenFile:
         self.uploads: dict[int, _Upload] = {}
         self.mtime_ns = fmap.attr.mtime_ns
         self.commit_lock = trio.Lock()
-        self.upload_error: DfsError | None = None
+        # Created by this mount and open since: its chmod/chown/utime may wait for the
+        # commit at close (see hold_attrs), like its data.
+        self.fresh = False
+        self.pending_attrs: dict[str, int] = {}
 
     # -- state ------------------------------------------------------------------
     def _load_map(self, fmap: FileMap) -> None:
@@ -140,7 +144,27 @@ class OpenFile:
 
     @property
     def is_dirty(self) -> bool:
-        return bool(self.dirty or self.uploads)
+        return bool(self.dirty or self.uploads or self.pending_attrs)
+
+    def hold_attrs(self, changes: dict[str, int], now_ns: int) -> Attr:
+        """Apply chmod/chown/utime locally, to be sent with the commit at close.
+
+        Only for files this mount created and still holds open (untar, cp -a and
+        rsync set modes, owners and times through the fd they are writing): other
+        mounts see them at close, with the data, as close-to-open promises.  The
+        result is exactly what applying the calls one by one would give: the
+        chown rule is applied here and the mode is then always sent explicitly.
+        """
+        pending = self.pending_attrs
+        mode = pending.get("mode", stat.S_IMODE(self.attr.mode))
+        if "mode" in changes:
+            mode = changes["mode"]
+        elif "uid" in changes or "gid" in changes:
+            mode = chown_clears(mode)
+        pending.update(changes)
+        pending["mode"] = mode
+        self.set_attr(self.attr._replace(ctime_ns=now_ns))
+        return self.overlay(self.attr)
 
     def overlay(self, attr: Attr) -> Attr:
         """Attributes as the kernel should see them, including unflushed writes.
@@ -150,7 +174,17 @@ class OpenFile:
         otherwise hand the kernel a stale, smaller size, and the next O_APPEND
         write would overwrite the tail.
         """
-        return attr._replace(size=self.size, mtime_ns=max(attr.mtime_ns, self.mtime_ns))
+        out = attr._replace(size=self.size, mtime_ns=max(attr.mtime_ns, self.mtime_ns))
+        p = self.pending_attrs
+        if p:
+            out = out._replace(
+                mode=(out.mode & ~0o7777) | p.get("mode", stat.S_IMODE(out.mode)),
+                uid=p.get("uid", out.uid),
+                gid=p.get("gid", out.gid),
+                atime_ns=p.get("atime_ns", out.atime_ns),
+                mtime_ns=p.get("mtime_ns", out.mtime_ns),
+            )
+        return out
 
     # -- reading ----------------------------------------------------------------
     async def _committed_block(self, index: int) -> bytes:
@@ -231,6 +265,7 @@ class OpenFile:
                 await self._start_upload(index, nursery)
         self.size = max(self.size, offset + len(data))
         self.mtime_ns = time.time_ns()
+        self.pending_attrs.pop("mtime_ns", None)  # a write after utime sets mtime to now
 
     async def _dirty_buffer(self, index: int, *, covers_all: bool) -> bytearray:
         buf = self.dirty.get(index)
@@ -277,6 +312,12 @@ class OpenFile:
         async with self.commit_lock:
             if not self.is_dirty:
                 return None
+            attrs = dict(self.pending_attrs)
+            if not self.dirty and not self.uploads:
+                attr, _ = await self.client.setattr(self.ino, **attrs)
+                self._attrs_sent(attrs)
+                self.set_attr(attr)
+                return attr
             size = self.size
             mtime_ns = self.mtime_ns
             if self.inline_candidate(size):
@@ -284,8 +325,9 @@ class OpenFile:
                 versions = {i: self.versions[i] for i in self.dirty}
                 inline = bytes(await self.read(0, size))
                 attr = await self.client.commit_write(
-                    self.ino, size=size, mtime_ns=mtime_ns, blocks=[], inline=inline
+                    self.ino, size=size, mtime_ns=mtime_ns, blocks=[], inline=inline, attrs=attrs
                 )
+                self._attrs_sent(attrs)
                 self._after_commit(versions, size, [], inline, attr)
                 return attr
             if self.inline is not None and 0 not in self.dirty and 0 not in self.uploads:
@@ -308,10 +350,17 @@ class OpenFile:
                 raise errors[0]
             refs = [up.ref for up in uploads.values() if up.ref is not None]
             attr = await self.client.commit_write(
-                self.ino, size=size, mtime_ns=mtime_ns, blocks=refs, inline=None
+                self.ino, size=size, mtime_ns=mtime_ns, blocks=refs, inline=None, attrs=attrs
             )
+            self._attrs_sent(attrs)
             self._after_commit(versions, size, refs, None, attr)
             return attr
+
+    def _attrs_sent(self, sent: dict[str, int]) -> None:
+        # Keep what changed meanwhile: it goes with the next commit.
+        for key, value in sent.items():
+            if self.pending_attrs.get(key) == value:
+                del self.pending_attrs[key]
 
     def inline_candidate(self, size: int) -> bool:
         return size <= self.client.inline_max and (self.inline is not None or not self.blocks)

@@ -11,7 +11,12 @@ mounted, kernel inode 1 stands for that directory.
 Caching: entries and attributes are cached by the kernel for
 ``attr_timeout_s`` (1 s by default).  Page cache is kept across opens only
 when the daemon reports the same size and mtime this mount last saw
-(close-to-open consistency between mounts).
+(close-to-open consistency between mounts).  Within the same bound the mount
+answers some requests itself: negative lookups and getattr in directories
+whose complete contents it has proven (mount/dirs.py), and getattr of files
+it holds open.  Read-only opens and all releases are registered with the
+daemon in ordered batches (``send_open_events``), flushed before any change
+that could remove a name.
 """
 
 from __future__ import annotations
@@ -70,7 +75,6 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
 class _Handle:
     ino: int
     file: OpenFile
-    writable: bool
 
 
 @dataclass
@@ -237,6 +241,8 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
         f = self.files.get(ino)
+        if f is not None and f.fresh and not fields.update_size:
+            return self._entry(f.hold_attrs(changes, time.time_ns()))
         if fields.update_size:
             changes["size"] = attr.st_size
             if f is not None:
@@ -396,9 +402,9 @@ class Operations(pyfuse3.Operations):
         self.seen[ino] = (attr.size, attr.mtime_ns)
         return f, keep
 
-    def _register(self, ino: int, f: OpenFile, flags: int) -> int:
+    def _register(self, ino: int, f: OpenFile) -> int:
         fh = self._new_fh()
-        self.handles[fh] = _Handle(ino, f, (flags & os.O_ACCMODE) != os.O_RDONLY)
+        self.handles[fh] = _Handle(ino, f)
         return fh
 
     @_handler
@@ -412,7 +418,7 @@ class Operations(pyfuse3.Operations):
             fmap = await self.client.read_map(ino)
             reader, keep = self._open_file(fmap)
             self._queue_open_event("open", ino)
-            return pyfuse3.FileInfo(fh=self._register(ino, reader, flags), keep_cache=keep)
+            return pyfuse3.FileInfo(fh=self._register(ino, reader), keep_cache=keep)
         current = self.files.get(ino)
         if truncate and current is not None:
             await current.commit(self._bg)
@@ -422,7 +428,7 @@ class Operations(pyfuse3.Operations):
         if truncate and current is not None:
             current.refresh(fmap)
         f, keep = self._open_file(fmap)
-        return pyfuse3.FileInfo(fh=self._register(ino, f, flags), keep_cache=keep)
+        return pyfuse3.FileInfo(fh=self._register(ino, f), keep_cache=keep)
 
     @_handler
     async def create(
@@ -442,8 +448,9 @@ class Operations(pyfuse3.Operations):
         # A new file has no xattrs: spare the capability probe before its first write.
         self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
         f, _ = self._open_file(FileMap(attr, None, []))
+        f.fresh = True
         self._looked_up(attr.ino)
-        fh = self._register(attr.ino, f, flags)
+        fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
 
     async def _open_existing(
@@ -460,7 +467,7 @@ class Operations(pyfuse3.Operations):
         )
         f, keep = self._open_file(fmap)
         self._looked_up(attr.ino)
-        fh = self._register(attr.ino, f, flags)
+        fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._entry(fmap.attr)
 
     @_handler
