@@ -1,0 +1,199 @@
+"""The mount's per-inode write buffers (mount/files.py) against a byte-array model.
+
+A fake in-memory client stands in for the daemon (blocks, inline data, block
+maps, commits), with deliberately tiny blocks so random writes cross block
+boundaries, grow inline files into blocks and leave holes.  After every
+operation the file read through the OpenFile equals the model; after every
+commit the committed state read back alone equals it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dfs.meta import Attr, BlockRef, FileMap
+from mount.files import BlockCache, DirtyBudget, OpenFile
+
+BS = 64
+INLINE_MAX = 40
+
+
+class FakeClient:
+    block_size = BS
+    inline_max = INLINE_MAX
+
+    def __init__(self) -> None:
+        self.chunks: dict[bytes, bytes] = {}
+        self.size = 0
+        self.inline: bytes | None = None
+        self.blocks: dict[int, BlockRef] = {}
+        self.attrs: dict[str, int] = {}
+        self.commits = 0
+
+    def fmap(self) -> FileMap:
+        attr = Attr(5, 0o100644, 1, 0, 0, 0, self.size, 0, 0, self.commits, 0, 0)
+        return FileMap(attr, self.inline, sorted(self.blocks.values()))
+
+    async def write_block(self, index: int, data: bytes | bytearray) -> BlockRef:
+        await trio.lowlevel.checkpoint()
+        cid = hashlib.sha256(bytes(data)).digest()
+        self.chunks[cid] = bytes(data)
+        return BlockRef(index, cid, len(data), len(data))
+
+    async def read_chunk(self, chunk_id: bytes) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.chunks[chunk_id]
+
+    async def commit_write(
+        self,
+        ino: int,
+        *,
+        size: int,
+        mtime_ns: int,
+        blocks: list[BlockRef],
+        inline: bytes | None,
+        attrs: dict[str, int] | None = None,
+    ) -> Attr:
+        await trio.lowlevel.checkpoint()
+        self.commits += 1
+        if inline is not None:
+            self.inline, self.blocks, self.size = inline, {}, len(inline)
+        else:
+            self.inline = None
+            for ref in blocks:
+                self.blocks[ref.index] = ref
+            self.size = size
+            for index in [i for i in self.blocks if i * BS >= size]:
+                del self.blocks[index]
+            tail = size // BS
+            if tail in self.blocks:  # the daemon trims the block that straddles the size
+                ref = self.blocks[tail]
+                self.blocks[tail] = ref._replace(length=min(ref.length, size - tail * BS))
+        self.attrs.update(attrs or {})
+        return self.fmap().attr
+
+    async def setattr(self, ino: int, **changes: int) -> tuple[Attr, list[Any]]:
+        await trio.lowlevel.checkpoint()
+        self.attrs.update(changes)
+        return self.fmap().attr, []
+
+    def truncate(self, size: int) -> None:
+        """What the daemon's setattr(size) does to committed state."""
+        if self.inline is not None:
+            self.inline = self.inline[:size]  # growing leaves a hole after the inline bytes
+        for index in [i for i in self.blocks if i * BS >= size]:
+            del self.blocks[index]
+        tail = size // BS
+        if tail in self.blocks:
+            ref = self.blocks[tail]
+            self.blocks[tail] = ref._replace(length=min(ref.length, size - tail * BS))
+        self.size = size
+        self.commits += 1
+
+    def committed_bytes(self) -> bytes:
+        if self.inline is not None:
+            return self.inline + bytes(self.size - len(self.inline))
+        out = bytearray(self.size)
+        for ref in self.blocks.values():
+            data = self.chunks[ref.chunk_id][: ref.length]
+            start = ref.index * BS
+            out[start : start + len(data)] = data[: max(0, self.size - start)]
+        return bytes(out)
+
+
+def new_file(client: FakeClient) -> OpenFile:
+    return OpenFile(5, client.fmap(), client, BlockCache(1 << 20), DirtyBudget(1 << 20))  # type: ignore[arg-type]
+
+
+offsets = st.one_of(st.integers(0, INLINE_MAX), st.integers(0, 6 * BS))
+payloads = st.one_of(st.binary(min_size=1, max_size=12), st.binary(min_size=1, max_size=3 * BS))
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), offsets, payloads),
+        st.tuples(st.just("truncate"), offsets, st.just(b"")),
+        st.tuples(st.just("commit"), st.just(0), st.just(b"")),
+        st.tuples(st.just("reopen"), st.just(0), st.just(b"")),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops)
+def test_random_writes_read_back_and_commit_exactly(ops: list[tuple[str, int, bytes]]) -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        model = bytearray()
+        f = new_file(client)
+        async with trio.open_nursery() as nursery:
+            for kind, offset, data in ops:
+                if kind == "write":
+                    await f.write(offset, data, nursery)
+                    if len(model) < offset:
+                        model.extend(bytes(offset - len(model)))
+                    model[offset : offset + len(data)] = data
+                elif kind == "truncate":  # as fs.setattr(size): commit, daemon truncates, refresh
+                    await f.commit(nursery)
+                    client.truncate(offset)
+                    f.refresh(client.fmap())
+                    model = model[:offset] + bytearray(max(0, offset - len(model)))
+                elif kind == "commit":
+                    await f.commit(nursery)
+                    assert client.committed_bytes() == bytes(model)
+                    assert not f.is_dirty
+                else:  # close and open again: only committed state survives
+                    await f.commit(nursery)
+                    f = new_file(client)
+                assert f.size == len(model)
+                assert await f.read(0, len(model) + 10) == bytes(model)
+            await f.commit(nursery)
+        assert client.committed_bytes() == bytes(model)
+        if len(model) <= INLINE_MAX and client.inline is not None:
+            assert client.blocks == {}
+
+    trio.run(scenario)
+
+
+async def test_write_racing_a_commit_stays_dirty() -> None:
+    client = FakeClient()
+    f = new_file(client)
+    async with trio.open_nursery() as nursery:
+        await f.write(0, os.urandom(3 * BS), nursery)
+        done = trio.Event()
+
+        async def commit() -> None:
+            await f.commit(nursery)
+            done.set()
+
+        nursery.start_soon(commit)
+        await trio.testing.wait_all_tasks_blocked()
+        await f.write(BS + 5, b"late", nursery)  # lands while the commit is in flight
+        await done.wait()
+        expected = await f.read(0, 3 * BS)
+        assert f.is_dirty or client.committed_bytes() == expected
+        await f.commit(nursery)
+        assert client.committed_bytes() == expected
+        assert expected[BS + 5 : BS + 9] == b"late"
+
+
+async def test_held_attrs_follow_the_data_and_the_chown_rule() -> None:
+    client = FakeClient()
+    f = new_file(client)
+    f.fresh = True
+    async with trio.open_nursery() as nursery:
+        await f.write(0, b"x" * 10, nursery)
+        f.hold_attrs({"mode": 0o4755}, 1)
+        attr = f.hold_attrs({"uid": 7}, 2)
+        assert (attr.mode & 0o7777, attr.uid) == (0o755, 7)  # chown after chmod clears set-user-ID
+        f.hold_attrs({"mtime_ns": 123}, 3)
+        assert f.overlay(f.attr).mtime_ns == 123
+        await f.commit(nursery)
+    assert client.attrs == {"mode": 0o755, "uid": 7, "mtime_ns": 123}
+    assert not f.pending_attrs
