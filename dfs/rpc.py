@@ -672,6 +672,16 @@ def _raised_by_call(exc: BaseException) -> bool:
     return tb is not None and tb.tb_next is None
 
 
+def _apply(fn: Callable[..., Any], req: wire.Request) -> Any:
+    """``fn(*req.args)``, with a wrong number or kind of arguments as InvalidArgument."""
+    try:
+        return fn(*req.args)
+    except TypeError as exc:
+        if _raised_by_call(exc):
+            raise InvalidArgument(f"{req.method}: bad arguments: {exc}") from None
+        raise
+
+
 def _only_dfs_error(exc: Exception) -> DfsError | None:
     """If *exc* is an ExceptionGroup holding only DfsErrors, return the first one."""
     if not isinstance(exc, ExceptionGroup):
@@ -819,12 +829,7 @@ class RpcServer:
         """Run a synchronous handler in the reader task; same error contract as :meth:`_invoke`."""
         self.stats.calls[req.method] += 1
         try:
-            try:
-                result = fn(*req.args)
-            except TypeError as exc:
-                if _raised_by_call(exc):
-                    raise InvalidArgument(f"{req.method}: bad arguments: {exc}") from None
-                raise
+            result = _apply(fn, req)
         except DfsError as exc:
             return self._error(req, req.method, exc)
         except Exception as exc:
@@ -849,13 +854,7 @@ class RpcServer:
     async def _invoke(handler: Handler, req: wire.Request) -> Any:
         """Await the handler; every failure leaves as a DfsError (args are never logged)."""
         try:
-            try:
-                awaitable = handler(*req.args)
-            except TypeError as exc:
-                if _raised_by_call(exc):
-                    raise InvalidArgument(f"{req.method}: bad arguments: {exc}") from None
-                raise
-            return await awaitable
+            return await _apply(handler, req)
         except DfsError:
             raise
         except Exception as exc:
