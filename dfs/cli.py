@@ -6,6 +6,7 @@ otherwise; commands that report take ``--json`` for scripts.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -90,6 +91,14 @@ def _is_mounted(path: Path) -> bool:
     return False
 
 
+def _is_dead_mount(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
 def _bin(name: str) -> str:
     """Our own entry points live beside the running interpreter (the venv)."""
     here = Path(sys.executable).parent / name
@@ -128,6 +137,9 @@ def up(directory: str) -> None:
     base = Path(directory).resolve()
     cfg = up_config(base)
     mnt = base / "mnt"
+    if _is_mounted(mnt) and _is_dead_mount(mnt):
+        # The mount process died (crash, kill -9): detach the dead mount and mount again.
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     mnt.mkdir(parents=True, exist_ok=True)
     address = cfg.rpc.listen
     # Poll our own daemon: the unix socket lives in this data dir, while the TCP

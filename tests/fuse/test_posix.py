@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -566,6 +567,14 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(data_dir)], capture_output=True)
 
 
+def _is_dead(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
 @pytest.mark.slow
 def test_dfs_up_and_down(tmp_path: Path) -> None:
     from tests.conftest import BIN, free_port
@@ -588,6 +597,15 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
             [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, timeout=120
         )
         assert again.returncode == 0, again.stderr
+        # The mount process dies: `dfs up` replaces the dead mount.
+        for pid in run("pgrep", "-f", f"mount.main .*{base / 'mnt'}").split():
+            os.kill(int(pid), signal.SIGKILL)
+        wait_for(lambda: _is_dead(base / "mnt"), 10, "the mount to be dead")
+        again = subprocess.run(
+            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0, again.stderr
+        assert (base / "mnt" / "hello").read_text() == "hi"
         st = subprocess.run([str(BIN / "dfs"), "status", str(base), "--json"], capture_output=True, text=True)
         assert st.returncode == 0 and '"files"' in st.stdout
     finally:
