@@ -534,11 +534,11 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
     )
     if res.returncode != 0:
         pytest.skip("cannot mount tmpfs")
+    # The reserve keeps room for metadata, so deleting works on a full disk.
+    d = Daemon(data_dir / "var", free_port(), reserve_bytes=4 * 1024 * 1024)
+    m = Mount(d, tmp_path / "m")
     try:
-        # The reserve keeps room for metadata, so deleting works on a full disk.
-        d = Daemon(data_dir / "var", free_port(), reserve_bytes=4 * 1024 * 1024)
         d.start()
-        m = Mount(d, tmp_path / "m")
         m.start()
         written: dict[str, bytes] = {}
         try:
@@ -562,8 +562,8 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
         finally:
             m.stop()
         d.assert_clean()
-        d.stop()
     finally:
+        d.stop()  # a daemon left running would keep the tmpfs (and the test run) busy
         subprocess.run(["umount", "-l", str(data_dir)], capture_output=True)
 
 
