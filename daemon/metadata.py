@@ -923,24 +923,34 @@ class MetaStore:
                 self._db.execute(
                     "UPDATE inodes SET size = 0, mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, ino)
                 )
-            if read and (atime <= mtime or atime <= ctime or now - atime >= _RELATIME_NS):
-                self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (now, ino))
+            if read:
+                self._relatime(ino, atime, mtime, ctime, now)
             self._log(now, "open", [ino, session, truncate, read])
             return self._attr(ino)
 
     @_api
     def release(self, ino: int, session: str) -> None:
         with self._write() as now:
-            row = self._db.execute(
-                "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
-                (ino, session),
-            ).fetchone()
-            if row is None:
-                return  # nothing registered: releasing is idempotent
-            if row[0] <= 0:
-                self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
-                self._purge_if_unused(ino, now)
-            self._log(now, "release", [ino, session])
+            if self._release(ino, session, now):
+                self._log(now, "release", [ino, session])
+
+    def _release(self, ino: int, session: str, now: int) -> bool:
+        """One open fewer; purge at the last one if unlinked.  False if none was registered."""
+        row = self._db.execute(
+            "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
+            (ino, session),
+        ).fetchone()
+        if row is None:
+            return False  # nothing registered: releasing is idempotent
+        if row[0] <= 0:
+            self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
+            self._purge_if_unused(ino, now)
+        return True
+
+    def _relatime(self, ino: int, atime: int, mtime: int, ctime: int, now: int) -> None:
+        """A read: update atime if it is not newer than mtime/ctime, or over a day old."""
+        if atime <= mtime or atime <= ctime or now - atime >= _RELATIME_NS:
+            self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (now, ino))
 
     @_api
     def open_events(self, events: list[list[Any]], session: str) -> None:
@@ -960,16 +970,9 @@ class MetaStore:
                         continue
                     self._add_open(session, ino, now)
                     atime, mtime, ctime = row
-                    if atime <= mtime or atime <= ctime or now - atime >= _RELATIME_NS:
-                        self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (now, ino))
+                    self._relatime(ino, atime, mtime, ctime, now)
                 elif kind == "release":
-                    row = self._db.execute(
-                        "UPDATE opens SET count = count - 1 WHERE ino = ? AND session = ? RETURNING count",
-                        (ino, session),
-                    ).fetchone()
-                    if row is not None and row[0] <= 0:
-                        self._db.execute("DELETE FROM opens WHERE ino = ? AND session = ?", (ino, session))
-                        self._purge_if_unused(ino, now)
+                    self._release(ino, session, now)
                 else:
                     raise InvalidArgument(f"unknown open event {kind!r}")
             self._log(now, "open_events", [events, session])

@@ -151,7 +151,6 @@ class Service:
     def _handlers(self) -> dict[str, Handler]:
         m = self.meta
         simple: dict[str, Callable[..., Any]] = {
-            "release": m.release,
             "open_events": m.open_events,
             "end_session": m.end_session,
             "session_heartbeat": m.session_heartbeat,
@@ -196,7 +195,6 @@ class Service:
             for fn in (
                 r.lookup,
                 r.lookup_versioned,
-                r.parent,
                 r.getattr,
                 r.readlink,
                 r.readdir,

@@ -91,7 +91,8 @@ def _is_mounted(path: Path) -> bool:
     return False
 
 
-def _is_dead_mount(path: Path) -> bool:
+def is_dead_mount(path: Path) -> bool:
+    """A FUSE mount whose process is gone (every access fails with ENOTCONN)."""
     try:
         os.stat(path)
     except OSError as exc:
@@ -137,7 +138,7 @@ def up(directory: str) -> None:
     base = Path(directory).resolve()
     cfg = up_config(base)
     mnt = base / "mnt"
-    if _is_mounted(mnt) and _is_dead_mount(mnt):
+    if _is_mounted(mnt) and is_dead_mount(mnt):
         # The mount process died (crash, kill -9): detach the dead mount and mount again.
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     mnt.mkdir(parents=True, exist_ok=True)

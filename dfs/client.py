@@ -138,9 +138,6 @@ class Client:
         """Register an open by ``session``; returns fresh attributes and the block map."""
         return FileMap.from_wire(await self.rpc.call("meta.open", ino, session, truncate, read))
 
-    async def release(self, ino: int, session: str) -> None:
-        await self.rpc.call("meta.release", ino, session)
-
     async def open_events(self, events: list[tuple[str, int]], session: str) -> None:
         """Batched ``("open"|"release", ino)`` registrations, applied in order."""
         await self.rpc.call("meta.open_events", [list(e) for e in events], session)

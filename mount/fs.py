@@ -174,13 +174,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: Ctx) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
-        if name == b".":
-            attr = await self.client.getattr(parent)
-        elif name == b"..":
-            # Only NFS export asks for ".."; the daemon resolves a directory's parent.
-            attr = await self.client.getattr(
-                self.root_ino if parent == self.root_ino else await self._parent(parent)
-            )
+        if name in (b".", b".."):
+            # The daemon resolves both; ".." of the mounted directory must not leave it.
+            if name == b".." and parent == self.root_ino:
+                attr = await self.client.getattr(parent)
+            else:
+                attr = await self.client.lookup(parent, name)
         else:
             if self.known.absent(parent, name):
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -191,10 +190,6 @@ class Operations(pyfuse3.Operations):
             attr = found
         self._looked_up(attr.ino)
         return self._entry(attr)
-
-    async def _parent(self, ino: int) -> int:
-        parent: int = await self.client.call("meta.parent", ino)
-        return parent
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:

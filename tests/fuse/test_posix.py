@@ -567,16 +567,9 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(data_dir)], capture_output=True)
 
 
-def _is_dead(path: Path) -> bool:
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
-
-
 @pytest.mark.slow
 def test_dfs_up_and_down(tmp_path: Path) -> None:
+    from dfs.cli import is_dead_mount
     from tests.conftest import BIN, free_port
 
     env = dict(os.environ)
@@ -600,7 +593,7 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
         # The mount process dies: `dfs up` replaces the dead mount.
         for pid in run("pgrep", "-f", f"mount.main .*{base / 'mnt'}").split():
             os.kill(int(pid), signal.SIGKILL)
-        wait_for(lambda: _is_dead(base / "mnt"), 10, "the mount to be dead")
+        wait_for(lambda: is_dead_mount(base / "mnt"), 10, "the mount to be dead")
         again = subprocess.run(
             [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, timeout=120
         )
