@@ -18,30 +18,52 @@ Schema (see ``_SCHEMA``):
 - ``chunks``: one row per chunk with its refcount; ``zero_since_ns`` is set
   while the refcount is 0.  Only :meth:`MetaStore.gc_collect` deletes rows.
 - ``xattrs``, ``sessions``, ``opens`` (open counts per session and inode),
-  ``oplog`` and ``config`` (the block size the block maps were written with).
+  ``oplog`` and ``config`` (the block size the block maps were written with,
+  and ``internal:<name>`` -> the inode of each internal root, see below).
+- ``volumes``: ``name -> ino`` of a top-level directory plus its msgpack
+  policy.  A row follows its directory: a rename within the root renames it,
+  a move out of the root or a removal drops it.
+- ``nodes``: the cluster's node registry (msgpack info per node id).
+- ``s3_keys``: S3 access keys with their secrets.  Secrets never enter the
+  oplog (its rows name the access key only).
+
+Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
+database simply gains them on open; ``SCHEMA_VERSION`` changes only for
+changes to existing tables.
+
+Internal roots (:data:`INTERNAL_DIRS`, e.g. ``uploads`` for S3 multipart
+parts) are directories created at open that, like the root, have no dentry;
+nothing under ``ROOT_INO`` reaches them, so the mount never shows them.  Their
+contents are ordinary inodes managed with the ordinary operations.
 
 Invariants (all checked, and where possible repaired, by :meth:`MetaStore.fsck`):
 
 - inode numbers are never reused; the root is ``ROOT_INO`` and has no dentry;
-- a directory has exactly one dentry and nlink = 2 + its subdirectories
-  (0 once removed); a non-directory's nlink is its number of dentries;
+- each internal root exists, is a directory other than the root, and has no
+  dentry;
+- a directory other than the root and the internal roots has exactly one
+  dentry; a directory's nlink is 2 + its subdirectories (0 once removed); a
+  non-directory's nlink is its number of dentries;
 - an inode with nlink 0 exists only while some session holds it open;
-- every directory is reachable from the root, and none from itself;
+- every directory is reachable from the root or an internal root, and none
+  from itself;
 - a chunk's refcount equals the number of block-map entries naming it;
 - block entries lie below the file size and name chunks that are stored;
 - only regular files hold inline data or blocks, never both, and inline data
-  is no longer than the file.
+  is no longer than the file;
+- a volume row names a live top-level directory whose name is the row's name.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import msgpack
@@ -62,6 +84,7 @@ from dfs.errors import (
     NotFound,
     NotPermitted,
     NotSupported,
+    PreconditionFailed,
     RangeError,
     TooManyLinks,
     from_oserror,
@@ -85,6 +108,8 @@ from dfs.meta import (
 )
 
 SCHEMA_VERSION = 1
+# Marks a directory put_object created only to hold an object (see MetaStore.remove_empty_parents).
+IMPLICIT_XATTR = b"user.s3.implicit"
 LINK_MAX = 65000
 DIR_SIZE = 4096  # st_size reported for every directory: stable and what tools expect
 _IFMT = 0o170000
@@ -149,7 +174,37 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL,
         op TEXT NOT NULL, args BLOB NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS volumes (
+        name TEXT PRIMARY KEY, ino INTEGER NOT NULL, policy BLOB NOT NULL,
+        created_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    # Renames and removals in the root look up the row of the directory they touch.
+    "CREATE INDEX IF NOT EXISTS volumes_by_ino ON volumes (ino)",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY, info BLOB NOT NULL, updated_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS s3_keys (
+        access_key TEXT PRIMARY KEY, secret TEXT NOT NULL, created_ns INTEGER NOT NULL,
+        description TEXT NOT NULL) WITHOUT ROWID""",
 )
+
+# Directories outside the namespace (no dentry, unreachable from ROOT_INO), created at open.
+INTERNAL_DIRS = ("uploads", "trash")
+_INTERNAL_KEY = "internal:"
+# The SQL list of their config keys, for queries that treat internal roots as roots.
+_INTERNAL_KEYS_SQL = ", ".join(f"'{_INTERNAL_KEY}{name}'" for name in INTERNAL_DIRS)
+_INTERNAL_INOS_SQL = f"SELECT value FROM config WHERE key IN ({_INTERNAL_KEYS_SQL})"
+
+# Scratch TEMP tables of the set-based multi-inode operations (remove_tree, snapshot).
+_SCRATCH = {
+    "dirs": "ino INTEGER PRIMARY KEY",
+    "inos": "ino INTEGER PRIMARY KEY",
+    "links": "ino INTEGER PRIMARY KEY, n INTEGER NOT NULL",
+    "purge": "ino INTEGER PRIMARY KEY",
+    "map": "old INTEGER PRIMARY KEY, new INTEGER NOT NULL",
+}
+_SLASH = 0x2F
+# list_dir reads this many rows beyond its limit per batch: directories whose keys are still open
+# (prefixes of the last name read) cannot be emitted yet, and there are rarely more than a few.
+_LIST_DIR_SLACK = 16
 
 
 def _attr_cols(prefix: str) -> str:
@@ -205,6 +260,24 @@ def _check_xattr_name(name: bytes) -> None:
         raise RangeError("empty xattr name")
     if len(name) > XATTR_NAME_MAX:
         raise NameTooLong(f"xattr name of {len(name)} bytes exceeds {XATTR_NAME_MAX}")
+
+
+def _pack_dict(value: dict[str, Any], what: str) -> bytes:
+    """msgpack of a caller's dict, checked before any transaction starts."""
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a map, not {type(value).__name__}")
+    try:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"{what} cannot be stored: {exc}") from exc
+    return packed
+
+
+def _unpack_dict(blob: bytes) -> dict[str, Any]:
+    value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    if not isinstance(value, dict):
+        raise InternalError(f"stored map is a {type(value).__name__}")
+    return value
 
 
 class MetaStore:
@@ -264,6 +337,13 @@ class MetaStore:
             self._check_block_size()
             if db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
                 self._create_root(now)
+            for name in INTERNAL_DIRS:
+                # Only a missing config row is created here; a broken one is fsck's to report and repair.
+                if (
+                    db.execute("SELECT 1 FROM config WHERE key = ?", (_INTERNAL_KEY + name,)).fetchone()
+                    is None
+                ):
+                    self._create_internal(name, now)
 
     def _check_block_size(self) -> None:
         row = self._db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
@@ -279,6 +359,27 @@ class MetaStore:
             "INSERT INTO inodes VALUES (?, ?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL)",
             (ROOT_INO, _IFDIR | 0o755, DIR_SIZE, now, now, now),
         )
+
+    def _create_internal(self, name: str, now: int) -> int:
+        """A new, empty internal root ``name`` (no dentry), recorded in config."""
+        ino = self._db.execute(
+            "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
+            "generation, symlink, inline) VALUES (?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL)",
+            (_IFDIR | 0o700, DIR_SIZE, now, now, now),
+        ).lastrowid
+        assert ino is not None
+        self._db.execute("INSERT OR REPLACE INTO config VALUES (?, ?)", (_INTERNAL_KEY + name, ino))
+        return ino
+
+    def _internal_inos(self) -> dict[int, str]:
+        """ino -> name of the internal roots as recorded (fsck checks that they are sound)."""
+        prefix = len(_INTERNAL_KEY)
+        return {
+            ino: key[prefix:]
+            for key, ino in self._db.execute(
+                f"SELECT key, value FROM config WHERE key IN ({_INTERNAL_KEYS_SQL})"
+            )
+        }
 
     def reader(self) -> MetaStore:
         """A second, read-only connection to the same database.
@@ -353,6 +454,25 @@ class MetaStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[None]:
+        """One read snapshot for a reader that runs several statements (none of them may write)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    def _scratch(self, kind: str) -> str:
+        """An empty TEMP table of ``_SCRATCH[kind]`` for a set-based operation; returns its name.
+
+        TEMP tables live in this connection only and their creation is part of the
+        caller's transaction, so a rollback leaves nothing behind.
+        """
+        self._db.execute(f"CREATE TEMP TABLE IF NOT EXISTS scratch_{kind} ({_SCRATCH[kind]})")
+        self._db.execute(f"DELETE FROM temp.scratch_{kind}")
+        return f"temp.scratch_{kind}"
 
     def _log(self, now: int, op: str, args: Sequence[object]) -> None:
         self._db.execute(
@@ -553,6 +673,8 @@ class MetaStore:
             "SELECT parent FROM dentries WHERE is_dir = 1 AND ino = ? LIMIT 1", (ino,)
         ).fetchone()
         if row is None:
+            if ino in self._internal_inos():
+                return ino  # an internal root is its own parent, like the root
             raise NotFound(f"directory {ino} was removed")
         parent: int = row[0]
         return parent
@@ -725,6 +847,8 @@ class MetaStore:
             self._del_dentry(dentry_id)
             self._touch_dir(parent, now, -1)
             self._set_nlink(ino, 0, now)
+            if parent == ROOT_INO:
+                self._follow_volumes([ino])
             self._log(now, "rmdir", [parent, name])
 
     @_api
@@ -753,10 +877,12 @@ class MetaStore:
             else:
                 changed = self._move(src, dst, parent, (new_parent, new_name, new_pnlink), now)
             if changed:
+                if ROOT_INO in (parent, new_parent):  # only top-level directories can be volumes
+                    self._follow_volumes(e[1] for e in (src, dst) if e is not None and _is_dir(e[2]))
                 self._log(now, "rename", [parent, name, new_parent, new_name, flags])
 
-    def _check_not_ancestor(self, dir_ino: int, start: int) -> None:
-        """InvalidArgument if ``dir_ino`` is ``start`` or one of its ancestors."""
+    def _is_ancestor(self, dir_ino: int, start: int) -> bool:
+        """Whether ``dir_ino`` is ``start`` or one of its ancestors."""
         # UNION (not UNION ALL) makes the walk terminate even on a corrupted, cyclic tree.
         hit = self._db.execute(
             "WITH RECURSIVE up(ino) AS "
@@ -764,7 +890,11 @@ class MetaStore:
             "SELECT 1 FROM up WHERE ino = ? LIMIT 1",
             (start, dir_ino),
         ).fetchone()
-        if hit is not None:
+        return hit is not None
+
+    def _check_not_ancestor(self, dir_ino: int, start: int) -> None:
+        """InvalidArgument if ``dir_ino`` is ``start`` or one of its ancestors."""
+        if self._is_ancestor(dir_ino, start):
             raise InvalidArgument(f"cannot move directory {dir_ino} into its own subtree")
 
     def _move(
@@ -1153,6 +1283,659 @@ class MetaStore:
         if delta:
             db.execute("UPDATE inodes SET stored = stored + ? WHERE ino = ?", (delta, ino))
 
+    # -- object-store (S3) namespace operations --------------------------------------------
+
+    @_api
+    def resolve(self, parent: int, names: list[bytes]) -> Attr:
+        """The inode at path ``names`` below ``parent`` (``parent`` itself for an empty path)."""
+        for name in names:
+            _check_lookup_name(name)
+        with self._read():
+            attr = self._attr(parent)
+            for name in names:
+                if not attr.is_dir:
+                    raise NotADirectory(f"inode {attr.ino} is not a directory")
+                row = self._db.execute(
+                    f"SELECT {_ATTR_I} FROM dentries d JOIN inodes i ON i.ino = d.ino "
+                    "WHERE d.parent = ? AND d.name = ?",
+                    (attr.ino, name),
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"{name!r} not found in directory {attr.ino}")
+                attr = Attr(*row)
+            return attr
+
+    @_api
+    def list_dir(self, ino: int, after: bytes, limit: int) -> list[DirEntry]:
+        """Up to ``limit`` entries of directory ``ino`` whose sort key is greater than ``after``, in
+        sort-key order; the key is ``name + b"/"`` for a directory and ``name`` otherwise.
+
+        A depth-first walk that lists directory ``d`` where its key ``d/`` falls
+        yields full paths in byte order, which is S3's key order ("a-b" < "a/x").
+        Cookies are 0: the caller resumes with the last key it saw.
+        """
+        with self._read():
+            self._dir(ino, live=False)
+            if limit <= 0:
+                return []
+            return self._list_dir(ino, after, limit)
+
+    def _list_dir(self, ino: int, after: bytes, limit: int) -> list[DirEntry]:
+        # Key order is name order except that a directory d sorts as d/, i.e. after the names that
+        # extend d with a byte below '/' (d-x, d.y) and so after names the index yields later.
+        # A key above ``after`` belongs to a name >= ``after`` or to a directory named by a proper
+        # prefix p of ``after`` whose next byte is below '/': those are looked up exactly, the rest
+        # is scanned in name order.  After scanning up to name n, every unscanned key exceeds n, so
+        # candidates with keys <= n are final; the others (at most one per prefix of n) wait.
+        db = self._db
+        select = f"SELECT d.name, {_ATTR_I} FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ?"
+        found: list[tuple[bytes, DirEntry]] = []
+
+        def add(rows: Iterable[tuple[Any, ...]]) -> None:
+            for name, *attr in rows:
+                key = name + b"/" if _is_dir(attr[1]) else name
+                if key > after:
+                    found.append((key, DirEntry(name, Attr(*attr), 0)))
+
+        prefixes = [after[:n] for n in range(1, min(len(after), NAME_MAX + 1)) if after[n] < _SLASH]
+        if prefixes:
+            marks = ", ".join("?" * len(prefixes))
+            add(db.execute(f"{select} AND d.is_dir = 1 AND d.name IN ({marks})", (ino, *prefixes)))
+        batch = limit + _LIST_DIR_SLACK
+        rows = db.execute(f"{select} AND d.name >= ? ORDER BY d.name LIMIT ?", (ino, after, batch)).fetchall()
+        while True:
+            add(rows)
+            found.sort(key=lambda item: item[0])
+            if len(rows) < batch:  # the directory is exhausted: every candidate is final
+                return [entry for _, entry in found[:limit]]
+            last: bytes = rows[-1][0]
+            final = bisect.bisect_right(found, last, key=lambda item: item[0])
+            if final >= limit:
+                return [entry for _, entry in found[:limit]]
+            batch *= 2
+            rows = db.execute(
+                f"{select} AND d.name > ? ORDER BY d.name LIMIT ?", (ino, last, batch)
+            ).fetchall()
+
+    def _make_dirs(
+        self, now: int, parent: int, dirs: Sequence[bytes], mode: int, uid: int, gid: int, *, implicit: bool
+    ) -> int:
+        """mkdir -p ``dirs`` below ``parent`` inside the caller's transaction; the last directory's ino.
+
+        ``implicit`` marks the directories it creates with :data:`IMPLICIT_XATTR`:
+        made only to hold an object, they go again with their last entry
+        (:meth:`remove_empty_parents`); directories made any other way stay.
+        """
+        self._dir(parent, live=True)
+        cur = parent
+        for name in dirs:
+            check_name(name)
+            entry = self._dentry(cur, name)
+            if entry is None:
+                cur = self._make(now, cur, name, mode, uid, gid, size=DIR_SIZE).ino
+                if implicit:
+                    self._db.execute("INSERT INTO xattrs VALUES (?, ?, ?)", (cur, IMPLICIT_XATTR, b"1"))
+            elif _is_dir(entry[2]):
+                cur = entry[1]
+            else:
+                raise NotADirectory(f"{name!r} in directory {cur} is not a directory")
+        return cur
+
+    @staticmethod
+    def _dir_mode(mode: int) -> int:
+        if mode & _IFMT not in (0, _IFDIR):
+            raise InvalidArgument(f"directory mode with file type {mode & _IFMT:o}")
+        return _IFDIR | (mode & _PERM_BITS)
+
+    @_api
+    def make_dirs(self, parent: int, dirs: list[bytes], *, mode: int, uid: int, gid: int) -> Attr:
+        """mkdir -p: create the missing directories of ``dirs`` below ``parent``; existing ones are kept."""
+        mode = self._dir_mode(mode)
+        with self._write() as now:
+            ino = self._make_dirs(now, parent, dirs, mode, uid, gid, implicit=False)
+            # Asked for by name: no longer an implied directory that vanishes when emptied.
+            self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, IMPLICIT_XATTR))
+            self._log(now, "make_dirs", [parent, dirs, mode, uid, gid, ino])
+            return self._attr(ino)
+
+    @_api
+    def put_object(
+        self,
+        parent: int,
+        dirs: list[bytes],
+        name: bytes,
+        *,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime_ns: int,
+        blocks: list[BlockRef],
+        inline: bytes | None,
+        xattrs: dict[bytes, bytes],
+        chunk_exists: Callable[[bytes], bool],
+        if_none_match: bool = False,
+        if_match: tuple[bytes, bytes] | None = None,
+        dir_mode: int = 0o755,
+    ) -> Attr:
+        """Write a whole object atomically: a new regular file ``dirs/name`` below ``parent``.
+
+        Missing directories are created (mkdir -p with ``dir_mode``); an existing
+        non-directory there is replaced (like rename over it, so an open old
+        inode lives on until released).  ``if_none_match`` requires that nothing
+        is at the name; ``if_match=(xattr, value)`` requires an existing entry
+        whose xattr has that value (NotFound / PreconditionFailed otherwise).
+        Readers never see a partial object: the inode, its data and xattrs and
+        its name appear in one transaction.
+        """
+        if mode & _IFMT not in (0, _IFREG):
+            raise InvalidArgument(f"put_object with file type {mode & _IFMT:o}")
+        mode = _IFREG | (mode & _PERM_BITS)
+        dir_mode = self._dir_mode(dir_mode)
+        check_name(name)
+        refs = self._object_refs(size, blocks, inline)
+        for key, value in xattrs.items():
+            _check_xattr_name(key)
+            if len(value) > XATTR_SIZE_MAX:
+                raise RangeError(f"xattr value of {len(value)} bytes exceeds {XATTR_SIZE_MAX}")
+        with self._write() as now:
+            final = self._make_dirs(now, parent, dirs, dir_mode, uid, gid, implicit=True)
+            old = self._dentry(final, name)
+            if old is not None and _is_dir(old[2]):
+                raise IsADirectory(f"{name!r} in directory {final} is a directory")
+            if if_none_match and old is not None:
+                raise PreconditionFailed(f"{name!r} exists in directory {final}")
+            if if_match is not None:
+                if old is None:
+                    raise NotFound(f"{name!r} not found in directory {final}")
+                row = self._db.execute(
+                    "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (old[1], if_match[0])
+                ).fetchone()
+                if row is None or row[0] != if_match[1]:
+                    raise PreconditionFailed(f"{name!r} in directory {final} does not match {if_match[0]!r}")
+            if old is not None:
+                self._del_dentry(old[0])
+            ino = self._make(now, final, name, mode, uid, gid).ino
+            # The new inode takes its references before the old one drops its own, so a chunk both
+            # share never passes through refcount 0 (which would demand chunk_exists).
+            for ref in refs:
+                self._incref(ref.chunk_id, ref.stored_bytes, chunk_exists)
+            self._db.executemany(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+                [(ino, r.index, r.chunk_id, r.length, r.stored_bytes) for r in refs],
+            )
+            stored = len(inline) if inline is not None else sum(r.stored_bytes for r in refs)
+            self._db.execute(
+                "UPDATE inodes SET size = ?, stored = ?, inline = ?, atime_ns = ?, mtime_ns = ? "
+                "WHERE ino = ?",
+                (size, stored, inline, mtime_ns, mtime_ns, ino),
+            )
+            self._db.executemany(
+                "INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in xattrs.items()]
+            )
+            if old is not None:
+                self._set_nlink(old[1], old[3] - 1, now)
+            self._log(
+                now,
+                "put_object",
+                [
+                    parent,
+                    dirs,
+                    name,
+                    mode,
+                    uid,
+                    gid,
+                    size,
+                    mtime_ns,
+                    [list(r) for r in refs],
+                    inline,
+                    sorted(xattrs.items()),
+                    if_none_match,
+                    None if if_match is None else list(if_match),
+                    dir_mode,
+                    ino,
+                ],
+            )
+            return self._attr(ino)
+
+    def _object_refs(self, size: int, blocks: list[BlockRef], inline: bytes | None) -> list[BlockRef]:
+        """Validate a whole object's data; its block refs (holes left out, lengths cut at ``size``)."""
+        if size < 0:
+            raise InvalidArgument(f"negative size {size}")
+        if inline is not None:
+            if blocks:
+                raise InvalidArgument("put_object got both inline data and blocks")
+            if len(inline) > self._inline_max:
+                raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_max}")
+            if len(inline) != size:
+                raise InvalidArgument(f"inline data of {len(inline)} bytes for size {size}")
+            return []
+        bs = self._block_size
+        refs: list[BlockRef] = []
+        seen: set[int] = set()
+        for raw in blocks:
+            ref = self._check_ref(raw)
+            if ref.index * bs >= size:
+                raise InvalidArgument(f"block {ref.index} lies beyond size {size}")
+            if ref.index in seen:
+                raise InvalidArgument(f"block {ref.index} given twice")
+            seen.add(ref.index)
+            if ref.chunk_id:  # an empty chunk id is a hole, as in commit_write
+                # Bytes past ``size`` are not the file's: cut them as a truncate would.
+                refs.append(ref._replace(length=min(ref.length, size - ref.index * bs)))
+        return refs
+
+    @_api
+    def remove_tree(self, parent: int, name: bytes) -> int:
+        """rm -r ``name`` in ``parent``; the number of inodes that lost names (or, for a file, 1).
+
+        Inodes still open keep living unlinked (nlink 0) until released, and files
+        with names outside the tree keep those.
+        """
+        _check_lookup_name(name)
+        with self._write() as now:
+            self._dir(parent, live=False)
+            entry = self._dentry(parent, name)
+            if entry is None:
+                raise NotFound(f"{name!r} not found in directory {parent}")
+            dentry_id, ino, mode, nlink = entry
+            self._del_dentry(dentry_id)
+            if _is_dir(mode):
+                removed = self._remove_subtree(ino, now)
+                self._touch_dir(parent, now, -1)
+                if parent == ROOT_INO:
+                    self._follow_volumes([ino])
+            else:
+                self._touch_dir(parent, now)
+                self._set_nlink(ino, nlink - 1, now)
+                removed = 1
+            self._log(now, "remove_tree", [parent, name])
+        return removed
+
+    def _remove_subtree(self, top: int, now: int) -> int:
+        """Unlink everything below directory ``top`` (whose own dentry is already gone) and ``top``.
+
+        Set-based over scratch tables rather than a Python recursion: a whole
+        bucket is a handful of statements, and no depth limit applies.  Joins
+        name the scratch table first with CROSS JOIN, which SQLite keeps as the
+        outer loop: without statistics on the TEMP tables the planner would
+        otherwise scan the whole dentries or blocks table to remove a tiny tree.
+        """
+        db = self._db
+        dirs, links, purge = self._scratch("dirs"), self._scratch("links"), self._scratch("purge")
+        db.execute(
+            "WITH RECURSIVE sub(ino) AS "
+            "(SELECT ? UNION SELECT d.ino FROM dentries d JOIN sub ON d.parent = sub.ino WHERE d.is_dir = 1) "
+            f"INSERT INTO {dirs} SELECT ino FROM sub",
+            (top,),
+        )
+        # A file may have several names inside the tree, and others outside it.
+        db.execute(
+            f"INSERT INTO {links} SELECT d.ino, COUNT(*) FROM {dirs} s "
+            "CROSS JOIN dentries d ON d.parent = s.ino WHERE d.is_dir = 0 GROUP BY d.ino"
+        )
+        db.execute(f"DELETE FROM dentries WHERE parent IN (SELECT ino FROM {dirs})")
+        db.execute(
+            f"UPDATE inodes SET nlink = nlink - (SELECT l.n FROM {links} l WHERE l.ino = inodes.ino), "
+            f"ctime_ns = ? WHERE ino IN (SELECT ino FROM {links})",
+            (now,),
+        )
+        db.execute(f"UPDATE inodes SET nlink = 0, ctime_ns = ? WHERE ino IN (SELECT ino FROM {dirs})", (now,))
+        db.execute(
+            f"INSERT INTO {purge} SELECT i.ino FROM inodes i "
+            f"WHERE i.ino IN (SELECT ino FROM {dirs} UNION ALL SELECT ino FROM {links}) AND i.nlink = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM opens o WHERE o.ino = i.ino)"
+        )
+        self._purge_set(purge, now)
+        count: int = db.execute(
+            f"SELECT (SELECT COUNT(*) FROM {dirs}) + (SELECT COUNT(*) FROM {links})"
+        ).fetchone()[0]
+        return count
+
+    def _purge_set(self, table: str, now: int) -> None:
+        """:meth:`_purge` for every inode listed in scratch table ``table``, in bulk."""
+        db = self._db
+        db.execute(
+            "UPDATE chunks SET refcount = chunks.refcount - d.n, "
+            "zero_since_ns = CASE WHEN chunks.refcount - d.n <= 0 THEN ? ELSE chunks.zero_since_ns END "
+            f"FROM (SELECT b.chunk_id, COUNT(*) AS n FROM {table} p CROSS JOIN blocks b ON b.ino = p.ino "
+            "GROUP BY b.chunk_id) d WHERE chunks.chunk_id = d.chunk_id",
+            (now,),
+        )
+        for owned in ("blocks", "xattrs", "inodes"):
+            db.execute(f"DELETE FROM {owned} WHERE ino IN (SELECT ino FROM {table})")
+
+    @_api
+    def remove_empty_parents(self, parent: int, dirs: list[bytes], keep_depth: int = 0) -> int:
+        """rmdir ``dirs`` below ``parent`` from the deepest up while empty; how many went.
+
+        S3 has no directories: once its last object goes, an implied parent must
+        vanish too.  Only directories :meth:`put_object` created (marked with
+        :data:`IMPLICIT_XATTR`) count as implied; one made by mkdir, by
+        :meth:`make_dirs` (an S3 ``dir/`` marker) or by the mount stays.  The walk
+        stops there, at the first non-empty directory, at depth
+        ``keep_depth`` (``dirs[:keep_depth]`` stay) or where the path ends early
+        (a missing or non-directory component is no error).
+        """
+        for name in dirs:
+            _check_lookup_name(name)
+        with self._write() as now:
+            self._dir(parent, live=False)
+            chain = [parent]  # chain[i]: the directory at depth i
+            for name in dirs:
+                entry = self._dentry(chain[-1], name)
+                if entry is None or not _is_dir(entry[2]):
+                    break
+                chain.append(entry[1])
+            removed = 0
+            for depth in range(len(chain) - 1, max(keep_depth, 0), -1):
+                ino, up = chain[depth], chain[depth - 1]
+                if self._has_children(ino) or not self._is_implicit(ino):
+                    break
+                self._db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (up, dirs[depth - 1]))
+                self._touch_dir(up, now, -1)
+                self._set_nlink(ino, 0, now)
+                if up == ROOT_INO:
+                    self._follow_volumes([ino])
+                removed += 1
+            self._log(now, "remove_empty_parents", [parent, dirs, keep_depth])
+        return removed
+
+    def _is_implicit(self, ino: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM xattrs WHERE ino = ? AND name = ?", (ino, IMPLICIT_XATTR)
+        ).fetchone()
+        return row is not None
+
+    @_api
+    def internal_dir(self, name: str) -> int:
+        """The inode of internal root ``name`` (one of :data:`INTERNAL_DIRS`)."""
+        if name not in INTERNAL_DIRS:
+            raise InvalidArgument(f"unknown internal directory {name!r}")
+        row = self._db.execute("SELECT value FROM config WHERE key = ?", (_INTERNAL_KEY + name,)).fetchone()
+        if row is None:
+            raise NotFound(f"internal directory {name!r} is missing")
+        ino: int = row[0]
+        return ino
+
+    @_api
+    def snapshot(self, src_dir: int, dst_parent: int, name: bytes, *, uid: int, gid: int) -> Attr:
+        """Copy-on-write clone of the tree at ``src_dir`` as new directory ``name`` in ``dst_parent``.
+
+        Every inode is copied with its attributes, xattrs and block map; chunks
+        are shared (their refcounts rise), never copied.  Hard links within the
+        tree stay hard links.  The new top directory is owned by ``uid``/``gid``
+        (setgid rules as mkdir); everything below keeps its owner.
+        """
+        check_name(name)
+        with self._write() as now:
+            self._dir(src_dir, live=True)
+            pmode, pnlink, pgid = self._dir(dst_parent, live=True)
+            if self._dentry(dst_parent, name) is not None:
+                raise Exists(f"{name!r} exists in directory {dst_parent}")
+            if self._is_ancestor(src_dir, dst_parent):
+                raise InvalidArgument(f"cannot snapshot directory {src_dir} into its own subtree")
+            if pnlink >= LINK_MAX:
+                raise TooManyLinks(f"directory {dst_parent} has {pnlink} links")
+            setgid = 0
+            if pmode & stat.S_ISGID:
+                gid, setgid = pgid, stat.S_ISGID
+            top = self._clone_tree(src_dir)
+            self._db.execute(
+                "UPDATE inodes SET uid = ?, gid = ?, mode = mode | ?, ctime_ns = ? WHERE ino = ?",
+                (uid, gid, setgid, now, top),
+            )
+            self._add_dentry(dst_parent, name, top, True)
+            self._touch_dir(dst_parent, now, 1)
+            self._log(now, "snapshot", [src_dir, dst_parent, name, uid, gid, top])
+            return self._attr(top)
+
+    def _clone_tree(self, src: int) -> int:
+        """Copy the tree at directory ``src`` (inodes, names, xattrs, block maps); the copy's nameless top."""
+        db = self._db
+        dirs, inos, mapping = self._scratch("dirs"), self._scratch("inos"), self._scratch("map")
+        db.execute(
+            "WITH RECURSIVE sub(ino) AS "
+            "(SELECT ? UNION SELECT d.ino FROM dentries d JOIN sub ON d.parent = sub.ino WHERE d.is_dir = 1) "
+            f"INSERT INTO {dirs} SELECT ino FROM sub",
+            (src,),
+        )
+        db.execute(
+            f"INSERT INTO {inos} SELECT ino FROM {dirs} "
+            f"UNION SELECT d.ino FROM {dirs} s CROSS JOIN dentries d ON d.parent = s.ino"
+        )
+        # Every new inode number exceeds every existing one (AUTOINCREMENT), and the copies carry
+        # their original's number (negated) in ``generation`` until the mapping is read back.
+        base: int = db.execute("SELECT COALESCE(MAX(ino), 0) FROM inodes").fetchone()[0]
+        db.execute(
+            "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
+            "generation, symlink, inline) SELECT mode, nlink, uid, gid, rdev, size, stored, atime_ns, "
+            f"mtime_ns, ctime_ns, -ino, symlink, inline FROM inodes WHERE ino IN (SELECT ino FROM {inos}) "
+            "ORDER BY ino"
+        )
+        db.execute(f"INSERT INTO {mapping} SELECT -generation, ino FROM inodes WHERE ino > ?", (base,))
+        db.execute(
+            f"UPDATE inodes SET generation = o.generation FROM {mapping} m "
+            "CROSS JOIN inodes o ON o.ino = m.old WHERE inodes.ino = m.new"
+        )
+        db.execute(
+            "INSERT INTO dentries (parent, name, ino, is_dir) "
+            f"SELECT mp.new, d.name, mi.new, d.is_dir FROM {dirs} s "
+            f"CROSS JOIN dentries d ON d.parent = s.ino CROSS JOIN {mapping} mp ON mp.old = d.parent "
+            f"CROSS JOIN {mapping} mi ON mi.old = d.ino ORDER BY d.id"
+        )
+        # A file's copy has only the names the copied tree gives it (its other names stay with the original).
+        db.execute(
+            "UPDATE inodes SET nlink = c.n FROM (SELECT d.ino, COUNT(*) AS n FROM dentries d "
+            f"WHERE d.parent IN (SELECT new FROM {mapping}) AND d.is_dir = 0 GROUP BY d.ino) c "
+            "WHERE inodes.ino = c.ino"
+        )
+        db.execute(
+            f"INSERT INTO xattrs SELECT m.new, x.name, x.value FROM {mapping} m "
+            "CROSS JOIN xattrs x ON x.ino = m.old"
+        )
+        db.execute(
+            "INSERT INTO blocks SELECT m.new, b.idx, b.chunk_id, b.length, b.stored_bytes "
+            f"FROM {mapping} m CROSS JOIN blocks b ON b.ino = m.old"
+        )
+        # The originals hold these chunks, so their refcounts are positive: no chunk_exists check.
+        db.execute(
+            "UPDATE chunks SET refcount = chunks.refcount + c.n, zero_since_ns = NULL "
+            f"FROM (SELECT b.chunk_id, COUNT(*) AS n FROM {mapping} m CROSS JOIN blocks b ON b.ino = m.new "
+            "GROUP BY b.chunk_id) c WHERE chunks.chunk_id = c.chunk_id"
+        )
+        top: int = db.execute(f"SELECT new FROM {mapping} WHERE old = ?", (src,)).fetchone()[0]
+        return top
+
+    # -- volumes, nodes, S3 keys ----------------------------------------------------------
+
+    def _follow_volumes(self, inos: Iterable[int]) -> None:
+        """Keep the volume rows of directories ``inos`` on their directories after a namespace change.
+
+        A directory still named in the root keeps its row under that name; one
+        removed or moved out of the root (or renamed to a non-UTF-8 name) loses it.
+        """
+        rows: list[tuple[int, bytes, int]] = []
+        for ino in inos:
+            rows += self._db.execute(
+                "DELETE FROM volumes WHERE ino = ? RETURNING ino, policy, created_ns", (ino,)
+            ).fetchall()
+        for ino, policy, created_ns in rows:
+            entry = self._db.execute(
+                "SELECT name FROM dentries WHERE is_dir = 1 AND ino = ? AND parent = ?", (ino, ROOT_INO)
+            ).fetchone()
+            if entry is None:
+                continue
+            try:
+                name = entry[0].decode()
+            except UnicodeDecodeError:
+                continue
+            # OR REPLACE: a row already under the new name named the directory this one replaced.
+            self._db.execute(
+                "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)", (name, ino, policy, created_ns)
+            )
+
+    @staticmethod
+    def _volume_name(name: str) -> bytes:
+        if not isinstance(name, str):
+            raise InvalidArgument(f"volume name must be a string, not {type(name).__name__}")
+        encoded = name.encode()
+        check_name(encoded)
+        return encoded
+
+    @staticmethod
+    def _volume(row: tuple[str, int, bytes, int]) -> dict[str, Any]:
+        name, ino, policy, created_ns = row
+        return {"name": name, "ino": ino, "policy": _unpack_dict(policy), "created_ns": created_ns}
+
+    def _volume_row(self, name: str) -> tuple[str, int, bytes, int] | None:
+        row: tuple[str, int, bytes, int] | None = self._db.execute(
+            "SELECT name, ino, policy, created_ns FROM volumes WHERE name = ?", (name,)
+        ).fetchone()
+        return row
+
+    @_api
+    def create_volume(self, name: str, policy: dict[str, Any], *, mode: int, uid: int, gid: int) -> Attr:
+        """A new top-level directory ``name`` registered as a volume with ``policy``."""
+        encoded = self._volume_name(name)
+        packed = _pack_dict(policy, "volume policy")
+        mode = self._dir_mode(mode)
+        with self._write() as now:
+            attr = self._make(now, ROOT_INO, encoded, mode, uid, gid, size=DIR_SIZE)
+            # A row without a directory is stale by definition: the name was free.
+            self._db.execute(
+                "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)", (name, attr.ino, packed, now)
+            )
+            self._log(now, "create_volume", [name, policy, mode, uid, gid, attr.ino])
+        return attr
+
+    @_api
+    def adopt_volume(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Register the existing top-level directory ``name`` as a volume with ``policy``."""
+        encoded = self._volume_name(name)
+        packed = _pack_dict(policy, "volume policy")
+        with self._write() as now:
+            entry = self._dentry(ROOT_INO, encoded)
+            if entry is None:
+                raise NotFound(f"no top-level directory {name!r}")
+            if not _is_dir(entry[2]):
+                raise NotADirectory(f"{name!r} is not a directory")
+            row = self._volume_row(name)
+            if row is not None and row[1] == entry[1]:
+                raise Exists(f"{name!r} is already a volume")
+            self._db.execute(
+                "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)", (name, entry[1], packed, now)
+            )
+            self._log(now, "adopt_volume", [name, policy, entry[1]])
+        return self._volume((name, entry[1], packed, now))
+
+    @_api
+    def get_volume(self, name: str) -> dict[str, Any] | None:
+        """``{"name", "ino", "policy", "created_ns"}`` of a registered volume, else None."""
+        row = self._volume_row(name)
+        return None if row is None else self._volume(row)
+
+    @_api
+    def list_volumes(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT name, ino, policy, created_ns FROM volumes ORDER BY name").fetchall()
+        return [self._volume(row) for row in rows]
+
+    @_api
+    def update_volume(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+        packed = _pack_dict(policy, "volume policy")
+        with self._write() as now:
+            row = self._db.execute(
+                "UPDATE volumes SET policy = ? WHERE name = ? RETURNING name, ino, policy, created_ns",
+                (packed, name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no volume {name!r}")
+            self._log(now, "update_volume", [name, policy])
+        return self._volume(row)
+
+    @_api
+    def delete_volume(self, name: str, *, remove_dir: bool) -> None:
+        """Unregister volume ``name``; ``remove_dir`` also removes its (empty) directory."""
+        with self._write() as now:
+            row = self._volume_row(name)
+            if row is None:
+                raise NotFound(f"no volume {name!r}")
+            self._db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+            entry = self._dentry(ROOT_INO, name.encode())
+            if remove_dir and entry is not None and entry[1] == row[1]:
+                if self._has_children(entry[1]):
+                    raise NotEmpty(f"volume {name!r} is not empty")
+                self._del_dentry(entry[0])
+                self._touch_dir(ROOT_INO, now, -1)
+                self._set_nlink(entry[1], 0, now)
+            self._log(now, "delete_volume", [name, remove_dir])
+
+    @staticmethod
+    def _node(row: tuple[str, bytes, int]) -> dict[str, Any]:
+        node_id, info, updated_ns = row
+        return {**_unpack_dict(info), "node_id": node_id, "updated_ns": updated_ns}
+
+    @_api
+    def put_node(self, node_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace node ``node_id``'s info; returns it with ``node_id`` and ``updated_ns``."""
+        packed = _pack_dict(info, "node info")
+        with self._write() as now:
+            self._db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", (node_id, packed, now))
+            self._log(now, "put_node", [node_id, info])
+        return self._node((node_id, packed, now))
+
+    @_api
+    def get_node(self, node_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT node_id, info, updated_ns FROM nodes WHERE node_id = ?", (node_id,)
+        ).fetchone()
+        return None if row is None else self._node(row)
+
+    @_api
+    def list_nodes(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT node_id, info, updated_ns FROM nodes ORDER BY node_id").fetchall()
+        return [self._node(row) for row in rows]
+
+    @_api
+    def delete_node(self, node_id: str) -> None:
+        with self._write() as now:
+            if self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount == 0:
+                raise NotFound(f"no node {node_id!r}")
+            self._log(now, "delete_node", [node_id])
+
+    @_api
+    def s3_key_put(self, access_key: str, secret: str, description: str) -> None:
+        if not access_key or not secret:
+            raise InvalidArgument("S3 access key and secret must not be empty")
+        with self._write() as now:
+            if self._db.execute("SELECT 1 FROM s3_keys WHERE access_key = ?", (access_key,)).fetchone():
+                raise Exists(f"S3 access key {access_key!r} exists")
+            self._db.execute(
+                "INSERT INTO s3_keys VALUES (?, ?, ?, ?)", (access_key, secret, now, description)
+            )
+            self._log(now, "s3_key_put", [access_key])  # never the secret: the oplog is not secret
+
+    @_api
+    def s3_key_get(self, access_key: str) -> str | None:
+        """The secret of ``access_key``, or None."""
+        row = self._db.execute("SELECT secret FROM s3_keys WHERE access_key = ?", (access_key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @_api
+    def s3_key_list(self) -> list[dict[str, Any]]:
+        """Every key's ``access_key``, ``created_ns`` and ``description`` (never the secret)."""
+        rows = self._db.execute(
+            "SELECT access_key, created_ns, description FROM s3_keys ORDER BY access_key"
+        ).fetchall()
+        return [{"access_key": a, "created_ns": c, "description": d} for a, c, d in rows]
+
+    @_api
+    def s3_key_delete(self, access_key: str) -> None:
+        with self._write() as now:
+            if self._db.execute("DELETE FROM s3_keys WHERE access_key = ?", (access_key,)).rowcount == 0:
+                raise NotFound(f"no S3 access key {access_key!r}")
+            self._log(now, "s3_key_delete", [access_key])
+
     # -- maintenance ----------------------------------------------------------------------
 
     @_api
@@ -1191,9 +1974,11 @@ class MetaStore:
         ``unreferenced_chunks`` still awaiting garbage collection; ``chunk_refs``
         is the sum of refcounts (block-map entries).
         """
+        # The internal roots are bookkeeping, not part of the filesystem (their contents are).
         inodes, files, dirs, logical = self._db.execute(
             "SELECT COUNT(*), TOTAL(mode & ?1 = ?2), TOTAL(mode & ?1 = ?3), "
-            "TOTAL(CASE WHEN mode & ?1 = ?2 THEN size ELSE 0 END) FROM inodes",
+            "TOTAL(CASE WHEN mode & ?1 = ?2 THEN size ELSE 0 END) FROM inodes "
+            f"WHERE ino NOT IN ({_INTERNAL_INOS_SQL})",
             (_IFMT, _IFREG, _IFDIR),
         ).fetchone()
         chunks, refs, stored, unreferenced = self._db.execute(
@@ -1255,6 +2040,7 @@ class _Fsck:
     def run(self) -> list[str]:
         for check in (
             self.root,
+            self.internal_roots,
             self.dangling_dentries,
             self.dentry_kinds,
             self.directory_names,
@@ -1264,6 +2050,7 @@ class _Fsck:
             self.reachability,
             self.nlink,
             self.leaks,
+            self.volumes,
             self.stray_blocks,
             self.blocks_beyond_size,
             self.block_lengths,
@@ -1292,8 +2079,9 @@ class _Fsck:
             return f"<inode {ino}>"
         parts: list[bytes] = []
         seen: set[int] = set()
+        internal = self.store._internal_inos()
         cur = ino
-        while cur != ROOT_INO and cur not in seen:
+        while cur != ROOT_INO and cur not in internal and cur not in seen:
             seen.add(cur)
             row = self.db.execute(
                 "SELECT parent, name FROM dentries WHERE ino = ? ORDER BY id LIMIT 1", (cur,)
@@ -1303,9 +2091,13 @@ class _Fsck:
                 return f"<inode {ino}, detached>"
             cur = found[0]
             parts.append(found[1])
-        if cur != ROOT_INO:
+        if cur in internal:
+            top = f"<{internal[cur]}>/"
+        elif cur == ROOT_INO:
+            top = "/"
+        else:
             return f"<inode {ino}, in a cycle>"
-        return "/" + "/".join(p.decode("utf-8", "backslashreplace") for p in reversed(parts))
+        return top + "/".join(p.decode("utf-8", "backslashreplace") for p in reversed(parts))
 
     # -- namespace --------------------------------------------------------------------
 
@@ -1317,6 +2109,36 @@ class _Fsck:
         if self.repair:
             self.db.execute("DELETE FROM inodes WHERE ino = ?", (ROOT_INO,))
             self.store._create_root(self.now)
+
+    def internal_roots(self) -> None:
+        """Each internal root: a config row naming a directory that is neither the root nor named."""
+        seen: set[int] = set()
+        for name in INTERNAL_DIRS:
+            row = self.db.execute(
+                "SELECT value FROM config WHERE key = ?", (_INTERNAL_KEY + name,)
+            ).fetchone()
+            if row is None:
+                why = "is missing"
+            else:
+                ino = row[0]
+                inode = self.db.execute("SELECT mode FROM inodes WHERE ino = ?", (ino,)).fetchone()
+                if inode is None:
+                    why = f"names missing inode {ino}"
+                elif not _is_dir(inode[0]):
+                    why = f"names inode {ino}, which is not a directory"
+                elif ino == ROOT_INO or ino in seen:
+                    why = f"names inode {ino}, which is another root"
+                elif self.db.execute(
+                    "SELECT 1 FROM dentries WHERE is_dir = 1 AND ino = ? LIMIT 1", (ino,)
+                ).fetchone():
+                    why = f"names directory {ino}, which has a name"
+                else:
+                    seen.add(ino)
+                    continue
+            self.report(f"internal directory {name!r} {why}")
+            if self.repair:
+                # A fresh one; a named directory it wrongly pointed at stays where it is.
+                seen.add(self.store._create_internal(name, self.now))
 
     def dangling_dentries(self) -> None:
         rows = self.db.execute(
@@ -1384,8 +2206,8 @@ class _Fsck:
         return [
             r[0]
             for r in self.db.execute(
-                "WITH RECURSIVE reach(ino) AS (SELECT ?1 UNION SELECT d.ino FROM dentries d JOIN reach r "
-                "ON d.parent = r.ino) "
+                f"WITH RECURSIVE reach(ino) AS (SELECT ?1 UNION {_INTERNAL_INOS_SQL} "
+                "UNION SELECT d.ino FROM dentries d JOIN reach r ON d.parent = r.ino) "
                 "SELECT i.ino FROM inodes i WHERE i.mode & ?2 = ?3 AND i.ino NOT IN reach "
                 "AND EXISTS (SELECT 1 FROM dentries d WHERE d.is_dir = 1 AND d.ino = i.ino) ORDER BY i.ino",
                 (ROOT_INO, _IFMT, _IFDIR),
@@ -1411,7 +2233,7 @@ class _Fsck:
         # A nameless inode is fine only while it is an unlinked (nlink 0), childless open file.
         rows = self.db.execute(
             "SELECT ino, nlink, mode FROM inodes WHERE ino != ? AND ino NOT IN (SELECT ino FROM dentries) "
-            "AND (nlink > 0 OR ino IN (SELECT parent FROM dentries))",
+            f"AND ino NOT IN ({_INTERNAL_INOS_SQL}) AND (nlink > 0 OR ino IN (SELECT parent FROM dentries))",
             (ROOT_INO,),
         ).fetchall()
         for ino, nlink, mode in rows:
@@ -1455,9 +2277,10 @@ class _Fsck:
             "LEFT JOIN (SELECT parent, COUNT(*) AS subdirs FROM dentries WHERE is_dir = 1 GROUP BY parent) s "
             "ON s.parent = i.ino"
         ).fetchall()
+        roots = {ROOT_INO, *self.store._internal_inos()}
         for ino, mode, nlink, names, subdirs in rows:
             if _is_dir(mode):
-                expected = 2 + subdirs if names or ino == ROOT_INO else 0
+                expected = 2 + subdirs if names or ino in roots else 0
             else:
                 expected = names
             if nlink != expected:
@@ -1474,6 +2297,18 @@ class _Fsck:
             self.report(f"inode {ino} has no links and is not open (leaked)")
             if self.repair:
                 self.store._purge(ino, self.now)
+
+    def volumes(self) -> None:
+        rows = self.db.execute(
+            "SELECT v.name, v.ino FROM volumes v WHERE NOT EXISTS (SELECT 1 FROM dentries d "
+            "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = CAST(v.name AS BLOB) "
+            "AND d.ino = v.ino AND i.mode & ? = ?)",
+            (ROOT_INO, _IFMT, _IFDIR),
+        ).fetchall()
+        for name, ino in rows:
+            self.report(f"volume {name!r} names inode {ino}, which is not the top-level directory {name!r}")
+            if self.repair:
+                self.db.execute("DELETE FROM volumes WHERE name = ?", (name,))
 
     # -- data -----------------------------------------------------------------------------
 

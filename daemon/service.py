@@ -23,6 +23,7 @@ Concurrency design
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -37,11 +38,13 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
+from daemon.admin import load_or_create_token
 from daemon.chunks import ChunkStore
 from daemon.metadata import MetaStore
 from dfs import __version__
+from dfs.client import Client, ClusterInfo
 from dfs.config import Config
-from dfs.errors import DfsError, InvalidArgument
+from dfs.errors import DfsError, InvalidArgument, UnknownMethod
 from dfs.meta import Attr, BlockRef, FileMap, StatFs
 
 log = logging.getLogger("dfs.daemon")
@@ -72,6 +75,38 @@ def _load_or_create_secret(path: Path) -> bytes:
     return key
 
 
+def load_or_create_root_key(path: Path) -> tuple[str, str]:
+    """The root S3 key pair (``s3-root.json``: access_key, secret_key), created once, mode 0600."""
+    try:
+        raw = json.loads(path.read_text())
+        return str(raw["access_key"]), str(raw["secret_key"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DfsError(f"{path} is corrupt: {exc}") from None
+    access_key, secret_key = new_s3_key()
+    _write_private(path, json.dumps({"access_key": access_key, "secret_key": secret_key}, indent=2) + "\n")
+    return access_key, secret_key
+
+
+def new_s3_key() -> tuple[str, str]:
+    """A fresh (access key, secret key) pair in AWS's shapes: 20 upper-case characters, 40 base64."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    access_key = "DFS" + "".join(secrets.choice(alphabet) for _ in range(17))
+    return access_key, secrets.token_urlsafe(30)[:40]
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 class MetaWorker:
     """One thread that runs every metadata call, in arrival order."""
 
@@ -81,13 +116,19 @@ class MetaWorker:
         )
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread: threading.Thread | None = None
+        # Called in the metadata thread with (operation, seconds) after each transaction.
+        self.observe: Callable[[str, float], None] | None = None
 
     def _loop(self) -> None:
         token = self._token
         assert token is not None
         while (item := self._queue.get()) is not None:
             fn, task = item
+            started = time.perf_counter()
             result = outcome.capture(fn)
+            if self.observe is not None:
+                inner = getattr(fn, "func", fn)
+                self.observe(getattr(inner, "__name__", "call"), time.perf_counter() - started)
             try:
                 token.run_sync_soon(trio.lowlevel.reschedule, task, result)
             except trio.RunFinishedError:
@@ -115,6 +156,25 @@ class MetaWorker:
             self._thread = None
 
 
+class LocalCaller:
+    """Calls the service's handlers in-process: the S3 shim and admin API use it as their
+    ``dfs.client.Client`` transport, skipping serialization and sockets."""
+
+    def __init__(self, handlers: dict[str, Handler], inline: dict[str, Callable[..., Any]]) -> None:
+        self._handlers = handlers
+        self._inline = inline
+
+    async def call(self, method: str, *args: Any) -> Any:
+        fn = self._inline.get(method)
+        if fn is not None:
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise UnknownMethod(f"unknown method {method!r}")
+        return await handler(*args)
+
+
 class Service:
     """Owns the stores and exposes them as RPC handlers."""
 
@@ -133,6 +193,9 @@ class Service:
         self._meta = MetaWorker()
         self._chunk_limiter = trio.CapacityLimiter(8)
         self.started_at = time.time()
+        # Made before the daemon reports ready, so `dfs up` can show them.
+        self.s3_root_key = load_or_create_root_key(cfg.s3_root_path) if cfg.s3.enabled else None
+        self.admin_token = load_or_create_token(cfg.admin_token_path) if cfg.admin.enabled else None
         self.handlers: dict[str, Handler] = self._handlers()
 
     def close(self) -> None:
@@ -157,6 +220,13 @@ class Service:
             "setxattr": m.setxattr,
             "removexattr": m.removexattr,
             "sync": m.sync,
+            "make_dirs": self._make_dirs,
+            "remove_tree": m.remove_tree,
+            "remove_empty_parents": m.remove_empty_parents,
+            "create_volume": self._create_volume,
+            "update_volume": m.update_volume,
+            "delete_volume": self._delete_volume,
+            "snapshot": self._snapshot,
         }
         table: dict[str, Handler] = {f"meta.{name}": self._meta_call(fn) for name, fn in simple.items()}
         table.update(
@@ -172,6 +242,7 @@ class Service:
                 "meta.setattr": self._stamped(self._setattr, 0),
                 "meta.open": self.open,
                 "meta.commit_write": self.commit_write,
+                "meta.put_object": self.put_object,
                 "chunk.put": self.chunk_put,
                 "chunk.get": self.chunk_get,
                 "chunk.has": self.chunk_has,
@@ -183,6 +254,9 @@ class Service:
                 "sys.scrub_batch": self.scrub_batch,
                 "sys.fsck_meta": self.fsck_meta,
                 "sys.gc": self.gc_now,
+                "s3.key_create": self.s3_key_create,
+                "s3.key_list": self._meta_call(m.s3_key_list),
+                "s3.key_revoke": self._meta_call(m.s3_key_delete),
             }
         )
         return table
@@ -201,8 +275,17 @@ class Service:
                 r.read_map,
                 r.getxattr,
                 r.listxattr,
+                r.resolve,
+                r.list_dir,
+                r.internal_dir,
+                r.get_volume,
+                r.list_volumes,
             )
         }
+
+    def local_inline_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Reads only in-process callers (the S3 shim, the admin API) may make: never over RPC."""
+        return {**self.inline_handlers(), "meta.s3_key_get": self.reads.s3_key_get}
 
     def _stamped(self, fn: Callable[..., Any], *dir_args: int) -> Handler:
         """Wrap a call that changes the directories named by positions ``dir_args``.
@@ -220,6 +303,8 @@ class Service:
             before = [self.meta.getattr(d).ctime_ns for d in dirs]
             result = fn(*args)
             return [result, [[d, b, self.meta.getattr(d)] for d, b in zip(dirs, before, strict=True)]]
+
+        run.__name__ = getattr(fn, "__name__", "run")
 
         async def call(*args: Any) -> Any:
             return await self._m(run, *args)
@@ -239,6 +324,61 @@ class Service:
         if not isinstance(changes, dict) or set(changes) - allowed:
             raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
         return self.meta.setattr(ino, **changes)
+
+    def _make_dirs(
+        self, parent: int, dirs: list[bytes], mode: int = 0o755, uid: int = 0, gid: int = 0
+    ) -> Attr:
+        return self.meta.make_dirs(parent, list(dirs), mode=mode, uid=uid, gid=gid)
+
+    def _create_volume(
+        self, name: str, policy: dict[str, Any], mode: int = 0o755, uid: int = 0, gid: int = 0
+    ) -> Attr:
+        return self.meta.create_volume(name, dict(policy), mode=mode, uid=uid, gid=gid)
+
+    def _delete_volume(self, name: str, remove_dir: bool = True) -> None:
+        self.meta.delete_volume(name, remove_dir=remove_dir)
+
+    def _snapshot(self, src_dir: int, dst_parent: int, name: bytes, uid: int = 0, gid: int = 0) -> Attr:
+        return self.meta.snapshot(src_dir, dst_parent, name, uid=uid, gid=gid)
+
+    async def put_object(self, parent: int, dirs: list[bytes], name: bytes, opts: dict[str, Any]) -> Attr:
+        """The S3 shim's atomic object write (MetaStore.put_object); ``opts`` carries its keywords."""
+        allowed = {
+            "size",
+            "mtime_ns",
+            "blocks",
+            "inline",
+            "xattrs",
+            "if_none_match",
+            "if_match",
+            "mode",
+            "uid",
+            "gid",
+        }
+        if not isinstance(opts, dict) or set(opts) - allowed:
+            raise InvalidArgument(f"put_object: bad options {opts!r:.100}")
+        refs = [BlockRef.from_wire(b) for b in opts.get("blocks") or []]
+        if_match = opts.get("if_match")
+
+        def run() -> Attr:
+            return self.meta.put_object(
+                parent,
+                list(dirs),
+                name,
+                mode=int(opts.get("mode", 0o644)),
+                uid=int(opts.get("uid", 0)),
+                gid=int(opts.get("gid", 0)),
+                size=int(opts["size"]),
+                mtime_ns=int(opts["mtime_ns"]),
+                blocks=refs,
+                inline=opts.get("inline"),
+                xattrs=dict(opts.get("xattrs") or {}),
+                chunk_exists=self.chunks.exists,
+                if_none_match=bool(opts.get("if_none_match")),
+                if_match=(bytes(if_match[0]), bytes(if_match[1])) if if_match else None,
+            )
+
+        return await self._m(run)
 
     async def open(self, ino: int, session: str, truncate: bool, read: bool) -> FileMap:
         """Register an open and return what a reader needs, in one round trip."""
@@ -270,6 +410,28 @@ class Service:
             return self._setattr(ino, attrs) if attrs else attr
 
         return await self._m(run)
+
+    async def s3_key_create(self, description: str = "") -> dict[str, str]:
+        """A new S3 key pair; the secret is returned once and never logged."""
+        if not isinstance(description, str) or len(description) > 256:
+            raise InvalidArgument("key description must be a string of at most 256 characters")
+        access_key, secret_key = new_s3_key()
+        await self._m(self.meta.s3_key_put, access_key, secret_key, description)
+        return {"access_key": access_key, "secret_key": secret_key, "description": description}
+
+    def local_client(self) -> Client:
+        """A filesystem client calling this service in-process (S3 shim, admin API)."""
+        st = self.cfg.storage
+        info = ClusterInfo(
+            node_id=self.cfg.node_id,
+            block_size=st.block_size,
+            inline_max=st.inline_max,
+            compression_level=st.compression_level,
+            cluster_key=self.cluster_key,
+            data_dir=str(self.data.resolve()),
+            session_timeout_s=self.cfg.meta.session_timeout_s,
+        )
+        return Client(LocalCaller(self.handlers, self.local_inline_handlers()), info)
 
     # -- chunks --------------------------------------------------------------
     async def chunk_put(self, chunk_id: bytes, blob: bytes) -> bool:
@@ -361,11 +523,18 @@ class Service:
     # -- background work ------------------------------------------------------
     async def run_background(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._every, self.cfg.storage.gc_interval_s, self.gc_now, "gc")
-            nursery.start_soon(self._every, 30.0, self._expire_sessions, "session expiry")
-            nursery.start_soon(self._every, 600.0, self._trim_oplog, "oplog trim")
+            nursery.start_soon(self.every, self.cfg.storage.gc_interval_s, self.gc_now, "gc")
+            nursery.start_soon(self.every, 30.0, self._expire_sessions, "session expiry")
+            nursery.start_soon(self.every, 600.0, self._trim_oplog, "oplog trim")
 
-    async def _every(self, interval_s: float, fn: Callable[[], Awaitable[Any]], what: str) -> None:
+    def observe_s3(self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """Per-request figures from the S3 shim (dfsd points this at its metrics registry)."""
+
+    def set_meta_observer(self, observe: Callable[[str, float], None]) -> None:
+        """Report each metadata transaction's (operation, seconds), from the metadata thread."""
+        self._meta.observe = observe
+
+    async def every(self, interval_s: float, fn: Callable[[], Awaitable[Any]], what: str) -> None:
         while True:
             await trio.sleep(interval_s)
             try:

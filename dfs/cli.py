@@ -168,6 +168,15 @@ def up(directory: str) -> None:
         if res.returncode != 0:
             raise CliError(res.stderr.strip().removeprefix("mount.dfs: ") or "mount.dfs failed")
     click.echo(f"dfs is up.\n  mount point: {mnt}\n  daemon:      {address} (data in {cfg.data_path})")
+    if cfg.s3.enabled and cfg.s3_root_path.exists():
+        root = json.loads(cfg.s3_root_path.read_text())
+        scheme = "https" if cfg.s3.https else "http"
+        click.echo(f"  S3 endpoint: {scheme}://{cfg.s3.listen} (region {cfg.s3.region})")
+        click.echo(f"    access key: {root['access_key']}\n    secret key: {root['secret_key']}")
+    if cfg.admin.enabled and cfg.admin_token_path.exists():
+        scheme = "https" if cfg.admin.https else "http"
+        click.echo(f"  admin API:   {scheme}://{cfg.admin.listen}/storage/ (metrics at /metrics)")
+        click.echo(f"    token:      {cfg.admin_token_path.read_text().strip()} (Authorization: Bearer)")
     click.echo(f"  status:      dfs status {directory}\n  stop:        dfs down {directory}")
 
 
@@ -313,6 +322,112 @@ def gc(directory: str | None, config_path: str | None, now: bool) -> None:
     cfg = _cfg_for(directory, config_path)
     n = _run(_call, _address(cfg), "sys.gc", 0.0 if now else None)
     click.echo(f"collected {n} chunk(s)")
+
+
+@main.group()
+def s3() -> None:
+    """S3 access keys."""
+
+
+@s3.group()
+def key() -> None:
+    """Create, list and revoke S3 access keys (stored in the metadata service)."""
+
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon"
+)
+_dir_option = click.option(
+    "--dir", "directory", type=click.Path(file_okay=False), help="a `dfs up` directory (default: .)"
+)
+
+
+@key.command("create")
+@click.option("--description", default="", help="a note to tell keys apart")
+@_dir_option
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def key_create(description: str, directory: str | None, config_path: str | None, as_json: bool) -> None:
+    """Make a new key pair; the secret is shown only now."""
+    cfg = _cfg_for(directory, config_path)
+    made: dict[str, str] = _run(_call, _address(cfg), "s3.key_create", description)
+    if as_json:
+        click.echo(json.dumps(made, indent=2, sort_keys=True))
+    else:
+        click.echo(f"access key: {made['access_key']}\nsecret key: {made['secret_key']}")
+
+
+@key.command("list")
+@_dir_option
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def key_list(directory: str | None, config_path: str | None, as_json: bool) -> None:
+    """The keys made with `dfs s3 key create` (never their secrets)."""
+    cfg = _cfg_for(directory, config_path)
+    keys: list[dict[str, Any]] = _run(_call, _address(cfg), "s3.key_list")
+    if as_json:
+        click.echo(json.dumps(keys, indent=2, sort_keys=True))
+        return
+    click.echo(f"{'ACCESS KEY':<22}  {'CREATED':<20}  DESCRIPTION")
+    for k in keys:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k["created_ns"] / 1e9))
+        click.echo(f"{k['access_key']:<22}  {created:<20}  {k['description']}")
+
+
+@key.command("revoke")
+@click.argument("access_key")
+@_dir_option
+@_config_option
+def key_revoke(access_key: str, directory: str | None, config_path: str | None) -> None:
+    """Revoke a key: requests signed with it fail from now on."""
+    cfg = _cfg_for(directory, config_path)
+    _run(_call, _address(cfg), "s3.key_revoke", access_key)
+    click.echo(f"revoked {access_key}")
+
+
+@s3.command("bench")
+@_dir_option
+@_config_option
+@click.option("--endpoint", help="S3 endpoint URL (default: the daemon's [s3] listen address)")
+@click.option("--clients", default=16, show_default=True, help="concurrent clients")
+@click.option("--objects", "n_small", default=2000, show_default=True, help="number of 4 KiB objects")
+@click.option("--large-mb", default=64, show_default=True, help="size of each client's large object")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def s3_bench(
+    directory: str | None,
+    config_path: str | None,
+    endpoint: str | None,
+    clients: int,
+    n_small: int,
+    large_mb: int,
+    as_json: bool,
+) -> None:
+    """PUT/GET/HEAD/DELETE ops/s for 4 KiB objects and MB/s for large ones, many clients at once."""
+    from dfs import bench_s3
+
+    cfg = _cfg_for(directory, config_path)
+    try:
+        root = json.loads(cfg.s3_root_path.read_text())
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"cannot read the root S3 key {cfg.s3_root_path}: {exc}") from None
+    url = endpoint or f"{'https' if cfg.s3.https else 'http'}://{cfg.s3.listen}"
+    show = None if as_json else (lambda name: click.echo(f"  {name}...", err=True))
+    try:
+        results = bench_s3.run(
+            url,
+            root["access_key"],
+            root["secret_key"],
+            clients=clients,
+            n_small=n_small,
+            large_mb=large_mb,
+            progress=show,
+        )
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(bench_s3.table(results, clients=clients, large_mb=large_mb))
 
 
 @main.command()

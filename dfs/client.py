@@ -19,7 +19,7 @@ import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -52,9 +52,15 @@ class DirStamp(NamedTuple):
         return self.after.ctime_ns
 
 
+class Caller(Protocol):
+    """What a Client needs from its transport: an RPC connection or an in-process dispatcher."""
+
+    async def call(self, method: str, *args: Any) -> Any: ...
+
+
 class Client:
     def __init__(
-        self, conn: rpc.RpcClient, info: ClusterInfo, *, codec_threads: int = 4, local_reads: bool = True
+        self, conn: Caller, info: ClusterInfo, *, codec_threads: int = 4, local_reads: bool = True
     ) -> None:
         self.rpc = conn
         self.info = info
@@ -183,6 +189,65 @@ class Client:
 
     async def sync(self) -> None:
         await self.rpc.call("meta.sync")
+
+    # -- object-store calls (the S3 shim and the admin API) ---------------------
+    async def resolve(self, parent: int, names: list[bytes]) -> Attr:
+        """The inode at ``parent/names...``: NotFound or NotADirectory on the way."""
+        return Attr.from_wire(await self.rpc.call("meta.resolve", parent, names))
+
+    async def list_dir(self, ino: int, after: bytes, limit: int) -> list[DirEntry]:
+        """Entries in S3 key order (directories sort as ``name/``), strictly after ``after``."""
+        return [DirEntry.from_wire(e) for e in await self.rpc.call("meta.list_dir", ino, after, limit)]
+
+    async def internal_dir(self, name: str) -> int:
+        ino = await self.rpc.call("meta.internal_dir", name)
+        assert isinstance(ino, int)
+        return ino
+
+    async def put_object(
+        self,
+        parent: int,
+        dirs: list[bytes],
+        name: bytes,
+        *,
+        size: int,
+        mtime_ns: int,
+        blocks: list[BlockRef],
+        inline: bytes | None,
+        xattrs: dict[bytes, bytes],
+        if_none_match: bool = False,
+        if_match: tuple[bytes, bytes] | None = None,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+    ) -> Attr:
+        """Create ``parent/dirs.../name`` with this content and xattrs, replacing a file, atomically."""
+        opts = {
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "blocks": [list(b) for b in blocks],
+            "inline": inline,
+            "xattrs": xattrs,
+            "if_none_match": if_none_match,
+            "if_match": list(if_match) if if_match else None,
+            "mode": mode,
+            "uid": uid,
+            "gid": gid,
+        }
+        return Attr.from_wire(await self.rpc.call("meta.put_object", parent, dirs, name, opts))
+
+    async def make_dirs(self, parent: int, dirs: list[bytes], *, mode: int = 0o755) -> Attr:
+        return Attr.from_wire(await self.rpc.call("meta.make_dirs", parent, dirs, mode))
+
+    async def remove_tree(self, parent: int, name: bytes) -> int:
+        n = await self.rpc.call("meta.remove_tree", parent, name)
+        assert isinstance(n, int)
+        return n
+
+    async def remove_empty_parents(self, parent: int, dirs: list[bytes]) -> int:
+        n = await self.rpc.call("meta.remove_empty_parents", parent, dirs)
+        assert isinstance(n, int)
+        return n
 
     async def statfs(self) -> StatFs:
         return StatFs(*await self.rpc.call("sys.statfs"))

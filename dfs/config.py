@@ -75,6 +75,42 @@ class MountConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class S3Config:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9000"
+    region: str = "us-east-1"
+    # Virtual-hosted-style addressing: requests to BUCKET.<domain> address BUCKET.
+    domain: str = ""
+    # A static key pair accepted beside the root key and `dfs s3 key` keys.
+    access_key: str = ""
+    secret_key: str = ""
+    # Serve HTTPS with [tls] cert_file/key_file instead of plain HTTP.
+    https: bool = False
+    max_clock_skew_s: float = 900.0
+    max_object_bytes: int = 5 * 1024**4
+    max_connections: int = 1024
+    idle_timeout_s: float = 60.0
+    body_timeout_s: float = 60.0
+    # Multipart uploads neither completed nor aborted are removed after this long.
+    upload_expiry_s: float = 7 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9001"
+    https: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    # PEM files; the S3 and admin endpoints use them when https = true.
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class LogConfig:
     level: str = "WARNING"
     json: bool = False
@@ -87,6 +123,9 @@ class Config:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     mount: MountConfig = dataclasses.field(default_factory=MountConfig)
+    s3: S3Config = dataclasses.field(default_factory=S3Config)
+    admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
+    tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
     @property
@@ -100,6 +139,14 @@ class Config:
     @property
     def unix_socket_path(self) -> Path:
         return self.data_path / "rpc.sock"
+
+    @property
+    def s3_root_path(self) -> Path:
+        return self.data_path / "s3-root.json"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_path / "admin.token"
 
 
 _SECTION_TYPES: dict[str, type[Any]] = get_type_hints(Config)
@@ -203,6 +250,12 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [rpc] max_frame_bytes must exceed block_size by at least 1 MiB")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"{origin}: [log] level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    if bool(cfg.s3.access_key) != bool(cfg.s3.secret_key):
+        raise ConfigError(f"{origin}: [s3] access_key and secret_key go together")
+    if cfg.s3.access_key and (len(cfg.s3.access_key) < 3 or len(cfg.s3.secret_key) < 8):
+        raise ConfigError(f"{origin}: [s3] access_key needs 3+ characters and secret_key 8+")
+    if (cfg.s3.https or cfg.admin.https) and not (cfg.tls.cert_file and cfg.tls.key_file):
+        raise ConfigError(f"{origin}: https needs [tls] cert_file and key_file")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
 

@@ -153,6 +153,13 @@ class UnknownMethod(DfsError):
     code = "UnknownMethod"
 
 
+class PreconditionFailed(DfsError):
+    """A conditional change found the target not in the state the caller required."""
+
+    errno = _errno.ECANCELED
+    code = "PreconditionFailed"
+
+
 class ConfigError(DfsError):
     errno = _errno.EINVAL
     code = "ConfigError"
@@ -161,6 +168,50 @@ class ConfigError(DfsError):
 class InternalError(DfsError):
     errno = _errno.EIO
     code = "InternalError"
+
+
+class S3Error(DfsError):
+    """An S3 API error with its own S3 code and HTTP status.
+
+    Raised by the pure S3 modules (SigV4, XML, key mapping) and the S3 shim;
+    the shim renders it as ``<Error><Code>`` XML.  ``extra`` adds elements to
+    the error body (e.g. ``Region`` for AuthorizationHeaderMalformed).
+    """
+
+    errno = _errno.EINVAL
+    code = "S3Error"
+
+    def __init__(self, s3_code: str, message: str = "", status: int = 400, **extra: str) -> None:
+        super().__init__(message or s3_code)
+        self.s3_code = s3_code
+        self.status = status
+        self.extra = extra
+
+
+# The S3 code and HTTP status for filesystem errors reaching the S3 shim on an object path.
+S3_BY_CODE: dict[str, tuple[str, int]] = {
+    "NotFound": ("NoSuchKey", 404),
+    "Exists": ("PathConflict", 409),
+    "NotADirectory": ("PathConflict", 409),
+    "IsADirectory": ("PathConflict", 409),
+    "NotEmpty": ("PathConflict", 409),
+    "PermissionDenied": ("AccessDenied", 403),
+    "NotPermitted": ("AccessDenied", 403),
+    "InvalidArgument": ("InvalidArgument", 400),
+    "NameTooLong": ("KeyTooLongError", 400),
+    "NoSpace": ("InsufficientStorage", 507),
+    "FileTooBig": ("EntityTooLarge", 400),
+    "NotSupported": ("NotImplemented", 501),
+    "Unavailable": ("ServiceUnavailable", 503),
+    "PreconditionFailed": ("PreconditionFailed", 412),
+}
+
+
+def s3_code(exc: DfsError) -> tuple[str, int]:
+    """(S3 error code, HTTP status) for any dfs error."""
+    if isinstance(exc, S3Error):
+        return exc.s3_code, exc.status
+    return S3_BY_CODE.get(exc.code, ("InternalError", 500))
 
 
 def _all_subclasses(cls: type[DfsError]) -> list[type[DfsError]]:

@@ -53,20 +53,39 @@ _CAPABILITY = b"security.capability"
 _ACL_PREFIX = b"system.posix_acl_"
 
 
+# (operation, seconds, errno or None) for each answered kernel request; set by -o metrics=.
+_observe: Callable[[str, float, int | None], None] | None = None
+
+
+def set_op_observer(observe: Callable[[str, float, int | None], None] | None) -> None:
+    global _observe
+    _observe = observe
+
+
 def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    op = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
+        err: int | None = None
         try:
             return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            err = exc.errno
             raise
         except DfsError as exc:
+            err = exc.errno
             if exc.errno == errno.EIO:
-                log.warning("%s failed: %s", fn.__name__, exc.message)
+                log.warning("%s failed: %s", op, exc.message)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
-            log.exception("%s failed unexpectedly", fn.__name__)
+            err = errno.EIO
+            log.exception("%s failed unexpectedly", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if _observe is not None:
+                _observe(op, time.perf_counter() - started, err)
 
     return wrapper
 

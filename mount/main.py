@@ -30,7 +30,8 @@ from dfs.config import Config
 from dfs.errors import DfsError, NotADirectory
 from dfs.meta import ROOT_INO
 from dfs.rpc import open_client
-from mount.fs import Operations
+from mount.fs import Operations, set_op_observer
+from mount.metrics import MountMetrics, serve_mount_metrics
 
 log = logging.getLogger("dfs.mount")
 
@@ -41,7 +42,9 @@ _IGNORED = {
 }  # fmt: skip
 # Passed through to libfuse/the kernel.
 _FUSE_FLAGS = {"ro", "allow_other", "nodev", "nosuid", "noexec", "noatime", "nodiratime", "dirsync", "sync"}
-_VALUE_OPTIONS = {"attr_timeout", "entry_timeout", "cache_size", "config", "log", "socket", "log_level"}
+_VALUE_OPTIONS = {
+    "attr_timeout", "entry_timeout", "cache_size", "config", "log", "socket", "log_level", "metrics",
+}  # fmt: skip
 
 
 class UsageError(Exception):
@@ -178,6 +181,13 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
         )
         root = await _resolve_root(client, spec.subdir)
         ops = Operations(client, cfg.mount, root_ino=root)
+        if "metrics" in spec.values:
+            mount_metrics = MountMetrics()
+            try:
+                serve_mount_metrics(spec.values["metrics"], mount_metrics.registry)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"metrics={spec.values['metrics']}: {exc}") from None
+            set_op_observer(mount_metrics.observe)
         source = ",".join(spec.addresses) + ":/" + spec.subdir
         options = {"fsname=" + source, "subtype=dfs", "default_permissions", *spec.fuse_options}
         if os.geteuid() == 0:

@@ -55,6 +55,9 @@ class Daemon:
     reserve_bytes: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    s3_port: int = field(default_factory=lambda: free_port())
+    admin_port: int = field(default_factory=lambda: free_port())
+    s3_conf: str = ""
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -62,12 +65,30 @@ class Daemon:
         self.conf_path = self.data_dir / "dfs.conf"
         self.conf_path.write_text(
             f'[node]\ndata_dir = "{self.data_dir}"\n[rpc]\nlisten = "127.0.0.1:{self.port}"\n'
-            f'[storage]\nreserve_bytes = {self.reserve_bytes}\n[log]\nlevel = "INFO"\n{self.extra_conf}'
+            f'[storage]\nreserve_bytes = {self.reserve_bytes}\n[log]\nlevel = "INFO"\n'
+            f'[s3]\nlisten = "127.0.0.1:{self.s3_port}"\n{self.s3_conf}\n'
+            f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n{self.extra_conf}'
         )
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        scheme = "https" if "https = true" in self.s3_conf else "http"
+        return f"{scheme}://127.0.0.1:{self.s3_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def root_key(self) -> tuple[str, str]:
+        raw = json.loads((self.data_dir / "s3-root.json").read_text())
+        return raw["access_key"], raw["secret_key"]
+
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:

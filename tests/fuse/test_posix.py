@@ -745,3 +745,24 @@ def test_attrs_through_the_fd_of_a_new_file(daemon: Daemon, tmp_path: Path) -> N
         m1.stop()
         m2.stop()
     daemon.assert_clean()
+
+
+def test_mount_exports_fuse_metrics(daemon: Daemon, tmp_path: Path) -> None:
+    """-o metrics=HOST:PORT serves the mount's FUSE op latencies and errors for Prometheus."""
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    m = Mount(daemon, tmp_path / "metered", options=f"metrics=127.0.0.1:{port}")
+    m.start()
+    try:
+        (m.path / "f").write_text("x")
+        assert not (m.path / "missing").exists()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+            text = r.read().decode()
+        assert 'dfs_fuse_op_seconds_count{op="create"}' in text
+        assert 'dfs_fuse_errors_total{errno="ENOENT",op="lookup"}' in text
+    finally:
+        m.stop()
+    daemon.assert_clean()
