@@ -294,6 +294,7 @@ class ChunkStore:
                 os.link(tmp, final)
                 return True
             except FileExistsError:
+                os.utime(final)  # stored already: now in use again (see old_ids)
                 return False  # a concurrent put of the same id won
             except OSError as exc:
                 if exc.errno not in _NO_LINK_ERRNOS:
@@ -343,7 +344,31 @@ class ChunkStore:
         return self._exists(self._path(self._hex(chunk_id)))
 
     def has(self, chunk_ids: list[bytes]) -> list[bool]:
-        return [self.exists(cid) for cid in chunk_ids]
+        """Which chunks are stored; each one found is touched, as a writer is about to reuse it."""
+        found = [self.exists(cid) for cid in chunk_ids]
+        for cid, there in zip(chunk_ids, found, strict=True):
+            if there:
+                self.touch(cid)
+        return found
+
+    def touch(self, chunk_id: bytes) -> None:
+        """Mark a chunk as just used: the orphan sweep only takes chunks left untouched a long time."""
+        try:
+            os.utime(self._path(self._hex(chunk_id)))
+        except OSError:
+            pass  # gone or read-only: the sweep's reference check still protects referenced chunks
+
+    def old_ids(self, older_than_s: float) -> list[bytes]:
+        """Chunks whose files were last written or touched more than ``older_than_s`` ago."""
+        cutoff = time.time() - older_than_s
+        out: list[bytes] = []
+        for entry in self._walk():
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    out.append(bytes.fromhex(entry.name))
+            except FileNotFoundError:
+                continue
+        return out
 
     def stored_bytes(self, chunk_id: bytes) -> int:
         """Size on disk of the stored blob (header included)."""

@@ -181,7 +181,8 @@ class Request:
         self._error: BodyError | None = None
 
     def __repr__(self) -> str:
-        return f"<Request {self.method} {self.target[:100]!r} from {self.remote}>"
+        # The path only: a query may carry a presigned URL's credentials, which must not reach logs.
+        return f"<Request {self.method} {self.path[:100]!r} from {self.remote}>"
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header *name* (case-insensitive), else *default*."""
@@ -622,7 +623,7 @@ class _Connection:
         except Exception:
             self.server._handler_errors += 1
             log.exception(
-                "http handler failed: %s %s from %s", request.method, request.target[:200], self.remote
+                "http handler failed: %s %s from %s", request.method, request.path[:200], self.remote
             )
             return self._error_response(500, "internal server error")
 
@@ -733,7 +734,8 @@ class _Connection:
                     close = True
         if self.broken:
             return _Close.ABORT
-        await self._send_response(request.method, request.target, response, close=close)
+        # The path only: a query may carry a presigned URL's credentials, which logs must not.
+        await self._send_response(request.method, request.path, response, close=close)
         if not self.reject:
             self.server._requests_served += 1
         if close or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:

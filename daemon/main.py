@@ -110,8 +110,11 @@ async def _serve_s3(cfg: Config, service: Service, *, task_status: trio.TaskStat
     )
     listeners = await open_http_listeners(cfg.s3.listen)
     async with trio.open_nursery() as nursery:
+        api.nursery = nursery
         await nursery.start(server.serve, listeners)
-        nursery.start_soon(service.every, 3600.0, api.expire_uploads, "multipart upload expiry")
+        # Often enough that an upload outlives its expiry by at most a quarter of it.
+        every_s = max(1.0, min(3600.0, cfg.s3.upload_expiry_s / 4))
+        nursery.start_soon(service.every, every_s, api.expire_uploads, "multipart upload expiry")
         task_status.started()
 
 

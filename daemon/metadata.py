@@ -1962,6 +1962,19 @@ class MetaStore:
         return ids
 
     @_api
+    def unknown_chunks(self, chunk_ids: list[bytes]) -> list[bytes]:
+        """The ids among ``chunk_ids`` that no chunks row names (never committed, or collected)."""
+        known: set[bytes] = set()
+        for i in range(0, len(chunk_ids), 500):
+            batch = chunk_ids[i : i + 500]
+            marks = ",".join("?" * len(batch))
+            known.update(
+                r[0]
+                for r in self._db.execute(f"SELECT chunk_id FROM chunks WHERE chunk_id IN ({marks})", batch)
+            )
+        return [cid for cid in chunk_ids if cid not in known]
+
+    @_api
     def referenced_chunks(self) -> dict[bytes, int]:
         return dict(self._db.execute("SELECT chunk_id, refcount FROM chunks WHERE refcount >= 0"))
 
@@ -1993,6 +2006,8 @@ class MetaStore:
             "chunk_refs": refs,
             "stored_bytes": stored,
             "unreferenced_chunks": unreferenced,
+            # Open handles over all client sessions (the opens table holds only open files).
+            "open_files": self._db.execute("SELECT TOTAL(count) FROM opens").fetchone()[0],
         }
         return {key: int(value) for key, value in values.items()}
 

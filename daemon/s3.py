@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import trio
 
 from daemon import s3_io
 from daemon.http import BodyError, Request, Response
@@ -184,6 +185,8 @@ class S3Api:
         self.keys = keys
         self._observe = observe
         self._uploads_ino: int | None = None
+        # Where GET read-ahead tasks run (the server's nursery); None reads without read-ahead.
+        self.nursery: trio.Nursery | None = None
 
     # -- entry point ----------
     async def handle(self, req: Request) -> Response:
@@ -481,6 +484,17 @@ class S3Api:
     # -- GET / HEAD ----------
     async def _get_object(self, c: Call, *, head: bool) -> Response:
         info, is_dir = await self._object(c)
+        fmap: FileMap | None = None
+        if not head and not is_dir and info.attr.size:
+            # The block map and the headers must describe the same version of a file that
+            # the mount may be changing: read the map, and the xattrs again if it moved on.
+            for _ in range(3):
+                fmap = await self.client.read_map(info.attr.ino)
+                if (fmap.attr.size, fmap.attr.mtime_ns) == (info.attr.size, info.attr.mtime_ns):
+                    break
+                info = await self._info(fmap.attr, c.key)
+            else:
+                raise S3Error("SlowDown", "The object keeps changing; please retry", 503)
         attr = info.attr
         status = s3names.check_read_conditions(c.headers, etag=info.etag, mtime_ns=attr.mtime_ns)
         base = [
@@ -515,13 +529,13 @@ class S3Api:
                 if head
                 else Response(status, headers, b"")
             )
-        fmap = await self.client.read_map(attr.ino)
-        if fmap.attr.size != size or fmap.attr.mtime_ns != attr.mtime_ns:
-            # Changed between the two reads: its headers no longer describe it.
-            raise S3Error("ConditionalRequestConflict", "The object changed while it was being read", 409)
-        return Response(
-            status, headers, s3_io.read_range(self.client, fmap, start, end), content_length=end - start
+        assert fmap is not None
+        body = (
+            s3_io.prefetched_range(self.client, fmap, start, end, self.nursery)
+            if self.nursery is not None
+            else s3_io.read_range(self.client, fmap, start, end)
         )
+        return Response(status, headers, body, content_length=end - start)
 
     # -- PUT ----------
     def _body_limits(self, c: Call) -> None:

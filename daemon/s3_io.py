@@ -164,7 +164,7 @@ def _ref_at(fmap: FileMap, index: int) -> BlockRef | None:
 
 
 async def read_range(client: Client, fmap: FileMap, start: int, end: int) -> AsyncIterator[bytes]:
-    """Bytes ``start..end`` (exclusive) of a file as verified pieces."""
+    """Bytes ``start..end`` (exclusive) of a file as verified pieces, one block at a time."""
     if start >= end:
         return
     if fmap.inline is not None or not fmap.blocks:
@@ -173,12 +173,50 @@ async def read_range(client: Client, fmap: FileMap, start: int, end: int) -> Asy
         yield piece + bytes(end - start - len(piece))
         return
     bs = client.block_size
-    first, last = start // bs, (end - 1) // bs
-    for index in range(first, last + 1):
-        data = await _block_bytes(client, fmap, index)
-        base = index * bs
-        lo, hi = max(start, base) - base, min(end, base + len(data)) - base
-        yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
+    for index in range(start // bs, (end - 1) // bs + 1):
+        yield _cut(await _block_bytes(client, fmap, index), index * bs, start, end)
+
+
+def _cut(data: bytes, base: int, start: int, end: int) -> bytes:
+    lo, hi = max(start, base) - base, min(end, base + len(data)) - base
+    return data if (lo, hi) == (0, len(data)) else data[lo:hi]
+
+
+async def prefetched_range(
+    client: Client, fmap: FileMap, start: int, end: int, nursery: trio.Nursery
+) -> AsyncIterator[bytes]:
+    """:func:`read_range`, with the next block read and verified while this one is sent.
+
+    The reader runs in ``nursery`` (the server's) and hands blocks over a
+    one-slot channel, so at most two blocks are in memory.  When the consumer
+    stops early (client gone) closing the channel ends the reader.
+    """
+    bs = client.block_size
+    if fmap.inline is not None or (end - start) <= bs:
+        async for piece in read_range(client, fmap, start, end):
+            yield piece
+        return
+    send, receive = trio.open_memory_channel[tuple[bytes, BaseException | None]](1)
+
+    async def reader() -> None:
+        async with send:
+            for index in range(start // bs, (end - 1) // bs + 1):
+                try:
+                    data = await _block_bytes(client, fmap, index)
+                except Exception as exc:  # handed to the consumer, which fails the response
+                    await send.send((b"", exc))
+                    return
+                try:
+                    await send.send((_cut(data, index * bs, start, end), None))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the consumer went away
+
+    nursery.start_soon(reader)
+    with receive:
+        async for piece, error in receive:
+            if error is not None:
+                raise error
+            yield piece
 
 
 async def copy_range(

@@ -254,6 +254,7 @@ class Service:
                 "sys.scrub_batch": self.scrub_batch,
                 "sys.fsck_meta": self.fsck_meta,
                 "sys.gc": self.gc_now,
+                "sys.sweep_orphans": self.sweep_orphans,
                 "s3.key_create": self.s3_key_create,
                 "s3.key_list": self._meta_call(m.s3_key_list),
                 "s3.key_revoke": self._meta_call(m.s3_key_delete),
@@ -526,6 +527,30 @@ class Service:
             nursery.start_soon(self.every, self.cfg.storage.gc_interval_s, self.gc_now, "gc")
             nursery.start_soon(self.every, 30.0, self._expire_sessions, "session expiry")
             nursery.start_soon(self.every, 600.0, self._trim_oplog, "oplog trim")
+            st = self.cfg.storage
+            nursery.start_soon(self.every, st.orphan_scan_interval_s, self.sweep_orphans, "orphan sweep")
+
+    async def sweep_orphans(self, older_than_s: float | None = None) -> int:
+        """Delete stored chunks no metadata knows that were left untouched for ``orphan_delay_s``.
+
+        Such chunks come from writes that never committed (a failed S3 upload,
+        a client or daemon crash between storing blocks and committing them).
+        The check and the delete run together in the metadata thread, like every
+        incref, so a chunk cannot gain a reference in between.
+        """
+        delay = self.cfg.storage.orphan_delay_s if older_than_s is None else older_than_s
+        candidates = await self._c(self.chunks.old_ids, delay)
+        removed = 0
+        for i in range(0, len(candidates), 1000):
+            removed += await self._m(self._delete_unknown, candidates[i : i + 1000])
+        if removed:
+            log.info("orphan sweep removed %d chunk(s) no metadata referenced", removed)
+        return removed
+
+    def _delete_unknown(self, chunk_ids: list[bytes]) -> int:
+        unknown = self.meta.unknown_chunks(chunk_ids)
+        self.chunks.delete(unknown)
+        return len(unknown)
 
     def observe_s3(self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         """Per-request figures from the S3 shim (dfsd points this at its metrics registry)."""

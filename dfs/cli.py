@@ -317,11 +317,20 @@ def fsck(directory: str | None, config_path: str | None, repair: bool, as_json: 
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
 @click.option("--now", is_flag=True, help="collect unreferenced chunks at once, without the safety delay")
-def gc(directory: str | None, config_path: str | None, now: bool) -> None:
-    """Delete chunks no file references any more (after [storage] gc_delay_s unless --now)."""
+@click.option("--orphans", is_flag=True, help="also sweep chunks of writes that never committed")
+def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool) -> None:
+    """Delete chunks no file references any more (after [storage] gc_delay_s unless --now).
+
+    With --orphans, also delete stored chunks that no metadata knows (left by
+    uploads that failed before committing) once untouched for
+    [storage] orphan_delay_s, or at once with --now.
+    """
     cfg = _cfg_for(directory, config_path)
     n = _run(_call, _address(cfg), "sys.gc", 0.0 if now else None)
     click.echo(f"collected {n} chunk(s)")
+    if orphans:
+        n = _run(_call, _address(cfg), "sys.sweep_orphans", 0.0 if now else None)
+        click.echo(f"swept {n} orphan chunk(s)")
 
 
 @main.group()

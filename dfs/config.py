@@ -55,6 +55,9 @@ class StorageConfig:
     reserve_bytes: int = 64 * MiB
     gc_delay_s: float = 3600.0
     gc_interval_s: float = 60.0
+    # Stored chunks no metadata knows (uncommitted writes) are deleted once untouched this long.
+    orphan_delay_s: float = 86400.0
+    orphan_scan_interval_s: float = 21600.0
 
 
 @dataclasses.dataclass(frozen=True)

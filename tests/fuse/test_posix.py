@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import mmap
 import os
 import shutil
@@ -576,8 +577,10 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
     base = tmp_path / "site"
     (base / "var").mkdir(parents=True)
     # A free port, so a dfs already up on this machine (port 7400) does not interfere.
+    s3_port, admin_port = free_port(), free_port()
     (base / "var" / "dfs.conf").write_text(
         f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[s3]\nlisten = "127.0.0.1:{s3_port}"\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
     )
     res = subprocess.run(
         [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
@@ -585,6 +588,12 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
     try:
         assert res.returncode == 0, res.stderr
         assert str(base / "mnt") in res.stdout
+        # It prints the S3 endpoint with the root key, and the admin URL with its token.
+        root = json.loads((base / "var" / "s3-root.json").read_text())
+        assert f"http://127.0.0.1:{s3_port}" in res.stdout
+        assert root["access_key"] in res.stdout and root["secret_key"] in res.stdout
+        assert f"http://127.0.0.1:{admin_port}/storage/" in res.stdout
+        assert (base / "var" / "admin.token").read_text().strip() in res.stdout
         (base / "mnt" / "hello").write_text("hi")
         again = subprocess.run(
             [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, timeout=120

@@ -33,7 +33,7 @@ def make_client(daemon: Daemon, *, keys: tuple[str, str] | None = None, **config
 
 @pytest.fixture(scope="module")
 def s3d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("s3") / "var", free_port())
+    d = Daemon(tmp_path_factory.mktemp("s3") / "var", free_port(), s3_conf='domain = "s3.localhost"')
     d.start()
     try:
         yield d

@@ -10,7 +10,6 @@ document cannot drift from the implementation.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from dfs import config as config_mod
 from dfs.errors import ConfigError, InvalidArgument, NotFound
 from dfs.meta import ROOT_INO
 from mount.metrics import MountMetrics, serve_mount_metrics
+from tests.conftest import http_call
 
 TOKEN = "test-token-0123456789abcdef"
 S3_SECRET = "s3cr3t-value-never-shown"
@@ -197,13 +197,7 @@ class Env:
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
+        return http_call(self.port, method, path, body, headers)
 
     async def call(
         self,

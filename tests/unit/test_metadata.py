@@ -1301,6 +1301,8 @@ def test_counts(store: MetaStore, chunks: set[bytes]) -> None:
     write(store, chunks, b, 100, [ref(0, cid(1), 100, 100)])
     write(store, chunks, b, 100, [ref(0, cid(3), 100, 50)])  # cid(1) back to 1 ref
     write(store, chunks, a, BS, [])  # cid(2) unreferenced
+    store.open(a, SESSION)
+    store.open(a, "other-session")
     assert store.counts() == {
         "inodes": 5,
         "files": 2,
@@ -1310,7 +1312,10 @@ def test_counts(store: MetaStore, chunks: set[bytes]) -> None:
         "chunk_refs": 2,
         "stored_bytes": 350,
         "unreferenced_chunks": 1,
+        "open_files": 2,
     }
+    store.release(a, SESSION)
+    store.release(a, "other-session")
     check(store, chunks)
 
 

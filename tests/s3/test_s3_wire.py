@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import os
 import socket
 import time
 from typing import Any
 
+import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, http_call
 
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
@@ -40,13 +42,7 @@ def request(
     daemon: Daemon, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     h = signed_headers(daemon, method, path, headers or {}, hashlib.sha256(body).hexdigest(), body)
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.s3_port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=h)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return http_call(daemon.s3_port, method, path, body, h)
 
 
 def raw(daemon: Daemon, data: bytes, *, read_timeout_s: float = 10.0) -> bytes:
@@ -152,23 +148,41 @@ def test_error_document_shape(s3d: Daemon, s3: Any) -> None:
     assert status == 200 and b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"' in out
 
 
-def test_truncated_body_writes_nothing(s3d: Daemon, s3: Any) -> None:
-    s3.create_bucket(Bucket="wire-trunc")
-    body = b"z" * 100_000
-    headers = signed_headers(s3d, "PUT", "/wire-trunc/partial", {}, "UNSIGNED-PAYLOAD")
-    head = f"PUT /wire-trunc/partial HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "content-length")
-    with socket.create_connection(("127.0.0.1", s3d.s3_port), timeout=10) as sock:
-        sock.sendall(head.encode() + b"\r\n" + body[:50_000])
+def put_then_hang_up(daemon: Daemon, path: str, declared: int, sent: bytes) -> None:
+    """A signed PUT that declares ``declared`` body bytes, sends ``sent`` and goes away."""
+    headers = signed_headers(daemon, "PUT", path, {"Content-Length": str(declared)}, "UNSIGNED-PAYLOAD")
+    head = f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{daemon.s3_port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", daemon.s3_port), timeout=30) as sock:
+        sock.sendall(head.encode() + sent)
         sock.shutdown(socket.SHUT_WR)  # the client goes away mid-body
         try:
             while sock.recv(65536):
                 pass
         except OSError:
             pass
+
+
+def test_truncated_body_writes_nothing(s3d: Daemon, s3: Any) -> None:
+    s3.create_bucket(Bucket="wire-trunc")
+    put_then_hang_up(s3d, "/wire-trunc/partial", 100_000, b"z" * 50_000)
     status, _, _ = request(s3d, "HEAD", "/wire-trunc/partial")
     assert status == 404
     s3.put_object(Bucket="wire-trunc", Key="after", Body=b"daemon still fine")
+
+
+def test_failed_big_upload_leaves_no_orphans_after_sweep(s3d: Daemon, s3: Any) -> None:
+    """Blocks stored by an upload that never committed are swept, not leaked."""
+    s3.create_bucket(Bucket="wire-orphans")
+    size = 9 * 1024 * 1024
+    put_then_hang_up(s3d, "/wire-orphans/big", size, os.urandom(size - 1024 * 1024))  # 2 blocks' worth
+    status, _, _ = request(s3d, "HEAD", "/wire-orphans/big")
+    assert status == 404
+    orphans = s3d.fsck()["orphans"]
+    assert orphans >= 1
+    out = s3d.cli("gc", "--orphans", "--now").stdout
+    assert f"swept {orphans} orphan chunk(s)" in out
+    assert s3d.fsck()["problems"] == []
 
 
 def test_expect_continue_rejected_before_body(s3d: Daemon) -> None:
@@ -213,3 +227,82 @@ def test_clock_skew_and_unsupported(s3d: Daemon) -> None:
     conn.close()
     status, _, out = request(s3d, "PUT", "/wire-unsupported?website", b"")
     assert status in (404, 501)
+
+
+def test_virtual_hosted_style(s3d: Daemon, s3: Any) -> None:
+    """BUCKET.<[s3] domain> addresses BUCKET; the key is the whole path."""
+    s3.create_bucket(Bucket="vhost-bucket")
+    host = f"vhost-bucket.s3.localhost:{s3d.s3_port}"
+    ak, sk = s3d.root_key()
+    for method, body in (("PUT", b"virtual"), ("GET", b"")):
+        req = AWSRequest(method=method, url=f"http://{host}/dir/key", data=body)
+        req.headers["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+        S3SigV4Auth(Credentials(ak, sk), "s3", "us-east-1").add_auth(req)
+        conn = http.client.HTTPConnection("127.0.0.1", s3d.s3_port, timeout=10)
+        conn.request(method, "/dir/key", body=body, headers={**dict(req.headers.items()), "Host": host})
+        resp = conn.getresponse()
+        out = resp.read()
+        conn.close()
+        assert resp.status == 200, out
+    assert out == b"virtual"
+    assert s3.get_object(Bucket="vhost-bucket", Key="dir/key")["Body"].read() == b"virtual"
+
+
+def test_key_management_cli(s3d: Daemon, s3: Any) -> None:
+    """dfs s3 key create/list/revoke: a new key works at once and stops working once revoked."""
+    import json
+
+    from botocore.exceptions import ClientError
+    from conftest import make_client
+
+    made = json.loads(s3d.cli("s3", "key", "create", "--description", "ci key", "--json").stdout)
+    listed = json.loads(s3d.cli("s3", "key", "list", "--json").stdout)
+    assert [k["description"] for k in listed if k["access_key"] == made["access_key"]] == ["ci key"]
+    assert made["secret_key"] not in json.dumps(listed)
+    client = make_client(s3d, keys=(made["access_key"], made["secret_key"]))
+    client.list_buckets()
+    s3d.cli("s3", "key", "revoke", made["access_key"])
+    with pytest.raises(ClientError) as err:
+        client.list_buckets()
+    assert err.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    assert made["secret_key"] not in (s3d.data_dir / "dfsd.log").read_text()
+
+
+def test_oversized_upload_refused_before_its_body(s3d: Daemon, s3: Any) -> None:
+    s3.create_bucket(Bucket="wire-huge")
+    size = 6 * 1024**4  # over [s3] max_object_bytes (5 TiB)
+    headers = signed_headers(
+        s3d,
+        "PUT",
+        "/wire-huge/k",
+        {"Content-Length": str(size), "Expect": "100-continue"},
+        "UNSIGNED-PAYLOAD",
+    )
+    head = f"PUT /wire-huge/k HTTP/1.1\r\nHost: 127.0.0.1:{s3d.s3_port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    out = raw(s3d, head.encode())
+    assert out.startswith(b"HTTP/1.1 400") and b"EntityTooLarge" in out, out[:300]
+    assert b"100 Continue" not in out
+
+
+def test_abandoned_uploads_expire(tmp_path: Any) -> None:
+    from conftest import make_client
+
+    from tests.conftest import free_port, wait_for
+
+    d = Daemon(tmp_path / "var", free_port(), s3_conf="upload_expiry_s = 2.0")
+    d.start()
+    try:
+        s3 = make_client(d)
+        s3.create_bucket(Bucket="expiring")
+        uid = s3.create_multipart_upload(Bucket="expiring", Key="k")["UploadId"]
+        s3.upload_part(Bucket="expiring", Key="k", UploadId=uid, PartNumber=1, Body=os.urandom(100_000))
+        assert s3.list_multipart_uploads(Bucket="expiring").get("Uploads")
+        wait_for(
+            lambda: not s3.list_multipart_uploads(Bucket="expiring").get("Uploads"),
+            30,
+            "the upload to expire",
+        )
+        d.assert_clean()
+    finally:
+        d.stop()
