@@ -27,6 +27,7 @@ from daemon.s3 import KeyRing, S3Api
 from daemon.service import Service
 from dfs import __version__, logs, rpc
 from dfs import config as config_mod
+from dfs.certs import server_context_for
 from dfs.config import Config
 from dfs.errors import DfsError
 
@@ -67,6 +68,7 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             max_frame_bytes=cfg.rpc.max_frame_bytes,
             max_inflight_per_conn=cfg.rpc.max_inflight_per_conn,
             inline_handlers=instrument_inline(service.inline_handlers(), metrics),
+            ssl_context=server_context_for(cfg),
         )
         listeners = await rpc.open_listeners(cfg.rpc.listen)
         if cfg.rpc.unix_socket:

@@ -575,6 +575,7 @@ class S3Api:
                 await self.client.make_dirs(bucket_ino, names)
             except (NotADirectory, IsADirectory):
                 raise _conflict(c.key) from None
+            await self.client.sync()
             return Response(200, [("ETag", f'"{_EMPTY_MD5}"')])
         if_match = await self._write_conditions(c, bucket_ino, names)
         blocks, inline, size, checks = await self._store_body(c)
@@ -975,6 +976,7 @@ class S3Api:
                 inline=inline,
                 xattrs=xattrs,
             )
+            await self.client.sync()  # a 200 for a part means it survives power loss too
         except NotFound:
             raise S3Error(
                 "NoSuchUpload", "The specified upload does not exist.", 404, UploadId=upload_id

@@ -10,17 +10,19 @@ import errno
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import click
 import trio
 
 from dfs import config as config_mod
+from dfs.certs import client_context_for
 from dfs.config import Config
 from dfs.errors import DfsError
 from dfs.rpc import open_client
@@ -41,15 +43,24 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         raise CliError(exc.message) from None
 
 
-def _address(cfg: Config) -> str:
+class Endpoint(NamedTuple):
+    """Where to reach a daemon, and the TLS context for it (None: plain, or a unix socket)."""
+
+    address: str
+    ssl_context: ssl.SSLContext | None = None
+
+
+def _address(cfg: Config) -> Endpoint:
     sock = cfg.unix_socket_path
     if cfg.rpc.unix_socket and sock.exists():
-        return f"unix:{sock}"
-    return cfg.rpc.listen
+        return Endpoint(f"unix:{sock}")  # local and mode 0600: no TLS needed
+    return Endpoint(cfg.rpc.listen, client_context_for(cfg))
 
 
-async def _call(address: str, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
-    async with open_client(address, call_timeout_s=timeout_s) as conn:
+async def _call(endpoint: Endpoint, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
+    async with open_client(
+        endpoint.address, call_timeout_s=timeout_s, ssl_context=endpoint.ssl_context
+    ) as conn:
         return await conn.call(method, *args)
 
 
@@ -106,7 +117,7 @@ def _bin(name: str) -> str:
     return str(here) if here.exists() else name
 
 
-async def _wait_ready(address: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+async def _wait_ready(endpoint: Endpoint, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = trio.current_time() + _UP_TIMEOUT_S
     while True:
         if proc.poll() is not None:
@@ -116,7 +127,7 @@ async def _wait_ready(address: str, proc: subprocess.Popen[bytes], log_path: Pat
             )
         try:
             with trio.fail_after(2):
-                await _call(address, "sys.ping", timeout_s=2)
+                await _call(endpoint, "sys.ping", timeout_s=2)
             return
         except (DfsError, trio.TooSlowError):
             pass
@@ -145,7 +156,11 @@ def up(directory: str) -> None:
     address = cfg.rpc.listen
     # Poll our own daemon: the unix socket lives in this data dir, while the TCP
     # port might be answered by another dfsd that already holds it.
-    own = f"unix:{cfg.unix_socket_path}" if cfg.rpc.unix_socket else address
+    own = (
+        Endpoint(f"unix:{cfg.unix_socket_path}")
+        if cfg.rpc.unix_socket
+        else Endpoint(address, client_context_for(cfg))
+    )
     if _daemon_pid(cfg) is None:
         log_path = cfg.data_path / "dfsd.log"
         with open(log_path, "ab") as log_file:
@@ -265,8 +280,8 @@ def status(directory: str | None, config_path: str | None, as_json: bool) -> Non
         click.echo(f"{key:<{width}}  {value}")
 
 
-async def _fsck(address: str, repair: bool, show_progress: bool) -> dict[str, Any]:
-    async with open_client(address, call_timeout_s=600) as conn:
+async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
+    async with open_client(endpoint.address, call_timeout_s=600, ssl_context=endpoint.ssl_context) as conn:
         ids: list[bytes] = await conn.call("sys.scrub_list")
         bad: list[bytes] = []
         bar = click.progressbar(length=len(ids), label="verifying chunks", file=sys.stderr)
@@ -331,6 +346,73 @@ def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool)
     if orphans:
         n = _run(_call, _address(cfg), "sys.sweep_orphans", 0.0 if now else None)
         click.echo(f"swept {n} orphan chunk(s)")
+
+
+@main.group()
+def cluster() -> None:
+    """Cluster-wide set-up."""
+
+
+@cluster.command("init")
+@click.argument("ca_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--name", "cluster_name", default="dfs", show_default=True, help="cluster name (in the CA subject)"
+)
+def cluster_init(ca_dir: str, cluster_name: str) -> None:
+    """Create the cluster CA (CA_DIR/ca.pem and CA_DIR/ca.key, the key mode 0600)."""
+    from dfs import certs
+
+    try:
+        cert, key = certs.init_cluster(Path(ca_dir).resolve(), cluster_name)
+    except (FileExistsError, DfsError) as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"cluster CA created:\n  certificate: {cert}\n  private key: {key} (keep it off the nodes)")
+
+
+@main.group()
+def node() -> None:
+    """Per-node set-up."""
+
+
+@node.command("cert")
+@click.argument("name")
+@click.option(
+    "--ca-dir", required=True, type=click.Path(exists=True, file_okay=False), help="from `dfs cluster init`"
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="where to write the files"
+)
+@click.option(
+    "--host", "hosts", multiple=True, help="address or DNS name the node is reached at (repeatable)"
+)
+@click.option("--client", is_flag=True, help="a client certificate (mount, CLI) instead of a node's")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def node_cert(
+    name: str, ca_dir: str, out_dir: str, hosts: tuple[str, ...], client: bool, as_json: bool
+) -> None:
+    """Issue a certificate signed by the cluster CA: NAME.pem, NAME.key (0600) and ca.pem in OUT."""
+    from dfs import certs
+
+    try:
+        cert, key, ca = certs.issue_files(
+            Path(ca_dir),
+            Path(out_dir).resolve(),
+            name,
+            kind="client" if client else "node",
+            hosts=list(hosts),
+        )
+    except DfsError as exc:
+        raise CliError(exc.message) from None
+    info = certs.describe(cert.read_bytes())
+    if as_json:
+        click.echo(
+            json.dumps({"cert_file": str(cert), "key_file": str(key), "ca_file": str(ca), **info}, indent=2)
+        )
+        return
+    click.echo(f"certificate: {cert}\nprivate key: {key}\nCA:          {ca}")
+    click.echo(f"names:       {', '.join(info['dns_names'] + info['ip_addresses']) or info['common_name']}")
+    click.echo(f"expires:     {info['not_after']}")
+    click.echo(f'dfs.conf:    [tls] cert_file = "{cert}", key_file = "{key}", ca_file = "{ca}"')
 
 
 @main.group()

@@ -44,6 +44,8 @@ class RpcConfig:
     max_frame_bytes: int = 72 * MiB
     call_timeout_s: float = 60.0
     max_inflight_per_conn: int = 256
+    # Mutual TLS on the TCP port (the unix socket stays plain): [tls] names the certificates.
+    tls: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +261,8 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [s3] access_key needs 3+ characters and secret_key 8+")
     if (cfg.s3.https or cfg.admin.https) and not (cfg.tls.cert_file and cfg.tls.key_file):
         raise ConfigError(f"{origin}: https needs [tls] cert_file and key_file")
+    if cfg.rpc.tls and not (cfg.tls.cert_file and cfg.tls.key_file and cfg.tls.ca_file):
+        raise ConfigError(f"{origin}: [rpc] tls needs [tls] cert_file, key_file and ca_file")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
 

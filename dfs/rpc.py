@@ -51,6 +51,7 @@ import itertools
 import logging
 import math
 import os
+import socket
 import ssl
 import stat
 from collections import Counter, deque
@@ -173,8 +174,8 @@ async def _open_stream(addr: Address, ssl_context: ssl.SSLContext | None) -> tri
             raise ConfigError(f"no host to connect to in {addr}")
         stream = await trio.open_tcp_stream(addr.host, addr.port)
         server_hostname = addr.host
-    if ssl_context is None:
-        return stream
+    if ssl_context is None or addr.path is not None:
+        return stream  # a unix socket is local and guarded by its file mode: no TLS
     tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname)
     try:
         await tls.do_handshake()
@@ -733,7 +734,7 @@ class RpcServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection until it closes or misbehaves.  Never raises
         (except cancellation), so one connection cannot take down the server."""
-        if self._ssl_context is not None:
+        if self._ssl_context is not None and not _is_unix(stream):
             stream = trio.SSLStream(stream, self._ssl_context, server_side=True)
         self.stats.connections_opened += 1
         self.stats.connections_open += 1
@@ -868,6 +869,11 @@ class RpcServer:
         self.stats.errors[key] += 1
         self.stats.error_codes[err.code] += 1
         return wire.encode_error_parts(req.msgid, err)
+
+
+def _is_unix(stream: trio.abc.Stream) -> bool:
+    sock = getattr(stream, "socket", None)
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 async def serve_rpc(

@@ -25,6 +25,7 @@ import trio
 
 from dfs import config as config_mod
 from dfs import logs
+from dfs.certs import client_context_for
 from dfs.client import DEFAULT_PORT, Client, fetch_info
 from dfs.config import Config
 from dfs.errors import DfsError, NotADirectory
@@ -174,7 +175,9 @@ async def _resolve_root(client: Client, subdir: str) -> int:
 
 async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
     address = f"unix:{spec.values['socket']}" if "socket" in spec.values else spec.addresses[0]
-    async with open_client(address, call_timeout_s=cfg.rpc.call_timeout_s) as conn:
+    async with open_client(
+        address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
+    ) as conn:
         info = await fetch_info(conn)
         client = Client(
             conn, info, codec_threads=max(2, cfg.mount.upload_concurrency), local_reads=cfg.mount.local_reads
