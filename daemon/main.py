@@ -22,6 +22,7 @@ import trio
 from daemon.admin import AdminApi
 from daemon.admin import error_response as admin_error_response
 from daemon.http import HttpServer, open_http_listeners
+from daemon.membership import Membership, node_meta
 from daemon.metrics import Metrics, instrument_handlers, instrument_inline
 from daemon.s3 import KeyRing, S3Api
 from daemon.service import Service
@@ -77,6 +78,10 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             await nursery.start(server.serve, listeners)
             nursery.start_soon(service.run_background)
             nursery.start_soon(metrics.run, service)
+            if cfg.gossip.enabled:
+                membership = Membership(cfg, lambda: node_meta(cfg, service.chunks.stats, lambda: 0))
+                service.membership = membership
+                await nursery.start(membership.run)
             if cfg.s3.enabled:
                 await nursery.start(_serve_s3, cfg, service)
             if cfg.admin.enabled:

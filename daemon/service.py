@@ -40,6 +40,7 @@ import trio
 
 from daemon.admin import load_or_create_token
 from daemon.chunks import ChunkStore
+from daemon.membership import Membership
 from daemon.metadata import MetaStore
 from dfs import __version__
 from dfs.client import Client, ClusterInfo
@@ -196,6 +197,8 @@ class Service:
         # Made before the daemon reports ready, so `dfs up` can show them.
         self.s3_root_key = load_or_create_root_key(cfg.s3_root_path) if cfg.s3.enabled else None
         self.admin_token = load_or_create_token(cfg.admin_token_path) if cfg.admin.enabled else None
+        # The gossip runner, once dfsd starts it (None: gossip disabled, or not started yet).
+        self.membership: Membership | None = None
         self.handlers: dict[str, Handler] = self._handlers()
 
     def close(self) -> None:
@@ -255,6 +258,7 @@ class Service:
                 "sys.fsck_meta": self.fsck_meta,
                 "sys.gc": self.gc_now,
                 "sys.sweep_orphans": self.sweep_orphans,
+                "sys.members": self.members,
                 "s3.key_create": self.s3_key_create,
                 "s3.key_list": self._meta_call(m.s3_key_list),
                 "s3.key_revoke": self._meta_call(m.s3_key_delete),
@@ -411,6 +415,21 @@ class Service:
             return self._setattr(ino, attrs) if attrs else attr
 
         return await self._m(run)
+
+    async def members(self) -> list[dict[str, Any]]:
+        """The cluster as gossip sees it (just this node when gossip is off)."""
+        if self.membership is not None:
+            return self.membership.members()
+        return [
+            {
+                "node_id": self.cfg.node_id,
+                "status": "alive",
+                "self": True,
+                "zone": self.cfg.node.zone,
+                "rpc": self.cfg.rpc.listen,
+                "gossip_address": "",
+            }
+        ]
 
     async def s3_key_create(self, description: str = "") -> dict[str, str]:
         """A new S3 key pair; the secret is returned once and never logged."""

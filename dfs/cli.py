@@ -280,6 +280,26 @@ def status(directory: str | None, config_path: str | None, as_json: bool) -> Non
         click.echo(f"{key:<{width}}  {value}")
 
 
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def nodes(directory: str | None, config_path: str | None, as_json: bool) -> None:
+    """The cluster's members as this daemon's gossip sees them."""
+    cfg = _cfg_for(directory, config_path)
+    members: list[dict[str, Any]] = _run(_call, _address(cfg), "sys.members")
+    if as_json:
+        click.echo(json.dumps(members, indent=2, sort_keys=True))
+        return
+    click.echo(f"{'NODE':<20} {'STATUS':<8} {'ZONE':<10} {'RPC':<22} {'FREE':>10}  SINCE")
+    for m in members:
+        name = m["node_id"] + (" *" if m.get("self") else "")
+        free = _human(m["free_bytes"]) if "free_bytes" in m else "-"
+        since = f"{m['for_s']:.0f} s" if "for_s" in m else "-"
+        zone, rpc_address = m.get("zone", "-"), m.get("rpc", "-")
+        click.echo(f"{name:<20} {m['status']:<8} {zone:<10} {rpc_address:<22} {free:>10}  {since}")
+
+
 async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
     async with open_client(endpoint.address, call_timeout_s=600, ssl_context=endpoint.ssl_context) as conn:
         ids: list[bytes] = await conn.call("sys.scrub_list")

@@ -80,6 +80,21 @@ class MountConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GossipConfig:
+    enabled: bool = True
+    # UDP (probes) and TCP (full-state sync) on the same port.
+    listen: str = "127.0.0.1:7401"
+    # The address peers reach this node's gossip at; empty: the listen address.
+    advertise: str = ""
+    # Comma-separated host:port of any members to join through; empty: a cluster of one (so far).
+    seeds: str = ""
+    # Timing preset: lan (memberlist's LAN values), local, wan, or fast_test.
+    preset: str = "lan"
+    # How often this node re-advertises its free space, load and layout epoch.
+    meta_interval_s: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
 class S3Config:
     enabled: bool = True
     listen: str = "127.0.0.1:9000"
@@ -128,6 +143,7 @@ class Config:
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     mount: MountConfig = dataclasses.field(default_factory=MountConfig)
+    gossip: GossipConfig = dataclasses.field(default_factory=GossipConfig)
     s3: S3Config = dataclasses.field(default_factory=S3Config)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
     tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
@@ -261,6 +277,8 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [s3] access_key needs 3+ characters and secret_key 8+")
     if (cfg.s3.https or cfg.admin.https) and not (cfg.tls.cert_file and cfg.tls.key_file):
         raise ConfigError(f"{origin}: https needs [tls] cert_file and key_file")
+    if cfg.gossip.preset not in ("lan", "local", "wan", "fast_test"):
+        raise ConfigError(f"{origin}: [gossip] preset must be lan, local, wan or fast_test")
     if cfg.rpc.tls and not (cfg.tls.cert_file and cfg.tls.key_file and cfg.tls.ca_file):
         raise ConfigError(f"{origin}: [rpc] tls needs [tls] cert_file, key_file and ca_file")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:

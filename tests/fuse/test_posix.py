@@ -581,6 +581,7 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
     (base / "var" / "dfs.conf").write_text(
         f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
         f'[s3]\nlisten = "127.0.0.1:{s3_port}"\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+        f'[gossip]\nlisten = "127.0.0.1:{free_port()}"\n'
     )
     res = subprocess.run(
         [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120

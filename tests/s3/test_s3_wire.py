@@ -178,6 +178,18 @@ def test_failed_big_upload_leaves_no_orphans_after_sweep(s3d: Daemon, s3: Any) -
     put_then_hang_up(s3d, "/wire-orphans/big", size, os.urandom(size - 1024 * 1024))  # 2 blocks' worth
     status, _, _ = request(s3d, "HEAD", "/wire-orphans/big")
     assert status == 404
+    # Whether the failed upload's blocks reached the store depends on timing (its block writes
+    # are cancelled with it), so also store a block the way a writer that crashed before its
+    # commit would have: durably, and never referenced.
+    import trio
+
+    from dfs.client import connect
+
+    async def store_uncommitted() -> None:
+        async with connect(s3d.address) as client:
+            await client.write_block(0, os.urandom(100_000))
+
+    trio.run(store_uncommitted)
     orphans = s3d.fsck()["orphans"]
     assert orphans >= 1
     out = s3d.cli("gc", "--orphans", "--now").stdout
