@@ -445,7 +445,17 @@ class _BadHead(Exception):
 class _Connection:
     """One client connection: h11 state plus the policy around it."""
 
-    __slots__ = ("broken", "h11", "must_close", "reject", "remote", "scheme", "server", "stream")
+    __slots__ = (
+        "broken",
+        "continue_sent",
+        "h11",
+        "must_close",
+        "reject",
+        "remote",
+        "scheme",
+        "server",
+        "stream",
+    )
 
     def __init__(
         self, server: HttpServer, stream: trio.abc.Stream, remote: str, scheme: str, reject: bool
@@ -458,6 +468,8 @@ class _Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server._max_header_bytes)
         #: The connection cannot carry another request (a body read failed).
         self.must_close = False
+        # Whether this request was sent "100 Continue" (see _finish).
+        self.continue_sent = False
         #: A read or write failed or was cut short: send nothing more.
         self.broken = False
 
@@ -570,6 +582,7 @@ class _Connection:
             # h11 lets Transfer-Encoding win (RFC 9112 6.1), but a proxy in front may
             # have framed it differently: refuse rather than risk request smuggling.
             raise _BadHead(400, "both Content-Length and Transfer-Encoding")
+        self.continue_sent = False
         request = Request(
             event.method.decode("ascii"),
             event.target.decode("latin-1"),
@@ -691,6 +704,7 @@ class _Connection:
             raise BodyError(400, f"unexpected {type(event).__name__} in request body")
 
     async def _send_continue(self) -> None:
+        self.continue_sent = True
         data = self.h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         try:
             await self._send(data)
@@ -722,6 +736,21 @@ class _Connection:
     async def _finish(self, request: Request, response: Response) -> _Close | None:
         """Deal with an unread body, send *response*; None if the connection can be reused."""
         close = self.must_close or self.reject or not request._keep_alive
+        if (
+            request.body_complete
+            and not close
+            and not self.continue_sent
+            and (request.header("expect") or "").lower() == "100-continue"
+        ):
+            # An empty body (Content-Length: 0) sent with "Expect: 100-continue" is complete
+            # before anyone asks for it.  A final answer without a 100 first is legal, but
+            # botocore then misreads the *next* response on that keep-alive connection (its
+            # early-response path leaves the connection out of step); S3 always sends the
+            # 100, so do the same.
+            try:
+                await self._send_continue()
+            except BodyError:
+                return _Close.ABORT
         if not request.body_complete and not close:
             if self.h11.they_are_waiting_for_100_continue:
                 # The client holds its body back until we say 100 Continue; we answer

@@ -318,3 +318,26 @@ def test_abandoned_uploads_expire(tmp_path: Any) -> None:
         d.assert_clean()
     finally:
         d.stop()
+
+
+def test_empty_body_with_expect_continue_gets_its_100(s3d: Daemon, s3: Any) -> None:
+    """An empty PUT sent with Expect: 100-continue is answered 100 first, then 200, as S3 does.
+
+    Without the 100, botocore's early-response path misparses the next response on that
+    keep-alive connection (the aws CLI then fails a multipart upload with KeyError 'ETag').
+    """
+    s3.create_bucket(Bucket="wire-empty")
+    headers = signed_headers(
+        s3d, "PUT", "/wire-empty/k", {"Content-Length": "0", "Expect": "100-continue"}, EMPTY_SHA
+    )
+    head = f"PUT /wire-empty/k HTTP/1.1\r\nHost: 127.0.0.1:{s3d.s3_port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", s3d.s3_port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        out = b""
+        while out.count(b"\r\n\r\n") < 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), out[:200]
