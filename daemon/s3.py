@@ -38,7 +38,7 @@ import mimetypes
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -530,12 +530,19 @@ class S3Api:
                 else Response(status, headers, b"")
             )
         assert fmap is not None
-        body = (
+        pieces = (
             s3_io.prefetched_range(self.client, fmap, start, end, self.nursery)
             if self.nursery is not None
             else s3_io.read_range(self.client, fmap, start, end)
         )
-        return Response(status, headers, body, content_length=end - start)
+        # The first block is read before answering, so a failure there (a corrupt or missing
+        # chunk) is a clean S3 error; a later one can only cut the body short.
+        try:
+            first = await anext(pieces)
+        except BaseException:
+            await pieces.aclose()
+            raise
+        return Response(status, headers, _prepend(first, pieces), content_length=end - start)
 
     # -- PUT ----------
     def _body_limits(self, c: Call) -> None:
@@ -1187,6 +1194,15 @@ _RESPONSE_OVERRIDES = frozenset(
         "content-encoding",
     }
 )
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        await rest.aclose()
 
 
 def _leaf(exc: BaseException) -> BaseException:

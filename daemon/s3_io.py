@@ -21,7 +21,7 @@ refs in one transaction, so an object is either wholly visible or absent.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -163,7 +163,7 @@ def _ref_at(fmap: FileMap, index: int) -> BlockRef | None:
     return None
 
 
-async def read_range(client: Client, fmap: FileMap, start: int, end: int) -> AsyncIterator[bytes]:
+async def read_range(client: Client, fmap: FileMap, start: int, end: int) -> AsyncGenerator[bytes, None]:
     """Bytes ``start..end`` (exclusive) of a file as verified pieces, one block at a time."""
     if start >= end:
         return
@@ -184,7 +184,7 @@ def _cut(data: bytes, base: int, start: int, end: int) -> bytes:
 
 async def prefetched_range(
     client: Client, fmap: FileMap, start: int, end: int, nursery: trio.Nursery
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """:func:`read_range`, with the next block read and verified while this one is sent.
 
     The reader runs in ``nursery`` (the server's) and hands blocks over a
@@ -199,17 +199,20 @@ async def prefetched_range(
     send, receive = trio.open_memory_channel[tuple[bytes, BaseException | None]](1)
 
     async def reader() -> None:
+        # Runs in the server's nursery: it must never raise, or it would take the server down.
         async with send:
             for index in range(start // bs, (end - 1) // bs + 1):
+                item: tuple[bytes, BaseException | None]
                 try:
-                    data = await _block_bytes(client, fmap, index)
+                    item = (_cut(await _block_bytes(client, fmap, index), index * bs, start, end), None)
                 except Exception as exc:  # handed to the consumer, which fails the response
-                    await send.send((b"", exc))
-                    return
+                    item = (b"", exc)
                 try:
-                    await send.send((_cut(data, index * bs, start, end), None))
+                    await send.send(item)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the consumer went away
+                if item[1] is not None:
+                    return
 
     nursery.start_soon(reader)
     with receive:

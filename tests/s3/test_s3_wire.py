@@ -341,3 +341,58 @@ def test_empty_body_with_expect_continue_gets_its_100(s3d: Daemon, s3: Any) -> N
                 break
             out += chunk
     assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), out[:200]
+
+
+def test_corrupt_chunk_fails_the_download_not_the_daemon(tmp_path: Any) -> None:
+    """A chunk that fails its checksum mid-GET cuts the response short (never wrong bytes), and
+    the daemon keeps serving, whether the client waits for the error or has gone away."""
+    from conftest import make_client
+
+    from tests.conftest import free_port
+
+    d = Daemon(tmp_path / "var", free_port())
+    d.start()
+    try:
+        s3 = make_client(d)
+        s3.create_bucket(Bucket="rot")
+        s3.put_object(Bucket="rot", Key="big", Body=os.urandom(13 * 1024 * 1024))
+        s3.put_object(Bucket="rot", Key="first", Body=os.urandom(5 * 1024 * 1024))
+        import trio
+
+        from dfs import codec
+        from dfs.client import connect
+        from dfs.meta import ROOT_INO
+
+        async def chunk_path(key: str, index: int) -> Any:
+            async with connect(d.address) as client:
+                attr = await client.resolve(ROOT_INO, [b"rot", key.encode()])
+                cid = (await client.read_map(attr.ino)).blocks[index].chunk_id
+                return d.data_dir / "chunks" / codec.chunk_relpath(cid.hex())
+
+        for key, index in (("big", 1), ("first", 0)):
+            path = trio.run(chunk_path, key, index)
+            data = bytearray(path.read_bytes())
+            data[-100] ^= 0xFF
+            path.write_bytes(bytes(data))
+        # The first block is bad: a clean 500 before any byte of the body.
+        status, _, out = request(d, "GET", "/rot/first")
+        assert status == 500 and b"InternalError" in out
+        status, headers, _ = request(d, "HEAD", "/rot/big")
+        assert status == 200
+        h = signed_headers(d, "GET", "/rot/big", {}, EMPTY_SHA)
+        conn = http.client.HTTPConnection("127.0.0.1", d.s3_port, timeout=30)
+        conn.request("GET", "/rot/big", headers=h)
+        resp = conn.getresponse()
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        conn.close()
+        # A client that leaves before the bad block is reached.
+        conn = http.client.HTTPConnection("127.0.0.1", d.s3_port, timeout=30)
+        conn.request("GET", "/rot/big", headers=h)
+        conn.getresponse().read(1000)
+        conn.close()
+        assert request(d, "GET", "/")[0] == 200
+        assert d.proc is not None and d.proc.poll() is None
+        assert d.fsck()["corrupt_chunks"]
+    finally:
+        d.stop()
