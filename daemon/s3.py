@@ -837,55 +837,55 @@ class S3Api:
     async def _walk_dir(
         self, ino: int, base: str, partial: bytes, roll_dirs: bool, start: str
     ) -> AsyncIterator[s3names.Listed]:
+        """Depth-first over ``ino``'s subtree in key order, with an explicit stack: keys may be
+        512 directories deep, more than Python's recursion allows."""
         start_b = start.encode()
-        base_b = base.encode()
-        # Resume inside this directory: skip straight to the first entry that can follow ``start``.
-        after = b""
-        if start_b.startswith(base_b):
-            rel = start_b[len(base_b) :]
-            after = rel.split(b"/", 1)[0] if b"/" in rel else rel
-        if partial and _before(partial) > after:
-            after = _before(partial)
-        first = True
-        while True:
-            page = await self.client.list_dir(ino, after, 1000)
-            if first and not page and base and not partial and (base_b > start_b):
-                # An empty directory is a zero-byte "dir/" object.
-                yield s3names.Listed(base, ObjectEntry(base, 0, 0, _EMPTY_MD5))
-            first = False
-            for entry in page:
-                name = entry.name
-                after = name + (b"/" if entry.attr.is_dir else b"")
-                if partial and not name.startswith(partial):
-                    if name > partial:
-                        return
+        stack = [_WalkFrame.at(ino, base.encode(), partial, start_b)]
+        while stack:
+            frame = stack[-1]
+            if frame.next >= len(frame.page):
+                if frame.done:
+                    stack.pop()
                     continue
-                try:
-                    key_b = base_b + name
-                    key = key_b.decode()
-                except UnicodeDecodeError:
-                    continue  # not a valid key: invisible to S3
-                if entry.attr.is_dir:
-                    dkey = key + "/"
-                    dkey_b = key_b + b"/"
-                    if roll_dirs and start_b == dkey_b:
-                        continue  # the previous page ended on this common prefix
-                    if start_b.startswith(dkey_b):
-                        async for item in self._walk_dir(entry.attr.ino, dkey, b"", roll_dirs, start):
-                            yield item
-                    elif dkey_b > start_b:
-                        if roll_dirs:
-                            yield s3names.Listed(dkey, None)
-                        else:
-                            async for item in self._walk_dir(entry.attr.ino, dkey, b"", roll_dirs, start):
-                                yield item
-                elif entry.attr.is_reg and key_b > start_b:
-                    info = await self._info(entry.attr, key)
-                    yield s3names.Listed(
-                        key, ObjectEntry(key, entry.attr.size, entry.attr.mtime_ns, info.etag)
-                    )
-            if len(page) < 1000:
-                return
+                frame.page = await self.client.list_dir(frame.ino, frame.after, 1000)
+                frame.next = 0
+                frame.done = len(frame.page) < 1000
+                if (
+                    frame.first
+                    and not frame.page
+                    and frame.base
+                    and not frame.partial
+                    and frame.base > start_b
+                ):
+                    # An empty directory is a zero-byte "dir/" object.
+                    key = frame.base.decode()
+                    yield s3names.Listed(key, ObjectEntry(key, 0, 0, _EMPTY_MD5))
+                frame.first = False
+                continue
+            entry = frame.page[frame.next]
+            frame.next += 1
+            name = entry.name
+            frame.after = name + (b"/" if entry.attr.is_dir else b"")
+            if frame.partial and not name.startswith(frame.partial):
+                if name > frame.partial:
+                    stack.pop()  # sorted: nothing later in this directory matches the prefix
+                continue
+            key_b = frame.base + name
+            try:
+                key = key_b.decode()
+            except UnicodeDecodeError:
+                continue  # not a valid key: invisible to S3
+            if entry.attr.is_dir:
+                dkey_b = key_b + b"/"
+                if roll_dirs and start_b == dkey_b:
+                    continue  # the previous page ended on this common prefix
+                if start_b.startswith(dkey_b) or (dkey_b > start_b and not roll_dirs):
+                    stack.append(_WalkFrame.at(entry.attr.ino, dkey_b, b"", start_b))
+                elif dkey_b > start_b:
+                    yield s3names.Listed(key + "/", None)
+            elif entry.attr.is_reg and key_b > start_b:
+                info = await self._info(entry.attr, key)
+                yield s3names.Listed(key, ObjectEntry(key, entry.attr.size, entry.attr.mtime_ns, info.etag))
 
     # -- multipart ----------
     async def _uploads(self) -> int:
@@ -1194,6 +1194,31 @@ _RESPONSE_OVERRIDES = frozenset(
         "content-encoding",
     }
 )
+
+
+@dataclass
+class _WalkFrame:
+    """One directory on the listing walk's stack: where its next page starts."""
+
+    ino: int
+    base: bytes  # key prefix of its entries ("" or "a/b/")
+    partial: bytes  # entries must start with this (the prefix's last, partial component)
+    after: bytes  # list_dir cursor (sort key of the last entry seen)
+    page: list[Any] = field(default_factory=list)
+    next: int = 0
+    done: bool = False
+    first: bool = True
+
+    @classmethod
+    def at(cls, ino: int, base: bytes, partial: bytes, start: bytes) -> _WalkFrame:
+        # Resume inside this directory: skip straight to the first entry that can follow start.
+        after = b""
+        if start.startswith(base):
+            rel = start[len(base) :]
+            after = rel.split(b"/", 1)[0] if b"/" in rel else rel
+        if partial and _before(partial) > after:
+            after = _before(partial)
+        return cls(ino, base, partial, after)
 
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

@@ -533,3 +533,13 @@ def test_streaming_upload_unknown_length(s3: Any, bucket: str) -> None:
     data = os.urandom(3 * 1024 * 1024 + 5)
     s3.upload_fileobj(Stream(data), bucket, "streamed")
     assert s3.get_object(Bucket=bucket, Key="streamed")["Body"].read() == data
+
+
+def test_listing_very_deep_keys(s3: Any, bucket: str) -> None:
+    """A 1,021-byte key of 511 components: the listing walk must not recurse per level."""
+    key = "/".join(["d"] * 510) + "/x"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"deep")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [key]
+    assert s3.list_objects_v2(Bucket=bucket, StartAfter="/".join(["d"] * 300))["KeyCount"] == 1
+    s3.delete_object(Bucket=bucket, Key=key)
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
