@@ -49,6 +49,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 
 from dfs.errors import DfsError, InvalidArgument
+from dfs.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from daemon.metadata import MetaStore
@@ -66,26 +67,6 @@ try:
 except ImportError:  # prometheus_client < 0.21 only knows the one text format
     from prometheus_client.exposition import CONTENT_TYPE_LATEST as _TEXT_CONTENT_TYPE
 
-# RPC and metadata calls range from ~20 us (inline reads) to seconds (a 64 MiB chunk over a slow disk).
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 # Event-loop lag: a healthy loop stays under a millisecond; gossip starts suspecting us near a second.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_PROBE_INTERVAL_S = 0.25

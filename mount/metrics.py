@@ -14,26 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 
-_MOUNT_LATENCY_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+from dfs.metrics import LATENCY_BUCKETS
 
 
 class MountMetrics:
@@ -49,7 +30,7 @@ class MountMetrics:
             "dfs_fuse_op_seconds",
             "FUSE operation time, kernel request to reply",
             ["op"],
-            buckets=_MOUNT_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.errors = Counter(
