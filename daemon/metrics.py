@@ -368,16 +368,19 @@ def _timed_async(method: str, fn: AsyncHandler, metrics: Metrics) -> AsyncHandle
             cancelled.inc()  # the client went away or the daemon is stopping: not a handler error
             raise
         except BaseException:
-            error.inc()
-            seconds.observe(time.perf_counter() - start)
-            served["rpc"] += 1
+            _record(error, seconds, served, start)
             raise
-        ok.inc()
-        seconds.observe(time.perf_counter() - start)
-        served["rpc"] += 1
+        _record(ok, seconds, served, start)
         return result
 
     return call
+
+
+def _record(outcome: Counter, seconds: Histogram, served: dict[str, int], start: float) -> None:
+    """One finished RPC: its outcome, its time, and the served count."""
+    outcome.inc()
+    seconds.observe(time.perf_counter() - start)
+    served["rpc"] += 1
 
 
 def _timed_sync(method: str, fn: SyncHandler, metrics: Metrics) -> SyncHandler:
@@ -392,13 +395,9 @@ def _timed_sync(method: str, fn: SyncHandler, metrics: Metrics) -> SyncHandler:
         try:
             result = _call_checked(method, fn, args)
         except BaseException:
-            error.inc()
-            seconds.observe(time.perf_counter() - start)
-            served["rpc"] += 1
+            _record(error, seconds, served, start)
             raise
-        ok.inc()
-        seconds.observe(time.perf_counter() - start)
-        served["rpc"] += 1
+        _record(ok, seconds, served, start)
         return result
 
     return call

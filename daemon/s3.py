@@ -59,7 +59,7 @@ from dfs.errors import (
     S3Error,
     s3_code,
 )
-from dfs.meta import ROOT_INO, Attr, FileMap
+from dfs.meta import ROOT_INO, Attr, DirEntry, FileMap
 from dfs.s3xml import ObjectEntry
 
 log = logging.getLogger("dfs.s3")
@@ -77,6 +77,7 @@ _MAX_XML_BYTES = 4 * 1024 * 1024
 _DEFAULT_TYPE = "binary/octet-stream"
 _OWNER = ("dfs", "dfs")
 _INFO = b"info"
+_PAGE = 1000  # directory entries fetched per list_dir call
 
 # Sub-resources answered with a fixed "nothing configured" reply: GET only.
 _BUCKET_STUB_404 = {
@@ -414,18 +415,12 @@ class S3Api:
 
     async def _list_buckets(self, c: Call) -> Response:
         buckets: list[tuple[str, int]] = []
-        after = b""
-        while True:
-            page = await self.client.list_dir(ROOT_INO, after, 1000)
-            for entry in page:
-                name = entry.name.decode("utf-8", "replace")
-                if entry.attr.is_dir and s3names.is_bucket_name(name):
-                    volume = await self.client.call("meta.get_volume", name)
-                    created = volume["created_ns"] if volume else entry.attr.mtime_ns
-                    buckets.append((name, created))
-            if len(page) < 1000:
-                break
-            after = page[-1].name + (b"/" if page[-1].attr.is_dir else b"")
+        async for entry in self._entries(ROOT_INO):
+            name = entry.name.decode("utf-8", "replace")
+            if entry.attr.is_dir and s3names.is_bucket_name(name):
+                volume = await self.client.call("meta.get_volume", name)
+                created = volume["created_ns"] if volume else entry.attr.mtime_ns
+                buckets.append((name, created))
         return _xml(s3xml.list_buckets(buckets, owner_id=_OWNER[0], owner_name=_OWNER[1]))
 
     async def _create_bucket(self, c: Call) -> Response:
@@ -847,9 +842,9 @@ class S3Api:
                 if frame.done:
                     stack.pop()
                     continue
-                frame.page = await self.client.list_dir(frame.ino, frame.after, 1000)
+                frame.page = await self.client.list_dir(frame.ino, frame.after, _PAGE)
                 frame.next = 0
-                frame.done = len(frame.page) < 1000
+                frame.done = len(frame.page) < _PAGE
                 if (
                     frame.first
                     and not frame.page
@@ -886,6 +881,18 @@ class S3Api:
             elif entry.attr.is_reg and key_b > start_b:
                 info = await self._info(entry.attr, key)
                 yield s3names.Listed(key, ObjectEntry(key, entry.attr.size, entry.attr.mtime_ns, info.etag))
+
+    async def _entries(self, ino: int) -> AsyncIterator[DirEntry]:
+        """Every entry of a directory, a page at a time (list_dir resumes after a sort key)."""
+        after = b""
+        while True:
+            page = await self.client.list_dir(ino, after, _PAGE)
+            for entry in page:
+                yield entry
+            if len(page) < _PAGE:
+                return
+            last = page[-1]
+            after = last.name + (b"/" if last.attr.is_dir else b"")
 
     # -- multipart ----------
     async def _uploads(self) -> int:
@@ -998,16 +1005,11 @@ class S3Api:
     async def _parts(self, upload_ino: int) -> list[tuple[int, Attr, str]]:
         """(number, attr, etag) of every uploaded part, in part order."""
         out: list[tuple[int, Attr, str]] = []
-        after = b""
-        while True:
-            page = await self.client.list_dir(upload_ino, after, 1000)
-            for entry in page:
-                if entry.name.isdigit() and entry.attr.is_reg:
-                    info = await self._info(entry.attr, "")
-                    out.append((int(entry.name), entry.attr, info.etag))
-            if len(page) < 1000:
-                return out
-            after = page[-1].name
+        async for entry in self._entries(upload_ino):
+            if entry.name.isdigit() and entry.attr.is_reg:
+                info = await self._info(entry.attr, "")
+                out.append((int(entry.name), entry.attr, info.etag))
+        return out
 
     async def _list_parts(self, c: Call, upload_id: str) -> Response:
         upload_ino, _ = await self._upload(c, upload_id)
@@ -1103,21 +1105,14 @@ class S3Api:
         max_uploads = s3names.parse_max_keys(q.get("max-uploads"))
         encoding_url = q.get("encoding-type") == "url"
         found: list[s3xml.UploadInfo] = []
-        root = await self._uploads()
-        after = b""
-        while True:
-            page = await self.client.list_dir(root, after, 1000)
-            for entry in page:
-                try:
-                    fmap = await self.client.read_map((await self.client.lookup(entry.attr.ino, _INFO)).ino)
-                except DfsError:
-                    continue  # being created or removed
-                info = msgpack.unpackb(fmap.inline or b"", raw=False)
-                if info.get("bucket") == c.bucket and info.get("key", "").startswith(prefix):
-                    found.append(s3xml.UploadInfo(info["key"], entry.name.decode(), info["initiated_ns"]))
-            if len(page) < 1000:
-                break
-            after = page[-1].name + b"/"
+        async for entry in self._entries(await self._uploads()):
+            try:
+                fmap = await self.client.read_map((await self.client.lookup(entry.attr.ino, _INFO)).ino)
+            except DfsError:
+                continue  # being created or removed
+            info = msgpack.unpackb(fmap.inline or b"", raw=False)
+            if info.get("bucket") == c.bucket and info.get("key", "").startswith(prefix):
+                found.append(s3xml.UploadInfo(info["key"], entry.name.decode(), info["initiated_ns"]))
         found.sort(key=lambda u: (u.key.encode(), u.initiated_ns, u.upload_id))
         if key_marker:
             found = [
@@ -1169,19 +1164,14 @@ class S3Api:
         root = await self._uploads()
         cutoff = time.time_ns() - int(self.s3.upload_expiry_s * 1e9)
         removed = 0
-        after = b""
-        while True:
-            page = await self.client.list_dir(root, after, 1000)
-            for entry in page:
-                if entry.attr.ctime_ns < cutoff:
-                    try:
-                        await self.client.remove_tree(root, entry.name)
-                        removed += 1
-                    except NotFound:
-                        pass
-            if len(page) < 1000:
-                return removed
-            after = page[-1].name + b"/"
+        async for entry in self._entries(root):
+            if entry.attr.ctime_ns < cutoff:
+                try:
+                    await self.client.remove_tree(root, entry.name)
+                    removed += 1
+                except NotFound:
+                    pass
+        return removed
 
 
 _RESPONSE_OVERRIDES = frozenset(

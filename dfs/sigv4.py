@@ -460,6 +460,25 @@ def _auth_v4_header(
     payload = req.headers.get("x-amz-content-sha256")
     if payload is None:
         raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256", 400)
+    return _verified_v4(
+        req, secret, access_key, date, scope_region, amz_date, signed, payload, provided, presigned=False
+    )
+
+
+def _verified_v4(
+    req: RequestView,
+    secret: str,
+    access_key: str,
+    date: str,
+    scope_region: str,
+    amz_date: str,
+    signed: list[str],
+    payload: str,
+    provided: str,
+    *,
+    presigned: bool,
+) -> AuthContext:
+    """The part header and presigned SigV4 share: derive the key, check the signature."""
     payload = _check_payload(payload.strip())
     key = signing_key(secret, date, scope_region)
     scope = f"{date}/{scope_region}/{SERVICE}/{TERMINATOR}"
@@ -472,9 +491,10 @@ def _auth_v4_header(
         signed=signed,
         payload=payload,
         provided=provided,
-        presigned=False,
+        presigned=presigned,
     )
-    return AuthContext(access_key, "v4-header", payload, amz_date, scope, key, provided)
+    method = "v4-presigned" if presigned else "v4-header"
+    return AuthContext(access_key, method, payload, amz_date, scope, key, provided)
 
 
 def _single(params: list[tuple[str, str]], name: str, *, presigned_v4: bool) -> str | None:
@@ -553,21 +573,9 @@ def _auth_v4_presigned(
     payload = req.headers.get("x-amz-content-sha256")
     if payload is None:
         payload = next((v for k, v in params if k.lower() == "x-amz-content-sha256"), UNSIGNED_PAYLOAD)
-    payload = _check_payload(payload.strip())
-    key = signing_key(secret, date, scope_region)
-    scope = f"{date}/{scope_region}/{SERVICE}/{TERMINATOR}"
-    _verify_v4(
-        req,
-        access_key=access_key,
-        key=key,
-        amz_date=amz_date,
-        scope=scope,
-        signed=signed,
-        payload=payload,
-        provided=provided,
-        presigned=True,
+    return _verified_v4(
+        req, secret, access_key, date, scope_region, amz_date, signed, payload, provided, presigned=True
     )
-    return AuthContext(access_key, "v4-presigned", payload, amz_date, scope, key, provided)
 
 
 def _v2_subresources(raw_query: str) -> str:
