@@ -2,12 +2,17 @@
 
 Synchronous and thread-safe: the daemon calls it from several worker threads
 at once.  There is no lock on the data path; a small lock guards only the
-in-memory counters (chunk count, bytes, cached free space).
+in-memory state (chunk count, bytes, cached free space, partition index).
 
 Layout under ``root``::
 
     chunks/ab/cd/<64 hex chars>   one encoded chunk (see dfs.codec), named by its id
     chunks/tmp/                   temp files being written; emptied at start-up
+    chunks/bad/<hex>.<time_ns>    quarantined (corrupt) chunks, kept for the operator;
+                                  never served, counted, indexed or cleaned up by us
+
+Only two-hex-digit names are fan-out directories, so ``tmp/`` and ``bad/`` can
+never be taken for chunk directories by the start-up scan or :meth:`ChunkStore.iter_ids`.
 
 Invariants:
 - a file under ``chunks/ab/cd/`` is always a complete blob that passed
@@ -20,7 +25,18 @@ Invariants:
   filesystem without hard links, publishing falls back to check-then-rename
   under a per-id stripe lock;
 - :meth:`ChunkStore.get` never returns bytes that fail verification;
-- one ChunkStore per root at a time: start-up removes everything in ``tmp/``.
+- one ChunkStore per root at a time: start-up removes everything in ``tmp/``;
+- the partition index (partition -> ids, see :func:`dfs.placement.partition_of`)
+  lists exactly the chunk files on disk once no put, delete or quarantine is
+  in flight.  It is built by the start-up scan and then only adjusted by the
+  operations that created or removed a file, by +1/-1 per id under the small
+  lock.  Counting rather than set-adding matters: the file operation and the
+  index update are not atomic, so a put and a delete of one id may update the
+  index in the opposite order to the one they changed the disk in.  Each
+  successful link or rename into place is matched by exactly one successful
+  unlink or rename away, and additions commute, so once the racing calls
+  have returned the net count is 1 exactly when the file exists, else 0.
+  Meanwhile a count may briefly be -1 or 2; only positive counts are reported.
 """
 
 from __future__ import annotations
@@ -36,8 +52,11 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import xxhash
+
 from dfs.codec import ID_SIZE, chunk_relpath, verify
 from dfs.errors import ChunkMissing, CorruptChunk, DfsError, InvalidArgument, NoSpace, from_oserror
+from dfs.placement import PARTITIONS, partition_of
 
 log = logging.getLogger("dfs.chunks")
 
@@ -59,6 +78,16 @@ def _sync_dir(path: str) -> None:
         os.close(fd)
 
 
+def ids_digest(chunk_ids: Iterable[bytes]) -> bytes:
+    """The 8-byte digest of a set of chunk ids: xxh3_64 over the sorted, concatenated ids.
+
+    What anti-entropy compares per partition: two nodes holding the same ids
+    get the same digest whatever order they list them in.  Every daemon must
+    compute it the same way, so treat it like a wire format.
+    """
+    return bytes(xxhash.xxh3_64(b"".join(sorted(chunk_ids))).digest())
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -78,9 +107,15 @@ class ChunkStore:
         self.checksum_failures = 0
         self._chunks = os.path.join(self.root, "chunks")
         self._tmp = os.path.join(self._chunks, "tmp")
-        self._lock = threading.Lock()  # guards the counters below, never held during I/O
+        self._bad = os.path.join(self._chunks, "bad")
+        self.quarantined = 0  # chunks moved to bad/ since start-up
+        self._lock = threading.Lock()  # guards the state below, never held during I/O
         self._count = 0
         self._bytes = 0
+        # partition -> {id: net count}; see the module docstring for why it counts.
+        self._index: dict[int, dict[bytes, int]] = {}
+        # partition -> number of ids with a positive count; absent when zero.
+        self._present: dict[int, int] = {}
         self._space_at = -_SPACE_CACHE_S
         self._space_avail = 0
         # "ab/cd" fan-out dirs known to exist (and durable): skips a mkdir per put.
@@ -90,6 +125,7 @@ class ChunkStore:
         self._rename_locks = [threading.Lock() for _ in range(64)]  # only without hard links
         try:
             os.makedirs(self._tmp, exist_ok=True)
+            os.makedirs(self._bad, exist_ok=True)
             self._clean_tmp()
             self._scan()
         except OSError as exc:
@@ -110,14 +146,20 @@ class ChunkStore:
             log.info("removed %d leftover temp file(s) from %s", removed, self._tmp)
 
     def _scan(self) -> None:
-        """Count stored chunks and bytes once, so stats() need not walk the disk."""
+        """Count and index stored chunks once, so stats() and the index need not walk the disk."""
         started = time.monotonic()
         count = size = 0
+        ids: list[bytes] = []
         for entry in self._walk(record_dirs=True):
             count += 1
             size += entry.stat(follow_symlinks=False).st_size
+            ids.append(bytes.fromhex(entry.name))
         with self._lock:
             self._count, self._bytes = count, size
+            self._index.clear()
+            self._present.clear()
+            for cid in ids:
+                self._index_move(cid, +1)
         log.info(
             "chunk store %s: %d chunks, %d bytes (scanned in %.2fs)",
             self._chunks,
@@ -127,7 +169,12 @@ class ChunkStore:
         )
 
     def _walk(self, *, record_dirs: bool = False) -> Iterator[os.DirEntry[str]]:
-        """Every chunk file; skips tmp/ and anything not named like a chunk."""
+        """Every chunk file; skips tmp/, bad/ and anything not named like a chunk.
+
+        tmp/ and bad/ are skipped because :meth:`_subdirs` only takes
+        two-hex-digit names; a test pins this, as a quarantined chunk served
+        or counted again would defeat the quarantine.
+        """
         for top in self._subdirs(self._chunks):
             for mid in self._subdirs(top.path):
                 if record_dirs:  # at start-up every existing dir is as durable as it will get
@@ -193,6 +240,7 @@ class ChunkStore:
             self._count += 1
             self._bytes += len(blob)
             self._space_avail -= len(blob)
+            self._index_move(chunk_id, +1)
         if self.fsync:
             # The chunk is complete and counted; a failure here is reported but leaves it.
             self._sync(os.path.dirname(final), f"syncing directory of chunk {hexid}")
@@ -400,6 +448,7 @@ class ChunkStore:
         """Remove the given chunks (absent ones are ignored); returns how many were removed."""
         removed = freed = 0
         dirs: set[str] = set()
+        gone: list[bytes] = []
         try:
             for cid in chunk_ids:
                 hexid = self._hex(cid)
@@ -414,16 +463,106 @@ class ChunkStore:
                     raise from_oserror(exc, f"deleting chunk {hexid}") from exc
                 removed += 1
                 freed += size
+                gone.append(cid)
                 dirs.add(os.path.dirname(path))
         finally:
             with self._lock:
                 self._count -= removed
                 self._bytes -= freed
                 self._space_avail += freed
+                for cid in gone:
+                    self._index_move(cid, -1)
         if self.fsync:
             for d in dirs:
                 self._sync(d, f"syncing chunk directory {d}")
         return removed
+
+    def quarantine(self, chunk_id: bytes) -> bool:
+        """Move a (corrupt) chunk to ``bad/``; False if it was not stored.
+
+        From then on the chunk is not served, counted or indexed, so a peer's
+        good copy can be stored under its id again (put() would refuse while
+        the bad file sat in place).  The file is kept, not deleted, so the
+        operator can look at what the disk did to it.
+        """
+        hexid = self._hex(chunk_id)
+        path = self._path(hexid)
+        dest = os.path.join(self._bad, f"{hexid}.{time.time_ns()}")
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return False  # never stored, or deleted or quarantined meanwhile
+        except OSError as exc:
+            raise from_oserror(exc, f"quarantining chunk {hexid}") from exc
+        try:
+            # Stat the new name, which is ours alone: that is exactly the file we moved.
+            size = os.stat(dest, follow_symlinks=False).st_size
+        except OSError as exc:
+            size = 0
+            log.warning("cannot stat quarantined chunk %s: %s", dest, exc)
+        with self._lock:
+            self._count -= 1
+            self._bytes -= size
+            self._space_avail += size
+            self.quarantined += 1
+            self._index_move(chunk_id, -1)
+        log.warning("quarantined chunk %s to %s", hexid, dest)
+        if self.fsync:
+            self._sync(os.path.dirname(path), f"syncing directory of quarantined chunk {hexid}")
+            self._sync(self._bad, f"syncing {self._bad}")
+        return True
+
+    # -- partition index --------------------------------------------------------
+    def _index_move(self, chunk_id: bytes, delta: int) -> None:
+        """Add ``delta`` to the id's count in the partition index.  Caller holds ``_lock``."""
+        part = partition_of(chunk_id)
+        ids = self._index.get(part)
+        if ids is None:
+            ids = self._index[part] = {}
+        old = ids.get(chunk_id, 0)
+        new = old + delta
+        if new:
+            ids[chunk_id] = new
+        else:
+            del ids[chunk_id]
+            if not ids:
+                del self._index[part]
+        if (old > 0) != (new > 0):
+            present = self._present.get(part, 0) + (1 if new > 0 else -1)
+            if present:
+                self._present[part] = present
+            else:
+                del self._present[part]
+
+    def ids_in_partition(self, partition: int) -> list[bytes]:
+        """The stored ids in one partition, sorted (what anti-entropy exchanges)."""
+        if not isinstance(partition, int) or not 0 <= partition < PARTITIONS:
+            raise InvalidArgument(f"partition must be 0..{PARTITIONS - 1}, got {partition!r:.40}")
+        with self._lock:
+            ids = [cid for cid, n in self._index.get(partition, {}).items() if n > 0]
+        ids.sort()  # outside the lock: puts and deletes need not wait for it
+        return ids
+
+    def partition_digests(self) -> dict[int, bytes]:
+        """:func:`ids_digest` of every non-empty partition.
+
+        Each partition is read under the lock on its own, so the lock is never
+        held for the whole index; the result is per-partition consistent,
+        which is all a per-partition comparison needs.
+        """
+        with self._lock:
+            parts = sorted(self._present)
+        out: dict[int, bytes] = {}
+        for part in parts:
+            ids = self.ids_in_partition(part)
+            if ids:  # emptied since the snapshot of partitions
+                out[part] = ids_digest(ids)
+        return out
+
+    def partition_counts(self) -> dict[int, int]:
+        """How many chunks each non-empty partition holds."""
+        with self._lock:
+            return dict(self._present)
 
     # -- accounting -------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -76,12 +76,15 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             listeners += await rpc.open_listeners(f"unix:{cfg.unix_socket_path}")
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
-            nursery.start_soon(service.run_background)
-            nursery.start_soon(metrics.run, service)
             if cfg.gossip.enabled:
-                membership = Membership(cfg, lambda: node_meta(cfg, service.chunks.stats, lambda: 0))
+                membership = Membership(
+                    cfg, lambda: node_meta(cfg, service.chunks.stats, lambda: service.layout_epoch)
+                )
                 service.membership = membership
                 await nursery.start(membership.run)
+            await nursery.start(service.run_cluster)
+            nursery.start_soon(service.run_background)
+            nursery.start_soon(metrics.run, service)
             if cfg.s3.enabled:
                 await nursery.start(_serve_s3, cfg, service)
             if cfg.admin.enabled:
@@ -104,7 +107,7 @@ async def _serve_s3(cfg: Config, service: Service, *, task_status: trio.TaskStat
     static = dict([service.s3_root_key])
     if cfg.s3.access_key:
         static[cfg.s3.access_key] = cfg.s3.secret_key
-    keys = KeyRing(static, service.reads.s3_key_get)
+    keys = KeyRing(static, service.s3_secret)
     api = S3Api(service.local_client(), cfg, keys, observe=service.observe_s3)
     server = HttpServer(
         api.handle,

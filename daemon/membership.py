@@ -245,7 +245,7 @@ def node_meta(
     vm = psutil.virtual_memory()
     return {
         "zone": cfg.node.zone,
-        "rpc": cfg.rpc.listen,
+        "rpc": cfg.rpc.advertise or cfg.rpc.listen,
         "s3": cfg.s3.listen if cfg.s3.enabled else "",
         "capacity_bytes": st.get("total_bytes", 0),
         "free_bytes": st.get("avail_bytes", 0),

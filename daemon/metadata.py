@@ -17,19 +17,28 @@ Schema (see ``_SCHEMA``):
 - ``blocks``: the block map, ``(ino, idx) -> chunk_id, length, stored_bytes``.
 - ``chunks``: one row per chunk with its refcount; ``zero_since_ns`` is set
   while the refcount is 0.  Only :meth:`MetaStore.gc_collect` deletes rows.
+  ``replicas`` is the highest replication factor any write asked of the
+  chunk (NULL: none asked; the cluster default applies), so repair knows how
+  many copies a chunk needs without walking the files that name it.
 - ``xattrs``, ``sessions``, ``opens`` (open counts per session and inode),
-  ``oplog`` and ``config`` (the block size the block maps were written with,
-  and ``internal:<name>`` -> the inode of each internal root, see below).
+  ``oplog`` and ``config`` (the block size the block maps were written with;
+  ``internal:<name>`` -> the inode of each internal root, see below;
+  ``layout_epoch``, see ``nodes``).
 - ``volumes``: ``name -> ino`` of a top-level directory plus its msgpack
   policy.  A row follows its directory: a rename within the root renames it,
   a move out of the root or a removal drops it.
-- ``nodes``: the cluster's node registry (msgpack info per node id).
+- ``nodes``: the cluster's node registry (msgpack info per node id); the
+  fields ``zone``, ``capacity_weight``, ``state`` and ``address`` make up the
+  placement layout (:meth:`MetaStore.layout`).  Every change of the table
+  bumps ``layout_epoch`` in the same transaction, so an epoch names exactly
+  one layout and daemons can cache placement tables by epoch.
 - ``s3_keys``: S3 access keys with their secrets.  Secrets never enter the
   oplog (its rows name the access key only).
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
-changes to existing tables.
+changes to existing tables, which :meth:`MetaStore._upgrade` applies at open
+(version 2 added ``chunks.replicas``).  A database newer than the code is refused.
 
 Internal roots (:data:`INTERNAL_DIRS`, e.g. ``uploads`` for S3 multipart
 parts) are directories created at open that, like the root, have no dentry;
@@ -59,6 +68,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import math
 import os
 import sqlite3
 import stat
@@ -106,8 +116,9 @@ from dfs.meta import (
     check_name,
     chown_clears,
 )
+from dfs.placement import Layout, LayoutNode, NodeState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Marks a directory put_object created only to hold an object (see MetaStore.remove_empty_parents).
 IMPLICIT_XATTR = b"user.s3.implicit"
 LINK_MAX = 65000
@@ -120,6 +131,18 @@ _RELATIME_NS = 24 * 3600 * 10**9
 # create/open refresh their session at most this often (heartbeats always do): saves a page write.
 _SESSION_REFRESH_NS = 10**9
 _LOST_FOUND = b"lost+found"
+# Per-directory (or per-file) overrides of the volume's policy, see MetaStore.policy.
+REPLICAS_XATTR = b"user.dfs.replicas"
+CONSISTENCY_XATTR = b"user.dfs.consistency"
+MAX_REPLICAS = 7  # PlacementTable's default bound: more copies than this is a bug, not a policy
+CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
+_REPLICAS_VALUES = {str(n).encode(): n for n in range(1, MAX_REPLICAS + 1)}
+_CONSISTENCY_VALUES = {level.encode(): level for level in CONSISTENCY_LEVELS}
+# A parent walk longer than any real path only happens on a cycle (a corrupt database): stop there.
+_MAX_DEPTH = 10_000
+# Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
+_IN_BATCH = 500
+_LAYOUT_EPOCH = "layout_epoch"
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS inodes (
@@ -156,9 +179,10 @@ _SCHEMA = (
         ino INTEGER NOT NULL, idx INTEGER NOT NULL, chunk_id BLOB NOT NULL,
         length INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
         PRIMARY KEY (ino, idx)) WITHOUT ROWID""",
+    # ``replicas`` comes last: version-1 databases gain it by ALTER TABLE, which appends.
     """CREATE TABLE IF NOT EXISTS chunks (
         chunk_id BLOB PRIMARY KEY, refcount INTEGER NOT NULL,
-        stored_bytes INTEGER NOT NULL, zero_since_ns INTEGER) WITHOUT ROWID""",
+        stored_bytes INTEGER NOT NULL, zero_since_ns INTEGER, replicas INTEGER) WITHOUT ROWID""",
     # gc_collect only ever looks at unreferenced chunks, oldest first.
     "CREATE INDEX IF NOT EXISTS chunks_unreferenced ON chunks (zero_since_ns) WHERE refcount = 0",
     """CREATE TABLE IF NOT EXISTS sessions (
@@ -280,6 +304,40 @@ def _unpack_dict(blob: bytes) -> dict[str, Any]:
     return value
 
 
+def _replicas_or_none(value: object) -> int | None:
+    """``value`` if it is a replication factor (an int 1..MAX_REPLICAS, never a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPLICAS:
+        return value
+    return None
+
+
+def _check_replicas(replicas: int | None) -> None:
+    if replicas is not None and _replicas_or_none(replicas) is None:
+        raise InvalidArgument(f"replicas must be 1..{MAX_REPLICAS}, not {replicas!r:.40}")
+
+
+def _check_policy_xattr(name: bytes, value: bytes) -> None:
+    """Policy xattrs hold exactly what :meth:`MetaStore.policy` parses: a typo must fail, not be ignored."""
+    if name == REPLICAS_XATTR and value not in _REPLICAS_VALUES:
+        raise InvalidArgument(f"{name.decode()} must be one of 1..{MAX_REPLICAS}, not {value!r:.40}")
+    if name == CONSISTENCY_XATTR and value not in _CONSISTENCY_VALUES:
+        raise InvalidArgument(
+            f"{name.decode()} must be one of {', '.join(CONSISTENCY_LEVELS)}, not {value!r:.40}"
+        )
+
+
+def _check_zone(zone: object) -> None:
+    # LayoutNode accepts "", but an unnamed zone is a forgotten setting, not a failure domain.
+    if not isinstance(zone, str) or not zone:
+        raise InvalidArgument(f"zone must be a non-empty string, not {zone!r:.80}")
+
+
+def _check_weight(weight: object) -> None:
+    # As LayoutNode checks it, but as InvalidArgument: a caller's mistake, not a corrupt layout.
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 < weight < math.inf):
+        raise InvalidArgument(f"capacity weight must be finite and > 0, not {weight!r:.80}")
+
+
 class MetaStore:
     """All metadata of one filesystem; see the module docstring for the invariants."""
 
@@ -290,12 +348,16 @@ class MetaStore:
         inline_max: int,
         block_size: int,
         now_ns: Callable[[], int] = time.time_ns,
+        default_replicas: int = 1,
     ) -> None:
         if block_size <= 0 or inline_max < 0:
             raise ConfigError(f"bad metadata geometry: block_size={block_size} inline_max={inline_max}")
+        if _replicas_or_none(default_replicas) is None:
+            raise ConfigError(f"default replicas must be 1..{MAX_REPLICAS}, not {default_replicas!r:.40}")
         self._path = os.fspath(path)
         self._inline_max = inline_max
         self._block_size = block_size
+        self._default_replicas = default_replicas
         self._now = now_ns
         self._wal_fd: int | None = None
         self._synced_changes = -1
@@ -329,10 +391,11 @@ class MetaStore:
         db.execute("PRAGMA wal_autocheckpoint=10000")
         with self._write() as now:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if not 0 <= version <= SCHEMA_VERSION:
                 raise ConfigError(f"{self._path}: metadata schema {version}, expected {SCHEMA_VERSION}")
             for statement in _SCHEMA:
                 db.execute(statement)
+            self._upgrade()
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._check_block_size()
             if db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
@@ -344,6 +407,12 @@ class MetaStore:
                     is None
                 ):
                     self._create_internal(name, now)
+
+    def _upgrade(self) -> None:
+        """Bring an older database's tables up to this schema; each step checks first (reruns are no-ops)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        if "replicas" not in columns:  # version 1: chunks had no replication factor
+            self._db.execute("ALTER TABLE chunks ADD COLUMN replicas INTEGER")
 
     def _check_block_size(self) -> None:
         row = self._db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
@@ -388,7 +457,11 @@ class MetaStore:
         transaction, so lookups can be answered without queueing behind writes.
         """
         other = MetaStore(
-            self._path, inline_max=self._inline_max, block_size=self._block_size, now_ns=self._now
+            self._path,
+            inline_max=self._inline_max,
+            block_size=self._block_size,
+            now_ns=self._now,
+            default_replicas=self._default_replicas,
         )
         other._db.execute("PRAGMA query_only=ON")
         return other
@@ -567,7 +640,10 @@ class MetaStore:
         if (row is None or row[0] <= 0) and not chunk_exists(chunk_id):
             raise ChunkMissing(f"chunk {chunk_id.hex()} is not stored")
         if row is None:
-            self._db.execute("INSERT INTO chunks VALUES (?, 1, ?, NULL)", (chunk_id, stored_bytes))
+            self._db.execute(
+                "INSERT INTO chunks (chunk_id, refcount, stored_bytes) VALUES (?, 1, ?)",
+                (chunk_id, stored_bytes),
+            )
         else:
             self._db.execute(
                 "UPDATE chunks SET refcount = refcount + 1, zero_since_ns = NULL WHERE chunk_id = ?",
@@ -1164,6 +1240,7 @@ class MetaStore:
             raise RangeError(f"xattr value of {len(value)} bytes exceeds {XATTR_SIZE_MAX}")
         if flags & ~(XATTR_CREATE | XATTR_REPLACE):
             raise InvalidArgument(f"bad xattr flags {flags:#x}")
+        _check_policy_xattr(name, value)
         with self._write() as now:
             self._inode(ino)
             exists = self._db.execute(
@@ -1215,9 +1292,12 @@ class MetaStore:
         blocks: list[BlockRef],
         inline: bytes | None,
         chunk_exists: Callable[[bytes], bool],
+        replicas: int | None = None,
     ) -> Attr:
+        """Point the file at new data; ``replicas`` (its policy) raises its chunks' factor to at least it."""
         if inline is not None and blocks:
             raise InvalidArgument("commit_write got both inline data and blocks")
+        _check_replicas(replicas)
         if inline is not None and len(inline) > self._inline_max:
             raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_max}")
         if size < 0:
@@ -1238,12 +1318,13 @@ class MetaStore:
                     (ino,),
                 )
                 self._apply_refs(ino, refs, chunk_exists, now)
+                self._raise_replicas([r.chunk_id for r in refs if r.chunk_id], replicas)
                 self._shrink(ino, size, now)
             row = self._db.execute(
                 f"UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ? RETURNING {_ATTR}",
                 (size, mtime_ns, mtime_ns, ino),
             ).fetchone()
-            self._log(now, "commit_write", [ino, size, mtime_ns, [list(r) for r in refs], inline])
+            self._log(now, "commit_write", [ino, size, mtime_ns, [list(r) for r in refs], inline, replicas])
         return Attr(*row)
 
     def _check_ref(self, ref: Sequence[Any]) -> BlockRef:
@@ -1282,6 +1363,16 @@ class MetaStore:
         self._decref(dropped, now)
         if delta:
             db.execute("UPDATE inodes SET stored = stored + ? WHERE ino = ?", (delta, ino))
+
+    def _raise_replicas(self, chunk_ids: list[bytes], replicas: int | None) -> None:
+        """Record that ``chunk_ids`` need at least ``replicas`` copies (a chunk shared by two policies
+        needs the larger); rows already that high are not rewritten."""
+        if replicas is None or not chunk_ids:
+            return
+        self._db.executemany(
+            "UPDATE chunks SET replicas = ? WHERE chunk_id = ? AND (replicas IS NULL OR replicas < ?)",
+            [(replicas, chunk_id, replicas) for chunk_id in dict.fromkeys(chunk_ids)],
+        )
 
     # -- object-store (S3) namespace operations --------------------------------------------
 
@@ -1417,6 +1508,7 @@ class MetaStore:
         if_none_match: bool = False,
         if_match: tuple[bytes, bytes] | None = None,
         dir_mode: int = 0o755,
+        replicas: int | None = None,
     ) -> Attr:
         """Write a whole object atomically: a new regular file ``dirs/name`` below ``parent``.
 
@@ -1426,18 +1518,20 @@ class MetaStore:
         is at the name; ``if_match=(xattr, value)`` requires an existing entry
         whose xattr has that value (NotFound / PreconditionFailed otherwise).
         Readers never see a partial object: the inode, its data and xattrs and
-        its name appear in one transaction.
+        its name appear in one transaction.  ``replicas`` as for :meth:`commit_write`.
         """
         if mode & _IFMT not in (0, _IFREG):
             raise InvalidArgument(f"put_object with file type {mode & _IFMT:o}")
         mode = _IFREG | (mode & _PERM_BITS)
         dir_mode = self._dir_mode(dir_mode)
         check_name(name)
+        _check_replicas(replicas)
         refs = self._object_refs(size, blocks, inline)
         for key, value in xattrs.items():
             _check_xattr_name(key)
             if len(value) > XATTR_SIZE_MAX:
                 raise RangeError(f"xattr value of {len(value)} bytes exceeds {XATTR_SIZE_MAX}")
+            _check_policy_xattr(key, value)
         with self._write() as now:
             final = self._make_dirs(now, parent, dirs, dir_mode, uid, gid, implicit=True)
             old = self._dentry(final, name)
@@ -1464,6 +1558,7 @@ class MetaStore:
                 "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
                 [(ino, r.index, r.chunk_id, r.length, r.stored_bytes) for r in refs],
             )
+            self._raise_replicas([r.chunk_id for r in refs], replicas)
             stored = len(inline) if inline is not None else sum(r.stored_bytes for r in refs)
             self._db.execute(
                 "UPDATE inodes SET size = ?, stored = ?, inline = ?, atime_ns = ?, mtime_ns = ? "
@@ -1494,6 +1589,7 @@ class MetaStore:
                     None if if_match is None else list(if_match),
                     dir_mode,
                     ino,
+                    replicas,
                 ],
             )
             return self._attr(ino)
@@ -1875,11 +1971,34 @@ class MetaStore:
         node_id, info, updated_ns = row
         return {**_unpack_dict(info), "node_id": node_id, "updated_ns": updated_ns}
 
+    def _node_info(self, node_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT info FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return None if row is None else _unpack_dict(row[0])
+
+    def _store_node(self, node_id: str, info: dict[str, Any], now: int) -> None:
+        """Write one node row and bump the layout epoch: the caller has checked that it changes."""
+        packed = _pack_dict(info, "node info")
+        self._db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", (node_id, packed, now))
+        self._bump_layout_epoch()
+
+    def _bump_layout_epoch(self) -> None:
+        """Part of every transaction that changes the nodes table: one epoch, one layout."""
+        self._db.execute(
+            "INSERT INTO config VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            (_LAYOUT_EPOCH,),
+        )
+
     @_api
     def put_node(self, node_id: str, info: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace node ``node_id``'s info; returns it with ``node_id`` and ``updated_ns``."""
+        """Create or replace node ``node_id``'s info; returns it with ``node_id`` and ``updated_ns``.
+
+        The layout epoch moves only when the info differs (a rewrite of the same
+        info must not make every daemon rebuild its placement table).
+        """
         packed = _pack_dict(info, "node info")
         with self._write() as now:
+            if self._node_info(node_id) != _unpack_dict(packed):
+                self._bump_layout_epoch()
             self._db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", (node_id, packed, now))
             self._log(now, "put_node", [node_id, info])
         return self._node((node_id, packed, now))
@@ -1898,10 +2017,186 @@ class MetaStore:
 
     @_api
     def delete_node(self, node_id: str) -> None:
+        """Remove node ``node_id`` whatever its state (the admin API's DELETE; see :meth:`remove_node`)."""
         with self._write() as now:
             if self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount == 0:
                 raise NotFound(f"no node {node_id!r}")
+            self._bump_layout_epoch()
             self._log(now, "delete_node", [node_id])
+
+    # -- placement layout and policy ------------------------------------------------------
+
+    def _layout(self) -> dict[str, Any]:
+        """:meth:`layout` inside the caller's transaction."""
+        row = self._db.execute("SELECT value FROM config WHERE key = ?", (_LAYOUT_EPOCH,)).fetchone()
+        nodes: list[LayoutNode] = []
+        for node_id, packed in self._db.execute("SELECT node_id, info FROM nodes ORDER BY node_id"):
+            info = {k: v for k, v in _unpack_dict(packed).items() if v is not None}
+            try:
+                nodes.append(
+                    LayoutNode(
+                        node_id=node_id,
+                        zone=info.get("zone", "default"),
+                        capacity_weight=info.get("capacity_weight", 1.0),
+                        state=NodeState(info.get("state", NodeState.ACTIVE.value)),
+                        address=info.get("address", ""),
+                    )
+                )
+            except ValueError as exc:
+                # Never guess (an unreadable state read as "active" would place data on the node).
+                raise InternalError(f"node {node_id!r} has an invalid layout entry: {exc}") from exc
+        return Layout(0 if row is None else row[0], tuple(nodes), self._default_replicas).to_wire()
+
+    @_api
+    def layout(self) -> dict[str, Any]:
+        """The placement layout as ``Layout.to_wire()`` data: epoch, default replicas, nodes by id.
+
+        Fields a node row lacks read as zone "default", weight 1.0, state
+        "active", address "".  Epoch and nodes come from one read snapshot.
+        """
+        with self._read():
+            return self._layout()
+
+    @_api
+    def register_node(
+        self, node_id: str, zone: str, address: str, capacity_weight: float = 1.0
+    ) -> dict[str, Any]:
+        """A daemon announcing itself at start; returns :meth:`layout`.
+
+        A new node joins ACTIVE with the given zone and weight.  After that the
+        zone, weight and state are the admin's (a restart with another config
+        must not move data behind the admin's back); only the address follows
+        the daemon.  Re-registering unchanged writes nothing.
+        """
+        if not isinstance(node_id, str) or not node_id:
+            raise InvalidArgument(f"node id must be a non-empty string, not {node_id!r:.80}")
+        _check_zone(zone)
+        _check_weight(capacity_weight)
+        if not isinstance(address, str):
+            raise InvalidArgument(f"node address must be a string, not {address!r:.80}")
+        with self._write() as now:
+            info = self._node_info(node_id)
+            if info is None:
+                new: dict[str, Any] = {
+                    "zone": zone,
+                    "capacity_weight": float(capacity_weight),
+                    "state": NodeState.ACTIVE.value,
+                    "address": address,
+                }
+            elif info.get("address", "") != address:  # a missing address reads as "" in the layout
+                new = {**info, "address": address}
+            else:
+                return self._layout()
+            self._store_node(node_id, new, now)
+            self._log(now, "register_node", [node_id, zone, address, float(capacity_weight)])
+            return self._layout()
+
+    @_api
+    def set_node(
+        self,
+        node_id: str,
+        *,
+        state: str | None = None,
+        zone: str | None = None,
+        capacity_weight: float | None = None,
+    ) -> dict[str, Any]:
+        """Change a node's state, zone or weight (None: keep); returns :meth:`layout`."""
+        changes: dict[str, Any] = {}
+        if state is not None:
+            if state not in {s.value for s in NodeState}:
+                raise InvalidArgument(f"node state must be one of active, draining, out, not {state!r:.40}")
+            changes["state"] = state
+        if zone is not None:
+            _check_zone(zone)
+            changes["zone"] = zone
+        if capacity_weight is not None:
+            _check_weight(capacity_weight)
+            changes["capacity_weight"] = float(capacity_weight)
+        with self._write() as now:
+            info = self._node_info(node_id)
+            if info is None:
+                raise NotFound(f"no node {node_id!r}")
+            new = {**info, **changes}
+            if new != info:
+                self._store_node(node_id, new, now)
+                self._log(now, "set_node", [node_id, state, zone, changes.get("capacity_weight")])
+            return self._layout()
+
+    @_api
+    def remove_node(self, node_id: str) -> dict[str, Any]:
+        """Drop a node from the layout; returns :meth:`layout`.
+
+        Only a node already draining or out may go: removing an active one would
+        move its partitions with no drain, so PreconditionFailed says to drain first.
+        """
+        with self._write() as now:
+            info = self._node_info(node_id)
+            if info is None:
+                raise NotFound(f"no node {node_id!r}")
+            state = info.get("state") or NodeState.ACTIVE.value
+            if state not in (NodeState.DRAINING.value, NodeState.OUT.value):
+                raise PreconditionFailed(f"node {node_id!r} is {state}: set it draining or out first")
+            self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+            self._bump_layout_epoch()
+            self._log(now, "remove_node", [node_id])
+            return self._layout()
+
+    @_api
+    def policy(self, ino: int, parent: int | None = None) -> dict[str, Any]:
+        """``{"replicas", "consistency"}`` that apply to ``ino`` (None: nothing set; use the defaults).
+
+        Each comes from the nearest of ``ino`` and its ancestors carrying
+        :data:`REPLICAS_XATTR` / :data:`CONSISTENCY_XATTR`, else from the policy
+        (``replication``, ``consistency``) of the volume the path goes through.
+        Stored values that do not parse are skipped, as if absent.  A file has
+        no parent pointer: pass ``parent`` (the directory it was opened through,
+        which the caller knows); without it finding one costs a scan of all
+        names.  A file with no name left (open, unlinked) has only its own xattrs.
+        """
+        with self._read():
+            mode = self._inode(ino)[0]
+            if parent is not None:
+                self._dir(parent, live=False)
+            elif not _is_dir(mode):
+                row = self._db.execute("SELECT parent FROM dentries WHERE ino = ? LIMIT 1", (ino,)).fetchone()
+                parent = None if row is None else row[0]
+            # The chain ino, its parent, ... up to the root (or an internal root, or a removed directory);
+            # a file's parent is seeded (directories are found by the partial index dentries_dirs).
+            rows = self._db.execute(
+                "WITH RECURSIVE chain(ino, depth) AS ("
+                "SELECT ?1, 0 UNION ALL SELECT ?2, 1 WHERE ?2 IS NOT NULL "
+                "UNION SELECT d.parent, c.depth + 1 FROM chain c "
+                "JOIN dentries d ON d.ino = c.ino AND d.is_dir = 1 WHERE c.ino != ?3 AND c.depth < ?4) "
+                "SELECT c.ino, x.name, x.value FROM chain c "
+                "LEFT JOIN xattrs x ON x.ino = c.ino AND x.name IN (?5, ?6) ORDER BY c.depth",
+                (
+                    ino,
+                    parent if not _is_dir(mode) else None,
+                    ROOT_INO,
+                    _MAX_DEPTH,
+                    REPLICAS_XATTR,
+                    CONSISTENCY_XATTR,
+                ),
+            ).fetchall()
+            replicas: int | None = None
+            consistency: str | None = None
+            chain: list[int] = []
+            for node, name, value in rows:
+                if not chain or chain[-1] != node:
+                    chain.append(node)
+                if name == REPLICAS_XATTR and replicas is None:
+                    replicas = _REPLICAS_VALUES.get(value)
+                elif name == CONSISTENCY_XATTR and consistency is None:
+                    consistency = _CONSISTENCY_VALUES.get(value)
+            if (replicas is None or consistency is None) and len(chain) >= 2 and chain[-1] == ROOT_INO:
+                row = self._db.execute("SELECT policy FROM volumes WHERE ino = ?", (chain[-2],)).fetchone()
+                if row is not None:
+                    volume = _unpack_dict(row[0])
+                    if replicas is None:
+                        replicas = _replicas_or_none(volume.get("replication"))
+                    if consistency is None and volume.get("consistency") in CONSISTENCY_LEVELS:
+                        consistency = volume["consistency"]
+            return {"replicas": replicas, "consistency": consistency}
 
     @_api
     def s3_key_put(self, access_key: str, secret: str, description: str) -> None:
@@ -1965,14 +2260,26 @@ class MetaStore:
     def unknown_chunks(self, chunk_ids: list[bytes]) -> list[bytes]:
         """The ids among ``chunk_ids`` that no chunks row names (never committed, or collected)."""
         known: set[bytes] = set()
-        for i in range(0, len(chunk_ids), 500):
-            batch = chunk_ids[i : i + 500]
+        for i in range(0, len(chunk_ids), _IN_BATCH):
+            batch = chunk_ids[i : i + _IN_BATCH]
             marks = ",".join("?" * len(batch))
             known.update(
                 r[0]
                 for r in self._db.execute(f"SELECT chunk_id FROM chunks WHERE chunk_id IN ({marks})", batch)
             )
         return [cid for cid in chunk_ids if cid not in known]
+
+    @_api
+    def chunk_replicas(self, chunk_ids: list[bytes]) -> list[int | None]:
+        """The recorded replication factor of each of ``chunk_ids`` (None: unset, or no such chunk)."""
+        found: dict[bytes, int | None] = {}
+        for i in range(0, len(chunk_ids), _IN_BATCH):
+            batch = chunk_ids[i : i + _IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            found.update(
+                self._db.execute(f"SELECT chunk_id, replicas FROM chunks WHERE chunk_id IN ({marks})", batch)
+            )
+        return [found.get(chunk_id) for chunk_id in chunk_ids]
 
     @_api
     def referenced_chunks(self) -> dict[bytes, int]:
@@ -2370,7 +2677,11 @@ class _Fsck:
             self.report(f"chunk {chunk_id.hex()} is named by {count} block entries but has no chunks row")
             if self.repair and self.is_stored(chunk_id):
                 # The refcount check below sets the right count; unstored ones become holes next.
-                self.db.execute("INSERT INTO chunks VALUES (?, 0, ?, ?)", (chunk_id, stored_bytes, self.now))
+                self.db.execute(
+                    "INSERT INTO chunks (chunk_id, refcount, stored_bytes, zero_since_ns) "
+                    "VALUES (?, 0, ?, ?)",
+                    (chunk_id, stored_bytes, self.now),
+                )
 
     def dangling_blocks(self) -> None:
         lost: dict[int, list[tuple[int, bytes]]] = {}

@@ -284,6 +284,8 @@ class Metrics:
         with self._reader_guard:
             if self._closed:
                 return dict(self.snapshot.counts)
+            if not service.is_primary:
+                return {}  # the namespace lives on the metadata primary; its /metrics has the counts
             if self._reader is None:
                 self._reader = service.meta.reader()
             return self._reader.counts()

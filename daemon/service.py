@@ -40,19 +40,27 @@ import trio
 
 from daemon.admin import load_or_create_token
 from daemon.chunks import ChunkStore
+from daemon.cluster import DeletionLog, dead_past_grace
+from daemon.hints import HintQueue
 from daemon.membership import Membership
 from daemon.metadata import MetaStore
-from dfs import __version__
+from daemon.repair import Repair
+from dfs import __version__, rpc
+from dfs.certs import client_context_for
+from dfs.chunkio import ChunkIO, ClusterView, single_node_view, view_from_wire
 from dfs.client import Client, ClusterInfo
 from dfs.config import Config
-from dfs.errors import DfsError, InvalidArgument, UnknownMethod
+from dfs.errors import CorruptChunk, DfsError, InvalidArgument, Unavailable, UnknownMethod
 from dfs.meta import Attr, BlockRef, FileMap, StatFs
+from dfs.placement import Layout, NodeState
 
 log = logging.getLogger("dfs.daemon")
 T = TypeVar("T")
 Handler = Callable[..., Awaitable[Any]]
 
 _FSCK_BATCH = 256
+# A secondary deletes the orphans the primary let it claim within this many seconds, or not at all.
+_CLAIM_WINDOW_S = 30.0
 
 
 def _load_or_create_secret(path: Path) -> bytes:
@@ -76,6 +84,24 @@ def _load_or_create_secret(path: Path) -> bytes:
     return key
 
 
+def _replicas_arg(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 7:
+        raise InvalidArgument(f"replicas must be an integer in 1..7, not {value!r:.40}")
+    return value
+
+
+def _load_secret(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) != 32:
+        raise DfsError(f"{path} is corrupt: expected 32 bytes, found {len(data)}")
+    return data
+
+
 def load_or_create_root_key(path: Path) -> tuple[str, str]:
     """The root S3 key pair (``s3-root.json``: access_key, secret_key), created once, mode 0600."""
     try:
@@ -97,6 +123,17 @@ def new_s3_key() -> tuple[str, str]:
     return access_key, secrets.token_urlsafe(30)[:40]
 
 
+def _write_private_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 def _write_private(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -106,6 +143,63 @@ def _write_private(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, path)
+
+
+# Read-only MetaStore methods answered inline by the primary's RPC reader (and forwarded by secondaries).
+_INLINE_METHODS = (
+    "lookup",
+    "lookup_versioned",
+    "getattr",
+    "readlink",
+    "readdir",
+    "read_map",
+    "getxattr",
+    "listxattr",
+    "resolve",
+    "list_dir",
+    "internal_dir",
+    "get_volume",
+    "list_volumes",
+    "layout",
+    "chunk_replicas",
+    "policy",
+)
+# Every metadata call the primary serves through its metadata thread; secondaries forward them.
+_META_METHODS = tuple(
+    f"meta.{name}"
+    for name in [
+        "open_events",
+        "end_session",
+        "session_heartbeat",
+        "setxattr",
+        "removexattr",
+        "sync",
+        "make_dirs",
+        "remove_tree",
+        "remove_empty_parents",
+        "create_volume",
+        "update_volume",
+        "delete_volume",
+        "snapshot",
+        "register_node",
+        "set_node",
+        "remove_node",
+        "counts",
+        "mknod",
+        "mkdir",
+        "symlink",
+        "create",
+        "link",
+        "unlink",
+        "rmdir",
+        "rename",
+        "setattr",
+        "open",
+        "commit_write",
+        "put_object",
+        "claim_orphans",
+    ]
+)
 
 
 class MetaWorker:
@@ -177,20 +271,35 @@ class LocalCaller:
 
 
 class Service:
-    """Owns the stores and exposes them as RPC handlers."""
+    """Owns the stores and exposes them as RPC handlers.
+
+    One daemon of a cluster is the metadata primary (``[cluster] meta`` empty):
+    it holds meta.db.  Every other daemon forwards metadata calls to it and
+    serves only its chunk store, repair and its own S3/admin endpoints.
+    """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.data = cfg.data_path
         self.data.mkdir(parents=True, exist_ok=True)
-        self.cluster_key = _load_or_create_secret(self.data / "cluster.key")
-        self.meta = MetaStore(
-            self.data / "meta.db",
-            inline_max=cfg.storage.inline_max,
-            block_size=cfg.storage.block_size,
+        self.is_primary = not cfg.cluster.meta
+        key_path = self.data / "cluster.key"
+        # A secondary takes the cluster key from the primary (chunk ids are keyed by it).
+        self.cluster_key = (
+            _load_or_create_secret(key_path) if self.is_primary else (_load_secret(key_path) or b"")
         )
+        self._store: MetaStore | None = None
+        self._reader: MetaStore | None = None
+        if self.is_primary:
+            self._store = MetaStore(
+                self.data / "meta.db",
+                inline_max=cfg.storage.inline_max,
+                block_size=cfg.storage.block_size,
+                default_replicas=cfg.cluster.replicas,
+            )
+            self._reader = self._store.reader()
         self.chunks = ChunkStore(self.data, fsync=cfg.storage.fsync, reserve_bytes=cfg.storage.reserve_bytes)
-        self.reads = self.meta.reader()
+        self.hints = HintQueue(self.data / "hints.db")
         self._meta = MetaWorker()
         self._chunk_limiter = trio.CapacityLimiter(8)
         self.started_at = time.time()
@@ -199,12 +308,37 @@ class Service:
         self.admin_token = load_or_create_token(cfg.admin_token_path) if cfg.admin.enabled else None
         # The gossip runner, once dfsd starts it (None: gossip disabled, or not started yet).
         self.membership: Membership | None = None
+        # Set by run_cluster: the connection to the primary (secondaries), replicated chunk I/O, repair.
+        self.primary: rpc.RpcClient | None = None
+        self.chunkio: ChunkIO | None = None
+        self.repair: Repair | None = None
+        self.deletions = DeletionLog()
+        self.layout_epoch = 0
+        self._layout_wire: dict[str, Any] | None = None
+        self._layout_at = -1e18
+        self.marked_out = 0
+        self._nursery: trio.Nursery | None = None
         self.handlers: dict[str, Handler] = self._handlers()
+
+    @property
+    def meta(self) -> MetaStore:
+        if self._store is None:
+            raise Unavailable(f"this daemon is not the metadata primary (that is {self.cfg.cluster.meta})")
+        return self._store
+
+    @property
+    def reads(self) -> MetaStore:
+        if self._reader is None:
+            raise Unavailable(f"this daemon is not the metadata primary (that is {self.cfg.cluster.meta})")
+        return self._reader
 
     def close(self) -> None:
         self._meta.stop()
-        self.reads.close()
-        self.meta.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self._store is not None:
+            self._store.close()
+        self.hints.close()
 
     # -- thread helpers -------------------------------------------------
     async def _m(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -215,7 +349,65 @@ class Service:
 
     # -- handler table ----------------------------------------------------
     def _handlers(self) -> dict[str, Handler]:
-        m = self.meta
+        table = self._chunk_and_sys_handlers()
+        if self._store is None:
+            # A secondary: every metadata call goes to the primary, unchanged.
+            for name in [*self._meta_handler_names(), *self._inline_names()]:
+                table[name] = self._forwarder(name)
+            return table
+        table.update(self._meta_handlers(self._store))
+        return table
+
+    def _forwarder(self, method: str) -> Handler:
+        async def call(*args: Any) -> Any:
+            if self.primary is None:
+                raise Unavailable("not connected to the metadata primary yet")
+            return await self.primary.call(method, *args)
+
+        call.__name__ = method
+        return call
+
+    _FORWARDED = (
+        "sys.fsck_meta",
+        "sys.gc",
+        "sys.statfs",
+        "s3.key_create",
+        "s3.key_list",
+        "s3.key_revoke",
+    )
+
+    def _meta_handler_names(self) -> list[str]:
+        assert self._store is None
+        # The primary's table, built against a throwaway store would be heavy: list names instead.
+        return [*_META_METHODS, *self._FORWARDED]
+
+    def _inline_names(self) -> list[str]:
+        return [f"meta.{name}" for name in _INLINE_METHODS]
+
+    def _chunk_and_sys_handlers(self) -> dict[str, Handler]:
+        return {
+            "chunk.put": self.chunk_put,
+            "chunk.get": self.chunk_get,
+            "chunk.has": self.chunk_has,
+            "chunk.hint": self.chunk_hint,
+            "chunk.delete": self.chunk_delete,
+            "chunk.digests": self.chunk_digests,
+            "sys.info": self.info,
+            "sys.ping": self.ping,
+            "sys.statfs": self.statfs,
+            "sys.status": self.status,
+            "sys.scrub_list": self.scrub_list,
+            "sys.scrub_batch": self.scrub_batch,
+            "sys.fsck_meta": self.fsck_meta,
+            "sys.gc": self.gc_now,
+            "sys.sweep_orphans": self.sweep_orphans,
+            "sys.members": self.members,
+            "sys.cluster": self.cluster,
+            "sys.repair_status": self.repair_status,
+            "sys.repair_now": self.repair_now,
+        }
+
+    def _meta_handlers(self, m: MetaStore) -> dict[str, Handler]:
         simple: dict[str, Callable[..., Any]] = {
             "open_events": m.open_events,
             "end_session": m.end_session,
@@ -230,6 +422,10 @@ class Service:
             "update_volume": m.update_volume,
             "delete_volume": self._delete_volume,
             "snapshot": self._snapshot,
+            "register_node": m.register_node,
+            "set_node": self._set_node,
+            "remove_node": m.remove_node,
+            "counts": m.counts,
         }
         table: dict[str, Handler] = {f"meta.{name}": self._meta_call(fn) for name, fn in simple.items()}
         table.update(
@@ -246,19 +442,7 @@ class Service:
                 "meta.open": self.open,
                 "meta.commit_write": self.commit_write,
                 "meta.put_object": self.put_object,
-                "chunk.put": self.chunk_put,
-                "chunk.get": self.chunk_get,
-                "chunk.has": self.chunk_has,
-                "sys.info": self.info,
-                "sys.ping": self.ping,
-                "sys.statfs": self.statfs,
-                "sys.status": self.status,
-                "sys.scrub_list": self.scrub_list,
-                "sys.scrub_batch": self.scrub_batch,
-                "sys.fsck_meta": self.fsck_meta,
-                "sys.gc": self.gc_now,
-                "sys.sweep_orphans": self.sweep_orphans,
-                "sys.members": self.members,
+                "meta.claim_orphans": self.claim_orphans,
                 "s3.key_create": self.s3_key_create,
                 "s3.key_list": self._meta_call(m.s3_key_list),
                 "s3.key_revoke": self._meta_call(m.s3_key_delete),
@@ -268,29 +452,20 @@ class Service:
 
     def inline_handlers(self) -> dict[str, Callable[..., Any]]:
         """Read-only calls answered by the RPC reader itself (see the module docstring)."""
-        r = self.reads
-        return {
-            f"meta.{fn.__name__}": fn
-            for fn in (
-                r.lookup,
-                r.lookup_versioned,
-                r.getattr,
-                r.readlink,
-                r.readdir,
-                r.read_map,
-                r.getxattr,
-                r.listxattr,
-                r.resolve,
-                r.list_dir,
-                r.internal_dir,
-                r.get_volume,
-                r.list_volumes,
-            )
-        }
+        if self._reader is None:
+            return {}  # a secondary forwards them (see _handlers)
+        r = self._reader
+        return {f"meta.{name}": getattr(r, name) for name in _INLINE_METHODS}
 
     def local_inline_handlers(self) -> dict[str, Callable[..., Any]]:
         """Reads only in-process callers (the S3 shim, the admin API) may make: never over RPC."""
-        return {**self.inline_handlers(), "meta.s3_key_get": self.reads.s3_key_get}
+        return {**self.inline_handlers(), "meta.s3_key_get": self.s3_secret}
+
+    def s3_secret(self, access_key: str) -> str | None:
+        """The secret of an S3 key made with `dfs s3 key create` (a secondary keeps a copy)."""
+        if self._reader is not None:
+            return self._reader.s3_key_get(access_key)
+        return None  # keys made with `dfs s3 key create` are checked by the primary's endpoint only
 
     def _stamped(self, fn: Callable[..., Any], *dir_args: int) -> Handler:
         """Wrap a call that changes the directories named by positions ``dir_args``.
@@ -330,6 +505,12 @@ class Service:
             raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
         return self.meta.setattr(ino, **changes)
 
+    def _set_node(self, node_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"state", "zone", "capacity_weight"}
+        if not isinstance(changes, dict) or set(changes) - allowed:
+            raise InvalidArgument(f"set_node: bad fields {changes!r:.100}")
+        return self.meta.set_node(node_id, **changes)
+
     def _make_dirs(
         self, parent: int, dirs: list[bytes], mode: int = 0o755, uid: int = 0, gid: int = 0
     ) -> Attr:
@@ -359,11 +540,14 @@ class Service:
             "mode",
             "uid",
             "gid",
+            "replicas",
         }
         if not isinstance(opts, dict) or set(opts) - allowed:
             raise InvalidArgument(f"put_object: bad options {opts!r:.100}")
         refs = [BlockRef.from_wire(b) for b in opts.get("blocks") or []]
         if_match = opts.get("if_match")
+        exists = await self._chunk_exists_for(refs)
+        replicas = _replicas_arg(opts.get("replicas"))
 
         def run() -> Attr:
             return self.meta.put_object(
@@ -378,7 +562,8 @@ class Service:
                 blocks=refs,
                 inline=opts.get("inline"),
                 xattrs=dict(opts.get("xattrs") or {}),
-                chunk_exists=self.chunks.exists,
+                chunk_exists=exists,
+                replicas=replicas,
                 if_none_match=bool(opts.get("if_none_match")),
                 if_match=(bytes(if_match[0]), bytes(if_match[1])) if if_match else None,
             )
@@ -403,18 +588,54 @@ class Service:
         blocks: list[Any],
         inline: bytes | None,
         attrs: dict[str, Any] | None = None,
+        replicas: int | None = None,
     ) -> Any:
         """Commit a file's new blocks; ``attrs`` are setattr changes the mount held
-        back while it wrote the file, applied right after (same metadata-thread call)."""
+        back while it wrote the file, applied right after (same metadata-thread call).
+        ``replicas`` is the R the blocks were written with (repair keeps that many copies)."""
         refs = [BlockRef.from_wire(b) for b in blocks]
+        exists = await self._chunk_exists_for(refs)
+        r = _replicas_arg(replicas)
 
         def run() -> Attr:
             attr = self.meta.commit_write(
-                ino, size=size, mtime_ns=mtime_ns, blocks=refs, inline=inline, chunk_exists=self.chunks.exists
+                ino,
+                size=size,
+                mtime_ns=mtime_ns,
+                blocks=refs,
+                inline=inline,
+                chunk_exists=exists,
+                replicas=r,
             )
             return self._setattr(ino, attrs) if attrs else attr
 
         return await self._m(run)
+
+    def clustered(self) -> bool:
+        """True once the layout names any node besides this one."""
+        wire = self._layout_wire
+        return wire is not None and any(n["node_id"] != self.cfg.node_id for n in wire["nodes"])
+
+    async def _chunk_exists_for(self, refs: list[BlockRef]) -> Callable[[bytes], bool]:
+        """The "is this chunk stored?" test a commit uses for chunks it references anew.
+
+        Alone, the local store answers inside the metadata thread (GC runs there too).
+        In a cluster the chunk may be on other nodes: ask them first, then refuse any
+        chunk whose deletion finished after the question was asked (see DeletionLog).
+        """
+        if not self.clustered() or self.chunkio is None:
+            return self.chunks.exists
+        asked_at = time.monotonic()
+        ids = list({r.chunk_id for r in refs if r.chunk_id})
+        local = set(await self._c(lambda: [c for c in ids if self.chunks.exists(c)]))
+        remote = [c for c in ids if c not in local]
+        present = local | (await self.chunkio.has_any(remote) if remote else set())
+        deletions = self.deletions
+
+        def exists(chunk_id: bytes) -> bool:
+            return chunk_id in present and not deletions.refuses(chunk_id, asked_at)
+
+        return exists
 
     async def members(self) -> list[dict[str, Any]]:
         """The cluster as gossip sees it (just this node when gossip is off)."""
@@ -451,17 +672,227 @@ class Service:
             data_dir=str(self.data.resolve()),
             session_timeout_s=self.cfg.meta.session_timeout_s,
         )
-        return Client(LocalCaller(self.handlers, self.local_inline_handlers()), info)
+        return Client(self.local_caller(), info, chunkio=self.chunkio)
+
+    def local_caller(self) -> LocalCaller:
+        return LocalCaller(self.handlers, self.local_inline_handlers())
 
     # -- chunks --------------------------------------------------------------
     async def chunk_put(self, chunk_id: bytes, blob: bytes) -> bool:
         return await self._c(self.chunks.put, chunk_id, blob)
 
     async def chunk_get(self, chunk_id: bytes) -> bytes:
-        return await self._c(self.chunks.get, chunk_id)
+        try:
+            return await self._c(self.chunks.get, chunk_id)
+        except CorruptChunk:
+            # Never serve it again; fetch a good copy from another replica in the background.
+            await self._c(self.chunks.quarantine, chunk_id)
+            if self.repair is not None and self._nursery is not None:
+                self._nursery.start_soon(self.repair.replace_corrupt, chunk_id)
+            raise
 
     async def chunk_has(self, chunk_ids: list[bytes]) -> list[bool]:
         return await self._c(self.chunks.has, chunk_ids)
+
+    async def chunk_hint(self, targets: list[str], chunk_ids: list[bytes]) -> None:
+        """Record (durably) that ``targets`` are still owed copies of ``chunk_ids``, held here."""
+        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+            raise InvalidArgument("hint targets must be node ids")
+        for target in targets:
+            await self._c(self.hints.add, target, list(chunk_ids))
+
+    async def chunk_delete(self, chunk_ids: list[bytes]) -> int:
+        """Delete copies the metadata primary collected (GC) or found unknown (orphan sweep)."""
+        return await self._c(self.chunks.delete, list(chunk_ids))
+
+    async def chunk_digests(self, partitions: list[int]) -> dict[int, bytes]:
+        """This node's digest of each of ``partitions`` it holds chunks of (anti-entropy)."""
+        wanted = set(partitions)
+        digests: dict[int, bytes] = await self._c(self.chunks.partition_digests)
+        return {p: d for p, d in digests.items() if p in wanted}
+
+    # -- cluster ---------------------------------------------------------------
+    async def layout_wire(self) -> dict[str, Any]:
+        """The layout (cached for ``refresh_s``; a secondary asks the primary)."""
+        now = time.monotonic()
+        if self._layout_wire is None or now - self._layout_at >= self.cfg.cluster.refresh_s:
+            if self._reader is not None:
+                wire = self._reader.layout()
+            elif self.primary is not None:
+                wire = await self.primary.call("meta.layout")
+            else:
+                raise Unavailable("not connected to the metadata primary yet")
+            self._layout_wire = wire
+            self._layout_at = now
+            self.layout_epoch = int(wire["epoch"])
+        return self._layout_wire
+
+    async def cluster(self) -> dict[str, Any]:
+        """What clients need to place and find chunks: layout, member liveness, default policy."""
+        cl = self.cfg.cluster
+        try:
+            layout = await self.layout_wire()
+        except DfsError:
+            layout = Layout(0, ()).to_wire()
+        return {
+            "layout": layout,
+            "members": await self.members(),
+            "policy": {"replicas": cl.replicas, "consistency": cl.consistency},
+            "meta": cl.meta or self.advertised_rpc(),
+            "node_id": self.cfg.node_id,
+        }
+
+    def advertised_rpc(self) -> str:
+        return self.cfg.rpc.advertise or self.cfg.rpc.listen
+
+    async def _view(self) -> ClusterView:
+        raw = await self.cluster()
+        previous = self.chunkio._view.table if self.chunkio is not None else None
+        return await trio.to_thread.run_sync(view_from_wire, raw, self.cfg.node_id, previous)
+
+    async def repair_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"node_id": self.cfg.node_id, "layout_epoch": self.layout_epoch}
+        if self.repair is not None:
+            out.update(self.repair.status())
+        return out
+
+    async def repair_now(self) -> None:
+        if self.repair is not None:
+            self.repair.kick()
+
+    async def replicas_of(self, chunk_ids: list[bytes]) -> list[int | None]:
+        if self._reader is not None:
+            return self._reader.chunk_replicas(chunk_ids)
+        assert self.primary is not None
+        result: list[int | None] = await self.primary.call("meta.chunk_replicas", chunk_ids)
+        return result
+
+    async def run_cluster(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect to the primary (secondaries), register in the layout, start replicated
+        chunk I/O and repair; the controller runs on the primary."""
+        cl = self.cfg.cluster
+        ssl_context = client_context_for(self.cfg)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if not self.is_primary:
+                self.primary = rpc.RpcClient(
+                    rpc.parse_address(cl.meta, 7400),
+                    nursery,
+                    call_timeout_s=self.cfg.rpc.call_timeout_s,
+                    max_frame_bytes=self.cfg.rpc.max_frame_bytes,
+                    ssl_context=ssl_context,
+                )
+                if not self.cluster_key:
+                    await self._adopt_cluster_key()  # first start: nothing can be stored without it
+                else:
+                    nursery.start_soon(self._adopt_cluster_key)  # a check; the primary may be down
+
+            def connect(address: str) -> rpc.RpcClient:
+                return rpc.RpcClient(
+                    rpc.parse_address(address, 7400),
+                    nursery,
+                    call_timeout_s=None,
+                    max_frame_bytes=self.cfg.rpc.max_frame_bytes,
+                    ssl_context=ssl_context,
+                )
+
+            self.chunkio = ChunkIO(
+                self.local_caller(),
+                self.cfg.node_id,
+                nursery,
+                fetch_view=self._view,
+                connect=connect,
+                refresh_s=cl.refresh_s,
+                peer_timeout_s=cl.peer_timeout_s,
+            )
+            self.chunkio.set_view(single_node_view(self.cfg.node_id))
+            self.repair = Repair(
+                self.cfg, self.chunks, self.hints, self.chunkio, self.replicas_of, limiter=self._chunk_limiter
+            )
+            if self.is_primary:
+                await self._register()
+            nursery.start_soon(self._register_loop)
+            nursery.start_soon(self.repair.run)
+            if self.is_primary:
+                nursery.start_soon(self._controller)
+            task_status.started()
+
+    async def _adopt_cluster_key(self) -> None:
+        """A secondary takes the primary's cluster key (retrying until the primary answers)."""
+        assert self.primary is not None
+        delay = 0.2
+        while True:
+            try:
+                raw = await self.primary.call("sys.info")
+                break
+            except Unavailable as exc:
+                log.warning("waiting for the metadata primary %s: %s", self.cfg.cluster.meta, exc.message)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        key = bytes(raw["cluster_key"])
+        if self.cluster_key and self.cluster_key != key:
+            raise DfsError(
+                f"{self.data / 'cluster.key'} differs from the primary's: this data directory belongs "
+                "to another cluster"
+            )
+        if not self.cluster_key:
+            _write_private_bytes(self.data / "cluster.key", key)
+            self.cluster_key = key
+
+    async def _register(self) -> bool:
+        """Put this node in the layout (or refresh its address there); False if the primary is away."""
+        if not self.cfg.cluster.auto_join and not self.is_primary:
+            return True
+        args = (self.cfg.node_id, self.cfg.node.zone, self.advertised_rpc())
+        try:
+            if self.is_primary:
+                await self._m(self.meta.register_node, *args)
+            else:
+                assert self.primary is not None
+                await self.primary.call("meta.register_node", *args)
+            self._layout_at = -1e18
+            await self.layout_wire()
+        except DfsError as exc:
+            log.warning("registering in the layout failed: %s", exc.message)
+            return False
+        if self.chunkio is not None:
+            self.chunkio.invalidate()
+        return True
+
+    async def _register_loop(self) -> None:
+        # Until it works (the primary may start later), then now and then: a primary restored
+        # from an old backup learns us again.
+        delay = 0.2
+        while True:
+            if await self._register():
+                delay = max(30.0, self.cfg.cluster.refresh_s)
+            else:
+                delay = min(delay * 2, 5.0)
+            await trio.sleep(delay)
+
+    async def _controller(self) -> None:
+        """The primary marks nodes out once gossip has reported them dead past the grace period."""
+        cl = self.cfg.cluster
+        while True:
+            await trio.sleep(min(cl.refresh_s, max(0.1, cl.dead_grace_s / 4)))
+            if self.membership is None:
+                continue
+            try:
+                layout = Layout.from_wire(await self.layout_wire())
+                members = {m["node_id"]: m for m in self.membership.members()}
+                for node_id in dead_past_grace(layout, members, cl.dead_grace_s):
+                    await self._m(self.meta.set_node, node_id, state=NodeState.OUT.value)
+                    self.marked_out += 1
+                    log.warning(
+                        "node %s dead for over %gs: marked out, its data is re-replicated",
+                        node_id,
+                        cl.dead_grace_s,
+                    )
+                    self._layout_at = -1e18
+                    if self.repair is not None:
+                        self.repair.kick()
+            except DfsError as exc:
+                log.warning("layout controller: %s", exc.message)
 
     # -- system ----------------------------------------------------------------
     async def ping(self) -> str:
@@ -484,23 +915,36 @@ class Service:
 
     async def statfs(self) -> StatFs:
         cs = await self._c(self.chunks.stats)
+        total, free, avail = cs["total_bytes"], cs["free_bytes"], cs["avail_bytes"]
+        if self.clustered() and self.membership is not None:
+            # Raw capacity of the cluster's live members (as gossip last reported it).
+            live = [m for m in self.membership.members() if m["status"] in ("alive", "suspect")]
+            total = sum(int(m.get("capacity_bytes", 0)) for m in live) or total
+            avail = free = sum(int(m.get("free_bytes", 0)) for m in live) or avail
         counts = await self._m(self.meta.counts)
         inodes = counts["inodes"]
         # Each inode costs roughly one metadata row; estimate free inodes from free space.
-        files_free = max(0, cs["avail_bytes"] // 512)
-        return StatFs(
-            4096, cs["total_bytes"], cs["free_bytes"], cs["avail_bytes"], inodes + files_free, files_free
-        )
+        files_free = max(0, avail // 512)
+        return StatFs(4096, total, free, avail, inodes + files_free, files_free)
 
     async def status(self) -> dict[str, Any]:
         cs = await self._c(self.chunks.stats)
-        counts = await self._m(self.meta.counts)
+        if self._store is not None:
+            counts = await self._m(self._store.counts)
+        else:
+            try:
+                assert self.primary is not None
+                counts = await self.primary.call("meta.counts")
+            except DfsError:
+                counts = {}
         return {
             "node_id": self.cfg.node_id,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
             "data_dir": str(self.data),
             "health": "ok",
+            "role": "primary" if self.is_primary else "secondary",
+            "layout_epoch": self.layout_epoch,
             "capacity": cs,
             "namespace": counts,
         }
@@ -515,6 +959,8 @@ class Service:
         return await self._c(self.chunks.scrub, chunk_ids)
 
     async def fsck_meta(self, repair: bool) -> dict[str, Any]:
+        if self.clustered():
+            return await self._fsck_cluster(repair)
         problems: list[str] = await self._m(self.meta.fsck, self.chunks.exists, repair=repair)
         refs: dict[bytes, int] = await self._m(self.meta.referenced_chunks)
         stored = await self._c(lambda: list(self.chunks.iter_ids()))
@@ -525,27 +971,133 @@ class Service:
                 await self._m(self._delete_orphans, orphans)
         return {"problems": problems, "chunks_stored": len(stored), "orphans": len(orphans)}
 
+    async def _inventories(self) -> tuple[dict[str, set[bytes]], list[str]]:
+        """Every reachable layout node's chunk ids, and the nodes that could not be asked."""
+        assert self.chunkio is not None
+        view = await self._view()
+        self.chunkio.set_view(view)
+        found: dict[str, set[bytes]] = {}
+        missed: list[str] = []
+
+        async def ask(node_id: str) -> None:
+            assert self.chunkio is not None
+            try:
+                found[node_id] = set(await self.chunkio.call_node(node_id, "sys.scrub_list", view=view))
+            except DfsError as exc:
+                log.info("fsck: inventory of %s: %s", node_id, exc.message)
+                missed.append(node_id)
+
+        async with trio.open_nursery() as nursery:
+            for node in view.layout.nodes:
+                if node.state is not NodeState.OUT or node.node_id == self.cfg.node_id:
+                    nursery.start_soon(ask, node.node_id)
+        return found, sorted(missed)
+
+    async def _fsck_cluster(self, repair: bool) -> dict[str, Any]:
+        """fsck across the cluster: metadata against every node's chunks, and every committed
+        chunk against its replication factor (the invariant repair restores)."""
+        inventories, missed = await self._inventories()
+        present = set().union(*inventories.values()) if inventories else set()
+        problems: list[str] = await self._m(self.meta.fsck, present.__contains__, repair=repair)
+        problems += [f"node {n} could not be checked (unreachable)" for n in missed]
+        refs: dict[bytes, int] = await self._m(self.meta.referenced_chunks)
+        live = [cid for cid, n in refs.items() if n > 0]
+        wanted = await self.replicas_of(live) if live else []
+        assert self.chunkio is not None
+        view = await self.chunkio.view()
+        under = 0
+        for cid, r in zip(live, wanted, strict=True):
+            copies = sum(1 for ids in inventories.values() if cid in ids)
+            if copies < view.replica_count(r or self.cfg.cluster.replicas):
+                under += 1
+        if under:
+            problems.append(f"{under} chunk(s) have fewer copies than their replication factor")
+        orphans = {node: [c for c in ids if c not in refs] for node, ids in inventories.items()}
+        n_orphans = sum(len(v) for v in orphans.values())
+        if n_orphans:
+            problems.append(f"{n_orphans} stored chunk cop(ies) referenced by no metadata (orphans)")
+            if repair:
+                for node_id, ids in orphans.items():
+                    if ids:
+                        await self._delete_everywhere(await self._m(self._claim, ids, None), [node_id])
+        return {
+            "problems": problems,
+            "chunks_stored": sum(len(v) for v in inventories.values()),
+            "orphans": n_orphans,
+            "under_replicated": under,
+            "nodes_checked": sorted(inventories),
+        }
+
+    def _claim(self, chunk_ids: list[bytes], finish_in_s: float | None) -> list[bytes]:
+        """Metadata thread: the ids no metadata knows, entered in the deletion log as deleting."""
+        unknown = self.meta.unknown_chunks(chunk_ids)
+        self.deletions.started(unknown, finish_in_s=finish_in_s)
+        return unknown
+
+    async def claim_orphans(self, chunk_ids: list[bytes]) -> list[bytes]:
+        """For a secondary's orphan sweep: which of its old unknown chunks it may delete now.
+        It must delete them within ``_CLAIM_WINDOW_S`` (or not at all)."""
+        if len(chunk_ids) > 4096:
+            raise InvalidArgument("claim_orphans: at most 4096 ids at once")
+        return await self._m(self._claim, list(chunk_ids), _CLAIM_WINDOW_S)
+
+    async def _delete_everywhere(self, chunk_ids: list[bytes], nodes: list[str] | None = None) -> None:
+        """Delete copies on ``nodes`` (default: every reachable layout node), then mark the
+        deletions finished.  A node that misses it deletes its copy in its orphan sweep."""
+        try:
+            if not chunk_ids or self.chunkio is None:
+                return
+            view = await self.chunkio.view()
+            targets = nodes or [n.node_id for n in view.layout.nodes if not view.is_down(n.node_id)]
+
+            async def one(node_id: str) -> None:
+                assert self.chunkio is not None
+                try:
+                    await self.chunkio.call_node(node_id, "chunk.delete", chunk_ids, view=view)
+                except DfsError as exc:
+                    log.info("deleting %d chunk(s) on %s: %s", len(chunk_ids), node_id, exc.message)
+
+            async with trio.open_nursery() as nursery:
+                for node_id in targets:
+                    nursery.start_soon(one, node_id)
+        finally:
+            self.deletions.finished(chunk_ids)
+
     def _delete_orphans(self, orphans: list[bytes]) -> None:
         # Runs in the metadata thread: a chunk referenced meanwhile is kept.
         refs = self.meta.referenced_chunks()
-        self.chunks.delete([cid for cid in orphans if cid not in refs])
+        doomed = [cid for cid in orphans if cid not in refs]
+        self.deletions.started(doomed)
+        self.chunks.delete(doomed)
+        self.deletions.finished(doomed)
 
     async def gc_now(self, delay_s: float | None = None) -> int:
         delay = self.cfg.storage.gc_delay_s if delay_s is None else float(delay_s)
         cutoff = time.time_ns() - int(delay * 1e9)
         total = 0
+
+        def delete(ids: list[bytes]) -> None:
+            self.deletions.started(ids)
+            self.chunks.delete(ids)
+
         while True:
-            ids = await self._m(self.meta.gc_collect, cutoff, 1000, self.chunks.delete)
+            ids = await self._m(self.meta.gc_collect, cutoff, 1000, delete)
             total += len(ids)
+            if self.clustered():
+                await self._delete_everywhere(ids)
+            else:
+                self.deletions.finished(ids)
             if len(ids) < 1000:
+                self.deletions.trim()
                 return total
 
     # -- background work ------------------------------------------------------
     async def run_background(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.every, self.cfg.storage.gc_interval_s, self.gc_now, "gc")
-            nursery.start_soon(self.every, 30.0, self._expire_sessions, "session expiry")
-            nursery.start_soon(self.every, 600.0, self._trim_oplog, "oplog trim")
+            if self.is_primary:
+                nursery.start_soon(self.every, self.cfg.storage.gc_interval_s, self.gc_now, "gc")
+                nursery.start_soon(self.every, 30.0, self._expire_sessions, "session expiry")
+                nursery.start_soon(self.every, 600.0, self._trim_oplog, "oplog trim")
             st = self.cfg.storage
             nursery.start_soon(self.every, st.orphan_scan_interval_s, self.sweep_orphans, "orphan sweep")
 
@@ -554,21 +1106,32 @@ class Service:
 
         Such chunks come from writes that never committed (a failed S3 upload,
         a client or daemon crash between storing blocks and committing them).
-        The check and the delete run together in the metadata thread, like every
-        incref, so a chunk cannot gain a reference in between.
+        On the primary the check and the delete run together in the metadata
+        thread, like every incref, so a chunk cannot gain a reference in
+        between; a secondary claims its candidates from the primary first,
+        which then refuses commits of them until the deletion is done.
         """
         delay = self.cfg.storage.orphan_delay_s if older_than_s is None else older_than_s
         candidates = await self._c(self.chunks.old_ids, delay)
         removed = 0
         for i in range(0, len(candidates), 1000):
-            removed += await self._m(self._delete_unknown, candidates[i : i + 1000])
+            batch = candidates[i : i + 1000]
+            if self._store is not None:
+                removed += await self._m(self._delete_unknown, batch)
+                continue
+            assert self.primary is not None
+            asked_at = time.monotonic()
+            doomed: list[bytes] = await self.primary.call("meta.claim_orphans", batch)
+            if time.monotonic() - asked_at < _CLAIM_WINDOW_S / 2:
+                removed += await self._c(self.chunks.delete, doomed)
         if removed:
             log.info("orphan sweep removed %d chunk(s) no metadata referenced", removed)
         return removed
 
     def _delete_unknown(self, chunk_ids: list[bytes]) -> int:
-        unknown = self.meta.unknown_chunks(chunk_ids)
+        unknown = self._claim(chunk_ids, None)
         self.chunks.delete(unknown)
+        self.deletions.finished(unknown)
         return len(unknown)
 
     def observe_s3(self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:

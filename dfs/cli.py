@@ -248,10 +248,17 @@ def _human(n: float) -> str:
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(directory: str | None, config_path: str | None, as_json: bool) -> None:
-    """Capacity, usage, files, chunks and daemon health."""
+@click.option("--wait", is_flag=True, help="wait (with a progress bar) until repair has caught up")
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True, help="for --wait")
+def status(
+    directory: str | None, config_path: str | None, as_json: bool, wait: bool, timeout_s: float
+) -> None:
+    """Capacity, usage, files, chunks, daemon health and repair progress."""
     cfg = _cfg_for(directory, config_path)
+    if wait:
+        _run(_wait_repaired, _address(cfg), timeout_s, sys.stderr.isatty() and not as_json)
     st = _run(_call, _address(cfg), "sys.status")
+    st["cluster"] = _run(_cluster_status, _address(cfg))
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -274,6 +281,8 @@ def status(directory: str | None, config_path: str | None, as_json: bool) -> Non
             f"{ns['chunks']} ({_human(ns['stored_bytes'])} stored, {ns['unreferenced_chunks']} awaiting GC)",
         ),
         ("checksum failures", str(cap.get("checksum_failures", 0))),
+        ("layout", f"epoch {st['cluster']['layout_epoch']}, {len(st['cluster']['nodes'])} node(s) reporting"),
+        ("repair", _repair_line(st["cluster"])),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -285,19 +294,162 @@ def status(directory: str | None, config_path: str | None, as_json: bool) -> Non
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def nodes(directory: str | None, config_path: str | None, as_json: bool) -> None:
-    """The cluster's members as this daemon's gossip sees them."""
+    """The cluster's nodes: gossip's live view and each node's layout state."""
     cfg = _cfg_for(directory, config_path)
-    members: list[dict[str, Any]] = _run(_call, _address(cfg), "sys.members")
+    cluster: dict[str, Any] = _run(_call, _address(cfg), "sys.cluster")
+    rows = merge_nodes(cluster)
     if as_json:
-        click.echo(json.dumps(members, indent=2, sort_keys=True))
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
-    click.echo(f"{'NODE':<20} {'STATUS':<8} {'ZONE':<10} {'RPC':<22} {'FREE':>10}  SINCE")
-    for m in members:
+    click.echo(
+        f"{'NODE':<20} {'STATUS':<8} {'STATE':<9} {'ZONE':<10} {'WEIGHT':>6} {'RPC':<22} {'FREE':>10}  SINCE"
+    )
+    for m in rows:
         name = m["node_id"] + (" *" if m.get("self") else "")
         free = _human(m["free_bytes"]) if "free_bytes" in m else "-"
         since = f"{m['for_s']:.0f} s" if "for_s" in m else "-"
         zone, rpc_address = m.get("zone", "-"), m.get("rpc", "-")
-        click.echo(f"{name:<20} {m['status']:<8} {zone:<10} {rpc_address:<22} {free:>10}  {since}")
+        weight = f"{m['capacity_weight']:g}" if "capacity_weight" in m else "-"
+        click.echo(
+            f"{name:<20} {m['status']:<8} {m.get('state', '-'):<9} {zone:<10} {weight:>6} "
+            f"{rpc_address:<22} {free:>10}  {since}"
+        )
+
+
+def merge_nodes(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """Gossip members joined with layout nodes (a layout node gossip does not know is "unknown")."""
+    by_id: dict[str, dict[str, Any]] = {m["node_id"]: dict(m) for m in cluster.get("members", [])}
+    for n in cluster.get("layout", {}).get("nodes", []):
+        row = by_id.setdefault(n["node_id"], {"node_id": n["node_id"], "status": "unknown"})
+        row["state"] = n["state"]
+        row["capacity_weight"] = n["capacity_weight"]
+        row.setdefault("zone", n["zone"])
+        if n.get("address"):
+            row.setdefault("rpc", n["address"])
+    return sorted(by_id.values(), key=lambda r: r["node_id"])
+
+
+# -- layout and repair -----------------------------------------------------------------------
+async def _cluster_status(endpoint: Endpoint) -> dict[str, Any]:
+    """Every reachable node's repair status, summed (see daemon/repair.py for the counters)."""
+    cluster = await _call(endpoint, "sys.cluster")
+    nodes: list[dict[str, Any]] = []
+    unreachable: list[str] = []
+
+    async def ask(node: dict[str, Any]) -> None:
+        here = node["node_id"] == cluster.get("node_id")
+        target = endpoint if here else Endpoint(node["address"], endpoint.ssl_context or None)
+        try:
+            with trio.fail_after(10):
+                nodes.append(await _call(target, "sys.repair_status", timeout_s=10))
+        except (DfsError, trio.TooSlowError):
+            unreachable.append(node["node_id"])
+
+    dead = {m["node_id"] for m in cluster.get("members", []) if m.get("status") in ("dead", "left")}
+    placed = [n for n in cluster["layout"]["nodes"] if n["state"] != "out"]
+    down = {n["node_id"] for n in placed if n["node_id"] in dead}
+    async with trio.open_nursery() as nursery:
+        for node in placed:
+            if node["node_id"] not in down:
+                nursery.start_soon(ask, node)
+    keys = ("under_replicated", "misplaced", "hints_pending", "copies_made", "bytes_moved", "surplus_removed")
+    totals = {k: sum(int(n.get(k, 0)) for n in nodes) for k in keys}
+    pending = totals["under_replicated"] + totals["misplaced"] + totals["hints_pending"]
+    return {
+        "layout_epoch": cluster["layout"]["epoch"],
+        "nodes": sorted(nodes, key=lambda n: n["node_id"]),
+        "unreachable": sorted(
+            unreachable | down if isinstance(unreachable, set) else set(unreachable) | down
+        ),
+        "down": sorted(down),
+        "pending": pending,
+        **totals,
+    }
+
+
+def _repair_line(cs: dict[str, Any]) -> str:
+    return (
+        f"{cs['under_replicated']} under-replicated, {cs['misplaced']} misplaced, "
+        f"{cs['hints_pending']} hints pending; repaired {cs['copies_made']} copies "
+        f"({_human(cs['bytes_moved'])})"
+    )
+
+
+async def _wait_repaired(endpoint: Endpoint, timeout_s: float, show: bool) -> dict[str, Any]:
+    """Poll until no node reports repair work left (after a round at the current epoch)."""
+    start = time.monotonic()
+    first = await _cluster_status(endpoint)
+    total = max(1, first["pending"])
+    bar = click.progressbar(length=total, label="repairing", file=sys.stderr, show_eta=True)
+    if show:
+        bar.__enter__()
+    try:
+        while True:
+            cs = await _cluster_status(endpoint)
+            current = all(n.get("round_epoch") == cs["layout_epoch"] for n in cs["nodes"])
+            done = total - min(total, cs["pending"])
+            if show:
+                bar.update(done - bar.pos)
+            if current and cs["pending"] == 0 and not cs["unreachable"]:
+                return cs
+            if time.monotonic() - start > timeout_s:
+                raise DfsError(f"repair not finished after {timeout_s:g}s: {_repair_line(cs)}")
+            await trio.sleep(1.0)
+    finally:
+        if show:
+            bar.__exit__(None, None, None)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def layout(directory: str | None, config_path: str | None, as_json: bool) -> None:
+    """The authoritative layout: nodes, zones, weights, states and the epoch."""
+    cfg = _cfg_for(directory, config_path)
+    cluster: dict[str, Any] = _run(_call, _address(cfg), "sys.cluster")
+    lay = cluster["layout"]
+    if as_json:
+        click.echo(json.dumps(lay, indent=2, sort_keys=True))
+        return
+    click.echo(
+        f"layout epoch {lay['epoch']}, default R={cluster['policy']['replicas']} "
+        f"({cluster['policy']['consistency']}), metadata primary {cluster['meta']}"
+    )
+    click.echo(f"{'NODE':<20} {'STATE':<9} {'ZONE':<12} {'WEIGHT':>6}  RPC")
+    for n in lay["nodes"]:
+        click.echo(
+            f"{n['node_id']:<20} {n['state']:<9} {n['zone']:<12} {n['capacity_weight']:>6g}  {n['address']}"
+        )
+
+
+def _node_change(cfg: Config, node_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = _run(_call, _address(cfg), "meta.set_node", node_id, changes)
+    return result
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
+@click.option("--wait", is_flag=True, help="return once repair has caught up")
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
+def rebalance(config_path: str | None, wait: bool, timeout_s: float) -> None:
+    """Weight every active node by its disk capacity, so usage converges; data moves as needed."""
+    cfg = _cfg_for(None, config_path)
+    cluster: dict[str, Any] = _run(_call, _address(cfg), "sys.cluster")
+    capacity = {m["node_id"]: int(m.get("capacity_bytes", 0)) for m in cluster["members"]}
+    changed = 0
+    for n in cluster["layout"]["nodes"]:
+        cap = capacity.get(n["node_id"], 0)
+        if n["state"] != "active" or cap <= 0:
+            continue
+        weight = round(cap / 1e12, 3) or 0.001  # TB of disk
+        if abs(weight - float(n["capacity_weight"])) > 0.01 * weight:
+            _node_change(cfg, n["node_id"], {"capacity_weight": weight})
+            changed += 1
+    click.echo(f"{changed} node weight(s) changed")
+    if wait:
+        cs = _run(_wait_repaired, _address(cfg), timeout_s, sys.stderr.isatty())
+        click.echo(_repair_line(cs))
 
 
 async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
@@ -433,6 +585,73 @@ def node_cert(
     click.echo(f"names:       {', '.join(info['dns_names'] + info['ip_addresses']) or info['common_name']}")
     click.echo(f"expires:     {info['not_after']}")
     click.echo(f'dfs.conf:    [tls] cert_file = "{cert}", key_file = "{key}", ca_file = "{ca}"')
+
+
+@node.command("add")
+@click.argument("node_id")
+@click.option("--address", required=True, help="the node's RPC address, HOST:PORT")
+@click.option("--zone", default="default", show_default=True, help="failure domain")
+@click.option("--weight", type=float, default=1.0, show_default=True, help="capacity weight")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
+def node_add(node_id: str, address: str, zone: str, weight: float, config_path: str | None) -> None:
+    """Add a node to the layout (daemons with [cluster] auto_join add themselves)."""
+    cfg = _cfg_for(None, config_path)
+    lay = _run(_call, _address(cfg), "meta.register_node", node_id, zone, address, weight)
+    click.echo(f"layout epoch {lay['epoch']}: {node_id} active")
+
+
+@node.command("set")
+@click.argument("node_id")
+@click.option("--zone", help="failure domain")
+@click.option("--weight", type=float, help="capacity weight")
+@click.option("--state", type=click.Choice(["active", "draining", "out"]), help="layout state")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
+def node_set(
+    node_id: str, zone: str | None, weight: float | None, state: str | None, config_path: str | None
+) -> None:
+    """Change a node's zone, weight or state in the layout (moves data as needed)."""
+    changes: dict[str, Any] = {}
+    if zone is not None:
+        changes["zone"] = zone
+    if weight is not None:
+        changes["capacity_weight"] = weight
+    if state is not None:
+        changes["state"] = state
+    if not changes:
+        raise CliError("nothing to change: give --zone, --weight or --state")
+    lay = _node_change(_cfg_for(None, config_path), node_id, changes)
+    click.echo(f"layout epoch {lay['epoch']}")
+
+
+@node.command("drain")
+@click.argument("node_id")
+@click.option("--wait", is_flag=True, help="return once its data has moved to the other nodes")
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
+def node_drain(node_id: str, wait: bool, timeout_s: float, config_path: str | None) -> None:
+    """Move a node's data away (it keeps serving reads meanwhile); then `dfs node remove`."""
+    cfg = _cfg_for(None, config_path)
+    lay = _node_change(cfg, node_id, {"state": "draining"})
+    click.echo(f"layout epoch {lay['epoch']}: {node_id} draining")
+    if wait:
+        cs = _run(_wait_repaired, _address(cfg), timeout_s, sys.stderr.isatty())
+        click.echo(f"drained: {_repair_line(cs)}")
+
+
+@node.command("remove")
+@click.argument("node_id")
+@click.option("--force", is_flag=True, help="even if it still holds chunks (they may be the last copies)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
+def node_remove(node_id: str, force: bool, config_path: str | None) -> None:
+    """Remove a drained (or out) node from the layout; refuses while it still holds chunks."""
+    cfg = _cfg_for(None, config_path)
+    if not force:
+        cs = _run(_cluster_status, _address(cfg))
+        mine = [n for n in cs["nodes"] if n["node_id"] == node_id]
+        if mine and (mine[0].get("misplaced", 0) or mine[0].get("round_epoch") != cs["layout_epoch"]):
+            raise CliError(f"{node_id} still holds chunks that have no other home yet; wait, or --force")
+    lay = _run(_call, _address(cfg), "meta.remove_node", node_id)
+    click.echo(f"layout epoch {lay['epoch']}: {node_id} removed")
 
 
 @main.group()

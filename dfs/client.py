@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import trio
 
 from dfs import codec, rpc
+from dfs.chunkio import ChunkIO, ClusterView, Policy, decode_in_thread, view_from_wire
 from dfs.errors import CorruptChunk
 from dfs.meta import Attr, BlockRef, DirEntry, FileMap, StatFs
 
@@ -59,8 +60,18 @@ class Caller(Protocol):
 
 
 class Client:
+    """Metadata calls go to ``conn`` (the client's own daemon, which forwards them to the
+    metadata primary); chunks go to their replicas through ``chunkio`` (without one, to
+    ``conn`` alone: a single daemon)."""
+
     def __init__(
-        self, conn: Caller, info: ClusterInfo, *, codec_threads: int = 4, local_reads: bool = True
+        self,
+        conn: Caller,
+        info: ClusterInfo,
+        *,
+        codec_threads: int = 4,
+        local_reads: bool = True,
+        chunkio: ChunkIO | None = None,
     ) -> None:
         self.rpc = conn
         self.info = info
@@ -68,6 +79,8 @@ class Client:
         self.inline_max = info.inline_max
         self._codec_limiter = trio.CapacityLimiter(codec_threads)
         self.local_chunks = _local_chunk_dir(info) if local_reads else None
+        self.chunkio = chunkio
+        self._decode = decode_in_thread(self._codec_limiter)
 
     async def call(self, method: str, *args: Any) -> Any:
         return await self.rpc.call(method, *args)
@@ -166,11 +179,24 @@ class Client:
         blocks: list[BlockRef],
         inline: bytes | None,
         attrs: dict[str, int] | None = None,
+        replicas: int | None = None,
     ) -> Attr:
-        """Commit new blocks (or inline bytes), then apply held-back setattr ``attrs``."""
+        """Commit new blocks (or inline bytes), then apply held-back setattr ``attrs``.
+
+        ``replicas``: the R the blocks were written with, so repair keeps that many copies."""
         wire_blocks = [list(b) for b in blocks]
-        return Attr.from_wire(
-            await self.rpc.call("meta.commit_write", ino, size, mtime_ns, wire_blocks, inline, attrs or None)
+        args: list[Any] = [ino, size, mtime_ns, wire_blocks, inline, attrs or None]
+        if replicas is not None:
+            args.append(replicas)
+        return Attr.from_wire(await self.rpc.call("meta.commit_write", *args))
+
+    async def policy(self, ino: int, parent: int | None = None) -> Policy:
+        """The replication factor and consistency level that apply to writes under ``ino``
+        (``parent``: a directory a file was reached through; finding one otherwise is slow)."""
+        found = await self.rpc.call("meta.policy", ino, parent)
+        default = (await self.chunkio.view()).default_policy if self.chunkio else Policy(1, "strong")
+        return Policy(
+            found.get("replicas") or default.replicas, found.get("consistency") or default.consistency
         )
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
@@ -257,12 +283,22 @@ class Client:
         cid = codec.chunk_id(self.info.cluster_key, data)
         return cid, codec.encode(data, level=self.info.compression_level)
 
-    async def write_block(self, index: int, data: bytes | bytearray) -> BlockRef:
-        """Store one block durably and return its reference (not yet committed)."""
+    async def write_block(
+        self, index: int, data: bytes | bytearray, policy: Policy | None = None, *, force: bool = False
+    ) -> BlockRef:
+        """Store one block durably (as ``policy`` requires) and return its reference (not yet
+        committed).  ``force`` stores it even where a copy is said to exist already."""
         cid, blob = await trio.to_thread.run_sync(self._prepare, data, limiter=self._codec_limiter)
-        (held,) = await self.rpc.call("chunk.has", [cid])
-        if not held:
-            await self.rpc.call("chunk.put", cid, blob)
+        if self.chunkio is not None:
+            await self.chunkio.put(
+                cid, blob, policy or (await self.chunkio.view()).default_policy, force=force
+            )
+        else:
+            held = False
+            if not force:
+                (held,) = await self.rpc.call("chunk.has", [cid])
+            if not held:
+                await self.rpc.call("chunk.put", cid, blob)
         return BlockRef(index, cid, len(data), len(blob))
 
     async def read_chunk(self, chunk_id: bytes) -> bytes:
@@ -275,6 +311,9 @@ class Client:
                 return data
             except (OSError, CorruptChunk):
                 pass  # ask the daemon: it has the authoritative view and reports damage
+        if self.chunkio is not None:
+            plain_bytes: bytes = await self.chunkio.get_plain(chunk_id, self._decode)
+            return plain_bytes
         blob = await self.rpc.call("chunk.get", chunk_id)
         plain: bytes = await trio.to_thread.run_sync(codec.decode, blob, limiter=self._codec_limiter)
         return plain
@@ -313,7 +352,55 @@ async def fetch_info(conn: rpc.RpcClient) -> ClusterInfo:
 
 
 @contextlib.asynccontextmanager
+async def open_chunkio(
+    conn: rpc.RpcClient,
+    info: ClusterInfo,
+    *,
+    ssl_context: Any = None,
+    max_frame_bytes: int = 72 * 1024 * 1024,
+    refresh_s: float = 2.0,
+    peer_timeout_s: float = 30.0,
+) -> AsyncIterator[ChunkIO]:
+    """Replicated chunk I/O for a client whose own daemon is ``conn``; peers are reached
+    at the RPC addresses the layout gives (TLS with ``ssl_context``)."""
+    async with trio.open_nursery() as nursery:
+        holder: list[ClusterView] = []
+
+        async def fetch_view() -> ClusterView:
+            raw = await conn.call("sys.cluster")
+            previous = holder[0].table if holder else None
+            view = await trio.to_thread.run_sync(view_from_wire, raw, info.node_id, previous)
+            holder[:] = [view]
+            return view
+
+        def connect(address: str) -> rpc.RpcClient:
+            return rpc.RpcClient(
+                rpc.parse_address(address, DEFAULT_PORT),
+                nursery,
+                call_timeout_s=None,
+                max_frame_bytes=max_frame_bytes,
+                ssl_context=ssl_context,
+            )
+
+        chunkio = ChunkIO(
+            conn,
+            info.node_id,
+            nursery,
+            fetch_view=fetch_view,
+            connect=connect,
+            refresh_s=refresh_s,
+            peer_timeout_s=peer_timeout_s,
+        )
+        chunkio.set_view(await fetch_view())
+        try:
+            yield chunkio
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
 async def connect(address: str, *, call_timeout_s: float = 60.0) -> AsyncIterator[Client]:
     async with rpc.open_client(address, call_timeout_s=call_timeout_s) as conn:
         info = await fetch_info(conn)
-        yield Client(conn, info)
+        async with open_chunkio(conn, info) as chunkio:
+            yield Client(conn, info, chunkio=chunkio)

@@ -28,6 +28,7 @@ from dfs.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/dfs/dfs.conf")
 MiB = 1024 * 1024
+CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,8 @@ class NodeConfig:
 @dataclasses.dataclass(frozen=True)
 class RpcConfig:
     listen: str = "127.0.0.1:7400"
+    # The address other nodes and clients reach this daemon's RPC at; empty: the listen address.
+    advertise: str = ""
     unix_socket: bool = True  # also listen on <data_dir>/rpc.sock (faster for local clients)
     max_frame_bytes: int = 72 * MiB
     call_timeout_s: float = 60.0
@@ -95,6 +98,34 @@ class GossipConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    # RPC address of the metadata primary; empty: this daemon is the primary (holds meta.db).
+    meta: str = ""
+    # Default replication factor and consistency level (volumes and directories may override).
+    replicas: int = 3
+    consistency: str = "quorum"
+    # A daemon that registers with the primary joins the layout as an active node.
+    auto_join: bool = True
+    # A member dead in gossip this long is marked out of the layout (its data re-replicated).
+    dead_grace_s: float = 600.0
+    # How often copies owed to returning nodes (hints) are delivered.
+    hint_interval_s: float = 10.0
+    # How often each partition's replicas compare what they hold and repair the difference.
+    anti_entropy_interval_s: float = 600.0
+    # Repair budgets: bytes per second sent by repair, and copies in flight at once.
+    repair_bandwidth_bytes_s: int = 100 * MiB
+    repair_concurrency: int = 4
+    # The scrubber re-reads and verifies every local chunk at this rate (0: no scrubbing).
+    scrub_bytes_s: int = 8 * MiB
+    # Seconds between two full scrub passes.
+    scrub_interval_s: float = 86400.0
+    # How often clients refresh their view of the layout and of member liveness.
+    refresh_s: float = 2.0
+    # Chunk calls to a peer fail over to the next replica after this many seconds.
+    peer_timeout_s: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
 class S3Config:
     enabled: bool = True
     listen: str = "127.0.0.1:9000"
@@ -144,6 +175,7 @@ class Config:
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     mount: MountConfig = dataclasses.field(default_factory=MountConfig)
     gossip: GossipConfig = dataclasses.field(default_factory=GossipConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     s3: S3Config = dataclasses.field(default_factory=S3Config)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
     tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
@@ -281,6 +313,13 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [gossip] preset must be lan, local, wan or fast_test")
     if cfg.rpc.tls and not (cfg.tls.cert_file and cfg.tls.key_file and cfg.tls.ca_file):
         raise ConfigError(f"{origin}: [rpc] tls needs [tls] cert_file, key_file and ca_file")
+    cl = cfg.cluster
+    if not 1 <= cl.replicas <= 7:
+        raise ConfigError(f"{origin}: [cluster] replicas must be in 1..7")
+    if cl.consistency not in CONSISTENCY_LEVELS:
+        raise ConfigError(f"{origin}: [cluster] consistency must be strong, quorum or eventual")
+    if cl.repair_concurrency < 1:
+        raise ConfigError(f"{origin}: [cluster] repair_concurrency must be >= 1")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dfs.chunkio import Policy
 from dfs.client import Client
-from dfs.errors import DfsError, InternalError
+from dfs.errors import ChunkMissing, DfsError, InternalError
 from dfs.meta import Attr, BlockRef, FileMap, chown_clears
 
 log = logging.getLogger("dfs.mount")
@@ -124,6 +125,9 @@ class OpenFile:
         # commit at close (see hold_attrs), like its data.
         self.fresh = False
         self.pending_attrs: dict[str, int] = {}
+        # Replication factor and consistency level for this file's blocks, asked once per open file.
+        self.policy: Policy | None = None
+        self.parent: int | None = None  # a directory this file was reached through (for its policy)
 
     # -- state ------------------------------------------------------------------
     def _load_map(self, fmap: FileMap) -> None:
@@ -294,9 +298,14 @@ class OpenFile:
         self.uploads[index] = up
         nursery.start_soon(self._upload, index, up)
 
+    async def _policy(self) -> Policy | None:
+        if self.policy is None and self.client.chunkio is not None:
+            self.policy = await self.client.policy(self.ino, self.parent)
+        return self.policy
+
     async def _upload(self, index: int, up: _Upload) -> None:
         try:
-            up.ref = await self.client.write_block(index, up.data)
+            up.ref = await self.client.write_block(index, up.data, await self._policy())
         except DfsError as exc:
             up.error = exc
         except Exception as exc:
@@ -349,9 +358,32 @@ class OpenFile:
                         self.dirty.setdefault(index, bytearray(up.data))
                 raise errors[0]
             refs = [up.ref for up in uploads.values() if up.ref is not None]
-            attr = await self.client.commit_write(
-                self.ino, size=size, mtime_ns=mtime_ns, blocks=refs, inline=None, attrs=attrs
-            )
+            policy = await self._policy()
+            replicas = policy.replicas if policy else None
+            try:
+                attr = await self.client.commit_write(
+                    self.ino,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    blocks=refs,
+                    inline=None,
+                    attrs=attrs,
+                    replicas=replicas,
+                )
+            except ChunkMissing:
+                # A copy we relied on (dedup) was collected meanwhile: store every block again.
+                for index, up in uploads.items():
+                    up.ref = await self.client.write_block(index, up.data, policy, force=True)
+                refs = [up.ref for up in uploads.values() if up.ref is not None]
+                attr = await self.client.commit_write(
+                    self.ino,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    blocks=refs,
+                    inline=None,
+                    attrs=attrs,
+                    replicas=replicas,
+                )
             self._attrs_sent(attrs)
             self._after_commit(versions, size, refs, None, attr)
             return attr

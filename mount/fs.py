@@ -117,6 +117,9 @@ class Operations(pyfuse3.Operations):
         self.cache = BlockCache(cfg.cache_bytes)
         self.budget = DirtyBudget(cfg.dirty_bytes)
         self.lookups: dict[int, int] = {}
+        # A directory each known file was reached through: its policy (replicas, consistency)
+        # applies to the file's writes, and metadata cannot find a file's parent cheaply.
+        self.parents: dict[int, int] = {}
         self.files: dict[int, OpenFile] = {}
         self.handles: dict[int, _Handle] = {}
         self.dirs: dict[int, _DirHandle] = {}
@@ -167,8 +170,10 @@ class Operations(pyfuse3.Operations):
         for f in self.files.values():
             f.attr_fresh_until = 0.0
 
-    def _looked_up(self, ino: int) -> None:
+    def _looked_up(self, ino: int, parent: int | None = None) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        if parent is not None:
+            self.parents[ino] = parent
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -207,7 +212,7 @@ class Operations(pyfuse3.Operations):
             if found is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             attr = found
-        self._looked_up(attr.ino)
+        self._looked_up(attr.ino, parent)
         return self._entry(attr)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -217,6 +222,7 @@ class Operations(pyfuse3.Operations):
                 self.lookups[ino] = left
             else:
                 self.lookups.pop(ino, None)
+                self.parents.pop(ino, None)
 
     @_handler
     async def getattr(self, inode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
@@ -284,7 +290,7 @@ class Operations(pyfuse3.Operations):
         parent = self._d(parent_inode)
         attr, stamps = await self.client.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
         self.known.changed(stamps, added=[(parent, name)])
-        self._looked_up(attr.ino)
+        self._looked_up(attr.ino, parent)
         return self._entry(attr)
 
     @_handler
@@ -346,7 +352,7 @@ class Operations(pyfuse3.Operations):
         self._stale_open_attrs()
         attr, stamps = await self.client.link(self._d(inode), parent, new_name)
         self.known.changed(stamps, added=[(parent, new_name)])
-        self._looked_up(attr.ino)
+        self._looked_up(attr.ino, parent)
         return self._entry(attr)
 
     # -- directories ----------------------------------------------------------------
@@ -376,7 +382,7 @@ class Operations(pyfuse3.Operations):
                     d.entries = d.entries[i:]
                     d.cookie = cookie
                     return
-                self._looked_up(entry.attr.ino)
+                self._looked_up(entry.attr.ino, d.ino)
                 cookie = entry.cookie
             exhausted = d.exhausted
             d.entries = None
@@ -408,6 +414,8 @@ class Operations(pyfuse3.Operations):
                 ino, fmap, self.client, self.cache, self.budget, attr_timeout_s=self.cfg.attr_timeout_s
             )
             self.files[ino] = f
+        if f.parent is None:
+            f.parent = self.parents.get(ino)
         elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
             f.refresh(fmap)
         if f.is_dirty:
@@ -461,9 +469,10 @@ class Operations(pyfuse3.Operations):
         self.known.changed(stamps, added=[(parent, name)])
         # A new file has no xattrs: spare the capability probe before its first write.
         self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
+        self.parents[attr.ino] = parent
         f, _ = self._open_file(FileMap(attr, None, []))
         f.fresh = True
-        self._looked_up(attr.ino)
+        self._looked_up(attr.ino, parent)
         fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
 
@@ -479,8 +488,9 @@ class Operations(pyfuse3.Operations):
             truncate=bool(flags & os.O_TRUNC),
             read=(flags & os.O_ACCMODE) != os.O_WRONLY,
         )
+        self.parents[attr.ino] = parent
         f, keep = self._open_file(fmap)
-        self._looked_up(attr.ino)
+        self._looked_up(attr.ino, parent)
         fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._entry(fmap.attr)
 

@@ -9,6 +9,7 @@ it), which is what ``mount(8)`` and systemd expect.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ import trio
 from dfs import config as config_mod
 from dfs import logs
 from dfs.certs import client_context_for
-from dfs.client import DEFAULT_PORT, Client, fetch_info
+from dfs.client import DEFAULT_PORT, Client, fetch_info, open_chunkio
 from dfs.config import Config
 from dfs.errors import DfsError, NotADirectory
 from dfs.meta import ROOT_INO
@@ -175,12 +176,29 @@ async def _resolve_root(client: Client, subdir: str) -> int:
 
 async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
     address = f"unix:{spec.values['socket']}" if "socket" in spec.values else spec.addresses[0]
-    async with open_client(
-        address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
-    ) as conn:
+    async with (
+        open_client(
+            address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
+        ) as conn,
+        contextlib.AsyncExitStack() as stack,
+    ):
         info = await fetch_info(conn)
+        chunkio = await stack.enter_async_context(
+            open_chunkio(
+                conn,
+                info,
+                ssl_context=client_context_for(cfg),
+                max_frame_bytes=cfg.rpc.max_frame_bytes,
+                refresh_s=cfg.cluster.refresh_s,
+                peer_timeout_s=cfg.cluster.peer_timeout_s,
+            )
+        )
         client = Client(
-            conn, info, codec_threads=max(2, cfg.mount.upload_concurrency), local_reads=cfg.mount.local_reads
+            conn,
+            info,
+            codec_threads=max(2, cfg.mount.upload_concurrency),
+            local_reads=cfg.mount.local_reads,
+            chunkio=chunkio,
         )
         root = await _resolve_root(client, spec.subdir)
         ops = Operations(client, cfg.mount, root_ino=root)

@@ -77,13 +77,14 @@ class Daemon:
     gossip_port: int = field(default_factory=lambda: free_port())
     gossip_conf: str = ""
     node_id: str = ""
+    zone: str = "default"
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / "dfsd.log"
         self.conf_path = self.data_dir / "dfs.conf"
         self.conf_path.write_text(
-            f'[node]\ndata_dir = "{self.data_dir}"\nid = "{self.node_id}"\n'
+            f'[node]\ndata_dir = "{self.data_dir}"\nid = "{self.node_id}"\nzone = "{self.zone}"\n'
             f'[rpc]\nlisten = "127.0.0.1:{self.port}"\n{self.rpc_conf}\n'
             f'[storage]\nreserve_bytes = {self.reserve_bytes}\n[log]\nlevel = "INFO"\n'
             f'[s3]\nlisten = "127.0.0.1:{self.s3_port}"\n{self.s3_conf}\n'

@@ -520,8 +520,11 @@ def test_corrupt_chunk_gives_eio(daemon: Daemon, tmp_path: Path) -> None:
         assert ei.value.errno == errno.EIO
     finally:
         m.stop()
+    # The bad copy was quarantined at the first read (never served again; a cluster would
+    # have replaced it from another replica): the file's block now names a missing chunk.
+    assert len(list((daemon.data_dir / "chunks" / "bad").iterdir())) == 1
     report = daemon.fsck()
-    assert any("checksum" in str(p) for p in report["problems"])  # type: ignore[union-attr]
+    assert any("missing chunks" in str(p) for p in report["problems"])  # type: ignore[union-attr]
 
 
 @pytest.mark.slow

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import xxhash
 
-from daemon.chunks import ChunkStore
+from daemon.chunks import ChunkStore, ids_digest
 from dfs import codec
 from dfs.errors import ChunkMissing, CorruptChunk, InvalidArgument, NoSpace
+from dfs.placement import PARTITIONS, partition_of
 
 KEY = b"k" * 32
 T = TypeVar("T")
@@ -77,6 +79,19 @@ def test_put_rejects_corrupt_blob(store: ChunkStore, tmp_path: Path) -> None:
     assert not store.exists(cid)
     assert store.stats()["chunk_count"] == 0
     assert tmp_files(tmp_path) == []
+
+
+def assert_index_matches_disk(store: ChunkStore) -> None:
+    """The partition index lists exactly the chunk files on disk (walked independently)."""
+    by_part: dict[int, list[bytes]] = {}
+    for cid in store.iter_ids():
+        by_part.setdefault(partition_of(cid), []).append(cid)
+    assert store.partition_counts() == {p: len(ids) for p, ids in by_part.items()}
+    for p, ids in by_part.items():
+        assert store.ids_in_partition(p) == sorted(ids)
+    assert store.partition_digests() == {
+        p: xxhash.xxh3_64(b"".join(sorted(ids))).digest() for p, ids in by_part.items()
+    }
 
 
 def test_bad_ids_rejected(store: ChunkStore) -> None:
@@ -229,6 +244,7 @@ def test_concurrent_puts_of_same_id(tmp_path: Path, use_link: bool) -> None:
         assert sorted(results, key=repr) == [False] * 7 + [True], results
         assert store.get(cid) == blob
     assert store.stats()["chunk_count"] == 10
+    assert_index_matches_disk(store)
     assert tmp_files(tmp_path) == []
 
 
@@ -259,6 +275,7 @@ def test_concurrent_puts_and_deletes(tmp_path: Path) -> None:
     stats = store.stats()
     assert stats["chunk_count"] == len(expected)
     assert stats["used_bytes"] == sum(store.stored_bytes(c) for c in expected)
+    assert_index_matches_disk(store)
     assert tmp_files(tmp_path) == []
 
 
@@ -372,3 +389,189 @@ def test_enospc_on_full_disk(tiny_fs: Path) -> None:
     assert set(reopened.iter_ids()) == set(stored)
     assert reopened.stats()["chunk_count"] == len(stored)
     assert reopened.scrub(list(stored)) == []
+
+
+# -- partition index ----------------------------------------------------------------------
+def in_partition(p: int, n: int) -> bytes:
+    """A 32-byte id in partition ``p`` (the top 12 bits); the store does not check ids match blobs."""
+    return (p << 244 | n).to_bytes(32, "big")
+
+
+def test_partition_index_follows_put_and_delete(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, fsync=False)
+    _, blob = make(b"any valid blob")
+    assert store.partition_counts() == {}
+    assert store.partition_digests() == {}
+    ids = [in_partition(7, n) for n in (5, 1, 3)] + [in_partition(0, 9), in_partition(PARTITIONS - 1, 2)]
+    for cid in ids:
+        assert store.put(cid, blob)
+    assert store.put(ids[0], blob) is False  # a dedup hit must not count twice
+    assert store.ids_in_partition(7) == sorted(ids[:3])
+    assert store.ids_in_partition(0) == [ids[3]]
+    assert store.ids_in_partition(PARTITIONS - 1) == [ids[4]]
+    assert store.ids_in_partition(8) == []
+    assert store.partition_counts() == {7: 3, 0: 1, PARTITIONS - 1: 1}
+    assert store.partition_digests() == {
+        7: xxhash.xxh3_64(b"".join(sorted(ids[:3]))).digest(),
+        0: xxhash.xxh3_64(ids[3]).digest(),
+        PARTITIONS - 1: xxhash.xxh3_64(ids[4]).digest(),
+    }
+    assert_index_matches_disk(store)
+
+    assert store.delete([ids[0], ids[3], in_partition(7, 99)]) == 2
+    assert store.delete([ids[0]]) == 0  # already gone: must not count down again
+    assert store.ids_in_partition(7) == sorted(ids[1:3])
+    assert store.partition_counts() == {7: 2, PARTITIONS - 1: 1}  # empty partitions are left out
+    assert set(store.partition_digests()) == {7, PARTITIONS - 1}
+    assert_index_matches_disk(store)
+
+    reopened = ChunkStore(tmp_path)  # built by the start-up scan
+    assert reopened.partition_counts() == store.partition_counts()
+    assert reopened.partition_digests() == store.partition_digests()
+    assert reopened.ids_in_partition(7) == sorted(ids[1:3])
+
+
+def test_partition_index_of_random_chunks(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, fsync=False)
+    chunks = dict(make(os.urandom(64)) for _ in range(200))
+    for cid, blob in chunks.items():
+        store.put(cid, blob)
+    store.delete(list(chunks)[::4])
+    assert sum(store.partition_counts().values()) == 150
+    assert_index_matches_disk(store)
+    assert_index_matches_disk(ChunkStore(tmp_path))
+
+
+def test_ids_in_partition_rejects_bad_partitions(store: ChunkStore) -> None:
+    for bad in (-1, PARTITIONS):
+        with pytest.raises(InvalidArgument):
+            store.ids_in_partition(bad)
+
+
+def test_ids_digest_is_pinned() -> None:
+    # Peers compare these digests: a change here is a wire-format change.
+    ids = [bytes([i]) * 32 for i in (3, 1, 2)]
+    assert ids_digest(ids).hex() == "91088495c079b098"
+    assert ids_digest(sorted(ids)) == ids_digest(ids)
+    assert ids_digest(ids[:2]) != ids_digest(ids)
+    assert len(ids_digest([])) == 8
+
+
+def test_index_exact_when_delete_lands_inside_put(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete between put's link(2) and its index update must not leave a phantom id."""
+    store = ChunkStore(tmp_path, fsync=False)
+    cid, blob = make(b"collected while being written again")
+    real_publish = store._publish
+
+    def publish_then_delete(hexid: str, tmp: str, final: str) -> bool:
+        created = real_publish(hexid, tmp, final)
+        assert store.delete([cid]) == 1  # the garbage collector wins the race
+        return created
+
+    monkeypatch.setattr(store, "_publish", publish_then_delete)
+    assert store.put(cid, blob) is True
+    monkeypatch.undo()
+    assert not store.exists(cid)
+    assert store.ids_in_partition(partition_of(cid)) == []
+    assert store.partition_counts() == {}
+    assert store.stats()["chunk_count"] == 0
+    assert store.put(cid, blob) is True
+    assert_index_matches_disk(store)
+
+
+def test_index_exact_when_put_lands_inside_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put between delete's unlink(2) and its index update must not lose the new copy."""
+    store = ChunkStore(tmp_path, fsync=False)
+    cid, blob = make(b"stored again while being deleted")
+    assert store.put(cid, blob)
+    chunk_path = str(store.path_of(cid))
+    real_unlink = os.unlink
+    raced = False
+
+    def unlink_then_put(path: str) -> None:
+        nonlocal raced
+        real_unlink(path)
+        if path == chunk_path and not raced:
+            raced = True
+            assert store.put(cid, blob) is True  # a writer stores the block again
+
+    monkeypatch.setattr(os, "unlink", unlink_then_put)
+    assert store.delete([cid]) == 1
+    monkeypatch.undo()
+    assert raced
+    assert store.get(cid) == blob
+    assert store.ids_in_partition(partition_of(cid)) == [cid]
+    assert store.stats()["chunk_count"] == 1
+    assert_index_matches_disk(store)
+
+
+# -- quarantine ---------------------------------------------------------------------------
+def test_quarantine_moves_a_corrupt_chunk_aside(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    cid, blob = make(os.urandom(3000))
+    good, good_blob = make(b"healthy")
+    store.put(cid, blob)
+    store.put(good, good_blob)
+    path = store.path_of(cid)
+    damaged = bytearray(blob)
+    damaged[len(damaged) // 2] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptChunk):
+        store.get(cid)
+
+    assert store.quarantine(cid) is True
+    assert not path.exists()
+    assert not store.exists(cid)
+    with pytest.raises(ChunkMissing):
+        store.get(cid)
+    bad = list((tmp_path / "chunks" / "bad").iterdir())
+    assert len(bad) == 1
+    hexid, _, stamp = bad[0].name.partition(".")
+    assert hexid == cid.hex()
+    assert stamp.isdigit()
+    assert bad[0].read_bytes() == bytes(damaged)
+    assert store.quarantined == 1
+    assert set(store.iter_ids()) == {good}
+    stats = store.stats()
+    assert (stats["chunk_count"], stats["used_bytes"]) == (1, len(good_blob))
+    assert_index_matches_disk(store)
+    assert store.ids_in_partition(partition_of(cid)) == (
+        [good] if partition_of(good) == partition_of(cid) else []
+    )
+
+    assert store.quarantine(cid) is False  # nothing left to move
+    absent, _ = make(b"never stored")
+    assert store.quarantine(absent) is False
+    with pytest.raises(InvalidArgument):
+        store.quarantine(b"short")
+    assert store.quarantined == 1
+
+    assert store.put(cid, blob) is True  # a good copy from a peer can now be stored again
+    assert store.get(cid) == blob
+    assert_index_matches_disk(store)
+
+
+def test_quarantined_chunks_stay_out_after_restart(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    chunks = dict(make(os.urandom(500 + n)) for n in range(3))
+    for cid, blob in chunks.items():
+        store.put(cid, blob)
+    victim = next(iter(chunks))
+    assert store.quarantine(victim)
+    # Even a file in bad/ named exactly like a chunk, or a two-level dir below it, is not a chunk.
+    bad_dir = tmp_path / "chunks" / "bad"
+    h = victim.hex()
+    (bad_dir / h).write_bytes(chunks[victim])
+    (bad_dir / h[:2] / h[2:4]).mkdir(parents=True)
+    (bad_dir / h[:2] / h[2:4] / h).write_bytes(chunks[victim])
+    before = sorted(p.name for p in bad_dir.iterdir())
+
+    reopened = ChunkStore(tmp_path)
+    assert sorted(p.name for p in bad_dir.iterdir()) == before  # start-up cleans tmp/, not bad/
+    assert not reopened.exists(victim)
+    assert set(reopened.iter_ids()) == set(chunks) - {victim}
+    stats = reopened.stats()
+    assert stats["chunk_count"] == 2
+    assert stats["used_bytes"] == sum(len(b) for c, b in chunks.items() if c != victim)
+    assert_index_matches_disk(reopened)
+    assert victim not in reopened.ids_in_partition(partition_of(victim))

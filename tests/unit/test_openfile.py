@@ -18,6 +18,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dfs.errors import ChunkMissing
 from dfs.meta import Attr, BlockRef, FileMap
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
@@ -28,6 +29,7 @@ INLINE_MAX = 40
 class FakeClient:
     block_size = BS
     inline_max = INLINE_MAX
+    chunkio = None
 
     def __init__(self) -> None:
         self.chunks: dict[bytes, bytes] = {}
@@ -36,13 +38,18 @@ class FakeClient:
         self.blocks: dict[int, BlockRef] = {}
         self.attrs: dict[str, int] = {}
         self.commits = 0
+        self.forced = 0
+        self.lose_chunks_once = False  # the next commit finds its chunks collected (ChunkMissing)
 
     def fmap(self) -> FileMap:
         attr = Attr(5, 0o100644, 1, 0, 0, 0, self.size, 0, 0, self.commits, 0, 0)
         return FileMap(attr, self.inline, sorted(self.blocks.values()))
 
-    async def write_block(self, index: int, data: bytes | bytearray) -> BlockRef:
+    async def write_block(
+        self, index: int, data: bytes | bytearray, policy: object = None, *, force: bool = False
+    ) -> BlockRef:
         await trio.lowlevel.checkpoint()
+        self.forced += force
         cid = hashlib.sha256(bytes(data)).digest()
         self.chunks[cid] = bytes(data)
         return BlockRef(index, cid, len(data), len(data))
@@ -60,8 +67,15 @@ class FakeClient:
         blocks: list[BlockRef],
         inline: bytes | None,
         attrs: dict[str, int] | None = None,
+        replicas: int | None = None,
     ) -> Attr:
         await trio.lowlevel.checkpoint()
+        if self.lose_chunks_once and blocks:
+            self.lose_chunks_once = False
+            for ref in blocks:
+                self.chunks.pop(ref.chunk_id, None)
+            raise ChunkMissing("collected meanwhile")
+        assert all(ref.chunk_id in self.chunks for ref in blocks)
         self.commits += 1
         if inline is not None:
             self.inline, self.blocks, self.size = inline, {}, len(inline)
@@ -181,6 +195,20 @@ async def test_write_racing_a_commit_stays_dirty() -> None:
         await f.commit(nursery)
         assert client.committed_bytes() == expected
         assert expected[BS + 5 : BS + 9] == b"late"
+
+
+async def test_commit_stores_blocks_again_when_their_chunks_were_collected() -> None:
+    # A dedup hit whose chunk garbage collection removed before the commit: the metadata
+    # service answers ChunkMissing and the file must still be committed, whole.
+    client = FakeClient()
+    f = new_file(client)
+    data = os.urandom(3 * BS)
+    async with trio.open_nursery() as nursery:
+        await f.write(0, data, nursery)
+        client.lose_chunks_once = True
+        await f.commit(nursery)
+    assert client.forced == 3
+    assert client.committed_bytes() == data
 
 
 async def test_held_attrs_follow_the_data_and_the_chown_rule() -> None:

@@ -1,0 +1,484 @@
+"""Replicated chunk I/O: which nodes hold a chunk, and how many copies make a write durable.
+
+Used by every client of the cluster (the mount, the S3 shim, the CLI and the
+daemons' own repair loops).  Two halves:
+
+- Pure policy (:class:`ClusterView`, :func:`write_targets`, :func:`read_order`,
+  :func:`copies_needed`): the layout's placement table plus what gossip says
+  about liveness, load and zones.  No I/O; unit-tested without sockets.
+- :class:`ChunkIO`, the trio adapter: one RPC connection per peer, parallel
+  puts with the consistency level's acknowledgement rule, hints for copies
+  still owed, and reads that fall back replica by replica.
+
+Write rule.  A chunk's replica set is the first ``n = min(R, active nodes)``
+nodes of its partition's preference list.  A replica that gossip reports
+dead (or that fails or times out) is replaced by the next live node of the
+list (a hinted handoff: that copy is misplaced and repair moves it home).
+The write is acknowledged once ``copies_needed(level, n)`` copies are
+durable (each node fsyncs before answering) *and* every copy still missing
+is recorded as a hint on a node that holds the chunk, so a copy is never
+owed silently.  Copies still in flight when the write is acknowledged may
+finish in the background within a memory budget; the hint covers them
+either way (replay first asks the target whether it already has the chunk).
+
+Read rule.  The partition's replicas first, best first: this host's daemon,
+then the same zone, then the least loaded; then the rest of the preference
+list; then every other node in the layout (a draining or recently outed node
+may still hold a copy).  Nodes gossip reports dead go last.  Every node
+verifies a chunk's checksum before serving it (and quarantines a bad copy
+for repair), and the client verifies again when it decodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import trio
+
+from dfs import codec
+from dfs.errors import ChunkMissing, CorruptChunk, DfsError, Unavailable
+from dfs.placement import Layout, NodeState, PlacementTable, partition_of
+
+log = logging.getLogger("dfs.chunkio")
+
+CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
+# Gossip states in which a node cannot take a write now (suspects still may: they often refute).
+DOWN_STATES = frozenset({"dead", "left"})
+# After the needed copies are durable, wait this long (plus half the time taken) for the rest
+# before leaving them to hints: in a healthy cluster they land within it and no hint is written.
+_STRAGGLER_GRACE_S = 0.05
+_STRAGGLER_GRACE_MAX_S = 1.0
+# Bytes of chunk copies allowed to finish in the background after their write was acknowledged.
+_BACKGROUND_BYTES = 256 * 1024 * 1024
+
+
+class Policy(NamedTuple):
+    """How many copies a file's chunks get, and how many must be durable before a write returns."""
+
+    replicas: int
+    consistency: str
+
+
+def copies_needed(level: str, n: int) -> int:
+    """Durable copies required before acknowledging a write of ``n`` copies at ``level``."""
+    if n < 1:
+        return 0
+    if level == "strong":
+        return n
+    if level == "quorum":
+        return n // 2 + 1
+    if level == "eventual":
+        return 1
+    raise ValueError(f"unknown consistency level {level!r}")
+
+
+class Caller(Protocol):
+    async def call(self, method: str, *args: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Member:
+    """What gossip says about one node (``status`` is "alive" when gossip is not running)."""
+
+    node_id: str
+    status: str = "alive"
+    zone: str = ""
+    address: str = ""
+    load: float = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.status in DOWN_STATES
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The layout's placement table plus member liveness, as one client sees them now."""
+
+    table: PlacementTable
+    members: dict[str, Member] = field(default_factory=dict)
+    home: str = ""  # the node this client's own daemon runs (its copies are the cheapest to read)
+    default_policy: Policy = Policy(3, "quorum")
+
+    @property
+    def layout(self) -> Layout:
+        return self.table.layout
+
+    @property
+    def epoch(self) -> int:
+        return self.table.epoch
+
+    def member(self, node_id: str) -> Member:
+        return self.members.get(node_id) or Member(node_id)
+
+    def is_down(self, node_id: str) -> bool:
+        return self.member(node_id).down
+
+    def address(self, node_id: str) -> str:
+        for n in self.layout.nodes:
+            if n.node_id == node_id and n.address:
+                return n.address
+        return self.member(node_id).address
+
+    def zone(self, node_id: str) -> str:
+        for n in self.layout.nodes:
+            if n.node_id == node_id:
+                return n.zone
+        return self.member(node_id).zone
+
+    def replica_count(self, r: int) -> int:
+        """How many copies a chunk of R=``r`` gets: every active node holds one when there are fewer."""
+        return max(1, min(r, len(self.table.eligible)))
+
+
+def write_targets(view: ClusterView, chunk_id: bytes, r: int) -> tuple[list[str], list[str], list[str]]:
+    """(nodes to write now, replicas that cannot take it now, spare nodes to substitute, in order).
+
+    ``len(targets) + len(down)`` is the chunk's copy count ``n``; each down
+    replica already has a substitute in ``targets`` when a live spare exists.
+    """
+    pref: list[str] = list(view.table.preference(partition_of(chunk_id)))
+    if not pref:
+        # No layout yet (a daemon that has not registered): its own store is all there is.
+        return [view.home], [], []
+    n = view.replica_count(r)
+    replicas, rest = pref[:n], pref[n:]
+    down = [x for x in replicas if view.is_down(x)]
+    targets = [x for x in replicas if not view.is_down(x)]
+    spares = [x for x in rest if not view.is_down(x)]
+    subs, spares = spares[: len(down)], spares[len(down) :]
+    return targets + subs, down, spares
+
+
+def read_order(view: ClusterView, chunk_id: bytes, r: int | None = None) -> list[str]:
+    """Every node that may hold ``chunk_id``, the ones to try first first (see the module docstring)."""
+    pref: list[str] = list(view.table.preference(partition_of(chunk_id)))
+    n = view.replica_count(r or view.default_policy.replicas)
+    home_zone = view.zone(view.home)
+
+    def rank(node_id: str) -> tuple[int, int, float]:
+        return (node_id != view.home, view.zone(node_id) != home_zone, view.member(node_id).load)
+
+    first = sorted(pref[:n], key=rank)
+    others = [node.node_id for node in view.layout.nodes if node.node_id not in pref]
+    order = first + pref[n:] + sorted(others)
+    if view.home and view.home not in order:
+        order.append(view.home)  # a daemon outside the layout (not yet registered) serves its own store
+    up = [x for x in order if not view.is_down(x)]
+    return up + [x for x in order if view.is_down(x)]
+
+
+def view_from_wire(raw: dict[str, Any], home: str, table: PlacementTable | None = None) -> ClusterView:
+    """A view from ``sys.cluster``'s answer; ``table`` is reused when its epoch is current."""
+    layout = Layout.from_wire(raw["layout"])
+    if table is None or table.epoch != layout.epoch or table.layout != layout:
+        table = PlacementTable(layout)
+    members = {
+        m["node_id"]: Member(
+            node_id=m["node_id"],
+            status=str(m.get("status", "alive")),
+            zone=str(m.get("zone", "")),
+            address=str(m.get("rpc", "")),
+            load=float(m.get("cpu_percent", 0.0) or 0.0),
+        )
+        for m in raw.get("members", [])
+    }
+    policy = raw.get("policy") or {}
+    return ClusterView(
+        table,
+        members,
+        home=home,
+        default_policy=Policy(int(policy.get("replicas", 3)), str(policy.get("consistency", "quorum"))),
+    )
+
+
+def single_node_view(home: str) -> ClusterView:
+    """The view of a daemon that is alone (no layout known yet)."""
+    return ClusterView(PlacementTable(Layout(0, ())), {}, home=home, default_policy=Policy(1, "strong"))
+
+
+@dataclass
+class WriteStats:
+    """Counters a ChunkIO keeps (exported as metrics by whoever owns it)."""
+
+    puts: int = 0
+    copies: int = 0
+    skipped: int = 0  # copies a replica already held (dedup)
+    hints: int = 0
+    substitutes: int = 0
+    read_fallbacks: int = 0
+
+
+class ChunkIO:
+    """Replicated puts and fallback reads over one RPC connection per peer.
+
+    ``home`` is the caller for this client's own daemon (an RPC connection or
+    the daemon's in-process dispatcher); ``connect`` opens a caller for
+    another node's RPC address, and is called at most once per address.
+    ``fetch_view`` returns the current :class:`ClusterView`; it is asked again
+    every ``refresh_s`` and after a failure.
+    """
+
+    def __init__(
+        self,
+        home: Caller,
+        home_node: str,
+        nursery: trio.Nursery,
+        *,
+        fetch_view: Callable[[], Any],
+        connect: Callable[[str], Caller] | None = None,
+        refresh_s: float = 2.0,
+        peer_timeout_s: float = 30.0,
+    ) -> None:
+        self.home = home
+        self.home_node = home_node
+        self._nursery = nursery
+        self._fetch_view = fetch_view
+        self._connect = connect
+        self.refresh_s = refresh_s
+        self.peer_timeout_s = peer_timeout_s
+        self._peers: dict[str, Caller] = {}
+        self._view: ClusterView = single_node_view(home_node)
+        self._view_at = -math.inf
+        self._view_lock = trio.Lock()
+        self._background_bytes = 0
+        self.stats = WriteStats()
+
+    # -- view ------------------------------------------------------------------------
+    async def view(self) -> ClusterView:
+        if time.monotonic() - self._view_at < self.refresh_s:
+            return self._view
+        async with self._view_lock:
+            if time.monotonic() - self._view_at >= self.refresh_s:
+                try:
+                    self._view = await self._fetch_view()
+                except DfsError as exc:
+                    log.warning("cluster view refresh failed: %s", exc.message)
+                self._view_at = time.monotonic()
+        return self._view
+
+    def set_view(self, view: ClusterView) -> None:
+        self._view = view
+        self._view_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self._view_at = -math.inf
+
+    def caller(self, node_id: str, view: ClusterView | None = None) -> Caller:
+        if node_id == self.home_node:
+            return self.home
+        address = (view or self._view).address(node_id)
+        if not address or self._connect is None:
+            raise Unavailable(f"no address known for node {node_id!r}")
+        peer = self._peers.get(address)
+        if peer is None:
+            peer = self._peers[address] = self._connect(address)
+        return peer
+
+    async def call_node(self, node_id: str, method: str, *args: Any, view: ClusterView | None = None) -> Any:
+        """One call to one node, bounded by ``peer_timeout_s`` (Unavailable past it)."""
+        caller = self.caller(node_id, view)
+        with trio.move_on_after(self.peer_timeout_s) as scope:
+            return await caller.call(method, *args)
+        assert scope.cancelled_caught
+        raise Unavailable(f"node {node_id} did not answer {method} within {self.peer_timeout_s:g}s")
+
+    # -- writes ----------------------------------------------------------------------
+    async def put(self, chunk_id: bytes, blob: bytes, policy: Policy, *, force: bool = False) -> int:
+        """Store ``blob`` durably on enough replicas for ``policy``; returns the copies made.
+
+        ``force`` skips the "already held?" question (a retry after the metadata
+        service found the chunk missing).  Raises Unavailable when fewer copies
+        than the level requires could be made.
+        """
+        view = await self.view()
+        targets, down, spares = write_targets(view, chunk_id, policy.replicas)
+        need = copies_needed(policy.consistency, len(targets) + len(down))
+        self.stats.puts += 1
+        self.stats.substitutes += len(targets) - (view.replica_count(policy.replicas) - len(down))
+        started = time.monotonic()
+        acked: list[str] = []
+        failures: list[DfsError] = []
+        owed: list[str] = list(down)
+        pending: set[str] = set()
+        scopes: dict[str, trio.CancelScope] = {}
+        enough = trio.Event()
+        finished = trio.Event()
+
+        def settle() -> None:
+            if len(acked) >= need:
+                enough.set()
+            if not pending:
+                finished.set()
+                enough.set()
+
+        async def copy_to(node_id: str) -> None:
+            with scopes[node_id]:
+                try:
+                    held = False
+                    if not force:
+                        (held,) = await self.call_node(node_id, "chunk.has", [chunk_id], view=view)
+                        self.stats.skipped += bool(held)
+                    if not held:
+                        await self.call_node(node_id, "chunk.put", chunk_id, blob, view=view)
+                    acked.append(node_id)
+                except DfsError as exc:
+                    log.info("copy of chunk %s to %s failed: %s", chunk_id.hex()[:16], node_id, exc.message)
+                    failures.append(exc)
+                    owed.append(node_id)
+                    if spares:  # hinted handoff: the next live node takes the copy meanwhile
+                        self.stats.substitutes += 1
+                        start(spares.pop(0))
+            pending.discard(node_id)
+            settle()
+
+        def start(node_id: str) -> None:
+            pending.add(node_id)
+            scopes[node_id] = trio.CancelScope()
+            self._nursery.start_soon(copy_to, node_id)
+
+        for node_id in targets:
+            start(node_id)
+        settle()
+        await enough.wait()
+        if len(acked) < need:
+            if not acked and failures and all(type(e) is type(failures[0]) for e in failures):
+                raise failures[0]  # e.g. every replica is full: ENOSPC, not a vague EIO
+            raise Unavailable(
+                f"chunk {chunk_id.hex()[:16]}: {len(acked)} of {need} required copies durable "
+                f"(level {policy.consistency})"
+            )
+        if pending:
+            grace = min(_STRAGGLER_GRACE_MAX_S, _STRAGGLER_GRACE_S + (time.monotonic() - started) / 2)
+            with trio.move_on_after(grace):
+                await finished.wait()
+        still = sorted(pending)
+        missing = [x for x in dict.fromkeys([*owed, *still]) if x not in acked]
+        if missing:
+            await self._hint(acked, missing, chunk_id, view)
+        if still:
+            self._leave_in_background([scopes[x] for x in still], finished, len(blob))
+        self.stats.copies += len(acked)
+        return len(acked)
+
+    def _leave_in_background(self, scopes: list[trio.CancelScope], finished: trio.Event, size: int) -> None:
+        """Let copies still in flight finish after the write returned, within a memory budget
+        (each holds the blob); past it, or past ``peer_timeout_s``, they are cancelled: hints cover them."""
+        if self._background_bytes + size > _BACKGROUND_BYTES:
+            for scope in scopes:
+                scope.cancel()
+            return
+        self._background_bytes += size
+
+        async def wait_then_release() -> None:
+            with trio.move_on_after(self.peer_timeout_s):
+                await finished.wait()
+            for scope in scopes:
+                scope.cancel()
+            self._background_bytes -= size
+
+        self._nursery.start_soon(wait_then_release)
+
+    async def _hint(self, holders: list[str], owed: list[str], chunk_id: bytes, view: ClusterView) -> None:
+        """Record on one holder of the chunk that ``owed`` nodes still need a copy (durably)."""
+        order = sorted(holders, key=lambda x: x != self.home_node)
+        for holder in order:
+            try:
+                await self.call_node(holder, "chunk.hint", owed, [chunk_id], view=view)
+                self.stats.hints += len(owed)
+                return
+            except DfsError as exc:
+                log.warning("recording hints on %s failed: %s", holder, exc.message)
+        raise Unavailable(f"chunk {chunk_id.hex()[:16]}: no holder could record the copies still owed")
+
+    # -- reads -----------------------------------------------------------------------
+    async def get_plain(self, chunk_id: bytes, decode: Callable[[bytes], Any]) -> Any:
+        """Fetch and decode; a copy that fails to decode is skipped and the next node asked."""
+        bad: list[str] = []
+        while True:
+            blob, node_id = await self.get(chunk_id, skip=bad)
+            try:
+                return await decode(blob)
+            except CorruptChunk:
+                log.warning("chunk %s from %s failed verification", chunk_id.hex()[:16], node_id)
+                bad.append(node_id)
+
+    async def get(self, chunk_id: bytes, *, skip: Sequence[str] = ()) -> tuple[bytes, str]:
+        """The encoded blob of ``chunk_id`` and the node it came from: the best node with a copy.
+
+        Every node verifies a chunk before serving it; the caller decodes, which verifies again.
+        """
+        view = await self.view()
+        errors: list[str] = []
+        missing = 0
+        for node_id in read_order(view, chunk_id):
+            if node_id in skip:
+                continue
+            try:
+                blob = await self.call_node(node_id, "chunk.get", chunk_id, view=view)
+            except (ChunkMissing, CorruptChunk) as exc:
+                missing += 1
+                errors.append(f"{node_id}: {exc.message}")
+                self.stats.read_fallbacks += 1
+                continue
+            except Unavailable as exc:
+                errors.append(f"{node_id}: {exc.message}")
+                self.stats.read_fallbacks += 1
+                continue
+            assert isinstance(blob, bytes)
+            return blob, node_id
+        detail = "; ".join(errors)[:500]
+        if errors and missing == len(errors):
+            raise ChunkMissing(f"chunk {chunk_id.hex()} is on no node: {detail}")
+        raise Unavailable(f"chunk {chunk_id.hex()} could not be read: {detail}")
+
+    async def has_any(self, chunk_ids: list[bytes]) -> set[bytes]:
+        """The ids of ``chunk_ids`` that at least one reachable node holds."""
+        view = await self.view()
+        by_node: dict[str, list[bytes]] = {}
+        for cid in chunk_ids:
+            for node_id in read_order(view, cid):
+                if not view.is_down(node_id):
+                    by_node.setdefault(node_id, []).append(cid)
+        present: set[bytes] = set()
+
+        async def ask(node_id: str, ids: list[bytes]) -> None:
+            try:
+                held = await self.call_node(node_id, "chunk.has", ids, view=view)
+            except DfsError as exc:
+                log.info("has() on %s failed: %s", node_id, exc.message)
+                return
+            present.update(cid for cid, h in zip(ids, held, strict=True) if h)
+
+        async with trio.open_nursery() as nursery:
+            for node_id, ids in by_node.items():
+                nursery.start_soon(ask, node_id, ids)
+        return present
+
+
+def decode_in_thread(limiter: trio.CapacityLimiter) -> Callable[[bytes], Any]:
+    async def run(blob: bytes) -> bytes:
+        plain: bytes = await trio.to_thread.run_sync(codec.decode, blob, limiter=limiter)
+        return plain
+
+    return run
+
+
+__all__ = [
+    "CONSISTENCY_LEVELS",
+    "ChunkIO",
+    "ClusterView",
+    "Member",
+    "NodeState",
+    "Policy",
+    "copies_needed",
+    "read_order",
+    "single_node_view",
+    "view_from_wire",
+    "write_targets",
+]

@@ -1,0 +1,210 @@
+"""The pure rules of replicated chunk I/O (dfs/chunkio.py) and the daemon's deletion log
+and controller rule (daemon/cluster.py), plus ChunkIO's acknowledgement rule over fake nodes."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from daemon.cluster import DeletionLog, dead_past_grace
+from dfs.chunkio import ChunkIO, ClusterView, Member, Policy, copies_needed, read_order, write_targets
+from dfs.errors import ChunkMissing, Unavailable
+from dfs.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
+
+
+def layout(n: int, zones: int = 3, out: tuple[str, ...] = ()) -> Layout:
+    nodes = tuple(
+        LayoutNode(
+            f"n{i}", f"z{i % zones}", 1.0, NodeState.OUT if f"n{i}" in out else NodeState.ACTIVE, f"h{i}:7400"
+        )
+        for i in range(n)
+    )
+    return Layout(1, nodes)
+
+
+def view(n: int = 5, *, down: tuple[str, ...] = (), home: str = "n0", r: int = 3) -> ClusterView:
+    members = {f"n{i}": Member(f"n{i}", "dead" if f"n{i}" in down else "alive") for i in range(n)}
+    return ClusterView(PlacementTable(layout(n)), members, home=home, default_policy=Policy(r, "quorum"))
+
+
+def test_copies_needed() -> None:
+    assert [copies_needed("strong", n) for n in (1, 2, 3, 5)] == [1, 2, 3, 5]
+    assert [copies_needed("quorum", n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
+    assert [copies_needed("eventual", n) for n in (1, 3)] == [1, 1]
+    with pytest.raises(ValueError, match="unknown"):
+        copies_needed("maybe", 3)
+
+
+def test_targets_are_the_replicas_when_all_are_up() -> None:
+    v = view()
+    for _ in range(50):
+        cid = os.urandom(32)
+        targets, down, spares = write_targets(v, cid, 3)
+        assert targets == list(v.table.replicas(partition_of(cid), 3))
+        assert down == []
+        assert len({v.zone(t) for t in targets}) == 3  # one per zone
+        assert set(spares).isdisjoint(targets)
+
+
+def test_a_dead_replica_is_substituted_by_the_next_live_node() -> None:
+    for _ in range(50):
+        cid = os.urandom(32)
+        reps = view().table.replicas(partition_of(cid), 3)
+        v = view(down=(reps[1],))
+        targets, down, _spares = write_targets(v, cid, 3)
+        assert down == [reps[1]]
+        assert len(targets) == 3 and reps[1] not in targets
+        assert targets[:2] == [reps[0], reps[2]]
+
+
+def test_r_larger_than_the_cluster_puts_one_copy_on_every_node() -> None:
+    v = view(2)
+    targets, down, spares = write_targets(v, os.urandom(32), 3)
+    assert sorted(targets) == ["n0", "n1"] and down == [] and spares == []
+
+
+def test_read_order_prefers_home_then_zone_and_puts_dead_nodes_last() -> None:
+    for _ in range(50):
+        cid = os.urandom(32)
+        reps = list(view().table.replicas(partition_of(cid), 3))
+        v = view(home=reps[2], down=(reps[0],))
+        order = read_order(v, cid)
+        assert order[0] == reps[2]
+        assert order[-1] == reps[0]
+        assert sorted(order) == sorted(f"n{i}" for i in range(5))
+
+
+def test_deletion_log_refuses_checks_that_a_deletion_may_have_overtaken() -> None:
+    now = [100.0]
+    log = DeletionLog(clock=lambda: now[0])
+    a, b = b"a" * 32, b"b" * 32
+    log.started([a])
+    assert log.refuses(a, 99.0) and log.refuses(a, 101.0)  # in progress: no check can vouch
+    now[0] = 102.0
+    log.finished([a])
+    assert log.refuses(a, 101.0)  # the check began before the deletion was done
+    assert not log.refuses(a, 103.0)  # began after: its "present" answer means a new copy
+    assert not log.refuses(b, 0.0)
+    log.started([b], finish_in_s=30.0)
+    assert log.refuses(b, 120.0) and not log.refuses(b, 133.0)
+    now[0] = 102.0 + 4000
+    log.trim()
+    assert len(log) == 0
+    assert log.refuses(a, 103.0)  # forgotten: an old check can no longer be vouched for
+    assert not log.refuses(a, now[0] + 1)
+
+
+def test_dead_past_grace() -> None:
+    lay = layout(4, out=("n3",))
+    members: dict[str, dict[str, Any]] = {
+        "n0": {"status": "alive", "self": True},
+        "n1": {"status": "dead", "for_s": 11.0},
+        "n2": {"status": "dead", "for_s": 3.0},
+        "n3": {"status": "dead", "for_s": 99.0},
+    }
+    assert dead_past_grace(lay, members, 10.0) == ["n1"]
+
+
+class FakeNode:
+    """A node's chunk RPCs: stores blobs; may hang (frozen) or fail."""
+
+    def __init__(self, name: str, nodes: dict[str, FakeNode]) -> None:
+        self.name = name
+        self.blobs: dict[bytes, bytes] = {}
+        self.hints: list[tuple[list[str], list[bytes]]] = []
+        self.frozen = trio.Event()
+        self.frozen.set()
+        self.broken = False
+        nodes[name] = self
+
+    async def call(self, method: str, *args: Any) -> Any:
+        await self.frozen.wait()
+        await trio.lowlevel.checkpoint()
+        if self.broken:
+            raise Unavailable(f"{self.name} is broken")
+        if method == "chunk.has":
+            return [cid in self.blobs for cid in args[0]]
+        if method == "chunk.put":
+            self.blobs[args[0]] = args[1]
+            return True
+        if method == "chunk.get":
+            if args[0] not in self.blobs:
+                raise ChunkMissing("not stored")
+            return self.blobs[args[0]]
+        if method == "chunk.hint":
+            self.hints.append((args[0], args[1]))
+            return None
+        raise AssertionError(method)
+
+
+async def _chunkio(nursery: trio.Nursery, v: ClusterView, nodes: dict[str, FakeNode]) -> ChunkIO:
+    async def fetch() -> ClusterView:
+        return v
+
+    io = ChunkIO(
+        nodes["n0"],
+        "n0",
+        nursery,
+        fetch_view=fetch,
+        connect=lambda address: nodes["n" + address[1:].split(":")[0]],
+        refresh_s=math.inf,
+        peer_timeout_s=5.0,
+    )
+    io.set_view(v)
+    return io
+
+
+@pytest.mark.parametrize(("level", "acked"), [("strong", False), ("quorum", True), ("eventual", True)])
+async def test_acknowledgement_with_one_replica_frozen(
+    level: str, acked: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    nodes: dict[str, FakeNode] = {}
+    for i in range(5):
+        FakeNode(f"n{i}", nodes)
+    v = view()
+    cid = os.urandom(32)
+    reps = list(v.table.replicas(partition_of(cid), 3))
+    frozen = nodes[reps[1]]
+    frozen.frozen = trio.Event()  # never set: the node hangs
+    async with trio.open_nursery() as nursery:
+        io = await _chunkio(nursery, v, nodes)
+        with trio.move_on_after(2.0) as scope:
+            copies = await io.put(cid, b"blob", Policy(3, level))
+        assert scope.cancelled_caught == (not acked)
+        if acked:
+            assert copies >= copies_needed(level, 3)
+            # The frozen replica is owed its copy: a holder recorded a hint for it.
+            assert any(reps[1] in t for n in nodes.values() for t, _ in n.hints)
+        else:
+            # Past peer_timeout_s the frozen replica is replaced by the next node: then it acks.
+            copies = await io.put(cid, b"blob", Policy(3, level))
+            assert copies == 3
+            assert sum(cid in n.blobs for n in nodes.values()) == 3
+            assert any(reps[1] in t for n in nodes.values() for t, _ in n.hints)
+        nursery.cancel_scope.cancel()
+
+
+async def test_read_falls_back_past_missing_and_broken_copies() -> None:
+    nodes: dict[str, FakeNode] = {}
+    for i in range(5):
+        FakeNode(f"n{i}", nodes)
+    v = view()
+    cid = os.urandom(32)
+    reps = list(v.table.replicas(partition_of(cid), 3))
+    nodes[reps[2]].blobs[cid] = b"good"
+    nodes[reps[0]].broken = True
+    async with trio.open_nursery() as nursery:
+        io = await _chunkio(nursery, v, nodes)
+        blob, source = await io.get(cid)
+        assert (blob, source) == (b"good", reps[2])
+        with pytest.raises(Unavailable):  # a node could not be asked: the chunk may be there
+            await io.get(os.urandom(32))
+        nodes[reps[0]].broken = False
+        with pytest.raises(ChunkMissing):  # every node answered: it is nowhere
+            await io.get(os.urandom(32))
+        nursery.cancel_scope.cancel()
