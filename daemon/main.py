@@ -63,6 +63,7 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
     metrics = Metrics(node_id=cfg.node_id, version=__version__)
     service.observe_s3 = metrics.observe_s3  # type: ignore[method-assign]
     service.set_meta_observer(metrics.observe_meta)
+    metrics.watch(service)
     try:
         server = rpc.RpcServer(
             instrument_handlers(service.handlers, metrics),

@@ -71,6 +71,7 @@ class Membership:
         self._udp: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self.events_seen = 0
+        self.event_counts: dict[str, int] = {}  # per event kind (join, suspect, dead...): metrics
 
     # -- views -----------------------------------------------------------------------
     def members(self) -> list[dict[str, Any]]:
@@ -168,6 +169,8 @@ class Membership:
                 self._nursery.start_soon(self._push_pull, address, data)
         for event in self.gossip.events():
             self.events_seen += 1
+            kind = str(event.kind)
+            self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
             m: Member = event.member
             level = logging.WARNING if str(event.kind) in ("dead", "suspect") else logging.INFO
             log.log(level, "member %s %s", m.node_id, event.kind, extra={"ctx": {"address": m.address}})

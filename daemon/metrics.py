@@ -147,7 +147,100 @@ class _CachedCollector:
         return out
 
 
-def _gauge(name: str, doc: str, value: int | None) -> GaugeMetricFamily:
+class _ClusterCollector:
+    """Membership, layout, repair and replication figures, read from live objects (no I/O)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected lazily: the daemon's objects appear as it starts
+
+    def collect(self) -> Iterable[Metric]:
+        svc = self._service
+        out: list[Metric] = [
+            _gauge("dfs_layout_epoch", "Layout epoch this node last saw", svc.layout_epoch),
+            _counter(
+                "dfs_layout_nodes_marked_out",
+                "Nodes the controller marked out (dead past the grace period)",
+                svc.marked_out,
+            ),
+        ]
+        members = GaugeMetricFamily("dfs_gossip_members", "Known members by gossip status", labels=["status"])
+        events = CounterMetricFamily(
+            "dfs_gossip_events", "Membership changes seen (join, suspect, dead, alive...)", labels=["kind"]
+        )
+        if svc.membership is not None:
+            by_status: dict[str, int] = {}
+            for m in svc.membership.members():
+                by_status[m["status"]] = by_status.get(m["status"], 0) + 1
+            for status, n in sorted(by_status.items()):
+                members.add_metric([status], float(n))
+            for kind, n in sorted(svc.membership.event_counts.items()):
+                events.add_metric([kind], float(n))
+        out += [members, events]
+        if svc.repair is not None:
+            st = svc.repair.stats
+            out += [
+                _gauge(
+                    "dfs_repair_under_replicated_chunks",
+                    "Chunks this node leads with < R copies",
+                    st.under_replicated,
+                ),
+                _gauge("dfs_repair_misplaced_chunks", "Copies here that belong on other nodes", st.misplaced),
+                _gauge(
+                    "dfs_repair_hints_pending",
+                    "Copies this node owes to nodes that were down",
+                    st.hints_pending,
+                ),
+                _gauge(
+                    "dfs_repair_last_round_seconds",
+                    "Duration of the last anti-entropy round",
+                    st.last_round_s,
+                ),
+                _counter("dfs_repair_copies", "Chunk copies made by repair", st.copies_made),
+                _counter("dfs_repair_bytes_moved", "Bytes sent by repair", st.bytes_moved),
+                _counter(
+                    "dfs_repair_surplus_removed", "Surplus copies removed after re-homing", st.surplus_removed
+                ),
+                _counter("dfs_repair_hints_delivered", "Owed copies delivered", st.hints_delivered),
+                _counter(
+                    "dfs_repair_corrupt_replaced",
+                    "Corrupt copies replaced from a replica",
+                    st.corrupt_replaced,
+                ),
+            ]
+            if svc.repair.scrubber is not None:
+                sc = svc.repair.scrubber.statistics()
+                out += [
+                    _counter(
+                        "dfs_scrub_bytes_checked", "Bytes verified by the scrubber", sc["bytes_checked"]
+                    ),
+                    _counter(
+                        "dfs_scrub_corrupt_found", "Corrupt copies found by the scrubber", sc["corrupt_found"]
+                    ),
+                ]
+        if svc.chunkio is not None:
+            io = svc.chunkio.stats
+            out += [
+                _counter("dfs_replication_hints_written", "Copies left owed by this node's writes", io.hints),
+                _counter("dfs_replication_substitutes", "Copies sent to a substitute node", io.substitutes),
+                _counter(
+                    "dfs_replication_read_fallbacks",
+                    "Chunk reads that had to try another node",
+                    io.read_fallbacks,
+                ),
+            ]
+        return out
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[])
+    family.add_metric([], float(value))
+    return family
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=[])
     if value is not None:
         family.add_metric([], float(value))
@@ -234,6 +327,10 @@ class Metrics:
         self._reader: MetaStore | None = None
         self._reader_guard = threading.Lock()  # close() vs a refresh thread using the reader
         self._closed = False
+
+    def watch(self, service: Service) -> None:
+        """Export the daemon's membership, layout, repair and replication figures."""
+        self.registry.register(_ClusterCollector(service))
 
     # -- observations ----------------------------------------------------------------
     # observe_meta may run in any thread (prometheus values are locked); the others touch the

@@ -74,6 +74,7 @@ class RepairStats:
     bytes_moved: int = 0
     surplus_removed: int = 0
     hints_delivered: int = 0
+    hints_pending: int = 0  # as of the last replay
     corrupt_replaced: int = 0
     errors: int = 0
     history: list[tuple[float, int]] = field(default_factory=list)  # (time, bytes_moved) for rates
@@ -171,6 +172,12 @@ class Repair:
     # -- hints -----------------------------------------------------------------------
     async def replay_hints(self) -> int:
         """Deliver the copies owed to nodes that are up; returns how many were delivered."""
+        try:
+            return await self._replay_hints()
+        finally:
+            self.stats.hints_pending = await self._thread(self.hints.count)
+
+    async def _replay_hints(self) -> int:
         view = await self.io.view()
         delivered = 0
         in_layout = {n.node_id: n.state for n in view.layout.nodes}
@@ -375,7 +382,7 @@ class Repair:
 
     def status(self) -> dict[str, Any]:
         out = self.stats.to_dict()
-        out["hints_pending"] = self.hints.count()
+        out["hints_pending"] = self.hints.count()  # exact for `dfs status` (a quick indexed count)
         if self.scrubber is not None:
             out["scrub"] = self.scrubber.statistics()
         return out

@@ -39,6 +39,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ import trio
 from daemon import s3_io
 from daemon.http import BodyError, Request, Response
 from dfs import s3names, s3xml, sigv4
+from dfs.chunkio import Policy
 from dfs.client import Client
 from dfs.config import Config
 from dfs.errors import (
@@ -143,6 +145,9 @@ class Call:
     auth: sigv4.AuthContext | None = None
     bytes_in: int = 0
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    # Replication factor and consistency level of the bucket (None: one node, nothing to choose).
+    policy: Policy | None = None
+    policy_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -400,6 +405,17 @@ class S3Api:
         )
 
     # -- buckets ----------
+    async def _policy(self, c: Call) -> Policy | None:
+        """How many copies this request's blocks get, and how many before the 200 (the bucket's
+        volume policy and the bucket directory's user.dfs.* xattrs)."""
+        if not c.policy_known:
+            c.policy = await self.client.write_policy(await self._bucket_ino(c.bucket))
+            c.policy_known = True
+        return c.policy
+
+    async def _writer(self, c: Call) -> AbstractAsyncContextManager[s3_io.BlockWriter]:
+        return s3_io.open_block_writer(self.client, policy=await self._policy(c))
+
     async def _bucket_ino(self, bucket: str) -> int:
         if not s3names.is_bucket_name(bucket):
             raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404, BucketName=bucket)
@@ -557,7 +573,7 @@ class S3Api:
         assert c.auth is not None
         self._body_limits(c)
         checks = sigv4.BodyChecks(c.headers, c.auth)
-        async with s3_io.open_block_writer(self.client) as writer:
+        async with await self._writer(c) as writer:
             async for piece in s3_io.payload(c.req, c.auth, checks, max_bytes=self.s3.max_object_bytes):
                 await writer.write(piece)
             blocks, inline = await writer.finish(self.client.inline_max)
@@ -631,6 +647,7 @@ class S3Api:
                 xattrs=xattrs,
                 if_none_match=c.headers.get("if-none-match", "").strip() == "*",
                 if_match=if_match,
+                replicas=_replicas(await self._policy(c)),
             )
         except (NotADirectory, IsADirectory):
             raise _conflict(c.key) from None
@@ -682,7 +699,7 @@ class S3Api:
             xattrs = {k: v for k, v in info.xattrs.items() if k not in (XA_ETAG, XA_CHECKSUM)}
         if_match = await self._write_conditions(c, bucket_ino, names)
         size = fmap.attr.size
-        async with s3_io.open_block_writer(self.client) as writer:
+        async with await self._writer(c) as writer:
             await s3_io.copy_range(writer, self.client, fmap, 0, size, final=True)
             blocks, inline = await writer.finish(self.client.inline_max)
         mtime = time.time_ns()
@@ -965,7 +982,7 @@ class S3Api:
             info, fmap = await self._copy_source(c)
             rng = c.headers.get("x-amz-copy-source-range")
             start, end = s3names.parse_copy_range(rng, fmap.attr.size) if rng else (0, fmap.attr.size - 1)
-            async with s3_io.open_block_writer(self.client) as writer:
+            async with await self._writer(c) as writer:
                 await s3_io.copy_range(writer, self.client, fmap, start, end + 1, final=True)
                 blocks, inline = await writer.finish(self.client.inline_max)
                 size = writer.size
@@ -989,6 +1006,7 @@ class S3Api:
                 blocks=blocks,
                 inline=inline,
                 xattrs=xattrs,
+                replicas=_replicas(await self._policy(c)),
             )
             await self.client.sync()  # a 200 for a part means it survives power loss too
         except NotFound:
@@ -1078,7 +1096,7 @@ class S3Api:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
         names, _ = s3names.key_to_names(c.key)
         if_match = await self._write_conditions(c, bucket_ino, names)
-        async with s3_io.open_block_writer(self.client) as writer:
+        async with await self._writer(c) as writer:
             for i, attr in enumerate(chosen):
                 fmap = await self.client.read_map(attr.ino)
                 await s3_io.copy_range(writer, self.client, fmap, 0, attr.size, final=i == len(chosen) - 1)
@@ -1250,6 +1268,10 @@ def _before(name: bytes) -> bytes:
 
 def _xml(body: bytes) -> Response:
     return Response(200, [("Content-Type", "application/xml")], body)
+
+
+def _replicas(policy: Policy | None) -> int | None:
+    return None if policy is None else policy.replicas
 
 
 def _conflict(key: str) -> S3Error:

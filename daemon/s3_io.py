@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import trio
 
 from daemon.http import Request
+from dfs.chunkio import Policy
 from dfs.client import Client
 from dfs.errors import S3Error
 from dfs.meta import BlockRef, FileMap
@@ -61,8 +62,11 @@ async def payload(
 class BlockWriter:
     """Cuts a byte stream into blocks and stores them, a few at a time."""
 
-    def __init__(self, client: Client, nursery: trio.Nursery, *, parallel: int = 2) -> None:
+    def __init__(
+        self, client: Client, nursery: trio.Nursery, *, parallel: int = 2, policy: Policy | None = None
+    ) -> None:
         self._client = client
+        self._policy = policy
         self._nursery = nursery
         self.block_size = client.block_size
         self._buf = bytearray()
@@ -113,7 +117,7 @@ class BlockWriter:
                 # An all-zero block is a hole: nothing to store, reads give zeros.
                 self._refs[index] = BlockRef(index, b"", len(data), 0)
             else:
-                self._refs[index] = await self._client.write_block(index, data)
+                self._refs[index] = await self._client.write_block(index, data, self._policy)
         finally:
             self._slots.release()
 
@@ -132,9 +136,11 @@ class BlockWriter:
 
 
 @contextlib.asynccontextmanager
-async def open_block_writer(client: Client, *, parallel: int = 2) -> AsyncIterator[BlockWriter]:
+async def open_block_writer(
+    client: Client, *, parallel: int = 2, policy: Policy | None = None
+) -> AsyncIterator[BlockWriter]:
     async with trio.open_nursery() as nursery:
-        yield BlockWriter(client, nursery, parallel=parallel)
+        yield BlockWriter(client, nursery, parallel=parallel, policy=policy)
 
 
 async def _block_bytes(client: Client, fmap: FileMap, index: int) -> bytes:

@@ -190,6 +190,12 @@ class Client:
             args.append(replicas)
         return Attr.from_wire(await self.rpc.call("meta.commit_write", *args))
 
+    async def write_policy(self, ino: int, parent: int | None = None) -> Policy | None:
+        """:meth:`policy` when there is a choice to make: None while the cluster has one node."""
+        if self.chunkio is None or len((await self.chunkio.view()).table.eligible) <= 1:
+            return None
+        return await self.policy(ino, parent)
+
     async def policy(self, ino: int, parent: int | None = None) -> Policy:
         """The replication factor and consistency level that apply to writes under ``ino``
         (``parent``: a directory a file was reached through; finding one otherwise is slow)."""
@@ -246,9 +252,10 @@ class Client:
         mode: int = 0o644,
         uid: int = 0,
         gid: int = 0,
+        replicas: int | None = None,
     ) -> Attr:
         """Create ``parent/dirs.../name`` with this content and xattrs, replacing a file, atomically."""
-        opts = {
+        opts: dict[str, Any] = {
             "size": size,
             "mtime_ns": mtime_ns,
             "blocks": [list(b) for b in blocks],
@@ -260,6 +267,8 @@ class Client:
             "uid": uid,
             "gid": gid,
         }
+        if replicas is not None:
+            opts["replicas"] = replicas
         return Attr.from_wire(await self.rpc.call("meta.put_object", parent, dirs, name, opts))
 
     async def make_dirs(self, parent: int, dirs: list[bytes], *, mode: int = 0o755) -> Attr:

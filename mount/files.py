@@ -300,7 +300,7 @@ class OpenFile:
 
     async def _policy(self) -> Policy | None:
         if self.policy is None and self.client.chunkio is not None:
-            self.policy = await self.client.policy(self.ino, self.parent)
+            self.policy = await self.client.write_policy(self.ino, self.parent)
         return self.policy
 
     async def _upload(self, index: int, up: _Upload) -> None:

@@ -27,15 +27,17 @@ import trio
 from dfs import config as config_mod
 from dfs import logs
 from dfs.certs import client_context_for
-from dfs.client import DEFAULT_PORT, Client, fetch_info, open_chunkio
+from dfs.client import DEFAULT_PORT, Client, ClusterInfo, fetch_info, open_chunkio
 from dfs.config import Config
-from dfs.errors import DfsError, NotADirectory
+from dfs.errors import DfsError, NotADirectory, Unavailable
 from dfs.meta import ROOT_INO
-from dfs.rpc import open_client
+from dfs.rpc import RpcClient, open_client
 from mount.fs import Operations, set_op_observer
 from mount.metrics import MountMetrics, serve_mount_metrics
 
 log = logging.getLogger("dfs.mount")
+# How long mount.dfs waits for one of several daemons named in the source before trying the next.
+_CONNECT_TRY_S = 10.0
 
 # fstab/mount(8) options that mean nothing to a FUSE filesystem: accepted and ignored.
 _IGNORED = {
@@ -174,15 +176,34 @@ async def _resolve_root(client: Client, subdir: str) -> int:
     return ino
 
 
+async def _connect_first(
+    stack: contextlib.AsyncExitStack, addresses: list[str], cfg: Config
+) -> tuple[RpcClient, ClusterInfo]:
+    """The first of ``addresses`` whose daemon answers (``mount.dfs host1,host2:/``)."""
+    errors = []
+    for address in addresses:
+        attempt = contextlib.AsyncExitStack()
+        try:
+            conn = await attempt.enter_async_context(
+                open_client(
+                    address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
+                )
+            )
+            with trio.fail_after(_CONNECT_TRY_S):
+                info = await fetch_info(conn)
+        except (DfsError, trio.TooSlowError) as exc:
+            await attempt.aclose()
+            errors.append(f"{address}: {getattr(exc, 'message', None) or 'no answer'}")
+            continue
+        await stack.enter_async_context(attempt)
+        return conn, info
+    raise Unavailable("no daemon answered: " + "; ".join(errors))
+
+
 async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
-    address = f"unix:{spec.values['socket']}" if "socket" in spec.values else spec.addresses[0]
-    async with (
-        open_client(
-            address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
-        ) as conn,
-        contextlib.AsyncExitStack() as stack,
-    ):
-        info = await fetch_info(conn)
+    addresses = [f"unix:{spec.values['socket']}"] if "socket" in spec.values else spec.addresses
+    async with contextlib.AsyncExitStack() as stack:
+        conn, info = await _connect_first(stack, addresses, cfg)
         chunkio = await stack.enter_async_context(
             open_chunkio(
                 conn,
@@ -210,7 +231,13 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                 raise UsageError(f"metrics={spec.values['metrics']}: {exc}") from None
             set_op_observer(mount_metrics.observe)
         source = ",".join(spec.addresses) + ":/" + spec.subdir
-        options = {"fsname=" + source, "subtype=dfs", "default_permissions", *spec.fuse_options}
+        # libfuse splits options at commas; a backslash keeps the hosts' commas in the fsname.
+        options = {
+            "fsname=" + source.replace("\\", "\\\\").replace(",", "\\,"),
+            "subtype=dfs",
+            "default_permissions",
+            *spec.fuse_options,
+        }
         if os.geteuid() == 0:
             options.add("allow_other")
         if spec.debug:

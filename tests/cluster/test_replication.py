@@ -116,3 +116,69 @@ def test_replicated_writes_cross_node_reads_and_repair_after_loss(
         m3.stop()
     n1.cli("status", "--wait", "--timeout", "60")
     n1.assert_clean()
+
+
+def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
+    cluster: list[Daemon], tmp_path: Path
+) -> None:
+    import errno
+    import subprocess
+
+    import boto3
+
+    from tests.conftest import BIN, http_call, is_mounted
+
+    n1, n2, n3 = cluster
+    # A mount naming a dead daemon first connects to the next one.
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    source = f"127.0.0.1:{free_port()},{n3.address}:/"
+    res = subprocess.run(
+        [str(BIN / "mount.dfs"), source, str(mnt), "-o", f"log={tmp_path / 'mount.log'}"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert res.returncode == 0, res.stderr
+    try:
+        three = mnt / "three"
+        three.mkdir()
+        os.setxattr(three, "user.dfs.replicas", b"3")
+        os.setxattr(three, "user.dfs.consistency", b"strong")
+        with pytest.raises(OSError) as ei:
+            os.setxattr(three, "user.dfs.replicas", b"9")
+        assert ei.value.errno == errno.EINVAL
+        data = os.urandom(9 * 1024 * 1024)
+        (three / "f").write_bytes(data)
+        (mnt / "two").write_bytes(os.urandom(4 * 1024 * 1024 + 1))
+        before = copies(cluster)
+        assert sorted(before.values()) == [2, 2, 3, 3, 3]  # R=3 under three/, the default R=2 elsewhere
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        wait_for(lambda: not is_mounted(mnt), 30, "unmount")
+
+    # S3 on a secondary: the object lands with the default R and reads back through the primary.
+    def s3(d: Daemon) -> object:
+        ak, sk = d.root_key()
+        return boto3.client(
+            "s3",
+            endpoint_url=d.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ak,
+            aws_secret_access_key=sk,
+        )
+
+    body = os.urandom(6 * 1024 * 1024)
+    s3(n2).create_bucket(Bucket="bkt")  # type: ignore[attr-defined]
+    s3(n2).put_object(Bucket="bkt", Key="k/obj", Body=body)  # type: ignore[attr-defined]
+    got = s3(n1).get_object(Bucket="bkt", Key="k/obj")["Body"].read()  # type: ignore[attr-defined]
+    assert got == body
+    assert sorted(copies(cluster).values()) == [2, 2, 2, 2, 3, 3, 3]
+
+    status, _, text = http_call(
+        n1.admin_port, "GET", "/metrics", headers={"Authorization": f"Bearer {n1.admin_token()}"}
+    )
+    assert status == 200
+    assert b'dfs_gossip_members{status="alive"} 3.0' in text
+    assert b"dfs_layout_epoch" in text and b"dfs_repair_bytes_moved_total" in text
+    n1.assert_clean()

@@ -1,0 +1,571 @@
+"""Replication, failure and repair of a 5-host cluster, each host a network namespace.
+
+Five daemons n1..n5 in zones z1, z2, z3, z1, z2 with R=3: n1 is the metadata
+primary, the others forward metadata to it.  Because placement takes one
+replica per zone while zones last, n3 (the only node of z3) holds a copy of
+every chunk, and of n1/n4 (z1) and n2/n5 (z2) exactly one holds each chunk.
+
+Every test ends with the same invariant check: once repair has settled, every
+chunk file sits on exactly the nodes the current layout's placement table
+assigns it (so R copies in R distinct zones), and ``dfs fsck`` on the primary,
+which checks metadata against every node's chunks and every committed chunk
+against its replication factor, finds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dfs.placement import Layout, PlacementTable
+from tests.netns.harness import Net, NsDaemon, NsMount, start_cluster, wait_status
+
+pytestmark = [pytest.mark.slow]
+
+NAMES = ("n1", "n2", "n3", "n4", "n5")
+ZONES = ("z1", "z2", "z3", "z1", "z2")
+R = 3
+MiB = 1024 * 1024
+BLOCK = 4 * MiB
+HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+# Short repair periods, like tests/cluster/test_replication.py.
+CLUSTER: dict[str, Any] = {
+    "replicas": R,
+    "consistency": "quorum",
+    "dead_grace_s": 600.0,
+    "hint_interval_s": 0.5,
+    "anti_entropy_interval_s": 2.0,
+    "refresh_s": 0.5,
+    "peer_timeout_s": 5.0,
+}
+
+
+# --------------------------------------------------------------------------- cluster helpers
+
+
+def start_replicated(
+    net: Net,
+    base: Path,
+    *,
+    cluster: dict[str, Any] | None = None,
+    preset: str = "fast_test",
+) -> list[NsDaemon]:
+    """n1..n5 on five hosts; n1 is the metadata primary; returns once all are active in the layout."""
+    conf = {"cluster": {**CLUSTER, **(cluster or {})}}
+    daemons = start_cluster(net, base, NAMES, zones=ZONES, conf=conf, start=False)
+    primary = daemons[0]
+    for d in daemons:
+        d.preset = preset
+        if d is not primary:
+            d.update_conf({"cluster": {"meta": primary.address}})
+        d.write_conf()
+    for d in daemons:
+        d.start()
+    wanted = dict.fromkeys(NAMES, "active")
+    wait_until(lambda: layout_states(primary) == wanted, 60, "all five nodes active in the layout")
+    for d in daemons:  # every daemon fetched the layout with all five
+        wait_until(lambda d=d: layout_states(d) == wanted, 30, f"{d.node_id} to see all five active")
+    return daemons
+
+
+def mount(d: NsDaemon, path: Path) -> NsMount:
+    """A mount made on ``d``'s host, connected to ``d``, using ``d``'s [cluster] timings."""
+    return d.mount(path, options=f"config={d.conf_path}")
+
+
+def layout_raw(d: NsDaemon) -> dict[str, Any]:
+    raw: dict[str, Any] = json.loads(d.cli("layout", "--json", timeout=30).stdout)
+    return raw
+
+
+def layout_states(d: NsDaemon) -> dict[str, str]:
+    res = d.cli("layout", "--json", check=False, timeout=30)
+    if res.returncode != 0:
+        return {}
+    return {n["node_id"]: n["state"] for n in json.loads(res.stdout)["nodes"]}
+
+
+def placement(d: NsDaemon) -> PlacementTable:
+    """The placement table of the layout ``d`` serves now."""
+    return PlacementTable(Layout.from_wire(layout_raw(d)))
+
+
+def chunk_files(d: NsDaemon) -> dict[str, Path]:
+    """Chunk id (hex) -> file, of every chunk in ``d``'s store (tmp/ and bad/ are not chunks)."""
+    top = d.data_dir / "chunks"
+    out: dict[str, Path] = {}
+    for root, dirs, files in os.walk(top):
+        rel = Path(root).relative_to(top).parts
+        if rel[:1] in (("tmp",), ("bad",)):
+            dirs.clear()
+            continue
+        for name in files:
+            if HEX_ID.fullmatch(name):
+                out[name] = Path(root) / name
+    return out
+
+
+def holders(daemons: Sequence[NsDaemon]) -> dict[str, set[str]]:
+    """Chunk id (hex) -> ids of the given nodes holding a copy."""
+    out: dict[str, set[str]] = {}
+    for d in daemons:
+        for name in chunk_files(d):
+            out.setdefault(name, set()).add(d.node_id)
+    return out
+
+
+def placement_problems(primary: NsDaemon, daemons: Sequence[NsDaemon], r: int = R) -> list[str]:
+    """Chunks not held by exactly their replicas under the current layout (empty: all in place)."""
+    table = placement(primary)
+    zone = {n.node_id: n.zone for n in table.layout.nodes}
+    problems = []
+    for cid, nodes in sorted(holders(daemons).items()):
+        want = set(table.for_chunk(bytes.fromhex(cid), r))
+        if nodes != want:
+            problems.append(f"{cid[:16]} on {sorted(nodes)}, placement says {sorted(want)}")
+        elif len({zone[n] for n in nodes}) != min(r, len(set(zone.values()))):
+            problems.append(f"{cid[:16]} on {sorted(nodes)}: zones not distinct")
+    return problems
+
+
+def wait_until(
+    pred: Callable[[], bool], timeout_s: float, what: str, detail: Callable[[], str] | None = None
+) -> None:
+    """Poll ``pred`` (at most every 0.25 s) until true; fail with ``detail()`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            extra = f": {detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{extra}")
+        time.sleep(0.25)
+
+
+def log_tails(daemons: Sequence[NsDaemon], chars: int = 1500) -> str:
+    return "\n".join(f"--- {d.node_id} dfsd.log:\n{d.log_tail(chars)}" for d in daemons)
+
+
+def assert_invariant(
+    primary: NsDaemon, live: Sequence[NsDaemon], timeout_s: float = 120
+) -> dict[str, set[str]]:
+    """Repair settles: every chunk on exactly its R placement nodes among ``live``; fsck clean.
+
+    Returns the final chunk -> holders map.
+    """
+    primary.cli("status", "--wait", "--timeout", str(int(timeout_s)), timeout=timeout_s + 30)
+    last: list[str] = []
+
+    def settled() -> bool:
+        last[:] = placement_problems(primary, live)
+        return not last
+
+    wait_until(
+        settled,
+        timeout_s,
+        "every chunk on exactly its placement nodes",
+        lambda: f"{len(last)} chunk(s) out of place, e.g. {last[:5]}\n{log_tails(live)}",
+    )
+    where = holders(live)
+    report = primary.fsck()
+    assert report["problems"] == [], f"fsck on the primary: {report['problems']}\n{log_tails(live)}"
+    # fsck saw the same copies we count on disk.
+    assert report["chunks_stored"] == R * len(where), (report, len(where))
+    assert report["orphans"] == 0
+    assert report.get("under_replicated", 0) == 0
+    return where
+
+
+def per_node_share(primary: NsDaemon, chunk_ids: Sequence[str]) -> dict[str, set[str]]:
+    """Node -> the chunk ids placement assigns it."""
+    table = placement(primary)
+    share: dict[str, set[str]] = {}
+    for cid in chunk_ids:
+        for node in table.for_chunk(bytes.fromhex(cid), R):
+            share.setdefault(node, set()).add(cid)
+    return share
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write, fsync and close: returning means the file is acknowledged."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- 1. tree across hosts
+
+
+TREE_SIZES = [
+    0, 1, 100, 4096, 4097, 12_345, 50_000, 65_536, 300_000, 777_777,
+    MiB, MiB + 7, 2 * MiB, 3 * MiB, BLOCK - 1, BLOCK, BLOCK + 1, 5_000_000, 9 * MiB + 3,
+]  # fmt: skip
+
+
+def make_tree(root: Path, rng: random.Random) -> None:
+    """~20 files of mixed sizes (inline, one block, several blocks) in nested dirs, plus symlinks."""
+    dirs = [root / "tree", root / "tree" / "a", root / "tree" / "a" / "b" / "c", root / "tree" / "d"]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate(TREE_SIZES):
+        write_file(dirs[i % len(dirs)] / f"f{i:02d}-{size}.bin", rng.randbytes(size))
+    # Compressible data and a file repeating another file's block (dedup: one chunk, two references).
+    write_file(dirs[1] / "text.txt", b"the quick brown fox jumps over the lazy dog\n" * 150_000)
+    original = dirs[BLOCK_INDEX % len(dirs)] / f"f{BLOCK_INDEX:02d}-{BLOCK}.bin"
+    write_file(dirs[2] / "copy-of-4MiB.bin", original.read_bytes())
+    os.symlink("a/b/c/f02-100.bin", root / "tree" / "link-to-file")
+    os.symlink("../d", root / "tree" / "a" / "link-to-dir")
+
+
+BLOCK_INDEX = TREE_SIZES.index(BLOCK)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, Any]]:
+    """Relative path -> ("dir", None) | ("link", target) | ("file", bytes), without following links."""
+    out: dict[str, tuple[str, Any]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", None)
+            else:
+                out[rel] = ("file", p.read_bytes())
+    return out
+
+
+def test_tree_written_on_one_host_reads_identically_on_another(net: Net, tmp_path: Path) -> None:
+    daemons = start_replicated(net, tmp_path)
+    n1, _n2, _n3, n4, n5 = daemons
+    with mount(n4, tmp_path / "m-a") as ma, mount(n5, tmp_path / "m-b") as mb:
+        make_tree(ma.path, random.Random(1))
+        written = snapshot(ma.path)
+        assert len([v for v in written.values() if v[0] == "file"]) >= 20
+        # Read through another host's mount, connected to that host's own (secondary) daemon.
+        read = snapshot(mb.path)
+        assert read.keys() == written.keys()
+        for rel, (kind, value) in written.items():
+            assert read[rel][0] == kind, rel
+            assert read[rel][1] == value, f"{rel} differs when read on {n5.node_id}"
+        assert (mb.path / "tree" / "link-to-file").read_bytes() == written["tree/a/b/c/f02-100.bin"][1]
+    where = assert_invariant(n1, daemons)
+    # Every file above the inline limit has chunks: at least one per 4 MiB block (dedup aside).
+    assert len(where) >= sum(-(-s // BLOCK) for s in TREE_SIZES if s > 4096) - 1
+    zones = dict(zip(NAMES, ZONES, strict=True))
+    for cid, nodes in where.items():
+        assert len(nodes) == R and {zones[n] for n in nodes} == {"z1", "z2", "z3"}, (cid, nodes)
+
+
+# --------------------------------------------------------------------------- 2 + 4. SIGKILL during writes
+
+
+class Writer(threading.Thread):
+    """Writes files one by one (write, fsync, close) and records which were acknowledged."""
+
+    def __init__(self, directory: Path, seed: int, max_files: int = 60) -> None:
+        super().__init__(name=f"writer-{directory.name}", daemon=True)
+        self.directory = directory
+        self.rng = random.Random(seed)
+        self.max_files = max_files
+        self.acked: dict[str, bytes] = {}
+        self.failed: dict[str, str] = {}
+        self.stop = threading.Event()
+        self.durations: list[float] = []
+
+    def run(self) -> None:
+        sizes = [MiB + 5, 5 * MiB, 20_000, 2 * MiB + 3, BLOCK + 17]
+        for i in range(self.max_files):
+            if self.stop.is_set():
+                return
+            data = self.rng.randbytes(sizes[i % len(sizes)])
+            path = self.directory / f"f{i:03d}"
+            started = time.monotonic()
+            try:
+                write_file(path, data)
+            except OSError as exc:
+                self.failed[path.name] = repr(exc)
+            else:
+                self.acked[path.name] = data
+            self.durations.append(time.monotonic() - started)
+
+    def finish(self, timeout_s: float = 120) -> None:
+        self.stop.set()
+        self.join(timeout_s)
+        assert not self.is_alive(), f"{self.name} still writing after {timeout_s}s"
+
+
+def set_consistency(directory: Path, level: str) -> None:
+    directory.mkdir()
+    os.setxattr(directory, "user.dfs.consistency", level.encode())
+    assert os.getxattr(directory, "user.dfs.consistency") == level.encode()
+
+
+def test_sigkill_during_strong_and_quorum_writes_loses_nothing_then_host_is_marked_out(
+    net: Net, tmp_path: Path
+) -> None:
+    """Acceptance items 2 and 4.
+
+    Two writers (one in a strong directory, one in a quorum directory) write through a mount on
+    n2 while n4, a replica of about half of all chunks, is killed with SIGKILL.  Every file whose
+    fsync and close returned reads back byte-identical from a mount on another surviving host.
+    After dead_grace_s the primary marks n4 out of the layout, and the survivors restore R copies
+    of everything: each survivor holds exactly the chunks placement now assigns it.
+    """
+    daemons = start_replicated(net, tmp_path, cluster={"dead_grace_s": 3.0})
+    n1, n2, n3, n4, n5 = daemons
+    epoch_before = layout_raw(n1)["epoch"]
+    with mount(n2, tmp_path / "m-w") as mw:
+        writers = []
+        for level, seed in (("strong", 11), ("quorum", 12)):
+            set_consistency(mw.path / level, level)
+            writers.append(Writer(mw.path / level, seed))
+        for w in writers:
+            w.start()
+        wait_until(lambda: all(len(w.acked) >= 4 for w in writers), 120, "writes before the kill")
+        n4.kill()
+        acked_at_kill = [len(w.acked) for w in writers]
+        # Keep writing until each writer has had 4 more files acknowledged after the kill.
+        wait_until(
+            lambda: all(len(w.acked) >= k + 4 for w, k in zip(writers, acked_at_kill, strict=True)),
+            120,
+            "writes after the kill",
+            lambda: f"failed: {[w.failed for w in writers]}\n{log_tails([n1, n2])}",
+        )
+        for w in writers:
+            w.finish()
+        # Writes keep working with a replica gone: substitutes take its copies.
+        assert [w.failed for w in writers] == [{}, {}], [w.failed for w in writers]
+
+    survivors = [n1, n2, n3, n5]
+    with mount(n3, tmp_path / "m-r") as mr:
+        for w in writers:
+            for name, data in w.acked.items():
+                got = (mr.path / w.directory.name / name).read_bytes()
+                assert got == data, f"{w.directory.name}/{name} differs after the kill"
+
+        # Item 4: n4 is marked out after the grace period, everyone else stays active.
+        wait_until(lambda: layout_states(n1).get("n4") == "out", 60, "n4 marked out")
+        assert layout_states(n1) == {
+            "n1": "active",
+            "n2": "active",
+            "n3": "active",
+            "n4": "out",
+            "n5": "active",
+        }
+        assert layout_raw(n1)["epoch"] > epoch_before
+        where = assert_invariant(n1, survivors)
+        share = per_node_share(n1, sorted(where))
+        assert "n4" not in share
+        for d in survivors:
+            assert set(chunk_files(d)) == share.get(d.node_id, set()), f"{d.node_id} does not hold its share"
+        # And still readable after repair moved things around.
+        for w in writers:
+            for name, data in w.acked.items():
+                assert (mr.path / w.directory.name / name).read_bytes() == data
+
+
+# --------------------------------------------------------------------------- 3. partition and rejoin
+
+
+def test_partitioned_host_rejoins_and_catches_up(net: Net, tmp_path: Path) -> None:
+    """Acceptance item 3: n4 is cut off while quorum writes go on; back, it gets its share.
+
+    dead_grace_s is far longer than the partition, so n4 stays in the layout (active) and the
+    copies it missed reach it by hinted handoff and anti-entropy; the substitutes' copies go away.
+    """
+    daemons = start_replicated(net, tmp_path, cluster={"dead_grace_s": 300.0})
+    n1, n2, _n3, n4, _n5 = daemons
+    epoch = layout_raw(n1)["epoch"]
+    rng = random.Random(3)
+    files: dict[str, bytes] = {}
+    with mount(n2, tmp_path / "m-w") as mw:
+        (mw.path / "before").write_bytes(rng.randbytes(3 * MiB))
+        net.isolate(n4.host)
+        # Right away: gossip still thinks n4 is alive, its copies time out (peer_timeout_s) or are
+        # simply not waited for (quorum), and become hints.
+        for i in range(3):
+            files[f"early{i}"] = rng.randbytes(BLOCK + 1000 * i)
+            write_file(mw.path / files_name(f"early{i}"), files[f"early{i}"])
+        wait_status([n1, n2], "n4", "dead", timeout=30)
+        # Gossip says dead: substitutes take n4's copies (misplaced until it is back).
+        for i in range(4):
+            files[f"late{i}"] = rng.randbytes(2 * MiB + 777 * i)
+            write_file(mw.path / files_name(f"late{i}"), files[f"late{i}"])
+        assert files_chunk_count_missing_on(n4, daemons) > 0, "n4 missed nothing: the test proves nothing"
+        net.reconnect(n4.host)
+        wait_status(daemons, "n4", "alive", timeout=60)
+        where = assert_invariant(n1, daemons)
+        assert layout_states(n1)["n4"] == "active" and layout_raw(n1)["epoch"] == epoch
+        share = per_node_share(n1, sorted(where))
+        assert set(chunk_files(n4)) == share["n4"], "n4 does not hold its share after rejoining"
+        for d in daemons:
+            assert set(chunk_files(d)) == share.get(d.node_id, set()), f"{d.node_id} does not hold its share"
+    with mount(n4, tmp_path / "m-r") as mr:
+        for name, data in files.items():
+            assert (mr.path / files_name(name)).read_bytes() == data
+
+
+def files_name(name: str) -> str:
+    return f"{name}.bin"
+
+
+def files_chunk_count_missing_on(node: NsDaemon, daemons: Sequence[NsDaemon]) -> int:
+    """How many chunks placement assigns ``node`` that it does not hold."""
+    table = placement(daemons[0])
+    mine = set(chunk_files(node))
+    return sum(
+        1
+        for cid in holders(daemons)
+        if node.node_id in table.for_chunk(bytes.fromhex(cid), R) and cid not in mine
+    )
+
+
+# --------------------------------------------------------------------------- 5. scrubber
+
+
+def test_scrubber_replaces_a_corrupted_chunk_copy(net: Net, tmp_path: Path) -> None:
+    """Acceptance item 5: a byte flipped in one copy on n3 is found by the scrubber, the bad file
+    goes to chunks/bad/ and a good copy is fetched from another replica under the same name."""
+    daemons = start_replicated(net, tmp_path, cluster={"scrub_bytes_s": 1024 * MiB, "scrub_interval_s": 1.0})
+    n1, n2, n3, _n4, _n5 = daemons
+    rng = random.Random(5)
+    payload = {f"f{i}": rng.randbytes(size) for i, size in enumerate((MiB + 1, 6 * MiB, 300_000))}
+    with mount(n2, tmp_path / "m-w") as mw:
+        for name, data in payload.items():
+            write_file(mw.path / name, data)
+    where = assert_invariant(n1, daemons)
+    # n3 holds every chunk (only node of z3); corrupt the biggest copy there.
+    files = chunk_files(n3)
+    assert set(files) == set(where)
+    victim = max(files, key=lambda c: files[c].stat().st_size)
+    path = files[victim]
+    good = path.read_bytes()
+    other = next(d for d in daemons if d is not n3 and victim in chunk_files(d))
+    assert chunk_files(other)[victim].read_bytes() == good  # replicas are byte-identical
+    with open(path, "r+b") as f:
+        middle = len(good) // 2
+        f.seek(middle)
+        f.write(bytes([good[middle] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())
+    assert path.read_bytes() != good
+    bad_dir = n3.data_dir / "chunks" / "bad"
+
+    def quarantined() -> list[Path]:
+        return [p for p in bad_dir.iterdir() if p.name.startswith(victim)] if bad_dir.exists() else []
+
+    wait_until(
+        lambda: bool(quarantined()),
+        30,
+        "the scrubber to quarantine the corrupt copy",
+        lambda: log_tails([n3]),
+    )
+    assert quarantined()[0].read_bytes() != good  # what was moved aside is the damaged file
+    wait_until(
+        lambda: path.exists() and path.read_bytes() == good,
+        30,
+        "a good copy back in place on n3",
+        lambda: log_tails([n3]),
+    )
+    status = json.loads(n3.cli("status", "--json").stdout)
+    mine = next(n for n in status["cluster"]["nodes"] if n["node_id"] == "n3")
+    assert mine["scrub"]["corrupt_found"] >= 1 and mine["corrupt_replaced"] >= 1, mine
+    # The repaired copy serves reads: a mount on n3 reads its own daemon's copy first.
+    with mount(n3, tmp_path / "m-r") as mr:
+        for name, data in payload.items():
+            assert (mr.path / name).read_bytes() == data
+    assert_invariant(n1, daemons)
+
+
+# ----------------------------------------------------------- 6. consistency levels, frozen replica
+
+
+class TimedWrite(threading.Thread):
+    def __init__(self, path: Path, data: bytes) -> None:
+        super().__init__(name=f"write-{path.name}", daemon=True)
+        self.path = path
+        self.data = data
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.started_at = 0.0
+        self.took = -1.0
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        super().start()
+
+    def run(self) -> None:
+        try:
+            write_file(self.path, self.data)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.took = time.monotonic() - self.started_at
+            self.done.set()
+
+
+WINDOW_S = 2.0  # quorum and eventual writes must finish within this while a replica is frozen
+FROZEN_S = 6.0  # ... and a strong write must still be waiting after this long
+
+
+def test_frozen_replica_blocks_strong_but_not_quorum_or_eventual(net: Net, tmp_path: Path) -> None:
+    """Acceptance item 6: n3 is frozen with SIGSTOP.
+
+    n3 is the only node of zone z3, so placement puts a replica of *every* chunk on it (checked
+    below against the placement table): every block of every file written meanwhile has n3 among
+    its replicas, which makes the assertions deterministic.  Gossip uses the "lan" preset, under
+    which declaring a silent member dead takes several seconds (suspicion >= 4 s), and
+    peer_timeout_s is 30 s, so within the window nothing substitutes n3: strong writes must wait
+    for its copy, quorum (2 of 3) and eventual (1 of 3) writes need not.  After the thaw, n3
+    answers and the strong write completes; every file reads back intact and repair restores
+    R copies (quorum and eventual left hints for n3).
+    """
+    daemons = start_replicated(net, tmp_path, cluster={"peer_timeout_s": 30.0}, preset="lan")
+    n1, n2, n3, _n4, n5 = daemons
+    rng = random.Random(6)
+    payload = {level: rng.randbytes(BLOCK + 2 * MiB) for level in ("strong", "quorum", "eventual")}
+    with mount(n2, tmp_path / "m-w") as mw:
+        for level in payload:
+            set_consistency(mw.path / level, level)
+            # Warm up (connections to every peer exist) and check each level works when all is well.
+            write_file(mw.path / level / "warmup", rng.randbytes(MiB))
+        n3.freeze()
+        try:
+            strong = TimedWrite(mw.path / "strong" / "data", payload["strong"])
+            strong.start()
+            others = {}
+            for level in ("quorum", "eventual"):
+                w = TimedWrite(mw.path / level / "data", payload[level])
+                w.start()
+                assert w.done.wait(WINDOW_S + 30), f"{level} write hung with n3 frozen"
+                assert w.error is None, f"{level} write failed: {w.error!r}"
+                others[level] = w.took
+            for level, took in others.items():
+                assert took < WINDOW_S, f"{level} write took {took:.2f}s with one replica frozen"
+            assert not strong.done.wait(max(0.0, strong.started_at + FROZEN_S - time.monotonic())), (
+                f"strong write returned after {strong.took:.2f}s with a replica frozen ({strong.error!r})"
+            )
+        finally:
+            n3.thaw()
+        assert strong.done.wait(60), "strong write did not complete after the thaw"
+        assert strong.error is None, f"strong write failed after the thaw: {strong.error!r}"
+        assert strong.took >= FROZEN_S
+    # Every chunk in the cluster has n3 among its replicas (the premise above).
+    table = placement(n1)
+    for cid in holders(daemons):
+        assert "n3" in table.for_chunk(bytes.fromhex(cid), R), cid
+    with mount(n5, tmp_path / "m-r") as mr:
+        for level, data in payload.items():
+            assert (mr.path / level / "data").read_bytes() == data, level
+    assert_invariant(n1, daemons)
