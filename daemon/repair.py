@@ -141,6 +141,8 @@ class Repair:
                 await self.replay_hints()
             except DfsError as exc:
                 log.warning("hint replay failed: %s", exc.message)
+            except Exception:  # never let one bad round stop repair for good
+                log.exception("hint replay failed")
 
     async def _anti_entropy_loop(self) -> None:
         cl = self.cfg.cluster
@@ -165,6 +167,10 @@ class Repair:
                 left = await self.anti_entropy_round()
             except DfsError as exc:
                 log.warning("anti-entropy round failed: %s", exc.message)
+                self.stats.errors += 1
+                left = 1
+            except Exception:
+                log.exception("anti-entropy round failed")
                 self.stats.errors += 1
                 left = 1
             retry_at = time.monotonic() + _RETRY_S if left else None
@@ -372,8 +378,9 @@ class Repair:
             blob, source = await self.io.get(chunk_id, skip=[self.node_id])
             await self._thread(codec.verify, blob)
             await self._thread(self.store.put, chunk_id, blob)
-        except DfsError as exc:
-            log.warning("corrupt chunk %s could not be replaced yet: %s", chunk_id.hex()[:16], exc.message)
+        except Exception as exc:  # runs as a background task: it must never raise
+            reason = exc.message if isinstance(exc, DfsError) else repr(exc)
+            log.warning("corrupt chunk %s could not be replaced yet: %s", chunk_id.hex()[:16], reason)
             self.stats.errors += 1
             self.kick()
             return

@@ -409,7 +409,8 @@ class S3Api:
         """How many copies this request's blocks get, and how many before the 200 (the bucket's
         volume policy and the bucket directory's user.dfs.* xattrs)."""
         if not c.policy_known:
-            c.policy = await self.client.write_policy(await self._bucket_ino(c.bucket))
+            if await self.client.clustered():
+                c.policy = await self.client.policy(await self._bucket_ino(c.bucket))
             c.policy_known = True
         return c.policy
 

@@ -855,6 +855,9 @@ class Service:
         except DfsError as exc:
             log.warning("registering in the layout failed: %s", exc.message)
             return False
+        except Exception:
+            log.exception("registering in the layout failed")
+            return False
         if self.chunkio is not None:
             self.chunkio.invalidate()
         return True
@@ -893,6 +896,8 @@ class Service:
                         self.repair.kick()
             except DfsError as exc:
                 log.warning("layout controller: %s", exc.message)
+            except Exception:
+                log.exception("layout controller failed")
 
     # -- system ----------------------------------------------------------------
     async def ping(self) -> str:

@@ -327,7 +327,10 @@ class ChunkIO:
                     if not held:
                         await self.call_node(node_id, "chunk.put", chunk_id, blob, view=view)
                     acked.append(node_id)
-                except DfsError as exc:
+                except Exception as exc:  # a bug here must not take down the caller's nursery
+                    if not isinstance(exc, DfsError):
+                        log.exception("copy of chunk %s to %s failed", chunk_id.hex()[:16], node_id)
+                        exc = Unavailable(f"copy to {node_id} failed: {exc!r:.200}")
                     log.info("copy of chunk %s to %s failed: %s", chunk_id.hex()[:16], node_id, exc.message)
                     failures.append(exc)
                     owed.append(node_id)

