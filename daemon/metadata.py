@@ -2282,6 +2282,23 @@ class MetaStore:
         return [found.get(chunk_id) for chunk_id in chunk_ids]
 
     @_api
+    def chunk_factors(self, chunk_ids: list[bytes]) -> list[int | None]:
+        """For repair: each chunk's replication factor, 0 when metadata knows the chunk but
+        recorded none (the default applies), None when it does not know it at all (an
+        uncommitted write, or collected: repair must leave such a copy alone, or it would
+        bring back what garbage collection or the orphan sweep removed)."""
+        found: dict[bytes, int] = {}
+        for i in range(0, len(chunk_ids), _IN_BATCH):
+            batch = chunk_ids[i : i + _IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            found.update(
+                self._db.execute(
+                    f"SELECT chunk_id, coalesce(replicas, 0) FROM chunks WHERE chunk_id IN ({marks})", batch
+                )
+            )
+        return [found.get(chunk_id) for chunk_id in chunk_ids]
+
+    @_api
     def referenced_chunks(self) -> dict[bytes, int]:
         return dict(self._db.execute("SELECT chunk_id, refcount FROM chunks WHERE refcount >= 0"))
 

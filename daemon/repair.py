@@ -23,7 +23,10 @@ foreground I/O stays responsive.
   the chunk store and replaced from another replica.
 
 The replication factor of a chunk comes from metadata (the largest R of the
-files referencing it); chunks metadata does not know yet use the default.
+files referencing it, else the default).  Chunks metadata does not know are
+left alone: an uncommitted write's missing copies are covered by its hints,
+and a chunk garbage collection or the orphan sweep removed must not be
+copied back from a node that has not deleted its copy yet.
 """
 
 from __future__ import annotations
@@ -246,6 +249,10 @@ class Repair:
             if not pref:
                 continue  # no active node at all: nowhere to put anything, keep every copy
             for cid, r in zip(ids, rs, strict=True):
+                if r is None:
+                    # Uncommitted (its writer's hints cover missing copies) or already collected
+                    # (copying it would undo the collection): not repair's business.
+                    continue
                 reps = pref[: view.replica_count(r)]
                 plans.append((cid, reps, me not in reps))
                 for peer in reps:
@@ -313,12 +320,13 @@ class Repair:
         self.stats.last_round_s = round(time.monotonic() - started, 3)
         return left
 
-    async def _replication(self, ids: list[bytes], view: ClusterView) -> list[int]:
+    async def _replication(self, ids: list[bytes], view: ClusterView) -> list[int | None]:
+        """Each chunk's R (None: metadata does not know it; see MetaStore.chunk_factors)."""
         default = view.default_policy.replicas
-        out: list[int] = []
+        out: list[int | None] = []
         for i in range(0, len(ids), _R_BATCH):
             rs = await self._replicas_of(ids[i : i + _R_BATCH])
-            out.extend(default if r is None else int(r) for r in rs)
+            out.extend(None if r is None else (int(r) or default) for r in rs)
         return out
 
     async def _do(self, work: list[_Work], view: ClusterView) -> int:

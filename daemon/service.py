@@ -65,22 +65,10 @@ _CLAIM_WINDOW_S = 30.0
 
 def _load_or_create_secret(path: Path) -> bytes:
     """The cluster key that keys chunk ids; created once, mode 0600."""
-    try:
-        data = path.read_bytes()
-        if len(data) == 32:
-            return data
-        raise DfsError(f"{path} is corrupt: expected 32 bytes, found {len(data)}")
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    key = _load_secret(path)
+    if key is None:
+        key = secrets.token_bytes(32)
+        _write_private_bytes(path, key)
     return key
 
 
@@ -93,6 +81,7 @@ def _replicas_arg(value: Any) -> int | None:
 
 
 def _load_secret(path: Path) -> bytes | None:
+    """The cluster key if this data directory has one (a secondary gets it from the primary)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -135,14 +124,7 @@ def _write_private_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    _write_private_bytes(path, text.encode())
 
 
 # Read-only MetaStore methods answered inline by the primary's RPC reader (and forwarded by secondaries).
@@ -162,6 +144,7 @@ _INLINE_METHODS = (
     "list_volumes",
     "layout",
     "chunk_replicas",
+    "chunk_factors",
     "policy",
 )
 # Every metadata call the primary serves through its metadata thread; secondaries forward them.
@@ -761,10 +744,11 @@ class Service:
             self.repair.kick()
 
     async def replicas_of(self, chunk_ids: list[bytes]) -> list[int | None]:
+        """Each chunk's R for repair: 0 = the default, None = unknown to metadata (leave it)."""
         if self._reader is not None:
-            return self._reader.chunk_replicas(chunk_ids)
+            return self._reader.chunk_factors(chunk_ids)
         assert self.primary is not None
-        result: list[int | None] = await self.primary.call("meta.chunk_replicas", chunk_ids)
+        result: list[int | None] = await self.primary.call("meta.chunk_factors", chunk_ids)
         return result
 
     async def run_cluster(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -298,7 +298,8 @@ class ChunkIO:
         """
         view = await self.view()
         targets, down, spares = write_targets(view, chunk_id, policy.replicas)
-        need = copies_needed(policy.consistency, len(targets) + len(down))
+        # The chunk's copy count n, not len(targets): those include substitutes for down replicas.
+        need = copies_needed(policy.consistency, view.replica_count(policy.replicas))
         self.stats.puts += 1
         self.stats.substitutes += len(targets) - (view.replica_count(policy.replicas) - len(down))
         started = time.monotonic()
@@ -441,24 +442,33 @@ class ChunkIO:
         raise Unavailable(f"chunk {chunk_id.hex()} could not be read: {detail}")
 
     async def has_any(self, chunk_ids: list[bytes]) -> set[bytes]:
-        """The ids of ``chunk_ids`` that at least one reachable node holds."""
+        """The ids of ``chunk_ids`` that at least one reachable node holds.
+
+        Asks every node that may hold them (skipping those gossip reports down)
+        at once and stops as soon as every id is found: a frozen or dead node
+        costs a timeout only when no other node has the answer.
+        """
         view = await self.view()
         by_node: dict[str, list[bytes]] = {}
         for cid in chunk_ids:
             for node_id in read_order(view, cid):
                 if not view.is_down(node_id):
                     by_node.setdefault(node_id, []).append(cid)
+        wanted = set(chunk_ids)
         present: set[bytes] = set()
 
-        async def ask(node_id: str, ids: list[bytes]) -> None:
-            try:
-                held = await self.call_node(node_id, "chunk.has", ids, view=view)
-            except DfsError as exc:
-                log.info("has() on %s failed: %s", node_id, exc.message)
-                return
-            present.update(cid for cid, h in zip(ids, held, strict=True) if h)
-
         async with trio.open_nursery() as nursery:
+
+            async def ask(node_id: str, ids: list[bytes]) -> None:
+                try:
+                    held = await self.call_node(node_id, "chunk.has", ids, view=view)
+                except DfsError as exc:
+                    log.info("has() on %s failed: %s", node_id, exc.message)
+                    return
+                present.update(cid for cid, h in zip(ids, held, strict=True) if h)
+                if present >= wanted:
+                    nursery.cancel_scope.cancel()
+
             for node_id, ids in by_node.items():
                 nursery.start_soon(ask, node_id, ids)
         return present

@@ -359,31 +359,26 @@ class OpenFile:
                 raise errors[0]
             refs = [up.ref for up in uploads.values() if up.ref is not None]
             policy = await self._policy()
-            replicas = policy.replicas if policy else None
-            try:
-                attr = await self.client.commit_write(
+
+            async def commit_refs() -> Attr:
+                return await self.client.commit_write(
                     self.ino,
                     size=size,
                     mtime_ns=mtime_ns,
                     blocks=refs,
                     inline=None,
                     attrs=attrs,
-                    replicas=replicas,
+                    replicas=policy.replicas if policy else None,
                 )
+
+            try:
+                attr = await commit_refs()
             except ChunkMissing:
                 # A copy we relied on (dedup) was collected meanwhile: store every block again.
                 for index, up in uploads.items():
                     up.ref = await self.client.write_block(index, up.data, policy, force=True)
                 refs = [up.ref for up in uploads.values() if up.ref is not None]
-                attr = await self.client.commit_write(
-                    self.ino,
-                    size=size,
-                    mtime_ns=mtime_ns,
-                    blocks=refs,
-                    inline=None,
-                    attrs=attrs,
-                    replicas=replicas,
-                )
+                attr = await commit_refs()
             self._attrs_sent(attrs)
             self._after_commit(versions, size, refs, None, attr)
             return attr

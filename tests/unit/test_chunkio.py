@@ -208,3 +208,42 @@ async def test_read_falls_back_past_missing_and_broken_copies() -> None:
         with pytest.raises(ChunkMissing):  # every node answered: it is nowhere
             await io.get(os.urandom(32))
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("level", ["strong", "quorum"])
+async def test_a_replica_known_dead_is_substituted_and_the_write_acknowledged(level: str) -> None:
+    nodes: dict[str, FakeNode] = {}
+    for i in range(5):
+        FakeNode(f"n{i}", nodes)
+    cid = os.urandom(32)
+    reps = list(view().table.replicas(partition_of(cid), 3))
+    v = view(down=(reps[1],))
+    nodes[reps[1]].broken = True
+    async with trio.open_nursery() as nursery:
+        io = await _chunkio(nursery, v, nodes)
+        copies = await io.put(cid, b"blob", Policy(3, level))
+        nursery.cancel_scope.cancel()
+    assert copies == 3  # R copies on R live nodes: the need counts replicas, not substitutes
+    assert sum(cid in n.blobs for n in nodes.values()) == 3
+    assert any(reps[1] in t for n in nodes.values() for t, _ in n.hints)
+
+
+async def test_has_any_does_not_wait_for_a_frozen_node_when_others_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    nodes: dict[str, FakeNode] = {}
+    for i in range(5):
+        FakeNode(f"n{i}", nodes)
+    v = view()
+    ids = [os.urandom(32) for _ in range(20)]
+    for cid in ids:
+        for node_id in v.table.replicas(partition_of(cid), 3)[1:]:
+            nodes[node_id].blobs[cid] = b"x"
+    frozen = nodes["n1"]
+    frozen.frozen = trio.Event()
+    async with trio.open_nursery() as nursery:
+        io = await _chunkio(nursery, v, nodes)
+        start = trio.current_time()
+        assert await io.has_any(ids) == set(ids)
+        assert trio.current_time() - start < 1.0  # not the 5 s peer timeout
+        nursery.cancel_scope.cancel()

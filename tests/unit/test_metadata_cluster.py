@@ -668,3 +668,19 @@ def test_policy_is_a_few_statements_at_any_depth(store: MetaStore) -> None:
     finally:
         store._db.set_trace_callback(None)
     assert len(statements) <= 12, statements
+
+
+def test_chunk_factors_tell_unknown_chunks_from_default_ones(tmp_path: Path) -> None:
+    store = MetaStore(tmp_path / "f.db", inline_max=16, block_size=64)
+    try:
+        ino = store.create(ROOT_INO, b"f", 0o644, 0, 0, "s").ino
+        refs = [BlockRef(0, cid(1), 64, 64), BlockRef(1, cid(2), 64, 64)]
+        store.commit_write(
+            ino, size=128, mtime_ns=1, blocks=refs[:1], inline=None, chunk_exists=lambda c: True
+        )
+        store.commit_write(
+            ino, size=128, mtime_ns=2, blocks=refs[1:], inline=None, chunk_exists=lambda c: True, replicas=2
+        )
+        assert store.chunk_factors([cid(1), cid(2), cid(3)]) == [0, 2, None]
+    finally:
+        store.close()
