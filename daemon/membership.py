@@ -172,7 +172,10 @@ class Membership:
             kind = str(event.kind)
             self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
             m: Member = event.member
-            level = logging.WARNING if str(event.kind) in ("dead", "suspect") else logging.INFO
+            # Updates (free space, layout epoch) come every few seconds from every member: debug only.
+            level = {"dead": logging.WARNING, "suspect": logging.WARNING, "update": logging.DEBUG}.get(
+                kind, logging.INFO
+            )
             log.log(level, "member %s %s", m.node_id, event.kind, extra={"ctx": {"address": m.address}})
         if self.gossip.next_deadline() <= _clock():
             self._wake.set()
