@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 import trio
@@ -54,11 +54,26 @@ def _clock() -> float:
     return time.monotonic()
 
 
+class LinkFaults(Protocol):
+    """The fate of each message this node sends: how the in-process cluster tests inject loss,
+    delay and partitions into real sockets without touching the protocol.
+
+    ``delay`` is asked once per datagram and once per push-pull exchange (``stream=True``, which
+    covers the reply too).  It returns None for a lost message (a push-pull then fails as a
+    refused connection would) or the seconds to hold it back.
+    """
+
+    def delay(self, src: str, dst: str, *, stream: bool) -> float | None: ...
+
+
 class Membership:
     """Runs one node's gossip over real sockets."""
 
-    def __init__(self, cfg: Config, meta_source: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, cfg: Config, meta_source: Callable[[], dict[str, Any]], faults: LinkFaults | None = None
+    ) -> None:
         g = cfg.gossip
+        self._faults = faults
         self.cfg = cfg
         self.address = g.advertise or g.listen
         self._meta_source = meta_source
@@ -105,20 +120,22 @@ class Membership:
             udp.bind((host, addr.port))
             listeners = await trio.open_tcp_listeners(addr.port, host=host)
             self._udp = udp
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._receive_datagrams, udp)
-                nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-                nursery.start_soon(self._refresh_meta)
-                self.gossip.join(self._seeds, _clock())
-                self._flush()
-                task_status.started()
-                await self._timers()
-        finally:
-            if self._udp is not None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._receive_datagrams, udp)
+                    nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
+                    nursery.start_soon(self._refresh_meta)
+                    self.gossip.join(self._seeds, _clock())
+                    self._flush()
+                    task_status.started()
+                    await self._timers()
+            finally:
+                self._nursery = None  # closed: the goodbye below is sent at once, no streams
                 # Shutting down (SIGTERM): say goodbye so peers mark us LEFT at once.
                 with trio.CancelScope(shield=True):
                     await self.leave()
+        finally:
             self._udp = None
             trio.lowlevel.notify_closing(udp)
             udp.close()
@@ -159,11 +176,14 @@ class Membership:
         for address, data in self.gossip.outgoing():
             if self._udp is None:
                 break
-            try:
-                target = parse_address(address, 7401)
-                self._udp.sendto(data, (target.host, target.port))
-            except (OSError, ValueError) as exc:  # unreachable, buffer full, bad address: dropped
-                log.debug("gossip send to %s failed: %s", address, exc)
+            if self._faults is not None:
+                delay = self._faults.delay(self.address, address, stream=False)
+                if delay is None:
+                    continue
+                if delay > 0 and self._nursery is not None:
+                    self._nursery.start_soon(self._send_later, address, data, delay)
+                    continue
+            self._send(address, data)
         if self._nursery is not None:
             for address, data in self.gossip.outgoing_streams():
                 self._nursery.start_soon(self._push_pull, address, data)
@@ -180,7 +200,26 @@ class Membership:
         if self.gossip.next_deadline() <= _clock():
             self._wake.set()
 
+    def _send(self, address: str, data: bytes) -> None:
+        if self._udp is None:
+            return
+        try:
+            target = parse_address(address, 7401)
+            self._udp.sendto(data, (target.host, target.port))
+        except (OSError, ValueError) as exc:  # unreachable, buffer full, bad address: dropped
+            log.debug("gossip send to %s failed: %s", address, exc)
+
+    async def _send_later(self, address: str, data: bytes, delay: float) -> None:
+        await trio.sleep(delay)
+        self._send(address, data)
+
     async def _push_pull(self, address: str, request: bytes) -> None:
+        if self._faults is not None:
+            delay = self._faults.delay(self.address, address, stream=True)
+            if delay is None:
+                log.debug("gossip push-pull with %s failed: link down", address)
+                return
+            await trio.sleep(delay)
         try:
             target = parse_address(address, 7401)
             with trio.fail_after(_STREAM_TIMEOUT_S):
