@@ -78,8 +78,12 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             if cfg.gossip.enabled:
+
+                def hot() -> list[str]:
+                    return service.hot.advertised() if service.hot is not None else []
+
                 membership = Membership(
-                    cfg, lambda: node_meta(cfg, service.chunks.stats, lambda: service.layout_epoch)
+                    cfg, lambda: node_meta(cfg, service.chunks.stats, lambda: service.layout_epoch, hot)
                 )
                 service.membership = membership
                 await nursery.start(membership.run)

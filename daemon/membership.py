@@ -83,6 +83,7 @@ class Membership:
         )
         self._seeds = [s.strip() for s in g.seeds.split(",") if s.strip()]
         self._wake = trio.Event()
+        self._meta_nudge = trio.Event()
         self._udp: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self.events_seen = 0
@@ -247,9 +248,15 @@ class Membership:
         finally:
             await trio.aclose_forcefully(stream)
 
+    def refresh_meta_soon(self) -> None:
+        """Re-advertise this node's state now rather than at the next interval."""
+        self._meta_nudge.set()
+
     async def _refresh_meta(self) -> None:
         while True:
-            await trio.sleep(self.cfg.gossip.meta_interval_s)
+            with trio.move_on_after(self.cfg.gossip.meta_interval_s):
+                await self._meta_nudge.wait()
+            self._meta_nudge = trio.Event()
             try:
                 meta = await trio.to_thread.run_sync(self._meta_source)
             except Exception:
@@ -283,12 +290,19 @@ def _fmt(source: Any) -> str:
 
 
 def node_meta(
-    cfg: Config, stats: Callable[[], dict[str, int]], layout_epoch: Callable[[], int]
+    cfg: Config,
+    stats: Callable[[], dict[str, int]],
+    layout_epoch: Callable[[], int],
+    hot: Callable[[], list[str]] = list,
 ) -> dict[str, Any]:
-    """What this node advertises: who it is, where to reach it, how full and how busy it is."""
+    """What this node advertises: who it is, where to reach it, how full and how busy it is,
+    and which chunks it has given extra copies for their read load (hot chunks)."""
     st = stats()
     vm = psutil.virtual_memory()
+    hot_ids = hot()
+    extra = {"hot": hot_ids, "hot_extra": cfg.cluster.hot_extra_copies} if hot_ids else {}
     return {
+        **extra,
         "zone": cfg.node.zone,
         "rpc": cfg.rpc.advertise or cfg.rpc.listen,
         "s3": cfg.s3.listen if cfg.s3.enabled else "",

@@ -220,6 +220,21 @@ class _ClusterCollector:
                         "dfs_scrub_corrupt_found", "Corrupt copies found by the scrubber", sc["corrupt_found"]
                     ),
                 ]
+        if svc.hot is not None:
+            hot = svc.hot.status()
+            out += [
+                _gauge(
+                    "dfs_hot_chunks", "Chunks this node has given temporary extra copies", hot["hot_chunks"]
+                ),
+                _gauge(
+                    "dfs_hot_copies_held",
+                    "Pinned extra copies of hot chunks held here",
+                    hot["hot_copies_held"],
+                ),
+                _counter(
+                    "dfs_hot_promotions", "Extra copies of hot chunks made or renewed", hot["hot_promotions"]
+                ),
+            ]
         if svc.chunkio is not None:
             io = svc.chunkio.stats
             out += [

@@ -19,6 +19,8 @@ foreground I/O stays responsive.
   substitute during a failure, the layout changed, or this node is draining)
   are sent where they belong and deleted here only once every replica is up
   and holds the chunk: a surplus copy goes only after the new ones are durable.
+- **Pinned copies**, a hot chunk's temporary extra copies (``daemon/hot.py``),
+  are left alone until their pin lapses; then they are misplaced copies.
 - **Corrupt copies** (found by the scrubber or by a read) are quarantined by
   the chunk store and replaced from another replica.
 
@@ -96,8 +98,10 @@ class Repair:
         replicas_of: Callable[[list[bytes]], Awaitable[list[int | None]]],
         *,
         limiter: trio.CapacityLimiter,
+        pinned: Callable[[bytes], bool] = lambda chunk_id: False,
     ) -> None:
         self.cfg = cfg
+        self._pinned = pinned
         self.node_id = cfg.node_id
         self.store = store
         self.hints = hints
@@ -254,6 +258,8 @@ class Repair:
                     # (copying it would undo the collection): not repair's business.
                     continue
                 reps = pref[: view.replica_count(r)]
+                if me not in reps and self._pinned(cid):
+                    continue  # a hot chunk's extra copy: it stays while pinned (daemon/hot.py)
                 plans.append((cid, reps, me not in reps))
                 for peer in reps:
                     if peer == me:

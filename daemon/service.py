@@ -42,6 +42,7 @@ from daemon.admin import load_or_create_token
 from daemon.chunks import ChunkStore
 from daemon.cluster import DeletionLog, dead_past_grace
 from daemon.hints import HintQueue
+from daemon.hot import HotChunks
 from daemon.membership import Membership
 from daemon.metadata import MetaStore
 from daemon.repair import Repair
@@ -295,6 +296,7 @@ class Service:
         self.primary: rpc.RpcClient | None = None
         self.chunkio: ChunkIO | None = None
         self.repair: Repair | None = None
+        self.hot: HotChunks | None = None
         self.deletions = DeletionLog()
         self.layout_epoch = 0
         self._layout_wire: dict[str, Any] | None = None
@@ -375,6 +377,7 @@ class Service:
             "chunk.hint": self.chunk_hint,
             "chunk.delete": self.chunk_delete,
             "chunk.digests": self.chunk_digests,
+            "chunk.pin": self.chunk_pin,
             "sys.info": self.info,
             "sys.ping": self.ping,
             "sys.statfs": self.statfs,
@@ -666,13 +669,25 @@ class Service:
 
     async def chunk_get(self, chunk_id: bytes) -> bytes:
         try:
-            return await self._c(self.chunks.get, chunk_id)
+            blob: bytes = await self._c(self.chunks.get, chunk_id)
         except CorruptChunk:
             # Never serve it again; fetch a good copy from another replica in the background.
             await self._c(self.chunks.quarantine, chunk_id)
             if self.repair is not None and self._nursery is not None:
                 self._nursery.start_soon(self.repair.replace_corrupt, chunk_id)
             raise
+        if self.hot is not None:
+            self.hot.on_read(chunk_id, self._nursery)
+        return blob
+
+    async def chunk_pin(self, chunk_ids: list[bytes], ttl_s: float) -> None:
+        """Keep copies of ``chunk_ids`` here for ``ttl_s`` although placement puts them elsewhere
+        (a replica is giving a hot chunk extra copies)."""
+        if not isinstance(ttl_s, int | float) or not 0 < ttl_s <= 86400:
+            raise InvalidArgument("pin ttl_s must be a number of seconds in (0, 86400]")
+        if self.hot is None:
+            raise Unavailable("this node is not serving the cluster yet")
+        self.hot.pins.pin(list(chunk_ids), float(ttl_s))
 
     async def chunk_has(self, chunk_ids: list[bytes]) -> list[bool]:
         return await self._c(self.chunks.has, chunk_ids)
@@ -737,6 +752,8 @@ class Service:
         out: dict[str, Any] = {"node_id": self.cfg.node_id, "layout_epoch": self.layout_epoch}
         if self.repair is not None:
             out.update(self.repair.status())
+        if self.hot is not None:
+            out.update(self.hot.status())
         return out
 
     async def repair_now(self) -> None:
@@ -790,8 +807,22 @@ class Service:
                 peer_timeout_s=cl.peer_timeout_s,
             )
             self.chunkio.set_view(single_node_view(self.cfg.node_id))
+            self.hot = HotChunks(
+                self.cfg,
+                self.chunks,
+                self.chunkio,
+                self.replicas_of,
+                limiter=self._chunk_limiter,
+                on_change=self._advertise_soon,
+            )
             self.repair = Repair(
-                self.cfg, self.chunks, self.hints, self.chunkio, self.replicas_of, limiter=self._chunk_limiter
+                self.cfg,
+                self.chunks,
+                self.hints,
+                self.chunkio,
+                self.replicas_of,
+                limiter=self._chunk_limiter,
+                pinned=self.hot.pins.pinned,
             )
             if self.is_primary:
                 await self._register()
@@ -800,6 +831,10 @@ class Service:
             if self.is_primary:
                 nursery.start_soon(self._controller)
             task_status.started()
+
+    def _advertise_soon(self) -> None:
+        if self.membership is not None:
+            self.membership.refresh_meta_soon()
 
     async def _adopt_cluster_key(self) -> None:
         """A secondary takes the primary's cluster key (retrying until the primary answers)."""

@@ -24,7 +24,10 @@ either way (replay first asks the target whether it already has the chunk).
 Read rule.  The partition's replicas first, best first: this host's daemon,
 then the same zone, then the least loaded; then the rest of the preference
 list; then every other node in the layout (a draining or recently outed node
-may still hold a copy).  Nodes gossip reports dead go last.  Every node
+may still hold a copy).  Nodes gossip reports dead go last.  A hot chunk (one a replica advertises
+in gossip as having temporary extra copies, see ``daemon/hot.py``) is read
+from its replicas and its extra copies alike, in random order after this
+host's daemon, so that many clients spread its load.  Every node
 verifies a chunk's checksum before serving it (and quarantines a bad copy
 for repair), and the client verifies again when it decodes.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +59,8 @@ _STRAGGLER_GRACE_S = 0.05
 _STRAGGLER_GRACE_MAX_S = 1.0
 # Bytes of chunk copies allowed to finish in the background after their write was acknowledged.
 _BACKGROUND_BYTES = 256 * 1024 * 1024
+# Hot chunks are advertised in gossip by this many leading bytes of their id (hex).
+HOT_PREFIX_BYTES = 6
 
 
 class Policy(NamedTuple):
@@ -104,6 +110,13 @@ class ClusterView:
     members: dict[str, Member] = field(default_factory=dict)
     home: str = ""  # the node this client's own daemon runs (its copies are the cheapest to read)
     default_policy: Policy = Policy(3, "quorum")
+    hot: dict[str, int] = field(default_factory=dict)  # hot chunk id prefix (hex) -> extra copies
+
+    def hot_extra(self, chunk_id: bytes) -> int:
+        """How many extra copies ``chunk_id`` has now (0: not hot)."""
+        if not self.hot:
+            return 0
+        return self.hot.get(chunk_id[:HOT_PREFIX_BYTES].hex(), 0)
 
     @property
     def layout(self) -> Layout:
@@ -155,18 +168,37 @@ def write_targets(view: ClusterView, chunk_id: bytes, r: int) -> tuple[list[str]
     return targets + subs, down, spares
 
 
-def read_order(view: ClusterView, chunk_id: bytes, r: int | None = None) -> list[str]:
+def hot_targets(view: ClusterView, chunk_id: bytes, r: int, extra: int) -> list[str]:
+    """The nodes that hold a hot chunk's ``extra`` temporary copies: the next live nodes of its
+    preference list after its replicas."""
+    pref: list[str] = list(view.table.preference(partition_of(chunk_id)))
+    n = view.replica_count(r)
+    return [x for x in pref[n:] if not view.is_down(x)][:extra]
+
+
+def read_order(
+    view: ClusterView,
+    chunk_id: bytes,
+    r: int | None = None,
+    rng: Callable[[], float] = random.random,
+) -> list[str]:
     """Every node that may hold ``chunk_id``, the ones to try first first (see the module docstring)."""
     pref: list[str] = list(view.table.preference(partition_of(chunk_id)))
     n = view.replica_count(r or view.default_policy.replicas)
     home_zone = view.zone(view.home)
+    extra = view.hot_extra(chunk_id)
+    if extra:
+        # Every copy serves: this host's first, then a random one, so many readers spread out.
+        group = pref[:n] + hot_targets(view, chunk_id, r or view.default_policy.replicas, extra)
+        first = sorted(group, key=lambda x: (x != view.home, rng()))
+    else:
 
-    def rank(node_id: str) -> tuple[int, int, float]:
-        return (node_id != view.home, view.zone(node_id) != home_zone, view.member(node_id).load)
+        def rank(node_id: str) -> tuple[int, int, float]:
+            return (node_id != view.home, view.zone(node_id) != home_zone, view.member(node_id).load)
 
-    first = sorted(pref[:n], key=rank)
+        first = sorted(pref[:n], key=rank)
     others = [node.node_id for node in view.layout.nodes if node.node_id not in pref]
-    order = first + pref[n:] + sorted(others)
+    order = first + [x for x in pref[n:] if x not in first] + sorted(others)
     if view.home and view.home not in order:
         order.append(view.home)  # a daemon outside the layout (not yet registered) serves its own store
     up = [x for x in order if not view.is_down(x)]
@@ -188,12 +220,20 @@ def view_from_wire(raw: dict[str, Any], home: str, table: PlacementTable | None 
         )
         for m in raw.get("members", [])
     }
+    hot: dict[str, int] = {}
+    for m in raw.get("members", []):
+        if m.get("status") in DOWN_STATES:
+            continue
+        extra = int(m.get("hot_extra", 0) or 0)
+        for prefix in m.get("hot") or ():
+            hot[str(prefix)] = max(extra, hot.get(str(prefix), 0))
     policy = raw.get("policy") or {}
     return ClusterView(
         table,
         members,
         home=home,
         default_policy=Policy(int(policy.get("replicas", 3)), str(policy.get("consistency", "quorum"))),
+        hot=hot,
     )
 
 

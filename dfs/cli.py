@@ -352,7 +352,16 @@ async def _cluster_status(endpoint: Endpoint) -> dict[str, Any]:
         for node in placed:
             if node["node_id"] not in down:
                 nursery.start_soon(ask, node)
-    keys = ("under_replicated", "misplaced", "hints_pending", "copies_made", "bytes_moved", "surplus_removed")
+    keys = (
+        "under_replicated",
+        "misplaced",
+        "hints_pending",
+        "copies_made",
+        "bytes_moved",
+        "surplus_removed",
+        "hot_chunks",
+        "hot_copies_held",
+    )
     totals = {k: sum(int(n.get(k, 0)) for n in nodes) for k in keys}
     pending = totals["under_replicated"] + totals["misplaced"] + totals["hints_pending"]
     return {
@@ -368,10 +377,12 @@ async def _cluster_status(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def _repair_line(cs: dict[str, Any]) -> str:
+    hot = cs.get("hot_chunks", 0)
     return (
         f"{cs['under_replicated']} under-replicated, {cs['misplaced']} misplaced, "
         f"{cs['hints_pending']} hints pending; repaired {cs['copies_made']} copies "
         f"({_human(cs['bytes_moved'])})"
+        + (f"; {hot} hot chunk(s) with {cs.get('hot_copies_held', 0)} extra copies" if hot else "")
     )
 
 

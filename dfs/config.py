@@ -119,6 +119,11 @@ class ClusterConfig:
     scrub_bytes_s: int = 8 * MiB
     # Seconds between two full scrub passes.
     scrub_interval_s: float = 86400.0
+    # A chunk one replica serves more often than this (reads per second) is hot: it gets
+    # hot_extra_copies temporary extra copies, kept while it stays warm plus hot_ttl_s (0: off).
+    hot_reads_per_s: float = 200.0
+    hot_extra_copies: int = 2
+    hot_ttl_s: float = 300.0
     # How often clients refresh their view of the layout and of member liveness.
     refresh_s: float = 2.0
     # Chunk calls to a peer fail over to the next replica after this many seconds.
@@ -320,6 +325,12 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [cluster] consistency must be strong, quorum or eventual")
     if cl.repair_concurrency < 1:
         raise ConfigError(f"{origin}: [cluster] repair_concurrency must be >= 1")
+    if cl.hot_reads_per_s < 0:
+        raise ConfigError(f"{origin}: [cluster] hot_reads_per_s must be >= 0 (0: off)")
+    if not 0 <= cl.hot_extra_copies <= 8:
+        raise ConfigError(f"{origin}: [cluster] hot_extra_copies must be 0-8")
+    if cl.hot_ttl_s <= 0:
+        raise ConfigError(f"{origin}: [cluster] hot_ttl_s must be > 0")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
 
