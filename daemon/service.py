@@ -378,6 +378,7 @@ class Service:
             "chunk.delete": self.chunk_delete,
             "chunk.digests": self.chunk_digests,
             "chunk.pin": self.chunk_pin,
+            "chunk.verify": self.chunk_verify,
             "sys.info": self.info,
             "sys.ping": self.ping,
             "sys.statfs": self.statfs,
@@ -667,7 +668,7 @@ class Service:
     async def chunk_put(self, chunk_id: bytes, blob: bytes) -> bool:
         return await self._c(self.chunks.put, chunk_id, blob)
 
-    async def chunk_get(self, chunk_id: bytes) -> bytes:
+    async def _read_verified(self, chunk_id: bytes) -> bytes:
         try:
             blob: bytes = await self._c(self.chunks.get, chunk_id)
         except CorruptChunk:
@@ -676,9 +677,20 @@ class Service:
             if self.repair is not None and self._nursery is not None:
                 self._nursery.start_soon(self.repair.replace_corrupt, chunk_id)
             raise
+        return blob
+
+    async def chunk_get(self, chunk_id: bytes) -> bytes:
+        blob = await self._read_verified(chunk_id)
         if self.hot is not None:
             self.hot.on_read(chunk_id, self._nursery)
         return blob
+
+    async def chunk_verify(self, chunk_id: bytes) -> bool:
+        """A client found the copy it got from here bad: check it again, and if the copy on disk
+        is corrupt, quarantine and replace it (CorruptChunk).  True: the copy here is sound (the
+        damage happened on the way)."""
+        await self._read_verified(chunk_id)
+        return True
 
     async def chunk_pin(self, chunk_ids: list[bytes], ttl_s: float) -> None:
         """Keep copies of ``chunk_ids`` here for ``ttl_s`` although placement puts them elsewhere

@@ -451,6 +451,22 @@ class ChunkIO:
             except CorruptChunk:
                 log.warning("chunk %s from %s failed verification", chunk_id.hex()[:16], node_id)
                 bad.append(node_id)
+                self._nursery.start_soon(self._report_bad, node_id, chunk_id)
+
+    async def _report_bad(self, node_id: str, chunk_id: bytes) -> None:
+        """Ask ``node_id`` to check its copy again; a corrupt one is quarantined and replaced there."""
+        try:
+            await self.call_node(node_id, "chunk.verify", chunk_id)
+        except CorruptChunk:
+            log.warning("chunk %s: %s's copy is corrupt, it is being replaced", chunk_id.hex()[:16], node_id)
+        except DfsError as exc:
+            log.info(
+                "chunk %s: reporting the bad copy to %s failed: %s", chunk_id.hex()[:16], node_id, exc.message
+            )
+        else:
+            log.warning(
+                "chunk %s: %s's copy is sound; it was damaged in transit", chunk_id.hex()[:16], node_id
+            )
 
     async def get(self, chunk_id: bytes, *, skip: Sequence[str] = ()) -> tuple[bytes, str]:
         """The encoded blob of ``chunk_id`` and the node it came from: the best node with a copy.

@@ -15,7 +15,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
+from dfs import rpc
+from dfs.errors import CorruptChunk
 from tests.conftest import Daemon, Mount, needs_fuse, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
@@ -523,6 +526,41 @@ def test_corrupt_chunk_gives_eio(daemon: Daemon, tmp_path: Path) -> None:
     # The bad copy was quarantined at the first read (never served again; a cluster would
     # have replaced it from another replica): the file's block now names a missing chunk.
     assert len(list((daemon.data_dir / "chunks" / "bad").iterdir())) == 1
+    report = daemon.fsck()
+    assert any("missing chunks" in str(p) for p in report["problems"])  # type: ignore[union-attr]
+
+
+def test_chunk_verify_quarantines_a_copy_a_client_reports_bad(daemon: Daemon, tmp_path: Path) -> None:
+    """A client whose decode of a copy failed asks its node to check again (chunk.verify): a sound
+    copy is confirmed, a corrupt one is quarantined like on a read."""
+    m = Mount(daemon, tmp_path / "m")
+    m.start()
+    try:
+        (m.path / "reported").write_bytes(os.urandom(1024 * 1024))
+    finally:
+        m.stop()
+    (chunk_file,) = [
+        p
+        for p in (daemon.data_dir / "chunks").rglob("*")
+        if p.is_file() and "tmp" not in p.relative_to(daemon.data_dir).parts
+    ]
+    cid = bytes.fromhex(chunk_file.name)
+
+    async def verify() -> object:
+        async with rpc.open_client(daemon.address, call_timeout_s=10) as conn:
+            try:
+                return await conn.call("chunk.verify", cid)
+            except CorruptChunk:
+                return "corrupt"
+
+    assert trio.run(verify) is True
+    raw = bytearray(chunk_file.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk_file.write_bytes(bytes(raw))
+    assert trio.run(verify) == "corrupt"
+    assert not chunk_file.exists()
+    (bad,) = (daemon.data_dir / "chunks" / "bad").iterdir()
+    assert bad.name.startswith(chunk_file.name)
     report = daemon.fsck()
     assert any("missing chunks" in str(p) for p in report["problems"])  # type: ignore[union-attr]
 

@@ -13,7 +13,7 @@ import trio.testing
 
 from daemon.cluster import DeletionLog, dead_past_grace
 from dfs.chunkio import ChunkIO, ClusterView, Member, Policy, copies_needed, read_order, write_targets
-from dfs.errors import ChunkMissing, Unavailable
+from dfs.errors import ChunkMissing, CorruptChunk, Unavailable
 from dfs.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
 
 
@@ -120,6 +120,7 @@ class FakeNode:
         self.frozen = trio.Event()
         self.frozen.set()
         self.broken = False
+        self.verified: list[bytes] = []
         nodes[name] = self
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -139,6 +140,9 @@ class FakeNode:
         if method == "chunk.hint":
             self.hints.append((args[0], args[1]))
             return None
+        if method == "chunk.verify":
+            self.verified.append(args[0])
+            return True
         raise AssertionError(method)
 
 
@@ -207,6 +211,32 @@ async def test_read_falls_back_past_missing_and_broken_copies() -> None:
         nodes[reps[0]].broken = False
         with pytest.raises(ChunkMissing):  # every node answered: it is nowhere
             await io.get(os.urandom(32))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_copy_that_fails_to_decode_is_skipped_and_reported_to_its_node() -> None:
+    nodes: dict[str, FakeNode] = {}
+    for i in range(5):
+        FakeNode(f"n{i}", nodes)
+    v = view(home="")
+    cid = os.urandom(32)
+    for node in nodes.values():
+        node.blobs[cid] = b"bad"
+    first = read_order(v, cid)[0]
+    good = read_order(v, cid)[1]
+    nodes[good].blobs[cid] = b"good"
+
+    async def decode(blob: bytes) -> bytes:
+        if blob != b"good":
+            raise CorruptChunk("checksum mismatch")
+        return blob
+
+    async with trio.open_nursery() as nursery:
+        io = await _chunkio(nursery, v, nodes)
+        assert await io.get_plain(cid, decode) == b"good"
+        await trio.testing.wait_all_tasks_blocked()
+        assert nodes[first].verified == [cid]  # asked to check (and replace) its copy
+        assert all(not n.verified for name, n in nodes.items() if name != first)
         nursery.cancel_scope.cancel()
 
 
