@@ -46,12 +46,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from daemon.http import BodyError, Request, Response
+from daemon.metadata import CONSISTENCY_XATTR, REPLICAS_XATTR
 from daemon.metrics import Metrics, render
 from daemon.openapi import OPENAPI
 from dfs import __version__
 from dfs import config as config_mod
 from dfs.config import Config
-from dfs.errors import ConfigError, DfsError, Exists, NotFound
+from dfs.errors import ConfigError, DfsError, Exists, NoAttribute, NotFound
 from dfs.meta import ROOT_INO, Attr
 from dfs.s3names import is_bucket_name
 
@@ -396,6 +397,7 @@ class AdminApi:
                 {"GET": self._get_volume, "PUT": self._update_volume, "DELETE": self._delete_volume},
             ),
             Route("/storage/snapshot", {"GET": self._list_snapshots, "POST": self._create_snapshot}),
+            Route("/storage/policy", {"GET": self._get_policy, "PUT": self._put_policy}),
             Route("/storage/config", {"GET": self._get_config, "PUT": self._put_config}),
             Route("/storage/openapi.json", {"GET": self._openapi}),
         )
@@ -780,6 +782,82 @@ class AdminApi:
         name = params["name"]
         await self.service._m(self.service.meta.delete_volume, name, remove_dir=keep_dir == "false")
         return _no_content()
+
+    # -- per-directory replication policy --------------------------------------------
+    @staticmethod
+    def _fs_path(value: Any) -> list[bytes]:
+        """The names of an absolute path in the namespace ("/vol/a/b")."""
+        if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096:
+            raise ApiError(400, "InvalidArgument", "path must be an absolute path such as /volume/dir")
+        names = [n.encode("utf-8", "surrogateescape") for n in value.split("/") if n]
+        if any(n in (b".", b"..") for n in names):
+            raise ApiError(400, "InvalidArgument", "path must not contain . or ..")
+        return names
+
+    def _policy_doc(
+        self, path: str, own: Mapping[bytes, bytes], effective: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        replicas = own.get(REPLICAS_XATTR)
+        consistency = own.get(CONSISTENCY_XATTR)
+        cl = self.cfg.cluster
+        return {
+            "path": path,
+            "replication": int(replicas) if replicas is not None else None,
+            "consistency": consistency.decode() if consistency is not None else None,
+            "effective": {
+                "replication": effective.get("replicas") or cl.replicas,
+                "consistency": effective.get("consistency") or cl.consistency,
+            },
+        }
+
+    def _policy_state(self, names: list[bytes]) -> tuple[dict[bytes, bytes], dict[str, Any]]:
+        """(the overrides set on the inode at ``names``, the policy in effect there); metadata thread."""
+        meta = self.service.meta
+        ino = meta.resolve(ROOT_INO, names).ino
+        own: dict[bytes, bytes] = {}
+        for name in (REPLICAS_XATTR, CONSISTENCY_XATTR):
+            try:
+                own[name] = meta.getxattr(ino, name)
+            except NoAttribute:
+                pass
+        return own, meta.policy(ino)
+
+    async def _get_policy(self, req: Request, params: dict[str, str]) -> Response:
+        path = self._query(req, ("path",)).get("path", "")
+        names = self._fs_path(path)
+        own, effective = await self.service._m(self._policy_state, names)
+        return json_response(200, self._policy_doc(path, own, effective))
+
+    async def _put_policy(self, req: Request, params: dict[str, str]) -> Response:
+        body = await self._json_body(req)
+        _check_fields(body, ("path", "replication", "consistency"), "directory policy")
+        path = body.get("path")
+        names = self._fs_path(path)
+        changes: dict[bytes, bytes | None] = {}
+        if "replication" in body:
+            r = body["replication"]
+            changes[REPLICAS_XATTR] = None if r is None else str(_int("replication", r, 1, 7)).encode()
+        if "consistency" in body:
+            c = body["consistency"]
+            changes[CONSISTENCY_XATTR] = (
+                None if c is None else _enum("consistency", c, CONSISTENCY_LEVELS).encode()
+            )
+        meta = self.service.meta
+
+        def apply() -> tuple[dict[bytes, bytes], dict[str, Any]]:
+            ino = meta.resolve(ROOT_INO, names).ino
+            for name, value in changes.items():
+                if value is not None:
+                    meta.setxattr(ino, name, value)
+                else:
+                    try:
+                        meta.removexattr(ino, name)
+                    except NoAttribute:
+                        pass  # already inherited
+            return self._policy_state(names)
+
+        own, effective = await self.service._m(apply)
+        return json_response(200, self._policy_doc(str(path), own, effective))
 
     # -- snapshots --------------------------------------------------------------------
     async def _create_snapshot(self, req: Request, params: dict[str, str]) -> Response:

@@ -245,6 +245,37 @@ _SCHEMAS: dict[str, Any] = {
         required=["name"],
     ),
     "VolumeUpdate": _obj(dict(_POLICY_FIELDS), required=[]),
+    "DirectoryPolicy": _obj(
+        {
+            "path": {"type": "string"},
+            "replication": {
+                **_POLICY_FIELDS["replication"],
+                "type": ["integer", "null"],
+                "description": "set on this path (xattr user.dfs.replicas); null: inherited",
+            },
+            "consistency": {
+                **_POLICY_FIELDS["consistency"],
+                "type": ["string", "null"],
+                "enum": ["strong", "quorum", "eventual", None],
+                "description": "set on this path (xattr user.dfs.consistency); null: inherited",
+            },
+            "effective": _obj(
+                {"replication": _POLICY_FIELDS["replication"], "consistency": _POLICY_FIELDS["consistency"]}
+            ),
+        }
+    ),
+    "DirectoryPolicyUpdate": _obj(
+        {
+            "path": {"type": "string", "pattern": "^/", "description": "absolute path, e.g. /volume/dir"},
+            "replication": {**_POLICY_FIELDS["replication"], "type": ["integer", "null"]},
+            "consistency": {
+                **_POLICY_FIELDS["consistency"],
+                "type": ["string", "null"],
+                "enum": ["strong", "quorum", "eventual", None],
+            },
+        },
+        required=["path"],
+    ),
     "SnapshotCreate": _obj(
         {"volume": {"type": "string", "minLength": 1}, "name": _SNAPSHOT_NAME}, required=["volume"]
     ),
@@ -479,6 +510,39 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": _body("SnapshotCreate", "Volume and optional snapshot name"),
                 "responses": {
                     "201": _ok("Snapshot", "Taken"),
+                    **_BODY_ERRORS,
+                    "404": _err("NotFound"),
+                    "409": _err("Conflict"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/policy": {
+            "get": {
+                "summary": "Replication and consistency set on a directory (or file) and in effect there",
+                "parameters": [
+                    {
+                        "name": "path",
+                        "in": "query",
+                        "required": True,
+                        "description": "absolute path in the namespace, e.g. /volume/dir",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _ok("DirectoryPolicy", "The policy"),
+                    "400": _err("BadRequest"),
+                    "404": _err("NotFound"),
+                    "409": _err("Conflict"),
+                    **_STD_ERRORS,
+                },
+            },
+            "put": {
+                "summary": "Override replication and consistency for everything written under a path "
+                "from now on (null: inherit again)",
+                "requestBody": _body("DirectoryPolicyUpdate", "The path and the fields to change"),
+                "responses": {
+                    "200": _ok("DirectoryPolicy", "The new policy"),
                     **_BODY_ERRORS,
                     "404": _err("NotFound"),
                     "409": _err("Conflict"),

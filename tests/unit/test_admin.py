@@ -592,6 +592,55 @@ async def test_volumes(env: Env) -> None:
 # -- snapshots -------------------------------------------------------------------------------
 
 
+async def test_directory_policy(env: Env) -> None:
+    await env.call("POST", "/storage/volumes", {"name": "media", "replication": 2, "consistency": "quorum"})
+    meta = env.service.meta
+    vol = meta.lookup(ROOT_INO, b"media").ino
+    sub = meta.mkdir(vol, b"raw", 0o755, 0, 0).ino
+    meta.mkdir(sub, b"deeper", 0o755, 0, 0)
+
+    r = await env.call("GET", "/storage/policy?path=/media/raw")
+    assert r.json == {
+        "path": "/media/raw",
+        "replication": None,
+        "consistency": None,
+        "effective": {"replication": 2, "consistency": "quorum"},  # from the volume
+    }
+    r = await env.call(
+        "PUT", "/storage/policy", {"path": "/media/raw", "replication": 3, "consistency": "strong"}
+    )
+    assert r.status == 200 and r.json["replication"] == 3 and r.json["consistency"] == "strong"
+    # The same xattrs the mount shows, and what writes below now follow.
+    assert meta.getxattr(sub, b"user.dfs.replicas") == b"3"
+    r = await env.call("GET", "/storage/policy?path=/media/raw/deeper/")
+    assert r.json["replication"] is None
+    assert r.json["effective"] == {"replication": 3, "consistency": "strong"}
+    r = await env.call("PUT", "/storage/policy", {"path": "/media/raw", "consistency": None})
+    assert r.json["consistency"] is None and r.json["replication"] == 3
+    assert r.json["effective"] == {"replication": 3, "consistency": "quorum"}
+    r = await env.call("PUT", "/storage/policy", {"path": "/media/raw", "consistency": None})  # idempotent
+    assert r.status == 200
+    # Outside any volume: the cluster defaults.
+    r = await env.call("GET", "/storage/policy?path=/")
+    cl = env.service.cfg.cluster
+    assert r.json["effective"] == {"replication": cl.replicas, "consistency": cl.consistency}
+
+    for bad in (
+        {"path": "media/raw", "replication": 2},
+        {"path": "/media/../x", "replication": 2},
+        {"path": "/media/raw", "replication": 0},
+        {"path": "/media/raw", "replication": 8},
+        {"path": "/media/raw", "consistency": "sometimes"},
+        {"path": "/media/raw", "owner": "x"},
+        {"replication": 2},
+    ):
+        r = await env.call("PUT", "/storage/policy", bad, check=False)
+        assert r.status == 400, (bad, r.status, r.body)
+    assert (await env.call("GET", "/storage/policy?path=/media/nope")).status == 404
+    assert (await env.call("GET", "/storage/policy")).status == 400
+    assert (await env.call("PUT", "/storage/policy", {"path": "/nope/x", "replication": 2})).status == 404
+
+
 async def test_snapshots(env: Env) -> None:
     assert (await env.call("POST", "/storage/volumes", {"name": "data"})).status == 201
     data = env.service.reads.lookup(ROOT_INO, b"data")
