@@ -112,7 +112,7 @@ async def _serve_s3(cfg: Config, service: Service, *, task_status: trio.TaskStat
     static = dict([service.s3_root_key])
     if cfg.s3.access_key:
         static[cfg.s3.access_key] = cfg.s3.secret_key
-    keys = KeyRing(static, service.s3_secret)
+    keys = KeyRing(static, service.s3_secret, None if service.is_primary else service.s3_authenticate_remote)
     api = S3Api(service.local_client(), cfg, keys, observe=service.observe_s3)
     server = HttpServer(
         api.handle,

@@ -38,7 +38,7 @@ import mimetypes
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,9 +164,16 @@ class ObjectInfo:
 class KeyRing:
     """Who may sign requests: the root key, the configured key and keys made with `dfs s3 key`."""
 
-    def __init__(self, static: Mapping[str, str], lookup: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        static: Mapping[str, str],
+        lookup: Callable[[str], str | None],
+        remote: Callable[[sigv4.RequestView, str | None], Awaitable[sigv4.AuthContext]] | None = None,
+    ) -> None:
         self._static = dict(static)
         self._lookup = lookup
+        # On a secondary: the primary verifies requests signed with keys only it holds.
+        self.remote = remote
 
     def secret_for(self, access_key: str) -> str | None:
         secret = self._static.get(access_key)
@@ -201,14 +208,21 @@ class S3Api:
         call: Call | None = None
         try:
             call = self._parse(req, request_id)
-            call.auth = sigv4.authenticate(
-                sigv4.RequestView(req.method, req.path, req.query, call.headers),
-                self.keys.secret_for,
-                now_s=time.time(),
-                region=self.s3.region,
-                max_skew_s=self.s3.max_clock_skew_s,
-                vhost_bucket=call.bucket if self._vhost(call.headers) else None,
-            )
+            view = sigv4.RequestView(req.method, req.path, req.query, call.headers)
+            vhost_bucket = call.bucket if self._vhost(call.headers) else None
+            try:
+                call.auth = sigv4.authenticate(
+                    view,
+                    self.keys.secret_for,
+                    now_s=time.time(),
+                    region=self.s3.region,
+                    max_skew_s=self.s3.max_clock_skew_s,
+                    vhost_bucket=vhost_bucket,
+                )
+            except S3Error as exc:
+                if exc.s3_code != "InvalidAccessKeyId" or self.keys.remote is None:
+                    raise
+                call.auth = await self.keys.remote(view, vhost_bucket)
             resp = await self._route(call)
         except Exception as exc:
             resp = self._failure(req, call, request_id, _leaf(exc))

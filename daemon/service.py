@@ -23,6 +23,7 @@ Concurrency design
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,12 +47,12 @@ from daemon.hot import HotChunks
 from daemon.membership import Membership
 from daemon.metadata import MetaStore
 from daemon.repair import Repair
-from dfs import __version__, rpc
+from dfs import __version__, rpc, sigv4
 from dfs.certs import client_context_for
 from dfs.chunkio import ChunkIO, ClusterView, single_node_view, view_from_wire
 from dfs.client import Client, ClusterInfo
 from dfs.config import Config
-from dfs.errors import CorruptChunk, DfsError, InvalidArgument, Unavailable, UnknownMethod
+from dfs.errors import CorruptChunk, DfsError, InvalidArgument, S3Error, Unavailable, UnknownMethod
 from dfs.meta import Attr, BlockRef, FileMap, StatFs
 from dfs.placement import Layout, NodeState
 
@@ -359,6 +360,7 @@ class Service:
         "s3.key_create",
         "s3.key_list",
         "s3.key_revoke",
+        "s3.authenticate",
     )
 
     def _meta_handler_names(self) -> list[str]:
@@ -433,6 +435,7 @@ class Service:
                 "s3.key_create": self.s3_key_create,
                 "s3.key_list": self._meta_call(m.s3_key_list),
                 "s3.key_revoke": self._meta_call(m.s3_key_delete),
+                "s3.authenticate": self.s3_authenticate,
             }
         )
         return table
@@ -449,10 +452,11 @@ class Service:
         return {**self.inline_handlers(), "meta.s3_key_get": self.s3_secret}
 
     def s3_secret(self, access_key: str) -> str | None:
-        """The secret of an S3 key made with `dfs s3 key create` (a secondary keeps a copy)."""
+        """The secret of an S3 key made with `dfs s3 key create`, on the primary (which holds
+        them); a secondary has none and asks the primary to verify (s3_authenticate_remote)."""
         if self._reader is not None:
             return self._reader.s3_key_get(access_key)
-        return None  # keys made with `dfs s3 key create` are checked by the primary's endpoint only
+        return None
 
     def _stamped(self, fn: Callable[..., Any], *dir_args: int) -> Handler:
         """Wrap a call that changes the directories named by positions ``dir_args``.
@@ -638,6 +642,50 @@ class Service:
                 "gossip_address": "",
             }
         ]
+
+    async def s3_authenticate(
+        self, request: list[Any], vhost_bucket: str | None, region: str, max_skew_s: float
+    ) -> dict[str, Any]:
+        """Verify an S3 request signed with a key made by `dfs s3 key create`, for a secondary's S3
+        endpoint (the keys live in metadata, here).  The secret never leaves this node: the answer
+        is who signed and, for SigV4, the signing key derived for that day, region and service,
+        which the secondary needs to verify a streaming body's chunk signatures."""
+        try:
+            method, path, query, headers = request
+            view = sigv4.RequestView(
+                str(method), str(path), str(query), {str(k): str(v) for k, v in headers.items()}
+            )
+            assert self._reader is not None
+            ctx = sigv4.authenticate(
+                view,
+                self._reader.s3_key_get,
+                now_s=time.time(),
+                region=str(region),
+                max_skew_s=float(max_skew_s),
+                vhost_bucket=vhost_bucket,
+            )
+        except S3Error as exc:
+            return {"error": [exc.s3_code, exc.message, exc.status, dict(exc.extra)]}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"s3.authenticate: malformed request: {exc}") from None
+        return {"auth": dataclasses.asdict(ctx)}
+
+    async def s3_authenticate_remote(
+        self, view: sigv4.RequestView, vhost_bucket: str | None
+    ) -> sigv4.AuthContext:
+        """A secondary's S3 endpoint asks the primary to verify a key it does not hold."""
+        assert self.primary is not None
+        answer = await self.primary.call(
+            "s3.authenticate",
+            [view.method, view.path, view.query, dict(view.headers)],
+            vhost_bucket,
+            self.cfg.s3.region,
+            self.cfg.s3.max_clock_skew_s,
+        )
+        if "error" in answer:
+            code, message, status, extra = answer["error"]
+            raise S3Error(str(code), str(message), int(status), **{str(k): str(v) for k, v in extra.items()})
+        return sigv4.AuthContext(**answer["auth"])
 
     async def s3_key_create(self, description: str = "") -> dict[str, str]:
         """A new S3 key pair; the secret is returned once and never logged."""
