@@ -371,14 +371,17 @@ async def open_chunkio(
     max_frame_bytes: int = 72 * 1024 * 1024,
     refresh_s: float = 2.0,
     peer_timeout_s: float = 30.0,
+    views: Caller | None = None,
 ) -> AsyncIterator[ChunkIO]:
     """Replicated chunk I/O for a client whose own daemon is ``conn``; peers are reached
-    at the RPC addresses the layout gives (TLS with ``ssl_context``)."""
+    at the RPC addresses the layout gives (TLS with ``ssl_context``).  The cluster view comes
+    from ``views`` (default ``conn``): any daemon can give it, also when ``conn``'s is down."""
     async with trio.open_nursery() as nursery:
         holder: list[ClusterView] = []
+        source = views or conn
 
         async def fetch_view() -> ClusterView:
-            raw = await conn.call("sys.cluster")
+            raw = await source.call("sys.cluster")
             previous = holder[0].table if holder else None
             view = await trio.to_thread.run_sync(view_from_wire, raw, info.node_id, previous)
             holder[:] = [view]

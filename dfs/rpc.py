@@ -392,6 +392,16 @@ class _ClientConnection:
         self.scope.cancel()
 
 
+class NoReply(Unavailable):
+    """The peer did not answer: the connection was lost or the call timed out.  Raised here, on
+    the client; a peer's own Unavailable answer arrives as plain Unavailable."""
+
+
+class ConnectFailed(NoReply):
+    """No connection to the peer could be made: the request was never sent (safe to send
+    elsewhere, unlike after a lost connection, when the request may have been applied)."""
+
+
 class RpcClient:
     """Calls methods on one peer over one (lazily re-established) connection.
 
@@ -496,8 +506,8 @@ class RpcClient:
                 raise response.error
             return response.result
         if waiter.failure is not None:
-            raise Unavailable(f"rpc {method!r} to {self.address}: {waiter.failure}")
-        raise Unavailable(f"rpc {method!r} to {self.address}: no reply within {timeout}s")
+            raise NoReply(f"rpc {method!r} to {self.address}: {waiter.failure}")
+        raise NoReply(f"rpc {method!r} to {self.address}: no reply within {timeout}s")
 
     async def _connection(self) -> _ClientConnection:
         attempts_seen = self._connect_attempts
@@ -510,7 +520,7 @@ class RpcClient:
             if self._connect_attempts != attempts_seen and self._last_connect_error is not None:
                 # Someone else just tried and failed while we queued: fail fast
                 # rather than serialising one full connect timeout per caller.
-                raise Unavailable(self._last_connect_error)
+                raise ConnectFailed(self._last_connect_error)
             return await self._reconnect()
 
     async def _reconnect(self) -> _ClientConnection:
@@ -519,7 +529,7 @@ class RpcClient:
             stream = await _connect_with_retry(self.address, self._ssl_context, self.connect_timeout_s)
         except Unavailable as exc:
             self._last_connect_error = exc.message
-            raise
+            raise ConnectFailed(exc.message) from None
         if self._closed:
             await trio.aclose_forcefully(stream)
             raise Unavailable(f"rpc client for {self.address} is closed")

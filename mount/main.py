@@ -30,6 +30,7 @@ from dfs.certs import client_context_for
 from dfs.client import DEFAULT_PORT, Client, ClusterInfo, fetch_info, open_chunkio
 from dfs.config import Config
 from dfs.errors import DfsError, NotADirectory, Unavailable
+from dfs.failover import FailoverCaller
 from dfs.meta import ROOT_INO
 from dfs.rpc import RpcClient, open_client
 from mount.fs import Operations, set_op_observer
@@ -178,10 +179,11 @@ async def _resolve_root(client: Client, subdir: str) -> int:
 
 async def _connect_first(
     stack: contextlib.AsyncExitStack, addresses: list[str], cfg: Config
-) -> tuple[RpcClient, ClusterInfo]:
-    """The first of ``addresses`` whose daemon answers (``mount.dfs host1,host2:/``)."""
+) -> tuple[RpcClient, ClusterInfo, FailoverCaller]:
+    """The first of ``addresses`` whose daemon answers (``mount.dfs host1,host2:/``), and a
+    caller for metadata that moves on to the others, in order, when that daemon goes away."""
     errors = []
-    for address in addresses:
+    for i, address in enumerate(addresses):
         attempt = contextlib.AsyncExitStack()
         try:
             conn = await attempt.enter_async_context(
@@ -196,14 +198,24 @@ async def _connect_first(
             errors.append(f"{address}: {getattr(exc, 'message', None) or 'no answer'}")
             continue
         await stack.enter_async_context(attempt)
-        return conn, info
+        order = addresses[i:] + addresses[:i]
+        clients = [conn]
+        for other in order[1:]:  # connected lazily, on the first call that needs them
+            clients.append(
+                await stack.enter_async_context(
+                    open_client(
+                        other, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
+                    )
+                )
+            )
+        return conn, info, FailoverCaller(clients, order)
     raise Unavailable("no daemon answered: " + "; ".join(errors))
 
 
 async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
     addresses = [f"unix:{spec.values['socket']}"] if "socket" in spec.values else spec.addresses
     async with contextlib.AsyncExitStack() as stack:
-        conn, info = await _connect_first(stack, addresses, cfg)
+        conn, info, meta = await _connect_first(stack, addresses, cfg)
         chunkio = await stack.enter_async_context(
             open_chunkio(
                 conn,
@@ -212,10 +224,11 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                 max_frame_bytes=cfg.rpc.max_frame_bytes,
                 refresh_s=cfg.cluster.refresh_s,
                 peer_timeout_s=cfg.cluster.peer_timeout_s,
+                views=meta,
             )
         )
         client = Client(
-            conn,
+            meta,
             info,
             codec_threads=max(2, cfg.mount.upload_concurrency),
             local_reads=cfg.mount.local_reads,

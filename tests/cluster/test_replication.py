@@ -214,3 +214,54 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
     assert b'dfs_gossip_members{status="alive"} 3.0' in text
     assert b"dfs_layout_epoch" in text and b"dfs_repair_bytes_moved_total" in text
     n1.assert_clean()
+
+
+def test_mount_naming_two_daemons_keeps_working_when_its_daemon_is_killed(
+    cluster: list[Daemon], tmp_path: Path
+) -> None:
+    """``mount.dfs n2,n3:/`` uses n2; after SIGKILL of n2 the same mount goes on: metadata
+    calls move to n3, reads fall back to the surviving replicas, new writes get their copies
+    on n1 and n3, and everything written before and after reads back intact."""
+    import subprocess
+
+    from tests.conftest import BIN, is_mounted
+
+    n1, n2, n3 = cluster
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    log_file = tmp_path / "mount.log"
+    res = subprocess.run(
+        [str(BIN / "mount.dfs"), f"{n2.address},{n3.address}:/", str(mnt), "-o", f"log={log_file}"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert res.returncode == 0, res.stderr
+    try:
+        before = {f"before-{i}": os.urandom(2 * 1024 * 1024 + i) for i in range(4)}
+        (mnt / "dir").mkdir()
+        for name, data in before.items():
+            (mnt / "dir" / name).write_bytes(data)
+        wait_for(lambda: set(copies(cluster).values()) == {2}, 30, "two copies of every chunk")
+
+        n2.stop(signal.SIGKILL)
+        assert sorted(os.listdir(mnt / "dir")) == sorted(before)
+        for name, data in before.items():
+            assert (mnt / "dir" / name).read_bytes() == data
+        after = os.urandom(5 * 1024 * 1024 + 3)
+        with open(mnt / "dir" / "after", "wb") as f:
+            f.write(after)
+            f.flush()
+            os.fsync(f.fileno())
+        (mnt / "dir" / "before-0").rename(mnt / "dir" / "renamed")
+        (mnt / "newdir").mkdir()
+        assert (mnt / "dir" / "after").read_bytes() == after
+        assert (mnt / "dir" / "renamed").read_bytes() == before["before-0"]
+        assert "metadata calls go to" in log_file.read_text()
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        wait_for(lambda: not is_mounted(mnt), 30, "unmount")
+    wait_for(lambda: layout(n1).get("n2") == "out", 30, "n2 marked out")
+    wait_for(lambda: set(copies([n1, n3]).values()) == {2}, 60, "R copies on the survivors")
+    n1.cli("status", "--wait", "--timeout", "60")
+    n1.assert_clean()
