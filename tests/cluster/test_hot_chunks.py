@@ -17,8 +17,8 @@ import trio
 
 from dfs import rpc
 from dfs.placement import Layout, PlacementTable, partition_of
-from tests.cluster.test_replication import FAST, copies
-from tests.conftest import Daemon, Mount, free_port, needs_fuse, wait_for
+from tests.cluster.test_replication import copies, loopback_cluster
+from tests.conftest import Daemon, Mount, needs_fuse, wait_for
 
 pytestmark = [pytest.mark.slow, needs_fuse]
 
@@ -34,40 +34,12 @@ hot_reads_per_s = 5.0
 hot_extra_copies = 2
 hot_ttl_s = 6.0
 """
-NAMES = ("n1", "n2", "n3", "n4")
 
 
 @pytest.fixture
 def four(tmp_path: Path) -> Iterator[list[Daemon]]:
-    primary_port = free_port()
-    daemons = [
-        Daemon(tmp_path / "n1", primary_port, node_id="n1", zone="z1", gossip_conf=FAST, extra_conf=CONF)
-    ]
-    seed = f"127.0.0.1:{daemons[0].gossip_port}"
-    for i in (2, 3, 4):
-        daemons.append(
-            Daemon(
-                tmp_path / f"n{i}",
-                free_port(),
-                node_id=f"n{i}",
-                zone=f"z{i}",
-                gossip_conf=f'{FAST}\nseeds = "{seed}"',
-                extra_conf=CONF + f'meta = "127.0.0.1:{primary_port}"\n',
-            )
-        )
-    try:
-        for d in daemons:
-            d.start()
-
-        def all_active() -> bool:
-            raw = json.loads(daemons[0].cli("layout", "--json").stdout)
-            return {n["node_id"]: n["state"] for n in raw["nodes"]} == dict.fromkeys(NAMES, "active")
-
-        wait_for(all_active, 30, "4 active nodes")
+    with loopback_cluster(tmp_path, 4, CONF) as daemons:
         yield daemons
-    finally:
-        for d in daemons:
-            d.stop()
 
 
 def call(d: Daemon, method: str, *args: Any, times: int = 1) -> Any:

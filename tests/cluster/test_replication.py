@@ -9,6 +9,7 @@ committed chunk against its replication factor) finds nothing at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,15 +54,16 @@ def copies(daemons: list[Daemon]) -> dict[str, int]:
     return count
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
+@contextlib.contextmanager
+def loopback_cluster(tmp_path: Path, n: int, conf: str) -> Iterator[list[Daemon]]:
+    """Daemons n1..n<n> in zones z1..z<n>, n1 the metadata primary and gossip seed, all with the
+    ``[cluster]`` section ``conf``; yields once all are active in the layout, stops them after."""
     primary_port = free_port()
-    conf = CLUSTER.format(replicas=2)
     daemons = [
         Daemon(tmp_path / "n1", primary_port, node_id="n1", zone="z1", gossip_conf=FAST, extra_conf=conf)
     ]
     seed = f"127.0.0.1:{daemons[0].gossip_port}"
-    for i in (2, 3):
+    for i in range(2, n + 1):
         daemons.append(
             Daemon(
                 tmp_path / f"n{i}",
@@ -75,11 +77,30 @@ def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
     try:
         for d in daemons:
             d.start()
-        wait_for(lambda: layout(daemons[0]) == {f"n{i}": "active" for i in (1, 2, 3)}, 30, "3 active nodes")
+        wanted = {d.node_id: "active" for d in daemons}
+        wait_for(lambda: layout(daemons[0]) == wanted, 30, f"{n} active nodes")
         yield daemons
     finally:
         for d in daemons:
             d.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[Daemon]]:
+    with loopback_cluster(tmp_path, 3, CLUSTER.format(replicas=2)) as daemons:
+        yield daemons
+
+
+def s3_client(d: Daemon, access_key: str, secret_key: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=d.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+    )
 
 
 def test_replicated_writes_cross_node_reads_and_repair_after_loss(
@@ -125,8 +146,6 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
     import errno
     import subprocess
 
-    import boto3
-
     from tests.conftest import BIN, http_call, is_mounted
 
     n1, n2, n3 = cluster
@@ -159,20 +178,13 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
         wait_for(lambda: not is_mounted(mnt), 30, "unmount")
 
     # S3 on a secondary: the object lands with the default R and reads back through the primary.
-    def s3(d: Daemon) -> object:
-        ak, sk = d.root_key()
-        return boto3.client(
-            "s3",
-            endpoint_url=d.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=ak,
-            aws_secret_access_key=sk,
-        )
+    def s3(d: Daemon) -> Any:
+        return s3_client(d, *d.root_key())
 
     body = os.urandom(6 * 1024 * 1024)
-    s3(n2).create_bucket(Bucket="bkt")  # type: ignore[attr-defined]
-    s3(n2).put_object(Bucket="bkt", Key="k/obj", Body=body)  # type: ignore[attr-defined]
-    got = s3(n1).get_object(Bucket="bkt", Key="k/obj")["Body"].read()  # type: ignore[attr-defined]
+    s3(n2).create_bucket(Bucket="bkt")
+    s3(n2).put_object(Bucket="bkt", Key="k/obj", Body=body)
+    got = s3(n1).get_object(Bucket="bkt", Key="k/obj")["Body"].read()
     assert got == body
     assert sorted(copies(cluster).values()) == [2, 2, 2, 2, 3, 3, 3]
 
@@ -184,13 +196,7 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
     ak, sk = made["access_key"], made["secret_key"]
 
     def keyed(d: Daemon, secret: str = sk) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=d.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=ak,
-            aws_secret_access_key=secret,
-        )
+        return s3_client(d, ak, secret)
 
     small = os.urandom(300_000)
     keyed(n3).put_object(Bucket="bkt", Key="k/by-key", Body=small)
