@@ -92,6 +92,18 @@ _SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 _SCHEDULE_RE = re.compile(r"[ -~]{1,100}")  # printable ASCII; interpreted by the snapshot scheduler
 
 # dfs error code -> HTTP status; anything else is a 500.
+# Routes answered from metadata: a secondary forwards them to the metadata primary.
+_PRIMARY_ROUTES = frozenset(
+    {
+        "/storage/nodes",
+        "/storage/nodes/{node_id}",
+        "/storage/volumes",
+        "/storage/volumes/{name}",
+        "/storage/snapshot",
+        "/storage/policy",
+    }
+)
+
 _STATUS_BY_CODE = {
     "NotFound": 404,
     "Exists": 409,
@@ -404,12 +416,22 @@ class AdminApi:
 
     # -- dispatch ---------------------------------------------------------------------
     async def handle(self, req: Request) -> Response:
+        return await self._dispatch(req, forwarded=False)
+
+    async def forwarded(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, remote: str
+    ) -> Response:
+        """A request a secondary's admin API took (and authenticated) and forwards here, to the
+        metadata primary, over the cluster's RPC (see sys.admin_forward)."""
+        return await self._dispatch(Request.buffered(method, target, headers, body, remote), forwarded=True)
+
+    async def _dispatch(self, req: Request, *, forwarded: bool) -> Response:
         started = time.perf_counter()
         label = "other"
         try:
             route, params = self._route(req)
             label = route.template
-            if not route.public:
+            if not route.public and not forwarded:
                 self._authorize(req)
             handler = route.handlers.get(req.method)
             if handler is None:
@@ -417,7 +439,10 @@ class AdminApi:
                 raise ApiError(
                     405, "MethodNotAllowed", f"{req.method} is not allowed here", [("allow", allow)]
                 )
-            resp = await handler(req, params)
+            if route.template in _PRIMARY_ROUTES and not self.service.is_primary and not forwarded:
+                resp = await self._forward(req)
+            else:
+                resp = await handler(req, params)
         except ApiError as exc:
             resp = _error(exc.status, exc.code, exc.message, exc.headers)
         except DfsError as exc:
@@ -437,6 +462,19 @@ class AdminApi:
             (time.perf_counter() - started) * 1e3,
         )
         return resp
+
+    async def _forward(self, req: Request) -> Response:
+        """Have the metadata primary's admin API answer (routes backed by metadata)."""
+        try:
+            body = await req.read_body(MAX_BODY_BYTES)
+        except BodyError as exc:
+            raise ApiError(exc.status, _REASONS.get(exc.status, "BadRequest"), exc.message) from None
+        # Only what the handlers read: never the Authorization header (checked here already).
+        headers = [(k, v) for k, v in req.headers if k == "content-type"]
+        status, rheaders, rbody = await self.service.forward_admin(
+            req.method, req.target, headers, body, req.remote
+        )
+        return Response(int(status), [(str(k), str(v)) for k, v in rheaders], bytes(rbody))
 
     def _route(self, req: Request) -> tuple[Route, dict[str, str]]:
         segments = _segments(req.path)

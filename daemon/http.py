@@ -180,6 +180,18 @@ class Request:
         # The first body failure, re-raised by later reads: the body is unusable after it.
         self._error: BodyError | None = None
 
+    @classmethod
+    def buffered(
+        cls, method: str, target: str, headers: list[tuple[str, str]], body: bytes, remote: str
+    ) -> Request:
+        """A request whose whole body is already here (one forwarded from another daemon)."""
+        req = cls(method, target, headers, "1.1", remote, "http", len(body))
+        if body:
+            req._pending = memoryview(body)
+            req._received = len(body)
+        req.body_complete = True
+        return req
+
     def __repr__(self) -> str:
         # The path only: a query may carry a presigned URL's credentials, which must not reach logs.
         return f"<Request {self.method} {self.path[:100]!r} from {self.remote}>"

@@ -138,6 +138,7 @@ async def _serve_admin(
 ) -> None:
     assert service.admin_token is not None
     api = AdminApi(service, cfg, metrics, token=service.admin_token)
+    service.admin_api = api
     server = HttpServer(
         api.handle,
         error_response=admin_error_response,

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from daemon.admin import load_or_create_token
+from daemon.admin import AdminApi, load_or_create_token
 from daemon.chunks import ChunkStore
 from daemon.cluster import DeletionLog, dead_past_grace
 from daemon.hints import HintQueue
@@ -298,6 +298,8 @@ class Service:
         self.chunkio: ChunkIO | None = None
         self.repair: Repair | None = None
         self.hot: HotChunks | None = None
+        # The admin API, once dfsd serves it: the primary answers requests secondaries forward.
+        self.admin_api: AdminApi | None = None
         self.deletions = DeletionLog()
         self.layout_epoch = 0
         self._layout_wire: dict[str, Any] | None = None
@@ -361,6 +363,7 @@ class Service:
         "s3.key_list",
         "s3.key_revoke",
         "s3.authenticate",
+        "sys.admin_forward",
     )
 
     def _meta_handler_names(self) -> list[str]:
@@ -436,6 +439,7 @@ class Service:
                 "s3.key_list": self._meta_call(m.s3_key_list),
                 "s3.key_revoke": self._meta_call(m.s3_key_delete),
                 "s3.authenticate": self.s3_authenticate,
+                "sys.admin_forward": self.admin_forward,
             }
         )
         return table
@@ -686,6 +690,31 @@ class Service:
             code, message, status, extra = answer["error"]
             raise S3Error(str(code), str(message), int(status), **{str(k): str(v) for k, v in extra.items()})
         return sigv4.AuthContext(**answer["auth"])
+
+    async def admin_forward(
+        self, method: str, target: str, headers: list[list[str]], body: bytes, remote: str
+    ) -> list[Any]:
+        """Answer an admin API request a secondary forwarded (sys.admin_forward, on the primary)."""
+        if self.admin_api is None:
+            raise Unavailable("the metadata primary serves no admin API ([admin] enabled = false)")
+        if not all(isinstance(h, list | tuple) and len(h) == 2 for h in headers):
+            raise InvalidArgument("sys.admin_forward: headers must be [name, value] pairs")
+        resp = await self.admin_api.forwarded(
+            str(method), str(target), [(str(k), str(v)) for k, v in headers], bytes(body), str(remote)
+        )
+        assert isinstance(resp.body, bytes)  # admin answers are small JSON documents, never streamed
+        return [resp.status, [list(h) for h in resp.headers], resp.body]
+
+    async def forward_admin(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, remote: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A secondary's admin API has the primary answer a request backed by metadata."""
+        if self.primary is None:
+            raise Unavailable("not connected to the metadata primary yet")
+        status, rheaders, rbody = await self.primary.call(
+            "sys.admin_forward", method, target, [list(h) for h in headers], body, remote
+        )
+        return int(status), [(str(k), str(v)) for k, v in rheaders], bytes(rbody)
 
     async def s3_key_create(self, description: str = "") -> dict[str, str]:
         """A new S3 key pair; the secret is returned once and never logged."""

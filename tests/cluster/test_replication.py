@@ -213,6 +213,28 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
         keyed(n3).get_object(Bucket="bkt", Key="k/by-key")
     assert err.value.response["Error"]["Code"] == "InvalidAccessKeyId"  # at once: nothing is cached
 
+    # The admin API of a secondary answers metadata routes through the primary.
+    def admin(
+        d: Daemon, method: str, path: str, doc: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token or d.admin_token()}"}
+        body = None
+        if doc is not None:
+            body = json.dumps(doc).encode()
+            headers["Content-Type"] = "application/json"
+        status, _, raw = http_call(d.admin_port, method, path, body, headers)
+        return status, json.loads(raw) if raw else None
+
+    status, doc = admin(n2, "POST", "/storage/volumes", {"name": "vol-via-n2", "replication": 3})
+    assert status == 201, doc
+    assert admin(n1, "GET", "/storage/volumes/vol-via-n2")[1]["policy"]["replication"] == 3
+    status, doc = admin(n3, "PUT", "/storage/policy", {"path": "/vol-via-n2", "consistency": "strong"})
+    assert status == 200 and doc["effective"] == {"replication": 3, "consistency": "strong"}, doc
+    assert sorted(n["node_id"] for n in admin(n3, "GET", "/storage/nodes")[1]["nodes"]) == ["n1", "n2", "n3"]
+    assert admin(n2, "GET", "/storage/volumes/nope")[0] == 404
+    assert admin(n2, "GET", "/storage/volumes", token="wrong")[0] == 401  # checked on n2, never forwarded
+    assert admin(n2, "DELETE", "/storage/volumes/vol-via-n2")[0] == 204
+
     status, _, text = http_call(
         n1.admin_port, "GET", "/metrics", headers={"Authorization": f"Bearer {n1.admin_token()}"}
     )

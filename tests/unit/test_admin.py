@@ -592,6 +592,20 @@ async def test_volumes(env: Env) -> None:
 # -- snapshots -------------------------------------------------------------------------------
 
 
+async def test_forwarded_requests_carry_their_body_and_skip_the_token_check(env: Env) -> None:
+    """What a secondary forwards over the cluster's RPC was authenticated there (with its token)."""
+    body = json.dumps({"name": "fwd", "replication": 2}).encode()
+    resp = await env.api.forwarded(
+        "POST", "/storage/volumes", [("content-type", "application/json")], body, "10.0.0.2:5000"
+    )
+    assert resp.status == 201
+    resp = await env.api.forwarded("GET", "/storage/volumes/fwd", [], b"", "10.0.0.2:5000")
+    assert resp.status == 200 and isinstance(resp.body, bytes)
+    assert json.loads(resp.body)["policy"]["replication"] == 2
+    resp = await env.api.forwarded("GET", "/storage/volumes/none", [], b"", "10.0.0.2:5000")
+    assert resp.status == 404
+
+
 async def test_directory_policy(env: Env) -> None:
     await env.call("POST", "/storage/volumes", {"name": "media", "replication": 2, "consistency": "quorum"})
     meta = env.service.meta
