@@ -6,6 +6,7 @@ otherwise; commands that report take ``--json`` for scripts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -463,28 +464,67 @@ def rebalance(config_path: str | None, wait: bool, timeout_s: float) -> None:
         click.echo(_repair_line(cs))
 
 
+def _fsck_targets(endpoint: Endpoint, cluster: dict[str, Any]) -> dict[str, Endpoint]:
+    """Node id -> where to reach it, for every node whose chunks fsck verifies: the daemon asked
+    alone, or in a cluster every layout node not marked out and not known dead."""
+    here = str(cluster.get("node_id", ""))
+    nodes = [n for n in cluster.get("layout", {}).get("nodes", []) if n["state"] != "out"]
+    dead = {m["node_id"] for m in cluster.get("members", []) if m.get("status") in ("dead", "left")}
+    targets = {here: endpoint}
+    for n in nodes:
+        if n["node_id"] != here and n["node_id"] not in dead and n.get("address"):
+            targets[n["node_id"]] = Endpoint(n["address"], endpoint.ssl_context or None)
+    return targets
+
+
 async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
-    async with open_client(endpoint.address, call_timeout_s=600, ssl_context=endpoint.ssl_context) as conn:
-        ids: list[bytes] = await conn.call("sys.scrub_list")
-        bad: list[bytes] = []
-        bar = click.progressbar(length=len(ids), label="verifying chunks", file=sys.stderr)
+    cluster = await _call(endpoint, "sys.cluster")
+    targets = _fsck_targets(endpoint, cluster)
+    async with contextlib.AsyncExitStack() as stack:
+        conns = {
+            node: await stack.enter_async_context(
+                open_client(ep.address, call_timeout_s=600, ssl_context=ep.ssl_context)
+            )
+            for node, ep in targets.items()
+        }
+        ids: dict[str, list[bytes]] = {}
+        problems: list[str] = []
+        for node, conn in conns.items():
+            try:
+                ids[node] = await conn.call("sys.scrub_list")
+            except DfsError as exc:
+                problems.append(f"node {node}: chunks not verified: {exc.message}")
+        bad: list[tuple[str, bytes]] = []
+        total = sum(len(v) for v in ids.values())
+        bar = click.progressbar(length=total, label="verifying chunks", file=sys.stderr)
         if show_progress:
             bar.__enter__()
         try:
-            for i in range(0, len(ids), 256):
-                batch = ids[i : i + 256]
-                bad.extend(await conn.call("sys.scrub_batch", batch))
-                if show_progress:
-                    bar.update(len(batch))
+            for node, node_ids in ids.items():
+                try:
+                    for i in range(0, len(node_ids), 256):
+                        batch = node_ids[i : i + 256]
+                        bad.extend((node, cid) for cid in await conns[node].call("sys.scrub_batch", batch))
+                        if show_progress:
+                            bar.update(len(batch))
+                except DfsError as exc:
+                    problems.append(f"node {node}: chunk verification stopped: {exc.message}")
         finally:
             if show_progress:
                 bar.__exit__(None, None, None)
-        report: dict[str, Any] = await conn.call("sys.fsck_meta", repair)
-        report["chunks_checked"] = len(ids)
-        report["corrupt_chunks"] = [cid.hex() for cid in bad]
-        for cid in bad:
-            report["problems"].append(f"chunk {cid.hex()} fails its checksum")
-        return report
+        if repair and len(conns) > 1:
+            # A corrupt copy in a cluster is quarantined on its node and fetched again from a replica.
+            for node, cid in bad:
+                with contextlib.suppress(DfsError):
+                    await conns[node].call("chunk.verify", cid)
+        report: dict[str, Any] = await conns[str(cluster.get("node_id", ""))].call("sys.fsck_meta", repair)
+    report["chunks_checked"] = total
+    report["corrupt_chunks"] = [cid.hex() for _, cid in bad]
+    report["problems"][:0] = problems
+    for node, cid in bad:
+        where = f" on {node}" if len(targets) > 1 else ""
+        report["problems"].append(f"chunk {cid.hex()}{where} fails its checksum")
+    return report
 
 
 @main.command()

@@ -293,3 +293,44 @@ def test_mount_naming_two_daemons_keeps_working_when_its_daemon_is_killed(
     wait_for(lambda: set(copies([n1, n3]).values()) == {2}, 60, "R copies on the survivors")
     n1.cli("status", "--wait", "--timeout", "60")
     n1.assert_clean()
+
+
+def test_fsck_verifies_every_nodes_copies_and_repair_replaces_a_corrupt_one(
+    cluster: list[Daemon], tmp_path: Path
+) -> None:
+    """`dfs fsck` on the primary verifies the checksum of every copy on every node; a copy
+    corrupted on a secondary is reported with its node, and `fsck --repair` has that node
+    quarantine it and fetch it again from the other replica."""
+    n1, n2, n3 = cluster
+    m = Mount(n1, tmp_path / "m")
+    m.start()
+    try:
+        data = os.urandom(20 * 1024 * 1024)
+        (m.path / "f").write_bytes(data)
+    finally:
+        m.stop()
+    wait_for(lambda: set(copies(cluster).values()) == {2}, 30, "two copies of every chunk")
+    report = n1.fsck()
+    assert report["problems"] == [] and report["chunks_checked"] == 2 * len(copies(cluster)), report
+
+    def chunk_files(d: Daemon) -> list[Path]:
+        top = d.data_dir / "chunks"
+        return [
+            p for p in top.rglob("*") if p.is_file() and p.relative_to(top).parts[0] not in ("tmp", "bad")
+        ]
+
+    holder = next(d for d in (n3, n2) if chunk_files(d))  # a secondary (each holds 2 of 3 copies)
+    victim = chunk_files(holder)[0]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    victim.write_bytes(bytes(raw))
+    report = n1.fsck()
+    assert report["problems"] == [f"chunk {victim.name} on {holder.node_id} fails its checksum"], report
+    n1.fsck(repair=True)
+    wait_for(lambda: victim.exists() and victim.read_bytes() != bytes(raw), 30, "the corrupt copy replaced")
+    n1.assert_clean()
+    m.start()
+    try:
+        assert (m.path / "f").read_bytes() == data
+    finally:
+        m.stop()
