@@ -32,6 +32,7 @@ from daemon.chunks import ChunkStore
 from dfs.chunkio import HOT_PREFIX_BYTES, ChunkIO, hot_targets
 from dfs.config import Config
 from dfs.errors import ChunkMissing, CorruptChunk, DfsError
+from dfs.placement import partition_of
 
 log = logging.getLogger("dfs.hot")
 
@@ -202,6 +203,9 @@ class HotChunks:
         if r is None:
             return  # not committed (or collected): nothing to serve widely
         r = r or view.default_policy.replicas
+        replicas = view.table.preference(partition_of(chunk_id))[: view.replica_count(r)]
+        if self.node_id not in replicas:
+            return  # an extra copy (or a substitute) serving reads: the replicas decide
         targets = hot_targets(view, chunk_id, r, self.extra)
         if not targets:
             return

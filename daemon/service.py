@@ -774,6 +774,10 @@ class Service:
         (a replica is giving a hot chunk extra copies)."""
         if not isinstance(ttl_s, int | float) or not 0 < ttl_s <= 86400:
             raise InvalidArgument("pin ttl_s must be a number of seconds in (0, 86400]")
+        if not isinstance(chunk_ids, list) or not all(
+            isinstance(c, bytes) and len(c) == 32 for c in chunk_ids
+        ):
+            raise InvalidArgument("pin chunk_ids must be a list of 32-byte chunk ids")
         if self.hot is None:
             raise Unavailable("this node is not serving the cluster yet")
         self.hot.pins.pin(list(chunk_ids), float(ttl_s))
