@@ -45,17 +45,25 @@ def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 class Endpoint(NamedTuple):
-    """Where to reach a daemon, and the TLS context for it (None: plain, or a unix socket)."""
+    """Where to reach a daemon, and the TLS context for it (None: plain, or a unix socket);
+    ``peers_ssl`` is the context for the other nodes' TCP ports (commands that visit them all)."""
 
     address: str
     ssl_context: ssl.SSLContext | None = None
+    peers_ssl: ssl.SSLContext | None = None
+
+    def peer(self, address: str) -> Endpoint:
+        """Another node of the cluster, at its RPC address."""
+        context = self.peers_ssl or self.ssl_context
+        return Endpoint(address, context, context)
 
 
 def _address(cfg: Config) -> Endpoint:
     sock = cfg.unix_socket_path
+    tls = client_context_for(cfg)
     if cfg.rpc.unix_socket and sock.exists():
-        return Endpoint(f"unix:{sock}")  # local and mode 0600: no TLS needed
-    return Endpoint(cfg.rpc.listen, client_context_for(cfg))
+        return Endpoint(f"unix:{sock}", None, tls)  # local and mode 0600: no TLS needed
+    return Endpoint(cfg.rpc.listen, tls, tls)
 
 
 async def _call(endpoint: Endpoint, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
@@ -339,7 +347,7 @@ async def _cluster_status(endpoint: Endpoint) -> dict[str, Any]:
 
     async def ask(node: dict[str, Any]) -> None:
         here = node["node_id"] == cluster.get("node_id")
-        target = endpoint if here else Endpoint(node["address"], endpoint.ssl_context or None)
+        target = endpoint if here else endpoint.peer(node["address"])
         try:
             with trio.fail_after(10):
                 nodes.append(await _call(target, "sys.repair_status", timeout_s=10))
@@ -473,7 +481,7 @@ def _fsck_targets(endpoint: Endpoint, cluster: dict[str, Any]) -> dict[str, Endp
     targets = {here: endpoint}
     for n in nodes:
         if n["node_id"] != here and n["node_id"] not in dead and n.get("address"):
-            targets[n["node_id"]] = Endpoint(n["address"], endpoint.ssl_context or None)
+            targets[n["node_id"]] = endpoint.peer(n["address"])
     return targets
 
 
