@@ -850,8 +850,10 @@ class AdminApi:
 
     def _policy_state(self, names: list[bytes]) -> tuple[dict[bytes, bytes], dict[str, Any]]:
         """(the overrides set on the inode at ``names``, the policy in effect there); metadata thread."""
+        return self._policy_at(self.service.meta.resolve(ROOT_INO, names).ino)
+
+    def _policy_at(self, ino: int) -> tuple[dict[bytes, bytes], dict[str, Any]]:
         meta = self.service.meta
-        ino = meta.resolve(ROOT_INO, names).ino
         own: dict[bytes, bytes] = {}
         for name in (REPLICAS_XATTR, CONSISTENCY_XATTR):
             try:
@@ -892,7 +894,7 @@ class AdminApi:
                         meta.removexattr(ino, name)
                     except NoAttribute:
                         pass  # already inherited
-            return self._policy_state(names)
+            return self._policy_at(ino)
 
         own, effective = await self.service._m(apply)
         return json_response(200, self._policy_doc(str(path), own, effective))

@@ -26,7 +26,7 @@ from dfs import config as config_mod
 from dfs.certs import client_context_for
 from dfs.config import Config
 from dfs.errors import DfsError
-from dfs.rpc import open_client
+from dfs.rpc import RpcClient, open_client
 
 T = TypeVar("T")
 _UP_TIMEOUT_S = 30.0
@@ -345,22 +345,17 @@ async def _cluster_status(endpoint: Endpoint) -> dict[str, Any]:
     nodes: list[dict[str, Any]] = []
     unreachable: list[str] = []
 
-    async def ask(node: dict[str, Any]) -> None:
-        here = node["node_id"] == cluster.get("node_id")
-        target = endpoint if here else endpoint.peer(node["address"])
+    async def ask(node_id: str, target: Endpoint) -> None:
         try:
             with trio.fail_after(10):
                 nodes.append(await _call(target, "sys.repair_status", timeout_s=10))
         except (DfsError, trio.TooSlowError):
-            unreachable.append(node["node_id"])
+            unreachable.append(node_id)
 
-    dead = {m["node_id"] for m in cluster.get("members", []) if m.get("status") in ("dead", "left")}
-    placed = [n for n in cluster["layout"]["nodes"] if n["state"] != "out"]
-    down = {n["node_id"] for n in placed if n["node_id"] in dead}
+    targets, down = _live_nodes(endpoint, cluster)
     async with trio.open_nursery() as nursery:
-        for node in placed:
-            if node["node_id"] not in down:
-                nursery.start_soon(ask, node)
+        for node_id, target in targets.items():
+            nursery.start_soon(ask, node_id, target)
     keys = (
         "under_replicated",
         "misplaced",
@@ -472,29 +467,34 @@ def rebalance(config_path: str | None, wait: bool, timeout_s: float) -> None:
         click.echo(_repair_line(cs))
 
 
-def _fsck_targets(endpoint: Endpoint, cluster: dict[str, Any]) -> dict[str, Endpoint]:
-    """Node id -> where to reach it, for every node whose chunks fsck verifies: the daemon asked
-    alone, or in a cluster every layout node not marked out and not known dead."""
-    here = str(cluster.get("node_id", ""))
-    nodes = [n for n in cluster.get("layout", {}).get("nodes", []) if n["state"] != "out"]
+def _live_nodes(endpoint: Endpoint, cluster: dict[str, Any]) -> tuple[dict[str, Endpoint], set[str]]:
+    """(node id -> where to reach it, for every layout node not marked out and not known dead,
+    the daemon at ``endpoint`` among them; the layout nodes not marked out but known dead)."""
+    here = cluster.get("node_id")
+    placed = [n for n in cluster.get("layout", {}).get("nodes", []) if n["state"] != "out"]
     dead = {m["node_id"] for m in cluster.get("members", []) if m.get("status") in ("dead", "left")}
-    targets = {here: endpoint}
-    for n in nodes:
-        if n["node_id"] != here and n["node_id"] not in dead and n.get("address"):
-            targets[n["node_id"]] = endpoint.peer(n["address"])
-    return targets
+    down = {n["node_id"] for n in placed if n["node_id"] in dead}
+    targets = {
+        n["node_id"]: endpoint if n["node_id"] == here else endpoint.peer(n["address"])
+        for n in placed
+        if n["node_id"] not in down
+    }
+    return targets, down
 
 
 async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
-    cluster = await _call(endpoint, "sys.cluster")
-    targets = _fsck_targets(endpoint, cluster)
     async with contextlib.AsyncExitStack() as stack:
-        conns = {
-            node: await stack.enter_async_context(
+
+        async def connect(ep: Endpoint) -> RpcClient:
+            return await stack.enter_async_context(
                 open_client(ep.address, call_timeout_s=600, ssl_context=ep.ssl_context)
             )
-            for node, ep in targets.items()
-        }
+
+        local = await connect(endpoint)
+        cluster = await local.call("sys.cluster")
+        here = str(cluster.get("node_id", ""))
+        targets, _down = _live_nodes(endpoint, cluster)
+        conns = {here: local} | {node: await connect(ep) for node, ep in targets.items() if node != here}
         ids: dict[str, list[bytes]] = {}
         problems: list[str] = []
         for node, conn in conns.items():
@@ -525,12 +525,12 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
             for node, cid in bad:
                 with contextlib.suppress(DfsError):
                     await conns[node].call("chunk.verify", cid)
-        report: dict[str, Any] = await conns[str(cluster.get("node_id", ""))].call("sys.fsck_meta", repair)
+        report: dict[str, Any] = await local.call("sys.fsck_meta", repair)
     report["chunks_checked"] = total
     report["corrupt_chunks"] = [cid.hex() for _, cid in bad]
     report["problems"][:0] = problems
     for node, cid in bad:
-        where = f" on {node}" if len(targets) > 1 else ""
+        where = f" on {node}" if len(conns) > 1 else ""
         report["problems"].append(f"chunk {cid.hex()}{where} fails its checksum")
     return report
 

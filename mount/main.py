@@ -183,13 +183,12 @@ async def _connect_first(
     """The first of ``addresses`` whose daemon answers (``mount.dfs host1,host2:/``), and a
     caller for metadata that moves on to the others, in order, when that daemon goes away."""
     errors = []
+    ssl_context = client_context_for(cfg)
     for i, address in enumerate(addresses):
         attempt = contextlib.AsyncExitStack()
         try:
             conn = await attempt.enter_async_context(
-                open_client(
-                    address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
-                )
+                open_client(address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=ssl_context)
             )
             with trio.fail_after(_CONNECT_TRY_S):
                 info = await fetch_info(conn)
@@ -203,9 +202,7 @@ async def _connect_first(
         for other in order[1:]:  # connected lazily, on the first call that needs them
             clients.append(
                 await stack.enter_async_context(
-                    open_client(
-                        other, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=client_context_for(cfg)
-                    )
+                    open_client(other, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=ssl_context)
                 )
             )
         return conn, info, FailoverCaller(clients, order)

@@ -169,6 +169,13 @@ class Daemon:
                 self.proc.wait(10)
         self.proc = None
 
+    def chunk_files(self) -> list[Path]:
+        """The chunk files in this daemon's store (not chunks/tmp/ uploads, not chunks/bad/)."""
+        top = self.data_dir / "chunks"
+        return [
+            p for p in top.rglob("*") if p.is_file() and p.relative_to(top).parts[0] not in ("tmp", "bad")
+        ]
+
     def fsck(self, repair: bool = False) -> dict[str, object]:
         args = ["fsck", "--json"] + (["--repair"] if repair else [])
         res = self.cli(*args, check=False)

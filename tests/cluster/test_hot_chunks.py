@@ -54,7 +54,7 @@ def call(d: Daemon, method: str, *args: Any, times: int = 1) -> Any:
 
 
 def holders(daemons: list[Daemon], chunk_hex: str) -> set[str]:
-    return {d.node_id for d in daemons if any((d.data_dir / "chunks").rglob(chunk_hex))}
+    return {d.node_id for d in daemons if any(p.name == chunk_hex for p in d.chunk_files())}
 
 
 def test_hot_chunk_gets_pinned_extra_copies_that_lapse_when_reads_stop(

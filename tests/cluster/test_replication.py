@@ -45,12 +45,8 @@ def copies(daemons: list[Daemon]) -> dict[str, int]:
     """Chunk file name -> number of live daemons holding it."""
     count: dict[str, int] = {}
     for d in daemons:
-        top = d.data_dir / "chunks"
-        for root, _dirs, files in os.walk(top):
-            if Path(root).relative_to(top).parts[:1] in (("tmp",), ("bad",)):
-                continue
-            for name in files:
-                count[name] = count.get(name, 0) + 1
+        for p in d.chunk_files():
+            count[p.name] = count.get(p.name, 0) + 1
     return count
 
 
@@ -313,14 +309,8 @@ def test_fsck_verifies_every_nodes_copies_and_repair_replaces_a_corrupt_one(
     report = n1.fsck()
     assert report["problems"] == [] and report["chunks_checked"] == 2 * len(copies(cluster)), report
 
-    def chunk_files(d: Daemon) -> list[Path]:
-        top = d.data_dir / "chunks"
-        return [
-            p for p in top.rglob("*") if p.is_file() and p.relative_to(top).parts[0] not in ("tmp", "bad")
-        ]
-
-    holder = next(d for d in (n3, n2) if chunk_files(d))  # a secondary (each holds 2 of 3 copies)
-    victim = chunk_files(holder)[0]
+    holder = next(d for d in (n3, n2) if d.chunk_files())  # a secondary (each holds 2 of 3 copies)
+    victim = holder.chunk_files()[0]
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     victim.write_bytes(bytes(raw))

@@ -507,11 +507,7 @@ def test_corrupt_chunk_gives_eio(daemon: Daemon, tmp_path: Path) -> None:
         (m.path / "victim").write_bytes(data)
     finally:
         m.stop()
-    chunk_files = [
-        p
-        for p in (daemon.data_dir / "chunks").rglob("*")
-        if p.is_file() and "tmp" not in p.relative_to(daemon.data_dir).parts
-    ]
+    chunk_files = daemon.chunk_files()
     assert len(chunk_files) == 1
     raw = bytearray(chunk_files[0].read_bytes())
     raw[len(raw) // 2] ^= 0x40
@@ -539,11 +535,7 @@ def test_chunk_verify_quarantines_a_copy_a_client_reports_bad(daemon: Daemon, tm
         (m.path / "reported").write_bytes(os.urandom(1024 * 1024))
     finally:
         m.stop()
-    (chunk_file,) = [
-        p
-        for p in (daemon.data_dir / "chunks").rglob("*")
-        if p.is_file() and "tmp" not in p.relative_to(daemon.data_dir).parts
-    ]
+    (chunk_file,) = daemon.chunk_files()
     cid = bytes.fromhex(chunk_file.name)
 
     async def verify() -> object:
