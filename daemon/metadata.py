@@ -78,6 +78,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import msgpack
 
+from dfs import acl
 from dfs.errors import (
     ChunkMissing,
     ConfigError,
@@ -94,6 +95,7 @@ from dfs.errors import (
     NotFound,
     NotPermitted,
     NotSupported,
+    PermissionDenied,
     PreconditionFailed,
     RangeError,
     TooManyLinks,
@@ -808,6 +810,9 @@ class MetaStore:
             gid = pgid
             if is_dir:
                 mode |= stat.S_ISGID
+        inherited: list[tuple[bytes, bytes]] = []
+        if symlink is None:
+            mode, inherited = self._inherit_acl(parent, mode)
         nlink = 2 if is_dir else 1
         cur = self._db.execute(
             "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
@@ -816,9 +821,24 @@ class MetaStore:
         )
         ino = cur.lastrowid
         assert ino is not None
+        if inherited:
+            self._db.executemany("INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in inherited])
         self._add_dentry(parent, name, ino, is_dir)
         self._touch_dir(parent, now, 1 if is_dir else 0)
         return Attr(ino, mode, nlink, uid, gid, rdev, size, 0, now, now, now, 0)
+
+    def _inherit_acl(self, parent: int, mode: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """A new inode's mode and ACL xattrs under ``parent``'s default ACL, if it has one."""
+        row = self._db.execute(
+            "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (parent, acl.DEFAULT)
+        ).fetchone()
+        if row is None:
+            return mode, []
+        mode, access, default = acl.inherit(row[0], mode)
+        xattrs = [(acl.ACCESS, access)] if access is not None else []
+        if default is not None:
+            xattrs.append((acl.DEFAULT, default))
+        return mode, xattrs
 
     @_api
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
@@ -1075,6 +1095,8 @@ class MetaStore:
                     self._shrink(ino, size, now)
                     if mtime_ns is None:
                         mtime_ns = now
+            if mode is not None:
+                self._chmod_acl(ino, new_mode)
             result = self._db.execute(
                 "UPDATE inodes SET mode = ?, uid = COALESCE(?, uid), gid = COALESCE(?, gid), "
                 "size = COALESCE(?, size), atime_ns = COALESCE(?, atime_ns), "
@@ -1084,6 +1106,16 @@ class MetaStore:
             ).fetchone()
             self._log(now, "setattr", [ino, mode, uid, gid, size, atime_ns, mtime_ns])
         return Attr(*result)
+
+    def _chmod_acl(self, ino: int, mode: int) -> None:
+        row = self._db.execute(
+            "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, acl.ACCESS)
+        ).fetchone()
+        if row is not None:
+            self._db.execute(
+                "UPDATE xattrs SET value = ? WHERE ino = ? AND name = ?",
+                (acl.chmod(row[0], mode), ino, acl.ACCESS),
+            )
 
     @staticmethod
     def _check_truncate(ino: int, mode: int, size: int) -> None:
@@ -1250,9 +1282,27 @@ class MetaStore:
                 raise Exists(f"xattr {name!r} exists on inode {ino}")
             if not exists and flags & XATTR_REPLACE:
                 raise NoAttribute(f"no xattr {name!r} on inode {ino}")
-            self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
-            self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            if name in acl.NAMES:
+                self._set_acl(ino, name, value, now)
+            else:
+                self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+                self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
             self._log(now, "setxattr", [ino, name, value, flags])
+
+    def _set_acl(self, ino: int, name: bytes, value: bytes, now: int) -> None:
+        """Store an ACL xattr and keep the mode in step (see dfs.acl), in the caller's transaction."""
+        mode = self._inode(ino)[0]
+        if name == acl.ACCESS:
+            mode, stored = acl.after_set(value, mode)
+        elif _is_dir(mode):
+            stored = acl.check_default(value)
+        else:
+            raise PermissionDenied(f"inode {ino} is not a directory: it cannot have a default ACL")
+        if stored is None:
+            self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, stored))
+        self._db.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?", (mode, now, ino))
 
     @_api
     def removexattr(self, ino: int, name: bytes) -> None:

@@ -23,6 +23,12 @@ stored headers) and ``user.s3.checksum`` (``"<ALGORITHM> <base64>"``).  A file
 written through the mount has no ETag of its own: it gets a stable synthetic
 one of the multipart form (``<hex>-1``), which clients do not take for an MD5.
 
+There is no versioning: every object is its one version, ``null``.  So
+ListObjectVersions is a ListObjects page with VersionId ``null`` on every
+entry, ``versionId=null`` on a request names the object itself, and any other
+version id gets AWS's answer for a version that does not exist (or is
+malformed).  PutBucketVersioning with Enabled is refused (501).
+
 Multipart uploads live in the metadata's internal ``uploads`` directory (not
 reachable from the root): ``<upload-id>/info`` holds the target and the
 object's attributes, ``<upload-id>/<part>`` each part.  Completion reuses the
@@ -35,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mimetypes
+import re
 import secrets
 import time
 import urllib.parse
@@ -336,6 +343,9 @@ class S3Api:
         if m == "PUT" and not sub:
             c.operation = "CreateBucket"
             return await self._create_bucket(c)
+        if m == "PUT" and sub == ["versioning"]:
+            c.operation = "PutBucketVersioning"
+            return await self._put_versioning(c)
         if m == "DELETE" and not sub:
             c.operation = "DeleteBucket"
             return await self._delete_bucket(c)
@@ -365,6 +375,9 @@ class S3Api:
             if name == "uploads":
                 c.operation = "ListMultipartUploads"
                 return await self._list_uploads(c)
+            if name == "versions":
+                c.operation = "ListObjectVersions"
+                return await self._list_versions(c)
             if name in _BUCKET_STUB_404:
                 code, message = _BUCKET_STUB_404[name]
                 raise S3Error(code, message, 404)
@@ -484,10 +497,36 @@ class S3Api:
             raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404) from None
         return Response(204)
 
+    async def _put_versioning(self, c: Call) -> Response:
+        """PutBucketVersioning: objects here have one version each, so Enabled is refused.
+
+        Suspended is accepted and changes nothing: in a suspended bucket every
+        write replaces the object's ``null`` version, which is what happens
+        here anyway.
+        """
+        await self._bucket_ino(c.bucket)
+        body = await c.req.read_body(64 * 1024)
+        c.bytes_in = len(body)
+        assert c.auth is not None
+        checks = sigv4.BodyChecks(c.headers, c.auth)
+        checks.update(body)
+        checks.finish(None)
+        status, mfa_delete = s3xml.parse_versioning(body)
+        if status == "Enabled" or mfa_delete == "Enabled":
+            raise S3Error(
+                "NotImplemented",
+                "Bucket versioning is not supported: every object has the single version null",
+                501,
+            )
+        return Response(200)
+
     # -- object lookups ----------
     async def _object(self, c: Call) -> tuple[ObjectInfo, bool]:
         """The object named by the call's key, and whether the key named a directory marker."""
         bucket_ino = await self._bucket_ino(c.bucket)
+        version = c.query.get("versionId")
+        if version is not None and version != s3xml.NULL_VERSION:
+            raise _version_error(version, c.key)
         names, is_dir = s3names.key_to_names(c.key)
         try:
             attr = await self.client.resolve(bucket_ino, names)
@@ -672,9 +711,9 @@ class S3Api:
         raw = c.headers["x-amz-copy-source"]
         source = urllib.parse.unquote(raw.split("?", 1)[0])
         version = urllib.parse.parse_qs(raw.partition("?")[2]).get("versionId")
-        if version and version != ["null"]:
-            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
         bucket, _, key = source.lstrip("/").partition("/")
+        if version and version[0] != s3xml.NULL_VERSION:
+            raise _version_error(version[0], key)
         if not bucket or not key:
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key")
         src = Call(c.req, c.request_id, bucket, key, {}, c.headers, "/" + source.lstrip("/"))
@@ -734,8 +773,26 @@ class S3Api:
     # -- DELETE ----------
     async def _delete_object(self, c: Call) -> Response:
         bucket_ino = await self._bucket_ino(c.bucket)
-        await self._delete_key(bucket_ino, c.key)
-        return Response(204)
+        version = c.query.get("versionId")
+        if version is None:
+            await self._delete_key(bucket_ino, c.key)
+            return Response(204)
+        await self._delete_version(bucket_ino, c.key, version)
+        return Response(204, [("x-amz-version-id", version)])
+
+    async def _delete_version(self, bucket_ino: int, key: str, version: str) -> None:
+        """Delete one version of ``key``: ``null`` is the object itself.
+
+        Another well-formed id names a version that does not exist, and AWS
+        answers that delete with success and deletes nothing; a malformed one is
+        400 InvalidArgument.
+        """
+        if version == s3xml.NULL_VERSION:
+            await self._delete_key(bucket_ino, key)
+            return
+        error = _version_error(version, key)
+        if error.s3_code != "NoSuchVersion":
+            raise error
 
     async def _delete_key(self, bucket_ino: int, key: str) -> None:
         names, is_dir = s3names.key_to_names(key)
@@ -761,18 +818,21 @@ class S3Api:
         checks = sigv4.BodyChecks(c.headers, c.auth)
         checks.update(body)
         checks.finish(None)
-        quiet, keys = s3xml.parse_delete(body)
-        deleted: list[str] = []
-        errors: list[tuple[str, str, str]] = []
-        for key in keys:
+        quiet, targets = s3xml.parse_delete(body)
+        deleted: list[s3xml.DeleteTarget] = []
+        errors: list[tuple[s3xml.DeleteTarget, str, str]] = []
+        for target in targets:
             try:
-                await self._delete_key(bucket_ino, key)
+                if target.version_id is None:
+                    await self._delete_key(bucket_ino, target.key)
+                else:
+                    await self._delete_version(bucket_ino, target.key, target.version_id)
                 if not quiet:
-                    deleted.append(key)
+                    deleted.append(target)
             except S3Error as exc:
-                errors.append((key, exc.s3_code, exc.message))
+                errors.append((target, exc.s3_code, exc.message))
             except DfsError as exc:
-                errors.append((key, s3_code(exc)[0], exc.message))
+                errors.append((target, s3_code(exc)[0], exc.message))
         return _xml(s3xml.delete_result(deleted, errors))
 
     # -- listing ----------
@@ -782,10 +842,7 @@ class S3Api:
         prefix = q.get("prefix", "")
         delimiter = q.get("delimiter", "")
         max_keys = s3names.parse_max_keys(q.get("max-keys"))
-        encoding = q.get("encoding-type")
-        if encoding not in (None, "", "url"):
-            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
-        encoding_url = encoding == "url"
+        encoding_url = _encoding_url(q)
         if v2:
             token = q.get("continuation-token")
             start_after = q.get("start-after", "")
@@ -823,6 +880,50 @@ class S3Api:
                 owner=_OWNER,
             )
         return _xml(body)
+
+    async def _list_versions(self, c: Call) -> Response:
+        """ListObjectVersions: without versioning, a ListObjects page whose every object is its
+        one version, ``null``; so key-marker is ListObjects' marker and the only version-id-marker
+        there can be is ``null`` (resuming after that key)."""
+        bucket_ino = await self._bucket_ino(c.bucket)
+        q = c.query
+        prefix = q.get("prefix", "")
+        delimiter = q.get("delimiter", "")
+        max_keys = s3names.parse_max_keys(q.get("max-keys"))
+        encoding_url = _encoding_url(q)
+        key_marker = q.get("key-marker", "")
+        id_marker = q.get("version-id-marker", "")
+        if id_marker:
+            if not key_marker:
+                raise S3Error(
+                    "InvalidArgument",
+                    "A version-id marker cannot be specified without a key marker.",
+                    400,
+                    ArgumentName="version-id-marker",
+                    ArgumentValue=id_marker,
+                )
+            if id_marker != s3xml.NULL_VERSION:
+                raise S3Error(
+                    "InvalidArgument",
+                    "Invalid version id specified",
+                    400,
+                    ArgumentName="version-id-marker",
+                    ArgumentValue=id_marker,
+                )
+        page = await self._page(bucket_ino, prefix, delimiter, key_marker, max_keys)
+        return _xml(
+            s3xml.list_object_versions(
+                page,
+                bucket=c.bucket,
+                prefix=prefix,
+                key_marker=key_marker,
+                version_id_marker=id_marker,
+                delimiter=delimiter,
+                max_keys=max_keys,
+                encoding_url=encoding_url,
+                owner=_OWNER,
+            )
+        )
 
     async def _page(
         self, bucket_ino: int, prefix: str, delimiter: str, start: str, max_keys: int
@@ -1279,6 +1380,42 @@ def _before(name: bytes) -> bytes:
     if last == 0:
         return name[:-1]
     return name[:-1] + bytes([last - 1]) + b"\xff" * 8
+
+
+# The shape of the version ids AWS issues: 32 characters of letters, digits, "." and "_".  Any
+# other id (but "null") is malformed, which AWS answers with 400 rather than 404.
+_VERSION_ID_RE = re.compile(r"[A-Za-z0-9._]{32}")
+
+
+def _version_error(version_id: str, key: str) -> S3Error:
+    """What AWS answers for a version id other than ``null``, the only version here."""
+    if not version_id:
+        return S3Error(
+            "InvalidArgument",
+            "Version id cannot be the empty string",
+            400,
+            ArgumentName="versionId",
+            ArgumentValue=version_id,
+        )
+    if _VERSION_ID_RE.fullmatch(version_id) is None:
+        return S3Error(
+            "InvalidArgument",
+            "Invalid version id specified",
+            400,
+            ArgumentName="versionId",
+            ArgumentValue=version_id,
+        )
+    return S3Error(
+        "NoSuchVersion", "The specified version does not exist.", 404, Key=key, VersionId=version_id
+    )
+
+
+def _encoding_url(query: Mapping[str, str]) -> bool:
+    """Whether a listing asked for ``encoding-type=url``; any other value is 400."""
+    encoding = query.get("encoding-type")
+    if encoding not in (None, "", "url"):
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
+    return encoding == "url"
 
 
 def _xml(body: bytes) -> Response:

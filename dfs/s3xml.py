@@ -50,6 +50,8 @@ PROLOG = '<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_XML_BODY_BYTES = 2 * 1024 * 1024
 MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
+#: The version id of every object in a bucket without versioning (AWS's name for it).
+NULL_VERSION = "null"
 
 #: Checksum algorithms S3 names in ``Checksum<ALGO>`` elements.
 CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
@@ -95,6 +97,17 @@ class UploadInfo(NamedTuple):
     key: str
     upload_id: str
     initiated_ns: int
+
+
+class DeleteTarget(NamedTuple):
+    """One ``<Object>`` of a DeleteObjects body, or one entry of its DeleteResult.
+
+    ``version_id`` is None when the client named no version (and then none is
+    echoed back); ``"null"`` is the only version an object here has.
+    """
+
+    key: str
+    version_id: str | None = None
 
 
 class CompletedPart(NamedTuple):
@@ -324,6 +337,72 @@ def list_objects_v2(
     return _doc("ListBucketResult", body)
 
 
+def _version(entry: ObjectEntry, encoding_url: bool, owner: tuple[str, str] | None) -> str:
+    return (
+        "<Version>"
+        + _el("Key", _maybe_encode(entry.key, encoding_url))
+        + _el("VersionId", NULL_VERSION)
+        + _el("IsLatest", "true")
+        + _el("LastModified", s3names.iso8601(entry.mtime_ns))
+        + _el("ETag", _quoted(entry.etag))
+        + _el("Size", entry.size)
+        + (_owner(owner) if owner is not None else "")
+        + _el("StorageClass", "STANDARD")
+        + "</Version>"
+    )
+
+
+def list_object_versions(
+    page: ListPage,
+    *,
+    bucket: str,
+    prefix: str | None,
+    key_marker: str | None,
+    version_id_marker: str | None,
+    delimiter: str | None,
+    max_keys: int,
+    encoding_url: bool,
+    owner: tuple[str, str] | None,
+) -> bytes:
+    """ListVersionsResult for a bucket without versioning: each object is its one version.
+
+    ``page`` is a ListObjects page (:func:`dfs.s3names.paginate` with
+    ``start_after=key_marker``): every entry becomes a ``<Version>`` with
+    VersionId ``null`` and IsLatest true; there are no DeleteMarkers.  Element
+    order follows AWS's answers (Name, Prefix, KeyMarker, VersionIdMarker, the
+    Next markers, MaxKeys, Delimiter, IsTruncated, EncodingType, then the
+    entries).
+
+    A truncated page names where to resume: NextKeyMarker is its last key or
+    common prefix; NextVersionIdMarker is ``null`` after a key and absent
+    after a common prefix, which has no version (a client resumes with
+    key-marker alone, and the whole prefix is skipped as in ListObjects).
+    """
+    enc = encoding_url
+    body = [
+        _el("Name", bucket),
+        _el("Prefix", _maybe_encode(prefix or "", enc)),
+        _el("KeyMarker", _maybe_encode(key_marker or "", enc)),
+        _el("VersionIdMarker", version_id_marker or ""),
+    ]
+    next_key = _page_last(page) if page.truncated else None
+    if next_key is not None:
+        body.append(_el("NextKeyMarker", _maybe_encode(next_key, enc)))
+        # A content key never equals a common prefix of the same listing: the
+        # prefix holds the delimiter after the listed prefix, the key does not.
+        if next_key not in page.prefixes:
+            body.append(_el("NextVersionIdMarker", NULL_VERSION))
+    body.append(_el("MaxKeys", max_keys))
+    if delimiter:
+        body.append(_el("Delimiter", _maybe_encode(delimiter, enc)))
+    body.append(_el("IsTruncated", _bool(page.truncated)))
+    if enc:
+        body.append(_el("EncodingType", "url"))
+    body += [_version(e, enc, owner) for e in page.contents]
+    body += _common_prefixes(page.prefixes, enc)
+    return _doc("ListVersionsResult", body)
+
+
 def initiate_multipart(bucket: str, key: str, upload_id: str) -> bytes:
     """InitiateMultipartUploadResult."""
     return _doc(
@@ -450,18 +529,29 @@ def list_uploads(
     return _doc("ListMultipartUploadsResult", body)
 
 
-def delete_result(
-    deleted: Sequence[str], errors: Sequence[tuple[str, str, str]], *, encoding_url: bool = False
-) -> bytes:
-    """DeleteResult: ``<Deleted><Key>`` per deleted key, ``<Error>`` per ``(key, code, message)``.
+def _target(target: DeleteTarget, encoding_url: bool) -> str:
+    version = target.version_id
+    return _el("Key", _maybe_encode(target.key, encoding_url)) + (
+        _el("VersionId", version) if version is not None else ""
+    )
 
-    DeleteResult has no EncodingType element; ``encoding_url`` only encodes
-    the keys, for a caller that knows its client decodes them.
+
+def delete_result(
+    deleted: Sequence[DeleteTarget],
+    errors: Sequence[tuple[DeleteTarget, str, str]],
+    *,
+    encoding_url: bool = False,
+) -> bytes:
+    """DeleteResult: ``<Deleted>`` per deleted target, ``<Error>`` per ``(target, code, message)``.
+
+    Each carries the Key and, when the client named one, the VersionId (AWS
+    echoes it).  DeleteResult has no EncodingType element; ``encoding_url``
+    only encodes the keys, for a caller that knows its client decodes them.
     """
-    body = [f"<Deleted>{_el('Key', _maybe_encode(k, encoding_url))}</Deleted>" for k in deleted]
+    body = [f"<Deleted>{_target(t, encoding_url)}</Deleted>" for t in deleted]
     body += [
-        f"<Error>{_el('Key', _maybe_encode(k, encoding_url))}{_el('Code', code)}{_el('Message', msg)}</Error>"
-        for k, code, msg in errors
+        f"<Error>{_target(t, encoding_url)}{_el('Code', code)}{_el('Message', msg)}</Error>"
+        for t, code, msg in errors
     ]
     return _doc("DeleteResult", body)
 
@@ -552,12 +642,13 @@ def parse_complete_multipart(body: bytes) -> list[CompletedPart]:
     return parts
 
 
-def parse_delete(body: bytes) -> tuple[bool, list[str]]:
-    """``(quiet, keys)`` of a DeleteObjects body.
+def parse_delete(body: bytes) -> tuple[bool, list[DeleteTarget]]:
+    """``(quiet, targets)`` of a DeleteObjects body.
 
     Keys are taken verbatim (not stripped: spaces are legal in keys).  No
-    objects, or more than 1000, is MalformedXML, as on AWS.  VersionId is
-    ignored (no versioning).
+    objects, or more than 1000, is MalformedXML, as on AWS.  A VersionId is
+    returned as sent (stripped of surrounding whitespace); whether it names a
+    version is the caller's to judge, per object.
     """
     root = _parse(body, "Delete")
     quiet_text = _one_text(root, "Quiet", required=False)
@@ -572,12 +663,31 @@ def parse_delete(body: bytes) -> tuple[bool, list[str]]:
         raise _malformed("no Object")
     if len(objects) > MAX_DELETE_KEYS:
         raise _malformed(f"more than {MAX_DELETE_KEYS} objects")
-    keys = []
+    targets = []
     for obj in objects:
         key = _one_text(obj, "Key", required=True)
         assert key is not None
-        keys.append(key)
-    return quiet, keys
+        version = _one_text(obj, "VersionId", required=False)
+        targets.append(DeleteTarget(key, version.strip() if version is not None else None))
+    return quiet, targets
+
+
+def parse_versioning(body: bytes) -> tuple[str | None, str | None]:
+    """``(Status, MfaDelete)`` of a PutBucketVersioning body; None for an absent element.
+
+    Values other than ``Enabled``/``Suspended`` (Status) or
+    ``Enabled``/``Disabled`` (MfaDelete) are MalformedXML, as on AWS.
+    """
+    root = _parse(body, "VersioningConfiguration")
+    status = _one_text(root, "Status", required=False)
+    mfa = _one_text(root, "MfaDelete", required=False)
+    status = status.strip() if status is not None else None
+    mfa = mfa.strip() if mfa is not None else None
+    if status not in (None, "Enabled", "Suspended"):
+        raise _malformed("Status is not Enabled or Suspended")
+    if mfa not in (None, "Enabled", "Disabled"):
+        raise _malformed("MfaDelete is not Enabled or Disabled")
+    return status, mfa
 
 
 def parse_create_bucket(body: bytes) -> str | None:

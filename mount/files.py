@@ -120,6 +120,11 @@ class OpenFile:
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, _Upload] = {}
         self.mtime_ns = fmap.attr.mtime_ns
+        # The time of this mount's last write(2), while it may be newer than what the
+        # daemon answers (a getattr racing our commit).  None once an explicit utime
+        # (or a fresh view of the file) has set the mtime: then the daemon's answer,
+        # or the pending utime, is the truth, as POSIX requires of the next stat.
+        self.write_mtime_ns: int | None = None
         self.commit_lock = trio.Lock()
         # Created by this mount and open since: its chmod/chown/utime may wait for the
         # commit at close (see hold_attrs), like its data.
@@ -140,11 +145,19 @@ class OpenFile:
         self.attr = attr
         self.attr_fresh_until = time.monotonic() + self.attr_timeout_s
 
+    def mtime_set(self, attr: Attr) -> None:
+        """The daemon applied an explicit utime: its mtime now beats our last write's."""
+        self.set_attr(attr)
+        if not (self.dirty or self.uploads):
+            self.write_mtime_ns = None
+            self.mtime_ns = attr.mtime_ns
+
     def refresh(self, fmap: FileMap) -> None:
         """Adopt the daemon's view (after open by another writer); only when nothing is pending."""
         if not self.is_dirty:
             self._load_map(fmap)
             self.mtime_ns = fmap.attr.mtime_ns
+            self.write_mtime_ns = None
 
     @property
     def is_dirty(self) -> bool:
@@ -167,6 +180,8 @@ class OpenFile:
             mode = chown_clears(mode)
         pending.update(changes)
         pending["mode"] = mode
+        if "mtime_ns" in changes:
+            self.write_mtime_ns = None
         self.set_attr(self.attr._replace(ctime_ns=now_ns))
         return self.overlay(self.attr)
 
@@ -178,7 +193,9 @@ class OpenFile:
         otherwise hand the kernel a stale, smaller size, and the next O_APPEND
         write would overwrite the tail.
         """
-        out = attr._replace(size=self.size, mtime_ns=max(attr.mtime_ns, self.mtime_ns))
+        out = attr._replace(size=self.size)
+        if self.write_mtime_ns is not None:
+            out = out._replace(mtime_ns=max(attr.mtime_ns, self.write_mtime_ns))
         p = self.pending_attrs
         if p:
             out = out._replace(
@@ -268,7 +285,7 @@ class OpenFile:
             if len(buf) == bs and start + take == bs:
                 await self._start_upload(index, nursery)
         self.size = max(self.size, offset + len(data))
-        self.mtime_ns = time.time_ns()
+        self.mtime_ns = self.write_mtime_ns = time.time_ns()
         self.pending_attrs.pop("mtime_ns", None)  # a write after utime sets mtime to now
 
     async def _dirty_buffer(self, index: int, *, covers_all: bool) -> bytearray:

@@ -38,7 +38,7 @@ import trio
 from dfs.client import Client
 from dfs.config import MountConfig
 from dfs.errors import DfsError, Exists, NoAttribute
-from dfs.meta import RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap
+from dfs.meta import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap
 from mount.dirs import CompleteDirs
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
@@ -107,6 +107,9 @@ class _DirHandle:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
+    # The kernel enforces POSIX ACLs and caches them per inode; the daemon stores them
+    # and keeps each inode's mode and ACL in step (dfs/acl.py).
+    enable_acl = True
 
     def __init__(self, client: Client, cfg: MountConfig, *, root_ino: int = ROOT_INO) -> None:
         super().__init__()
@@ -205,6 +208,9 @@ class Operations(pyfuse3.Operations):
             else:
                 attr = await self.client.lookup(parent, name)
         else:
+            if len(name) > NAME_MAX:
+                # Before the negative cache: an over-long name is not merely absent.
+                raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
             if self.known.absent(parent, name):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             found, dir_ctime_ns = await self.client.lookup_versioned(parent, name)
@@ -272,7 +278,9 @@ class Operations(pyfuse3.Operations):
             await f.commit(self._bg)
         new, stamps = await self.client.setattr(ino, **changes)
         self.known.changed(stamps)  # a directory's own attributes changed
-        if f is not None:
+        if f is not None and "mtime_ns" in changes:
+            f.mtime_set(new)
+        elif f is not None:
             f.set_attr(new)
         if f is not None and fields.update_size:
             f.refresh(await self.client.read_map(ino))
@@ -570,19 +578,20 @@ class Operations(pyfuse3.Operations):
     # -- xattrs ------------------------------------------------------------------------
     @_handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Ctx) -> None:
-        if name.startswith(_ACL_PREFIX):
-            # No ACL support: refusing makes cp/rsync fall back to chmod instead of
-            # storing an ACL that would never be enforced.
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         ino = self._d(inode)
+        f = self.files.get(ino)
+        if name.startswith(_ACL_PREFIX) and f is not None and f.pending_attrs:
+            # A held chmod must reach the daemon before the ACL, not after it, or it
+            # would overwrite the ACL's mask with the older mode (tar: fchmod, then ACL).
+            await f.commit(self._bg)
         self.no_capability.pop(ino, None)
         self._stale_open_attrs()
+        # The inode's ctime changes, and an ACL can change its mode: no answers from memory.
+        self.known.forget(ino)
         await self.client.setxattr(ino, name, value, 0)
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: Ctx) -> bytes:
-        if name.startswith(_ACL_PREFIX):
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         ino = self._d(inode)
         if name == _CAPABILITY:
             # The kernel asks before every write(2); answer repeats from memory.
@@ -607,6 +616,7 @@ class Operations(pyfuse3.Operations):
         ino = self._d(inode)
         self.no_capability.pop(ino, None)
         self._stale_open_attrs()
+        self.known.forget(ino)
         await self.client.removexattr(ino, name)
 
     # -- misc ----------------------------------------------------------------------------
@@ -622,7 +632,7 @@ class Operations(pyfuse3.Operations):
         s.f_files = st.files
         s.f_ffree = st.files_free
         s.f_favail = st.files_free
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         return s
 
     async def shutdown(self) -> None:

@@ -14,6 +14,7 @@ from dfs.errors import S3Error
 from dfs.s3names import decode_token, encode_token
 from dfs.s3xml import (
     CompletedPart,
+    DeleteTarget,
     ListPage,
     ObjectEntry,
     PartInfo,
@@ -21,6 +22,7 @@ from dfs.s3xml import (
     parse_complete_multipart,
     parse_create_bucket,
     parse_delete,
+    parse_versioning,
 )
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -316,6 +318,172 @@ def test_etag_quoted_once() -> None:
     assert _text(root, "Contents/ETag") == '"abc-2"'
 
 
+# ----------------------------------------------------------------------------- object versions
+
+
+def _versions(page: ListPage, **kw: object) -> ET.Element:
+    args: dict[str, object] = {
+        "bucket": "bkt",
+        "prefix": "",
+        "key_marker": "",
+        "version_id_marker": "",
+        "delimiter": "",
+        "max_keys": 1000,
+        "encoding_url": False,
+        "owner": OWNER,
+    }
+    args.update(kw)
+    body = s3xml.list_object_versions(page, **args)  # type: ignore[arg-type]
+    return _root(body, "ListVersionsResult")
+
+
+def _tags(elem: ET.Element) -> list[str]:
+    return [child.tag.removeprefix(N) for child in elem]
+
+
+def test_list_versions_every_object_is_its_null_version() -> None:
+    page = ListPage([_entry("a/b", 7), _entry("c")], ["d/"], False, None)
+    root = _versions(page, prefix="", delimiter="/", max_keys=5)
+    # AWS's element order; no Next markers on a complete page, no DeleteMarker without versioning.
+    assert _tags(root) == [
+        "Name",
+        "Prefix",
+        "KeyMarker",
+        "VersionIdMarker",
+        "MaxKeys",
+        "Delimiter",
+        "IsTruncated",
+        "Version",
+        "Version",
+        "CommonPrefixes",
+    ]
+    assert _text(root, "Name") == "bkt"
+    assert _text(root, "Prefix") == ""
+    assert _text(root, "KeyMarker") == ""
+    assert _text(root, "VersionIdMarker") == ""
+    assert _text(root, "MaxKeys") == "5"
+    assert _text(root, "Delimiter") == "/"
+    assert _text(root, "IsTruncated") == "false"
+    first = root.findall(_q("Version"))[0]
+    assert _tags(first) == [
+        "Key",
+        "VersionId",
+        "IsLatest",
+        "LastModified",
+        "ETag",
+        "Size",
+        "Owner",
+        "StorageClass",
+    ]
+    assert _text(first, "Key") == "a/b"
+    assert _text(first, "VersionId") == "null"
+    assert _text(first, "IsLatest") == "true"
+    assert _text(first, "LastModified") == T0_ISO
+    assert _text(first, "ETag") == '"9e107d9d372bb6826bd81d3542a419d6"'
+    assert _text(first, "Size") == "7"
+    assert _text(first, "Owner/ID") == "owner-id"
+    assert _text(first, "Owner/DisplayName") == "owner & name"
+    assert _text(first, "StorageClass") == "STANDARD"
+    assert _texts(root, "Version/Key") == ["a/b", "c"]
+    assert _texts(root, "Version/VersionId") == ["null", "null"]
+    assert _texts(root, "CommonPrefixes/Prefix") == ["d/"]
+    assert root.find(_q("DeleteMarker")) is None
+
+
+def test_list_versions_optional_fields() -> None:
+    root = _versions(
+        ListPage([], [], False, None), prefix=None, key_marker=None, version_id_marker=None, delimiter=None
+    )
+    assert _tags(root) == ["Name", "Prefix", "KeyMarker", "VersionIdMarker", "MaxKeys", "IsTruncated"]
+    assert _text(root, "Prefix") == "" and _text(root, "KeyMarker") == ""
+    root = _versions(ListPage([_entry("k")], [], False, None), owner=None)
+    assert root.find(_q("Version/Owner")) is None
+
+
+def test_list_versions_truncated_after_a_key() -> None:
+    root = _versions(
+        ListPage([_entry("a"), _entry("b")], [], True, "b"), key_marker="0", version_id_marker="null"
+    )
+    assert _tags(root)[:7] == [
+        "Name",
+        "Prefix",
+        "KeyMarker",
+        "VersionIdMarker",
+        "NextKeyMarker",
+        "NextVersionIdMarker",
+        "MaxKeys",
+    ]
+    assert _text(root, "KeyMarker") == "0"
+    assert _text(root, "VersionIdMarker") == "null"
+    assert _text(root, "IsTruncated") == "true"
+    assert _text(root, "NextKeyMarker") == "b"
+    assert _text(root, "NextVersionIdMarker") == "null"
+    # A page built by hand without next_marker resumes after its last entry.
+    root = _versions(ListPage([_entry("c")], ["b/"], True, None), delimiter="/")
+    assert _text(root, "NextKeyMarker") == "c"
+    assert _text(root, "NextVersionIdMarker") == "null"
+
+
+def test_list_versions_truncated_after_a_common_prefix() -> None:
+    # A common prefix has no version: resume with the key marker alone.
+    root = _versions(ListPage([_entry("a")], ["b/"], True, "b/"), delimiter="/")
+    assert _text(root, "NextKeyMarker") == "b/"
+    assert root.find(_q("NextVersionIdMarker")) is None
+
+
+def test_list_versions_url_encoding() -> None:
+    key = "a b+c/\u00e9\x01"
+    page = ListPage([_entry(key)], ["p q+/"], True, "p q+/")
+    root = _versions(
+        page, prefix="a +", key_marker="m +", version_id_marker="null", delimiter="+", encoding_url=True
+    )
+    assert _tags(root)[-3:] == ["EncodingType", "Version", "CommonPrefixes"]
+    assert _text(root, "EncodingType") == "url"
+    assert _text(root, "Prefix") == "a%20%2B"
+    assert _text(root, "KeyMarker") == "m%20%2B"
+    assert _text(root, "VersionIdMarker") == "null"
+    assert _text(root, "Delimiter") == "%2B"
+    assert _text(root, "NextKeyMarker") == "p%20q%2B/"
+    assert _text(root, "Version/Key") == "a%20b%2Bc/%C3%A9%01"
+    assert _texts(root, "CommonPrefixes/Prefix") == ["p%20q%2B/"]
+    root = _versions(ListPage([_entry("a b+c")], [], False, None))
+    assert root.find(_q("EncodingType")) is None
+    assert _text(root, "Version/Key") == "a b+c"
+
+
+def test_list_versions_escapes_special_characters() -> None:
+    body = s3xml.list_object_versions(
+        ListPage([_entry(SPECIAL_KEY)], [], False, None),
+        bucket="b",
+        prefix="",
+        key_marker="",
+        version_id_marker="",
+        delimiter="",
+        max_keys=1,
+        encoding_url=False,
+        owner=None,
+    )
+    assert b"&amp;" in body and b"&lt;" in body and b"&#13;" in body
+    assert _text(_root(body, "ListVersionsResult"), "Version/Key") == SPECIAL_KEY
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(any_key, max_size=5), any_key)
+def test_url_encoded_versions_decode_with_unquote_plus(keys: list[str], prefix: str) -> None:
+    # botocore's decode_list_object_versions: unquote_plus on keys, prefixes and key markers.
+    root = _versions(
+        ListPage([_entry(k) for k in keys], [prefix], True, prefix),
+        prefix=prefix,
+        key_marker=prefix,
+        encoding_url=True,
+    )
+    assert [urllib.parse.unquote_plus(k) for k in _texts(root, "Version/Key")] == keys
+    assert [urllib.parse.unquote_plus(p) for p in _texts(root, "CommonPrefixes/Prefix")] == [prefix]
+    for field in ("Prefix", "KeyMarker", "NextKeyMarker"):
+        value = _text(root, field)
+        assert value is not None and urllib.parse.unquote_plus(value) == prefix
+
+
 # ----------------------------------------------------------------------------- multipart, copy, delete
 
 
@@ -428,17 +596,43 @@ def test_list_uploads() -> None:
 
 def test_delete_result() -> None:
     root = _root(
-        s3xml.delete_result(["a", SPECIAL_KEY], [("c d", "AccessDenied", "Access Denied")]), "DeleteResult"
+        s3xml.delete_result(
+            [DeleteTarget("a"), DeleteTarget(SPECIAL_KEY)],
+            [(DeleteTarget("c d"), "AccessDenied", "Access Denied")],
+        ),
+        "DeleteResult",
     )
     assert _texts(root, "Deleted/Key") == ["a", SPECIAL_KEY]
+    assert root.find(_q("Deleted/VersionId")) is None
     assert _texts(root, "Error/Key") == ["c d"]
     assert _texts(root, "Error/Code") == ["AccessDenied"]
     assert _texts(root, "Error/Message") == ["Access Denied"]
-    root = _root(s3xml.delete_result(["a +"], [("b +", "X", "m")], encoding_url=True), "DeleteResult")
+    assert root.find(_q("Error/VersionId")) is None
+    root = _root(
+        s3xml.delete_result([DeleteTarget("a +")], [(DeleteTarget("b +"), "X", "m")], encoding_url=True),
+        "DeleteResult",
+    )
     assert _texts(root, "Deleted/Key") == ["a%20%2B"]
     assert _texts(root, "Error/Key") == ["b%20%2B"]
     root = _root(s3xml.delete_result([], []), "DeleteResult")
     assert len(root) == 0
+
+
+def test_delete_result_echoes_version_ids() -> None:
+    # AWS echoes the VersionId the client named, right after the Key.
+    root = _root(
+        s3xml.delete_result(
+            [DeleteTarget("a", "null"), DeleteTarget("b")],
+            [(DeleteTarget("c", "bad"), "InvalidArgument", "Invalid version id specified")],
+        ),
+        "DeleteResult",
+    )
+    deleted = root.findall(_q("Deleted"))
+    assert [[child.tag for child in d] for d in deleted] == [[N + "Key", N + "VersionId"], [N + "Key"]]
+    assert _texts(root, "Deleted/VersionId") == ["null"]
+    (error,) = root.findall(_q("Error"))
+    assert [child.tag.removeprefix(N) for child in error] == ["Key", "VersionId", "Code", "Message"]
+    assert _text(error, "VersionId") == "bad"
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -566,14 +760,20 @@ def test_parse_delete(ns: bool) -> None:
         "<Object><Key>&amp;&lt;&#13;\u00e9</Key></Object>",
         ns,
     )
-    assert parse_delete(body) == (False, ["a", " spaced key ", "&<\r\u00e9"])
+    assert parse_delete(body) == (
+        False,
+        [DeleteTarget("a"), DeleteTarget(" spaced key ", "v1"), DeleteTarget("&<\r\u00e9")],
+    )
 
 
 @pytest.mark.parametrize(
     ("quiet", "expected"), [("true", True), ("True", True), (" false ", False), ("FALSE", False)]
 )
 def test_parse_delete_quiet(quiet: str, expected: bool) -> None:
-    assert parse_delete(_delete(f"<Quiet>{quiet}</Quiet><Object><Key>k</Key></Object>")) == (expected, ["k"])
+    assert parse_delete(_delete(f"<Quiet>{quiet}</Quiet><Object><Key>k</Key></Object>")) == (
+        expected,
+        [DeleteTarget("k")],
+    )
 
 
 def test_parse_delete_limits() -> None:
@@ -591,6 +791,8 @@ def test_parse_delete_limits() -> None:
         "<Object><Key>a</Key><Key>b</Key></Object>",
         "<Quiet>yes</Quiet><Object><Key>k</Key></Object>",
         "<Quiet>true</Quiet><Quiet>true</Quiet><Object><Key>k</Key></Object>",
+        "<Object><Key>k</Key><VersionId>a</VersionId><VersionId>b</VersionId></Object>",
+        "<Object><Key>k</Key><VersionId><x/></VersionId></Object>",
     ],
 )
 def test_parse_delete_malformed(inner: str) -> None:
@@ -599,7 +801,56 @@ def test_parse_delete_malformed(inner: str) -> None:
 
 def test_parse_delete_empty_key_is_returned() -> None:
     # An empty key is the caller's to refuse per key (key_to_names), not a malformed body.
-    assert parse_delete(_delete("<Object><Key></Key></Object>")) == (False, [""])
+    assert parse_delete(_delete("<Object><Key></Key></Object>")) == (False, [DeleteTarget("")])
+
+
+def test_parse_delete_version_ids() -> None:
+    # Returned as sent (minus surrounding blanks); judging them is the caller's job, per object.
+    body = _delete(
+        "<Object><Key>a</Key><VersionId>null</VersionId></Object>"
+        "<Object><VersionId> xyz </VersionId><Key>b</Key></Object>"
+        "<Object><Key>c</Key><VersionId></VersionId></Object>"
+        "<Object><Key>d</Key></Object>",
+        ns=True,
+    )
+    assert parse_delete(body) == (
+        False,
+        [DeleteTarget("a", "null"), DeleteTarget("b", "xyz"), DeleteTarget("c", ""), DeleteTarget("d")],
+    )
+
+
+def _vc(inner: str, ns: bool = True) -> bytes:
+    xmlns = f' xmlns="{NS}"' if ns else ""
+    return f"<VersioningConfiguration{xmlns}>{inner}</VersioningConfiguration>".encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (_vc("<Status>Enabled</Status>"), ("Enabled", None)),
+        (_vc("<Status> Suspended </Status>", ns=False), ("Suspended", None)),
+        (_vc("<MfaDelete>Disabled</MfaDelete><Status>Suspended</Status>"), ("Suspended", "Disabled")),
+        (_vc("<MfaDelete>Enabled</MfaDelete>"), (None, "Enabled")),
+        (_vc(""), (None, None)),
+    ],
+)
+def test_parse_versioning(body: bytes, expected: tuple[str | None, str | None]) -> None:
+    assert parse_versioning(body) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        _vc("<Status>enabled</Status>"),
+        _vc("<Status>Disabled</Status>"),
+        _vc("<MfaDelete>On</MfaDelete>"),
+        _vc("<Status>Enabled</Status><Status>Enabled</Status>"),
+        _delete("<Object><Key>k</Key></Object>"),
+    ],
+)
+def test_parse_versioning_malformed(body: bytes) -> None:
+    _malformed(parse_versioning, body)
 
 
 def _cbc(inner: str, ns: bool = False) -> bytes:
@@ -639,7 +890,7 @@ def test_parse_create_bucket_malformed(body: bytes) -> None:
 def test_parsers_fuzz_only_raise_s3error(body: bytes) -> None:
     # Like h11's fuzz contract: any input is accepted or refused with a 400, nothing else.
     statuses = []
-    for fn in (parse_delete, parse_complete_multipart, parse_create_bucket):
+    for fn in (parse_delete, parse_complete_multipart, parse_create_bucket, parse_versioning):
         try:
             fn(body)
         except S3Error as exc:
@@ -656,4 +907,4 @@ def test_delete_keys_round_trip(keys: list[str], quiet: bool) -> None:
     for key in keys:
         ET.SubElement(ET.SubElement(root, "Object"), "Key").text = key
     body = ET.tostring(root, encoding="utf-8").replace(b"\r", b"&#13;")
-    assert parse_delete(body) == (quiet, keys)
+    assert parse_delete(body) == (quiet, [DeleteTarget(k) for k in keys])
