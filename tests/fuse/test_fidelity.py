@@ -275,3 +275,16 @@ def test_cp_a_rsync_and_tar_keep_acls(mnt: Path, tmp_path: Path) -> None:
     back.mkdir()
     run("tar", "--acls", "--xattrs", "-xf", str(mnt / "again.tar"), "-C", str(back))
     _same_acls(src, back)
+
+
+def test_copy_file_range_copies_through_reads_and_writes(mnt: Path) -> None:
+    # No handler in pyfuse3: the kernel falls back to an ordinary copy (README's limits).
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (mnt / "src").write_bytes(data)
+    with open(mnt / "src", "rb") as src, open(mnt / "dst", "wb") as dst:
+        left = len(data)
+        while left:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), left)
+            assert n > 0
+            left -= n
+    assert (mnt / "dst").read_bytes() == data
