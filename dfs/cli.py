@@ -23,6 +23,7 @@ import click
 import trio
 
 from dfs import config as config_mod
+from dfs import liveness
 from dfs.certs import client_context_for
 from dfs.config import Config
 from dfs.errors import DfsError
@@ -30,6 +31,7 @@ from dfs.rpc import RpcClient, open_client
 
 T = TypeVar("T")
 _UP_TIMEOUT_S = 30.0
+_STOP_WAIT_S = 30.0  # for a killed daemon to finish exiting before `dfs up` gives up
 
 
 class CliError(click.ClickException):
@@ -89,12 +91,55 @@ def up_config(base: Path) -> Config:
 
 
 def _daemon_pid(cfg: Config) -> int | None:
-    try:
-        pid = int((cfg.data_path / "dfsd.pid").read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    """The pid of this data dir's daemon while it runs: not a zombie, not a reused pid."""
+    pid = liveness.read_pid(cfg.data_path / "dfsd.pid")
+    proc, _ = liveness.process_of(pid, cfg.data_path)
+    return pid if proc is liveness.Proc.DAEMON else None
+
+
+async def _answers(endpoint: Endpoint) -> bool:
+    """Whether a daemon answers a ping at ``endpoint`` now (one short try, no waiting)."""
+    with trio.move_on_after(3):
+        async with open_client(
+            endpoint.address, connect_timeout_s=0.2, call_timeout_s=2, ssl_context=endpoint.ssl_context
+        ) as conn:
+            try:
+                await conn.call("sys.ping")
+            except DfsError:  # caught in here, before the client's nursery wraps it in a group
+                return False
+            return True
+    return False
+
+
+def _settle(cfg: Config, own: Endpoint) -> bool:
+    """True when this data dir's daemon answers; False when none runs and one must be started
+    (stale pid and socket files removed).  A daemon still going away (killed, but holding the
+    data dir while it exits) is waited for, up to _STOP_WAIT_S."""
+    pid_path, sock_path = cfg.data_path / "dfsd.pid", cfg.unix_socket_path
+    started = time.monotonic()
+    while True:
+        answered = trio.run(_answers, own)
+        pid = liveness.read_pid(pid_path)
+        proc, state = liveness.process_of(pid, cfg.data_path)
+        sock = liveness.socket_state(sock_path) if cfg.rpc.unix_socket else liveness.Sock.ABSENT
+        decision = liveness.decide(
+            liveness.Found(answered, pid, proc, state, sock),
+            waited_s=time.monotonic() - started,
+            limit_s=_STOP_WAIT_S,
+            data_dir=cfg.data_path,
+            endpoint=own.address,
+        )
+        if decision.step is liveness.Step.USE:
+            return True
+        if decision.step is liveness.Step.FAIL:
+            raise CliError(decision.message)
+        if decision.step is liveness.Step.START:
+            if decision.remove_pid_file and pid is not None:
+                liveness.remove_pid_file(pid_path, pid)
+            if decision.remove_socket:
+                liveness.remove_stale_socket(sock_path)
+            return False
+        time.sleep(0.05)
 
 
 def _is_mounted(path: Path) -> bool:
@@ -120,6 +165,18 @@ def is_dead_mount(path: Path) -> bool:
     return False
 
 
+def _detach_dead_mount(mnt: Path) -> None:
+    """The mount process died (crash, kill -9): detach the dead mount, so it can be mounted again.
+    A loop, as an older dead mount may lie beneath the one detached."""
+    for _ in range(8):
+        if not (_is_mounted(mnt) and is_dead_mount(mnt)):
+            return
+        res = subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise CliError(f"cannot detach the dead mount at {mnt}: {res.stderr.strip()}")
+    raise CliError(f"{mnt} is still a dead mount after detaching it 8 times")
+
+
 def _bin(name: str) -> str:
     """Our own entry points live beside the running interpreter (the venv)."""
     here = Path(sys.executable).parent / name
@@ -134,12 +191,8 @@ async def _wait_ready(endpoint: Endpoint, proc: subprocess.Popen[bytes], log_pat
             raise CliError(
                 "dfsd exited during start-up: " + (" | ".join(tail) or f"status {proc.returncode}")
             )
-        try:
-            with trio.fail_after(2):
-                await _call(endpoint, "sys.ping", timeout_s=2)
+        if await _answers(endpoint):
             return
-        except (DfsError, trio.TooSlowError):
-            pass
         if trio.current_time() > deadline:
             raise CliError(f"dfsd did not become ready within {_UP_TIMEOUT_S:.0f}s (see {log_path})")
         await trio.sleep(0.05)
@@ -158,9 +211,7 @@ def up(directory: str) -> None:
     base = Path(directory).resolve()
     cfg = up_config(base)
     mnt = base / "mnt"
-    if _is_mounted(mnt) and is_dead_mount(mnt):
-        # The mount process died (crash, kill -9): detach the dead mount and mount again.
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    _detach_dead_mount(mnt)
     mnt.mkdir(parents=True, exist_ok=True)
     address = cfg.rpc.listen
     # Poll our own daemon: the unix socket lives in this data dir, while the TCP
@@ -170,7 +221,7 @@ def up(directory: str) -> None:
         if cfg.rpc.unix_socket
         else Endpoint(address, client_context_for(cfg))
     )
-    if _daemon_pid(cfg) is None:
+    if not _settle(cfg, own):
         log_path = cfg.data_path / "dfsd.log"
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
@@ -225,8 +276,17 @@ def down(directory: str) -> None:
     cfg = config_mod.load(base / "var" / "dfs.conf")
     _unmount(base / "mnt")
     pid = _daemon_pid(cfg)
+    stale = liveness.read_pid(cfg.data_path / "dfsd.pid") if pid is None else None
+    if stale is not None:
+        # Left by a daemon killed outright; its pid may be another process's by now.
+        liveness.remove_pid_file(cfg.data_path / "dfsd.pid", stale)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except PermissionError:
+            raise CliError(f"dfsd (pid {pid}) belongs to another user: cannot stop it") from None
+        except ProcessLookupError:
+            pass  # it exited meanwhile; the wait below ends at once
         deadline = time.monotonic() + 30
         while _daemon_pid(cfg) == pid:
             if time.monotonic() > deadline:
