@@ -8,6 +8,8 @@ stores are closed after every task has finished, so shutdown is graceful.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import signal
@@ -151,7 +153,27 @@ async def _serve_admin(
         task_status.started()
 
 
+def _lock_data_dir(data: Path) -> int:
+    """Hold an exclusive lock on the data directory for the life of this process.
+
+    Two daemons on one data directory would both write its metadata database
+    and chunk store; the kernel drops the lock with the process however it
+    dies, so a crashed daemon never blocks its successor.
+    """
+    data.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data / "dfsd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise DfsError(f"{data}: another dfsd is running on this data directory") from None
+        raise
+    return fd
+
+
 async def _main(cfg: Config) -> None:
+    _lock_data_dir(cfg.data_path)  # released by the kernel when this process ends
     pid_path = cfg.data_path / "dfsd.pid"
     with trio.CancelScope() as cancel:
         async with trio.open_nursery() as nursery:

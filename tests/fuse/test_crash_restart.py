@@ -162,3 +162,25 @@ def test_up_after_kill_9_twenty_times_loses_no_fsynced_byte(site: Path) -> None:
         assert _check_intact(log_path) >= before + 8
     report = json.loads(dfs("fsck", str(site), "--json").stdout)
     assert report["problems"] == [], report
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import Daemon
+
+    d = Daemon(tmp_path / "var", free_port())
+    d.start()
+    try:
+        res = subprocess.run(
+            [str(BIN / "dfsd"), "--config", str(d.conf_path), "--listen", f"127.0.0.1:{free_port()}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 1
+        assert res.stderr.strip().splitlines() == [
+            f"dfsd: {d.data_dir}: another dfsd is running on this data directory"
+        ]
+        assert d.proc is not None and d.proc.poll() is None
+        d.assert_clean()
+    finally:
+        d.stop()
