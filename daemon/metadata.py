@@ -2385,6 +2385,29 @@ class MetaStore:
         }
         return {key: int(value) for key, value in values.items()}
 
+    @property
+    def total_changes(self) -> int:
+        """Rows changed through this connection so far: a cheap "did that call write?\"."""
+        return self._db.total_changes
+
+    @_api
+    def oplog_head(self) -> int:
+        """The seq of the newest oplog row (0: none yet)."""
+        row = self._db.execute(
+            "SELECT COALESCE((SELECT MAX(seq) FROM oplog), "
+            "(SELECT value FROM config WHERE key = 'oplog_seq'), 0)"
+        ).fetchone()
+        return int(row[0])
+
+    @_api
+    def oplog_since(self, seq: int, limit: int = 1000) -> list[tuple[int, str, list[Any]]]:
+        """Up to ``limit`` oplog rows after ``seq``, oldest first: (seq, op, args).  The daemon
+        derives the change notices it sends mounts from them (dfs/changes.py)."""
+        rows = self._db.execute(
+            "SELECT seq, op, args FROM oplog WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [(int(s), str(op), msgpack.unpackb(args, raw=False)) for s, op, args in rows]
+
     @_api
     def oplog_trim(self, keep: int) -> int:
         # Not logged itself: trimming is local housekeeping, not a replicated change.

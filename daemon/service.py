@@ -19,10 +19,16 @@ Concurrency design
   separate limiter; the chunk store is thread-safe.
 - Background work (GC, session expiry, op-log trimming) are tasks in the
   daemon's nursery; each unit of work is short and bounded.
+- Change notices for mounts (dfs/changes.py, daemon/changefeed.py): after
+  each metadata-thread call the rows it added to the oplog become notices
+  (the one place every change passes, whether from RPC, S3 or the admin
+  API), and the call returns once this daemon's other mounts applied them.
+  A secondary makes them from the calls it forwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,6 +46,7 @@ import outcome
 import trio
 
 from daemon.admin import AdminApi, load_or_create_token
+from daemon.changefeed import ChangeFeed
 from daemon.chunks import ChunkStore
 from daemon.cluster import DeletionLog, dead_past_grace
 from daemon.hints import HintQueue
@@ -49,6 +56,7 @@ from daemon.metadata import MetaStore
 from daemon.repair import Repair
 from dfs import __version__, rpc, sigv4
 from dfs.certs import client_context_for
+from dfs.changes import ALL, Change, changes_of
 from dfs.chunkio import ChunkIO, ClusterView, single_node_view, view_from_wire
 from dfs.client import Client, ClusterInfo
 from dfs.config import Config
@@ -306,6 +314,10 @@ class Service:
         self._layout_at = -1e18
         self.marked_out = 0
         self._nursery: trio.Nursery | None = None
+        # What changed in the namespace, for this daemon's mounts (ns.changes); on the primary
+        # read from the oplog after each metadata call (_m), the one place every change passes.
+        self.changes = ChangeFeed()
+        self._oplog_seen = self._store.oplog_head() if self._store is not None else 0
         self.handlers: dict[str, Handler] = self._handlers()
 
     @property
@@ -330,7 +342,55 @@ class Service:
 
     # -- thread helpers -------------------------------------------------
     async def _m(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self._meta.run(partial(fn, *args, **kwargs))
+        call = partial(fn, *args, **kwargs)
+        store = self._store
+        if store is None:
+            return await self._meta.run(call)
+        found: list[Change] = []
+
+        def run() -> T:
+            written = store.total_changes
+            try:
+                return call()
+            finally:
+                # Still in the metadata thread: exactly the rows this call committed
+                # (reads, which wrote nothing, skip the oplog query).
+                if store.total_changes != written:
+                    found.extend(self._changes_since_last(store))
+
+        run.__name__ = getattr(fn, "__name__", "call")  # the metadata observer's label
+        origin = rpc.current_connection()
+        with self.changes.busy(origin):
+            try:
+                result = await self._meta.run(run)
+            finally:
+                seq = self.changes.record(found, origin)
+            if seq is not None:
+                await self.changes.settle(seq, origin)
+        return result
+
+    def _changes_since_last(self, store: MetaStore) -> list[Change]:
+        """Metadata thread: the change notices for the oplog rows written since the last call."""
+        out: list[Change] = []
+
+        def resolve(parent: int, name: bytes) -> int | None:
+            try:
+                return store.lookup(parent, name).ino
+            except DfsError:
+                return None
+
+        try:
+            while rows := store.oplog_since(self._oplog_seen):
+                self._oplog_seen = rows[-1][0]
+                for _, op, args in rows:
+                    out.extend(changes_of(op, args, resolve))
+        except Exception:
+            # Never fail the call that made the change; the mounts drop everything instead.
+            log.exception("reading the oplog for change notices failed")
+            with contextlib.suppress(DfsError):
+                self._oplog_seen = store.oplog_head()
+            return [Change(ALL)]
+        return out
 
     async def _c(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._chunk_limiter)
@@ -342,6 +402,8 @@ class Service:
             # A secondary: every metadata call goes to the primary, unchanged.
             for name in [*self._meta_handler_names(), *self._inline_names()]:
                 table[name] = self._forwarder(name)
+            for name in _META_METHODS:
+                table[name] = self._noticed(name, table[name])
             return table
         table.update(self._meta_handlers(self._store))
         return table
@@ -351,6 +413,28 @@ class Service:
             if self.primary is None:
                 raise Unavailable("not connected to the metadata primary yet")
             return await self.primary.call(method, *args)
+
+        call.__name__ = method
+        return call
+
+    def _noticed(self, method: str, forward: Handler) -> Handler:
+        """A secondary's forwarder that also tells this daemon's mounts what it changed (the
+        primary's mounts learn it from the primary's oplog)."""
+        op = method.removeprefix("meta.")
+
+        async def call(*args: Any) -> Any:
+            origin = rpc.current_connection()
+            with self.changes.busy(origin):
+                try:
+                    result = await forward(*args)
+                except Unavailable:
+                    # The reply may be what was lost: the change may have been made.
+                    self.changes.record(changes_of(op, args), origin)
+                    raise
+                seq = self.changes.record(changes_of(op, args), origin)
+                if seq is not None:
+                    await self.changes.settle(seq, origin)
+            return result
 
         call.__name__ = method
         return call
@@ -397,6 +481,7 @@ class Service:
             "sys.cluster": self.cluster,
             "sys.repair_status": self.repair_status,
             "sys.repair_now": self.repair_now,
+            "ns.changes": self.ns_changes,
         }
 
     def _meta_handlers(self, m: MetaStore) -> dict[str, Handler]:
@@ -1014,6 +1099,14 @@ class Service:
     # -- system ----------------------------------------------------------------
     async def ping(self) -> str:
         return "pong"
+
+    async def ns_changes(self, epoch: str, cursor: int, wait_s: float) -> dict[str, Any]:
+        """Long poll: this daemon's namespace changes after ``cursor`` (see dfs/changes.py)."""
+        if not isinstance(epoch, str) or isinstance(cursor, bool) or not isinstance(cursor, int):
+            raise InvalidArgument("ns.changes: bad epoch or cursor")
+        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool):
+            raise InvalidArgument("ns.changes: bad wait_s")
+        return await self.changes.poll(rpc.current_connection(), epoch, cursor, float(wait_s))
 
     async def info(self) -> dict[str, Any]:
         st = self.cfg.storage

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import trio
 
 from dfs import codec, rpc
+from dfs.changes import Answer
 from dfs.chunkio import ChunkIO, ClusterView, Policy, decode_in_thread, view_from_wire
 from dfs.errors import CorruptChunk
 from dfs.meta import Attr, BlockRef, DirEntry, FileMap, StatFs
@@ -288,6 +289,11 @@ class Client:
 
     async def statfs(self) -> StatFs:
         return StatFs(*await self.rpc.call("sys.statfs"))
+
+    async def changes(self, epoch: str, cursor: int, wait_s: float) -> Answer:
+        """Long poll (dfs/changes.py): what others changed through this client's daemon after
+        ``cursor``, waiting up to ``wait_s`` for something to; acknowledges all up to ``cursor``."""
+        return Answer.from_wire(await self.rpc.call("ns.changes", epoch, cursor, wait_s))
 
     # -- data -------------------------------------------------------------------
     def _prepare(self, data: bytes | bytearray) -> tuple[bytes, bytes]:

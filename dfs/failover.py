@@ -38,6 +38,7 @@ READ_ONLY = frozenset(
         "meta.resolve",
         "meta.list_dir",
         "meta.session_heartbeat",
+        "ns.changes",
         "sys.statfs",
         "sys.cluster",
         "sys.info",

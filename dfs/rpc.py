@@ -47,6 +47,7 @@ Large payloads travel as separate buffers from the caller's memory (see
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import math
@@ -81,6 +82,7 @@ __all__ = [
     "RpcClient",
     "RpcServer",
     "RpcStats",
+    "current_connection",
     "open_client",
     "open_listeners",
     "parse_address",
@@ -106,6 +108,21 @@ _BATCH_BYTES = 1024 * 1024
 _WRITE_SLICE_BYTES = 1024 * 1024
 
 Handler = Callable[..., Awaitable[Any]]
+
+# The server connection whose request the running task serves (each connection's task sets it;
+# its request tasks inherit it).
+_serving_connection: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "dfs_rpc_connection", default=None
+)
+_connection_ids = itertools.count(1)
+
+
+def current_connection() -> int | None:
+    """A number for the server connection whose request is being handled (None outside one).
+
+    Lets a service tell one client's calls from another's, e.g. not to notify a client of
+    its own changes (daemon/changefeed.py).  Never reused within a process."""
+    return _serving_connection.get()
 
 
 # --------------------------------------------------------------------------- addresses
@@ -748,6 +765,8 @@ class RpcServer:
             stream = trio.SSLStream(stream, self._ssl_context, server_side=True)
         self.stats.connections_opened += 1
         self.stats.connections_open += 1
+        # This task serves only this connection, so the value stays with it and its request tasks.
+        _serving_connection.set(next(_connection_ids))
         try:
             async with trio.open_nursery() as nursery:
                 conn = _ServerConnection(stream, self._max_inflight, nursery)

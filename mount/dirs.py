@@ -102,6 +102,9 @@ class CompleteDirs:
     def forget(self, ino: int) -> None:
         self._dirs.pop(ino, None)
 
+    def clear(self) -> None:
+        self._dirs.clear()
+
     def absent(self, parent: int, name: bytes) -> bool:
         """True if ``name`` is certainly not in ``parent`` (no need to ask the daemon)."""
         known = self._dirs.get(parent)

@@ -33,6 +33,7 @@ from dfs.errors import DfsError, NotADirectory, Unavailable
 from dfs.failover import FailoverCaller
 from dfs.meta import ROOT_INO
 from dfs.rpc import RpcClient, open_client
+from mount.coherence import Coherence
 from mount.fs import Operations, set_op_observer
 from mount.metrics import MountMetrics, serve_mount_metrics
 
@@ -259,6 +260,10 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                 ops.nursery = nursery
                 nursery.start_soon(ops.heartbeat, max(1.0, info.session_timeout_s / 5))
                 nursery.start_soon(_terminate_on_signal)
+                # Before reporting ready: a change made once mount.dfs returned reaches us.
+                # Polls stay well within the RPC call timeout.
+                coherence = Coherence(ops, wait_s=min(20.0, cfg.rpc.call_timeout_s / 3))
+                await nursery.start(coherence.run)
                 if ready_fd is not None:
                     os.write(ready_fd, b"ok\n")
                     os.close(ready_fd)
