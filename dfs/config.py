@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -188,7 +187,7 @@ class Config:
 
     @property
     def node_id(self) -> str:
-        return self.node.id or socket.gethostname()
+        return self.node.id or os.uname().nodename
 
     @property
     def data_path(self) -> Path:

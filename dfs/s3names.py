@@ -41,7 +41,6 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from dfs import s3xml
 from dfs.errors import S3Error
 
 # ----------------------------------------------------------------------------- buckets
@@ -397,6 +396,31 @@ def check_write_conditions(headers: Mapping[str, str], *, exists: bool, etag: st
 # ----------------------------------------------------------------------------- listing
 
 
+# Listing value types (rendered by dfs.s3xml; paginated here, so they live here).
+
+
+class ObjectEntry(NamedTuple):
+    """One object in a listing.  ``etag`` is unquoted (``"`` added when rendered)."""
+
+    key: str
+    size: int
+    mtime_ns: int
+    etag: str
+
+
+class ListPage(NamedTuple):
+    """One page of a listing (see :func:`paginate`).
+
+    ``next_marker`` is the last key or common prefix on the page when
+    ``truncated``, else None.
+    """
+
+    contents: list[ObjectEntry]
+    prefixes: list[str]
+    truncated: bool
+    next_marker: str | None
+
+
 class Listed(NamedTuple):
     """One item from the namespace walker, in ascending UTF-8 byte order of ``key``.
 
@@ -409,7 +433,7 @@ class Listed(NamedTuple):
     """
 
     key: str
-    entry: s3xml.ObjectEntry | None
+    entry: ObjectEntry | None
 
 
 def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
@@ -421,7 +445,7 @@ def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
 
 def paginate(
     items: Iterable[Listed], *, prefix: str, delimiter: str, start_after: str, max_keys: int
-) -> s3xml.ListPage:
+) -> ListPage:
     """One page of a ListObjects answer from a sorted stream of keys.
 
     Keys that start with ``prefix`` and sort after ``start_after`` are listed;
@@ -440,8 +464,8 @@ def paginate(
     should be lazy.
     """
     if max_keys <= 0:
-        return s3xml.ListPage([], [], False, None)
-    contents: list[s3xml.ObjectEntry] = []
+        return ListPage([], [], False, None)
+    contents: list[ObjectEntry] = []
     prefixes: list[str] = []
     last: str | None = None  # last entry returned, key or common prefix
     last_prefix: str | None = None
@@ -463,7 +487,7 @@ def paginate(
             if key <= start_after:
                 continue
             if len(contents) + len(prefixes) == max_keys:
-                return s3xml.ListPage(contents, prefixes, True, last)
+                return ListPage(contents, prefixes, True, last)
             contents.append(entry)
             last = key
         else:
@@ -472,10 +496,10 @@ def paginate(
             if cp in (last_prefix, start_after) or key <= start_after:
                 continue
             if len(contents) + len(prefixes) == max_keys:
-                return s3xml.ListPage(contents, prefixes, True, last)
+                return ListPage(contents, prefixes, True, last)
             prefixes.append(cp)
             last = last_prefix = cp
-    return s3xml.ListPage(contents, prefixes, False, None)
+    return ListPage(contents, prefixes, False, None)
 
 
 def walk_order_name(name: bytes, is_dir: bool) -> bytes:

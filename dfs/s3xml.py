@@ -43,6 +43,7 @@ import defusedxml.ElementTree as DET
 
 from dfs import s3names
 from dfs.errors import S3Error
+from dfs.s3names import ListPage, ObjectEntry
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -58,28 +59,6 @@ CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
 
 
 # ----------------------------------------------------------------------------- value types
-
-
-class ObjectEntry(NamedTuple):
-    """One object in a listing.  ``etag`` is unquoted (``"`` added when rendered)."""
-
-    key: str
-    size: int
-    mtime_ns: int
-    etag: str
-
-
-class ListPage(NamedTuple):
-    """One page of a listing (see :func:`dfs.s3names.paginate`).
-
-    ``next_marker`` is the last key or common prefix on the page when
-    ``truncated``, else None.
-    """
-
-    contents: list[ObjectEntry]
-    prefixes: list[str]
-    truncated: bool
-    next_marker: str | None
 
 
 class PartInfo(NamedTuple):
