@@ -43,7 +43,8 @@ import defusedxml.ElementTree as DET
 
 from dfs import s3names
 from dfs.errors import S3Error
-from dfs.s3names import ListPage, ObjectEntry
+from dfs.s3names import ListPage as ListPage  # re-exported: callers render pages from here
+from dfs.s3names import ObjectEntry as ObjectEntry
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
