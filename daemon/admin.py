@@ -52,7 +52,16 @@ from daemon.openapi import OPENAPI
 from dfs import __version__
 from dfs import config as config_mod
 from dfs.config import Config
-from dfs.errors import ConfigError, DfsError, Exists, NoAttribute, NotFound
+from dfs.errors import (
+    ConfigError,
+    DfsError,
+    Exists,
+    InternalError,
+    InvalidArgument,
+    NoAttribute,
+    NotFound,
+    admin_status,
+)
 from dfs.meta import ROOT_INO, Attr
 from dfs.s3names import is_bucket_name
 
@@ -91,7 +100,6 @@ _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]"
 _SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 _SCHEDULE_RE = re.compile(r"[ -~]{1,100}")  # printable ASCII; interpreted by the snapshot scheduler
 
-# dfs error code -> HTTP status; anything else is a 500.
 # Routes answered from metadata: a secondary forwards them to the metadata primary.
 _PRIMARY_ROUTES = frozenset(
     {
@@ -104,22 +112,6 @@ _PRIMARY_ROUTES = frozenset(
     }
 )
 
-_STATUS_BY_CODE = {
-    "NotFound": 404,
-    "Exists": 409,
-    "NotEmpty": 409,
-    "NotADirectory": 409,
-    "IsADirectory": 409,
-    "TooManyLinks": 409,
-    "InvalidArgument": 400,
-    "NameTooLong": 400,
-    "ConfigError": 400,
-    "PermissionDenied": 403,
-    "NotPermitted": 403,
-    "PreconditionFailed": 412,
-    "NoSpace": 507,
-    "Unavailable": 503,
-}
 _REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -193,7 +185,14 @@ def load_or_create_token(path: Path) -> str:
 
 
 class ApiError(Exception):
-    """An error answered as ``{"error": {...}}`` with ``status``."""
+    """An answer of the admin API's own HTTP contract, as ``{"error": {...}}`` with ``status``.
+
+    Kept apart from :class:`dfs.errors.DfsError` on purpose: these are conditions of one HTTP
+    exchange (401 with ``WWW-Authenticate``, 405 with ``Allow``, a malformed target, query or
+    JSON body, a body too large or too slow, a setting that needs a restart, refusing to remove
+    the node serving the request), with codes and headers of their own, no errno, and no
+    meaning on the RPC wire, the mount or the CLI.  Errors of dfs itself are raised as
+    ``DfsError``s, and their status comes from ``dfs.errors.TABLE``."""
 
     def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None):
         super().__init__(message)
@@ -245,30 +244,30 @@ def _reject_constant(name: str) -> Any:
 def _check_fields(body: Mapping[str, Any], allowed: tuple[str, ...], what: str) -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise ApiError(400, "InvalidArgument", f"unknown field(s) in {what}: {', '.join(unknown)}")
+        raise InvalidArgument(f"unknown field(s) in {what}: {', '.join(unknown)}")
 
 
 def _int(key: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ApiError(400, "InvalidArgument", f"{key} must be an integer in {lo}..{hi}")
+        raise InvalidArgument(f"{key} must be an integer in {lo}..{hi}")
     return value
 
 
 def _enum(key: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ApiError(400, "InvalidArgument", f"{key} must be one of {', '.join(choices)}")
+        raise InvalidArgument(f"{key} must be one of {', '.join(choices)}")
     return value
 
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ApiError(400, "InvalidArgument", f"{key} must be true or false")
+        raise InvalidArgument(f"{key} must be true or false")
     return value
 
 
 def _matching(key: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        raise ApiError(400, "InvalidArgument", f"{key} must be {what}")
+        raise InvalidArgument(f"{key} must be {what}")
     return value
 
 
@@ -307,7 +306,7 @@ def _address(key: str, value: Any) -> str:
         host, sep, port = value.rpartition(":")
         if sep and _HOST_RE.fullmatch(host) and port.isdigit() and 0 < int(port) < 65536:
             return value
-    raise ApiError(400, "InvalidArgument", f"{key} must be HOST:PORT")
+    raise InvalidArgument(f"{key} must be HOST:PORT")
 
 
 def _weight(key: str, value: Any) -> float:
@@ -317,7 +316,7 @@ def _weight(key: str, value: Any) -> float:
         or not math.isfinite(value)
         or not 0 < value <= 1e6
     ):
-        raise ApiError(400, "InvalidArgument", f"{key} must be a number in (0, 1000000]")
+        raise InvalidArgument(f"{key} must be a number in (0, 1000000]")
     return float(value)
 
 
@@ -446,7 +445,7 @@ class AdminApi:
         except ApiError as exc:
             resp = _error(exc.status, exc.code, exc.message, exc.headers)
         except DfsError as exc:
-            status = _STATUS_BY_CODE.get(exc.code, 500)
+            status = admin_status(exc)
             if status == 500:
                 log.error("admin %s %s failed: %s", req.method, label, exc.message)
             resp = _error(status, exc.code, exc.message)
@@ -483,7 +482,7 @@ class AdminApi:
             if params is not None:
                 return route, params
         self._authorize(req)  # unknown paths answer 401 too until the caller proves who they are
-        raise ApiError(404, "NotFound", "no such route")
+        raise NotFound("no such route")
 
     def _authorize(self, req: Request) -> None:
         header = req.header("authorization")
@@ -529,7 +528,7 @@ class AdminApi:
         out = dict(pairs)
         unknown = sorted(set(out) - set(allowed))
         if unknown:
-            raise ApiError(400, "InvalidArgument", f"unknown query parameter(s): {', '.join(unknown)}")
+            raise InvalidArgument(f"unknown query parameter(s): {', '.join(unknown)}")
         return out
 
     def routes_table(self) -> dict[str, tuple[str, ...]]:
@@ -682,7 +681,7 @@ class AdminApi:
         if node_id == self.cfg.node_id:
             return json_response(200, self._node_doc(node_id, row, await self._store_snapshot()))
         if row is None:
-            raise ApiError(404, "NotFound", f"no node {node_id!r}")
+            raise NotFound(f"no node {node_id!r}")
         return json_response(200, self._node_doc(node_id, row, None))
 
     async def _create_node(self, req: Request, params: dict[str, str]) -> Response:
@@ -690,11 +689,11 @@ class AdminApi:
         _check_fields(body, ("node_id", "address", "zone", "capacity_weight", "state"), "node")
         for key in ("node_id", "address"):
             if key not in body:
-                raise ApiError(400, "InvalidArgument", f"{key} is required")
+                raise InvalidArgument(f"{key} is required")
         node_id = _matching("node_id", body["node_id"], _NODE_ID_RE, "1-63 characters of A-Z a-z 0-9 . _ -")
         info = {"zone": "default", "capacity_weight": 1.0, "state": "active", **_node_fields(body)}
         if node_id == self.cfg.node_id:
-            raise ApiError(409, "Exists", f"node {node_id!r} is this node; change it with PUT")
+            raise Exists(f"node {node_id!r} is this node; change it with PUT")
         meta = self.service.meta
 
         def create() -> dict[str, Any]:
@@ -713,7 +712,7 @@ class AdminApi:
         changes = _node_fields(body)
         is_self = node_id == self.cfg.node_id
         if is_self and "address" in changes:
-            raise ApiError(400, "InvalidArgument", "this node's address is [rpc] listen in dfs.conf")
+            raise InvalidArgument("this node's address is [rpc] listen in dfs.conf")
         cfg = self.cfg
         meta = self.service.meta
 
@@ -757,7 +756,7 @@ class AdminApi:
     async def _get_volume(self, req: Request, params: dict[str, str]) -> Response:
         vol = self.service.reads.get_volume(params["name"])
         if vol is None:
-            raise ApiError(404, "NotFound", f"no volume {params['name']!r}")
+            raise NotFound(f"no volume {params['name']!r}")
         return json_response(200, self._volume_doc(vol))
 
     async def _create_volume(self, req: Request, params: dict[str, str]) -> Response:
@@ -765,9 +764,7 @@ class AdminApi:
         _check_fields(body, ("name", "adopt", *DEFAULT_POLICY), "volume")
         name = body.get("name")
         if not isinstance(name, str) or not is_bucket_name(name):
-            raise ApiError(
-                400,
-                "InvalidArgument",
+            raise InvalidArgument(
                 "name must be 3-63 characters of a-z 0-9 . -, starting and ending with a letter or digit "
                 "(S3 bucket rules)",
             )
@@ -786,11 +783,11 @@ class AdminApi:
             vol = await self.service._m(create)
         except Exists:
             hint = "" if adopt else ' (to make an existing directory a volume, POST with "adopt": true)'
-            raise ApiError(409, "Exists", f"{name!r} already exists{hint}") from None
+            raise Exists(f"{name!r} already exists{hint}") from None
         except NotFound:
-            raise ApiError(404, "NotFound", f"no top-level directory {name!r} to adopt") from None
+            raise NotFound(f"no top-level directory {name!r} to adopt") from None
         if vol is None:  # renamed away between the two steps? impossible in one metadata call
-            raise ApiError(500, "InternalError", f"volume {name!r} vanished after creation")
+            raise InternalError(f"volume {name!r} vanished after creation")
         path = "/storage/volumes/" + urllib.parse.quote(name, safe="")
         return json_response(201, self._volume_doc(vol), [("location", path)])
 
@@ -813,10 +810,10 @@ class AdminApi:
     async def _delete_volume(self, req: Request, params: dict[str, str]) -> Response:
         query = self._query(req, ("force", "keep_dir"))
         if "force" in query:
-            raise ApiError(400, "InvalidArgument", "force is not supported: empty the volume first")
+            raise InvalidArgument("force is not supported: empty the volume first")
         keep_dir = query.get("keep_dir", "false").lower()
         if keep_dir not in ("true", "false"):
-            raise ApiError(400, "InvalidArgument", "keep_dir must be true or false")
+            raise InvalidArgument("keep_dir must be true or false")
         name = params["name"]
         await self.service._m(self.service.meta.delete_volume, name, remove_dir=keep_dir == "false")
         return _no_content()
@@ -826,10 +823,10 @@ class AdminApi:
     def _fs_path(value: Any) -> list[bytes]:
         """The names of an absolute path in the namespace ("/vol/a/b")."""
         if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096:
-            raise ApiError(400, "InvalidArgument", "path must be an absolute path such as /volume/dir")
+            raise InvalidArgument("path must be an absolute path such as /volume/dir")
         names = [n.encode("utf-8", "surrogateescape") for n in value.split("/") if n]
         if any(n in (b".", b"..") for n in names):
-            raise ApiError(400, "InvalidArgument", "path must not contain . or ..")
+            raise InvalidArgument("path must not contain . or ..")
         return names
 
     def _policy_doc(
@@ -905,7 +902,7 @@ class AdminApi:
         _check_fields(body, ("volume", "name"), "snapshot")
         volume = body.get("volume")
         if not isinstance(volume, str) or not volume:
-            raise ApiError(400, "InvalidArgument", "volume is required")
+            raise InvalidArgument("volume is required")
         name = body.get("name")
         if name is None:
             name = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
@@ -928,7 +925,7 @@ class AdminApi:
         try:
             attr = await self.service._m(snapshot)
         except Exists:
-            raise ApiError(409, "Exists", f"snapshot {name!r} of volume {volume!r} exists") from None
+            raise Exists(f"snapshot {name!r} of volume {volume!r} exists") from None
         doc = {
             "volume": volume,
             "name": name,
@@ -941,10 +938,10 @@ class AdminApi:
         query = self._query(req, ("volume",))
         volume = query.get("volume")
         if not volume:
-            raise ApiError(400, "InvalidArgument", "query parameter volume is required")
+            raise InvalidArgument("query parameter volume is required")
         reads = self.service.reads
         if reads.get_volume(volume) is None:
-            raise ApiError(404, "NotFound", f"no volume {volume!r}")
+            raise NotFound(f"no volume {volume!r}")
         snapshots: list[dict[str, Any]] = []
         truncated = False
         try:
@@ -997,12 +994,12 @@ class AdminApi:
         level: str | None = None
         for section, options in body.items():
             if section not in current:
-                raise ApiError(400, "InvalidArgument", f"unknown config section [{section}]")
+                raise InvalidArgument(f"unknown config section [{section}]")
             if not isinstance(options, dict):
-                raise ApiError(400, "InvalidArgument", f"[{section}] must be an object of options")
+                raise InvalidArgument(f"[{section}] must be an object of options")
             for option, value in options.items():
                 if option not in current[section]:
-                    raise ApiError(400, "InvalidArgument", f"unknown option [{section}] {option}")
+                    raise InvalidArgument(f"unknown option [{section}] {option}")
                 if (section, option) != ("log", "level"):
                     # Everything else is read once at start-up (listeners, stores, background task
                     # intervals): changing it here would report a value the daemon does not use.
@@ -1012,9 +1009,7 @@ class AdminApi:
                         f"[{section}] {option} cannot change while dfsd runs: set it in dfs.conf and restart",
                     )
                 if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
-                    raise ApiError(
-                        400, "InvalidArgument", f"[log] level must be one of {', '.join(LOG_LEVELS)}"
-                    )
+                    raise InvalidArgument(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
                 level = value.upper()
         if level is not None:
             self.cfg = config_mod.replace(self.cfg, log={"level": level})

@@ -31,6 +31,7 @@ import trio
 from daemon.chunks import ChunkStore
 from dfs.chunkio import HOT_PREFIX_BYTES, ChunkIO, hot_targets
 from dfs.config import Config
+from dfs.endpoints import CHUNK_HAS, CHUNK_PIN, CHUNK_PUT
 from dfs.errors import ChunkMissing, CorruptChunk, DfsError
 from dfs.placement import partition_of
 
@@ -217,10 +218,10 @@ class HotChunks:
         for target in targets:
             try:
                 # Pin first, so the target's anti-entropy never removes the new copy as misplaced.
-                await self.io.call_node(target, "chunk.pin", [chunk_id], self.ttl_s, view=view)
-                (held,) = await self.io.call_node(target, "chunk.has", [chunk_id], view=view)
+                await self.io.call_node(target, CHUNK_PIN, [chunk_id], self.ttl_s, view=view)
+                (held,) = await self.io.call_node(target, CHUNK_HAS, [chunk_id], view=view)
                 if not held:
-                    await self.io.call_node(target, "chunk.put", chunk_id, blob, view=view)
+                    await self.io.call_node(target, CHUNK_PUT, chunk_id, blob, view=view)
             except DfsError as exc:
                 log.info("hot chunk %s: copy to %s failed: %s", chunk_id.hex()[:16], target, exc.message)
                 self.errors += 1

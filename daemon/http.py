@@ -114,7 +114,13 @@ Body = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
 class BodyError(Exception):
     """The request body could not be read: 400 (truncated or malformed), 408 (the
-    client stopped sending for ``body_timeout_s``) or 413 (over the limit)."""
+    client stopped sending for ``body_timeout_s``) or 413 (over the limit).
+
+    Not a :class:`dfs.errors.DfsError`, on purpose: it is a condition of one HTTP
+    exchange, raised and answered within this server and its two handlers (S3 and
+    admin), whose status depends on how the body failed; it has no errno and no
+    meaning on the RPC wire, the mount or the CLI, so it has no row in the error
+    table.  Each handler names it in its own dialect from ``status``."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -6,7 +6,7 @@ registry: several daemons may run in one process (the in-process cluster
 tests), and each must export only its own numbers.
 
 Names follow ``dfs_<subsystem>_<noun>_<unit>``; label values always come from
-closed sets (RPC method names from the handler table, S3 operation names
+closed sets (RPC method names declared in dfs/endpoints.py, S3 operation names
 chosen by the shim, admin route templates, fixed ``kind`` values), never from
 request data, so the number of series is bounded.
 
@@ -48,6 +48,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from dfs.endpoints import declared
 from dfs.errors import DfsError, InvalidArgument
 from dfs.metrics import LATENCY_BUCKETS
 
@@ -457,13 +458,16 @@ def _call_checked(method: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T
 
 
 def instrument_handlers(handlers: Mapping[str, AsyncHandler], metrics: Metrics) -> dict[str, AsyncHandler]:
-    """Wrap each async RPC handler to count and time it (``dfs_rpc_*{method}``)."""
-    return {method: _timed_async(method, fn, metrics) for method, fn in handlers.items()}
+    """Wrap each async RPC handler to count and time it (``dfs_rpc_*{method}``).
+
+    The label is the endpoint's declared name: a handler without a declaration is a
+    KeyError here, so the label set stays the registry's closed set."""
+    return {method: _timed_async(declared(method).name, fn, metrics) for method, fn in handlers.items()}
 
 
 def instrument_inline(handlers: Mapping[str, SyncHandler], metrics: Metrics) -> dict[str, SyncHandler]:
     """Same as :func:`instrument_handlers` for the synchronous inline (read) handlers."""
-    return {method: _timed_sync(method, fn, metrics) for method, fn in handlers.items()}
+    return {method: _timed_sync(declared(method).name, fn, metrics) for method, fn in handlers.items()}
 
 
 def _timed_async(method: str, fn: AsyncHandler, metrics: Metrics) -> AsyncHandler:

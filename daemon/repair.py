@@ -48,6 +48,7 @@ from daemon.scrub import Scrubber, TokenBucket
 from dfs import codec
 from dfs.chunkio import ChunkIO, ClusterView
 from dfs.config import Config
+from dfs.endpoints import CHUNK_DIGESTS, CHUNK_HAS, CHUNK_PUT
 from dfs.errors import ChunkMissing, CorruptChunk, DfsError
 from dfs.placement import NodeState
 
@@ -203,7 +204,7 @@ class Repair:
                 continue
             while ids := await self._thread(self.hints.peek, target, _HINT_BATCH):
                 try:
-                    held = await self.io.call_node(target, "chunk.has", ids, view=view)
+                    held = await self.io.call_node(target, CHUNK_HAS, ids, view=view)
                     for cid, h in zip(ids, held, strict=True):
                         if not h and await self._send(cid, [target], view):
                             delivered += 1
@@ -231,7 +232,7 @@ class Repair:
 
         async def digests(peer: str) -> None:
             try:
-                raw = await self.io.call_node(peer, "chunk.digests", sorted(mine), view=view)
+                raw = await self.io.call_node(peer, CHUNK_DIGESTS, sorted(mine), view=view)
                 theirs[peer] = {int(p): bytes(d) for p, d in raw.items()}
             except DfsError as exc:
                 log.info("digests from %s: %s", peer, exc.message)
@@ -277,7 +278,7 @@ class Repair:
             try:
                 for i in range(0, len(ids), _HAS_BATCH):
                     batch = ids[i : i + _HAS_BATCH]
-                    held = await self.io.call_node(peer, "chunk.has", batch, view=view)
+                    held = await self.io.call_node(peer, CHUNK_HAS, batch, view=view)
                     asked.update(batch)
                     for cid, h in zip(batch, held, strict=True):
                         if h:
@@ -375,7 +376,7 @@ class Repair:
             if wait_s > 0:
                 await trio.sleep(wait_s)
             try:
-                await self.io.call_node(target, "chunk.put", chunk_id, blob, view=view)
+                await self.io.call_node(target, CHUNK_PUT, chunk_id, blob, view=view)
             except DfsError as exc:
                 log.info("copy of %s to %s failed: %s", chunk_id.hex()[:16], target, exc.message)
                 self.stats.errors += 1

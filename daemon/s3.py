@@ -55,7 +55,7 @@ import trio
 
 from daemon import s3_io
 from daemon.http import BodyError, Request, Response
-from dfs import s3names, s3xml, sigv4
+from dfs import endpoints, s3names, s3xml, sigv4
 from dfs.chunkio import Policy
 from dfs.client import Client
 from dfs.config import Config
@@ -462,7 +462,7 @@ class S3Api:
         async for entry in self._entries(ROOT_INO):
             name = entry.name.decode("utf-8", "replace")
             if entry.attr.is_dir and s3names.is_bucket_name(name):
-                volume = await self.client.call("meta.get_volume", name)
+                volume = await endpoints.META_GET_VOLUME.call(self.client, name)
                 created = volume["created_ns"] if volume else entry.attr.mtime_ns
                 buckets.append((name, created))
         return _xml(s3xml.list_buckets(buckets, owner_id=_OWNER[0], owner_name=_OWNER[1]))
@@ -475,7 +475,7 @@ class S3Api:
         if region and region not in (self.s3.region, "us-east-1"):
             raise S3Error("InvalidLocationConstraint", "The specified location-constraint is not valid", 400)
         try:
-            await self.client.call("meta.create_volume", c.bucket, {}, 0o755, 0, 0)
+            await endpoints.META_CREATE_VOLUME.call(self.client, c.bucket, {}, 0o755, 0, 0)
         except DfsError as exc:
             if exc.code != "Exists":
                 raise

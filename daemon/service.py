@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ from daemon.hot import HotChunks
 from daemon.membership import Membership
 from daemon.metadata import MetaStore
 from daemon.repair import Repair
-from dfs import __version__, rpc, sigv4
+from dfs import __version__, endpoints, rpc, sigv4
 from dfs.certs import client_context_for
 from dfs.changes import ALL, Change, changes_of
 from dfs.chunkio import ChunkIO, ClusterView, single_node_view, view_from_wire
@@ -137,62 +138,14 @@ def _write_private(path: Path, text: str) -> None:
     _write_private_bytes(path, text.encode())
 
 
-# Read-only MetaStore methods answered inline by the primary's RPC reader (and forwarded by secondaries).
-_INLINE_METHODS = (
-    "lookup",
-    "lookup_versioned",
-    "getattr",
-    "readlink",
-    "readdir",
-    "read_map",
-    "getxattr",
-    "listxattr",
-    "resolve",
-    "list_dir",
-    "internal_dir",
-    "get_volume",
-    "list_volumes",
-    "layout",
-    "chunk_replicas",
-    "chunk_factors",
-    "policy",
-)
-# Every metadata call the primary serves through its metadata thread; secondaries forward them.
-_META_METHODS = tuple(
-    f"meta.{name}"
-    for name in [
-        "open_events",
-        "end_session",
-        "session_heartbeat",
-        "setxattr",
-        "removexattr",
-        "sync",
-        "make_dirs",
-        "remove_tree",
-        "remove_empty_parents",
-        "create_volume",
-        "update_volume",
-        "delete_volume",
-        "snapshot",
-        "register_node",
-        "set_node",
-        "remove_node",
-        "counts",
-        "mknod",
-        "mkdir",
-        "symlink",
-        "create",
-        "link",
-        "unlink",
-        "rmdir",
-        "rename",
-        "setattr",
-        "open",
-        "commit_write",
-        "put_object",
-        "claim_orphans",
-    ]
-)
+# The metadata calls a secondary forwards with change notices for its own mounts (by name:
+# tests/unit/test_changes.py checks dfs/changes.py classifies each).
+_META_METHODS = tuple(ep.name for ep in endpoints.ALL.values() if ep.notices)
+
+
+def _by_name(bindings: Mapping[endpoints.Endpoint[Any], T]) -> dict[str, T]:
+    """A handler table keyed by the method names the wire carries."""
+    return {ep.name: fn for ep, fn in bindings.items()}
 
 
 class MetaWorker:
@@ -397,13 +350,14 @@ class Service:
 
     # -- handler table ----------------------------------------------------
     def _handlers(self) -> dict[str, Handler]:
-        table = self._chunk_and_sys_handlers()
+        """Every endpoint this daemon serves in a task (dfs/endpoints.py says which and how)."""
+        table = self._node_handlers()
         if self._store is None:
-            # A secondary: every metadata call goes to the primary, unchanged.
-            for name in [*self._meta_handler_names(), *self._inline_names()]:
-                table[name] = self._forwarder(name)
-            for name in _META_METHODS:
-                table[name] = self._noticed(name, table[name])
+            # A secondary: every call the primary answers goes there, unchanged.
+            for ep in endpoints.ALL.values():
+                if ep.site is endpoints.Site.PRIMARY:
+                    forward = self._forwarder(ep.name)
+                    table[ep.name] = self._noticed(ep.name, forward) if ep.notices else forward
             return table
         table.update(self._meta_handlers(self._store))
         return table
@@ -439,93 +393,87 @@ class Service:
         call.__name__ = method
         return call
 
-    _FORWARDED = (
-        "sys.fsck_meta",
-        "sys.gc",
-        "sys.statfs",
-        "s3.key_create",
-        "s3.key_list",
-        "s3.key_revoke",
-        "s3.authenticate",
-        "sys.admin_forward",
-    )
-
-    def _meta_handler_names(self) -> list[str]:
-        assert self._store is None
-        # The primary's table, built against a throwaway store would be heavy: list names instead.
-        return [*_META_METHODS, *self._FORWARDED]
-
-    def _inline_names(self) -> list[str]:
-        return [f"meta.{name}" for name in _INLINE_METHODS]
-
-    def _chunk_and_sys_handlers(self) -> dict[str, Handler]:
-        return {
-            "chunk.put": self.chunk_put,
-            "chunk.get": self.chunk_get,
-            "chunk.has": self.chunk_has,
-            "chunk.hint": self.chunk_hint,
-            "chunk.delete": self.chunk_delete,
-            "chunk.digests": self.chunk_digests,
-            "chunk.pin": self.chunk_pin,
-            "chunk.verify": self.chunk_verify,
-            "sys.info": self.info,
-            "sys.ping": self.ping,
-            "sys.statfs": self.statfs,
-            "sys.status": self.status,
-            "sys.scrub_list": self.scrub_list,
-            "sys.scrub_batch": self.scrub_batch,
-            "sys.fsck_meta": self.fsck_meta,
-            "sys.gc": self.gc_now,
-            "sys.sweep_orphans": self.sweep_orphans,
-            "sys.members": self.members,
-            "sys.cluster": self.cluster,
-            "sys.repair_status": self.repair_status,
-            "sys.repair_now": self.repair_now,
-            "ns.changes": self.ns_changes,
-        }
+    def _node_handlers(self) -> dict[str, Handler]:
+        """What every daemon answers itself (Site.NODE)."""
+        e = endpoints
+        return _by_name(
+            {
+                e.CHUNK_PUT: self.chunk_put,
+                e.CHUNK_GET: self.chunk_get,
+                e.CHUNK_HAS: self.chunk_has,
+                e.CHUNK_HINT: self.chunk_hint,
+                e.CHUNK_DELETE: self.chunk_delete,
+                e.CHUNK_DIGESTS: self.chunk_digests,
+                e.CHUNK_PIN: self.chunk_pin,
+                e.CHUNK_VERIFY: self.chunk_verify,
+                e.SYS_INFO: self.info,
+                e.SYS_PING: self.ping,
+                e.SYS_STATUS: self.status,
+                e.SYS_SCRUB_LIST: self.scrub_list,
+                e.SYS_SCRUB_BATCH: self.scrub_batch,
+                e.SYS_SWEEP_ORPHANS: self.sweep_orphans,
+                e.SYS_MEMBERS: self.members,
+                e.SYS_CLUSTER: self.cluster,
+                e.SYS_REPAIR_STATUS: self.repair_status,
+                e.SYS_REPAIR_NOW: self.repair_now,
+                e.NS_CHANGES: self.ns_changes,
+            }
+        )
 
     def _meta_handlers(self, m: MetaStore) -> dict[str, Handler]:
-        simple: dict[str, Callable[..., Any]] = {
-            "open_events": m.open_events,
-            "end_session": m.end_session,
-            "session_heartbeat": m.session_heartbeat,
-            "setxattr": m.setxattr,
-            "removexattr": m.removexattr,
-            "sync": m.sync,
-            "make_dirs": self._make_dirs,
-            "remove_tree": m.remove_tree,
-            "remove_empty_parents": m.remove_empty_parents,
-            "create_volume": self._create_volume,
-            "update_volume": m.update_volume,
-            "delete_volume": self._delete_volume,
-            "snapshot": self._snapshot,
-            "register_node": m.register_node,
-            "set_node": self._set_node,
-            "remove_node": m.remove_node,
-            "counts": m.counts,
+        """What the primary answers in a task (Site.PRIMARY, not inline)."""
+        e = endpoints
+        # Plain metadata-thread calls; those whose declaration names directories answer with
+        # their DirStamps too (Endpoint.stamps).
+        in_meta_thread: dict[endpoints.Endpoint[Any], Callable[..., Any]] = {
+            e.META_OPEN_EVENTS: m.open_events,
+            e.META_END_SESSION: m.end_session,
+            e.META_SESSION_HEARTBEAT: m.session_heartbeat,
+            e.META_SETXATTR: m.setxattr,
+            e.META_REMOVEXATTR: m.removexattr,
+            e.META_SYNC: m.sync,
+            e.META_MAKE_DIRS: self._make_dirs,
+            e.META_REMOVE_TREE: m.remove_tree,
+            e.META_REMOVE_EMPTY_PARENTS: m.remove_empty_parents,
+            e.META_CREATE_VOLUME: self._create_volume,
+            e.META_UPDATE_VOLUME: m.update_volume,
+            e.META_DELETE_VOLUME: self._delete_volume,
+            e.META_SNAPSHOT: self._snapshot,
+            e.META_REGISTER_NODE: m.register_node,
+            e.META_SET_NODE: self._set_node,
+            e.META_REMOVE_NODE: m.remove_node,
+            e.META_COUNTS: m.counts,
+            e.META_MKNOD: m.mknod,
+            e.META_MKDIR: m.mkdir,
+            e.META_SYMLINK: m.symlink,
+            e.META_CREATE: m.create,
+            e.META_LINK: m.link,
+            e.META_UNLINK: m.unlink,
+            e.META_RMDIR: m.rmdir,
+            e.META_RENAME: m.rename,
+            e.META_SETATTR: self._setattr,
+            e.S3_KEY_LIST: m.s3_key_list,
+            e.S3_KEY_REVOKE: m.s3_key_delete,
         }
-        table: dict[str, Handler] = {f"meta.{name}": self._meta_call(fn) for name, fn in simple.items()}
+        table: dict[str, Handler] = {
+            ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)
+            for ep, fn in in_meta_thread.items()
+        }
         table.update(
-            {
-                "meta.mknod": self._stamped(m.mknod, 0),
-                "meta.mkdir": self._stamped(m.mkdir, 0),
-                "meta.symlink": self._stamped(m.symlink, 0),
-                "meta.create": self._stamped(m.create, 0),
-                "meta.link": self._stamped(m.link, 1),
-                "meta.unlink": self._stamped(m.unlink, 0),
-                "meta.rmdir": self._stamped(m.rmdir, 0),
-                "meta.rename": self._stamped(m.rename, 0, 2),
-                "meta.setattr": self._stamped(self._setattr, 0),
-                "meta.open": self.open,
-                "meta.commit_write": self.commit_write,
-                "meta.put_object": self.put_object,
-                "meta.claim_orphans": self.claim_orphans,
-                "s3.key_create": self.s3_key_create,
-                "s3.key_list": self._meta_call(m.s3_key_list),
-                "s3.key_revoke": self._meta_call(m.s3_key_delete),
-                "s3.authenticate": self.s3_authenticate,
-                "sys.admin_forward": self.admin_forward,
-            }
+            _by_name(
+                {
+                    e.META_OPEN: self.open,
+                    e.META_COMMIT_WRITE: self.commit_write,
+                    e.META_PUT_OBJECT: self.put_object,
+                    e.META_CLAIM_ORPHANS: self.claim_orphans,
+                    e.S3_KEY_CREATE: self.s3_key_create,
+                    e.S3_AUTHENTICATE: self.s3_authenticate,
+                    e.SYS_ADMIN_FORWARD: self.admin_forward,
+                    e.SYS_STATFS: self.statfs,
+                    e.SYS_FSCK_META: self.fsck_meta,
+                    e.SYS_GC: self.gc_now,
+                }
+            )
         )
         return table
 
@@ -533,12 +481,32 @@ class Service:
         """Read-only calls answered by the RPC reader itself (see the module docstring)."""
         if self._reader is None:
             return {}  # a secondary forwards them (see _handlers)
-        r = self._reader
-        return {f"meta.{name}": getattr(r, name) for name in _INLINE_METHODS}
+        r, e = self._reader, endpoints
+        return _by_name(
+            {
+                e.META_LOOKUP: r.lookup,
+                e.META_LOOKUP_VERSIONED: r.lookup_versioned,
+                e.META_GETATTR: r.getattr,
+                e.META_READLINK: r.readlink,
+                e.META_READDIR: r.readdir,
+                e.META_READ_MAP: r.read_map,
+                e.META_GETXATTR: r.getxattr,
+                e.META_LISTXATTR: r.listxattr,
+                e.META_RESOLVE: r.resolve,
+                e.META_LIST_DIR: r.list_dir,
+                e.META_INTERNAL_DIR: r.internal_dir,
+                e.META_GET_VOLUME: r.get_volume,
+                e.META_LIST_VOLUMES: r.list_volumes,
+                e.META_LAYOUT: r.layout,
+                e.META_CHUNK_REPLICAS: r.chunk_replicas,
+                e.META_CHUNK_FACTORS: r.chunk_factors,
+                e.META_POLICY: r.policy,
+            }
+        )
 
     def local_inline_handlers(self) -> dict[str, Callable[..., Any]]:
         """Reads only in-process callers (the S3 shim, the admin API) may make: never over RPC."""
-        return {**self.inline_handlers(), "meta.s3_key_get": self.s3_secret}
+        return {**self.inline_handlers(), endpoints.META_S3_KEY_GET.name: self.s3_secret}
 
     def s3_secret(self, access_key: str) -> str | None:
         """The secret of an S3 key made with `dfs s3 key create`, on the primary (which holds
@@ -566,16 +534,18 @@ class Service:
 
         run.__name__ = getattr(fn, "__name__", "run")
 
+        # wraps: inspect.signature(handler) shows fn's arguments (tests/unit/test_endpoints.py).
+        @functools.wraps(fn)
         async def call(*args: Any) -> Any:
             return await self._m(run, *args)
 
         return call
 
     def _meta_call(self, fn: Callable[..., Any]) -> Handler:
+        @functools.wraps(fn)  # see _stamped
         async def call(*args: Any) -> Any:
             return await self._m(fn, *args)
 
-        call.__name__ = getattr(fn, "__name__", "meta_call")
         return call
 
     # -- metadata calls needing argument shaping --------------------------
@@ -764,8 +734,8 @@ class Service:
     ) -> sigv4.AuthContext:
         """A secondary's S3 endpoint asks the primary to verify a key it does not hold."""
         assert self.primary is not None
-        answer = await self.primary.call(
-            "s3.authenticate",
+        answer = await endpoints.S3_AUTHENTICATE.call(
+            self.primary,
             [view.method, view.path, view.query, dict(view.headers)],
             vhost_bucket,
             self.cfg.s3.region,
@@ -796,8 +766,8 @@ class Service:
         """A secondary's admin API has the primary answer a request backed by metadata."""
         if self.primary is None:
             raise Unavailable("not connected to the metadata primary yet")
-        status, rheaders, rbody = await self.primary.call(
-            "sys.admin_forward", method, target, [list(h) for h in headers], body, remote
+        status, rheaders, rbody = await endpoints.SYS_ADMIN_FORWARD.call(
+            self.primary, method, target, [list(h) for h in headers], body, remote
         )
         return int(status), [(str(k), str(v)) for k, v in rheaders], bytes(rbody)
 
@@ -895,7 +865,7 @@ class Service:
             if self._reader is not None:
                 wire = self._reader.layout()
             elif self.primary is not None:
-                wire = await self.primary.call("meta.layout")
+                wire = await endpoints.META_LAYOUT.call(self.primary)
             else:
                 raise Unavailable("not connected to the metadata primary yet")
             self._layout_wire = wire
@@ -943,8 +913,7 @@ class Service:
         if self._reader is not None:
             return self._reader.chunk_factors(chunk_ids)
         assert self.primary is not None
-        result: list[int | None] = await self.primary.call("meta.chunk_factors", chunk_ids)
-        return result
+        return await endpoints.META_CHUNK_FACTORS.call(self.primary, chunk_ids)
 
     async def run_cluster(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect to the primary (secondaries), register in the layout, start replicated
@@ -1020,7 +989,7 @@ class Service:
         delay = 0.2
         while True:
             try:
-                raw = await self.primary.call("sys.info")
+                raw = await endpoints.SYS_INFO.call(self.primary)
                 break
             except Unavailable as exc:
                 log.warning("waiting for the metadata primary %s: %s", self.cfg.cluster.meta, exc.message)
@@ -1046,7 +1015,7 @@ class Service:
                 await self._m(self.meta.register_node, *args)
             else:
                 assert self.primary is not None
-                await self.primary.call("meta.register_node", *args)
+                await endpoints.META_REGISTER_NODE.call(self.primary, *args)
             self._layout_at = -1e18
             await self.layout_wire()
         except DfsError as exc:
@@ -1144,7 +1113,7 @@ class Service:
         else:
             try:
                 assert self.primary is not None
-                counts = await self.primary.call("meta.counts")
+                counts = await endpoints.META_COUNTS.call(self.primary)
             except DfsError:
                 counts = {}
         return {
@@ -1192,7 +1161,9 @@ class Service:
         async def ask(node_id: str) -> None:
             assert self.chunkio is not None
             try:
-                found[node_id] = set(await self.chunkio.call_node(node_id, "sys.scrub_list", view=view))
+                found[node_id] = set(
+                    await self.chunkio.call_node(node_id, endpoints.SYS_SCRUB_LIST, view=view)
+                )
             except DfsError as exc:
                 log.info("fsck: inventory of %s: %s", node_id, exc.message)
                 missed.append(node_id)
@@ -1263,7 +1234,7 @@ class Service:
             async def one(node_id: str) -> None:
                 assert self.chunkio is not None
                 try:
-                    await self.chunkio.call_node(node_id, "chunk.delete", chunk_ids, view=view)
+                    await self.chunkio.call_node(node_id, endpoints.CHUNK_DELETE, chunk_ids, view=view)
                 except DfsError as exc:
                     log.info("deleting %d chunk(s) on %s: %s", len(chunk_ids), node_id, exc.message)
 
@@ -1331,7 +1302,7 @@ class Service:
                 continue
             assert self.primary is not None
             asked_at = time.monotonic()
-            doomed: list[bytes] = await self.primary.call("meta.claim_orphans", batch)
+            doomed = await endpoints.META_CLAIM_ORPHANS.call(self.primary, batch)
             if time.monotonic() - asked_at < _CLAIM_WINDOW_S / 2:
                 removed += await self._c(self.chunks.delete, doomed)
         if removed:

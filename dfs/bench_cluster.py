@@ -43,6 +43,7 @@ import trio
 import xxhash
 
 from dfs import config as config_mod
+from dfs.endpoints import SYS_CLUSTER, SYS_GC, SYS_PING, SYS_SWEEP_ORPHANS, Endpoint
 from dfs.errors import DfsError
 from dfs.rpc import open_client
 
@@ -263,13 +264,13 @@ def wait_for(pred: Callable[[], bool], timeout_s: float, what: str, interval_s: 
         time.sleep(interval_s)
 
 
-def rpc(address: str, method: str, *args: Any, timeout_s: float = 10.0) -> Any:
+def rpc(address: str, method: Endpoint[Any], *args: Any, timeout_s: float = 10.0) -> Any:
     """One call to a daemon, bounded by ``timeout_s``."""
 
     async def call() -> Any:
         with trio.fail_after(timeout_s):
             async with open_client(address, connect_timeout_s=timeout_s, call_timeout_s=timeout_s) as conn:
-                return await conn.call(method, *args)
+                return await method.call(conn, *args)
 
     try:
         try:
@@ -282,9 +283,9 @@ def rpc(address: str, method: str, *args: Any, timeout_s: float = 10.0) -> Any:
                 raise leaves[0] from None
             raise
     except trio.TooSlowError:
-        raise ClusterBenchError(f"{method} on {address} took more than {timeout_s:g} s") from None
+        raise ClusterBenchError(f"{method.name} on {address} took more than {timeout_s:g} s") from None
     except OSError as exc:
-        raise ClusterBenchError(f"{method} on {address}: {exc}") from None
+        raise ClusterBenchError(f"{method.name} on {address}: {exc}") from None
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -295,7 +296,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
-def _try_rpc(address: str, method: str, *args: Any, timeout_s: float = 5.0) -> Any:
+def _try_rpc(address: str, method: Endpoint[Any], *args: Any, timeout_s: float = 5.0) -> Any:
     try:
         return rpc(address, method, *args, timeout_s=timeout_s)
     except DfsError:
@@ -375,7 +376,7 @@ class Node:
                     f"dfsd {self.node_id} exited with status {self.proc.returncode} during start-up: "
                     f"{self.log_tail() or 'no output'}"
                 )
-            if _try_rpc(self.address, "sys.ping", timeout_s=2.0) is None:
+            if _try_rpc(self.address, SYS_PING, timeout_s=2.0) is None:
                 return False
             return all(_accepts(port) for port in (self.s3_port, self.admin_port))
 
@@ -434,7 +435,7 @@ class Cluster:
         )
 
     def cluster_info(self) -> dict[str, Any] | None:
-        info: dict[str, Any] | None = _try_rpc(self.primary.address, "sys.cluster", timeout_s=5.0)
+        info: dict[str, Any] | None = _try_rpc(self.primary.address, SYS_CLUSTER, timeout_s=5.0)
         return info
 
     def states(self) -> dict[str, str]:
@@ -826,7 +827,7 @@ class _Bench:
         def only_r2() -> bool:
             nonlocal collected, orphan_copies
             # The mount releases files asynchronously: collect again until they are all gone.
-            n = int(rpc(c.primary.address, "sys.gc", 0.0, timeout_s=120))
+            n = int(rpc(c.primary.address, SYS_GC, 0.0, timeout_s=120))
             collected += n
             counts = self.all_chunks()
             if exactly(counts, expected, REPAIR_R):
@@ -838,7 +839,7 @@ class _Bench:
                 orphans.update(stale)
                 orphan_copies = max(orphan_copies, sum(counts[cid] for cid in stale))
                 for node in c.nodes:
-                    rpc(node.address, "sys.sweep_orphans", 0.0, timeout_s=120)
+                    rpc(node.address, SYS_SWEEP_ORPHANS, 0.0, timeout_s=120)
             return False
 
         try:

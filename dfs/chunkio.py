@@ -40,15 +40,17 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import trio
 
 from dfs import codec
+from dfs.endpoints import CHUNK_GET, CHUNK_HAS, CHUNK_HINT, CHUNK_PUT, CHUNK_VERIFY, Endpoint
 from dfs.errors import ChunkMissing, CorruptChunk, DfsError, Unavailable
 from dfs.placement import Layout, NodeState, PlacementTable, partition_of
 
 log = logging.getLogger("dfs.chunkio")
+R = TypeVar("R")
 
 CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
 # Gossip states in which a node cannot take a write now (suspects still may: they often refute).
@@ -320,13 +322,15 @@ class ChunkIO:
             peer = self._peers[address] = self._connect(address)
         return peer
 
-    async def call_node(self, node_id: str, method: str, *args: Any, view: ClusterView | None = None) -> Any:
+    async def call_node(
+        self, node_id: str, endpoint: Endpoint[R], *args: Any, view: ClusterView | None = None
+    ) -> R:
         """One call to one node, bounded by ``peer_timeout_s`` (Unavailable past it)."""
         caller = self.caller(node_id, view)
         with trio.move_on_after(self.peer_timeout_s) as scope:
-            return await caller.call(method, *args)
+            return await endpoint.call(caller, *args)
         assert scope.cancelled_caught
-        raise Unavailable(f"node {node_id} did not answer {method} within {self.peer_timeout_s:g}s")
+        raise Unavailable(f"node {node_id} did not answer {endpoint.name} within {self.peer_timeout_s:g}s")
 
     # -- writes ----------------------------------------------------------------------
     async def put(self, chunk_id: bytes, blob: bytes, policy: Policy, *, force: bool = False) -> int:
@@ -363,10 +367,10 @@ class ChunkIO:
                 try:
                     held = False
                     if not force:
-                        (held,) = await self.call_node(node_id, "chunk.has", [chunk_id], view=view)
+                        (held,) = await self.call_node(node_id, CHUNK_HAS, [chunk_id], view=view)
                         self.stats.skipped += bool(held)
                     if not held:
-                        await self.call_node(node_id, "chunk.put", chunk_id, blob, view=view)
+                        await self.call_node(node_id, CHUNK_PUT, chunk_id, blob, view=view)
                     acked.append(node_id)
                 except Exception as exc:  # a bug here must not take down the caller's nursery
                     if not isinstance(exc, DfsError):
@@ -433,7 +437,7 @@ class ChunkIO:
         order = sorted(holders, key=lambda x: x != self.home_node)
         for holder in order:
             try:
-                await self.call_node(holder, "chunk.hint", owed, [chunk_id], view=view)
+                await self.call_node(holder, CHUNK_HINT, owed, [chunk_id], view=view)
                 self.stats.hints += len(owed)
                 return
             except DfsError as exc:
@@ -456,7 +460,7 @@ class ChunkIO:
     async def _report_bad(self, node_id: str, chunk_id: bytes) -> None:
         """Ask ``node_id`` to check its copy again; a corrupt one is quarantined and replaced there."""
         try:
-            await self.call_node(node_id, "chunk.verify", chunk_id)
+            await self.call_node(node_id, CHUNK_VERIFY, chunk_id)
         except CorruptChunk:
             log.warning("chunk %s: %s's copy is corrupt, it is being replaced", chunk_id.hex()[:16], node_id)
         except DfsError as exc:
@@ -480,7 +484,7 @@ class ChunkIO:
             if node_id in skip:
                 continue
             try:
-                blob = await self.call_node(node_id, "chunk.get", chunk_id, view=view)
+                blob = await self.call_node(node_id, CHUNK_GET, chunk_id, view=view)
             except (ChunkMissing, CorruptChunk) as exc:
                 missing += 1
                 errors.append(f"{node_id}: {exc.message}")
@@ -517,7 +521,7 @@ class ChunkIO:
 
             async def ask(node_id: str, ids: list[bytes]) -> None:
                 try:
-                    held = await self.call_node(node_id, "chunk.has", ids, view=view)
+                    held = await self.call_node(node_id, CHUNK_HAS, ids, view=view)
                 except DfsError as exc:
                     log.info("has() on %s failed: %s", node_id, exc.message)
                     return

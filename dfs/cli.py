@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -26,8 +27,27 @@ from dfs import config as config_mod
 from dfs import liveness
 from dfs.certs import client_context_for
 from dfs.config import Config
-from dfs.errors import DfsError
-from dfs.rpc import RpcClient, open_client
+from dfs.endpoints import (
+    CHUNK_VERIFY,
+    META_REGISTER_NODE,
+    META_REMOVE_NODE,
+    META_SET_NODE,
+    S3_KEY_CREATE,
+    S3_KEY_LIST,
+    S3_KEY_REVOKE,
+    SYS_CLUSTER,
+    SYS_FSCK_META,
+    SYS_GC,
+    SYS_PING,
+    SYS_REPAIR_STATUS,
+    SYS_SCRUB_BATCH,
+    SYS_SCRUB_LIST,
+    SYS_STATUS,
+    SYS_SWEEP_ORPHANS,
+)
+from dfs.endpoints import Endpoint as Method
+from dfs.errors import EX_FAILURE, DfsError, exit_code
+from dfs.rpc import RpcClient, _only_dfs_error, open_client
 
 T = TypeVar("T")
 _UP_TIMEOUT_S = 30.0
@@ -35,15 +55,54 @@ _STOP_WAIT_S = 30.0  # for a killed daemon to finish exiting before `dfs up` giv
 
 
 class CliError(click.ClickException):
+    """Ends a command with one line on stderr, ``dfs: MESSAGE``, and ``exit_code``.
+
+    Not a DfsError: it is how click ends a command, never raised across a boundary.  A
+    DfsError ending a command becomes one in :meth:`_Command.invoke`, with the exit code
+    from ``dfs.errors.TABLE``; the CLI raises it itself for what it finds wrong locally."""
+
+    def __init__(self, message: str, exit_code: int = EX_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
     def show(self, file: Any = None) -> None:
         click.echo(f"dfs: {self.message}", err=True)
 
 
+def _debug(ctx: click.Context) -> bool:
+    """``dfs --debug``, or DFS_DEBUG set to anything but empty or 0."""
+    return bool(ctx.find_root().params.get("debug")) or os.environ.get("DFS_DEBUG", "") not in ("", "0")
+
+
+class _Command(click.Command):
+    """A dfs command.  A DfsError ending it, the CLI's own or one a daemon answered (which trio
+    hands on wrapped in an ExceptionGroup), is one line, ``dfs: <command>: <why>``, and the
+    error table's exit code; with --debug or DFS_DEBUG=1, the traceback and the same code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            err = exc if isinstance(exc, DfsError) else _only_dfs_error(exc)
+            if err is None:
+                raise  # not an error dfs raises on purpose (a bug): its traceback is the report
+            code = exit_code(err)
+            if _debug(ctx):
+                traceback.print_exception(exc)
+                raise click.exceptions.Exit(code) from None
+            what = ctx.command_path.partition(" ")[2]
+            why = " ".join(err.message.split())  # a message from a peer may span lines
+            raise CliError(f"{what}: {why}", code) from None
+
+
+class _Group(click.Group):
+    command_class = _Command
+    group_class = type  # sub-groups are _Groups too, so every command is a _Command
+
+
 def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    try:
-        return trio.run(fn, *args)
-    except DfsError as exc:
-        raise CliError(exc.message) from None
+    """``fn(*args)`` under trio; its errors end the command (see :class:`_Command`)."""
+    return trio.run(fn, *args)
 
 
 class Endpoint(NamedTuple):
@@ -68,11 +127,11 @@ def _address(cfg: Config) -> Endpoint:
     return Endpoint(cfg.rpc.listen, tls, tls)
 
 
-async def _call(endpoint: Endpoint, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
+async def _call(endpoint: Endpoint, method: Method[Any], *args: Any, timeout_s: float = 60.0) -> Any:
     async with open_client(
         endpoint.address, call_timeout_s=timeout_s, ssl_context=endpoint.ssl_context
     ) as conn:
-        return await conn.call(method, *args)
+        return await method.call(conn, *args)
 
 
 # -- dfs up / down -------------------------------------------------------------------------
@@ -104,7 +163,7 @@ async def _answers(endpoint: Endpoint) -> bool:
             endpoint.address, connect_timeout_s=0.2, call_timeout_s=2, ssl_context=endpoint.ssl_context
         ) as conn:
             try:
-                await conn.call("sys.ping")
+                await SYS_PING.call(conn)
             except DfsError:  # caught in here, before the client's nursery wraps it in a group
                 return False
             return True
@@ -198,9 +257,10 @@ async def _wait_ready(endpoint: Endpoint, proc: subprocess.Popen[bytes], log_pat
         await trio.sleep(0.05)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(package_name="dfs")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="on failure, show the traceback (also: DFS_DEBUG=1)")
+def main(debug: bool) -> None:
     """dfs: a FUSE-mountable POSIX distributed filesystem."""
 
 
@@ -326,7 +386,7 @@ def status(
     cfg = _cfg_for(directory, config_path)
     if wait:
         _run(_wait_repaired, _address(cfg), timeout_s, sys.stderr.isatty() and not as_json)
-    st = _run(_call, _address(cfg), "sys.status")
+    st = _run(_call, _address(cfg), SYS_STATUS)
     st["cluster"] = _run(_cluster_status, _address(cfg))
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
@@ -365,7 +425,7 @@ def status(
 def nodes(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """The cluster's nodes: gossip's live view and each node's layout state."""
     cfg = _cfg_for(directory, config_path)
-    cluster: dict[str, Any] = _run(_call, _address(cfg), "sys.cluster")
+    cluster: dict[str, Any] = _run(_call, _address(cfg), SYS_CLUSTER)
     rows = merge_nodes(cluster)
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
@@ -401,14 +461,14 @@ def merge_nodes(cluster: dict[str, Any]) -> list[dict[str, Any]]:
 # -- layout and repair -----------------------------------------------------------------------
 async def _cluster_status(endpoint: Endpoint) -> dict[str, Any]:
     """Every reachable node's repair status, summed (see daemon/repair.py for the counters)."""
-    cluster = await _call(endpoint, "sys.cluster")
+    cluster = await _call(endpoint, SYS_CLUSTER)
     nodes: list[dict[str, Any]] = []
     unreachable: list[str] = []
 
     async def ask(node_id: str, target: Endpoint) -> None:
         try:
             with trio.fail_after(10):
-                nodes.append(await _call(target, "sys.repair_status", timeout_s=10))
+                nodes.append(await _call(target, SYS_REPAIR_STATUS, timeout_s=10))
         except (DfsError, trio.TooSlowError):
             unreachable.append(node_id)
 
@@ -468,7 +528,7 @@ async def _wait_repaired(endpoint: Endpoint, timeout_s: float, show: bool) -> di
             if current and cs["pending"] == 0 and not cs["unreachable"]:
                 return cs
             if time.monotonic() - start > timeout_s:
-                raise DfsError(f"repair not finished after {timeout_s:g}s: {_repair_line(cs)}")
+                raise CliError(f"repair not finished after {timeout_s:g}s: {_repair_line(cs)}")
             await trio.sleep(1.0)
     finally:
         if show:
@@ -482,7 +542,7 @@ async def _wait_repaired(endpoint: Endpoint, timeout_s: float, show: bool) -> di
 def layout(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """The authoritative layout: nodes, zones, weights, states and the epoch."""
     cfg = _cfg_for(directory, config_path)
-    cluster: dict[str, Any] = _run(_call, _address(cfg), "sys.cluster")
+    cluster: dict[str, Any] = _run(_call, _address(cfg), SYS_CLUSTER)
     lay = cluster["layout"]
     if as_json:
         click.echo(json.dumps(lay, indent=2, sort_keys=True))
@@ -499,7 +559,7 @@ def layout(directory: str | None, config_path: str | None, as_json: bool) -> Non
 
 
 def _node_change(cfg: Config, node_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = _run(_call, _address(cfg), "meta.set_node", node_id, changes)
+    result: dict[str, Any] = _run(_call, _address(cfg), META_SET_NODE, node_id, changes)
     return result
 
 
@@ -510,7 +570,7 @@ def _node_change(cfg: Config, node_id: str, changes: dict[str, Any]) -> dict[str
 def rebalance(config_path: str | None, wait: bool, timeout_s: float) -> None:
     """Weight every active node by its disk capacity, so usage converges; data moves as needed."""
     cfg = _cfg_for(None, config_path)
-    cluster: dict[str, Any] = _run(_call, _address(cfg), "sys.cluster")
+    cluster: dict[str, Any] = _run(_call, _address(cfg), SYS_CLUSTER)
     capacity = {m["node_id"]: int(m.get("capacity_bytes", 0)) for m in cluster["members"]}
     changed = 0
     for n in cluster["layout"]["nodes"]:
@@ -551,7 +611,7 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
             )
 
         local = await connect(endpoint)
-        cluster = await local.call("sys.cluster")
+        cluster = await SYS_CLUSTER.call(local)
         here = str(cluster.get("node_id", ""))
         targets, _down = _live_nodes(endpoint, cluster)
         conns = {here: local} | {node: await connect(ep) for node, ep in targets.items() if node != here}
@@ -559,7 +619,7 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
         problems: list[str] = []
         for node, conn in conns.items():
             try:
-                ids[node] = await conn.call("sys.scrub_list")
+                ids[node] = await SYS_SCRUB_LIST.call(conn)
             except DfsError as exc:
                 problems.append(f"node {node}: chunks not verified: {exc.message}")
         bad: list[tuple[str, bytes]] = []
@@ -572,7 +632,7 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
                 try:
                     for i in range(0, len(node_ids), 256):
                         batch = node_ids[i : i + 256]
-                        bad.extend((node, cid) for cid in await conns[node].call("sys.scrub_batch", batch))
+                        bad.extend((node, cid) for cid in await SYS_SCRUB_BATCH.call(conns[node], batch))
                         if show_progress:
                             bar.update(len(batch))
                 except DfsError as exc:
@@ -584,8 +644,8 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
             # A corrupt copy in a cluster is quarantined on its node and fetched again from a replica.
             for node, cid in bad:
                 with contextlib.suppress(DfsError):
-                    await conns[node].call("chunk.verify", cid)
-        report: dict[str, Any] = await local.call("sys.fsck_meta", repair)
+                    await CHUNK_VERIFY.call(conns[node], cid)
+        report = await SYS_FSCK_META.call(local, repair)
     report["chunks_checked"] = total
     report["corrupt_chunks"] = [cid.hex() for _, cid in bad]
     report["problems"][:0] = problems
@@ -632,10 +692,10 @@ def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool)
     [storage] orphan_delay_s, or at once with --now.
     """
     cfg = _cfg_for(directory, config_path)
-    n = _run(_call, _address(cfg), "sys.gc", 0.0 if now else None)
+    n = _run(_call, _address(cfg), SYS_GC, 0.0 if now else None)
     click.echo(f"collected {n} chunk(s)")
     if orphans:
-        n = _run(_call, _address(cfg), "sys.sweep_orphans", 0.0 if now else None)
+        n = _run(_call, _address(cfg), SYS_SWEEP_ORPHANS, 0.0 if now else None)
         click.echo(f"swept {n} orphan chunk(s)")
 
 
@@ -655,7 +715,7 @@ def cluster_init(ca_dir: str, cluster_name: str) -> None:
 
     try:
         cert, key = certs.init_cluster(Path(ca_dir).resolve(), cluster_name)
-    except (FileExistsError, DfsError) as exc:
+    except FileExistsError as exc:
         raise CliError(str(exc)) from None
     click.echo(f"cluster CA created:\n  certificate: {cert}\n  private key: {key} (keep it off the nodes)")
 
@@ -684,16 +744,13 @@ def cluster_bench(n_nodes: int, size_mb: int, repair_mb: int, as_json: bool, kee
     from dfs import bench_cluster
 
     show = None if as_json else (lambda msg: click.echo(f"  {msg}...", err=True))
-    try:
-        results = bench_cluster.run(
-            n_nodes=n_nodes,
-            size_mb=size_mb,
-            repair_mb=repair_mb,
-            keep=Path(keep_dir) if keep_dir else None,
-            progress=show,
-        )
-    except DfsError as exc:
-        raise CliError(exc.message) from None
+    results = bench_cluster.run(
+        n_nodes=n_nodes,
+        size_mb=size_mb,
+        repair_mb=repair_mb,
+        keep=Path(keep_dir) if keep_dir else None,
+        progress=show,
+    )
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
@@ -724,16 +781,13 @@ def node_cert(
     """Issue a certificate signed by the cluster CA: NAME.pem, NAME.key (0600) and ca.pem in OUT."""
     from dfs import certs
 
-    try:
-        cert, key, ca = certs.issue_files(
-            Path(ca_dir),
-            Path(out_dir).resolve(),
-            name,
-            kind="client" if client else "node",
-            hosts=list(hosts),
-        )
-    except DfsError as exc:
-        raise CliError(exc.message) from None
+    cert, key, ca = certs.issue_files(
+        Path(ca_dir),
+        Path(out_dir).resolve(),
+        name,
+        kind="client" if client else "node",
+        hosts=list(hosts),
+    )
     info = certs.describe(cert.read_bytes())
     if as_json:
         click.echo(
@@ -755,7 +809,7 @@ def node_cert(
 def node_add(node_id: str, address: str, zone: str, weight: float, config_path: str | None) -> None:
     """Add a node to the layout (daemons with [cluster] auto_join add themselves)."""
     cfg = _cfg_for(None, config_path)
-    lay = _run(_call, _address(cfg), "meta.register_node", node_id, zone, address, weight)
+    lay = _run(_call, _address(cfg), META_REGISTER_NODE, node_id, zone, address, weight)
     click.echo(f"layout epoch {lay['epoch']}: {node_id} active")
 
 
@@ -809,7 +863,7 @@ def node_remove(node_id: str, force: bool, config_path: str | None) -> None:
         mine = [n for n in cs["nodes"] if n["node_id"] == node_id]
         if mine and (mine[0].get("misplaced", 0) or mine[0].get("round_epoch") != cs["layout_epoch"]):
             raise CliError(f"{node_id} still holds chunks that have no other home yet; wait, or --force")
-    lay = _run(_call, _address(cfg), "meta.remove_node", node_id)
+    lay = _run(_call, _address(cfg), META_REMOVE_NODE, node_id)
     click.echo(f"layout epoch {lay['epoch']}: {node_id} removed")
 
 
@@ -839,7 +893,7 @@ _dir_option = click.option(
 def key_create(description: str, directory: str | None, config_path: str | None, as_json: bool) -> None:
     """Make a new key pair; the secret is shown only now."""
     cfg = _cfg_for(directory, config_path)
-    made: dict[str, str] = _run(_call, _address(cfg), "s3.key_create", description)
+    made: dict[str, str] = _run(_call, _address(cfg), S3_KEY_CREATE, description)
     if as_json:
         click.echo(json.dumps(made, indent=2, sort_keys=True))
     else:
@@ -853,7 +907,7 @@ def key_create(description: str, directory: str | None, config_path: str | None,
 def key_list(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """The keys made with `dfs s3 key create` (never their secrets)."""
     cfg = _cfg_for(directory, config_path)
-    keys: list[dict[str, Any]] = _run(_call, _address(cfg), "s3.key_list")
+    keys: list[dict[str, Any]] = _run(_call, _address(cfg), S3_KEY_LIST)
     if as_json:
         click.echo(json.dumps(keys, indent=2, sort_keys=True))
         return
@@ -870,7 +924,7 @@ def key_list(directory: str | None, config_path: str | None, as_json: bool) -> N
 def key_revoke(access_key: str, directory: str | None, config_path: str | None) -> None:
     """Revoke a key: requests signed with it fail from now on."""
     cfg = _cfg_for(directory, config_path)
-    _run(_call, _address(cfg), "s3.key_revoke", access_key)
+    _run(_call, _address(cfg), S3_KEY_REVOKE, access_key)
     click.echo(f"revoked {access_key}")
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import trio
 
-from dfs import codec, rpc
+from dfs import codec, endpoints, rpc
 from dfs.changes import Answer
 from dfs.chunkio import ChunkIO, ClusterView, Policy, decode_in_thread, view_from_wire
 from dfs.errors import CorruptChunk
@@ -88,88 +88,95 @@ class Client:
 
     # -- namespace ------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.lookup", parent, name))
+        return Attr.from_wire(await endpoints.META_LOOKUP.call(self.rpc, parent, name))
 
     async def lookup_versioned(self, parent: int, name: bytes) -> tuple[Attr | None, int]:
         """The entry (None when absent) and the directory's ctime, from one snapshot."""
-        attr, ctime_ns = await self.rpc.call("meta.lookup_versioned", parent, name)
+        attr, ctime_ns = await endpoints.META_LOOKUP_VERSIONED.call(self.rpc, parent, name)
         return (None if attr is None else Attr.from_wire(attr)), ctime_ns
 
     async def getattr(self, ino: int) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.getattr", ino))
+        return Attr.from_wire(await endpoints.META_GETATTR.call(self.rpc, ino))
 
     async def setattr(self, ino: int, **changes: int) -> tuple[Attr, list[DirStamp]]:
         """Change attributes; a directory's own change comes back as a DirStamp too."""
-        return await self._new("meta.setattr", ino, changes)
+        return await self._new(endpoints.META_SETATTR, ino, changes)
 
     async def readlink(self, ino: int) -> bytes:
-        value = await self.rpc.call("meta.readlink", ino)
+        value = await endpoints.META_READLINK.call(self.rpc, ino)
         assert isinstance(value, bytes)
         return value
 
     async def readdir(self, ino: int, cookie: int, limit: int) -> list[DirEntry]:
-        return [DirEntry.from_wire(e) for e in await self.rpc.call("meta.readdir", ino, cookie, limit)]
+        return [
+            DirEntry.from_wire(e) for e in await endpoints.META_READDIR.call(self.rpc, ino, cookie, limit)
+        ]
 
-    async def _stamped(self, method: str, *args: Any) -> tuple[Any, list[DirStamp]]:
-        result, stamps = await self.rpc.call(method, *args)
+    async def _stamped(
+        self, endpoint: endpoints.Endpoint[Sequence[Any]], *args: Any
+    ) -> tuple[Any, list[DirStamp]]:
+        assert endpoint.stamps, f"{endpoint.name} answers no DirStamps"
+        result, stamps = await endpoint.call(self.rpc, *args)
         return result, [DirStamp(ino, before, Attr.from_wire(after)) for ino, before, after in stamps]
 
-    async def _new(self, method: str, *args: Any) -> tuple[Attr, list[DirStamp]]:
-        attr, stamps = await self._stamped(method, *args)
+    async def _new(
+        self, endpoint: endpoints.Endpoint[Sequence[Any]], *args: Any
+    ) -> tuple[Attr, list[DirStamp]]:
+        attr, stamps = await self._stamped(endpoint, *args)
         return Attr.from_wire(attr), stamps
 
     # Calls that change directories also return DirStamps (see DirStamp).
     async def mknod(
         self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
     ) -> tuple[Attr, list[DirStamp]]:
-        return await self._new("meta.mknod", parent, name, mode, rdev, uid, gid)
+        return await self._new(endpoints.META_MKNOD, parent, name, mode, rdev, uid, gid)
 
     async def mkdir(
         self, parent: int, name: bytes, mode: int, uid: int, gid: int
     ) -> tuple[Attr, list[DirStamp]]:
-        return await self._new("meta.mkdir", parent, name, mode, uid, gid)
+        return await self._new(endpoints.META_MKDIR, parent, name, mode, uid, gid)
 
     async def symlink(
         self, parent: int, name: bytes, target: bytes, uid: int, gid: int
     ) -> tuple[Attr, list[DirStamp]]:
-        return await self._new("meta.symlink", parent, name, target, uid, gid)
+        return await self._new(endpoints.META_SYMLINK, parent, name, target, uid, gid)
 
     async def create(
         self, parent: int, name: bytes, mode: int, uid: int, gid: int, session: str
     ) -> tuple[Attr, list[DirStamp]]:
         """Create and open a regular file for ``session``."""
-        return await self._new("meta.create", parent, name, mode, uid, gid, session)
+        return await self._new(endpoints.META_CREATE, parent, name, mode, uid, gid, session)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[Attr, list[DirStamp]]:
-        return await self._new("meta.link", ino, new_parent, new_name)
+        return await self._new(endpoints.META_LINK, ino, new_parent, new_name)
 
     async def unlink(self, parent: int, name: bytes) -> list[DirStamp]:
-        return (await self._stamped("meta.unlink", parent, name))[1]
+        return (await self._stamped(endpoints.META_UNLINK, parent, name))[1]
 
     async def rmdir(self, parent: int, name: bytes) -> list[DirStamp]:
-        return (await self._stamped("meta.rmdir", parent, name))[1]
+        return (await self._stamped(endpoints.META_RMDIR, parent, name))[1]
 
     async def rename(
         self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
     ) -> list[DirStamp]:
-        return (await self._stamped("meta.rename", parent, name, new_parent, new_name, flags))[1]
+        return (await self._stamped(endpoints.META_RENAME, parent, name, new_parent, new_name, flags))[1]
 
     async def open(self, ino: int, session: str, *, truncate: bool, read: bool) -> FileMap:
         """Register an open by ``session``; returns fresh attributes and the block map."""
-        return FileMap.from_wire(await self.rpc.call("meta.open", ino, session, truncate, read))
+        return FileMap.from_wire(await endpoints.META_OPEN.call(self.rpc, ino, session, truncate, read))
 
     async def open_events(self, events: list[tuple[str, int]], session: str) -> None:
         """Batched ``("open"|"release", ino)`` registrations, applied in order."""
-        await self.rpc.call("meta.open_events", [list(e) for e in events], session)
+        await endpoints.META_OPEN_EVENTS.call(self.rpc, [list(e) for e in events], session)
 
     async def end_session(self, session: str) -> None:
-        await self.rpc.call("meta.end_session", session)
+        await endpoints.META_END_SESSION.call(self.rpc, session)
 
     async def session_heartbeat(self, session: str) -> None:
-        await self.rpc.call("meta.session_heartbeat", session)
+        await endpoints.META_SESSION_HEARTBEAT.call(self.rpc, session)
 
     async def read_map(self, ino: int) -> FileMap:
-        return FileMap.from_wire(await self.rpc.call("meta.read_map", ino))
+        return FileMap.from_wire(await endpoints.META_READ_MAP.call(self.rpc, ino))
 
     async def commit_write(
         self,
@@ -189,7 +196,7 @@ class Client:
         args: list[Any] = [ino, size, mtime_ns, wire_blocks, inline, attrs or None]
         if replicas is not None:
             args.append(replicas)
-        return Attr.from_wire(await self.rpc.call("meta.commit_write", *args))
+        return Attr.from_wire(await endpoints.META_COMMIT_WRITE.call(self.rpc, *args))
 
     async def clustered(self) -> bool:
         """True when chunks have more than one node to go to (so a policy makes a difference)."""
@@ -202,40 +209,42 @@ class Client:
     async def policy(self, ino: int, parent: int | None = None) -> Policy:
         """The replication factor and consistency level that apply to writes under ``ino``
         (``parent``: a directory a file was reached through; finding one otherwise is slow)."""
-        found = await self.rpc.call("meta.policy", ino, parent)
+        found = await endpoints.META_POLICY.call(self.rpc, ino, parent)
         default = (await self.chunkio.view()).default_policy if self.chunkio else Policy(1, "strong")
         return Policy(
             found.get("replicas") or default.replicas, found.get("consistency") or default.consistency
         )
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        value = await self.rpc.call("meta.getxattr", ino, name)
+        value = await endpoints.META_GETXATTR.call(self.rpc, ino, name)
         assert isinstance(value, bytes)
         return value
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> None:
-        await self.rpc.call("meta.setxattr", ino, name, value, flags)
+        await endpoints.META_SETXATTR.call(self.rpc, ino, name, value, flags)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        return list(await self.rpc.call("meta.listxattr", ino))
+        return list(await endpoints.META_LISTXATTR.call(self.rpc, ino))
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        await self.rpc.call("meta.removexattr", ino, name)
+        await endpoints.META_REMOVEXATTR.call(self.rpc, ino, name)
 
     async def sync(self) -> None:
-        await self.rpc.call("meta.sync")
+        await endpoints.META_SYNC.call(self.rpc)
 
     # -- object-store calls (the S3 shim and the admin API) ---------------------
     async def resolve(self, parent: int, names: list[bytes]) -> Attr:
         """The inode at ``parent/names...``: NotFound or NotADirectory on the way."""
-        return Attr.from_wire(await self.rpc.call("meta.resolve", parent, names))
+        return Attr.from_wire(await endpoints.META_RESOLVE.call(self.rpc, parent, names))
 
     async def list_dir(self, ino: int, after: bytes, limit: int) -> list[DirEntry]:
         """Entries in S3 key order (directories sort as ``name/``), strictly after ``after``."""
-        return [DirEntry.from_wire(e) for e in await self.rpc.call("meta.list_dir", ino, after, limit)]
+        return [
+            DirEntry.from_wire(e) for e in await endpoints.META_LIST_DIR.call(self.rpc, ino, after, limit)
+        ]
 
     async def internal_dir(self, name: str) -> int:
-        ino = await self.rpc.call("meta.internal_dir", name)
+        ino = await endpoints.META_INTERNAL_DIR.call(self.rpc, name)
         assert isinstance(ino, int)
         return ino
 
@@ -272,28 +281,28 @@ class Client:
         }
         if replicas is not None:
             opts["replicas"] = replicas
-        return Attr.from_wire(await self.rpc.call("meta.put_object", parent, dirs, name, opts))
+        return Attr.from_wire(await endpoints.META_PUT_OBJECT.call(self.rpc, parent, dirs, name, opts))
 
     async def make_dirs(self, parent: int, dirs: list[bytes], *, mode: int = 0o755) -> Attr:
-        return Attr.from_wire(await self.rpc.call("meta.make_dirs", parent, dirs, mode))
+        return Attr.from_wire(await endpoints.META_MAKE_DIRS.call(self.rpc, parent, dirs, mode))
 
     async def remove_tree(self, parent: int, name: bytes) -> int:
-        n = await self.rpc.call("meta.remove_tree", parent, name)
+        n = await endpoints.META_REMOVE_TREE.call(self.rpc, parent, name)
         assert isinstance(n, int)
         return n
 
     async def remove_empty_parents(self, parent: int, dirs: list[bytes]) -> int:
-        n = await self.rpc.call("meta.remove_empty_parents", parent, dirs)
+        n = await endpoints.META_REMOVE_EMPTY_PARENTS.call(self.rpc, parent, dirs)
         assert isinstance(n, int)
         return n
 
     async def statfs(self) -> StatFs:
-        return StatFs(*await self.rpc.call("sys.statfs"))
+        return StatFs(*await endpoints.SYS_STATFS.call(self.rpc))
 
     async def changes(self, epoch: str, cursor: int, wait_s: float) -> Answer:
         """Long poll (dfs/changes.py): what others changed through this client's daemon after
         ``cursor``, waiting up to ``wait_s`` for something to; acknowledges all up to ``cursor``."""
-        return Answer.from_wire(await self.rpc.call("ns.changes", epoch, cursor, wait_s))
+        return Answer.from_wire(await endpoints.NS_CHANGES.call(self.rpc, epoch, cursor, wait_s))
 
     # -- data -------------------------------------------------------------------
     def _prepare(self, data: bytes | bytearray) -> tuple[bytes, bytes]:
@@ -313,9 +322,9 @@ class Client:
         else:
             held = False
             if not force:
-                (held,) = await self.rpc.call("chunk.has", [cid])
+                (held,) = await endpoints.CHUNK_HAS.call(self.rpc, [cid])
             if not held:
-                await self.rpc.call("chunk.put", cid, blob)
+                await endpoints.CHUNK_PUT.call(self.rpc, cid, blob)
         return BlockRef(index, cid, len(data), len(blob))
 
     async def read_chunk(self, chunk_id: bytes) -> bytes:
@@ -331,7 +340,7 @@ class Client:
         if self.chunkio is not None:
             plain_bytes: bytes = await self.chunkio.get_plain(chunk_id, self._decode)
             return plain_bytes
-        blob = await self.rpc.call("chunk.get", chunk_id)
+        blob = await endpoints.CHUNK_GET.call(self.rpc, chunk_id)
         plain: bytes = await trio.to_thread.run_sync(codec.decode, blob, limiter=self._codec_limiter)
         return plain
 
@@ -356,7 +365,7 @@ def _local_chunk_dir(info: ClusterInfo) -> str | None:
 
 
 async def fetch_info(conn: rpc.RpcClient) -> ClusterInfo:
-    raw = await conn.call("sys.info")
+    raw = await endpoints.SYS_INFO.call(conn)
     return ClusterInfo(
         node_id=raw["node_id"],
         block_size=raw["block_size"],
@@ -387,7 +396,7 @@ async def open_chunkio(
         source = views or conn
 
         async def fetch_view() -> ClusterView:
-            raw = await source.call("sys.cluster")
+            raw = await endpoints.SYS_CLUSTER.call(source)
             previous = holder[0].table if holder else None
             view = await trio.to_thread.run_sync(view_from_wire, raw, info.node_id, previous)
             holder[:] = [view]

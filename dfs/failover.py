@@ -18,33 +18,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from dfs import endpoints
 from dfs.chunkio import Caller
 from dfs.rpc import ConnectFailed, NoReply
 
 log = logging.getLogger("dfs.failover")
 
-# Calls with no effect beyond their answer: safe to repeat on another daemon after a lost reply.
-READ_ONLY = frozenset(
-    {
-        "meta.lookup",
-        "meta.lookup_versioned",
-        "meta.getattr",
-        "meta.readlink",
-        "meta.readdir",
-        "meta.read_map",
-        "meta.policy",
-        "meta.getxattr",
-        "meta.listxattr",
-        "meta.resolve",
-        "meta.list_dir",
-        "meta.session_heartbeat",
-        "ns.changes",
-        "sys.statfs",
-        "sys.cluster",
-        "sys.info",
-        "sys.ping",
-    }
-)
+# Calls safe to repeat on another daemon after a lost reply: those that only read, and those
+# whose repetition changes nothing more (declared in dfs/endpoints.py).
+READ_ONLY = frozenset(name for name, ep in endpoints.ALL.items() if ep.repeatable)
 
 
 class FailoverCaller:

@@ -54,7 +54,11 @@ _VALUE_OPTIONS = {
 
 
 class UsageError(Exception):
-    pass
+    """mount.dfs was called wrongly (source, options, mount point).
+
+    Not a :class:`dfs.errors.DfsError`: it never leaves this process (no RPC, no FUSE
+    reply), and mount.dfs reports it as a mount(8) helper reports any failure: one
+    line on stderr and a small status, not the dfs CLI's exit codes."""
 
 
 @dataclass

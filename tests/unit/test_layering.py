@@ -25,6 +25,7 @@ PURE = {
     "dfs.checksums",
     "dfs.codec",
     "dfs.config",
+    "dfs.endpoints",
     "dfs.errors",
     "dfs.meta",
     "dfs.placement",
