@@ -1,6 +1,6 @@
-"""The daemon's side of change notices (:mod:`dfs.changes`): a thin trio adapter.
+"""The daemon's side of change notices (:mod:`dfs.core.changes`): a thin trio adapter.
 
-``record`` + ``settle`` run after each metadata change (Service._m on the
+``record`` + ``settle`` run after each metadata change (MetaCalls.run on the
 primary, the forwarders on a secondary); ``poll`` serves ``ns.changes``.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from dfs.changes import Answer, Change, ChangeLog
-from dfs.errors import InvalidArgument
+from dfs.core.changes import Answer, Change, ChangeLog
+from dfs.core.errors import InvalidArgument
 
 log = logging.getLogger("dfs.daemon")
 

@@ -6,7 +6,7 @@ in-memory state (chunk count, bytes, cached free space, partition index).
 
 Layout under ``root``::
 
-    chunks/ab/cd/<64 hex chars>   one encoded chunk (see dfs.codec), named by its id
+    chunks/ab/cd/<64 hex chars>   one encoded chunk (see dfs.core.codec), named by its id
     chunks/tmp/                   temp files being written; emptied at start-up
     chunks/bad/<hex>.<time_ns>    quarantined (corrupt) chunks, kept for the operator;
                                   never served, counted, indexed or cleaned up by us
@@ -16,7 +16,7 @@ never be taken for chunk directories by the start-up scan or :meth:`ChunkStore.i
 
 Invariants:
 - a file under ``chunks/ab/cd/`` is always a complete blob that passed
-  :func:`dfs.codec.verify` when written: it is written (and fsynced, unless
+  :func:`dfs.core.codec.verify` when written: it is written (and fsynced, unless
   ``fsync=False``) under ``tmp/``, then hard-linked into place, so readers
   never see a partial chunk, also not after a crash or ENOSPC;
 - publishing uses ``link(2)``, which fails if the name exists, so concurrent
@@ -26,7 +26,7 @@ Invariants:
   under a per-id stripe lock;
 - :meth:`ChunkStore.get` never returns bytes that fail verification;
 - one ChunkStore per root at a time: start-up removes everything in ``tmp/``;
-- the partition index (partition -> ids, see :func:`dfs.placement.partition_of`)
+- the partition index (partition -> ids, see :func:`dfs.core.placement.partition_of`)
   lists exactly the chunk files on disk once no put, delete or quarantine is
   in flight.  It is built by the start-up scan and then only adjusted by the
   operations that created or removed a file, by +1/-1 per id under the small
@@ -54,9 +54,9 @@ from pathlib import Path
 
 import xxhash
 
-from dfs.codec import ID_SIZE, chunk_relpath, verify
-from dfs.errors import ChunkMissing, CorruptChunk, DfsError, InvalidArgument, NoSpace, from_oserror
-from dfs.placement import PARTITIONS, partition_of
+from dfs.core.codec import ID_SIZE, chunk_relpath, verify
+from dfs.core.errors import ChunkMissing, CorruptChunk, DfsError, InvalidArgument, NoSpace, from_oserror
+from dfs.core.placement import PARTITIONS, partition_of
 
 log = logging.getLogger("dfs.chunks")
 

@@ -67,8 +67,8 @@ from typing import Any, cast
 import h11
 import trio
 
-from dfs.errors import ConfigError
-from dfs.rpc import open_listeners, parse_address
+from dfs.core.errors import ConfigError
+from dfs.net.rpc import open_listeners, parse_address
 
 __all__ = [
     "BodyError",
@@ -116,7 +116,7 @@ class BodyError(Exception):
     """The request body could not be read: 400 (truncated or malformed), 408 (the
     client stopped sending for ``body_timeout_s``) or 413 (over the limit).
 
-    Not a :class:`dfs.errors.DfsError`, on purpose: it is a condition of one HTTP
+    Not a :class:`dfs.core.errors.DfsError`, on purpose: it is a condition of one HTTP
     exchange, raised and answered within this server and its two handlers (S3 and
     admin), whose status depends on how the body failed; it has no errno and no
     meaning on the RPC wire, the mount or the CLI, so it has no row in the error

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from dfs.config import LogConfig
+from dfs.core.config import LogConfig
 
 
 class _Formatter(logging.Formatter):

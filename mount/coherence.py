@@ -1,4 +1,4 @@
-"""Apply the daemon's change notices (dfs/changes.py) to this mount's caches.
+"""Apply the daemon's change notices (dfs/core/changes.py) to this mount's caches.
 
 One task in the mount's nursery long-polls ``ns.changes`` and, for each
 change made elsewhere (S3, the admin API, another mount of the daemon), drops
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from dfs.changes import ALL, ATTR, DATA, ENTRY, NEW, Change
-from dfs.errors import DfsError, UnknownMethod
-from dfs.meta import ROOT_INO
+from dfs.core.changes import ALL, ATTR, DATA, ENTRY, NEW, Change
+from dfs.core.errors import DfsError, UnknownMethod
+from dfs.core.namespace import ROOT_INO
 from mount.fs import Operations
 
 log = logging.getLogger("dfs.mount")

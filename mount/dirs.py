@@ -27,8 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from dfs.client import DirStamp
-from dfs.meta import Attr
+from dfs.client.cluster import DirStamp
+from dfs.core.namespace import Attr
 
 
 @dataclass

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from dfs.chunkio import Policy
-from dfs.client import Client
-from dfs.errors import ChunkMissing, DfsError, InternalError
-from dfs.meta import Attr, BlockRef, FileMap, chown_clears
+from dfs.client.cluster import Client
+from dfs.core.errors import ChunkMissing, DfsError, InternalError
+from dfs.core.namespace import Attr, BlockRef, FileMap, chown_clears
+from dfs.core.replicas import Policy
 
 log = logging.getLogger("dfs.mount")
 _PREFETCH_BLOCKS = 4

@@ -35,10 +35,10 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from dfs.client import Client
-from dfs.config import MountConfig
-from dfs.errors import DfsError, Exists, NoAttribute
-from dfs.meta import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap
+from dfs.client.cluster import Client
+from dfs.core.config import MountConfig
+from dfs.core.errors import DfsError, Exists, NoAttribute
+from dfs.core.namespace import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap
 from mount.dirs import CompleteDirs
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
@@ -108,7 +108,7 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     # The kernel enforces POSIX ACLs and caches them per inode; the daemon stores them
-    # and keeps each inode's mode and ACL in step (dfs/acl.py).
+    # and keeps each inode's mode and ACL in step (dfs/core/acl.py).
     enable_acl = True
 
     def __init__(self, client: Client, cfg: MountConfig, *, root_ino: int = ROOT_INO) -> None:
@@ -406,8 +406,15 @@ class Operations(pyfuse3.Operations):
         await self.client.sync()
 
     # -- files ------------------------------------------------------------------------
-    def _open_file(self, fmap: FileMap) -> tuple[OpenFile, bool]:
+    def _asked(self, ino: int) -> tuple[OpenFile, Attr] | None:
+        """What this mount holds for ``ino`` as it asks the daemon for its map (see _open_file)."""
+        f = self.files.get(ino)
+        return None if f is None else (f, f.attr)
+
+    def _open_file(self, fmap: FileMap, asked: tuple[OpenFile, Attr] | None) -> tuple[OpenFile, bool]:
         """The inode's OpenFile (created on first open) and whether page cache may be kept.
+
+        ``asked``: :meth:`_asked` just before the daemon was asked for ``fmap``.
 
         Synchronous on purpose: the lookup and the insert must not be split by
         an await, or two concurrent opens would create two OpenFiles whose
@@ -416,6 +423,16 @@ class Operations(pyfuse3.Operations):
         attr = fmap.attr
         ino = attr.ino
         f = self.files.get(ino)
+        if f is not None and (asked is None or asked[0] is not f or asked[1] != f.attr):
+            # The file changed here while the daemon answered, typically a commit through
+            # another handle that the daemon applied just after answering us and whose reply
+            # trio resumed first (tasks woken together run in either order).  ``fmap`` may
+            # then be older than what this mount holds and has in page cache: adopting it
+            # rolled the file back a commit, and the next writes were built on the old
+            # blocks (issue 13: sqlite databases corrupted under a concurrent reader).
+            # This open takes effect before that change instead.
+            f.handles += 1
+            return f, True
         keep = self.seen.get(ino) == (attr.size, attr.mtime_ns)
         if f is None:
             f = OpenFile(
@@ -445,19 +462,23 @@ class Operations(pyfuse3.Operations):
             # A read-only open needs fresh attributes and the block map (one cheap read);
             # its registration (which keeps the file alive if unlinked, and relatime)
             # follows in the next batch of open events.
+            asked = self._asked(ino)
             fmap = await self.client.read_map(ino)
-            reader, keep = self._open_file(fmap)
+            reader, keep = self._open_file(fmap, asked)
             self._queue_open_event("open", ino)
             return pyfuse3.FileInfo(fh=self._register(ino, reader), keep_cache=keep)
         current = self.files.get(ino)
         if truncate and current is not None:
             await current.commit(self._bg)
+        asked = self._asked(ino)
         fmap = await self.client.open(
             ino, self.session, truncate=truncate, read=(flags & os.O_ACCMODE) != os.O_WRONLY
         )
         if truncate and current is not None:
             current.refresh(fmap)
-        f, keep = self._open_file(fmap)
+        if truncate:
+            asked = self._asked(ino)  # the truncation is this open's own change: adopt it
+        f, keep = self._open_file(fmap, asked)
         return pyfuse3.FileInfo(fh=self._register(ino, f), keep_cache=keep)
 
     @_handler
@@ -478,7 +499,7 @@ class Operations(pyfuse3.Operations):
         # A new file has no xattrs: spare the capability probe before its first write.
         self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
         self.parents[attr.ino] = parent
-        f, _ = self._open_file(FileMap(attr, None, []))
+        f, _ = self._open_file(FileMap(attr, None, []), None)
         f.fresh = True
         self._looked_up(attr.ino, parent)
         fh = self._register(attr.ino, f)
@@ -490,14 +511,17 @@ class Operations(pyfuse3.Operations):
         attr = await self.client.lookup(parent, name)
         if attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        asked = self._asked(attr.ino)
         fmap = await self.client.open(
             attr.ino,
             self.session,
             truncate=bool(flags & os.O_TRUNC),
             read=(flags & os.O_ACCMODE) != os.O_WRONLY,
         )
+        if flags & os.O_TRUNC:
+            asked = self._asked(attr.ino)  # the truncation is this open's own change: adopt it
         self.parents[attr.ino] = parent
-        f, keep = self._open_file(fmap)
+        f, keep = self._open_file(fmap, asked)
         self._looked_up(attr.ino, parent)
         fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._entry(fmap.attr)

@@ -24,15 +24,15 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from dfs import config as config_mod
 from dfs import logs
-from dfs.certs import client_context_for
-from dfs.client import DEFAULT_PORT, Client, ClusterInfo, fetch_info, open_chunkio
-from dfs.config import Config
-from dfs.errors import DfsError, NotADirectory, Unavailable
-from dfs.failover import FailoverCaller
-from dfs.meta import ROOT_INO
-from dfs.rpc import RpcClient, open_client
+from dfs.client.cluster import DEFAULT_PORT, Client, ClusterInfo, fetch_info, open_chunkio
+from dfs.core import config as config_mod
+from dfs.core.config import Config
+from dfs.core.errors import DfsError, NotADirectory, Unavailable
+from dfs.core.namespace import ROOT_INO
+from dfs.net.certs import client_context_for
+from dfs.net.failover import FailoverCaller
+from dfs.net.rpc import RpcClient, open_client
 from mount.coherence import Coherence
 from mount.fs import Operations, set_op_observer
 from mount.metrics import MountMetrics, serve_mount_metrics
@@ -56,7 +56,7 @@ _VALUE_OPTIONS = {
 class UsageError(Exception):
     """mount.dfs was called wrongly (source, options, mount point).
 
-    Not a :class:`dfs.errors.DfsError`: it never leaves this process (no RPC, no FUSE
+    Not a :class:`dfs.core.errors.DfsError`: it never leaves this process (no RPC, no FUSE
     reply), and mount.dfs reports it as a mount(8) helper reports any failure: one
     line on stderr and a small status, not the dfs CLI's exit codes."""
 

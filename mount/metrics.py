@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 
-from dfs.metrics import LATENCY_BUCKETS
+from dfs.core.metrics import LATENCY_BUCKETS
 
 
 class MountMetrics:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from dfs import rpc
-from dfs.placement import Layout, PlacementTable, partition_of
+from dfs.core.placement import Layout, PlacementTable, partition_of
+from dfs.net import rpc
 from tests.cluster.test_replication import copies, loopback_cluster
 from tests.conftest import Daemon, Mount, needs_fuse, wait_for
 

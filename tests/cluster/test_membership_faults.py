@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import trio
 
-from daemon.membership import Membership
-from dfs import config
+from daemon.cluster.membership import Membership
+from dfs.core import config
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dfs.cli import is_dead_mount
+from dfs.cli.updown import is_dead_mount
 from tests.conftest import BIN, free_port, is_mounted, needs_fuse, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.fuse]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from dfs import rpc
-from dfs.errors import CorruptChunk
+from dfs.core.errors import CorruptChunk
+from dfs.net import rpc
 from tests.conftest import Daemon, Mount, needs_fuse, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
@@ -603,7 +603,7 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dfs_up_and_down(tmp_path: Path) -> None:
-    from dfs.cli import is_dead_mount
+    from dfs.cli.updown import is_dead_mount
     from tests.conftest import BIN, free_port
 
     env = dict(os.environ)

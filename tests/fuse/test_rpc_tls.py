@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dfs import rpc
+from dfs.net import rpc
 from tests.conftest import BIN, Daemon, Mount, free_port, needs_fuse
 
 pytestmark = [needs_fuse, pytest.mark.fuse]

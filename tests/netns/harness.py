@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tests.conftest import BIN, is_mounted, wait_for
+from dfs.bench.harness import BIN, is_mounted, wait_for
 
 T = TypeVar("T")
 

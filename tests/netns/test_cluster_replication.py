@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from dfs.placement import Layout, PlacementTable
+from dfs.core.placement import Layout, PlacementTable
 from tests.netns.harness import Net, NsDaemon, NsMount, start_cluster, wait_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -55,7 +55,7 @@ def data_path(daemon: Daemon) -> Path:
 
 def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     """A throw-away cluster CA and a certificate for 127.0.0.1/localhost: (ca, cert, key) paths."""
-    from dfs import certs
+    from dfs.net import certs
 
     certs.init_cluster(directory / "ca", "s3-tests")
     cert, key, ca = certs.issue_files(

@@ -2,7 +2,7 @@
 
 The mounts keep the default entry/attribute timeouts (1 s), and every check
 runs right after the change returned, with no wait: without change notices
-(dfs/changes.py) the kernel and the mount would answer from their caches.
+(dfs/core/changes.py) the kernel and the mount would answer from their caches.
 """
 
 from __future__ import annotations

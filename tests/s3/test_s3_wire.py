@@ -70,7 +70,7 @@ def signed_streaming_put(
     daemon: Daemon, path: str, data: bytes, *, tamper: bool = False
 ) -> tuple[int, bytes]:
     """A PUT as minio-go (restic) sends it over plain HTTP: STREAMING-AWS4-HMAC-SHA256-PAYLOAD."""
-    from dfs.sigv4 import signing_key
+    from dfs.core.sigv4 import signing_key
 
     pieces = [data[i : i + 65536] for i in range(0, len(data), 65536)] + [b""]
     framed_len = sum(len(f"{len(p):x};chunk-signature=") + 64 + 2 + len(p) + 2 for p in pieces)
@@ -183,7 +183,7 @@ def test_failed_big_upload_leaves_no_orphans_after_sweep(s3d: Daemon, s3: Any) -
     # commit would have: durably, and never referenced.
     import trio
 
-    from dfs.client import connect
+    from dfs.client.cluster import connect
 
     async def store_uncommitted() -> None:
         async with connect(s3d.address) as client:
@@ -359,9 +359,9 @@ def test_corrupt_chunk_fails_the_download_not_the_daemon(tmp_path: Any) -> None:
         s3.put_object(Bucket="rot", Key="first", Body=os.urandom(5 * 1024 * 1024))
         import trio
 
-        from dfs import codec
-        from dfs.client import connect
-        from dfs.meta import ROOT_INO
+        from dfs.client.cluster import connect
+        from dfs.core import codec
+        from dfs.core.namespace import ROOT_INO
 
         async def chunk_path(key: str, index: int) -> Any:
             async with connect(d.address) as client:

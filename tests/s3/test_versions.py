@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from daemon.s3 import _version_error
+from daemon.s3.tree import version_error as _version_error
 from tests.conftest import Daemon
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"

@@ -1,4 +1,4 @@
-"""dfs/acl.py: the ACL xattr format and the rules that tie an ACL to the mode (as ext4 applies them)."""
+"""dfs/core/acl.py: the ACL xattr format and the rules that tie an ACL to the mode (as ext4 applies them)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfs import acl
-from dfs.acl import GROUP, GROUP_OBJ, MASK, OTHER, UNDEFINED_ID, USER, USER_OBJ, Entry
-from dfs.errors import InvalidArgument
+from dfs.core import acl
+from dfs.core.acl import GROUP, GROUP_OBJ, MASK, OTHER, UNDEFINED_ID, USER, USER_OBJ, Entry
+from dfs.core.errors import InvalidArgument
 
 U = UNDEFINED_ID
 

@@ -1,10 +1,10 @@
-"""The admin REST API (daemon/admin.py) against a real Service over real HTTP.
+"""The admin REST API (daemon/admin/api.py) against a real Service over real HTTP.
 
 Each test starts a Service on a temp data dir, the metrics background task
 and an HttpServer serving AdminApi on a loopback port, and talks to it with
 ``http.client`` in a worker thread.  Every response is checked against the
 OpenAPI document the daemon itself serves (``/storage/openapi.json``), with a
-small JSON-schema validator for the subset daemon/openapi.py uses, so the
+small JSON-schema validator for the subset daemon/admin/openapi.py uses, so the
 document cannot drift from the implementation.
 """
 
@@ -26,19 +26,20 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from daemon.admin import MAX_BODY_BYTES, AdminApi, error_response, load_or_create_token
-from daemon.http import HttpServer, open_http_listeners
-from daemon.metrics import (
+from daemon.admin.metrics import (
     Metrics,
     instrument_handlers,
     instrument_inline,
     render,
 )
-from daemon.openapi import OPENAPI
+from daemon.admin.openapi import OPENAPI
+from daemon.http import HttpServer, open_http_listeners
 from daemon.service import Service
-from dfs import __version__, rpc
-from dfs import config as config_mod
-from dfs.errors import ConfigError, InvalidArgument, NotFound
-from dfs.meta import ROOT_INO
+from dfs import __version__
+from dfs.core import config as config_mod
+from dfs.core.errors import ConfigError, InvalidArgument, NotFound
+from dfs.core.namespace import ROOT_INO
+from dfs.net import rpc
 from mount.metrics import MountMetrics, serve_mount_metrics
 from tests.conftest import http_call
 
@@ -46,7 +47,7 @@ TOKEN = "test-token-0123456789abcdef"
 S3_SECRET = "s3cr3t-value-never-shown"
 HAVE_PROC = os.path.exists("/proc/self/stat")  # ProcessCollector exports nothing without /proc
 
-# -- a JSON-schema validator for the subset daemon/openapi.py uses ----------------------------
+# -- a JSON-schema validator for the subset daemon/admin/openapi.py uses ----------------------
 
 _ANNOTATIONS = {"description", "default", "title", "example", "examples", "deprecated", "readOnly"}
 _DATE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")

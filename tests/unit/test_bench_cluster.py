@@ -8,8 +8,9 @@ from pathlib import Path
 
 import xxhash
 
-from dfs import bench_cluster as bc
-from dfs import config as config_mod
+from dfs.bench import cluster as bc
+from dfs.bench import harness
+from dfs.core import config as config_mod
 
 KiB = 1024
 
@@ -89,9 +90,9 @@ def test_chunk_files_skip_tmp_and_bad(tmp_path: Path) -> None:
 
 
 def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
-    ports = bc.free_ports(8, random.Random(1))
+    ports = harness.free_ports(8, random.Random(1))
     assert len(set(ports)) == 8
-    assert all(10000 <= p < max(bc._ephemeral_low(), 12000) for p in ports)
+    assert all(10000 <= p < max(harness._ephemeral_low(), 12000) for p in ports)
 
 
 def test_table_shows_every_row_and_the_repair() -> None:

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dfs import certs
-from dfs.errors import ConfigError, Unavailable
-from dfs.rpc import RpcServer, open_client, open_listeners
+from dfs.core.errors import ConfigError, Unavailable
+from dfs.net import certs
+from dfs.net.rpc import RpcServer, open_client, open_listeners
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -521,7 +521,7 @@ async def test_client_cert_cannot_serve(pki: Pki) -> None:
     assert "unsuitable certificate purpose" in _cause(got.client_error)
 
 
-# ----------------------------------------------------------------------------- through dfs.rpc
+# ----------------------------------------------------------------------------- through dfs.net.rpc
 
 
 async def test_rpc_over_mutual_tls(pki: Pki) -> None:

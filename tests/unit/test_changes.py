@@ -1,4 +1,4 @@
-"""Change notices: the ring and its cursors (dfs/changes.py), the daemon's long poll and
+"""Change notices: the ring and its cursors (dfs/core/changes.py), the daemon's long poll and
 acknowledgement waits (daemon/changefeed.py), and how a mount applies them (mount/coherence.py)."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import trio
 import trio.testing
 
 from daemon.changefeed import ChangeFeed
-from daemon.service import _META_METHODS
-from dfs import rpc
-from dfs.changes import ALL, ATTR, DATA, ENTRY, NEW, Change, ChangeLog, changes_of, is_known
-from dfs.client import Client, ClusterInfo
-from dfs.config import MountConfig
-from dfs.errors import NotFound, Unavailable
-from dfs.meta import ROOT_INO, Attr
+from daemon.service.handlers import NOTICED_METHODS as _META_METHODS
+from dfs.client.cluster import Client, ClusterInfo
+from dfs.core.changes import ALL, ATTR, DATA, ENTRY, NEW, Change, ChangeLog, changes_of, is_known
+from dfs.core.config import MountConfig
+from dfs.core.errors import NotFound, Unavailable
+from dfs.core.namespace import ROOT_INO, Attr
+from dfs.net import rpc
 from mount.coherence import Coherence, KernelOp, blocks, kernel_ops
 from mount.fs import Operations
 
@@ -170,9 +170,10 @@ def test_changes_of(op: str, args: list[Any], expected: list[Change]) -> None:
 
 
 def test_every_logged_and_forwarded_operation_is_classified() -> None:
-    """A new oplog operation or metadata call must say what it changes in dfs/changes.py
+    """A new oplog operation or metadata call must say what it changes in dfs/core/changes.py
     (unclassified, it would make every mount drop all its caches each time)."""
-    source = (Path(__file__).parents[2] / "daemon" / "metadata.py").read_text()
+    package = Path(__file__).parents[2] / "daemon" / "meta"
+    source = "".join(p.read_text() for p in sorted(package.glob("*.py")))
     logged = set(re.findall(r'self\._log\(\s*now,\s*"(\w+)"', source))
     assert {"mkdir", "put_object", "fsck_repair", "s3_key_put"} <= logged  # the pattern still finds them
     forwarded = {m.removeprefix("meta.") for m in _META_METHODS}

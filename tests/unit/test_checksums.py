@@ -1,4 +1,5 @@
-"""dfs.checksums: known vectors, agreement with botocore's own implementations, incremental == one-shot."""
+"""dfs.core.checksums: known vectors, agreement with botocore's own implementations,
+incremental == one-shot."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from botocore import httpchecksum
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfs.checksums import (
+from dfs.core.checksums import (
     ALGORITHMS,
     DIGEST_SIZE,
     Checksum,
@@ -21,7 +22,7 @@ from dfs.checksums import (
     normalize,
     parse_b64,
 )
-from dfs.errors import S3Error
+from dfs.core.errors import S3Error
 
 # The catalogue "check" values (CRC of b"123456789") pin the exact CRC variant,
 # independently of awscrt.

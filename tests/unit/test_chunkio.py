@@ -1,5 +1,6 @@
-"""The pure rules of replicated chunk I/O (dfs/chunkio.py) and the daemon's deletion log
-and controller rule (daemon/cluster.py), plus ChunkIO's acknowledgement rule over fake nodes."""
+"""The pure rules of replicated chunk I/O (dfs/core/replicas.py, dfs/client/chunks.py) and the
+daemon's deletion log and controller rule (daemon/cluster/deletions.py, daemon/cluster/controller.py),
+plus ChunkIO's acknowledgement rule over fake nodes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.cluster import DeletionLog, dead_past_grace
-from dfs.chunkio import ChunkIO, ClusterView, Member, Policy, copies_needed, read_order, write_targets
-from dfs.errors import ChunkMissing, CorruptChunk, Unavailable
-from dfs.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
+from daemon.cluster.controller import dead_past_grace
+from daemon.cluster.deletions import DeletionLog
+from dfs.client.chunks import ChunkIO
+from dfs.core.errors import ChunkMissing, CorruptChunk, Unavailable
+from dfs.core.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
+from dfs.core.replicas import ClusterView, Member, Policy, copies_needed, read_order, write_targets
 
 
 def layout(n: int, zones: int = 3, out: tuple[str, ...] = ()) -> Layout:

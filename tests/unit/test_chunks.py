@@ -16,9 +16,9 @@ import pytest
 import xxhash
 
 from daemon.chunks import ChunkStore, ids_digest
-from dfs import codec
-from dfs.errors import ChunkMissing, CorruptChunk, InvalidArgument, NoSpace
-from dfs.placement import PARTITIONS, partition_of
+from dfs.core import codec
+from dfs.core.errors import ChunkMissing, CorruptChunk, InvalidArgument, NoSpace
+from dfs.core.placement import PARTITIONS, partition_of
 
 KEY = b"k" * 32
 T = TypeVar("T")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 
-from dfs.cli import Endpoint
+from dfs.cli.connect import Endpoint
 
 
 def test_peers_get_the_tls_context_even_from_a_unix_socket_endpoint() -> None:

@@ -1,5 +1,5 @@
 """An error a daemon answers reaches a `dfs` user as one line, `dfs: <what failed>: <why>`, with
-the exit code of the error table (dfs/errors.py); --debug or DFS_DEBUG=1 shows the traceback."""
+the exit code of the error table (dfs/core/errors.py); --debug or DFS_DEBUG=1 shows the traceback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from dfs.errors import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
+from dfs.core.errors import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
 from tests.conftest import Daemon
 
 
@@ -42,7 +42,7 @@ def test_no_daemon_is_one_line(daemon: Daemon) -> None:
 
 def test_debug_shows_the_traceback(daemon: Daemon) -> None:
     res = daemon.cli("--debug", "node", "remove", "no-such-node", check=False)
-    assert "Traceback" in res.stderr and "dfs.errors.NotFound: no node 'no-such-node'" in res.stderr
+    assert "Traceback" in res.stderr and "dfs.core.errors.NotFound: no node 'no-such-node'" in res.stderr
     assert res.returncode == EX_NOINPUT, "the same exit code as without --debug"
 
 

@@ -1,4 +1,4 @@
-"""dfs.codec: round trips, the compression decision, encryption, and corruption detection."""
+"""dfs.core.codec: round trips, the compression decision, encryption, and corruption detection."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs import codec
-from dfs.codec import (
+from dfs.core import codec
+from dfs.core.codec import (
     CODEC_RAW,
     CODEC_ZSTD,
     FORMAT_VERSION,
@@ -27,7 +27,7 @@ from dfs.codec import (
     header_info,
     verify,
 )
-from dfs.errors import CorruptChunk, InvalidArgument
+from dfs.core.errors import CorruptChunk, InvalidArgument
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

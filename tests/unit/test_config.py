@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dfs import config
-from dfs.errors import ConfigError
+from dfs.core import config
+from dfs.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "dfs.conf.example"
 

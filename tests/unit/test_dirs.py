@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dfs.client import DirStamp
-from dfs.meta import Attr
+from dfs.client.cluster import DirStamp
+from dfs.core.namespace import Attr
 from mount.dirs import CompleteDirs
 
 

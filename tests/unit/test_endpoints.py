@@ -1,4 +1,4 @@
-"""The endpoint registry (dfs/endpoints.py) and everything that must agree with it.
+"""The endpoint registry (dfs/core/endpoints.py) and everything that must agree with it.
 
 - A daemon's handler tables (a primary's and a secondary's) serve exactly the declared
   endpoints, each in the place its declaration says (inline, in a task, in-process only).
@@ -18,18 +18,18 @@ from typing import Any
 
 import pytest
 
-from daemon.metrics import Metrics, instrument_handlers
+from daemon.admin.metrics import Metrics, instrument_handlers
 from daemon.service import Service
-from dfs import config as config_mod
-from dfs import endpoints
-from dfs.changes import is_known
-from dfs.endpoints import ALL, Endpoint, Site
-from dfs.failover import READ_ONLY
-from dfs.meta import ROOT_INO
+from dfs.core import config as config_mod
+from dfs.core import endpoints
+from dfs.core.changes import is_known
+from dfs.core.endpoints import ALL, Endpoint, Site
+from dfs.core.namespace import ROOT_INO
+from dfs.net.failover import READ_ONLY
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = ("dfs", "daemon", "mount")
-REGISTRY_FILE = ROOT / "dfs" / "endpoints.py"
+REGISTRY_FILE = ROOT / "dfs" / "core" / "endpoints.py"
 GROUPS = {name.split(".", 1)[0] for name in ALL}
 METHOD_NAME = re.compile(r"^([a-z0-9]+)\.[a-z0-9_]+$")
 # Functions whose positional arguments include a method name (transports and their wrappers).
@@ -74,7 +74,7 @@ def test_declarations_are_consistent() -> None:
             assert ep.read_only and ep.site is not Site.NODE, name
         if ep.notices:  # a secondary's forwarder derives notices from the op name and args
             assert ep.site is Site.PRIMARY and not ep.inline and name.startswith("meta."), name
-            assert is_known(name.removeprefix("meta.")), f"dfs/changes.py does not classify {name}"
+            assert is_known(name.removeprefix("meta.")), f"dfs/core/changes.py does not classify {name}"
         if ep.stamps:
             assert ep.notices, name
         assert not (ep.read_only and ep.stamps), name
@@ -105,7 +105,7 @@ async def test_call_checks_arity_and_sends_the_name() -> None:
 
 def test_declared_names_the_registry_when_it_misses() -> None:
     assert endpoints.declared("sys.ping") is endpoints.SYS_PING
-    with pytest.raises(KeyError, match="not declared in dfs/endpoints.py"):
+    with pytest.raises(KeyError, match="not declared in dfs/core/endpoints.py"):
         endpoints.declared("sys.pong")
 
 
@@ -133,7 +133,7 @@ def test_a_secondary_forwards_what_the_primary_answers(secondary: Service) -> No
     assert secondary.inline_handlers() == {}
     assert set(secondary.local_inline_handlers()) == names(lambda ep: ep.site is Site.LOCAL)
     for name in names(lambda ep: ep.site is Site.PRIMARY):
-        assert secondary.handlers[name].__name__ == name  # a forwarder (see Service._forwarder)
+        assert secondary.handlers[name].__name__ == name  # a forwarder (see HandlerTable._forwarder)
     for name in names(lambda ep: ep.site is Site.NODE):
         assert secondary.handlers[name].__name__ != name  # answered here
 
@@ -216,7 +216,7 @@ def test_production_code_names_methods_only_through_the_registry() -> None:
         found += [f"{rel}:{line}: {value!r}" for line, value in _method_strings(path)]
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Constant) and node.value in ALL:
-                found.append(f"{rel}:{node.lineno}: {node.value!r} (use dfs.endpoints)")
+                found.append(f"{rel}:{node.lineno}: {node.value!r} (use dfs.core.endpoints)")
     assert sorted(set(found)) == []
 
 

@@ -1,4 +1,4 @@
-"""The one error table (dfs/errors.py): every error class has a complete row, every row a class,
+"""The one error table (dfs/core/errors.py): every error class has a complete row, every row a class,
 and the S3 shim, the admin API and the CLI answer from it."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import daemon
 import dfs
 import mount
-from dfs import errors
-from dfs.errors import (
+from dfs.core import errors
+from dfs.core.errors import (
     TABLE,
     ConfigError,
     DfsError,
@@ -91,7 +91,7 @@ def test_the_admin_api_reads_the_table() -> None:
 
 
 def test_the_cli_reads_the_table() -> None:
-    from dfs.rpc import ConnectFailed
+    from dfs.net.rpc import ConnectFailed
 
     assert exit_code(NotFound("n")) == errors.EX_NOINPUT == 66
     assert exit_code(ConnectFailed("refused")) == exit_code(Unavailable("u")) == errors.EX_UNAVAILABLE == 69
@@ -99,7 +99,9 @@ def test_the_cli_reads_the_table() -> None:
     assert exit_code(DfsError("bare")) == errors.EX_SOFTWARE
 
 
-@pytest.mark.parametrize("cls", [c for c in CLASSES if c.__module__ == "dfs.errors" and c is not S3Error])
+@pytest.mark.parametrize(
+    "cls", [c for c in CLASSES if c.__module__ == "dfs.core.errors" and c is not S3Error]
+)
 def test_the_wire_keeps_class_and_errno(cls: type[DfsError]) -> None:
     back = from_wire(cls("m").to_wire())
     sent_as = InternalError if cls is DfsError else cls  # the base travels under InternalError's code

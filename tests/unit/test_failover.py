@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from dfs.errors import Unavailable
-from dfs.failover import FailoverCaller
-from dfs.rpc import ConnectFailed, NoReply
+from dfs.core.errors import Unavailable
+from dfs.net.failover import FailoverCaller
+from dfs.net.rpc import ConnectFailed, NoReply
 
 
 class Fake:

@@ -1,4 +1,4 @@
-"""Pure tests of the SWIM + Lifeguard state machine in dfs.gossip (no sockets, no clock).
+"""Pure tests of the SWIM + Lifeguard state machine in dfs.core.gossip (no sockets, no clock).
 
 Single-node tests feed hand-built messages to one :class:`Gossip` and read what it sends.  Cluster
 tests run N instances in :class:`Sim`: a fake clock that jumps from one deadline to the next, and
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs.errors import ConfigError, InvalidArgument
-from dfs.gossip import (
+from dfs.core.errors import ConfigError, InvalidArgument
+from dfs.core.gossip import (
     Ack,
     Alive,
     Dead,
@@ -43,10 +43,10 @@ from dfs.gossip import (
     encode_message,
     encode_push_pull,
 )
-from dfs.gossip.awareness import Awareness
-from dfs.gossip.broadcast import BroadcastQueue
-from dfs.gossip.member import MemberEvent
-from dfs.gossip.suspicion import Suspicion, suspicion_timeout_s
+from dfs.core.gossip.awareness import Awareness
+from dfs.core.gossip.broadcast import BroadcastQueue
+from dfs.core.gossip.member import MemberEvent
+from dfs.core.gossip.suspicion import Suspicion, suspicion_timeout_s
 
 CFG = GossipConfig.fast_test()
 

@@ -1,4 +1,4 @@
-"""daemon.hints.HintQueue: order, dedup, durability across reopen, threads, settings."""
+"""daemon.cluster.hints.HintQueue: order, dedup, durability across reopen, threads, settings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.hints import HintQueue
-from dfs.errors import InternalError, InvalidArgument
+from daemon.cluster.hints import HintQueue
+from dfs.core.errors import InternalError, InvalidArgument
 
 
 def cid(n: int) -> bytes:

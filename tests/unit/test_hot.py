@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from daemon.hot import MAX_ADVERTISED, HotChunks, Pins, ReadRates, _Promotion
-from dfs import config
-from dfs.chunkio import HOT_PREFIX_BYTES, ClusterView, Member, hot_targets, read_order, view_from_wire
-from dfs.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
+from daemon.cluster.hot import MAX_ADVERTISED, HotChunks, Pins, ReadRates, _Promotion
+from dfs.core import config
+from dfs.core.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
+from dfs.core.replicas import HOT_PREFIX_BYTES, ClusterView, Member, hot_targets, read_order, view_from_wire
 
 
 class Clock:

@@ -30,7 +30,7 @@ import pytest
 import trio
 
 from daemon.http import BodyError, HttpServer, Request, Response, open_http_listeners
-from dfs.errors import ConfigError
+from dfs.core.errors import ConfigError
 
 TIMEOUT_S = 5.0
 

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dfs import cli, liveness
-from dfs import config as config_mod
-from dfs.config import Config
-from dfs.liveness import Found, Proc, Sock, Step
+from dfs.cli import liveness, updown
+from dfs.cli.app import CliError
+from dfs.cli.connect import Endpoint
+from dfs.cli.liveness import Found, Proc, Sock, Step
+from dfs.cli.main import main
+from dfs.core import config as config_mod
+from dfs.core.config import Config
 from tests.conftest import wait_for
 
 DATA = Path("/srv/dfs/var")
@@ -170,8 +173,8 @@ def cfg(data_dir: Path) -> Config:
     return config_mod.replace(config_mod.parse("", origin="defaults"), node={"data_dir": str(data_dir)})
 
 
-def _own(cfg: Config) -> cli.Endpoint:
-    return cli.Endpoint(f"unix:{cfg.unix_socket_path}")
+def _own(cfg: Config) -> Endpoint:
+    return Endpoint(f"unix:{cfg.unix_socket_path}")
 
 
 def _stale_socket(path: Path) -> None:
@@ -183,31 +186,31 @@ def _stale_socket(path: Path) -> None:
 def test_settle_starts_over_a_zombie_pid_and_a_stale_socket(cfg: Config, zombie: int) -> None:
     (cfg.data_path / "dfsd.pid").write_text(f"{zombie}\n")
     _stale_socket(cfg.unix_socket_path)
-    assert cli._settle(cfg, _own(cfg)) is False  # start one
+    assert updown._settle(cfg, _own(cfg)) is False  # start one
     assert not (cfg.data_path / "dfsd.pid").exists()
     assert not cfg.unix_socket_path.exists()
-    assert cli._daemon_pid(cfg) is None  # what `dfs down` signals: never a zombie
+    assert updown._daemon_pid(cfg) is None  # what `dfs down` signals: never a zombie
 
 
 def test_settle_starts_over_a_reused_pid(cfg: Config, stranger: int) -> None:
     (cfg.data_path / "dfsd.pid").write_text(f"{stranger}\n")
-    assert cli._settle(cfg, _own(cfg)) is False
+    assert updown._settle(cfg, _own(cfg)) is False
     assert not (cfg.data_path / "dfsd.pid").exists()
-    assert cli._daemon_pid(cfg) is None  # `dfs down` must not signal a stranger
+    assert updown._daemon_pid(cfg) is None  # `dfs down` must not signal a stranger
 
 
 def test_settle_names_a_daemon_that_neither_answers_nor_exits(
     cfg: Config, holder: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_STOP_WAIT_S", 0.3)
+    monkeypatch.setattr(updown, "_STOP_WAIT_S", 0.3)
     (cfg.data_path / "dfsd.pid").write_text(f"{holder.pid}\n")
     _stale_socket(cfg.unix_socket_path)
-    with pytest.raises(cli.CliError) as info:
-        cli._settle(cfg, _own(cfg))
+    with pytest.raises(CliError) as info:
+        updown._settle(cfg, _own(cfg))
     message = info.value.message
     assert f"pid {holder.pid}" in message and "did not answer" in message and str(cfg.data_path) in message
     assert (cfg.data_path / "dfsd.pid").exists(), "the pid file of a live daemon stays"
-    assert cli._daemon_pid(cfg) == holder.pid
+    assert updown._daemon_pid(cfg) == holder.pid
 
 
 def test_settle_waits_for_a_dying_daemon_then_starts(
@@ -224,7 +227,7 @@ def test_settle_waits_for_a_dying_daemon_then_starts(
 
     monkeypatch.setattr(liveness, "decide", recording)
     result: list[bool] = []
-    worker = threading.Thread(target=lambda: result.append(cli._settle(cfg, _own(cfg))))
+    worker = threading.Thread(target=lambda: result.append(updown._settle(cfg, _own(cfg))))
     worker.start()
     try:
         wait_for(lambda: Step.WAIT in steps, 20, "dfs up to wait for the holder")
@@ -241,9 +244,9 @@ def test_down_leaves_a_stranger_alone_and_removes_the_stale_pid_file(tmp_path: P
 
     var = tmp_path / "var"
     var.mkdir()
-    cli.up_config(tmp_path)  # writes var/dfs.conf
+    updown.up_config(tmp_path)  # writes var/dfs.conf
     (var / "dfsd.pid").write_text(f"{stranger}\n")
-    res = CliRunner().invoke(cli.main, ["down", str(tmp_path)])
+    res = CliRunner().invoke(main, ["down", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert Path(f"/proc/{stranger}").exists() and liveness.process_of(stranger, var)[0] is Proc.OTHER
     assert not (var / "dfsd.pid").exists()

@@ -1,4 +1,4 @@
-"""Unit tests for daemon.metadata.MetaStore (the metadata service's SQLite core)."""
+"""Unit tests for daemon.meta.MetaStore (the metadata service's SQLite core)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon.metadata import DIR_SIZE, LINK_MAX, MetaStore
-from dfs.errors import (
+from daemon.meta import DIR_SIZE, LINK_MAX, MetaStore
+from dfs.core.errors import (
     ChunkMissing,
     ConfigError,
     DfsError,
@@ -35,7 +35,7 @@ from dfs.errors import (
     RangeError,
     TooManyLinks,
 )
-from dfs.meta import (
+from dfs.core.namespace import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,

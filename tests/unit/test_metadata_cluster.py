@@ -13,13 +13,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from daemon.metadata import (
+from daemon.meta import (
     CONSISTENCY_XATTR,
     REPLICAS_XATTR,
     SCHEMA_VERSION,
     MetaStore,
 )
-from dfs.errors import (
+from dfs.core.errors import (
     ConfigError,
     InternalError,
     InvalidArgument,
@@ -27,8 +27,8 @@ from dfs.errors import (
     NotFound,
     PreconditionFailed,
 )
-from dfs.meta import ROOT_INO, Attr, BlockRef
-from dfs.placement import Layout, PlacementTable
+from dfs.core.namespace import ROOT_INO, Attr, BlockRef
+from dfs.core.placement import Layout, PlacementTable
 
 ROOT = ROOT_INO
 BS = 4096

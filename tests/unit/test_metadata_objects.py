@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import daemon.metadata
-from daemon.metadata import DIR_SIZE, INTERNAL_DIRS, MetaStore
-from dfs.errors import (
+import daemon.meta.objects
+from daemon.meta import DIR_SIZE, INTERNAL_DIRS, MetaStore
+from dfs.core.errors import (
     ChunkMissing,
     Exists,
     InvalidArgument,
@@ -31,7 +31,7 @@ from dfs.errors import (
     RangeError,
     TooManyLinks,
 )
-from dfs.meta import RENAME_EXCHANGE, ROOT_INO, XATTR_SIZE_MAX, Attr, BlockRef
+from dfs.core.namespace import RENAME_EXCHANGE, ROOT_INO, XATTR_SIZE_MAX, Attr, BlockRef
 
 ROOT = ROOT_INO
 BS = 4096
@@ -291,7 +291,7 @@ def test_list_dir_matches_model(
     # A small read-ahead slack makes the small examples take list_dir's multi-batch path too.
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mock.patch.object(daemon.metadata, "_LIST_DIR_SLACK", slack),
+        mock.patch.object(daemon.meta.objects, "_LIST_DIR_SLACK", slack),
     ):
         store = MetaStore(Path(tmp) / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=Clock())
         try:

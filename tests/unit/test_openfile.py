@@ -18,8 +18,8 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dfs.errors import ChunkMissing
-from dfs.meta import Attr, BlockRef, FileMap
+from dfs.core.errors import ChunkMissing
+from dfs.core.namespace import Attr, BlockRef, FileMap
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
 BS = 64

@@ -1,4 +1,4 @@
-"""dfs.placement: determinism, minimal movement, weights, zones, eligibility, the layout's wire form."""
+"""dfs.core.placement: determinism, minimal movement, weights, zones, eligibility, the layout's wire form."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs.placement import (
+from dfs.core.placement import (
     PARTITION_BITS,
     PARTITIONS,
     Layout,
@@ -139,7 +139,7 @@ def test_same_table_in_another_process(hash_seed: str) -> None:
     # Python's str hash() is salted per process; a placement that used it would differ here.
     script = (
         "import hashlib, json, sys\n"
-        "from dfs.placement import PARTITIONS, Layout, PlacementTable\n"
+        "from dfs.core.placement import PARTITIONS, Layout, PlacementTable\n"
         "t = PlacementTable(Layout.from_wire(json.loads(sys.argv[1])))\n"
         "prefs = [t.preference(p) for p in range(PARTITIONS)]\n"
         "print(hashlib.sha256(json.dumps(prefs).encode()).hexdigest())\n"

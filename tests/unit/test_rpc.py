@@ -26,8 +26,8 @@ import pytest
 import trio
 import trio.testing
 
-from dfs import errors, wire
-from dfs.errors import (
+from dfs.core import errors, wire
+from dfs.core.errors import (
     ConfigError,
     DfsError,
     FrameTooLarge,
@@ -37,8 +37,8 @@ from dfs.errors import (
     Unavailable,
     UnknownMethod,
 )
-from dfs.rpc import Address, RpcServer, open_client, open_listeners, parse_address
-from dfs.wire import FrameDecoder, Response
+from dfs.core.wire import FrameDecoder, Response
+from dfs.net.rpc import Address, RpcServer, open_client, open_listeners, parse_address
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -591,7 +591,7 @@ async def test_client_drops_server_that_stops_reading(addr: str, tmp_path: Path)
 
 
 async def test_outbox_coalesces_and_skips_abandoned_calls() -> None:
-    from dfs.rpc import _Outbox, _Outgoing, _Waiter
+    from dfs.net.rpc import _Outbox, _Outgoing, _Waiter
 
     client_side, server_side = trio.testing.memory_stream_pair()
     outbox = _Outbox(client_side)

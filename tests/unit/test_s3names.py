@@ -1,4 +1,4 @@
-"""dfs.s3names: bucket and key rules, URL encoding, dates, ranges, conditionals, pagination, metadata."""
+"""dfs.core.s3names: bucket and key rules, URL encoding, dates, ranges, conditionals, pagination, metadata."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dfs import s3names
-from dfs.errors import S3Error
-from dfs.s3names import (
+from dfs.core import s3names
+from dfs.core.errors import S3Error
+from dfs.core.s3names import (
     BUCKET_RE,
     Listed,
     check_bucket,
@@ -38,7 +38,7 @@ from dfs.s3names import (
     user_metadata,
     walk_order_name,
 )
-from dfs.s3xml import ListPage, ObjectEntry
+from dfs.core.s3xml import ListPage, ObjectEntry
 
 NS = 1_000_000_000
 JAN_2025 = 1_735_689_600  # 2025-01-01T00:00:00Z
@@ -269,7 +269,7 @@ def test_http_date_ignores_locale() -> None:
     code = (
         "import locale\n"
         "try:\n    locale.setlocale(locale.LC_TIME, 'de_DE.UTF-8')\nexcept locale.Error:\n    pass\n"
-        "from dfs.s3names import http_date\nprint(http_date(0))\n"
+        "from dfs.core.s3names import http_date\nprint(http_date(0))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -964,18 +964,19 @@ def test_stored_headers(headers: dict[str, str], expected: dict[str, str]) -> No
 # ----------------------------------------------------------------------------- module shape
 
 
-@pytest.mark.parametrize("first", ["dfs.s3names", "dfs.s3xml"])
+@pytest.mark.parametrize("first", ["dfs.core.s3names", "dfs.core.s3xml"])
 def test_modules_import_in_either_order(first: str) -> None:
     # The two modules import each other; each must be importable on its own and first.
     code = (
-        f"import {first}\nimport dfs.s3names, dfs.s3xml\nassert dfs.s3names.paginate and dfs.s3xml.ListPage\n"
+        f"import {first}\nimport dfs.core.s3names, dfs.core.s3xml\n"
+        "assert dfs.core.s3names.paginate and dfs.core.s3xml.ListPage\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_pure_module_imports() -> None:
     code = (
-        "import sys, dfs.s3names, dfs.s3xml\n"
+        "import sys, dfs.core.s3names, dfs.core.s3xml\n"
         "bad = [m for m in ('trio', 'socket', 'pyfuse3') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

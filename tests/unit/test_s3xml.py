@@ -1,4 +1,5 @@
-"""dfs.s3xml: every rendered body parses back with the right namespace and values; parsers refuse bad XML."""
+"""dfs.core.s3xml: every rendered body parses back with the right namespace and values;
+parsers refuse bad XML."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs import s3xml
-from dfs.errors import S3Error
-from dfs.s3names import decode_token, encode_token
-from dfs.s3xml import (
+from dfs.core import s3xml
+from dfs.core.errors import S3Error
+from dfs.core.s3names import decode_token, encode_token
+from dfs.core.s3xml import (
     CompletedPart,
     DeleteTarget,
     ListPage,

@@ -1,4 +1,4 @@
-"""daemon.scrub: the token bucket (pure, fake clock) and the Scrubber over a real ChunkStore.
+"""daemon.cluster.scrub: the token bucket (pure, fake clock) and the Scrubber over a real ChunkStore.
 
 Scrubber tests that measure time use trio's autojump clock and await the
 pass directly, or wait on events: while a worker thread runs, autojump would
@@ -18,9 +18,9 @@ import trio
 import trio.testing
 
 from daemon.chunks import ChunkStore
-from daemon.scrub import Scrubber, TokenBucket
-from dfs import codec
-from dfs.errors import PermissionDenied
+from daemon.cluster.scrub import Scrubber, TokenBucket
+from dfs.core import codec
+from dfs.core.errors import PermissionDenied
 
 KEY = b"s" * 32
 

@@ -1,4 +1,4 @@
-"""dfs.sigv4: requests signed by botocore's real signers and boto3 clients, AWS's published
+"""dfs.core.sigv4: requests signed by botocore's real signers and boto3 clients, AWS's published
 examples, aws-chunked bodies as boto3/minio-go/AWS write them, and body digest checks."""
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from botocore.credentials import Credentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs.checksums import Checksum
-from dfs.errors import S3Error
-from dfs.sigv4 import (
+from dfs.core.checksums import Checksum
+from dfs.core.errors import S3Error
+from dfs.core.sigv4 import (
     EMPTY_SHA256,
     STREAMING_PAYLOAD,
     STREAMING_PAYLOAD_TRAILER,
@@ -899,7 +899,7 @@ def ctx_for(payload: str) -> AuthContext:
 
 
 def _sig(sts: str) -> str:
-    # Independent of dfs.sigv4: the string-to-sign layouts straight from the AWS documentation.
+    # Independent of dfs.core.sigv4: the string-to-sign layouts straight from the AWS documentation.
     return hmac.new(KEY, sts.encode(), hashlib.sha256).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""Pure tests of the RPC framing in dfs.wire (no I/O)."""
+"""Pure tests of the RPC framing in dfs.core.wire (no I/O)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs import errors, wire
-from dfs.errors import DfsError, FrameTooLarge, InvalidArgument, ProtocolError
-from dfs.wire import FrameDecoder, Request, Response
+from dfs.core import errors, wire
+from dfs.core.errors import DfsError, FrameTooLarge, InvalidArgument, ProtocolError
+from dfs.core.wire import FrameDecoder, Request, Response
 
 # ----------------------------------------------------------------------------- helpers
 

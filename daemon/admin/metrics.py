@@ -1,0 +1,563 @@
+"""Prometheus metrics of one dfsd (a mount's own are in :mod:`mount.metrics`).
+
+Everything lives on a dedicated :class:`~prometheus_client.CollectorRegistry`
+owned by a :class:`Metrics` instance, never on prometheus_client's global
+registry: several daemons may run in one process (the in-process cluster
+tests), and each must export only its own numbers.
+
+Names follow ``dfs_<subsystem>_<noun>_<unit>``; label values always come from
+closed sets (RPC method names declared in dfs/core/endpoints.py, S3 operation names
+chosen by the shim, admin route templates, fixed ``kind`` values), never from
+request data, so the number of series is bounded.
+
+Invariants:
+
+- Nothing here blocks the event loop.  Values that cost I/O to obtain
+  (statvfs of the chunk store, namespace counts from SQLite) are read in
+  worker threads by :meth:`Metrics.refresh`, which :meth:`Metrics.run` calls
+  every few seconds; the collector only reads the cached snapshot.  The
+  namespace counts use a dedicated read-only SQLite connection, so a full
+  count never queues behind (or holds up) the metadata writer thread.
+- Hot-path observations (:func:`instrument_handlers`,
+  :func:`instrument_inline`, :meth:`Metrics.observe_s3`) cost a couple of
+  ``perf_counter`` calls and two locked increments; label children of the
+  RPC metrics are resolved once per method, not per call.
+- A wrapped RPC handler behaves exactly like the original, including the
+  RPC layer's "wrong arguments are InvalidArgument" contract (see
+  :func:`_call_checked`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import trio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+from dfs.core.endpoints import declared
+from dfs.core.errors import DfsError, InvalidArgument
+from dfs.core.metrics import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    # Type names only: the metrics read these objects off the node, they never build them.
+    from daemon.chunks import ChunkStore
+    from daemon.cluster.hot import HotChunks
+    from daemon.cluster.membership import Membership
+    from daemon.cluster.repair import Repair
+    from daemon.meta import MetaStore
+    from dfs.client.chunks import ChunkIO
+
+log = logging.getLogger("dfs.metrics")
+
+T = TypeVar("T")
+AsyncHandler = Callable[..., Awaitable[Any]]
+SyncHandler = Callable[..., Any]
+
+# The text format every Prometheus version scrapes; generate_latest() writes exactly this.
+try:
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as _TEXT_CONTENT_TYPE
+except ImportError:  # prometheus_client < 0.21 only knows the one text format
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST as _TEXT_CONTENT_TYPE
+
+# Event-loop lag: a healthy loop stays under a millisecond; gossip starts suspecting us near a second.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_PROBE_INTERVAL_S = 0.25
+REFRESH_INTERVAL_S = 5.0
+
+# dfs_chunk_store_bytes{kind} <- ChunkStore.stats() keys.
+_STORE_KINDS = (
+    ("total", "total_bytes"),
+    ("free", "free_bytes"),
+    ("avail", "avail_bytes"),
+    ("stored", "used_bytes"),
+)
+
+
+class MetricsSource(Protocol):
+    """What :meth:`Metrics.refresh` reads off the node: the chunk store's usage and, on the
+    metadata primary, the namespace counts (through a read-only connection of its own)."""
+
+    @property
+    def is_primary(self) -> bool: ...
+
+    @property
+    def chunks(self) -> ChunkStore: ...
+
+    @property
+    def meta(self) -> MetaStore: ...
+
+
+class ClusterSource(Protocol):
+    """What :meth:`Metrics.watch` exports: the node's cluster figures, from live objects that
+    stay None until (and unless) the daemon starts them."""
+
+    @property
+    def layout_epoch(self) -> int: ...
+
+    @property
+    def marked_out(self) -> int: ...
+
+    @property
+    def membership(self) -> Membership | None: ...
+
+    @property
+    def repair(self) -> Repair | None: ...
+
+    @property
+    def hot(self) -> HotChunks | None: ...
+
+    @property
+    def chunkio(self) -> ChunkIO | None: ...
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The registry in Prometheus text format, and its Content-Type.
+
+    Runs every collector (including ProcessCollector's /proc reads): call it
+    from a worker thread when on the event loop.
+    """
+    return generate_latest(registry), _TEXT_CONTENT_TYPE
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Values read off the event loop by :meth:`Metrics.refresh`; replaced whole, never mutated."""
+
+    store: Mapping[str, int] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    refreshed_at: float | None = None  # time.time() of the refresh; None: never refreshed
+
+
+class _CachedCollector:
+    """Exports the last :class:`Snapshot`; collect() does no I/O."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        # Lets the registry detect name clashes at registration time.
+        return self._families(Snapshot())
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._metrics.snapshot)
+
+    @staticmethod
+    def _families(snap: Snapshot) -> list[Metric]:
+        store, counts = snap.store, snap.counts
+        out: list[Metric] = []
+        sizes = GaugeMetricFamily(
+            "dfs_chunk_store_bytes",
+            "Chunk store filesystem size, free bytes, bytes free to the daemon (avail), and bytes stored",
+            labels=["kind"],
+        )
+        for kind, key in _STORE_KINDS:
+            if key in store:
+                sizes.add_metric([kind], float(store[key]))
+        out.append(sizes)
+        out.append(
+            _gauge("dfs_chunk_store_chunks", "Chunks held by this node's store", store.get("chunk_count"))
+        )
+        failures = CounterMetricFamily(
+            "dfs_chunk_checksum_failures", "Chunk reads that failed verification since start"
+        )
+        if "checksum_failures" in store:
+            failures.add_metric([], float(store["checksum_failures"]))
+        out.append(failures)
+        out.append(
+            _gauge(
+                "dfs_meta_inodes", "Inodes in the namespace (live and open-unlinked)", counts.get("inodes")
+            )
+        )
+        out.append(_gauge("dfs_meta_files", "Regular files in the namespace", counts.get("files")))
+        out.append(_gauge("dfs_meta_chunks", "Chunks known to the metadata service", counts.get("chunks")))
+        out.append(_gauge("dfs_meta_logical_bytes", "Sum of regular file sizes", counts.get("logical_bytes")))
+        # MetaStore.counts() has no open-file total today; exported as soon as it reports one.
+        out.append(_gauge("dfs_open_files", "Files held open by client sessions", counts.get("open_files")))
+        return out
+
+
+class _ClusterCollector:
+    """Membership, layout, repair and replication figures, read from live objects (no I/O)."""
+
+    def __init__(self, source: ClusterSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected lazily: the daemon's objects appear as it starts
+
+    def collect(self) -> Iterable[Metric]:
+        svc = self._source
+        out: list[Metric] = [
+            _gauge("dfs_layout_epoch", "Layout epoch this node last saw", svc.layout_epoch),
+            _counter(
+                "dfs_layout_nodes_marked_out",
+                "Nodes the controller marked out (dead past the grace period)",
+                svc.marked_out,
+            ),
+        ]
+        members = GaugeMetricFamily("dfs_gossip_members", "Known members by gossip status", labels=["status"])
+        events = CounterMetricFamily(
+            "dfs_gossip_events", "Membership changes seen (join, suspect, dead, alive...)", labels=["kind"]
+        )
+        if svc.membership is not None:
+            by_status: dict[str, int] = {}
+            for m in svc.membership.members():
+                by_status[m["status"]] = by_status.get(m["status"], 0) + 1
+            for status, n in sorted(by_status.items()):
+                members.add_metric([status], float(n))
+            for kind, n in sorted(svc.membership.event_counts.items()):
+                events.add_metric([kind], float(n))
+        out += [members, events]
+        if svc.repair is not None:
+            st = svc.repair.stats
+            out += [
+                _gauge(
+                    "dfs_repair_under_replicated_chunks",
+                    "Chunks this node leads with < R copies",
+                    st.under_replicated,
+                ),
+                _gauge("dfs_repair_misplaced_chunks", "Copies here that belong on other nodes", st.misplaced),
+                _gauge(
+                    "dfs_repair_hints_pending",
+                    "Copies this node owes to nodes that were down",
+                    st.hints_pending,
+                ),
+                _gauge(
+                    "dfs_repair_last_round_seconds",
+                    "Duration of the last anti-entropy round",
+                    st.last_round_s,
+                ),
+                _counter("dfs_repair_copies", "Chunk copies made by repair", st.copies_made),
+                _counter("dfs_repair_bytes_moved", "Bytes sent by repair", st.bytes_moved),
+                _counter(
+                    "dfs_repair_surplus_removed", "Surplus copies removed after re-homing", st.surplus_removed
+                ),
+                _counter("dfs_repair_hints_delivered", "Owed copies delivered", st.hints_delivered),
+                _counter(
+                    "dfs_repair_corrupt_replaced",
+                    "Corrupt copies replaced from a replica",
+                    st.corrupt_replaced,
+                ),
+            ]
+            if svc.repair.scrubber is not None:
+                sc = svc.repair.scrubber.statistics()
+                out += [
+                    _counter(
+                        "dfs_scrub_bytes_checked", "Bytes verified by the scrubber", sc["bytes_checked"]
+                    ),
+                    _counter(
+                        "dfs_scrub_corrupt_found", "Corrupt copies found by the scrubber", sc["corrupt_found"]
+                    ),
+                ]
+        if svc.hot is not None:
+            hot = svc.hot.status()
+            out += [
+                _gauge(
+                    "dfs_hot_chunks", "Chunks this node has given temporary extra copies", hot["hot_chunks"]
+                ),
+                _gauge(
+                    "dfs_hot_copies_held",
+                    "Pinned extra copies of hot chunks held here",
+                    hot["hot_copies_held"],
+                ),
+                _counter(
+                    "dfs_hot_promotions", "Extra copies of hot chunks made or renewed", hot["hot_promotions"]
+                ),
+            ]
+        if svc.chunkio is not None:
+            io = svc.chunkio.stats
+            out += [
+                _counter("dfs_replication_hints_written", "Copies left owed by this node's writes", io.hints),
+                _counter("dfs_replication_substitutes", "Copies sent to a substitute node", io.substitutes),
+                _counter(
+                    "dfs_replication_read_fallbacks",
+                    "Chunk reads that had to try another node",
+                    io.read_fallbacks,
+                ),
+            ]
+        return out
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[])
+    family.add_metric([], float(value))
+    return family
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[])
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
+
+
+class Metrics:
+    """All metrics of one daemon, on its own registry.
+
+    Observation methods are cheap; :meth:`run` is the
+    background task that keeps the cached values and the loop-lag probe
+    going.  Call :meth:`close` when the daemon stops (closes the metrics'
+    SQLite connection).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        version: str,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.started_at = time.time()
+        reg = self.registry
+
+        self.rpc_requests = Counter(
+            "dfs_rpc_requests_total",
+            "RPC requests handled, by method and outcome (ok, error, cancelled)",
+            ["method", "outcome"],
+            registry=reg,
+        )
+        self.rpc_seconds = Histogram(
+            "dfs_rpc_request_seconds", "RPC handler time", ["method"], buckets=LATENCY_BUCKETS, registry=reg
+        )
+        self.s3_requests = Counter(
+            "dfs_s3_requests_total",
+            "S3 requests, by operation and HTTP status",
+            ["operation", "status"],
+            registry=reg,
+        )
+        self.s3_seconds = Histogram(
+            "dfs_s3_request_seconds", "S3 request time", ["operation"], buckets=LATENCY_BUCKETS, registry=reg
+        )
+        self.s3_bytes_in = Counter("dfs_s3_bytes_in_total", "Request body bytes received by S3", registry=reg)
+        self.s3_bytes_out = Counter("dfs_s3_bytes_out_total", "Response body bytes sent by S3", registry=reg)
+        self.admin_requests = Counter(
+            "dfs_admin_requests_total",
+            "Admin API requests, by route and HTTP status",
+            ["route", "status"],
+            registry=reg,
+        )
+        self.meta_op_seconds = Histogram(
+            "dfs_meta_op_seconds",
+            "Metadata write transaction time",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.loop_lag = Gauge(
+            "dfs_event_loop_lag_seconds", "Latest event-loop lag (sleep overshoot) measured", registry=reg
+        )
+        # A histogram needs its own family name: _bucket/_sum/_count would clash with the gauge.
+        self.loop_lag_hist = Histogram(
+            "dfs_event_loop_lag_histogram_seconds",
+            f"Event-loop lag measured every {LAG_PROBE_INTERVAL_S} s",
+            buckets=LAG_BUCKETS,
+            registry=reg,
+        )
+        self.build_info = Gauge(
+            "dfs_build_info", "Always 1; labels name the build", ["version", "node"], registry=reg
+        )
+        self.build_info.labels(version, node_id).set(1)
+        reg.register(_CachedCollector(self))
+        if process_metrics:
+            ProcessCollector(namespace="dfs", registry=reg)
+
+        self.snapshot = Snapshot()
+        self.last_loop_lag_s = 0.0
+        # Plain totals for the admin JSON summary (reading them back out of prometheus is costly).
+        self.requests_served: dict[str, int] = {"rpc": 0, "s3": 0, "admin": 0}
+        self._refresh_lock = trio.Lock()  # one refresh at a time: the reader below is not shared
+        self._reader: MetaStore | None = None
+        self._reader_guard = threading.Lock()  # close() vs a refresh thread using the reader
+        self._closed = False
+
+    def watch(self, source: ClusterSource) -> None:
+        """Export the daemon's membership, layout, repair and replication figures."""
+        self.registry.register(_ClusterCollector(source))
+
+    # -- observations ----------------------------------------------------------------
+    # observe_meta may run in any thread (prometheus values are locked); the others touch the
+    # plain ``requests_served`` ints too, so they belong on the event loop, where their callers are.
+    def observe_s3(self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """One finished S3 request; ``operation`` is the S3 action name (GetObject, PutObject...)."""
+        self.s3_requests.labels(operation, str(status)).inc()
+        self.s3_seconds.labels(operation).observe(seconds)
+        if bytes_in:
+            self.s3_bytes_in.inc(bytes_in)
+        if bytes_out:
+            self.s3_bytes_out.inc(bytes_out)
+        self.requests_served["s3"] += 1
+
+    def observe_admin(self, route: str, status: int) -> None:
+        """One admin request; ``route`` is the route template, never the raw path."""
+        self.admin_requests.labels(route, str(status)).inc()
+        self.requests_served["admin"] += 1
+
+    def observe_meta(self, op: str, seconds: float) -> None:
+        """One metadata write transaction (the service times its metadata-thread calls)."""
+        self.meta_op_seconds.labels(op).observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.last_loop_lag_s = seconds
+        self.loop_lag.set(seconds)
+        self.loop_lag_hist.observe(seconds)
+
+    # -- cached values ----------------------------------------------------------------
+    async def refresh(self, node: MetricsSource) -> Snapshot:
+        """Read store usage and namespace counts in worker threads and cache them."""
+        async with self._refresh_lock:
+            store = await trio.to_thread.run_sync(node.chunks.stats)
+            counts = await trio.to_thread.run_sync(self._counts, node)
+            self.snapshot = Snapshot(store=store, counts=counts, refreshed_at=time.time())
+            return self.snapshot
+
+    async def current(self, node: MetricsSource, *, max_age_s: float = REFRESH_INTERVAL_S * 2) -> Snapshot:
+        """The cached snapshot, refreshed first when older than ``max_age_s`` (or never taken)."""
+        snap = self.snapshot
+        if snap.refreshed_at is None or time.time() - snap.refreshed_at > max_age_s:
+            snap = await self.refresh(node)
+        return snap
+
+    def _counts(self, node: MetricsSource) -> dict[str, int]:
+        # Worker thread.  A private read-only connection: WAL readers neither wait for nor block
+        # the writer, and counts() scans whole tables, too slow for the event-loop reader.
+        with self._reader_guard:
+            if self._closed:
+                return dict(self.snapshot.counts)
+            if not node.is_primary:
+                return {}  # the namespace lives on the metadata primary; its /metrics has the counts
+            if self._reader is None:
+                self._reader = node.meta.reader()
+            return self._reader.counts()
+
+    def close(self) -> None:
+        """Release the metrics' SQLite connection; idempotent."""
+        with self._reader_guard:
+            self._closed = True
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    # -- background task ----------------------------------------------------------------
+    async def run(self, node: MetricsSource, *, refresh_interval_s: float = REFRESH_INTERVAL_S) -> None:
+        """Keep the cached values fresh and probe event-loop lag until cancelled; closes on exit."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._probe_loop_lag)
+                while True:
+                    try:
+                        await self.refresh(node)
+                    except DfsError as exc:
+                        log.warning("metrics refresh failed: %s", exc.message)
+                    except Exception:
+                        log.exception("metrics refresh failed")
+                    await trio.sleep(refresh_interval_s)
+        finally:
+            self.close()
+
+    async def _probe_loop_lag(self) -> None:
+        # A sleep that overshoots means some task held the loop: exactly what gossip peers would
+        # see as our slowness (DESIGN: "the daemon measures its own loop lag and exports it").
+        while True:
+            start = trio.current_time()
+            await trio.sleep(LAG_PROBE_INTERVAL_S)
+            self.observe_loop_lag(max(0.0, trio.current_time() - start - LAG_PROBE_INTERVAL_S))
+
+
+# -- RPC handler instrumentation ---------------------------------------------------------
+
+
+def _call_checked(method: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """``fn(*args)``; a TypeError from the call itself (bad arity) becomes InvalidArgument.
+
+    The RPC layer maps such TypeErrors to InvalidArgument by checking that the
+    traceback ends in its own frame; behind a wrapper it would end one frame
+    deeper and turn into an InternalError, so the wrapper applies the same
+    rule with the same message.
+    """
+    try:
+        return fn(*args)
+    except TypeError as exc:
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_next is None:
+            raise InvalidArgument(f"{method}: bad arguments: {exc}") from None
+        raise
+
+
+def instrument_handlers(handlers: Mapping[str, AsyncHandler], metrics: Metrics) -> dict[str, AsyncHandler]:
+    """Wrap each async RPC handler to count and time it (``dfs_rpc_*{method}``).
+
+    The label is the endpoint's declared name: a handler without a declaration is a
+    KeyError here, so the label set stays the registry's closed set."""
+    return {method: _timed_async(declared(method).name, fn, metrics) for method, fn in handlers.items()}
+
+
+def instrument_inline(handlers: Mapping[str, SyncHandler], metrics: Metrics) -> dict[str, SyncHandler]:
+    """Same as :func:`instrument_handlers` for the synchronous inline (read) handlers."""
+    return {method: _timed_sync(declared(method).name, fn, metrics) for method, fn in handlers.items()}
+
+
+def _timed_async(method: str, fn: AsyncHandler, metrics: Metrics) -> AsyncHandler:
+    ok = metrics.rpc_requests.labels(method, "ok")
+    error = metrics.rpc_requests.labels(method, "error")
+    cancelled = metrics.rpc_requests.labels(method, "cancelled")
+    seconds = metrics.rpc_seconds.labels(method)
+    served = metrics.requests_served
+
+    @functools.wraps(fn)
+    async def call(*args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            result = await _call_checked(method, fn, args)
+        except trio.Cancelled:
+            cancelled.inc()  # the client went away or the daemon is stopping: not a handler error
+            raise
+        except BaseException:
+            _record(error, seconds, served, start)
+            raise
+        _record(ok, seconds, served, start)
+        return result
+
+    return call
+
+
+def _record(outcome: Counter, seconds: Histogram, served: dict[str, int], start: float) -> None:
+    """One finished RPC: its outcome, its time, and the served count."""
+    outcome.inc()
+    seconds.observe(time.perf_counter() - start)
+    served["rpc"] += 1
+
+
+def _timed_sync(method: str, fn: SyncHandler, metrics: Metrics) -> SyncHandler:
+    ok = metrics.rpc_requests.labels(method, "ok")
+    error = metrics.rpc_requests.labels(method, "error")
+    seconds = metrics.rpc_seconds.labels(method)
+    served = metrics.requests_served
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            result = _call_checked(method, fn, args)
+        except BaseException:
+            _record(error, seconds, served, start)
+            raise
+        _record(ok, seconds, served, start)
+        return result
+
+    return call

@@ -1,0 +1,553 @@
+"""The metadata checker: every invariant of the store, each one an entry of a table of checks.
+
+Invariants (all checked, and where possible repaired, by :meth:`Checks.fsck`):
+
+- inode numbers are never reused; the root is ``ROOT_INO`` and has no dentry;
+- each internal root exists, is a directory other than the root, and has no
+  dentry;
+- a directory other than the root and the internal roots has exactly one
+  dentry; a directory's nlink is 2 + its subdirectories (0 once removed); a
+  non-directory's nlink is its number of dentries;
+- an inode with nlink 0 exists only while some session holds it open;
+- every directory is reachable from the root or an internal root, and none
+  from itself;
+- a chunk's refcount equals the number of block-map entries naming it;
+- block entries lie below the file size and name chunks that are stored;
+- only regular files hold inline data or blocks, never both, and inline data
+  is no longer than the file;
+- a volume row names a live top-level directory whose name is the row's name.
+
+Each check is a :class:`_Check`: ``find`` lists its findings (the problem line
+and what a repair needs), ``fix`` repairs one finding.  :data:`_CHECKS` runs
+them in dependency order, so every repair feeds the checks after it (names
+before links, links before leaks, block maps before refcounts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from daemon.meta.base import _api
+from daemon.meta.inodes import _IFDIR, _IFMT, _IFREG, DIR_SIZE, Inodes, _is_dir
+from daemon.meta.schema import _INTERNAL_INOS_SQL, _INTERNAL_KEY, INTERNAL_DIRS
+from dfs.core.errors import InternalError
+from dfs.core.namespace import ROOT_INO
+
+_LOST_FOUND = b"lost+found"
+K = TypeVar("K")
+# One finding of a check: the problem line it reports and what its repair needs.
+Finding = tuple[str, K]
+
+
+class Checks(Inodes):
+    """``fsck``: every invariant checked in one transaction, optionally repaired."""
+
+    @_api
+    def fsck(self, stored: Callable[[bytes], bool], *, repair: bool) -> list[str]:
+        """Check every invariant; one line per problem found.  ``repair`` also fixes them."""
+        with self._write(commit=repair) as now:
+            problems = _Fsck(self, stored, repair, now).run()
+            if repair and problems:
+                self._log(now, "fsck_repair", problems)
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class _Check(Generic[K]):
+    """One invariant: ``find`` lists its findings, ``fix`` repairs one of them.
+
+    Each finding is repaired right after it is reported, unless ``deferred``:
+    then the repairs wait until all are reported, because one repair may settle
+    the findings after it (re-homing a directory reconnects its whole subtree).
+    """
+
+    name: str
+    find: Callable[[_Fsck], list[Finding[K]]]
+    fix: Callable[[_Fsck, K], None]
+    deferred: bool = False
+
+
+class _Fsck:
+    """One fsck pass over :data:`_CHECKS`, inside the caller's transaction."""
+
+    def __init__(self, store: Inodes, stored: Callable[[bytes], bool], repair: bool, now: int) -> None:
+        self.store = store
+        self.db = store._db
+        self.stored_fn = stored
+        self.repair = repair
+        self.now = now
+        self.problems: list[str] = []
+        self._stored_memo: dict[bytes, bool] = {}
+        self._paths_left = 100
+
+    def run(self) -> list[str]:
+        for check in _CHECKS:
+            found = check.find(self)
+            for line, finding in found:
+                self.report(line)
+                if self.repair and not check.deferred:
+                    check.fix(self, finding)
+            if self.repair and check.deferred:
+                for _, finding in found:
+                    check.fix(self, finding)
+        return self.problems
+
+    def report(self, line: str) -> None:
+        self.problems.append(line)
+
+    def is_stored(self, chunk_id: bytes) -> bool:
+        if chunk_id not in self._stored_memo:
+            self._stored_memo[chunk_id] = bool(self.stored_fn(chunk_id))
+        return self._stored_memo[chunk_id]
+
+    def path(self, ino: int) -> str:
+        """Best-effort path of an inode for messages (a file's first name costs a table scan,
+        so only the first few messages get one)."""
+        self._paths_left -= 1
+        if self._paths_left < 0:
+            return f"<inode {ino}>"
+        parts: list[bytes] = []
+        seen: set[int] = set()
+        internal = self.store._internal_inos()
+        cur = ino
+        while cur != ROOT_INO and cur not in internal and cur not in seen:
+            seen.add(cur)
+            row = self.db.execute(
+                "SELECT parent, name FROM dentries WHERE ino = ? ORDER BY id LIMIT 1", (cur,)
+            )
+            found = row.fetchone()
+            if found is None:
+                return f"<inode {ino}, detached>"
+            cur = found[0]
+            parts.append(found[1])
+        if cur in internal:
+            top = f"<{internal[cur]}>/"
+        elif cur == ROOT_INO:
+            top = "/"
+        else:
+            return f"<inode {ino}, in a cycle>"
+        return top + "/".join(p.decode("utf-8", "backslashreplace") for p in reversed(parts))
+
+    # -- namespace --------------------------------------------------------------------
+
+    def find_root(self) -> list[Finding[None]]:
+        row = self.db.execute("SELECT mode FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+        if row is not None and _is_dir(row[0]):
+            return []
+        return [("root inode missing" if row is None else "root inode is not a directory", None)]
+
+    def fix_root(self, _: None) -> None:
+        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ROOT_INO,))
+        self.store._create_root(self.now)
+
+    def find_internal_roots(self) -> list[Finding[str]]:
+        """Each internal root: a config row naming a directory that is neither the root nor named."""
+        found: list[Finding[str]] = []
+        seen: set[int] = set()
+        for name in INTERNAL_DIRS:
+            row = self.db.execute(
+                "SELECT value FROM config WHERE key = ?", (_INTERNAL_KEY + name,)
+            ).fetchone()
+            if row is None:
+                why = "is missing"
+            else:
+                ino = row[0]
+                inode = self.db.execute("SELECT mode FROM inodes WHERE ino = ?", (ino,)).fetchone()
+                if inode is None:
+                    why = f"names missing inode {ino}"
+                elif not _is_dir(inode[0]):
+                    why = f"names inode {ino}, which is not a directory"
+                elif ino == ROOT_INO or ino in seen:
+                    why = f"names inode {ino}, which is another root"
+                elif self.db.execute(
+                    "SELECT 1 FROM dentries WHERE is_dir = 1 AND ino = ? LIMIT 1", (ino,)
+                ).fetchone():
+                    why = f"names directory {ino}, which has a name"
+                else:
+                    seen.add(ino)
+                    continue
+            found.append((f"internal directory {name!r} {why}", name))
+        return found
+
+    def fix_internal_root(self, name: str) -> None:
+        # A fresh one; a named directory it wrongly pointed at stays where it is.
+        self.store._create_internal(name, self.now)
+
+    def find_dangling_dentries(self) -> list[Finding[int]]:
+        rows = self.db.execute(
+            "SELECT d.id, d.parent, d.name, d.ino, i.ino IS NULL, p.ino IS NULL, p.mode FROM dentries d "
+            "LEFT JOIN inodes i ON i.ino = d.ino LEFT JOIN inodes p ON p.ino = d.parent "
+            "WHERE i.ino IS NULL OR p.ino IS NULL OR p.mode & ? != ? OR d.ino = ?",
+            (_IFMT, _IFDIR, ROOT_INO),
+        ).fetchall()
+        found: list[Finding[int]] = []
+        for dentry_id, parent, name, ino, no_inode, no_parent, _ in rows:
+            if ino == ROOT_INO:
+                why = "names the root"
+            elif no_inode:
+                why = f"names missing inode {ino}"
+            else:
+                why = "has a missing parent" if no_parent else "has a non-directory parent"
+            found.append((f"dentry {name!r} in directory {parent} {why}", dentry_id))
+        return found
+
+    def fix_dangling_dentry(self, dentry_id: int) -> None:
+        self.db.execute("DELETE FROM dentries WHERE id = ?", (dentry_id,))
+
+    def find_dentry_kinds(self) -> list[Finding[tuple[int, int]]]:
+        rows = self.db.execute(
+            "SELECT d.id, d.parent, d.name, i.mode & ?1 = ?2 FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.is_dir != (i.mode & ?1 = ?2)",
+            (_IFMT, _IFDIR),
+        ).fetchall()
+        return [
+            (f"dentry {name!r} in directory {parent} has the wrong is_dir flag", (dentry_id, is_dir))
+            for dentry_id, parent, name, is_dir in rows
+        ]
+
+    def fix_dentry_kind(self, finding: tuple[int, int]) -> None:
+        dentry_id, is_dir = finding
+        self.db.execute("UPDATE dentries SET is_dir = ? WHERE id = ?", (is_dir, dentry_id))
+
+    def find_directory_names(self) -> list[Finding[tuple[int, int]]]:
+        rows = self.db.execute(
+            "SELECT d.ino, MIN(d.id), COUNT(*) FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE i.mode & ? = ? GROUP BY d.ino HAVING COUNT(*) > 1",
+            (_IFMT, _IFDIR),
+        ).fetchall()
+        return [
+            (f"directory {ino} ({self.path(ino)}) has {count} names", (ino, keep))
+            for ino, keep, count in rows
+        ]
+
+    def fix_directory_names(self, finding: tuple[int, int]) -> None:
+        ino, keep = finding
+        self.db.execute("DELETE FROM dentries WHERE ino = ? AND id != ?", (ino, keep))
+
+    def find_opens(self) -> list[Finding[tuple[str, int]]]:
+        rows = self.db.execute(
+            "SELECT o.session, o.ino, s.id IS NULL, i.ino IS NULL, o.count FROM opens o "
+            "LEFT JOIN sessions s ON s.id = o.session LEFT JOIN inodes i ON i.ino = o.ino "
+            "WHERE s.id IS NULL OR i.ino IS NULL OR o.count <= 0"
+        ).fetchall()
+        found: list[Finding[tuple[str, int]]] = []
+        for session, ino, no_session, no_inode, count in rows:
+            why = "unknown session" if no_session else "missing inode" if no_inode else f"count {count}"
+            found.append((f"open of inode {ino} by session {session!r}: {why}", (session, ino)))
+        return found
+
+    def fix_open(self, finding: tuple[str, int]) -> None:
+        session, ino = finding
+        self.db.execute("DELETE FROM opens WHERE session = ? AND ino = ?", (session, ino))
+
+    def find_xattrs(self) -> list[Finding[int]]:
+        rows = self.db.execute(
+            "SELECT x.ino, COUNT(*) FROM xattrs x LEFT JOIN inodes i ON i.ino = x.ino "
+            "WHERE i.ino IS NULL GROUP BY x.ino"
+        ).fetchall()
+        return [(f"{count} xattrs of missing inode {ino}", ino) for ino, count in rows]
+
+    def fix_xattrs(self, ino: int) -> None:
+        self.db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+
+    def find_orphans(self) -> list[Finding[tuple[int, bool]]]:
+        # A nameless inode is fine only while it is an unlinked (nlink 0), childless open file.
+        rows = self.db.execute(
+            "SELECT ino, nlink, mode FROM inodes WHERE ino != ? AND ino NOT IN (SELECT ino FROM dentries) "
+            f"AND ino NOT IN ({_INTERNAL_INOS_SQL}) AND (nlink > 0 OR ino IN (SELECT parent FROM dentries))",
+            (ROOT_INO,),
+        ).fetchall()
+        return [
+            (f"inode {ino} has nlink {nlink} and children or links, but no name", (ino, _is_dir(mode)))
+            for ino, nlink, mode in rows
+        ]
+
+    def fix_orphan(self, finding: tuple[int, bool]) -> None:
+        self._attach_lost(*finding)
+
+    def _unreachable_dirs(self) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                f"WITH RECURSIVE reach(ino) AS (SELECT ?1 UNION {_INTERNAL_INOS_SQL} "
+                "UNION SELECT d.ino FROM dentries d JOIN reach r ON d.parent = r.ino) "
+                "SELECT i.ino FROM inodes i WHERE i.mode & ?2 = ?3 AND i.ino NOT IN reach "
+                "AND EXISTS (SELECT 1 FROM dentries d WHERE d.is_dir = 1 AND d.ino = i.ino) ORDER BY i.ino",
+                (ROOT_INO, _IFMT, _IFDIR),
+            )
+        ]
+
+    def find_unreachable(self) -> list[Finding[int]]:
+        found: list[Finding[int]] = []
+        for ino in self._unreachable_dirs():
+            path = self.path(ino)
+            if path.endswith("in a cycle>"):
+                found.append((f"directory {ino} is reachable from itself (cycle)", ino))
+            else:
+                found.append((f"directory {ino} ({path}) is unreachable from the root", ino))
+        return found
+
+    def fix_unreachable(self, ino: int) -> None:
+        # Re-home one directory at a time: each move reconnects its whole subtree (or breaks a
+        # cycle), so a directory an earlier move reconnected stays where it is.
+        if ino in self._unreachable_dirs():
+            self.db.execute("DELETE FROM dentries WHERE is_dir = 1 AND ino = ?", (ino,))
+            self._attach_lost(ino, True)
+
+    def _lost_found(self) -> int:
+        """The /lost+found directory (created on demand) where repairs re-home detached inodes."""
+        name = _LOST_FOUND
+        for n in range(1, 1000):
+            row = self.db.execute(
+                "SELECT d.ino, i.mode FROM dentries d JOIN inodes i ON i.ino = d.ino "
+                "WHERE d.parent = ? AND d.name = ?",
+                (ROOT_INO, name),
+            ).fetchone()
+            if row is None:
+                return self.store._make(self.now, ROOT_INO, name, _IFDIR | 0o700, 0, 0, size=DIR_SIZE).ino
+            if _is_dir(row[1]):
+                ino: int = row[0]
+                return ino
+            name = _LOST_FOUND + b".%d" % n
+        raise InternalError("cannot find a name for lost+found")
+
+    def _attach_lost(self, ino: int, is_dir: bool) -> None:
+        lost = self._lost_found()
+        name = b"#%d" % ino
+        suffix = 0
+        while self.db.execute(
+            "SELECT 1 FROM dentries WHERE parent = ? AND name = ?", (lost, name)
+        ).fetchone():
+            suffix += 1
+            name = b"#%d.%d" % (ino, suffix)
+        self.store._add_dentry(lost, name, ino, is_dir)
+        self.report(f"repair: inode {ino} re-linked as /{_LOST_FOUND.decode()}/{name.decode()}")
+
+    def find_nlink(self) -> list[Finding[tuple[int, int]]]:
+        rows = self.db.execute(
+            "SELECT i.ino, i.mode, i.nlink, COALESCE(n.names, 0), COALESCE(s.subdirs, 0) FROM inodes i "
+            "LEFT JOIN (SELECT ino, COUNT(*) AS names FROM dentries GROUP BY ino) n ON n.ino = i.ino "
+            "LEFT JOIN (SELECT parent, COUNT(*) AS subdirs FROM dentries WHERE is_dir = 1 GROUP BY parent) s "
+            "ON s.parent = i.ino"
+        ).fetchall()
+        roots = {ROOT_INO, *self.store._internal_inos()}
+        found: list[Finding[tuple[int, int]]] = []
+        for ino, mode, nlink, names, subdirs in rows:
+            if _is_dir(mode):
+                expected = 2 + subdirs if names or ino in roots else 0
+            else:
+                expected = names
+            if nlink != expected:
+                found.append((f"inode {ino} has nlink {nlink}, expected {expected}", (ino, expected)))
+        return found
+
+    def fix_nlink(self, finding: tuple[int, int]) -> None:
+        ino, expected = finding
+        self.db.execute("UPDATE inodes SET nlink = ? WHERE ino = ?", (expected, ino))
+
+    def find_leaks(self) -> list[Finding[int]]:
+        rows = self.db.execute(
+            "SELECT i.ino FROM inodes i "
+            "WHERE i.nlink = 0 AND NOT EXISTS (SELECT 1 FROM opens o WHERE o.ino = i.ino)"
+        ).fetchall()
+        return [(f"inode {ino} has no links and is not open (leaked)", ino) for (ino,) in rows]
+
+    def fix_leak(self, ino: int) -> None:
+        self.store._purge(ino, self.now)
+
+    def find_volumes(self) -> list[Finding[str]]:
+        rows = self.db.execute(
+            "SELECT v.name, v.ino FROM volumes v WHERE NOT EXISTS (SELECT 1 FROM dentries d "
+            "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = CAST(v.name AS BLOB) "
+            "AND d.ino = v.ino AND i.mode & ? = ?)",
+            (ROOT_INO, _IFMT, _IFDIR),
+        ).fetchall()
+        return [
+            (f"volume {name!r} names inode {ino}, which is not the top-level directory {name!r}", name)
+            for name, ino in rows
+        ]
+
+    def fix_volume(self, name: str) -> None:
+        self.db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+
+    # -- data -----------------------------------------------------------------------------
+
+    def find_stray_blocks(self) -> list[Finding[int]]:
+        rows = self.db.execute(
+            "SELECT b.ino, COUNT(*) FROM blocks b LEFT JOIN inodes i ON i.ino = b.ino "
+            "WHERE i.ino IS NULL OR i.mode & ? != ? GROUP BY b.ino",
+            (_IFMT, _IFREG),
+        ).fetchall()
+        return [
+            (f"{count} block entries of inode {ino}, which is missing or not a regular file", ino)
+            for ino, count in rows
+        ]
+
+    def fix_stray_blocks(self, ino: int) -> None:
+        self.store._drop_blocks(ino, 0, self.now)
+
+    def find_blocks_beyond_size(self) -> list[Finding[tuple[int, int]]]:
+        rows = self.db.execute(
+            "SELECT b.ino, b.idx, i.size FROM blocks b JOIN inodes i ON i.ino = b.ino "
+            "WHERE b.idx * ? >= i.size",
+            (self.store._block_size,),
+        ).fetchall()
+        return [
+            (f"inode {ino} ({self.path(ino)}): block {idx} lies beyond size {size}", (ino, idx))
+            for ino, idx, size in rows
+        ]
+
+    def fix_block(self, finding: tuple[int, int]) -> None:
+        ino, idx = finding
+        self.store._drop_block(ino, idx, self.now)
+
+    def find_block_lengths(self) -> list[Finding[tuple[int, int]]]:
+        rows = self.db.execute(
+            "SELECT ino, idx, length FROM blocks WHERE length < 0 OR length > ?", (self.store._block_size,)
+        ).fetchall()
+        return [
+            (f"inode {ino}: block {idx} has invalid length {length}", (ino, idx)) for ino, idx, length in rows
+        ]
+
+    def fix_block_length(self, finding: tuple[int, int]) -> None:
+        ino, idx = finding
+        self.db.execute(
+            "UPDATE blocks SET length = MAX(0, MIN(length, ?)) WHERE ino = ? AND idx = ?",
+            (self.store._block_size, ino, idx),
+        )
+
+    def find_missing_chunk_rows(self) -> list[Finding[tuple[bytes, int]]]:
+        rows = self.db.execute(
+            "SELECT b.chunk_id, COUNT(*), MAX(b.stored_bytes) FROM blocks b "
+            "LEFT JOIN chunks c ON c.chunk_id = b.chunk_id WHERE c.chunk_id IS NULL GROUP BY b.chunk_id"
+        ).fetchall()
+        return [
+            (
+                f"chunk {chunk_id.hex()} is named by {count} block entries but has no chunks row",
+                (chunk_id, stored_bytes),
+            )
+            for chunk_id, count, stored_bytes in rows
+        ]
+
+    def fix_missing_chunk_row(self, finding: tuple[bytes, int]) -> None:
+        chunk_id, stored_bytes = finding
+        if self.is_stored(chunk_id):
+            # The refcount check below sets the right count; unstored ones become holes next.
+            self.db.execute(
+                "INSERT INTO chunks (chunk_id, refcount, stored_bytes, zero_since_ns) VALUES (?, 0, ?, ?)",
+                (chunk_id, stored_bytes, self.now),
+            )
+
+    def find_dangling_blocks(self) -> list[Finding[tuple[int, list[int]]]]:
+        lost: dict[int, list[tuple[int, bytes]]] = {}
+        for ino, idx, chunk_id in self.db.execute("SELECT ino, idx, chunk_id FROM blocks").fetchall():
+            if not self.is_stored(chunk_id):
+                lost.setdefault(ino, []).append((idx, chunk_id))
+        found: list[Finding[tuple[int, list[int]]]] = []
+        for ino, entries in lost.items():
+            first_idx, first_chunk = entries[0]
+            line = (
+                f"inode {ino} ({self.path(ino)}): {len(entries)} blocks name missing chunks "
+                f"(first: block {first_idx}, chunk {first_chunk.hex()})"
+            )
+            found.append((line, (ino, [idx for idx, _ in entries])))
+        return found
+
+    def fix_dangling_blocks(self, finding: tuple[int, list[int]]) -> None:
+        ino, indexes = finding
+        for idx in indexes:
+            self.store._drop_block(ino, idx, self.now)
+        self.report(f"repair: inode {ino}: {len(indexes)} blocks turned into holes")
+
+    def find_inline(self) -> list[Finding[tuple[int, str]]]:
+        rows = self.db.execute(
+            "SELECT i.ino, i.mode, i.size, length(i.inline), "
+            "EXISTS (SELECT 1 FROM blocks b WHERE b.ino = i.ino) FROM inodes i WHERE i.inline IS NOT NULL"
+        ).fetchall()
+        found: list[Finding[tuple[int, str]]] = []
+        for ino, mode, size, length, has_blocks in rows:
+            if mode & _IFMT != _IFREG:
+                found.append((f"inode {ino}: inline data on a non-regular file", (ino, "NULL")))
+            elif has_blocks:
+                line = f"inode {ino} ({self.path(ino)}): both inline data and blocks; dropping inline data"
+                found.append((line, (ino, "NULL")))
+            elif length > size:
+                line = f"inode {ino} ({self.path(ino)}): {length} bytes of inline data exceed size {size}"
+                found.append((line, (ino, "substr(inline, 1, size)")))
+        return found
+
+    def fix_inline(self, finding: tuple[int, str]) -> None:
+        ino, expr = finding  # the SQL expression of the inline data to keep
+        self.db.execute(
+            "UPDATE inodes SET stored = stored - COALESCE(length(inline), 0) "
+            f"+ COALESCE(length({expr}), 0), "
+            f"inline = {expr} WHERE ino = ?",
+            (ino,),
+        )
+
+    def find_stored_totals(self) -> list[Finding[tuple[int, int]]]:
+        rows = self.db.execute(
+            "SELECT i.ino, i.stored, COALESCE(length(i.inline), 0) + "
+            "(SELECT COALESCE(SUM(b.stored_bytes), 0) FROM blocks b WHERE b.ino = i.ino) AS actual "
+            "FROM inodes i WHERE i.stored != actual"
+        ).fetchall()
+        return [
+            (f"inode {ino}: stored bytes {recorded}, actual {actual}", (ino, actual))
+            for ino, recorded, actual in rows
+        ]
+
+    def fix_stored_total(self, finding: tuple[int, int]) -> None:
+        ino, actual = finding
+        self.db.execute("UPDATE inodes SET stored = ? WHERE ino = ?", (actual, ino))
+
+    def find_refcounts(self) -> list[Finding[tuple[bytes, int]]]:
+        rows = self.db.execute(
+            "SELECT c.chunk_id, c.refcount, c.zero_since_ns IS NOT NULL, COALESCE(b.n, 0) FROM chunks c "
+            "LEFT JOIN (SELECT chunk_id, COUNT(*) AS n FROM blocks GROUP BY chunk_id) b "
+            "ON b.chunk_id = c.chunk_id "
+            "WHERE c.refcount != COALESCE(b.n, 0) OR (c.refcount = 0) != (c.zero_since_ns IS NOT NULL)"
+        ).fetchall()
+        found: list[Finding[tuple[bytes, int]]] = []
+        for chunk_id, refcount, zero_marked, actual in rows:
+            if refcount != actual:
+                line = f"chunk {chunk_id.hex()} has refcount {refcount}, but {actual} block entries"
+            else:
+                state = "marked" if zero_marked else "not marked"
+                line = f"chunk {chunk_id.hex()} with refcount {refcount} is {state} unreferenced"
+            found.append((line, (chunk_id, actual)))
+        return found
+
+    def fix_refcount(self, finding: tuple[bytes, int]) -> None:
+        chunk_id, actual = finding
+        self.db.execute(
+            "UPDATE chunks SET refcount = ?1, zero_since_ns = CASE WHEN ?1 > 0 THEN NULL "
+            "ELSE COALESCE(zero_since_ns, ?2) END WHERE chunk_id = ?3",
+            (actual, self.now, chunk_id),
+        )
+
+
+# In dependency order: each check sees the repairs of the ones before it.
+_CHECKS: tuple[_Check[Any], ...] = (
+    _Check("root", _Fsck.find_root, _Fsck.fix_root),
+    _Check("internal_roots", _Fsck.find_internal_roots, _Fsck.fix_internal_root),
+    _Check("dangling_dentries", _Fsck.find_dangling_dentries, _Fsck.fix_dangling_dentry),
+    _Check("dentry_kinds", _Fsck.find_dentry_kinds, _Fsck.fix_dentry_kind),
+    _Check("directory_names", _Fsck.find_directory_names, _Fsck.fix_directory_names),
+    _Check("opens", _Fsck.find_opens, _Fsck.fix_open),
+    _Check("xattrs", _Fsck.find_xattrs, _Fsck.fix_xattrs),
+    _Check("orphans", _Fsck.find_orphans, _Fsck.fix_orphan),
+    _Check("reachability", _Fsck.find_unreachable, _Fsck.fix_unreachable, deferred=True),
+    _Check("nlink", _Fsck.find_nlink, _Fsck.fix_nlink),
+    _Check("leaks", _Fsck.find_leaks, _Fsck.fix_leak),
+    _Check("volumes", _Fsck.find_volumes, _Fsck.fix_volume),
+    _Check("stray_blocks", _Fsck.find_stray_blocks, _Fsck.fix_stray_blocks),
+    _Check("blocks_beyond_size", _Fsck.find_blocks_beyond_size, _Fsck.fix_block),
+    _Check("block_lengths", _Fsck.find_block_lengths, _Fsck.fix_block_length),
+    _Check("missing_chunk_rows", _Fsck.find_missing_chunk_rows, _Fsck.fix_missing_chunk_row),
+    _Check("dangling_blocks", _Fsck.find_dangling_blocks, _Fsck.fix_dangling_blocks),
+    _Check("inline", _Fsck.find_inline, _Fsck.fix_inline),
+    _Check("stored_totals", _Fsck.find_stored_totals, _Fsck.fix_stored_total),
+    _Check("refcounts", _Fsck.find_refcounts, _Fsck.fix_refcount),
+)

@@ -1,0 +1,137 @@
+"""The metadata tables: their DDL, the schema version and the column lists the queries share.
+
+Tables (created by :class:`daemon.meta.store.MetaStore` at open):
+
+- ``inodes``: one row per inode.  ``stored`` caches the sum of the file's
+  block-map ``stored_bytes`` plus the length of its inline data; st_blocks is
+  derived from it.  Variable-size columns (symlink target, inline data) come
+  last so the fixed attributes stay in the row's local payload.
+- ``dentries``: ``(parent, name) -> ino`` with an AUTOINCREMENT ``id`` that is
+  the readdir cookie (never reused; a renamed entry gets a new one).
+- ``blocks``: the block map, ``(ino, idx) -> chunk_id, length, stored_bytes``.
+- ``chunks``: one row per chunk with its refcount; ``zero_since_ns`` is set
+  while the refcount is 0.  Only ``gc_collect`` deletes rows.  ``replicas`` is
+  the highest replication factor any write asked of the chunk (NULL: none
+  asked; the cluster default applies), so repair knows how many copies a chunk
+  needs without walking the files that name it.
+- ``xattrs``, ``sessions``, ``opens`` (open counts per session and inode),
+  ``oplog`` and ``config`` (the block size the block maps were written with;
+  ``internal:<name>`` -> the inode of each internal root, see below;
+  ``layout_epoch``, see ``nodes``).
+- ``volumes``: ``name -> ino`` of a top-level directory plus its msgpack
+  policy.  A row follows its directory: a rename within the root renames it,
+  a move out of the root or a removal drops it.
+- ``nodes``: the cluster's node registry (msgpack info per node id); the
+  fields ``zone``, ``capacity_weight``, ``state`` and ``address`` make up the
+  placement layout.  Every change of the table bumps ``layout_epoch`` in the
+  same transaction, so an epoch names exactly one layout and daemons can cache
+  placement tables by epoch.
+- ``s3_keys``: S3 access keys with their secrets.  Secrets never enter the
+  oplog (its rows name the access key only).
+
+Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
+database simply gains them on open; ``SCHEMA_VERSION`` changes only for
+changes to existing tables, which ``MetaStore._upgrade`` applies at open
+(version 2 added ``chunks.replicas``).  A database newer than the code is refused.
+
+Internal roots (:data:`INTERNAL_DIRS`, e.g. ``uploads`` for S3 multipart
+parts) are directories created at open that, like the root, have no dentry;
+nothing under ``ROOT_INO`` reaches them, so the mount never shows them.  Their
+contents are ordinary inodes managed with the ordinary operations.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS inodes (
+        ino INTEGER PRIMARY KEY AUTOINCREMENT,
+        mode INTEGER NOT NULL,
+        nlink INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        rdev INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        stored INTEGER NOT NULL,
+        atime_ns INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        symlink BLOB,
+        inline BLOB)""",
+    """CREATE TABLE IF NOT EXISTS dentries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        parent INTEGER NOT NULL,
+        name BLOB NOT NULL,
+        ino INTEGER NOT NULL,
+        is_dir INTEGER NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS dentries_by_name ON dentries (parent, name)",
+    # readdir scans (parent, id > cookie) in id order.
+    "CREATE INDEX IF NOT EXISTS dentries_by_cookie ON dentries (parent, id)",
+    # Only directories are ever looked up by ino (parent walks); leaving files out of this
+    # index saves a page write on every file create/unlink/rename.
+    "CREATE INDEX IF NOT EXISTS dentries_dirs ON dentries (ino) WHERE is_dir = 1",
+    """CREATE TABLE IF NOT EXISTS xattrs (
+        ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS blocks (
+        ino INTEGER NOT NULL, idx INTEGER NOT NULL, chunk_id BLOB NOT NULL,
+        length INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
+        PRIMARY KEY (ino, idx)) WITHOUT ROWID""",
+    # ``replicas`` comes last: version-1 databases gain it by ALTER TABLE, which appends.
+    """CREATE TABLE IF NOT EXISTS chunks (
+        chunk_id BLOB PRIMARY KEY, refcount INTEGER NOT NULL,
+        stored_bytes INTEGER NOT NULL, zero_since_ns INTEGER, replicas INTEGER) WITHOUT ROWID""",
+    # gc_collect only ever looks at unreferenced chunks, oldest first.
+    "CREATE INDEX IF NOT EXISTS chunks_unreferenced ON chunks (zero_since_ns) WHERE refcount = 0",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, last_seen_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    # Keyed by ino first: "is it open?" is the hot question; by-session scans (expiry) are rare
+    # and the table only holds currently open files.
+    """CREATE TABLE IF NOT EXISTS opens (
+        ino INTEGER NOT NULL, session TEXT NOT NULL, count INTEGER NOT NULL,
+        PRIMARY KEY (ino, session)) WITHOUT ROWID""",
+    # Plain rowid keys (no AUTOINCREMENT page write); _log continues from config's
+    # 'oplog_seq' when oplog_trim emptied the table, so sequence numbers never repeat.
+    """CREATE TABLE IF NOT EXISTS oplog (
+        seq INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL,
+        op TEXT NOT NULL, args BLOB NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS volumes (
+        name TEXT PRIMARY KEY, ino INTEGER NOT NULL, policy BLOB NOT NULL,
+        created_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    # Renames and removals in the root look up the row of the directory they touch.
+    "CREATE INDEX IF NOT EXISTS volumes_by_ino ON volumes (ino)",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        node_id TEXT PRIMARY KEY, info BLOB NOT NULL, updated_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS s3_keys (
+        access_key TEXT PRIMARY KEY, secret TEXT NOT NULL, created_ns INTEGER NOT NULL,
+        description TEXT NOT NULL) WITHOUT ROWID""",
+)
+# Directories outside the namespace (no dentry, unreachable from ROOT_INO), created at open.
+INTERNAL_DIRS = ("uploads", "trash")
+_INTERNAL_KEY = "internal:"
+# The SQL list of their config keys, for queries that treat internal roots as roots.
+_INTERNAL_KEYS_SQL = ", ".join(f"'{_INTERNAL_KEY}{name}'" for name in INTERNAL_DIRS)
+_INTERNAL_INOS_SQL = f"SELECT value FROM config WHERE key IN ({_INTERNAL_KEYS_SQL})"
+# Scratch TEMP tables of the set-based multi-inode operations (remove_tree, snapshot).
+_SCRATCH = {
+    "dirs": "ino INTEGER PRIMARY KEY",
+    "inos": "ino INTEGER PRIMARY KEY",
+    "links": "ino INTEGER PRIMARY KEY, n INTEGER NOT NULL",
+    "purge": "ino INTEGER PRIMARY KEY",
+    "map": "old INTEGER PRIMARY KEY, new INTEGER NOT NULL",
+}
+
+
+def _attr_cols(prefix: str) -> str:
+    """The SELECT list that maps an inodes row onto :class:`Attr`, in field order."""
+    p = prefix
+    return (
+        f"{p}ino, {p}mode, {p}nlink, {p}uid, {p}gid, {p}rdev, {p}size, ({p}stored + 511) / 512, "
+        f"{p}atime_ns, {p}mtime_ns, {p}ctime_ns, {p}generation"
+    )
+
+
+_ATTR = _attr_cols("")
+_ATTR_I = _attr_cols("i.")

@@ -1,0 +1,88 @@
+"""Extended attributes, with POSIX ACLs kept in step with the mode (see dfs.core.acl)."""
+
+from __future__ import annotations
+
+from daemon.meta.base import _api
+from daemon.meta.inodes import Inodes, _check_xattr_name, _is_dir
+from daemon.meta.policy import _check_policy_xattr
+from dfs.core import acl
+from dfs.core.errors import Exists, InvalidArgument, NoAttribute, PermissionDenied, RangeError
+from dfs.core.namespace import XATTR_CREATE, XATTR_REPLACE, XATTR_SIZE_MAX
+
+
+class Xattrs(Inodes):
+    """get/list/set/removexattr; ACL xattrs also change the mode, and chmod changes the access ACL."""
+
+    @_api
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        _check_xattr_name(name)
+        row = self._db.execute("SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).fetchone()
+        if row is None:
+            self._inode(ino)
+            raise NoAttribute(f"no xattr {name!r} on inode {ino}")
+        value: bytes = row[0]
+        return value
+
+    @_api
+    def listxattr(self, ino: int) -> list[bytes]:
+        self._inode(ino)
+        return [r[0] for r in self._db.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,))]
+
+    @_api
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        _check_xattr_name(name)
+        if len(value) > XATTR_SIZE_MAX:
+            raise RangeError(f"xattr value of {len(value)} bytes exceeds {XATTR_SIZE_MAX}")
+        if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+            raise InvalidArgument(f"bad xattr flags {flags:#x}")
+        _check_policy_xattr(name, value)
+        with self._write() as now:
+            self._inode(ino)
+            exists = self._db.execute(
+                "SELECT 1 FROM xattrs WHERE ino = ? AND name = ?", (ino, name)
+            ).fetchone()
+            if exists and flags & XATTR_CREATE:
+                raise Exists(f"xattr {name!r} exists on inode {ino}")
+            if not exists and flags & XATTR_REPLACE:
+                raise NoAttribute(f"no xattr {name!r} on inode {ino}")
+            if name in acl.NAMES:
+                self._set_acl(ino, name, value, now)
+            else:
+                self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+                self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            self._log(now, "setxattr", [ino, name, value, flags])
+
+    def _set_acl(self, ino: int, name: bytes, value: bytes, now: int) -> None:
+        """Store an ACL xattr and keep the mode in step (see dfs.core.acl), in the caller's transaction."""
+        mode = self._inode(ino)[0]
+        if name == acl.ACCESS:
+            mode, stored = acl.after_set(value, mode)
+        elif _is_dir(mode):
+            stored = acl.check_default(value)
+        else:
+            raise PermissionDenied(f"inode {ino} is not a directory: it cannot have a default ACL")
+        if stored is None:
+            self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, stored))
+        self._db.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?", (mode, now, ino))
+
+    @_api
+    def removexattr(self, ino: int, name: bytes) -> None:
+        _check_xattr_name(name)
+        with self._write() as now:
+            self._inode(ino)
+            if self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).rowcount == 0:
+                raise NoAttribute(f"no xattr {name!r} on inode {ino}")
+            self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            self._log(now, "removexattr", [ino, name])
+
+    def _chmod_acl(self, ino: int, mode: int) -> None:
+        row = self._db.execute(
+            "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, acl.ACCESS)
+        ).fetchone()
+        if row is not None:
+            self._db.execute(
+                "UPDATE xattrs SET value = ? WHERE ino = ? AND name = ?",
+                (acl.chmod(row[0], mode), ino, acl.ACCESS),
+            )

@@ -1,0 +1,88 @@
+"""Bucket operations: ListBuckets, CreateBucket, DeleteBucket, PutBucketVersioning.
+
+A bucket is a top-level directory, created as a volume (so it can carry a
+policy of its own); listing the buckets lists the root's directories whose
+names are valid bucket names.  PutBucketVersioning with Enabled is refused
+(501): every object has the single version ``null``.
+"""
+
+from __future__ import annotations
+
+from daemon.http import Response
+from daemon.s3.call import OWNER, Call, xml
+from daemon.s3.tree import ObjectTree
+from dfs.core import endpoints, s3names, s3xml, sigv4
+from dfs.core.errors import DfsError, NotEmpty, NotFound, S3Error
+from dfs.core.namespace import ROOT_INO
+
+
+class Buckets:
+    """The operations on buckets themselves (their contents are :mod:`daemon.s3.listing`'s)."""
+
+    def __init__(self, tree: ObjectTree) -> None:
+        self.tree = tree
+        self.client = tree.client
+        self.s3 = tree.s3
+
+    async def list_all(self, c: Call) -> Response:
+        buckets: list[tuple[str, int]] = []
+        async for entry in self.tree.entries(ROOT_INO):
+            name = entry.name.decode("utf-8", "replace")
+            if entry.attr.is_dir and s3names.is_bucket_name(name):
+                volume = await endpoints.META_GET_VOLUME.call(self.client, name)
+                created = volume["created_ns"] if volume else entry.attr.mtime_ns
+                buckets.append((name, created))
+        return xml(s3xml.list_buckets(buckets, owner_id=OWNER[0], owner_name=OWNER[1]))
+
+    async def create(self, c: Call) -> Response:
+        s3names.check_bucket(c.bucket)
+        body = await c.req.read_body(64 * 1024)
+        c.bytes_in = len(body)
+        region = s3xml.parse_create_bucket(body)
+        if region and region not in (self.s3.region, "us-east-1"):
+            raise S3Error("InvalidLocationConstraint", "The specified location-constraint is not valid", 400)
+        try:
+            await endpoints.META_CREATE_VOLUME.call(self.client, c.bucket, {}, 0o755, 0, 0)
+        except DfsError as exc:
+            if exc.code != "Exists":
+                raise
+            attr = await self.client.lookup(ROOT_INO, c.bucket.encode())
+            if not attr.is_dir:
+                raise S3Error("BucketAlreadyExists", "A file of that name exists at the root", 409) from None
+            raise S3Error(
+                "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded", 409
+            ) from None
+        return Response(200, [("Location", "/" + c.bucket)])
+
+    async def delete(self, c: Call) -> Response:
+        await self.tree.bucket_ino(c.bucket)
+        try:
+            await self.client.rmdir(ROOT_INO, c.bucket.encode())
+        except NotEmpty:
+            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409) from None
+        except NotFound:
+            raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404) from None
+        return Response(204)
+
+    async def put_versioning(self, c: Call) -> Response:
+        """PutBucketVersioning: objects here have one version each, so Enabled is refused.
+
+        Suspended is accepted and changes nothing: in a suspended bucket every
+        write replaces the object's ``null`` version, which is what happens
+        here anyway.
+        """
+        await self.tree.bucket_ino(c.bucket)
+        body = await c.req.read_body(64 * 1024)
+        c.bytes_in = len(body)
+        assert c.auth is not None
+        checks = sigv4.BodyChecks(c.headers, c.auth)
+        checks.update(body)
+        checks.finish(None)
+        status, mfa_delete = s3xml.parse_versioning(body)
+        if status == "Enabled" or mfa_delete == "Enabled":
+            raise S3Error(
+                "NotImplemented",
+                "Bucket versioning is not supported: every object has the single version null",
+                501,
+            )
+        return Response(200)

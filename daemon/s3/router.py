@@ -1,0 +1,346 @@
+"""The S3 API's entry point: a request in, parsed, authenticated, routed to its operation, answered.
+
+:class:`S3Api` is the :mod:`daemon.http` handler.  It turns the request into
+a :class:`~daemon.s3.call.Call` (path-style or virtual-host bucket, key,
+query), checks its signature (:mod:`daemon.s3.auth`), names the S3
+operation and hands it to the module serving it (buckets, objects, listing,
+multipart), then answers any error in S3's XML format and reports the
+request to the metrics observer.  Sub-resources dfs does not implement get a
+fixed "nothing configured" answer on GET and 501 otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+
+import trio
+
+from daemon.http import BodyError, Request, Response
+from daemon.s3.auth import KeyRing
+from daemon.s3.buckets import Buckets
+from daemon.s3.call import OWNER, Call, xml
+from daemon.s3.listing import Listing
+from daemon.s3.multipart import Multipart
+from daemon.s3.objects import Objects
+from daemon.s3.tree import ObjectTree
+from dfs.client.cluster import Client
+from dfs.core import s3xml, sigv4
+from dfs.core.config import Config
+from dfs.core.errors import DfsError, S3Error, s3_code
+
+log = logging.getLogger("dfs.s3")
+
+# Sub-resources answered with a fixed "nothing configured" reply: GET only.
+_BUCKET_STUB_404 = {
+    "policy": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
+    "lifecycle": ("NoSuchLifecycleConfiguration", "The lifecycle configuration does not exist"),
+    "cors": ("NoSuchCORSConfiguration", "The CORS configuration does not exist"),
+    "tagging": ("NoSuchTagSet", "The TagSet does not exist"),
+    "object-lock": ("ObjectLockConfigurationNotFoundError", "Object Lock configuration does not exist"),
+    "encryption": (
+        "ServerSideEncryptionConfigurationNotFoundError",
+        "The server side encryption configuration was not found",
+    ),
+    "website": ("NoSuchWebsiteConfiguration", "The specified bucket does not have a website configuration"),
+    "replication": ("ReplicationConfigurationNotFoundError", "The replication configuration was not found"),
+    "ownershipControls": ("OwnershipControlsNotFoundError", "The bucket ownership controls were not found"),
+    "publicAccessBlock": (
+        "NoSuchPublicAccessBlockConfiguration",
+        "The public access block configuration was not found",
+    ),
+}
+# Any of these in a query selects a sub-resource we do not implement for writes (or at all).
+_SUBRESOURCES = frozenset(
+    {
+        *_BUCKET_STUB_404,
+        "acl",
+        "location",
+        "versioning",
+        "versions",
+        "uploads",
+        "uploadId",
+        "delete",
+        "logging",
+        "notification",
+        "requestPayment",
+        "accelerate",
+        "analytics",
+        "inventory",
+        "metrics",
+        "intelligent-tiering",
+        "restore",
+        "select",
+        "torrent",
+        "retention",
+        "legal-hold",
+        "attributes",
+        "partNumber",
+    }
+)
+
+
+Observer = Callable[[str, int, float, int, int], None]
+
+
+class S3Api:
+    """An ``daemon.http`` handler serving the S3 API over one filesystem client."""
+
+    def __init__(self, client: Client, cfg: Config, keys: KeyRing, observe: Observer | None = None) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.s3 = cfg.s3
+        self.keys = keys
+        self._observe = observe
+        self.tree = ObjectTree(client, cfg)
+        self.buckets = Buckets(self.tree)
+        self.objects = Objects(self.tree)
+        self.listing = Listing(self.tree)
+        self.multipart = Multipart(self.tree, self.objects)
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """Where GET read-ahead tasks run (the server's nursery); None reads without read-ahead."""
+        return self.tree.nursery
+
+    @nursery.setter
+    def nursery(self, nursery: trio.Nursery | None) -> None:
+        self.tree.nursery = nursery
+
+    async def expire_uploads(self) -> int:
+        """Remove multipart uploads older than ``upload_expiry_s``; returns how many."""
+        return await self.multipart.expire()
+
+    # -- entry point ----------
+    async def handle(self, req: Request) -> Response:
+        started = time.monotonic()
+        request_id = secrets.token_hex(8).upper()
+        call: Call | None = None
+        try:
+            call = self._parse(req, request_id)
+            view = sigv4.RequestView(req.method, req.path, req.query, call.headers)
+            vhost_bucket = call.bucket if self._vhost(call.headers) else None
+            call.auth = await self.keys.authenticate(
+                view, vhost_bucket, region=self.s3.region, max_skew_s=self.s3.max_clock_skew_s
+            )
+            resp = await self._route(call)
+        except Exception as exc:
+            resp = self._failure(req, call, request_id, _leaf(exc))
+        resp.headers.append(("x-amz-request-id", request_id))
+        resp.headers.append(("x-amz-id-2", request_id))
+        if call is not None:
+            resp.headers.extend(call.extra_headers)
+        if self._observe is not None:
+            out = resp.content_length if resp.content_length is not None else 0
+            self._observe(
+                call.operation if call else "Unknown",
+                resp.status,
+                time.monotonic() - started,
+                call.bytes_in if call else 0,
+                out,
+            )
+        return resp
+
+    def _failure(self, req: Request, call: Call | None, request_id: str, exc: BaseException) -> Response:
+        if isinstance(exc, S3Error):
+            return self._error(req, call, request_id, exc.s3_code, exc.message, exc.status, exc.extra)
+        if isinstance(exc, BodyError):
+            code = {408: "RequestTimeout", 413: "EntityTooLarge"}.get(exc.status, "IncompleteBody")
+            return self._error(req, call, request_id, code, str(exc), exc.status, {})
+        if isinstance(exc, DfsError):
+            code, status = s3_code(exc)
+            if status >= 500:
+                log.warning("s3 %s %s failed: %s", req.method, req.path[:200], exc.message)
+            return self._error(req, call, request_id, code, exc.message, status, {})
+        log.error("s3 %s %s failed", req.method, req.path[:200], exc_info=exc)
+        return self._error(
+            req, call, request_id, "InternalError", "We encountered an internal error", 500, {}
+        )
+
+    def _error(
+        self,
+        req: Request,
+        call: Call | None,
+        request_id: str,
+        code: str,
+        message: str,
+        status: int,
+        extra: Mapping[str, str],
+    ) -> Response:
+        headers: list[tuple[str, str]] = []
+        if req.method == "HEAD":
+            return Response(status, headers)
+        body = s3xml.error(
+            code, message, resource=call.resource if call else req.path, request_id=request_id, extra=extra
+        )
+        headers.append(("Content-Type", "application/xml"))
+        return Response(status, headers, body)
+
+    def error_response(self, status: int, message: str) -> Response:
+        """Protocol-level errors (bad HTTP) in S3's format, for the HTTP server."""
+        code = {
+            400: "BadRequest",
+            408: "RequestTimeout",
+            413: "EntityTooLarge",
+            431: "RequestHeaderSectionTooLarge",
+        }
+        body = s3xml.error(
+            code.get(status, "InternalError"), message, resource="", request_id=secrets.token_hex(8).upper()
+        )
+        return Response(status, [("Content-Type", "application/xml")], body)
+
+    # -- parsing ----------
+    def _vhost(self, headers: Mapping[str, str]) -> bool:
+        domain = self.s3.domain
+        host = headers.get("host", "").rsplit(":", 1)[0].lower() if headers.get("host") else ""
+        return bool(domain) and host.endswith("." + domain.lower())
+
+    def _parse(self, req: Request, request_id: str) -> Call:
+        headers = req.header_map()
+        try:
+            path = urllib.parse.unquote(req.path, errors="strict")
+        except UnicodeDecodeError:
+            raise S3Error("InvalidURI", "Couldn't parse the specified URI.") from None
+        # Percent-decoding only: "+" is a literal plus in S3 queries (and in what SigV4 signed).
+        query: dict[str, str] = {}
+        for part in req.query.split("&"):
+            if part:
+                name, _, value = part.partition("=")
+                query.setdefault(urllib.parse.unquote(name), urllib.parse.unquote(value))
+        if self._vhost(headers):
+            host = headers["host"].rsplit(":", 1)[0].lower()
+            bucket = host[: -len(self.s3.domain) - 1]
+            key = path[1:] if path.startswith("/") else path
+        else:
+            rest = path[1:] if path.startswith("/") else path
+            bucket, _, key = rest.partition("/")
+        return Call(req, request_id, bucket, key, query, headers, path)
+
+    # -- routing ----------
+    async def _route(self, c: Call) -> Response:
+        m = c.req.method
+        q = c.query
+        if not c.bucket:
+            if m == "GET":
+                c.operation = "ListBuckets"
+                return await self.buckets.list_all(c)
+            raise S3Error(
+                "MethodNotAllowed", "The specified method is not allowed against this resource", 405
+            )
+        if not c.key:
+            return await self._bucket_route(c, m, q)
+        return await self._object_route(c, m, q)
+
+    async def _bucket_route(self, c: Call, m: str, q: dict[str, str]) -> Response:
+        sub = [k for k in q if k in _SUBRESOURCES]
+        if m == "PUT" and not sub:
+            c.operation = "CreateBucket"
+            return await self.buckets.create(c)
+        if m == "PUT" and sub == ["versioning"]:
+            c.operation = "PutBucketVersioning"
+            return await self.buckets.put_versioning(c)
+        if m == "DELETE" and not sub:
+            c.operation = "DeleteBucket"
+            return await self.buckets.delete(c)
+        if m == "HEAD" and not sub:
+            c.operation = "HeadBucket"
+            await self.tree.bucket_ino(c.bucket)
+            return Response(200, [("x-amz-bucket-region", self.s3.region)])
+        if m == "POST" and "delete" in q:
+            c.operation = "DeleteObjects"
+            return await self.objects.delete_many(c)
+        if m == "GET":
+            if not sub:
+                if q.get("list-type") == "2":
+                    c.operation = "ListObjectsV2"
+                    return await self.listing.list_objects(c, v2=True)
+                c.operation = "ListObjects"
+                return await self.listing.list_objects(c, v2=False)
+            name = sub[0]
+            c.operation = f"GetBucket.{name}"
+            await self.tree.bucket_ino(c.bucket)
+            if name == "location":
+                return xml(s3xml.location(self.s3.region))
+            if name == "versioning":
+                return xml(s3xml.versioning())
+            if name == "acl":
+                return xml(s3xml.acl(*OWNER))
+            if name == "uploads":
+                c.operation = "ListMultipartUploads"
+                return await self.multipart.list_uploads(c)
+            if name == "versions":
+                c.operation = "ListObjectVersions"
+                return await self.listing.list_versions(c)
+            if name in _BUCKET_STUB_404:
+                code, message = _BUCKET_STUB_404[name]
+                raise S3Error(code, message, 404)
+        raise S3Error(
+            "NotImplemented", "A header or query you provided implies functionality not implemented", 501
+        )
+
+    async def _object_route(self, c: Call, m: str, q: dict[str, str]) -> Response:
+        sub = [k for k in q if k in _SUBRESOURCES and k not in ("uploadId", "partNumber")]
+        upload = q.get("uploadId")
+        if m == "PUT" and not sub:
+            if upload is not None:
+                if "x-amz-copy-source" in c.headers:
+                    c.operation = "UploadPartCopy"
+                else:
+                    c.operation = "UploadPart"
+                return await self.multipart.upload_part(c, upload)
+            if "x-amz-copy-source" in c.headers:
+                c.operation = "CopyObject"
+                return await self.objects.copy(c)
+            c.operation = "PutObject"
+            return await self.objects.put(c)
+        if m in ("GET", "HEAD") and not sub:
+            if upload is not None and m == "GET":
+                c.operation = "ListParts"
+                return await self.multipart.list_parts(c, upload)
+            c.operation = "GetObject" if m == "GET" else "HeadObject"
+            return await self.objects.get(c, head=m == "HEAD")
+        if m == "DELETE" and not sub:
+            if upload is not None:
+                c.operation = "AbortMultipartUpload"
+                return await self.multipart.abort(c, upload)
+            c.operation = "DeleteObject"
+            return await self.objects.delete(c)
+        if m == "POST":
+            if "uploads" in q:
+                c.operation = "CreateMultipartUpload"
+                return await self.multipart.create(c)
+            if upload is not None and not sub:
+                c.operation = "CompleteMultipartUpload"
+                return await self.multipart.complete(c, upload)
+        if m == "GET" and sub == ["acl"]:
+            c.operation = "GetObjectAcl"
+            await self.tree.object(c)
+            return xml(s3xml.acl(*OWNER))
+        if m == "GET" and sub == ["tagging"]:
+            c.operation = "GetObjectTagging"
+            await self.tree.object(c)
+            return xml(s3xml.tagging())
+        raise S3Error(
+            "NotImplemented", "A header or query you provided implies functionality not implemented", 501
+        )
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The error to report from what a nursery raised: its first dfs or body error, if any."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            if isinstance(leaf, (DfsError, BodyError)):
+                return leaf
+        return leaves[0] if leaves else exc
+    return exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for sub in group.exceptions:
+        out.extend(_leaves(sub) if isinstance(sub, BaseExceptionGroup) else [sub])
+    return out

@@ -1,0 +1,273 @@
+"""The daemon's handler tables, derived from the endpoint registry (dfs/core/endpoints.py).
+
+Each declared endpoint names its site: every daemon answers ``Site.NODE``
+calls itself; the metadata primary answers ``Site.PRIMARY`` calls, inline in
+the RPC reader task when declared ``inline`` (point reads on the read-only
+connection, see daemon/service/meta_calls.py), else in a task; a secondary
+forwards every ``Site.PRIMARY`` call to the primary unchanged, making change
+notices for its own mounts from those declared ``notices``.  ``Site.LOCAL``
+calls are served to in-process callers only (the S3 shim, the admin API).
+
+The bindings below say which object answers which endpoint; the wrappers
+(metadata-thread call, directory stamps, forwarding) come from the declarations.
+tests/unit/test_endpoints.py checks the tables serve exactly what is declared,
+with the declared arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from daemon.changefeed import ChangeFeed
+from daemon.service.chunk_handlers import ChunkHandlers
+from daemon.service.cluster_runner import ClusterRunner
+from daemon.service.frontends import Frontends
+from daemon.service.local import Handler
+from daemon.service.meta_calls import MetaCalls
+from daemon.service.metadata_handlers import MetaHandlers
+from daemon.service.system_handlers import SystemHandlers
+from daemon.service.upkeep import Upkeep
+from dfs.core import endpoints
+from dfs.core.changes import changes_of
+from dfs.core.errors import Unavailable
+from dfs.net import rpc
+
+T = TypeVar("T")
+
+# The metadata calls a secondary forwards with change notices for its own mounts (by name:
+# tests/unit/test_changes.py checks dfs/core/changes.py classifies each).
+NOTICED_METHODS = tuple(ep.name for ep in endpoints.ALL.values() if ep.notices)
+
+
+def _by_name(bindings: Mapping[endpoints.Endpoint[Any], T]) -> dict[str, T]:
+    """A handler table keyed by the method names the wire carries."""
+    return {ep.name: fn for ep, fn in bindings.items()}
+
+
+class HandlerTable:
+    """Builds the tables from the objects that answer the calls."""
+
+    def __init__(
+        self,
+        metacalls: MetaCalls,
+        changes: ChangeFeed,
+        cluster: ClusterRunner,
+        chunk: ChunkHandlers,
+        system: SystemHandlers,
+        upkeep: Upkeep,
+        shaped: MetaHandlers,
+        frontends: Frontends,
+    ) -> None:
+        self._metacalls = metacalls
+        self._changes = changes
+        self._cluster = cluster
+        self._chunk = chunk
+        self._system = system
+        self._upkeep = upkeep
+        self._shaped = shaped
+        self._frontends = frontends
+
+    def tasks(self) -> dict[str, Handler]:
+        """Every endpoint this daemon serves in a task."""
+        table = self._node_handlers()
+        store = self._metacalls.store
+        if store is None:
+            # A secondary: every call the primary answers goes there, unchanged.
+            for ep in endpoints.ALL.values():
+                if ep.site is endpoints.Site.PRIMARY:
+                    forward = self._forwarder(ep.name)
+                    table[ep.name] = self._noticed(ep.name, forward) if ep.notices else forward
+            return table
+        table.update(self._primary_handlers())
+        return table
+
+    def inline(self) -> dict[str, Callable[..., Any]]:
+        """Read-only calls answered by the RPC reader itself (see meta_calls.py)."""
+        r, e = self._metacalls.reader, endpoints
+        if r is None:
+            return {}  # a secondary forwards them (see tasks)
+        return _by_name(
+            {
+                e.META_LOOKUP: r.lookup,
+                e.META_LOOKUP_VERSIONED: r.lookup_versioned,
+                e.META_GETATTR: r.getattr,
+                e.META_READLINK: r.readlink,
+                e.META_READDIR: r.readdir,
+                e.META_READ_MAP: r.read_map,
+                e.META_GETXATTR: r.getxattr,
+                e.META_LISTXATTR: r.listxattr,
+                e.META_RESOLVE: r.resolve,
+                e.META_LIST_DIR: r.list_dir,
+                e.META_INTERNAL_DIR: r.internal_dir,
+                e.META_GET_VOLUME: r.get_volume,
+                e.META_LIST_VOLUMES: r.list_volumes,
+                e.META_LAYOUT: r.layout,
+                e.META_CHUNK_REPLICAS: r.chunk_replicas,
+                e.META_CHUNK_FACTORS: r.chunk_factors,
+                e.META_POLICY: r.policy,
+            }
+        )
+
+    def local_inline(self) -> dict[str, Callable[..., Any]]:
+        """Reads only in-process callers (the S3 shim, the admin API) may make: never over RPC."""
+        return {**self.inline(), endpoints.META_S3_KEY_GET.name: self._frontends.s3_secret}
+
+    # -- bindings --------------------------------------------------------------------------------
+    def _node_handlers(self) -> dict[str, Handler]:
+        """What every daemon answers itself (Site.NODE)."""
+        e, c, s, cl = endpoints, self._chunk, self._system, self._cluster
+        return _by_name(
+            {
+                e.CHUNK_PUT: c.chunk_put,
+                e.CHUNK_GET: c.chunk_get,
+                e.CHUNK_HAS: c.chunk_has,
+                e.CHUNK_HINT: c.chunk_hint,
+                e.CHUNK_DELETE: c.chunk_delete,
+                e.CHUNK_DIGESTS: c.chunk_digests,
+                e.CHUNK_PIN: c.chunk_pin,
+                e.CHUNK_VERIFY: c.chunk_verify,
+                e.SYS_INFO: s.info,
+                e.SYS_PING: s.ping,
+                e.SYS_STATUS: s.status,
+                e.SYS_SCRUB_LIST: s.scrub_list,
+                e.SYS_SCRUB_BATCH: s.scrub_batch,
+                e.SYS_SWEEP_ORPHANS: self._upkeep.sweep_orphans,
+                e.SYS_MEMBERS: cl.members,
+                e.SYS_CLUSTER: cl.cluster,
+                e.SYS_REPAIR_STATUS: cl.repair_status,
+                e.SYS_REPAIR_NOW: cl.repair_now,
+                e.NS_CHANGES: s.ns_changes,
+            }
+        )
+
+    def _primary_handlers(self) -> dict[str, Handler]:
+        """What the primary answers in a task (Site.PRIMARY, not inline)."""
+        e, m, sh = endpoints, self._metacalls.meta, self._shaped
+        # Plain metadata-thread calls; those whose declaration names directories answer with
+        # their DirStamps too (Endpoint.stamps).
+        in_meta_thread: dict[endpoints.Endpoint[Any], Callable[..., Any]] = {
+            e.META_OPEN_EVENTS: m.open_events,
+            e.META_END_SESSION: m.end_session,
+            e.META_SESSION_HEARTBEAT: m.session_heartbeat,
+            e.META_SETXATTR: m.setxattr,
+            e.META_REMOVEXATTR: m.removexattr,
+            e.META_SYNC: m.sync,
+            e.META_MAKE_DIRS: sh.make_dirs,
+            e.META_REMOVE_TREE: m.remove_tree,
+            e.META_REMOVE_EMPTY_PARENTS: m.remove_empty_parents,
+            e.META_CREATE_VOLUME: sh.create_volume,
+            e.META_UPDATE_VOLUME: m.update_volume,
+            e.META_DELETE_VOLUME: sh.delete_volume,
+            e.META_SNAPSHOT: sh.snapshot,
+            e.META_REGISTER_NODE: m.register_node,
+            e.META_SET_NODE: sh.set_node,
+            e.META_REMOVE_NODE: m.remove_node,
+            e.META_COUNTS: m.counts,
+            e.META_MKNOD: m.mknod,
+            e.META_MKDIR: m.mkdir,
+            e.META_SYMLINK: m.symlink,
+            e.META_CREATE: m.create,
+            e.META_LINK: m.link,
+            e.META_UNLINK: m.unlink,
+            e.META_RMDIR: m.rmdir,
+            e.META_RENAME: m.rename,
+            e.META_SETATTR: sh.setattr,
+            e.S3_KEY_LIST: m.s3_key_list,
+            e.S3_KEY_REVOKE: m.s3_key_delete,
+        }
+        table: dict[str, Handler] = {
+            ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)
+            for ep, fn in in_meta_thread.items()
+        }
+        f = self._frontends
+        table.update(
+            _by_name(
+                {
+                    e.META_OPEN: sh.open,
+                    e.META_COMMIT_WRITE: sh.commit_write,
+                    e.META_PUT_OBJECT: sh.put_object,
+                    e.META_CLAIM_ORPHANS: self._upkeep.claim_orphans,
+                    e.S3_KEY_CREATE: f.s3_key_create,
+                    e.S3_AUTHENTICATE: f.s3_authenticate,
+                    e.SYS_ADMIN_FORWARD: f.admin_forward,
+                    e.SYS_STATFS: self._system.statfs,
+                    e.SYS_FSCK_META: self._upkeep.fsck_meta,
+                    e.SYS_GC: self._upkeep.gc_now,
+                }
+            )
+        )
+        return table
+
+    # -- wrappers --------------------------------------------------------------------------------
+    def _forwarder(self, method: str) -> Handler:
+        cluster = self._cluster
+
+        async def call(*args: Any) -> Any:
+            if cluster.primary is None:
+                raise Unavailable("not connected to the metadata primary yet")
+            return await cluster.primary.call(method, *args)
+
+        call.__name__ = method
+        return call
+
+    def _noticed(self, method: str, forward: Handler) -> Handler:
+        """A secondary's forwarder that also tells this daemon's mounts what it changed (the
+        primary's mounts learn it from the primary's oplog)."""
+        op = method.removeprefix("meta.")
+        changes = self._changes
+
+        async def call(*args: Any) -> Any:
+            origin = rpc.current_connection()
+            with changes.busy(origin):
+                try:
+                    result = await forward(*args)
+                except Unavailable:
+                    # The reply may be what was lost: the change may have been made.
+                    changes.record(changes_of(op, args), origin)
+                    raise
+                seq = changes.record(changes_of(op, args), origin)
+                if seq is not None:
+                    await changes.settle(seq, origin)
+            return result
+
+        call.__name__ = method
+        return call
+
+    def _stamped(self, fn: Callable[..., Any], *dir_args: int) -> Handler:
+        """Wrap a call that changes the directories named by positions ``dir_args``.
+
+        Returns ``[result, [[dir, ctime_before, attr_after], ...]]``.  When a
+        directory's ``before`` equals the ctime a mount saw after its own
+        previous change there, nobody else changed it in between, so the mount
+        may keep answering negative lookups in it itself (mount/dirs.py).  The
+        ctime, not the mtime, because no one can set it.  All steps run in one
+        metadata-thread call: no other write can interleave.
+        """
+        meta = self._metacalls.meta
+
+        def run(*args: Any) -> list[Any]:
+            dirs = list(dict.fromkeys(args[i] for i in dir_args))
+            before = [meta.getattr(d).ctime_ns for d in dirs]
+            result = fn(*args)
+            return [result, [[d, b, meta.getattr(d)] for d, b in zip(dirs, before, strict=True)]]
+
+        run.__name__ = getattr(fn, "__name__", "run")
+        metacalls = self._metacalls
+
+        # wraps: inspect.signature(handler) shows fn's arguments (tests/unit/test_endpoints.py).
+        @functools.wraps(fn)
+        async def call(*args: Any) -> Any:
+            return await metacalls.run(run, *args)
+
+        return call
+
+    def _meta_call(self, fn: Callable[..., Any]) -> Handler:
+        metacalls = self._metacalls
+
+        @functools.wraps(fn)  # see _stamped
+        async def call(*args: Any) -> Any:
+            return await metacalls.run(fn, *args)
+
+        return call

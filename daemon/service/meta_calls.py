@@ -1,0 +1,118 @@
+"""The metadata primary's stores, and the one way the service changes them.
+
+- Writes (and long reads) go through :meth:`MetaCalls.run`: the call runs in
+  the metadata thread (daemon/service/threads.py), and before it returns, the
+  change notices for the rows it added to the oplog reach this daemon's mounts
+  (dfs/core/changes.py, daemon/changefeed.py).  That is the one place every
+  change passes, whether from RPC, S3 or the admin API.  A secondary has no
+  store; it makes notices from the calls it forwards (daemon/service/handlers.py).
+- Point reads (lookup, getattr, readdir pages, block maps, xattrs) use a
+  second, read-only connection (:attr:`MetaCalls.reads`) directly on the event
+  loop.  They touch a few cached index pages and take microseconds, far less
+  than any thread hand-off; in WAL mode they never wait for the writer and see
+  every committed transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from daemon.changefeed import ChangeFeed
+from daemon.meta import MetaStore
+from daemon.service.threads import MetaWorker
+from dfs.core.changes import ALL, Change, changes_of
+from dfs.core.errors import DfsError, Unavailable
+from dfs.net import rpc
+
+log = logging.getLogger("dfs.daemon")
+T = TypeVar("T")
+
+
+class MetaCalls:
+    """The writer and reader connections (None on a secondary) and the metadata thread."""
+
+    def __init__(self, store: MetaStore | None, changes: ChangeFeed, *, primary_address: str) -> None:
+        self.store = store
+        self.reader = store.reader() if store is not None else None
+        self.changes = changes
+        self.worker = MetaWorker()
+        self._primary_address = primary_address  # for the error a secondary's caller gets
+        self._oplog_seen = store.oplog_head() if store is not None else 0
+
+    @property
+    def meta(self) -> MetaStore:
+        """The writer connection: use it only inside :meth:`run`."""
+        if self.store is None:
+            raise Unavailable(f"this daemon is not the metadata primary (that is {self._primary_address})")
+        return self.store
+
+    @property
+    def reads(self) -> MetaStore:
+        """The read-only connection, for point reads on the event loop."""
+        if self.reader is None:
+            raise Unavailable(f"this daemon is not the metadata primary (that is {self._primary_address})")
+        return self.reader
+
+    def close(self) -> None:
+        self.worker.stop()
+        if self.reader is not None:
+            self.reader.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in the metadata thread; returns once this daemon's other mounts
+        applied the changes it made."""
+        call = partial(fn, *args, **kwargs)
+        store = self.store
+        if store is None:
+            return await self.worker.run(call)
+        found: list[Change] = []
+
+        def run() -> T:
+            written = store.total_changes
+            try:
+                return call()
+            finally:
+                # Still in the metadata thread: exactly the rows this call committed
+                # (reads, which wrote nothing, skip the oplog query).
+                if store.total_changes != written:
+                    found.extend(self._changes_since_last(store))
+
+        run.__name__ = getattr(fn, "__name__", "call")  # the metadata observer's label
+        origin = rpc.current_connection()
+        with self.changes.busy(origin):
+            try:
+                result = await self.worker.run(run)
+            finally:
+                seq = self.changes.record(found, origin)
+            if seq is not None:
+                await self.changes.settle(seq, origin)
+        return result
+
+    def _changes_since_last(self, store: MetaStore) -> list[Change]:
+        """Metadata thread: the change notices for the oplog rows written since the last call."""
+        out: list[Change] = []
+
+        def resolve(parent: int, name: bytes) -> int | None:
+            try:
+                return store.lookup(parent, name).ino
+            except DfsError:
+                return None
+
+        try:
+            while rows := store.oplog_since(self._oplog_seen):
+                self._oplog_seen = rows[-1][0]
+                for _, op, args in rows:
+                    out.extend(changes_of(op, args, resolve))
+        except Exception:
+            # Never fail the call that made the change; the mounts drop everything instead.
+            log.exception("reading the oplog for change notices failed")
+            with contextlib.suppress(DfsError):
+                self._oplog_seen = store.oplog_head()
+            return [Change(ALL)]
+        return out

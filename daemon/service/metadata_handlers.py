@@ -1,0 +1,185 @@
+"""The metadata endpoints that need more than a plain metadata-thread call: argument shaping
+(keyword arguments from the wire's positional ones, allowed-field checks), and commits that
+first check the chunks they reference anew exist.
+
+Alone, the local store answers "is this chunk stored?" inside the metadata
+thread (GC runs there too).  In a cluster the chunk may be on other nodes: the
+handler asks them first, then the commit refuses any chunk whose deletion
+finished after the question was asked (daemon/cluster/deletions.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemon.chunks import ChunkStore
+from daemon.cluster.deletions import DeletionLog
+from daemon.service.cluster_runner import ClusterRunner
+from daemon.service.meta_calls import MetaCalls
+from daemon.service.threads import ChunkThreads
+from dfs.core.errors import InvalidArgument
+from dfs.core.namespace import Attr, BlockRef, FileMap
+
+_SETATTR_FIELDS = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
+_SET_NODE_FIELDS = {"state", "zone", "capacity_weight"}
+_PUT_OBJECT_OPTIONS = {
+    "size",
+    "mtime_ns",
+    "blocks",
+    "inline",
+    "xattrs",
+    "if_none_match",
+    "if_match",
+    "mode",
+    "uid",
+    "gid",
+    "replicas",
+}
+
+
+def _replicas_arg(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 7:
+        raise InvalidArgument(f"replicas must be an integer in 1..7, not {value!r:.40}")
+    return value
+
+
+class MetaHandlers:
+    """Shaped metadata calls: the ``_``-prefixed ones run in the metadata thread (the handler
+    table wraps them), the public ones are whole handlers."""
+
+    def __init__(
+        self,
+        metacalls: MetaCalls,
+        chunks: ChunkStore,
+        threads: ChunkThreads,
+        cluster: ClusterRunner,
+        deletions: DeletionLog,
+    ) -> None:
+        self._metacalls = metacalls
+        self._m = metacalls.run
+        self.chunks = chunks
+        self._c = threads.run
+        self._cluster = cluster
+        self.deletions = deletions
+
+    # -- metadata-thread calls needing argument shaping ------------------------------------------
+    def setattr(self, ino: int, changes: dict[str, Any]) -> Attr:
+        if not isinstance(changes, dict) or set(changes) - _SETATTR_FIELDS:
+            raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
+        return self._metacalls.meta.setattr(ino, **changes)
+
+    def set_node(self, node_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(changes, dict) or set(changes) - _SET_NODE_FIELDS:
+            raise InvalidArgument(f"set_node: bad fields {changes!r:.100}")
+        return self._metacalls.meta.set_node(node_id, **changes)
+
+    def make_dirs(
+        self, parent: int, dirs: list[bytes], mode: int = 0o755, uid: int = 0, gid: int = 0
+    ) -> Attr:
+        return self._metacalls.meta.make_dirs(parent, list(dirs), mode=mode, uid=uid, gid=gid)
+
+    def create_volume(
+        self, name: str, policy: dict[str, Any], mode: int = 0o755, uid: int = 0, gid: int = 0
+    ) -> Attr:
+        return self._metacalls.meta.create_volume(name, dict(policy), mode=mode, uid=uid, gid=gid)
+
+    def delete_volume(self, name: str, remove_dir: bool = True) -> None:
+        self._metacalls.meta.delete_volume(name, remove_dir=remove_dir)
+
+    def snapshot(self, src_dir: int, dst_parent: int, name: bytes, uid: int = 0, gid: int = 0) -> Attr:
+        return self._metacalls.meta.snapshot(src_dir, dst_parent, name, uid=uid, gid=gid)
+
+    # -- whole handlers --------------------------------------------------------------------------
+    async def put_object(self, parent: int, dirs: list[bytes], name: bytes, opts: dict[str, Any]) -> Attr:
+        """The S3 shim's atomic object write (MetaStore.put_object); ``opts`` carries its keywords."""
+        if not isinstance(opts, dict) or set(opts) - _PUT_OBJECT_OPTIONS:
+            raise InvalidArgument(f"put_object: bad options {opts!r:.100}")
+        refs = [BlockRef.from_wire(b) for b in opts.get("blocks") or []]
+        if_match = opts.get("if_match")
+        exists = await self._chunk_exists_for(refs)
+        replicas = _replicas_arg(opts.get("replicas"))
+
+        def run() -> Attr:
+            return self._metacalls.meta.put_object(
+                parent,
+                list(dirs),
+                name,
+                mode=int(opts.get("mode", 0o644)),
+                uid=int(opts.get("uid", 0)),
+                gid=int(opts.get("gid", 0)),
+                size=int(opts["size"]),
+                mtime_ns=int(opts["mtime_ns"]),
+                blocks=refs,
+                inline=opts.get("inline"),
+                xattrs=dict(opts.get("xattrs") or {}),
+                chunk_exists=exists,
+                replicas=replicas,
+                if_none_match=bool(opts.get("if_none_match")),
+                if_match=(bytes(if_match[0]), bytes(if_match[1])) if if_match else None,
+            )
+
+        return await self._m(run)
+
+    async def open(self, ino: int, session: str, truncate: bool, read: bool) -> FileMap:
+        """Register an open and return what a reader needs, in one round trip."""
+        return await self._m(self._open, ino, session, truncate, read)
+
+    def _open(self, ino: int, session: str, truncate: bool, read: bool) -> FileMap:
+        meta = self._metacalls.meta
+        attr = meta.open(ino, session, truncate=truncate, read=read)
+        if not attr.is_reg:
+            return FileMap(attr, None, [])
+        return meta.read_map(ino)
+
+    async def commit_write(
+        self,
+        ino: int,
+        size: int,
+        mtime_ns: int,
+        blocks: list[Any],
+        inline: bytes | None,
+        attrs: dict[str, Any] | None = None,
+        replicas: int | None = None,
+    ) -> Any:
+        """Commit a file's new blocks; ``attrs`` are setattr changes the mount held
+        back while it wrote the file, applied right after (same metadata-thread call).
+        ``replicas`` is the R the blocks were written with (repair keeps that many copies)."""
+        refs = [BlockRef.from_wire(b) for b in blocks]
+        exists = await self._chunk_exists_for(refs)
+        r = _replicas_arg(replicas)
+
+        def run() -> Attr:
+            attr = self._metacalls.meta.commit_write(
+                ino,
+                size=size,
+                mtime_ns=mtime_ns,
+                blocks=refs,
+                inline=inline,
+                chunk_exists=exists,
+                replicas=r,
+            )
+            return self.setattr(ino, attrs) if attrs else attr
+
+        return await self._m(run)
+
+    async def _chunk_exists_for(self, refs: list[BlockRef]) -> Callable[[bytes], bool]:
+        """The "is this chunk stored?" test a commit uses for chunks it references anew (see the
+        module docstring)."""
+        chunkio = self._cluster.chunkio
+        if not self._cluster.clustered() or chunkio is None:
+            return self.chunks.exists
+        asked_at = time.monotonic()
+        ids = list({r.chunk_id for r in refs if r.chunk_id})
+        local = set(await self._c(lambda: [c for c in ids if self.chunks.exists(c)]))
+        remote = [c for c in ids if c not in local]
+        present = local | (await chunkio.has_any(remote) if remote else set())
+        deletions = self.deletions
+
+        def exists(chunk_id: bytes) -> bool:
+            return chunk_id in present and not deletions.refuses(chunk_id, asked_at)
+
+        return exists

@@ -1,0 +1,218 @@
+"""The :class:`Service`: one daemon's stores and the objects that serve them, tied together.
+
+It builds the parts (each in its own module here), hands each the stores and
+the other parts it needs, and exposes what the rest of the daemon reads off a
+node: the handler tables the RPC server serves, the in-process client the S3
+shim and admin API use, the background workers the node starts, and the
+figures metrics and the admin API show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+from daemon.admin import load_or_create_token
+from daemon.changefeed import ChangeFeed
+from daemon.chunks import ChunkStore
+from daemon.cluster.deletions import DeletionLog
+from daemon.cluster.hints import HintQueue
+from daemon.cluster.hot import HotChunks
+from daemon.cluster.membership import Membership
+from daemon.cluster.repair import Repair
+from daemon.meta import MetaStore
+from daemon.service.chunk_handlers import ChunkHandlers
+from daemon.service.cluster_runner import ClusterRunner
+from daemon.service.frontends import ForwardedAdmin, Frontends
+from daemon.service.handlers import HandlerTable
+from daemon.service.keys import ClusterKey, load_or_create_root_key
+from daemon.service.local import Handler, LocalCaller
+from daemon.service.meta_calls import MetaCalls
+from daemon.service.metadata_handlers import MetaHandlers
+from daemon.service.system_handlers import SystemHandlers
+from daemon.service.threads import ChunkThreads
+from daemon.service.upkeep import Upkeep
+from daemon.workers import Periodic, Retrying
+from dfs.client.chunks import ChunkIO
+from dfs.client.cluster import Client, ClusterInfo
+from dfs.core.config import Config
+
+T = TypeVar("T")
+
+
+class Service:
+    """Owns the stores and exposes them as RPC handlers.
+
+    One daemon of a cluster is the metadata primary (``[cluster] meta`` empty):
+    it holds meta.db.  Every other daemon forwards metadata calls to it and
+    serves only its chunk store, repair and its own S3/admin endpoints.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.data = cfg.data_path
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.is_primary = not cfg.cluster.meta
+        # A secondary takes the cluster key from the primary (chunk ids are keyed by it).
+        self.key = ClusterKey(self.data / "cluster.key", create=self.is_primary)
+        store = None
+        if self.is_primary:
+            store = MetaStore(
+                self.data / "meta.db",
+                inline_max=cfg.storage.inline_max,
+                block_size=cfg.storage.block_size,
+                default_replicas=cfg.cluster.replicas,
+            )
+        # What changed in the namespace, for this daemon's mounts (ns.changes); on the primary
+        # read from the oplog after each metadata call, the one place every change passes.
+        self.changes = ChangeFeed()
+        self.metacalls = MetaCalls(store, self.changes, primary_address=cfg.cluster.meta)
+        self.chunks = ChunkStore(self.data, fsync=cfg.storage.fsync, reserve_bytes=cfg.storage.reserve_bytes)
+        self.hints = HintQueue(self.data / "hints.db")
+        self.threads = ChunkThreads()
+        self.started_at = time.time()
+        # Made before the daemon reports ready, so `dfs up` can show them.
+        self.s3_root_key = load_or_create_root_key(cfg.s3_root_path) if cfg.s3.enabled else None
+        self.admin_token = load_or_create_token(cfg.admin_token_path) if cfg.admin.enabled else None
+        self.deletions = DeletionLog()
+
+        self.cluster_runner = ClusterRunner(
+            cfg, self.key, self.metacalls, self.chunks, self.hints, self.threads, self.local_caller
+        )
+        runner = self.cluster_runner
+        self.upkeep = Upkeep(cfg, self.metacalls, self.chunks, self.threads, runner, self.deletions)
+        self.frontends = Frontends(cfg, self.metacalls, runner)
+        self.table = HandlerTable(
+            self.metacalls,
+            self.changes,
+            runner,
+            ChunkHandlers(self.chunks, self.hints, self.threads, runner),
+            SystemHandlers(
+                cfg,
+                self.key,
+                self.metacalls,
+                self.chunks,
+                self.threads,
+                runner,
+                self.changes,
+                started_at=self.started_at,
+            ),
+            self.upkeep,
+            MetaHandlers(self.metacalls, self.chunks, self.threads, runner, self.deletions),
+            self.frontends,
+        )
+        self.handlers: dict[str, Handler] = self.table.tasks()
+        # The background loops; the node starts each once run_cluster has started.
+        self.workers: list[Periodic | Retrying] = list(runner.workers)
+        st = cfg.storage
+        if self.is_primary:
+            self.workers += [
+                Periodic("gc", st.gc_interval_s, self.upkeep.gc_now),
+                Periodic("session expiry", 30.0, self.upkeep.expire_sessions),
+                Periodic("oplog trim", 600.0, self.upkeep.trim_oplog),
+            ]
+        self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
+
+    def close(self) -> None:
+        self.metacalls.close()
+        self.hints.close()
+
+    # -- metadata --------------------------------------------------------------------------------
+    @property
+    def meta(self) -> MetaStore:
+        """The writer connection (raises Unavailable on a secondary); use it inside :meth:`_m`."""
+        return self.metacalls.meta
+
+    @property
+    def reads(self) -> MetaStore:
+        """The read-only connection, for point reads on the event loop."""
+        return self.metacalls.reads
+
+    async def _m(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` in the metadata thread (see daemon/service/meta_calls.py)."""
+        return await self.metacalls.run(fn, *args, **kwargs)
+
+    def set_meta_observer(self, observe: Callable[[str, float], None]) -> None:
+        """Report each metadata transaction's (operation, seconds), from the metadata thread."""
+        self.metacalls.worker.observe = observe
+
+    # -- handler tables and in-process callers ---------------------------------------------------
+    def inline_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Read-only calls answered by the RPC reader itself."""
+        return self.table.inline()
+
+    def local_inline_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Inline reads for in-process callers, including those never served over RPC."""
+        return self.table.local_inline()
+
+    def local_caller(self) -> LocalCaller:
+        return LocalCaller(self.handlers, self.local_inline_handlers())
+
+    def local_client(self) -> Client:
+        """A filesystem client calling this service in-process (S3 shim, admin API)."""
+        st = self.cfg.storage
+        info = ClusterInfo(
+            node_id=self.cfg.node_id,
+            block_size=st.block_size,
+            inline_max=st.inline_max,
+            compression_level=st.compression_level,
+            cluster_key=self.key.value,
+            data_dir=str(self.data.resolve()),
+            session_timeout_s=self.cfg.meta.session_timeout_s,
+        )
+        return Client(self.local_caller(), info, chunkio=self.chunkio)
+
+    # -- what the admin API uses (daemon/service/frontends.py) -----------------------------------
+    async def forward_admin(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, remote: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A secondary's admin API has the primary answer a request backed by metadata."""
+        return await self.frontends.forward_admin(method, target, headers, body, remote)
+
+    @property
+    def admin_api(self) -> ForwardedAdmin | None:
+        """The admin API, once the node serves it (the primary answers forwarded requests)."""
+        return self.frontends.admin_api
+
+    @admin_api.setter
+    def admin_api(self, api: ForwardedAdmin | None) -> None:
+        self.frontends.admin_api = api
+
+    # -- the cluster (daemon/service/cluster_runner.py) ------------------------------------------
+    async def run_cluster(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.cluster_runner.run(task_status=task_status)
+
+    @property
+    def membership(self) -> Membership | None:
+        return self.cluster_runner.membership
+
+    @membership.setter
+    def membership(self, membership: Membership | None) -> None:
+        self.cluster_runner.membership = membership
+
+    @property
+    def chunkio(self) -> ChunkIO | None:
+        return self.cluster_runner.chunkio
+
+    @property
+    def repair(self) -> Repair | None:
+        return self.cluster_runner.repair
+
+    @property
+    def hot(self) -> HotChunks | None:
+        return self.cluster_runner.hot
+
+    @property
+    def layout_epoch(self) -> int:
+        return self.cluster_runner.layout_epoch
+
+    @property
+    def marked_out(self) -> int:
+        return self.cluster_runner.controller.marked_out
+
+    def worker_status(self) -> dict[str, dict[str, Any]]:
+        """What each background loop last did, by name."""
+        return {w.name: w.status() for w in self.workers}

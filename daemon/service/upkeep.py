@@ -1,0 +1,237 @@
+"""Keeping the store honest: fsck, garbage collection, the orphan sweep, session expiry and
+op-log trimming.
+
+Chunk existence and chunk deletion meet in the metadata thread: on one host GC
+and the orphan sweep check "is it referenced?" and delete in the same call that
+commits run in, so a chunk can never be collected between "it exists" and "it
+is referenced".  Across hosts the deletion log (daemon/cluster/deletions.py)
+covers the gap: the primary records which chunks it started deleting, a
+secondary *claims* its orphans from the primary before deleting them, and
+commits refuse chunks whose deletion may have raced their existence check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+from daemon.chunks import ChunkStore
+from daemon.cluster.deletions import DeletionLog
+from daemon.service.cluster_runner import ClusterRunner
+from daemon.service.meta_calls import MetaCalls
+from daemon.service.threads import ChunkThreads
+from dfs.core import endpoints
+from dfs.core.config import Config
+from dfs.core.errors import DfsError, InvalidArgument
+from dfs.core.placement import NodeState
+
+log = logging.getLogger("dfs.daemon")
+
+# A secondary deletes the orphans the primary let it claim within this many seconds, or not at all.
+CLAIM_WINDOW_S = 30.0
+_BATCH = 1000  # chunk ids per metadata-thread call in GC and the orphan sweep
+
+
+class Upkeep:
+    """fsck, GC and the orphan sweep (each also an endpoint), and the metadata housekeeping."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        metacalls: MetaCalls,
+        chunks: ChunkStore,
+        threads: ChunkThreads,
+        cluster: ClusterRunner,
+        deletions: DeletionLog,
+    ) -> None:
+        self.cfg = cfg
+        self._metacalls = metacalls
+        self._m = metacalls.run
+        self.chunks = chunks
+        self._c = threads.run
+        self._cluster = cluster
+        self.deletions = deletions
+
+    # -- fsck ------------------------------------------------------------------------------------
+    async def fsck_meta(self, repair: bool) -> dict[str, Any]:
+        if self._cluster.clustered():
+            return await self._fsck_cluster(repair)
+        meta = self._metacalls.meta
+        problems: list[str] = await self._m(meta.fsck, self.chunks.exists, repair=repair)
+        refs: dict[bytes, int] = await self._m(meta.referenced_chunks)
+        stored = await self._c(lambda: list(self.chunks.iter_ids()))
+        orphans = [cid for cid in stored if cid not in refs]
+        if orphans:
+            problems.append(f"{len(orphans)} stored chunk(s) referenced by no metadata (orphans)")
+            if repair:
+                await self._m(self._delete_orphans, orphans)
+        return {"problems": problems, "chunks_stored": len(stored), "orphans": len(orphans)}
+
+    async def _inventories(self) -> tuple[dict[str, set[bytes]], list[str]]:
+        """Every reachable layout node's chunk ids, and the nodes that could not be asked."""
+        chunkio = self._cluster.chunkio
+        assert chunkio is not None
+        view = await self._cluster.view()
+        chunkio.set_view(view)
+        found: dict[str, set[bytes]] = {}
+        missed: list[str] = []
+
+        async def ask(node_id: str) -> None:
+            try:
+                found[node_id] = set(await chunkio.call_node(node_id, endpoints.SYS_SCRUB_LIST, view=view))
+            except DfsError as exc:
+                log.info("fsck: inventory of %s: %s", node_id, exc.message)
+                missed.append(node_id)
+
+        async with trio.open_nursery() as nursery:
+            for node in view.layout.nodes:
+                if node.state is not NodeState.OUT or node.node_id == self.cfg.node_id:
+                    nursery.start_soon(ask, node.node_id)
+        return found, sorted(missed)
+
+    async def _fsck_cluster(self, repair: bool) -> dict[str, Any]:
+        """fsck across the cluster: metadata against every node's chunks, and every committed
+        chunk against its replication factor (the invariant repair restores)."""
+        inventories, missed = await self._inventories()
+        present = set().union(*inventories.values()) if inventories else set()
+        meta = self._metacalls.meta
+        problems: list[str] = await self._m(meta.fsck, present.__contains__, repair=repair)
+        problems += [f"node {n} could not be checked (unreachable)" for n in missed]
+        refs: dict[bytes, int] = await self._m(meta.referenced_chunks)
+        live = [cid for cid, n in refs.items() if n > 0]
+        wanted = await self._cluster.replicas_of(live) if live else []
+        assert self._cluster.chunkio is not None
+        view = await self._cluster.chunkio.view()
+        under = 0
+        for cid, r in zip(live, wanted, strict=True):
+            copies = sum(1 for ids in inventories.values() if cid in ids)
+            if copies < view.replica_count(r or self.cfg.cluster.replicas):
+                under += 1
+        if under:
+            problems.append(f"{under} chunk(s) have fewer copies than their replication factor")
+        orphans = {node: [c for c in ids if c not in refs] for node, ids in inventories.items()}
+        n_orphans = sum(len(v) for v in orphans.values())
+        if n_orphans:
+            problems.append(f"{n_orphans} stored chunk cop(ies) referenced by no metadata (orphans)")
+            if repair:
+                for node_id, ids in orphans.items():
+                    if ids:
+                        await self._delete_everywhere(await self._m(self._claim, ids, None), [node_id])
+        return {
+            "problems": problems,
+            "chunks_stored": sum(len(v) for v in inventories.values()),
+            "orphans": n_orphans,
+            "under_replicated": under,
+            "nodes_checked": sorted(inventories),
+        }
+
+    # -- deleting chunks -------------------------------------------------------------------------
+    def _claim(self, chunk_ids: list[bytes], finish_in_s: float | None) -> list[bytes]:
+        """Metadata thread: the ids no metadata knows, entered in the deletion log as deleting."""
+        unknown = self._metacalls.meta.unknown_chunks(chunk_ids)
+        self.deletions.started(unknown, finish_in_s=finish_in_s)
+        return unknown
+
+    async def claim_orphans(self, chunk_ids: list[bytes]) -> list[bytes]:
+        """For a secondary's orphan sweep: which of its old unknown chunks it may delete now.
+        It must delete them within ``CLAIM_WINDOW_S`` (or not at all)."""
+        if len(chunk_ids) > 4096:
+            raise InvalidArgument("claim_orphans: at most 4096 ids at once")
+        return await self._m(self._claim, list(chunk_ids), CLAIM_WINDOW_S)
+
+    async def _delete_everywhere(self, chunk_ids: list[bytes], nodes: list[str] | None = None) -> None:
+        """Delete copies on ``nodes`` (default: every reachable layout node), then mark the
+        deletions finished.  A node that misses it deletes its copy in its orphan sweep."""
+        try:
+            chunkio = self._cluster.chunkio
+            if not chunk_ids or chunkio is None:
+                return
+            view = await chunkio.view()
+            targets = nodes or [n.node_id for n in view.layout.nodes if not view.is_down(n.node_id)]
+
+            async def one(node_id: str) -> None:
+                try:
+                    await chunkio.call_node(node_id, endpoints.CHUNK_DELETE, chunk_ids, view=view)
+                except DfsError as exc:
+                    log.info("deleting %d chunk(s) on %s: %s", len(chunk_ids), node_id, exc.message)
+
+            async with trio.open_nursery() as nursery:
+                for node_id in targets:
+                    nursery.start_soon(one, node_id)
+        finally:
+            self.deletions.finished(chunk_ids)
+
+    def _delete_orphans(self, orphans: list[bytes]) -> None:
+        # Runs in the metadata thread: a chunk referenced meanwhile is kept.
+        refs = self._metacalls.meta.referenced_chunks()
+        doomed = [cid for cid in orphans if cid not in refs]
+        self.deletions.started(doomed)
+        self.chunks.delete(doomed)
+        self.deletions.finished(doomed)
+
+    async def gc_now(self, delay_s: float | None = None) -> int:
+        delay = self.cfg.storage.gc_delay_s if delay_s is None else float(delay_s)
+        cutoff = time.time_ns() - int(delay * 1e9)
+        total = 0
+
+        def delete(ids: list[bytes]) -> None:
+            self.deletions.started(ids)
+            self.chunks.delete(ids)
+
+        while True:
+            ids = await self._m(self._metacalls.meta.gc_collect, cutoff, _BATCH, delete)
+            total += len(ids)
+            if self._cluster.clustered():
+                await self._delete_everywhere(ids)
+            else:
+                self.deletions.finished(ids)
+            if len(ids) < _BATCH:
+                self.deletions.trim()
+                return total
+
+    async def sweep_orphans(self, older_than_s: float | None = None) -> int:
+        """Delete stored chunks no metadata knows that were left untouched for ``orphan_delay_s``.
+
+        Such chunks come from writes that never committed (a failed S3 upload,
+        a client or daemon crash between storing blocks and committing them).
+        On the primary the check and the delete run together in the metadata
+        thread, like every incref, so a chunk cannot gain a reference in
+        between; a secondary claims its candidates from the primary first,
+        which then refuses commits of them until the deletion is done.
+        """
+        delay = self.cfg.storage.orphan_delay_s if older_than_s is None else older_than_s
+        candidates = await self._c(self.chunks.old_ids, delay)
+        removed = 0
+        for i in range(0, len(candidates), _BATCH):
+            batch = candidates[i : i + _BATCH]
+            if self._metacalls.store is not None:
+                removed += await self._m(self._delete_unknown, batch)
+                continue
+            assert self._cluster.primary is not None
+            asked_at = time.monotonic()
+            doomed = await endpoints.META_CLAIM_ORPHANS.call(self._cluster.primary, batch)
+            if time.monotonic() - asked_at < CLAIM_WINDOW_S / 2:
+                removed += await self._c(self.chunks.delete, doomed)
+        if removed:
+            log.info("orphan sweep removed %d chunk(s) no metadata referenced", removed)
+        return removed
+
+    def _delete_unknown(self, chunk_ids: list[bytes]) -> int:
+        unknown = self._claim(chunk_ids, None)
+        self.chunks.delete(unknown)
+        self.deletions.finished(unknown)
+        return len(unknown)
+
+    # -- metadata housekeeping -------------------------------------------------------------------
+    async def expire_sessions(self) -> int:
+        cutoff = time.time_ns() - int(self.cfg.meta.session_timeout_s * 1e9)
+        n = await self._m(self._metacalls.meta.expire_sessions, cutoff)
+        if n:
+            log.info("expired %d client session(s)", n)
+        return n
+
+    async def trim_oplog(self) -> None:
+        await self._m(self._metacalls.meta.oplog_trim, self.cfg.meta.oplog_keep)

@@ -1,0 +1,171 @@
+"""``dfs status``, ``dfs fsck`` and ``dfs gc``: the state of the data, its check and its
+garbage collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any
+
+import click
+
+from dfs.cli.app import main, run
+from dfs.cli.connect import Endpoint, call, config_for, endpoint_of
+from dfs.cli.output import human
+from dfs.cli.repair import cluster_status, live_nodes, repair_line, wait_repaired
+from dfs.core.endpoints import (
+    CHUNK_VERIFY,
+    SYS_CLUSTER,
+    SYS_FSCK_META,
+    SYS_GC,
+    SYS_SCRUB_BATCH,
+    SYS_SCRUB_LIST,
+    SYS_STATUS,
+    SYS_SWEEP_ORPHANS,
+)
+from dfs.core.errors import DfsError
+from dfs.net.rpc import RpcClient, open_client
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--wait", is_flag=True, help="wait (with a progress bar) until repair has caught up")
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True, help="for --wait")
+def status(
+    directory: str | None, config_path: str | None, as_json: bool, wait: bool, timeout_s: float
+) -> None:
+    """Capacity, usage, files, chunks, daemon health and repair progress."""
+    cfg = config_for(directory, config_path)
+    if wait:
+        run(wait_repaired, endpoint_of(cfg), timeout_s, sys.stderr.isatty() and not as_json)
+    st = run(call, endpoint_of(cfg), SYS_STATUS)
+    st["cluster"] = run(cluster_status, endpoint_of(cfg))
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    cap, ns = st["capacity"], st["namespace"]
+    used_pct = 100.0 * (cap["total_bytes"] - cap["free_bytes"]) / max(1, cap["total_bytes"])
+    rows = [
+        ("node", st["node_id"]),
+        ("health", st["health"]),
+        ("version", st["version"]),
+        ("uptime", f"{st['uptime_s']:.0f} s"),
+        ("data dir", st["data_dir"]),
+        (
+            "capacity",
+            f"{human(cap['total_bytes'])} ({human(cap['avail_bytes'])} available, {used_pct:.1f}% used)",
+        ),
+        ("files", f"{ns['files']} files, {ns['dirs']} directories, {ns['inodes']} inodes"),
+        ("logical data", human(ns["logical_bytes"])),
+        (
+            "chunks",
+            f"{ns['chunks']} ({human(ns['stored_bytes'])} stored, {ns['unreferenced_chunks']} awaiting GC)",
+        ),
+        ("checksum failures", str(cap.get("checksum_failures", 0))),
+        ("layout", f"epoch {st['cluster']['layout_epoch']}, {len(st['cluster']['nodes'])} node(s) reporting"),
+        ("repair", repair_line(st["cluster"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def connect(ep: Endpoint) -> RpcClient:
+            return await stack.enter_async_context(
+                open_client(ep.address, call_timeout_s=600, ssl_context=ep.ssl_context)
+            )
+
+        local = await connect(endpoint)
+        cluster = await SYS_CLUSTER.call(local)
+        here = str(cluster.get("node_id", ""))
+        targets, _down = live_nodes(endpoint, cluster)
+        conns = {here: local} | {node: await connect(ep) for node, ep in targets.items() if node != here}
+        ids: dict[str, list[bytes]] = {}
+        problems: list[str] = []
+        for node, conn in conns.items():
+            try:
+                ids[node] = await SYS_SCRUB_LIST.call(conn)
+            except DfsError as exc:
+                problems.append(f"node {node}: chunks not verified: {exc.message}")
+        bad: list[tuple[str, bytes]] = []
+        total = sum(len(v) for v in ids.values())
+        bar = click.progressbar(length=total, label="verifying chunks", file=sys.stderr)
+        if show_progress:
+            bar.__enter__()
+        try:
+            for node, node_ids in ids.items():
+                try:
+                    for i in range(0, len(node_ids), 256):
+                        batch = node_ids[i : i + 256]
+                        bad.extend((node, cid) for cid in await SYS_SCRUB_BATCH.call(conns[node], batch))
+                        if show_progress:
+                            bar.update(len(batch))
+                except DfsError as exc:
+                    problems.append(f"node {node}: chunk verification stopped: {exc.message}")
+        finally:
+            if show_progress:
+                bar.__exit__(None, None, None)
+        if repair and len(conns) > 1:
+            # A corrupt copy in a cluster is quarantined on its node and fetched again from a replica.
+            for node, cid in bad:
+                with contextlib.suppress(DfsError):
+                    await CHUNK_VERIFY.call(conns[node], cid)
+        report = await SYS_FSCK_META.call(local, repair)
+    report["chunks_checked"] = total
+    report["corrupt_chunks"] = [cid.hex() for _, cid in bad]
+    report["problems"][:0] = problems
+    for node, cid in bad:
+        where = f" on {node}" if len(conns) > 1 else ""
+        report["problems"].append(f"chunk {cid.hex()}{where} fails its checksum")
+    return report
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--repair", is_flag=True, help="fix what can be fixed (counts, dangling entries, orphans)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def fsck(directory: str | None, config_path: str | None, repair: bool, as_json: bool) -> None:
+    """Check metadata and chunks agree; verify every chunk's checksum."""
+    cfg = config_for(directory, config_path)
+    report = run(_fsck, endpoint_of(cfg), repair, not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(f"checked {report['chunks_checked']} chunks")
+        for line in report["problems"]:
+            click.echo(f"problem: {line}")
+        click.echo(
+            "clean"
+            if not report["problems"]
+            else f"{len(report['problems'])} problem(s)" + (" (repaired what could be)" if repair else "")
+        )
+    if report["problems"] and not repair:
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
+@click.option("--now", is_flag=True, help="collect unreferenced chunks at once, without the safety delay")
+@click.option("--orphans", is_flag=True, help="also sweep chunks of writes that never committed")
+def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool) -> None:
+    """Delete chunks no file references any more (after [storage] gc_delay_s unless --now).
+
+    With --orphans, also delete stored chunks that no metadata knows (left by
+    uploads that failed before committing) once untouched for
+    [storage] orphan_delay_s, or at once with --now.
+    """
+    cfg = config_for(directory, config_path)
+    n = run(call, endpoint_of(cfg), SYS_GC, 0.0 if now else None)
+    click.echo(f"collected {n} chunk(s)")
+    if orphans:
+        n = run(call, endpoint_of(cfg), SYS_SWEEP_ORPHANS, 0.0 if now else None)
+        click.echo(f"swept {n} orphan chunk(s)")

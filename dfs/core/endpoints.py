@@ -1,0 +1,289 @@
+"""Every RPC method a dfs daemon serves, declared once.
+
+Each :class:`Endpoint` says what a method takes (positional argument names,
+how many trailing ones may be left out, and which of them name directories
+whose change stamps the answer carries), what it answers (its type
+parameter: the shape a caller may rely on over RPC *and* in-process, so a
+record such as :class:`dfs.core.namespace.Attr` is a ``Sequence``, a list once it has
+crossed the wire), where it runs, whether it is safe to send twice, and how
+long it may take.  Everything else derives from these declarations:
+
+- callers name a method through its declaration (``endpoints.SYS_INFO.call(conn)``),
+  never by a string, so a misspelt or undeclared method is a mypy error;
+- the daemon's handler tables (daemon/service/handlers.py): what a primary serves, what
+  a secondary forwards to it, what runs inline in the RPC reader, which calls
+  carry directory stamps and which publish change notices;
+- which calls a client may send again to another daemon (dfs/net/failover.py);
+- the label values of the RPC metrics (daemon/admin/metrics.py).
+
+tests/unit/test_endpoints.py checks that the handler tables and the
+declarations agree both ways, and that no source names a method by a string.
+
+Pure: no I/O, no trio.  The wire still carries the method's name; the
+transports (:class:`Caller`) take that string, so test doubles keep working.
+What a method may do is policy that belongs with it: who may call it (the
+caller classes of authenticated RPC) becomes one more field here, checked by
+dispatch from the same declarations.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Generic, Protocol, TypeVar
+
+__all__ = [
+    "ALL",
+    "Caller",
+    "Endpoint",
+    "Record",
+    "Site",
+    "Timeout",
+    "declared",
+]
+
+# Covariant: an Endpoint[list[bytes]] serves where an Endpoint[Iterable[bytes]] is wanted.
+R = TypeVar("R", covariant=True)
+
+#: A record from dfs/core/namespace.py (Attr, FileMap, DirEntry, StatFs): the NamedTuple in-process,
+#: a list once it crossed the wire; each ``from_wire`` takes both.
+Record = Sequence[Any]
+
+
+class Caller(Protocol):
+    """A transport: an RPC connection, the daemon's in-process dispatcher, a failover wrapper."""
+
+    async def call(self, method: str, *args: Any) -> Any: ...
+
+
+class Site(enum.Enum):
+    """Which daemon answers a call."""
+
+    #: Every daemon answers from its own state (its chunks, its view of the cluster).
+    NODE = "node"
+    #: The metadata primary answers; a secondary forwards the call there unchanged.
+    PRIMARY = "primary"
+    #: In-process callers only (the S3 shim, the admin API): never served over RPC.
+    LOCAL = "local"
+
+
+class Timeout(enum.Enum):
+    """How long a call may legitimately take (what a caller's timeout must allow).
+
+    Descriptive for now: callers still choose their own timeouts (the CLI's fsck allows
+    600 s, ChunkIO bounds peer calls by [cluster] peer_timeout_s), unchanged."""
+
+    #: An ordinary call: the caller's call timeout ([rpc] call_timeout_s) bounds it.
+    CALL = "call"
+    #: Waits up to its ``wait_s`` argument for news; callers keep that below their timeout.
+    POLL = "poll"
+    #: Works through a whole store (fsck, GC, scrub, orphan sweep): callers allow minutes.
+    LONG = "long"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint(Generic[R]):
+    """One RPC method; ``R`` is the shape of its answer."""
+
+    name: str
+    #: Positional argument names, as the handler takes them (the wire has no keywords).
+    params: tuple[str, ...] = ()
+    #: How many trailing ``params`` a caller may leave out (the handler has defaults for them).
+    optional: int = 0
+    site: Site = Site.NODE
+    #: Answered by the RPC reader itself, no task (indexed reads that take microseconds).
+    #: Only where the data is: a secondary forwards such calls like any other.
+    inline: bool = False
+    #: Changes nothing: the answer is all there is.
+    read_only: bool = False
+    #: Changes something, but doing it twice is the same as doing it once.
+    idempotent: bool = False
+    #: Positions of ``params`` naming directories the call changes.  The answer is then
+    #: ``[result, [[dir, ctime_before, attr_after], ...]]`` (dfs.client.DirStamp).
+    stamps: tuple[int, ...] = ()
+    #: A namespace call dfs/core/changes.py classifies (by the name after ``meta.``): a secondary
+    #: that forwards it tells its own mounts what it changed.
+    notices: bool = False
+    timeout: Timeout = Timeout.CALL
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.optional <= len(self.params):
+            raise ValueError(f"{self.name}: {self.optional} optional of {len(self.params)} params")
+        if any(not 0 <= i < len(self.params) for i in self.stamps):
+            raise ValueError(f"{self.name}: stamp position out of range")
+
+    @property
+    def repeatable(self) -> bool:
+        """Safe to send again (to another daemon, too) when its reply was lost."""
+        return self.read_only or self.idempotent
+
+    def accepts(self, nargs: int) -> bool:
+        return len(self.params) - self.optional <= nargs <= len(self.params)
+
+    def call(self, caller: Caller, *args: Any) -> Awaitable[R]:
+        """``caller.call(name, *args)``, typed by this declaration.
+
+        Not a coroutine itself: no extra frame on the hot path.  The arity check
+        is an assertion, so it costs nothing under ``python -O``."""
+        assert self.accepts(len(args)), f"{self.name}({', '.join(self.params)}) given {len(args)} args"
+        answer: Awaitable[R] = caller.call(self.name, *args)
+        return answer
+
+
+_REGISTRY: dict[str, Endpoint[Any]] = {}
+
+#: Every declaration by method name, in declaration order.
+ALL: Mapping[str, Endpoint[Any]] = MappingProxyType(_REGISTRY)
+
+
+def declared(name: str) -> Endpoint[Any]:
+    """The declaration of method ``name`` (KeyError if there is none)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"RPC method {name!r} is not declared in dfs/core/endpoints.py") from None
+
+
+def _declare(name: str, params: str = "", **spec: Any) -> Endpoint[Any]:
+    """Register ``name``; ``params`` are space-separated names, a trailing ``?`` marks the
+    optional ones (e.g. ``"ino parent?"``)."""
+    if name in _REGISTRY:
+        raise ValueError(f"RPC method {name!r} declared twice")
+    words = params.split()
+    optional = sum(w.endswith("?") for w in words)
+    if any(w.endswith("?") for w in words[: len(words) - optional]):
+        raise ValueError(f"{name}: optional params must come last")
+    ep: Endpoint[Any] = Endpoint(
+        name=name, params=tuple(w.rstrip("?") for w in words), optional=optional, **spec
+    )
+    _REGISTRY[name] = ep
+    return ep
+
+
+_NODE = Site.NODE
+_PRIMARY = Site.PRIMARY
+
+# -- chunks: every node serves its own store --------------------------------------------------
+CHUNK_PUT: Endpoint[bool] = _declare("chunk.put", "chunk_id blob")
+CHUNK_GET: Endpoint[bytes] = _declare("chunk.get", "chunk_id", read_only=True)
+CHUNK_HAS: Endpoint[list[bool]] = _declare("chunk.has", "chunk_ids", read_only=True)
+CHUNK_HINT: Endpoint[None] = _declare("chunk.hint", "targets chunk_ids")
+CHUNK_DELETE: Endpoint[int] = _declare("chunk.delete", "chunk_ids")
+CHUNK_DIGESTS: Endpoint[dict[int, bytes]] = _declare("chunk.digests", "partitions", read_only=True)
+CHUNK_PIN: Endpoint[None] = _declare("chunk.pin", "chunk_ids ttl_s")
+# Re-reads a copy a client found bad; quarantines and replaces it if it is bad here.
+CHUNK_VERIFY: Endpoint[bool] = _declare("chunk.verify", "chunk_id")
+
+# -- this node ---------------------------------------------------------------------------------
+SYS_INFO: Endpoint[dict[str, Any]] = _declare("sys.info", read_only=True)
+SYS_PING: Endpoint[str] = _declare("sys.ping", read_only=True)
+SYS_STATUS: Endpoint[dict[str, Any]] = _declare("sys.status", read_only=True)
+SYS_SCRUB_LIST: Endpoint[list[bytes]] = _declare("sys.scrub_list", read_only=True, timeout=Timeout.LONG)
+# Quarantines the copies that fail their checksum.
+SYS_SCRUB_BATCH: Endpoint[list[bytes]] = _declare("sys.scrub_batch", "chunk_ids", timeout=Timeout.LONG)
+SYS_SWEEP_ORPHANS: Endpoint[int] = _declare("sys.sweep_orphans", "older_than_s?", timeout=Timeout.LONG)
+SYS_MEMBERS: Endpoint[list[dict[str, Any]]] = _declare("sys.members", read_only=True)
+SYS_CLUSTER: Endpoint[dict[str, Any]] = _declare("sys.cluster", read_only=True)
+SYS_REPAIR_STATUS: Endpoint[dict[str, Any]] = _declare("sys.repair_status", read_only=True)
+SYS_REPAIR_NOW: Endpoint[None] = _declare("sys.repair_now", idempotent=True)
+# Acknowledges the changes up to ``cursor``, which only the poller itself sees.
+NS_CHANGES: Endpoint[dict[str, Any]] = _declare(
+    "ns.changes", "epoch cursor wait_s", read_only=True, timeout=Timeout.POLL
+)
+
+# -- whole-cluster work the metadata primary does ----------------------------------------------
+SYS_STATFS: Endpoint[Record] = _declare("sys.statfs", site=_PRIMARY, read_only=True)
+SYS_FSCK_META: Endpoint[dict[str, Any]] = _declare(
+    "sys.fsck_meta", "repair", site=_PRIMARY, timeout=Timeout.LONG
+)
+SYS_GC: Endpoint[int] = _declare("sys.gc", "delay_s?", site=_PRIMARY, timeout=Timeout.LONG)
+# A secondary's admin API has the primary answer: [status, [[name, value], ...], body].
+SYS_ADMIN_FORWARD: Endpoint[Sequence[Any]] = _declare(
+    "sys.admin_forward", "method target headers body remote", site=_PRIMARY
+)
+S3_KEY_CREATE: Endpoint[dict[str, str]] = _declare("s3.key_create", "description?", site=_PRIMARY)
+S3_KEY_LIST: Endpoint[list[dict[str, Any]]] = _declare("s3.key_list", site=_PRIMARY, read_only=True)
+S3_KEY_REVOKE: Endpoint[None] = _declare("s3.key_revoke", "access_key", site=_PRIMARY)
+# Verifies a request signed with a key only the primary holds: {"auth": ...} or {"error": ...}.
+S3_AUTHENTICATE: Endpoint[dict[str, Any]] = _declare(
+    "s3.authenticate", "request vhost_bucket region max_skew_s", site=_PRIMARY, read_only=True
+)
+
+
+# -- metadata reads: the primary's RPC reader answers them inline -------------------------------
+def _read(name: str, params: str = "") -> Endpoint[Any]:
+    return _declare(name, params, site=_PRIMARY, inline=True, read_only=True)
+
+
+META_LOOKUP: Endpoint[Record] = _read("meta.lookup", "parent name")
+# (the entry or None, the directory's ctime), from one snapshot.
+META_LOOKUP_VERSIONED: Endpoint[Sequence[Any]] = _read("meta.lookup_versioned", "parent name")
+META_GETATTR: Endpoint[Record] = _read("meta.getattr", "ino")
+META_READLINK: Endpoint[bytes] = _read("meta.readlink", "ino")
+META_READDIR: Endpoint[Sequence[Record]] = _read("meta.readdir", "ino cookie limit")
+META_READ_MAP: Endpoint[Record] = _read("meta.read_map", "ino")
+META_GETXATTR: Endpoint[bytes] = _read("meta.getxattr", "ino name")
+META_LISTXATTR: Endpoint[Sequence[bytes]] = _read("meta.listxattr", "ino")
+META_RESOLVE: Endpoint[Record] = _read("meta.resolve", "parent names")
+META_LIST_DIR: Endpoint[Sequence[Record]] = _read("meta.list_dir", "ino after limit")
+META_INTERNAL_DIR: Endpoint[int] = _read("meta.internal_dir", "name")
+META_GET_VOLUME: Endpoint[dict[str, Any] | None] = _read("meta.get_volume", "name")
+META_LIST_VOLUMES: Endpoint[list[dict[str, Any]]] = _read("meta.list_volumes")
+META_LAYOUT: Endpoint[dict[str, Any]] = _read("meta.layout")
+META_CHUNK_REPLICAS: Endpoint[list[int | None]] = _read("meta.chunk_replicas", "chunk_ids")
+META_CHUNK_FACTORS: Endpoint[list[int | None]] = _read("meta.chunk_factors", "chunk_ids")
+META_POLICY: Endpoint[dict[str, Any]] = _read("meta.policy", "ino parent?")
+
+
+# -- metadata calls the primary runs in its metadata thread ------------------------------------
+def _meta(name: str, params: str = "", **spec: Any) -> Endpoint[Any]:
+    return _declare(name, params, site=_PRIMARY, notices=True, **spec)
+
+
+META_OPEN_EVENTS: Endpoint[None] = _meta("meta.open_events", "events session")
+META_END_SESSION: Endpoint[None] = _meta("meta.end_session", "session")
+# Renews the session's lease: repeating it is harmless.
+META_SESSION_HEARTBEAT: Endpoint[None] = _meta("meta.session_heartbeat", "session", idempotent=True)
+META_SETXATTR: Endpoint[None] = _meta("meta.setxattr", "ino name value flags?")
+META_REMOVEXATTR: Endpoint[None] = _meta("meta.removexattr", "ino name")
+META_SYNC: Endpoint[None] = _meta("meta.sync")
+META_MAKE_DIRS: Endpoint[Record] = _meta("meta.make_dirs", "parent dirs mode? uid? gid?")
+META_REMOVE_TREE: Endpoint[int] = _meta("meta.remove_tree", "parent name")
+META_REMOVE_EMPTY_PARENTS: Endpoint[int] = _meta("meta.remove_empty_parents", "parent dirs keep_depth?")
+META_CREATE_VOLUME: Endpoint[Record] = _meta("meta.create_volume", "name policy mode? uid? gid?")
+META_UPDATE_VOLUME: Endpoint[dict[str, Any]] = _meta("meta.update_volume", "name policy")
+META_DELETE_VOLUME: Endpoint[None] = _meta("meta.delete_volume", "name remove_dir?")
+META_SNAPSHOT: Endpoint[Record] = _meta("meta.snapshot", "src_dir dst_parent name uid? gid?")
+META_REGISTER_NODE: Endpoint[dict[str, Any]] = _meta(
+    "meta.register_node", "node_id zone address capacity_weight?"
+)
+META_SET_NODE: Endpoint[dict[str, Any]] = _meta("meta.set_node", "node_id changes")
+META_REMOVE_NODE: Endpoint[dict[str, Any]] = _meta("meta.remove_node", "node_id")
+META_COUNTS: Endpoint[dict[str, int]] = _meta("meta.counts", read_only=True)
+# Calls that change directories answer [result, DirStamps] (see Endpoint.stamps).
+META_MKNOD: Endpoint[Sequence[Any]] = _meta("meta.mknod", "parent name mode rdev uid gid", stamps=(0,))
+META_MKDIR: Endpoint[Sequence[Any]] = _meta("meta.mkdir", "parent name mode uid gid", stamps=(0,))
+META_SYMLINK: Endpoint[Sequence[Any]] = _meta("meta.symlink", "parent name target uid gid", stamps=(0,))
+META_CREATE: Endpoint[Sequence[Any]] = _meta("meta.create", "parent name mode uid gid session", stamps=(0,))
+META_LINK: Endpoint[Sequence[Any]] = _meta("meta.link", "ino new_parent new_name", stamps=(1,))
+META_UNLINK: Endpoint[Sequence[Any]] = _meta("meta.unlink", "parent name", stamps=(0,))
+META_RMDIR: Endpoint[Sequence[Any]] = _meta("meta.rmdir", "parent name", stamps=(0,))
+META_RENAME: Endpoint[Sequence[Any]] = _meta(
+    "meta.rename", "parent name new_parent new_name flags", stamps=(0, 2)
+)
+META_SETATTR: Endpoint[Sequence[Any]] = _meta("meta.setattr", "ino changes", stamps=(0,))
+META_OPEN: Endpoint[Record] = _meta("meta.open", "ino session truncate read")
+META_COMMIT_WRITE: Endpoint[Record] = _meta(
+    "meta.commit_write", "ino size mtime_ns blocks inline attrs? replicas?"
+)
+META_PUT_OBJECT: Endpoint[Record] = _meta("meta.put_object", "parent dirs name opts")
+# A secondary's orphan sweep: which of these unknown chunks it may delete now.
+META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta("meta.claim_orphans", "chunk_ids")
+
+# -- in-process only ----------------------------------------------------------------------------
+# An S3 key's secret: the S3 shim on the primary reads it; it never crosses the wire.
+META_S3_KEY_GET: Endpoint[str | None] = _declare(
+    "meta.s3_key_get", "access_key", site=Site.LOCAL, inline=True, read_only=True
+)

@@ -1,0 +1,979 @@
+"""RPC over trio streams (TCP, unix sockets, optionally TLS), framed by :mod:`dfs.core.wire`.
+
+Every filesystem operation crosses this layer, so it is built for many calls
+in flight on one connection.
+
+Concurrency design
+------------------
+Both sides give each connection exactly one *reader* task and one *writer*
+task.  The writer owns all sends: callers and handlers only append frames to
+the connection's :class:`_Outbox` (a deque, no await).  This is the "send
+lock" in its cheapest form: frames can never interleave, no caller holds
+anything while awaiting a reply, a cancelled caller cannot cut a frame in
+half, and frames queued while a write was in progress are coalesced into one
+``send_all`` - which is what makes pipelining pay off.  A watchdog per
+connection closes it if a write makes no progress for the timeout (a peer
+that stopped reading), without a cancel scope per write.
+
+Client (:class:`RpcClient`, opened with :func:`open_client`):
+
+* One connection at a time, shared by all callers.  Each call takes a fresh
+  msgid, parks a :class:`_Waiter` (``trio.Event`` + result slot) in
+  ``pending[msgid]``, queues its frame and waits.  The reader wakes the
+  matching waiter.  A caller that times out or is cancelled marks its waiter
+  gone: if the frame is still queued it is never sent, and a late reply is
+  dropped silently.
+* When the connection fails (EOF, reset, garbage, a stalled write), every
+  pending waiter is failed with :class:`Unavailable` and the connection is
+  discarded; the next call reconnects lazily (retrying with backoff for up to
+  ``connect_timeout_s``).  A frame is written at most once and never re-sent,
+  so non-idempotent calls are never doubled; callers decide about retries.
+
+Server (:class:`RpcServer`, or :func:`serve_rpc`):
+
+* The reader decodes requests and spawns one task per request in the
+  connection's nursery.  A semaphore slot (``max_inflight_per_conn``) is taken
+  *before* spawning and returned only after the response is written, so a
+  flood pauses reading (TCP backpressure) and queued responses stay bounded.
+* Handler failures become error responses; the connection survives.  A
+  malformed, truncated or oversized frame gets one best-effort error response
+  with msgid 0, then that connection and its in-flight handlers are closed.
+  When a client disconnects, its in-flight handlers are cancelled.  Nothing
+  on one connection can stop the server.
+
+Large payloads travel as separate buffers from the caller's memory (see
+:func:`dfs.core.wire.encode_request_parts`) rather than being copied into a frame.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import math
+import os
+import socket
+import ssl
+import stat
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import trio
+
+from dfs.core import wire
+from dfs.core.errors import (
+    ConfigError,
+    DfsError,
+    FrameTooLarge,
+    InternalError,
+    InvalidArgument,
+    ProtocolError,
+    Unavailable,
+    UnknownMethod,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "Address",
+    "Handler",
+    "RpcClient",
+    "RpcServer",
+    "RpcStats",
+    "current_connection",
+    "open_client",
+    "open_listeners",
+    "parse_address",
+    "serve_rpc",
+]
+
+log = logging.getLogger("dfs.rpc")
+
+DEFAULT_PORT = 7400
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_CALL_TIMEOUT_S = 60.0
+DEFAULT_MAX_INFLIGHT_PER_CONN = 128
+#: Large reads amortise syscalls and keep the decoder's append path cheap.
+RECEIVE_BYTES = 256 * 1024
+#: How long the server tries to deliver a connection-level error before closing.
+_ERROR_SEND_TIMEOUT_S = 1.0
+_UNKNOWN_METHOD_KEY = "<unknown>"
+_BACKOFF_START_S = 0.01
+_BACKOFF_MAX_S = 0.5
+#: Small queued frames are joined into writes of up to about this many bytes.
+_BATCH_BYTES = 1024 * 1024
+#: Large buffers are written in slices of this size so the watchdog sees progress.
+_WRITE_SLICE_BYTES = 1024 * 1024
+
+Handler = Callable[..., Awaitable[Any]]
+
+# The server connection whose request the running task serves (each connection's task sets it;
+# its request tasks inherit it).
+_serving_connection: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "dfs_rpc_connection", default=None
+)
+_connection_ids = itertools.count(1)
+
+
+def current_connection() -> int | None:
+    """A number for the server connection whose request is being handled (None outside one).
+
+    Lets a service tell one client's calls from another's, e.g. not to notify a client of
+    its own changes (daemon/changefeed.py).  Never reused within a process."""
+    return _serving_connection.get()
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP ``host:port`` or a unix socket ``path`` (exactly one is meaningful)."""
+
+    host: str = ""
+    port: int = 0
+    path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _parse_port(text: str, whole: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
+        raise ConfigError(f"bad port in address {whole!r}")
+    return int(text)
+
+
+def parse_address(s: str | Address, default_port: int) -> Address:
+    """Parse ``host:port``, ``[v6]:port``, ``host``, ``[v6]`` or ``unix:/path``.
+
+    An empty host (``":7400"``) means "all interfaces" when listening.
+    """
+    if isinstance(s, Address):
+        return s
+    text = s.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise ConfigError(f"empty unix socket path in {s!r}")
+        return Address(path=path)
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise ConfigError(f"bad address {s!r}")
+        port = _parse_port(rest[1:], s) if rest else default_port
+        return Address(host=text[1:end], port=port)
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        return Address(host=host, port=_parse_port(port_text, s))
+    # A bare host name, or a bare IPv6 literal (several colons, no brackets).
+    return Address(host=text, port=default_port)
+
+
+async def _open_stream(addr: Address, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
+    stream: trio.abc.Stream
+    if addr.path is not None:
+        stream = await trio.open_unix_socket(addr.path)
+        server_hostname = None
+    else:
+        if not addr.host:
+            raise ConfigError(f"no host to connect to in {addr}")
+        stream = await trio.open_tcp_stream(addr.host, addr.port)
+        server_hostname = addr.host
+    if ssl_context is None or addr.path is not None:
+        return stream  # a unix socket is local and guarded by its file mode: no TLS
+    tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname)
+    try:
+        await tls.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return tls
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason; trio's stream errors carry the useful part in __cause__."""
+    inner = exc.__cause__ if exc.__cause__ is not None and not str(exc) else exc
+    text = str(inner)
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+async def _connect_with_retry(
+    addr: Address, ssl_context: ssl.SSLContext | None, timeout_s: float
+) -> trio.abc.Stream:
+    """Connect, retrying refused/failed attempts with capped backoff until timeout_s."""
+    delay = _BACKOFF_START_S
+    last = "timed out"
+    with trio.move_on_after(timeout_s):
+        while True:
+            try:
+                return await _open_stream(addr, ssl_context)
+            except (OSError, trio.BrokenResourceError) as exc:
+                last = _describe(exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+    raise Unavailable(f"cannot connect to {addr} within {timeout_s}s: {last}")
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+class _Outgoing:
+    """One queued frame.  *waiter* lets the writer skip a call whose caller already
+    gave up; *on_sent* runs once the frame is fully written."""
+
+    __slots__ = ("on_sent", "parts", "waiter")
+
+    def __init__(
+        self,
+        parts: list[wire.Buffer],
+        waiter: _Waiter | None = None,
+        on_sent: Callable[[], object] | None = None,
+    ) -> None:
+        self.parts = parts
+        self.waiter = waiter
+        self.on_sent = on_sent
+
+
+class _Outbox:
+    """The outgoing frames of one connection, written in order by one task at a time.
+
+    Frames never interleave, and frames queued while a write was in progress
+    are coalesced into one ``send_all`` (small parts joined, large parts sent
+    from the caller's memory), which is what makes pipelined calls cheap.
+    Two ways to drive it:
+
+    * :meth:`put` + :meth:`run`: a dedicated writer task (the client), so a
+      caller's cancellation can never cut a frame in half;
+    * :meth:`send`: the calling task writes if nobody else is (the server,
+      whose handler tasks are only cancelled when the connection is closing
+      anyway) - one scheduling hop less per response.
+
+    ``last_progress`` lets a watchdog detect a peer that stopped reading
+    without a cancel scope per write.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._queue: deque[_Outgoing] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._writing = False
+        #: Set when a write was interrupted: the stream may end in half a frame.
+        self.broken = False
+        #: Time of the last write progress while a write is under way, else None.
+        self.last_progress: float | None = None
+
+    def put(self, item: _Outgoing) -> None:
+        """Queue *item* for the writer task running :meth:`run`."""
+        self._queue.append(item)
+        if self._lot:
+            self._lot.unpark()
+
+    async def run(self) -> NoReturn:
+        """Be the writer task: write queued frames forever (stream errors propagate)."""
+        while True:
+            # Another task may be writing through send(); it drains the whole queue.
+            while not self._queue or self._writing:
+                await self._lot.park()
+            await self._drain()
+
+    @property
+    def idle(self) -> bool:
+        return not self._writing and not self._queue and not self.broken
+
+    async def send(self, item: _Outgoing) -> None:
+        """Queue *item*; if no task is writing, write the queue from this task."""
+        if self.broken:
+            raise trio.ClosedResourceError("an earlier write on this connection was interrupted")
+        self._queue.append(item)
+        if not self._writing:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        self._writing = True
+        try:
+            while self._queue:
+                buffers, taken = self._take_batch()
+                if buffers:
+                    await self._write(buffers)
+                for item in taken:
+                    if item.on_sent is not None:
+                        item.on_sent()
+        except BaseException:
+            self.broken = True
+            self.last_progress = None  # nothing left for the watchdog to judge
+            raise
+        finally:
+            self._writing = False
+
+    async def _write(self, buffers: list[wire.Buffer]) -> None:
+        self.last_progress = trio.current_time()
+        for buf in buffers:
+            if len(buf) <= _WRITE_SLICE_BYTES:
+                await self._stream.send_all(buf)
+            else:
+                await self._write_sliced(memoryview(buf))
+            self.last_progress = trio.current_time()
+        self.last_progress = None
+
+    async def _write_sliced(self, view: memoryview) -> None:
+        # Big parts go out in slices so progress is visible to the watchdog.
+        for start in range(0, view.nbytes, _WRITE_SLICE_BYTES):
+            await self._stream.send_all(view[start : start + _WRITE_SLICE_BYTES])
+            self.last_progress = trio.current_time()
+
+    def _take_batch(self) -> tuple[list[wire.Buffer], list[_Outgoing]]:
+        buffers: list[wire.Buffer] = []
+        small: list[wire.Buffer] = []
+        taken: list[_Outgoing] = []
+        total = 0
+        while self._queue and total < _BATCH_BYTES:
+            item = self._queue.popleft()
+            if item.waiter is not None and item.waiter.gone:
+                continue  # the caller stopped waiting before we sent it: never send
+            taken.append(item)
+            for part in item.parts:
+                size = part.nbytes if isinstance(part, memoryview) else len(part)
+                total += size
+                if size < wire.LARGE_BUFFER_BYTES:
+                    small.append(part)
+                    continue
+                if small:
+                    buffers.append(b"".join(small))
+                    small = []
+                buffers.append(part)
+        if small:
+            buffers.append(small[0] if len(small) == 1 else b"".join(small))
+        return buffers, taken
+
+
+async def _watch_writes(outbox: _Outbox, timeout_s: float, on_stall: Callable[[str], object]) -> None:
+    """Call *on_stall* if a write makes no progress for *timeout_s* (peer not reading)."""
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        return
+    while True:
+        await trio.sleep(timeout_s / 4)
+        since = outbox.last_progress
+        if since is not None and trio.current_time() - since >= timeout_s:
+            on_stall(f"peer accepted no data for {timeout_s}s")
+            return
+
+
+# --------------------------------------------------------------------------- client
+
+
+class _Waiter:
+    """One outstanding call: woken with either a response or a failure reason."""
+
+    __slots__ = ("event", "failure", "gone", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: wire.Response | None = None
+        self.failure: str | None = None
+        #: Set when the caller stops waiting (reply, timeout or cancellation).
+        self.gone = False
+
+
+class _ClientConnection:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.outbox = _Outbox(stream)
+        self.pending: dict[int, _Waiter] = {}
+        self.failure: str | None = None
+        # Created up front so fail() can stop tasks that have not started yet.
+        self.scope = trio.CancelScope()
+
+    def fail(self, reason: str) -> None:
+        """Mark dead, wake every pending call with *reason*, stop reader and writer.
+
+        Idempotent: the first reason wins."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        pending, self.pending = self.pending, {}
+        for waiter in pending.values():
+            waiter.failure = reason
+            waiter.event.set()
+        self.scope.cancel()
+
+
+class NoReply(Unavailable):
+    """The peer did not answer: the connection was lost or the call timed out.  Raised here, on
+    the client; a peer's own Unavailable answer arrives as plain Unavailable."""
+
+
+class ConnectFailed(NoReply):
+    """No connection to the peer could be made: the request was never sent (safe to send
+    elsewhere, unlike after a lost connection, when the request may have been applied)."""
+
+
+class RpcClient:
+    """Calls methods on one peer over one (lazily re-established) connection.
+
+    Create with :func:`open_client`; the constructor needs the nursery that will
+    own the connection's reader and writer tasks.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        nursery: trio.Nursery,
+        *,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        call_timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
+        max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.address = address
+        self.connect_timeout_s = connect_timeout_s
+        self.call_timeout_s = math.inf if call_timeout_s is None else call_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self._nursery = nursery
+        self._ssl_context = ssl_context
+        self._ids = itertools.count(1)  # msgid 0 is reserved for connection-level errors
+        self._conn: _ClientConnection | None = None
+        self._connect_lock = trio.Lock()
+        self._connect_attempts = 0
+        self._last_connect_error: str | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """True while a live connection exists (False before the first call or after a loss)."""
+        return self._conn is not None and self._conn.failure is None
+
+    async def connect(self) -> None:
+        """Establish the connection now instead of on the first call."""
+        await self._connection()
+
+    async def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call *method* with *args* and return its result.
+
+        Raises the :class:`DfsError` subclass the server raised, or
+        :class:`Unavailable` if no reply arrived (timeout, connection lost,
+        connect failure).  The request is sent at most once.  ``timeout_s``
+        overrides the client default; ``math.inf`` waits forever.
+        """
+        if self._closed:
+            raise Unavailable(f"rpc client for {self.address} is closed")
+        timeout = self.call_timeout_s if timeout_s is None else timeout_s
+        msgid = next(self._ids)
+        parts = wire.encode_request_parts(msgid, method, args)
+        self._check_size(parts, method)
+        waiter = _Waiter()
+        if timeout == math.inf:
+            await self._round_trip(msgid, parts, waiter)
+        else:
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
+                await self._round_trip(msgid, parts, waiter)
+        return self._outcome(waiter, method, timeout)
+
+    async def _round_trip(self, msgid: int, parts: list[wire.Buffer], waiter: _Waiter) -> None:
+        conn = self._conn
+        if conn is None or conn.failure is not None:
+            conn = await self._connection()
+        conn.pending[msgid] = waiter
+        item = _Outgoing(parts, waiter)
+        try:
+            if conn.outbox.idle and len(parts) == 1 and len(parts[0]) < wire.LARGE_BUFFER_BYTES:
+                # Small frame, nobody writing: send it from this task, saving the writer
+                # task's wake-up.  Shielded so a cancelled caller never cuts a frame in
+                # half; a stalled peer is caught by the write watchdog, which closes the stream.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await conn.outbox.send(item)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        conn.fail(f"send failed: {_describe(exc)}")
+            else:
+                conn.outbox.put(item)
+            await waiter.event.wait()
+        finally:
+            # If still queued, the writer now skips the frame; a late reply
+            # finds no waiter and is dropped by the reader.
+            waiter.gone = True
+            conn.pending.pop(msgid, None)
+
+    def _check_size(self, parts: list[wire.Buffer], method: str) -> None:
+        body = wire.parts_nbytes(parts) - 4
+        if body > self.max_frame_bytes:
+            # Refuse locally: the server would drop the whole connection for it.
+            raise FrameTooLarge(f"{method}: request of {body} bytes exceeds limit {self.max_frame_bytes}")
+
+    def _outcome(self, waiter: _Waiter, method: str, timeout: float) -> Any:
+        response = waiter.response
+        if response is not None:
+            if response.error is not None:
+                response.error.add_note(f"raised by {self.address} in rpc {method!r}")
+                raise response.error
+            return response.result
+        if waiter.failure is not None:
+            raise NoReply(f"rpc {method!r} to {self.address}: {waiter.failure}")
+        raise NoReply(f"rpc {method!r} to {self.address}: no reply within {timeout}s")
+
+    async def _connection(self) -> _ClientConnection:
+        attempts_seen = self._connect_attempts
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.failure is None:
+                return conn
+            if self._closed:
+                raise Unavailable(f"rpc client for {self.address} is closed")
+            if self._connect_attempts != attempts_seen and self._last_connect_error is not None:
+                # Someone else just tried and failed while we queued: fail fast
+                # rather than serialising one full connect timeout per caller.
+                raise ConnectFailed(self._last_connect_error)
+            return await self._reconnect()
+
+    async def _reconnect(self) -> _ClientConnection:
+        self._connect_attempts += 1
+        try:
+            stream = await _connect_with_retry(self.address, self._ssl_context, self.connect_timeout_s)
+        except Unavailable as exc:
+            self._last_connect_error = exc.message
+            raise ConnectFailed(exc.message) from None
+        if self._closed:
+            await trio.aclose_forcefully(stream)
+            raise Unavailable(f"rpc client for {self.address} is closed")
+        self._last_connect_error = None
+        conn = _ClientConnection(stream)
+        self._conn = conn
+        self._nursery.start_soon(self._run_connection, conn)
+        return conn
+
+    async def _run_connection(self, conn: _ClientConnection) -> None:
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, conn)
+                    nursery.start_soon(_watch_writes, conn.outbox, self.call_timeout_s, conn.fail)
+                    await self._read_loop(conn)
+        finally:
+            conn.fail("connection closed")  # no-op unless cancelled from outside
+            await trio.aclose_forcefully(conn.stream)
+
+    async def _write_loop(self, conn: _ClientConnection) -> None:
+        try:
+            await conn.outbox.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            conn.fail(f"send failed: {_describe(exc)}")
+        except Exception as exc:
+            log.exception("rpc client writer for %s crashed", self.address)
+            conn.fail(f"internal error in writer: {_describe(exc)}")
+
+    async def _read_loop(self, conn: _ClientConnection) -> None:
+        decoder = wire.FrameDecoder(self.max_frame_bytes)
+        try:
+            while True:
+                data = await conn.stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    conn.fail("connection closed by peer")
+                    return
+                decoder.feed(data)
+                while (event := decoder.next_event()) is not None:
+                    self._deliver(conn, event)
+        except DfsError as exc:
+            conn.fail(f"bad data from peer: {exc.code}: {exc.message}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            conn.fail(f"connection lost: {_describe(exc)}")
+        except Exception as exc:
+            log.exception("rpc client reader for %s crashed", self.address)
+            conn.fail(f"internal error in reader: {_describe(exc)}")
+
+    @staticmethod
+    def _deliver(conn: _ClientConnection, event: wire.Request | wire.Response) -> None:
+        if not isinstance(event, wire.Response):
+            raise ProtocolError(f"server sent a request ({event.method!r})")
+        if event.msgid == 0:
+            err = event.error
+            detail = f"{err.code}: {err.message}" if err is not None else "unexpected msgid 0"
+            raise ProtocolError(f"server rejected the connection: {detail}")
+        waiter = conn.pending.pop(event.msgid, None)
+        if waiter is not None:  # None: the caller gave up; drop the late reply
+            waiter.response = event
+            waiter.event.set()
+
+    def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            self._conn.fail("client closed")
+
+    async def aclose(self) -> None:
+        """Close the connection; pending and later calls raise :class:`Unavailable`."""
+        self._shutdown()
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_client(
+    address: str | Address,
+    *,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    call_timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
+    max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[RpcClient]:
+    """Open an :class:`RpcClient`; the connection is made lazily by the first call.
+
+    ``call_timeout_s=None`` disables the default call timeout.
+    """
+    addr = parse_address(address, DEFAULT_PORT)
+    async with trio.open_nursery() as nursery:
+        client = RpcClient(
+            addr,
+            nursery,
+            connect_timeout_s=connect_timeout_s,
+            call_timeout_s=call_timeout_s,
+            max_frame_bytes=max_frame_bytes,
+            ssl_context=ssl_context,
+        )
+        try:
+            yield client
+        finally:
+            client._shutdown()  # sync, so it also runs under cancellation
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class RpcStats:
+    """Server counters.  Unknown method names are folded into one key so a
+    hostile client cannot grow these dicts without bound."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_codes: Counter[str] = field(default_factory=Counter)
+    connections_opened: int = 0
+    connections_open: int = 0
+    protocol_errors: int = 0
+
+
+class _ServerConnection:
+    def __init__(self, stream: trio.abc.Stream, max_inflight: int, nursery: trio.Nursery) -> None:
+        self.stream = stream
+        self.outbox = _Outbox(stream)
+        # A slot is taken before a request is spawned and given back only once
+        # its response is written, bounding both tasks and queued responses.
+        self.slots = trio.Semaphore(max_inflight)
+        self.nursery = nursery
+        self.peer = _peer_name(stream)
+
+    def close(self, reason: str = "") -> None:
+        """Stop reading and writing and cancel every in-flight handler."""
+        if reason:
+            log.warning("rpc closing connection from %s: %s", self.peer, reason)
+        self.nursery.cancel_scope.cancel()
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            return str(inner.socket.getpeername()) or "unix-peer"
+        except OSError:
+            return "unknown-peer"
+    return type(stream).__name__
+
+
+def _raised_by_call(exc: BaseException) -> bool:
+    """True if *exc* was raised by the call expression itself (bad arity), not
+    from inside the callee: the traceback then has no frame below ours."""
+    tb = exc.__traceback__
+    return tb is not None and tb.tb_next is None
+
+
+def _apply(fn: Callable[..., Any], req: wire.Request) -> Any:
+    """``fn(*req.args)``, with a wrong number or kind of arguments as InvalidArgument."""
+    try:
+        return fn(*req.args)
+    except TypeError as exc:
+        if _raised_by_call(exc):
+            raise InvalidArgument(f"{req.method}: bad arguments: {exc}") from None
+        raise
+
+
+def _only_dfs_error(exc: Exception) -> DfsError | None:
+    """If *exc* is an ExceptionGroup holding only DfsErrors, return the first one."""
+    if not isinstance(exc, ExceptionGroup):
+        return None
+    match, rest = exc.split(DfsError)
+    if match is None or rest is not None:
+        return None
+    leaf: BaseException = match
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, DfsError) else None
+
+
+class RpcServer:
+    """Serves *handlers* (``method name -> async callable``) on any number of listeners."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        *,
+        max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+        max_inflight_per_conn: int = DEFAULT_MAX_INFLIGHT_PER_CONN,
+        ssl_context: ssl.SSLContext | None = None,
+        send_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        inline_handlers: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> None:
+        """``inline_handlers`` are plain functions that answer in microseconds
+        (indexed reads): the connection's reader runs them itself, saving the
+        task start and the scheduling round trip that dominate such calls."""
+        if max_inflight_per_conn < 1:
+            raise ValueError("max_inflight_per_conn must be >= 1")
+        self._handlers = dict(handlers)
+        self._inline = dict(inline_handlers or {})
+        self._max_frame_bytes = max_frame_bytes
+        self._max_inflight = max_inflight_per_conn
+        self._ssl_context = ssl_context
+        self._send_timeout_s = send_timeout_s
+        self.stats = RpcStats()
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Accept connections forever; ``task_status.started(listeners)`` once listening."""
+        await trio.serve_listeners(self.handle_stream, list(listeners), task_status=task_status)
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one accepted connection until it closes or misbehaves.  Never raises
+        (except cancellation), so one connection cannot take down the server."""
+        if self._ssl_context is not None and not _is_unix(stream):
+            stream = trio.SSLStream(stream, self._ssl_context, server_side=True)
+        self.stats.connections_opened += 1
+        self.stats.connections_open += 1
+        # This task serves only this connection, so the value stays with it and its request tasks.
+        _serving_connection.set(next(_connection_ids))
+        try:
+            async with trio.open_nursery() as nursery:
+                conn = _ServerConnection(stream, self._max_inflight, nursery)
+                nursery.start_soon(_watch_writes, conn.outbox, self._send_timeout_s, conn.close)
+                await self._read_requests(conn)
+                conn.close()  # peer is gone: abandon its in-flight handlers
+        except Exception:
+            log.exception("rpc connection handler crashed")
+        finally:
+            self.stats.connections_open -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _read_requests(self, conn: _ServerConnection) -> None:
+        decoder = wire.FrameDecoder(self._max_frame_bytes)
+        try:
+            while True:
+                event = decoder.next_event()
+                if event is None:
+                    data = await conn.stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        if decoder.buffered_bytes:
+                            raise ProtocolError(
+                                f"connection closed inside a frame ({decoder.buffered_bytes} bytes)"
+                            )
+                        return
+                    decoder.feed(data)
+                    continue
+                if not isinstance(event, wire.Request):
+                    raise ProtocolError("client sent a response")
+                await self._take_slot(conn)
+                inline = self._inline.get(event.method)
+                if inline is not None:
+                    parts = self._run_inline(inline, event)
+                    await self._respond(conn, parts, on_sent=conn.slots.release)
+                    continue
+                conn.nursery.start_soon(self._run_request, conn, event)
+        except ProtocolError as exc:
+            await self._reject_connection(conn, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    @staticmethod
+    async def _take_slot(conn: _ServerConnection) -> None:
+        # Fast path without a scheduling round trip; when full, reading pauses.
+        try:
+            conn.slots.acquire_nowait()
+        except trio.WouldBlock:
+            await conn.slots.acquire()
+
+    async def _reject_connection(self, conn: _ServerConnection, exc: ProtocolError) -> None:
+        self.stats.protocol_errors += 1
+        self.stats.error_codes[exc.code] += 1
+        log.warning("rpc protocol error from %s, closing: %s", conn.peer, exc.message)
+        sent = trio.Event()
+        with trio.move_on_after(_ERROR_SEND_TIMEOUT_S):
+            await self._respond(conn, wire.encode_error_parts(0, exc), on_sent=sent.set)
+            await sent.wait()  # another task may be the one writing it
+
+    async def _run_request(self, conn: _ServerConnection, req: wire.Request) -> None:
+        try:
+            parts = await self._dispatch(req)
+        except BaseException:
+            conn.slots.release()  # only cancellation gets here: the connection is closing
+            raise
+        await self._respond(conn, parts, on_sent=conn.slots.release)
+
+    @staticmethod
+    async def _respond(
+        conn: _ServerConnection, parts: list[wire.Buffer], on_sent: Callable[[], object] | None = None
+    ) -> None:
+        try:
+            await conn.outbox.send(_Outgoing(parts, on_sent=on_sent))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.close()  # the client went away (or a write broke): nobody to answer
+
+    async def _dispatch(self, req: wire.Request) -> list[wire.Buffer]:
+        """Run one request and return its encoded response frame."""
+        handler = self._handlers.get(req.method)
+        if handler is None:
+            self.stats.calls[_UNKNOWN_METHOD_KEY] += 1
+            return self._error(req, _UNKNOWN_METHOD_KEY, UnknownMethod(f"unknown method {req.method!r}"))
+        self.stats.calls[req.method] += 1
+        try:
+            result = await self._invoke(handler, req)
+        except DfsError as exc:
+            return self._error(req, req.method, exc)
+        return self._encode_result(req, result)
+
+    def _run_inline(self, fn: Callable[..., Any], req: wire.Request) -> list[wire.Buffer]:
+        """Run a synchronous handler in the reader task; same error contract as :meth:`_invoke`."""
+        self.stats.calls[req.method] += 1
+        try:
+            result = _apply(fn, req)
+        except DfsError as exc:
+            return self._error(req, req.method, exc)
+        except Exception as exc:
+            log.exception("rpc handler %r failed", req.method)
+            err = InternalError(f"{req.method}: internal error ({type(exc).__name__})")
+            return self._error(req, req.method, err)
+        return self._encode_result(req, result)
+
+    def _encode_result(self, req: wire.Request, result: Any) -> list[wire.Buffer]:
+        try:
+            parts = wire.encode_response_parts(req.msgid, result)
+        except DfsError as exc:
+            log.error("rpc handler %r returned an unencodable result: %s", req.method, exc.message)
+            return self._error(req, req.method, InternalError(f"{req.method}: result cannot be encoded"))
+        size = wire.parts_nbytes(parts) - 4
+        if size > self._max_frame_bytes:
+            err = FrameTooLarge(f"{req.method}: result of {size} bytes exceeds limit {self._max_frame_bytes}")
+            return self._error(req, req.method, err)
+        return parts
+
+    @staticmethod
+    async def _invoke(handler: Handler, req: wire.Request) -> Any:
+        """Await the handler; every failure leaves as a DfsError (args are never logged)."""
+        try:
+            return await _apply(handler, req)
+        except DfsError:
+            raise
+        except Exception as exc:
+            inner = _only_dfs_error(exc)
+            if inner is not None:
+                raise inner from None
+            log.exception("rpc handler %r failed", req.method)
+            raise InternalError(f"{req.method}: internal error ({type(exc).__name__})") from None
+
+    def _error(self, req: wire.Request, key: str, err: DfsError) -> list[wire.Buffer]:
+        self.stats.errors[key] += 1
+        self.stats.error_codes[err.code] += 1
+        return wire.encode_error_parts(req.msgid, err)
+
+
+def _is_unix(stream: trio.abc.Stream) -> bool:
+    sock = getattr(stream, "socket", None)
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+async def serve_rpc(
+    handlers: Mapping[str, Handler],
+    listeners: Sequence[trio.abc.Listener[Any]],
+    *,
+    max_frame_bytes: int = wire.MAX_FRAME_BYTES,
+    max_inflight_per_conn: int = DEFAULT_MAX_INFLIGHT_PER_CONN,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Convenience wrapper: ``RpcServer(handlers, ...).serve(listeners)``."""
+    server = RpcServer(
+        handlers,
+        max_frame_bytes=max_frame_bytes,
+        max_inflight_per_conn=max_inflight_per_conn,
+        ssl_context=ssl_context,
+    )
+    await server.serve(listeners, task_status=task_status)
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+async def open_listeners(
+    address: str | Address, default_port: int = DEFAULT_PORT
+) -> list[trio.SocketListener]:
+    """Listen on a TCP address (empty host = all interfaces) or a unix socket path.
+
+    Unix sockets: a stale socket file is removed first (a live one is an error)
+    and the new one is made 0600.  The chmod happens after bind, so keep the
+    socket in a private directory if that brief window matters.
+    """
+    addr = parse_address(address, default_port)
+    try:
+        if addr.path is not None:
+            return [await _open_unix_listener(addr.path)]
+        return await trio.open_tcp_listeners(addr.port, host=addr.host or None)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {addr}: {_describe(exc)}") from exc
+
+
+async def _open_unix_listener(path: str) -> trio.SocketListener:
+    await _remove_stale_socket(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(trio.socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def _remove_stale_socket(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"{path} exists and is not a socket")
+    probe = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)  # nobody listens: left over from a dead process
+        except FileNotFoundError:
+            pass
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"{path}: another server is already listening")
