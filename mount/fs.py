@@ -283,7 +283,12 @@ class Operations(pyfuse3.Operations):
         elif f is not None:
             f.set_attr(new)
         if f is not None and fields.update_size:
-            f.refresh(await self.client.read_map(ino))
+            before = f.attr
+            fmap = await self.client.read_map(ino)
+            if f.attr is before:
+                # Not when a commit through another handle landed while the daemon answered:
+                # this map may then be older than what the mount holds (see _open_file).
+                f.refresh(fmap)
         self.seen[ino] = (new.size, new.mtime_ns)
         return self._entry(new)
 
