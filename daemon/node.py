@@ -90,7 +90,12 @@ async def _serve_s3(
     if cfg.s3.access_key:
         static[cfg.s3.access_key] = cfg.s3.secret_key
     front = service.frontends
-    keys = KeyRing(static, front.s3_secret, None if service.is_primary else front.s3_authenticate_remote)
+    keys = KeyRing(
+        static,
+        front.s3_secret,
+        None if service.is_primary else front.s3_authenticate_remote,
+        front.s3_access if service.is_primary else None,
+    )
     api = S3Api(service.local_client(), cfg, keys, observe=metrics.observe_s3)
     server = HttpServer(
         api.handle,

@@ -11,6 +11,11 @@ Invariants:
 - Only ``GET /health`` answers without the bearer token (compared with
   :func:`hmac.compare_digest`).  An unauthenticated request gets 401 for
   every other path, known or not, so probing learns nothing about routes.
+- A token has a scope (daemon/admin/tokens.py): the first-run token is
+  ``admin``; scoped tokens live hashed in metadata (a secondary has the
+  primary check them).  :func:`daemon.admin.tokens.allowed` decides per
+  (scope, method, route template); a refusal is 403.  A forwarded request
+  was authenticated and scope-checked by the secondary that forwards it.
 - Every handler is bounded: bodies are at most :data:`MAX_BODY_BYTES`
   (413 beyond), listings are capped, and probes of the disk run in worker
   threads under a timeout and a small limiter (a hung disk costs at most
@@ -46,12 +51,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
+import daemon.admin.tokens as tokens
 from daemon.admin.metrics import Metrics, MetricsSource, render
 from daemon.admin.openapi import OPENAPI
 from daemon.http import BodyError, Request, Response
 from daemon.meta import CONSISTENCY_XATTR, REPLICAS_XATTR
 from dfs import __version__
 from dfs.core import config as config_mod
+from dfs.core import s3grants
 from dfs.core.config import Config
 from dfs.core.errors import (
     ConfigError,
@@ -110,6 +117,11 @@ _PRIMARY_ROUTES = frozenset(
         "/storage/volumes/{name}",
         "/storage/snapshot",
         "/storage/policy",
+        "/storage/tokens",
+        "/storage/tokens/{token_id}",
+        "/storage/s3/keys",
+        "/storage/s3/keys/{access_key}",
+        "/storage/s3/keys/{access_key}/grants/{bucket}",
     }
 )
 
@@ -403,6 +415,14 @@ class AdminNode(MetricsSource, Protocol):
         """Have the metadata primary's admin API answer a request (on a secondary)."""
         ...
 
+    async def admin_token_scope(self, token: str) -> str | None:
+        """The scope of a scoped admin token (daemon/admin/tokens.py), or None if it is not one."""
+        ...
+
+    async def s3_key_create(self, description: str, allow: list[list[str]]) -> dict[str, Any]:
+        """A new S3 key with grants ``allow`` ([bucket, perm] pairs), on the primary."""
+        ...
+
 
 class AdminApi:
     """The admin endpoint of one daemon; :meth:`handle` is its HTTP handler."""
@@ -435,6 +455,14 @@ class AdminApi:
             Route("/storage/policy", {"GET": self._get_policy, "PUT": self._put_policy}),
             Route("/storage/config", {"GET": self._get_config, "PUT": self._put_config}),
             Route("/storage/openapi.json", {"GET": self._openapi}),
+            Route("/storage/tokens", {"GET": self._list_tokens, "POST": self._create_token}),
+            Route("/storage/tokens/{token_id}", {"DELETE": self._revoke_token}),
+            Route("/storage/s3/keys", {"GET": self._list_s3_keys, "POST": self._create_s3_key}),
+            Route("/storage/s3/keys/{access_key}", {"DELETE": self._revoke_s3_key}),
+            Route(
+                "/storage/s3/keys/{access_key}/grants/{bucket}",
+                {"PUT": self._grant_s3_key, "DELETE": self._revoke_s3_grant},
+            ),
         )
 
     # -- dispatch ---------------------------------------------------------------------
@@ -452,10 +480,17 @@ class AdminApi:
         started = time.perf_counter()
         label = "other"
         try:
-            route, params = self._route(req)
+            found = self._route(req)
+            if found is None:
+                await self._authenticate(req)  # unknown paths answer 401 until the caller proves who they are
+                raise NotFound("no such route")
+            route, params = found
             label = route.template
             if not route.public and not forwarded:
-                self._authorize(req)
+                # A forwarded request was authenticated and its scope checked by the secondary.
+                scope = await self._authenticate(req)
+                if not tokens.allowed(scope, req.method, route.template):
+                    raise ApiError(403, "Forbidden", f"a {scope} token may not {req.method} {route.template}")
             handler = route.handlers.get(req.method)
             if handler is None:
                 allow = ", ".join(route.handlers)
@@ -499,29 +534,37 @@ class AdminApi:
         )
         return Response(int(status), [(str(k), str(v)) for k, v in rheaders], bytes(rbody))
 
-    def _route(self, req: Request) -> tuple[Route, dict[str, str]]:
+    def _route(self, req: Request) -> tuple[Route, dict[str, str]] | None:
         segments = _segments(req.path)
         for route in self.routes:
             params = route.match(segments)
             if params is not None:
                 return route, params
-        self._authorize(req)  # unknown paths answer 401 too until the caller proves who they are
-        raise NotFound("no such route")
+        return None
 
-    def _authorize(self, req: Request) -> None:
+    async def _authenticate(self, req: Request) -> str:
+        """The scope of the bearer token presented (``admin`` for the first-run token); 401 if none."""
         header = req.header("authorization")
         if header is None:
             raise ApiError(
                 401, "Unauthorized", "missing bearer token", [("www-authenticate", 'Bearer realm="dfs"')]
             )
         scheme, _, presented = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
+        presented = presented.strip()
+        scope: str | None = None
+        if scheme.lower() == "bearer":
+            if hmac.compare_digest(presented.encode(), self._token):
+                scope = "admin"
+            else:
+                scope = await self.node.admin_token_scope(presented)
+        if scope is None:
             raise ApiError(
                 401,
                 "Unauthorized",
                 "invalid bearer token",
                 [("www-authenticate", 'Bearer realm="dfs", error="invalid_token"')],
             )
+        return scope
 
     async def _json_body(self, req: Request) -> dict[str, Any]:
         length = req.content_length
@@ -1043,3 +1086,94 @@ class AdminApi:
 
     async def _openapi(self, req: Request, params: dict[str, str]) -> Response:
         return json_response(200, OPENAPI)
+
+    # -- scoped admin tokens (daemon/admin/tokens.py) ---------------------------------------
+    @staticmethod
+    def _token_doc(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "id": str(row["id"]),
+            "name": str(row["name"]),
+            "scope": str(row["scope"]),
+            "created": _iso(int(row["created_ns"])),
+        }
+
+    async def _list_tokens(self, req: Request, params: dict[str, str]) -> Response:
+        rows = self.node.reads.admin_token_list()
+        return json_response(200, {"tokens": [self._token_doc(row) for row in rows]})
+
+    async def _create_token(self, req: Request, params: dict[str, str]) -> Response:
+        body = await self._json_body(req)
+        _check_fields(body, ("scope", "name"), "token")
+        scope, name = tokens.check_new(body.get("scope"), body.get("name", ""))
+        token_id, token = tokens.new_token()
+        row = await self.node._m(self.node.meta.admin_token_put, token_id, name, scope, tokens.digest(token))
+        path = "/storage/tokens/" + token_id
+        return json_response(201, {**self._token_doc(row), "token": token}, [("location", path)])
+
+    async def _revoke_token(self, req: Request, params: dict[str, str]) -> Response:
+        token_id = params["token_id"]
+        if not tokens.is_token_id(token_id):
+            raise NotFound(f"no admin token {token_id!r}")
+        await self.node._m(self.node.meta.admin_token_delete, token_id)
+        return _no_content()
+
+    # -- S3 keys and their grants on buckets (dfs/core/s3grants.py) -------------------------
+    @staticmethod
+    def _s3_key_doc(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "access_key": str(row["access_key"]),
+            "description": str(row["description"]),
+            "created": _iso(int(row["created_ns"])),
+            "grants": dict(row["grants"]),
+        }
+
+    def _s3_key(self, access_key: str) -> dict[str, Any]:
+        for row in self.node.reads.s3_key_list():
+            if row["access_key"] == access_key:
+                return self._s3_key_doc(row)
+        raise NotFound(f"no S3 access key {access_key!r}")
+
+    async def _list_s3_keys(self, req: Request, params: dict[str, str]) -> Response:
+        rows = self.node.reads.s3_key_list()
+        return json_response(200, {"keys": [self._s3_key_doc(row) for row in rows]})
+
+    async def _create_s3_key(self, req: Request, params: dict[str, str]) -> Response:
+        body = await self._json_body(req)
+        _check_fields(body, ("description", "allow"), "S3 key")
+        description = body.get("description", "")
+        allow = body.get("allow", {})
+        if not isinstance(allow, dict) or not all(isinstance(p, str) for p in allow.values()):
+            raise InvalidArgument("allow must be an object of bucket -> permission (r, w, rw, owner)")
+        pairs = [[_s3_bucket(str(b)), _s3_perm(p)] for b, p in allow.items()]
+        made = await self.node.s3_key_create(description, pairs)
+        path = "/storage/s3/keys/" + urllib.parse.quote(made["access_key"], safe="")
+        return json_response(201, made, [("location", path)])
+
+    async def _revoke_s3_key(self, req: Request, params: dict[str, str]) -> Response:
+        await self.node._m(self.node.meta.s3_key_delete, params["access_key"])
+        return _no_content()
+
+    async def _grant_s3_key(self, req: Request, params: dict[str, str]) -> Response:
+        body = await self._json_body(req)
+        _check_fields(body, ("perm",), "grant")
+        perm = _s3_perm(body.get("perm"))
+        bucket = _s3_bucket(params["bucket"])
+        await self.node._m(self.node.meta.s3_grant, params["access_key"], bucket, perm)
+        return json_response(200, self._s3_key(params["access_key"]))
+
+    async def _revoke_s3_grant(self, req: Request, params: dict[str, str]) -> Response:
+        await self.node._m(self.node.meta.s3_revoke_grant, params["access_key"], params["bucket"])
+        return json_response(200, self._s3_key(params["access_key"]))
+
+
+def _s3_perm(value: Any) -> str:
+    try:
+        return s3grants.perm_name(s3grants.parse_perm(value if isinstance(value, str) else ""))
+    except ValueError as exc:
+        raise InvalidArgument(f"perm: {exc}") from None
+
+
+def _s3_bucket(name: str) -> str:
+    if not is_bucket_name(name):
+        raise InvalidArgument(f"{name!r} is not a valid bucket name")
+    return name

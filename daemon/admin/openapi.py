@@ -56,7 +56,7 @@ def _err(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-_STD_ERRORS = {"401": _err("Unauthorized"), "default": _err("Error")}
+_STD_ERRORS = {"401": _err("Unauthorized"), "403": _err("Forbidden"), "default": _err("Error")}
 _BODY_ERRORS = {"400": _err("BadRequest"), "413": _err("PayloadTooLarge")}
 
 _INT64 = {"type": "integer", "minimum": 0}
@@ -66,6 +66,21 @@ _NODE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 _ZONE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 _ADDRESS = {"type": "string", "description": "HOST:PORT", "maxLength": 260}
 _WEIGHT = {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000}
+_SCOPE = {
+    "type": "string",
+    "enum": ["read", "admin"],
+    "description": "read: GET of health, metrics, nodes, volumes, snapshots, policy; admin: everything",
+}
+_S3_PERM = {
+    "type": "string",
+    "enum": ["r", "w", "rw", "owner"],
+    "description": "r read, w write, rw both, owner everything (delete the bucket, change its settings)",
+}
+_S3_GRANTS = {
+    "type": "object",
+    "additionalProperties": _S3_PERM,
+    "description": "bucket -> permission; the buckets a key created show as owner",
+}
 _VOLUME_NAME = {
     "type": "string",
     "minLength": 3,
@@ -302,6 +317,53 @@ _SCHEMAS: dict[str, Any] = {
             },
         }
     ),
+    "Token": _obj(
+        {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+            "name": {"type": "string", "maxLength": 64},
+            "scope": _SCOPE,
+            "created": _TIMESTAMP,
+        }
+    ),
+    "TokenList": _obj({"tokens": {"type": "array", "items": _ref("Token")}}),
+    "TokenCreate": _obj(
+        {"scope": _SCOPE, "name": {"type": "string", "maxLength": 64, "default": ""}}, required=["scope"]
+    ),
+    "TokenCreated": _obj(
+        {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+            "name": {"type": "string", "maxLength": 64},
+            "scope": _SCOPE,
+            "created": _TIMESTAMP,
+            "token": {
+                "type": "string",
+                "pattern": "^dfs_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$",
+                "description": "the bearer token: shown only in this answer (metadata keeps its SHA-256)",
+            },
+        }
+    ),
+    "S3Key": _obj(
+        {
+            "access_key": {"type": "string"},
+            "description": {"type": "string", "maxLength": 256},
+            "created": _TIMESTAMP,
+            "grants": _S3_GRANTS,
+        }
+    ),
+    "S3KeyList": _obj({"keys": {"type": "array", "items": _ref("S3Key")}}),
+    "S3KeyCreate": _obj(
+        {"description": {"type": "string", "maxLength": 256, "default": ""}, "allow": _S3_GRANTS},
+        required=[],
+    ),
+    "S3KeyCreated": _obj(
+        {
+            "access_key": {"type": "string"},
+            "secret_key": {"type": "string", "description": "shown only in this answer"},
+            "description": {"type": "string", "maxLength": 256},
+            "grants": _S3_GRANTS,
+        }
+    ),
+    "S3Grant": _obj({"perm": _S3_PERM}),
     "Config": _config_schema(),
     "ConfigUpdate": {
         **_obj(
@@ -331,11 +393,20 @@ _RESPONSES: dict[str, Any] = {
         **_error_response("Missing or invalid bearer token"),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     },
+    "Forbidden": _error_response("The token's scope does not allow this (a read token changing something)"),
     "NotFound": _error_response("No such node, volume or snapshot"),
     "Conflict": _error_response("Already exists, not empty, or not allowed in the current state"),
     "PayloadTooLarge": _error_response("Request body over 1 MiB"),
 }
 
+_TOKEN_ID_PARAM = {
+    "name": "token_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+}
+_ACCESS_KEY_PARAM = {"name": "access_key", "in": "path", "required": True, "schema": {"type": "string"}}
+_BUCKET_PARAM = {"name": "bucket", "in": "path", "required": True, "schema": {"type": "string"}}
 _NODE_ID_PARAM = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _VOLUME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -346,8 +417,10 @@ OPENAPI: dict[str, Any] = {
         "version": __version__,
         "description": (
             "Administration of one dfs daemon: health, Prometheus metrics, nodes, volumes, snapshots and "
-            "configuration. Authenticate with `Authorization: Bearer TOKEN` (the token is in "
-            "`<data_dir>/admin.token`); only `GET /health` is public. Errors are "
+            "configuration. Authenticate with `Authorization: Bearer TOKEN`: the first-run token in "
+            "`<data_dir>/admin.token` (scope admin) or one made by `dfs admin token create` or "
+            "`POST /storage/tokens` (scope read or admin; a read token changing anything gets 403); "
+            "only `GET /health` is public. Errors are "
             '`{"error": {"code": ..., "message": ...}}`; an unsupported method answers 405 with `Allow`.'
         ),
     },
@@ -561,6 +634,68 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _ok("Config", "The new effective configuration"),
                     **_BODY_ERRORS,
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/tokens": {
+            "get": {
+                "summary": "Scoped admin tokens (never the tokens themselves; admin scope)",
+                "responses": {"200": _ok("TokenList", "Tokens, oldest first"), **_STD_ERRORS},
+            },
+            "post": {
+                "summary": "Make a scoped admin token; the answer shows it once (admin scope)",
+                "requestBody": _body("TokenCreate", "Scope and optional name"),
+                "responses": {"201": _ok("TokenCreated", "Created"), **_BODY_ERRORS, **_STD_ERRORS},
+            },
+        },
+        "/storage/tokens/{token_id}": {
+            "parameters": [_TOKEN_ID_PARAM],
+            "delete": {
+                "summary": "Revoke a scoped admin token (admin scope)",
+                "responses": {"204": {"description": "Revoked"}, "404": _err("NotFound"), **_STD_ERRORS},
+            },
+        },
+        "/storage/s3/keys": {
+            "get": {
+                "summary": "S3 keys made with `dfs s3 key create` and their grants (never secrets)",
+                "responses": {"200": _ok("S3KeyList", "Keys by access key"), **_STD_ERRORS},
+            },
+            "post": {
+                "summary": "Make an S3 key, optionally with grants; the answer shows the secret once",
+                "requestBody": _body("S3KeyCreate", "Optional description and grants (bucket -> perm)"),
+                "responses": {
+                    "201": _ok("S3KeyCreated", "Created"),
+                    "404": _err("NotFound"),
+                    **_BODY_ERRORS,
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/s3/keys/{access_key}": {
+            "parameters": [_ACCESS_KEY_PARAM],
+            "delete": {
+                "summary": "Revoke an S3 key: requests signed with it fail from now on",
+                "responses": {"204": {"description": "Revoked"}, "404": _err("NotFound"), **_STD_ERRORS},
+            },
+        },
+        "/storage/s3/keys/{access_key}/grants/{bucket}": {
+            "parameters": [_ACCESS_KEY_PARAM, _BUCKET_PARAM],
+            "put": {
+                "summary": "Grant the key r, w, rw or owner on a bucket (replacing its grant there)",
+                "requestBody": _body("S3Grant", "The permission"),
+                "responses": {
+                    "200": _ok("S3Key", "The key with its grants"),
+                    "404": _err("NotFound"),
+                    **_BODY_ERRORS,
+                    **_STD_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Take back the key's grant on a bucket",
+                "responses": {
+                    "200": _ok("S3Key", "The key with its grants"),
+                    "404": _err("NotFound"),
                     **_STD_ERRORS,
                 },
             },

@@ -15,6 +15,7 @@ concern, all written against the transaction interface of
   :mod:`~daemon.meta.policy`: copy-on-write trees, volumes and their policy;
 - :mod:`~daemon.meta.registry`: the node registry and placement layout;
 - :mod:`~daemon.meta.keys`: S3 access keys;
+- :mod:`~daemon.meta.tokens`: scoped admin tokens (hashes only);
 - :mod:`~daemon.meta.gc`, :mod:`~daemon.meta.oplog`, :mod:`~daemon.meta.stats`:
   garbage collection, the operation log, totals;
 - :mod:`~daemon.meta.fsck`: the invariants, checked and repaired.

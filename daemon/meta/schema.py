@@ -28,6 +28,12 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
   placement tables by epoch.
 - ``s3_keys``: S3 access keys with their secrets.  Secrets never enter the
   oplog (its rows name the access key only).
+- ``s3_bucket_owners`` and ``s3_grants``: which key owns a bucket and what
+  other keys may do there (dfs/core/s3grants.py), both by the bucket
+  directory's inode.  A bucket without an owner row is the root key's.
+- ``admin_tokens``: scoped admin API tokens (id, name, scope ``read`` or
+  ``admin``, created); only the SHA-256 of each token is stored, and the
+  oplog names the id only (see daemon/admin/tokens.py).
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
@@ -107,6 +113,19 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS s3_keys (
         access_key TEXT PRIMARY KEY, secret TEXT NOT NULL, created_ns INTEGER NOT NULL,
         description TEXT NOT NULL) WITHOUT ROWID""",
+    # Who owns a bucket (the key that created it), by the bucket directory's inode: inodes are
+    # never reused, so a bucket removed and made again (by anyone, through S3 or a mount) does
+    # not inherit the old owner, and a rename keeps it.  Kept out of xattrs: mounts could set those.
+    """CREATE TABLE IF NOT EXISTS s3_bucket_owners (
+        ino INTEGER PRIMARY KEY, access_key TEXT NOT NULL, created_ns INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS s3_bucket_owners_by_key ON s3_bucket_owners (access_key)",
+    # Grants on buckets (by inode, like owners): perm is "r", "w", "rw" or "owner".
+    """CREATE TABLE IF NOT EXISTS s3_grants (
+        access_key TEXT NOT NULL, ino INTEGER NOT NULL, perm TEXT NOT NULL,
+        PRIMARY KEY (access_key, ino)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS admin_tokens (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, digest BLOB NOT NULL,
+        created_ns INTEGER NOT NULL) WITHOUT ROWID""",
 )
 # Directories outside the namespace (no dentry, unreachable from ROOT_INO), created at open.
 INTERNAL_DIRS = ("uploads", "trash")

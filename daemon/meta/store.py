@@ -20,11 +20,12 @@ from daemon.meta.registry import Registry
 from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.snapshots import Snapshots
 from daemon.meta.stats import Stats
+from daemon.meta.tokens import Tokens
 from dfs.core.errors import ConfigError
 from dfs.core.namespace import ROOT_INO
 
 
-class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Gc, Oplog, Stats, Checks):
+class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, Gc, Oplog, Stats, Checks):
     """All metadata of one filesystem; see :mod:`daemon.meta` for the concerns and the invariants."""
 
     def __init__(

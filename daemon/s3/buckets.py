@@ -2,18 +2,21 @@
 
 A bucket is a top-level directory, created as a volume (so it can carry a
 policy of its own); listing the buckets lists the root's directories whose
-names are valid bucket names.  PutBucketVersioning with Enabled is refused
+names are valid bucket names and the request's key may see (its own, those
+it was granted; all of them for the root key).  A bucket a key creates is
+recorded as that key's (dfs/core/s3grants.py).  PutBucketVersioning with Enabled is refused
 (501): every object has the single version ``null``.
 """
 
 from __future__ import annotations
 
 from daemon.http import Response
-from daemon.s3.call import OWNER, Call, xml
+from daemon.s3.call import OWNER, Call, authorize, xml
 from daemon.s3.tree import ObjectTree
 from dfs.core import endpoints, s3names, s3xml, sigv4
 from dfs.core.errors import DfsError, NotEmpty, NotFound, S3Error
 from dfs.core.namespace import ROOT_INO
+from dfs.core.s3grants import Perm, visible
 
 
 class Buckets:
@@ -25,10 +28,12 @@ class Buckets:
         self.s3 = tree.s3
 
     async def list_all(self, c: Call) -> Response:
+        principal = c.principal
+        assert principal is not None
         buckets: list[tuple[str, int]] = []
         async for entry in self.tree.entries(ROOT_INO):
             name = entry.name.decode("utf-8", "replace")
-            if entry.attr.is_dir and s3names.is_bucket_name(name):
+            if entry.attr.is_dir and s3names.is_bucket_name(name) and visible(principal, name):
                 volume = await endpoints.META_GET_VOLUME.call(self.client, name)
                 created = volume["created_ns"] if volume else entry.attr.mtime_ns
                 buckets.append((name, created))
@@ -49,9 +54,18 @@ class Buckets:
             attr = await self.client.lookup(ROOT_INO, c.bucket.encode())
             if not attr.is_dir:
                 raise S3Error("BucketAlreadyExists", "A file of that name exists at the root", 409) from None
+            try:
+                authorize(c, c.bucket, Perm.OWNER)
+            except S3Error:
+                raise S3Error(
+                    "BucketAlreadyExists", "The requested bucket name is not available", 409
+                ) from None
             raise S3Error(
                 "BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded", 409
             ) from None
+        principal = c.principal
+        if principal is not None and not principal.root:
+            await endpoints.S3_BUCKET_OWN.call(self.client, c.bucket, principal.access_key)
         return Response(200, [("Location", "/" + c.bucket)])
 
     async def delete(self, c: Call) -> Response:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from daemon.http import Request, Response
 from dfs.core import sigv4
+from dfs.core.errors import S3Error
 from dfs.core.replicas import Policy
+from dfs.core.s3grants import Perm, Principal, allowed
 
 # The owner every bucket, object and upload is reported with: dfs has no per-object ownership.
 OWNER = ("dfs", "dfs")
@@ -33,6 +35,8 @@ class Call:
     resource: str
     operation: str = "Unknown"
     auth: sigv4.AuthContext | None = None
+    # Who signed it, with the grants that decide what it may touch (None: nothing yet).
+    principal: Principal | None = None
     bytes_in: int = 0
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
     # Replication factor and consistency level of the bucket (None: one node, nothing to choose).
@@ -43,3 +47,11 @@ class Call:
 def xml(body: bytes) -> Response:
     """A 200 answer carrying an XML document."""
     return Response(200, [("Content-Type", "application/xml")], body)
+
+
+def authorize(c: Call, bucket: str, need: Perm) -> None:
+    """Refuse with AccessDenied (403) unless the request's key may do what needs ``need`` on
+    ``bucket`` (dfs/core/s3grants.py decides)."""
+    principal = c.principal
+    if principal is None or not allowed(principal, bucket, need):
+        raise S3Error("AccessDenied", "Access Denied", 403)

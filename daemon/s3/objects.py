@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator
 
 from daemon.http import Response
 from daemon.s3.body import copy_range, prefetched_range, read_range
-from daemon.s3.call import MAX_XML_BYTES, Call, xml
+from daemon.s3.call import MAX_XML_BYTES, Call, authorize, xml
 from daemon.s3.tree import (
     EMPTY_MD5,
     XA_CHECKSUM,
@@ -33,6 +33,7 @@ from daemon.s3.tree import (
 from dfs.core import s3names, s3xml, sigv4
 from dfs.core.errors import DfsError, IsADirectory, NotADirectory, NotEmpty, NotFound, S3Error, s3_code
 from dfs.core.namespace import FileMap
+from dfs.core.s3grants import COPY_SOURCE
 
 # The response-* query parameters of a GET that override the stored header of that name.
 _RESPONSE_OVERRIDES = frozenset(
@@ -157,6 +158,11 @@ class Objects:
             raise version_error(version[0], key)
         if not bucket or not key:
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key")
+        try:
+            authorize(c, bucket, COPY_SOURCE)  # the source bucket must be readable too
+        except S3Error:
+            await self.tree.bucket_ino(bucket)  # NoSuchBucket first, as for any request
+            raise
         src = Call(c.req, c.request_id, bucket, key, {}, c.headers, "/" + source.lstrip("/"))
         info, is_dir = await self.tree.object(src)
         if is_dir:

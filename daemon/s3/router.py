@@ -15,14 +15,14 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
 from daemon.http import BodyError, Request, Response
 from daemon.s3.auth import KeyRing
 from daemon.s3.buckets import Buckets
-from daemon.s3.call import OWNER, Call, xml
+from daemon.s3.call import OWNER, Call, authorize, xml
 from daemon.s3.listing import Listing
 from daemon.s3.multipart import Multipart
 from daemon.s3.objects import Objects
@@ -31,6 +31,7 @@ from dfs.client.cluster import Client
 from dfs.core import s3xml, sigv4
 from dfs.core.config import Config
 from dfs.core.errors import DfsError, S3Error, s3_code
+from dfs.core.s3grants import need_of
 
 log = logging.getLogger("dfs.s3")
 
@@ -84,6 +85,8 @@ _SUBRESOURCES = frozenset(
 
 
 Observer = Callable[[str, int, float, int, int], None]
+# What routing a request yields: the operation's name and what serves it once authorized.
+Plan = tuple[str, Callable[[], Awaitable[Response]]]
 
 
 class S3Api:
@@ -123,7 +126,7 @@ class S3Api:
             call = self._parse(req, request_id)
             view = sigv4.RequestView(req.method, req.path, req.query, call.headers)
             vhost_bucket = call.bucket if self._vhost(call.headers) else None
-            call.auth = await self.keys.authenticate(
+            call.auth, call.principal = await self.keys.authenticate(
                 view, vhost_bucket, region=self.s3.region, max_skew_s=self.s3.max_clock_skew_s
             )
             resp = await self._route(call)
@@ -221,111 +224,113 @@ class S3Api:
 
     # -- routing ----------
     async def _route(self, c: Call) -> Response:
-        m = c.req.method
-        q = c.query
+        """Name the operation, check the key may do it on the bucket, then serve it.
+
+        Every operation passes the one check here (ListBuckets filters instead, CreateBucket
+        makes a bucket of the key's own); a copy checks its source bucket too
+        (Objects.copy_source)."""
         if not c.bucket:
-            if m == "GET":
+            if c.req.method == "GET":
                 c.operation = "ListBuckets"
                 return await self.buckets.list_all(c)
             raise S3Error(
                 "MethodNotAllowed", "The specified method is not allowed against this resource", 405
             )
-        if not c.key:
-            return await self._bucket_route(c, m, q)
-        return await self._object_route(c, m, q)
+        c.operation, serve = self._bucket_route(c) if not c.key else self._object_route(c)
+        try:
+            authorize(c, c.bucket, need_of(c.operation))
+        except S3Error:
+            # A bucket that does not exist is NoSuchBucket to anyone, as on AWS.
+            await self.tree.bucket_ino(c.bucket)
+            raise
+        return await serve()
 
-    async def _bucket_route(self, c: Call, m: str, q: dict[str, str]) -> Response:
+    def _bucket_route(self, c: Call) -> Plan:
+        m, q = c.req.method, c.query
         sub = [k for k in q if k in _SUBRESOURCES]
         if m == "PUT" and not sub:
-            c.operation = "CreateBucket"
-            return await self.buckets.create(c)
+            return "CreateBucket", lambda: self.buckets.create(c)
         if m == "PUT" and sub == ["versioning"]:
-            c.operation = "PutBucketVersioning"
-            return await self.buckets.put_versioning(c)
+            return "PutBucketVersioning", lambda: self.buckets.put_versioning(c)
         if m == "DELETE" and not sub:
-            c.operation = "DeleteBucket"
-            return await self.buckets.delete(c)
+            return "DeleteBucket", lambda: self.buckets.delete(c)
         if m == "HEAD" and not sub:
-            c.operation = "HeadBucket"
-            await self.tree.bucket_ino(c.bucket)
-            return Response(200, [("x-amz-bucket-region", self.s3.region)])
+            return "HeadBucket", lambda: self._head_bucket(c)
         if m == "POST" and "delete" in q:
-            c.operation = "DeleteObjects"
-            return await self.objects.delete_many(c)
+            return "DeleteObjects", lambda: self.objects.delete_many(c)
         if m == "GET":
             if not sub:
                 if q.get("list-type") == "2":
-                    c.operation = "ListObjectsV2"
-                    return await self.listing.list_objects(c, v2=True)
-                c.operation = "ListObjects"
-                return await self.listing.list_objects(c, v2=False)
+                    return "ListObjectsV2", lambda: self.listing.list_objects(c, v2=True)
+                return "ListObjects", lambda: self.listing.list_objects(c, v2=False)
             name = sub[0]
-            c.operation = f"GetBucket.{name}"
-            await self.tree.bucket_ino(c.bucket)
-            if name == "location":
-                return xml(s3xml.location(self.s3.region))
-            if name == "versioning":
-                return xml(s3xml.versioning())
-            if name == "acl":
-                return xml(s3xml.acl(*OWNER))
             if name == "uploads":
-                c.operation = "ListMultipartUploads"
-                return await self.multipart.list_uploads(c)
+                return "ListMultipartUploads", lambda: self._in_bucket(c, self.multipart.list_uploads)
             if name == "versions":
-                c.operation = "ListObjectVersions"
-                return await self.listing.list_versions(c)
-            if name in _BUCKET_STUB_404:
-                code, message = _BUCKET_STUB_404[name]
-                raise S3Error(code, message, 404)
+                return "ListObjectVersions", lambda: self._in_bucket(c, self.listing.list_versions)
+            if name in ("location", "versioning", "acl") or name in _BUCKET_STUB_404:
+                return f"GetBucket.{name}", lambda: self._bucket_sub(c, name)
         raise S3Error(
             "NotImplemented", "A header or query you provided implies functionality not implemented", 501
         )
 
-    async def _object_route(self, c: Call, m: str, q: dict[str, str]) -> Response:
+    async def _head_bucket(self, c: Call) -> Response:
+        await self.tree.bucket_ino(c.bucket)
+        return Response(200, [("x-amz-bucket-region", self.s3.region)])
+
+    async def _in_bucket(self, c: Call, serve: Callable[[Call], Awaitable[Response]]) -> Response:
+        await self.tree.bucket_ino(c.bucket)
+        return await serve(c)
+
+    async def _bucket_sub(self, c: Call, name: str) -> Response:
+        """GET of a bucket sub-resource: fixed answers (dfs configures none of them)."""
+        await self.tree.bucket_ino(c.bucket)
+        if name == "location":
+            return xml(s3xml.location(self.s3.region))
+        if name == "versioning":
+            return xml(s3xml.versioning())
+        if name == "acl":
+            return xml(s3xml.acl(*OWNER))
+        code, message = _BUCKET_STUB_404[name]
+        raise S3Error(code, message, 404)
+
+    def _object_route(self, c: Call) -> Plan:
+        m, q = c.req.method, c.query
         sub = [k for k in q if k in _SUBRESOURCES and k not in ("uploadId", "partNumber")]
         upload = q.get("uploadId")
+        copying = "x-amz-copy-source" in c.headers
         if m == "PUT" and not sub:
             if upload is not None:
-                if "x-amz-copy-source" in c.headers:
-                    c.operation = "UploadPartCopy"
-                else:
-                    c.operation = "UploadPart"
-                return await self.multipart.upload_part(c, upload)
-            if "x-amz-copy-source" in c.headers:
-                c.operation = "CopyObject"
-                return await self.objects.copy(c)
-            c.operation = "PutObject"
-            return await self.objects.put(c)
+                op = "UploadPartCopy" if copying else "UploadPart"
+                return op, lambda: self.multipart.upload_part(c, upload)
+            if copying:
+                return "CopyObject", lambda: self.objects.copy(c)
+            return "PutObject", lambda: self.objects.put(c)
         if m in ("GET", "HEAD") and not sub:
             if upload is not None and m == "GET":
-                c.operation = "ListParts"
-                return await self.multipart.list_parts(c, upload)
-            c.operation = "GetObject" if m == "GET" else "HeadObject"
-            return await self.objects.get(c, head=m == "HEAD")
+                return "ListParts", lambda: self.multipart.list_parts(c, upload)
+            head = m == "HEAD"
+            return ("HeadObject" if head else "GetObject"), lambda: self.objects.get(c, head=head)
         if m == "DELETE" and not sub:
             if upload is not None:
-                c.operation = "AbortMultipartUpload"
-                return await self.multipart.abort(c, upload)
-            c.operation = "DeleteObject"
-            return await self.objects.delete(c)
+                return "AbortMultipartUpload", lambda: self.multipart.abort(c, upload)
+            return "DeleteObject", lambda: self.objects.delete(c)
         if m == "POST":
             if "uploads" in q:
-                c.operation = "CreateMultipartUpload"
-                return await self.multipart.create(c)
+                return "CreateMultipartUpload", lambda: self.multipart.create(c)
             if upload is not None and not sub:
-                c.operation = "CompleteMultipartUpload"
-                return await self.multipart.complete(c, upload)
+                return "CompleteMultipartUpload", lambda: self.multipart.complete(c, upload)
         if m == "GET" and sub == ["acl"]:
-            c.operation = "GetObjectAcl"
-            await self.tree.object(c)
-            return xml(s3xml.acl(*OWNER))
+            return "GetObjectAcl", lambda: self._object_sub(c, s3xml.acl(*OWNER))
         if m == "GET" and sub == ["tagging"]:
-            c.operation = "GetObjectTagging"
-            await self.tree.object(c)
-            return xml(s3xml.tagging())
+            return "GetObjectTagging", lambda: self._object_sub(c, s3xml.tagging())
         raise S3Error(
             "NotImplemented", "A header or query you provided implies functionality not implemented", 501
         )
+
+    async def _object_sub(self, c: Call, body: bytes) -> Response:
+        await self.tree.object(c)
+        return xml(body)
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -176,6 +176,11 @@ class HandlerTable:
             e.META_SETATTR: sh.setattr,
             e.S3_KEY_LIST: m.s3_key_list,
             e.S3_KEY_REVOKE: m.s3_key_delete,
+            e.S3_KEY_GRANT: m.s3_grant,
+            e.S3_KEY_REVOKE_GRANT: m.s3_revoke_grant,
+            e.S3_BUCKET_OWN: m.s3_bucket_own,
+            e.ADMIN_TOKEN_LIST: m.admin_token_list,
+            e.ADMIN_TOKEN_REVOKE: m.admin_token_delete,
         }
         table: dict[str, Handler] = {
             ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)
@@ -192,6 +197,8 @@ class HandlerTable:
                     e.S3_KEY_CREATE: f.s3_key_create,
                     e.S3_AUTHENTICATE: f.s3_authenticate,
                     e.SYS_ADMIN_FORWARD: f.admin_forward,
+                    e.ADMIN_TOKEN_CREATE: f.admin_token_create,
+                    e.ADMIN_TOKEN_CHECK: f.admin_token_check,
                     e.SYS_STATFS: self._system.statfs,
                     e.SYS_FSCK_META: self._upkeep.fsck_meta,
                     e.SYS_GC: self._upkeep.gc_now,

@@ -172,6 +172,14 @@ class Service:
         """A secondary's admin API has the primary answer a request backed by metadata."""
         return await self.frontends.forward_admin(method, target, headers, body, remote)
 
+    async def admin_token_scope(self, token: str) -> str | None:
+        """The scope of a scoped admin token presented to this daemon's admin API, or None."""
+        return await self.frontends.admin_token_scope(token)
+
+    async def s3_key_create(self, description: str, allow: list[list[str]]) -> dict[str, Any]:
+        """A new S3 key with grants ``allow`` ([bucket, perm] pairs), on the primary."""
+        return await self.frontends.s3_key_create(description, allow)
+
     @property
     def admin_api(self) -> ForwardedAdmin | None:
         """The admin API, once the node serves it (the primary answers forwarded requests)."""

@@ -103,6 +103,11 @@ _NO_EFFECT = frozenset(
         "remove_node",
         "s3_key_put",
         "s3_key_delete",
+        "admin_token_put",
+        "admin_token_delete",
+        "s3_bucket_own",
+        "s3_grant",
+        "s3_revoke_grant",
     }
 )
 # Operations whose first two arguments are the directory and the name they make (failing if

@@ -203,12 +203,29 @@ SYS_GC: Endpoint[int] = _declare("sys.gc", "delay_s?", site=_PRIMARY, timeout=Ti
 SYS_ADMIN_FORWARD: Endpoint[Sequence[Any]] = _declare(
     "sys.admin_forward", "method target headers body remote", site=_PRIMARY
 )
-S3_KEY_CREATE: Endpoint[dict[str, str]] = _declare("s3.key_create", "description?", site=_PRIMARY)
+# ``allow``: [bucket, perm] grants the new key holds from the start (dfs/core/s3grants.py).
+S3_KEY_CREATE: Endpoint[dict[str, Any]] = _declare("s3.key_create", "description? allow?", site=_PRIMARY)
 S3_KEY_LIST: Endpoint[list[dict[str, Any]]] = _declare("s3.key_list", site=_PRIMARY, read_only=True)
 S3_KEY_REVOKE: Endpoint[None] = _declare("s3.key_revoke", "access_key", site=_PRIMARY)
-# Verifies a request signed with a key only the primary holds: {"auth": ...} or {"error": ...}.
+# Grants on buckets (perm r, w, rw or owner); both answer the key's {bucket: perm}.
+S3_KEY_GRANT: Endpoint[dict[str, str]] = _declare("s3.key_grant", "access_key bucket perm", site=_PRIMARY)
+S3_KEY_REVOKE_GRANT: Endpoint[dict[str, str]] = _declare(
+    "s3.key_revoke_grant", "access_key bucket", site=_PRIMARY
+)
+# The S3 shim records the key that created a bucket as its owner.
+S3_BUCKET_OWN: Endpoint[None] = _declare("s3.bucket_own", "bucket access_key", site=_PRIMARY)
+# Verifies a request signed with a key only the primary holds: {"auth": ..., "grants": {bucket:
+# perm}} or {"error": ...}.
 S3_AUTHENTICATE: Endpoint[dict[str, Any]] = _declare(
     "s3.authenticate", "request vhost_bucket region max_skew_s", site=_PRIMARY, read_only=True
+)
+# Scoped admin tokens (daemon/admin/tokens.py): create answers the token once; metadata keeps its hash.
+ADMIN_TOKEN_CREATE: Endpoint[dict[str, Any]] = _declare("admin.token_create", "scope name?", site=_PRIMARY)
+ADMIN_TOKEN_LIST: Endpoint[list[dict[str, Any]]] = _declare("admin.token_list", site=_PRIMARY, read_only=True)
+ADMIN_TOKEN_REVOKE: Endpoint[None] = _declare("admin.token_revoke", "token_id", site=_PRIMARY)
+# A secondary's admin API asks the primary which scope a presented token has (None: no such token).
+ADMIN_TOKEN_CHECK: Endpoint[str | None] = _declare(
+    "admin.token_check", "token_id digest", site=_PRIMARY, read_only=True
 )
 
 

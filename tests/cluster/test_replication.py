@@ -185,11 +185,17 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
     assert sorted(copies(cluster).values()) == [2, 2, 2, 2, 3, 3, 3]
 
     # A key made with `dfs s3 key create` (stored in metadata, on the primary) signs requests to a
-    # secondary too: the secondary has the primary verify them.
+    # secondary too: the secondary has the primary verify them, and learns the key's grants in
+    # the same answer (bkt was made by n2's root key: only a grant lets the key in).
     from botocore.exceptions import ClientError
 
     made = json.loads(n1.cli("s3", "key", "create", "--json").stdout)
     ak, sk = made["access_key"], made["secret_key"]
+    with pytest.raises(ClientError) as err:
+        s3_client(n3, ak, sk).get_object(Bucket="bkt", Key="k/obj")
+    assert err.value.response["Error"]["Code"] == "AccessDenied"
+    assert "bkt" not in {b["Name"] for b in s3_client(n2, ak, sk).list_buckets()["Buckets"]}
+    n1.cli("s3", "key", "grant", ak, "bkt:rw")
 
     def keyed(d: Daemon, secret: str = sk) -> Any:
         return s3_client(d, ak, secret)

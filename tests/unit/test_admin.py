@@ -19,12 +19,13 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
+import daemon.admin.tokens as tokens
 from daemon.admin import MAX_BODY_BYTES, AdminApi, error_response, load_or_create_token
 from daemon.admin.metrics import (
     Metrics,
@@ -35,8 +36,10 @@ from daemon.admin.metrics import (
 from daemon.admin.openapi import OPENAPI
 from daemon.http import HttpServer, open_http_listeners
 from daemon.service import Service
+from daemon.service.frontends import Frontends
 from dfs import __version__
 from dfs.core import config as config_mod
+from dfs.core import endpoints
 from dfs.core.errors import ConfigError, InvalidArgument, NotFound
 from dfs.core.namespace import ROOT_INO
 from dfs.net import rpc
@@ -331,6 +334,154 @@ async def test_method_not_allowed_names_the_allowed_ones(env: Env) -> None:
     assert r.status == 405 and r.headers["allow"] == "GET"
     r = await env.call("PATCH", "/storage/volumes/abc", {"x": 1})
     assert r.status == 405 and r.headers["allow"] == "GET, PUT, DELETE"
+
+
+# -- scoped tokens ---------------------------------------------------------------------------
+
+
+def test_scope_decision_is_a_pure_function() -> None:
+    for route in tokens.READ_ROUTES:
+        assert tokens.allowed("read", "GET", route)
+        assert tokens.allowed("admin", "GET", route)
+        for method in ("PUT", "POST", "DELETE", "PATCH"):
+            assert not tokens.allowed("read", method, route), (method, route)
+            assert tokens.allowed("admin", method, route)
+    for route in ("/storage/config", "/storage/tokens", "/storage/tokens/{token_id}"):
+        assert not tokens.allowed("read", "GET", route)
+        assert tokens.allowed("admin", "GET", route)
+    assert {"/metrics", "/storage/health", "/storage/metrics", "/storage/nodes", "/storage/volumes"} <= (
+        tokens.READ_ROUTES
+    )
+    assert not tokens.allowed("", "GET", "/storage/health")
+    assert not tokens.allowed("Admin", "GET", "/storage/health")  # scopes are exact
+    assert not tokens.allowed("read", "GET", "/storage/volumes/x")  # templates, never raw paths
+
+
+def test_token_shape_and_digest() -> None:
+    token_id, token = tokens.new_token()
+    assert re.fullmatch(r"dfs_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", token) and token_id in token
+    assert tokens.token_id(token) == token_id and tokens.is_token_id(token_id)
+    assert tokens.new_token()[1] != token
+    for bad in (TOKEN, token + "x", token[:-1], "dfs_" + token_id, token.replace("dfs_", "DFS_")):
+        assert tokens.token_id(bad) is None, bad
+    d = tokens.digest(token)
+    assert len(d) == 32 and tokens.same_digest(d, tokens.digest(token))
+    assert not tokens.same_digest(d, tokens.digest(token[:-1] + ("A" if token[-1] != "A" else "B")))
+    assert tokens.check_new("read", "") == ("read", "")
+    for scope, name in (("write", ""), ("read", "x" * 65), ("admin", "tab\there"), (None, "")):
+        with pytest.raises(InvalidArgument):
+            tokens.check_new(scope, name)
+
+
+async def _make_token(env: Env, scope: str, name: str = "") -> dict[str, Any]:
+    r = await env.call("POST", "/storage/tokens", {"scope": scope, "name": name})
+    assert r.status == 201, r.json
+    assert r.headers["location"] == f"/storage/tokens/{r.json['id']}"
+    return dict(r.json)
+
+
+async def test_read_token_reads_and_is_refused_changes(env: Env) -> None:
+    made = await _make_token(env, "read", "grafana")
+    read = made["token"]
+    assert made["scope"] == "read" and made["name"] == "grafana"
+    assert (await env.call("POST", "/storage/volumes", {"name": "vol1"})).status == 201
+    for path in (
+        "/metrics",
+        "/storage/health",
+        "/storage/metrics",
+        "/storage/nodes",
+        "/storage/nodes/node-a",
+        "/storage/volumes",
+        "/storage/volumes/vol1",
+        "/storage/openapi.json",
+    ):
+        r = await env.call("GET", path, token=read)
+        assert r.status == 200, (path, r.status)
+    for method, path, doc in (
+        ("POST", "/storage/volumes", {"name": "vol2"}),
+        ("PUT", "/storage/volumes/vol1", {"replication": 2}),
+        ("DELETE", "/storage/volumes/vol1", None),
+        ("POST", "/storage/nodes", {"node_id": "node-b", "address": "10.0.0.2:7400"}),
+        ("PUT", "/storage/nodes/node-a", {"zone": "z1"}),
+        ("PUT", "/storage/config", {"log": {"level": "DEBUG"}}),
+        ("POST", "/storage/tokens", {"scope": "admin"}),
+        ("GET", "/storage/tokens", None),
+        ("GET", "/storage/config", None),
+        ("DELETE", f"/storage/tokens/{made['id']}", None),
+    ):
+        r = await env.call(method, path, doc, token=read)
+        assert r.status == 403, (method, path, r.status)
+        assert r.json["error"]["code"] == "Forbidden"
+    # Nothing changed.
+    assert (await env.call("GET", "/storage/volumes/vol1")).json["policy"]["replication"] == 1
+    assert [v["name"] for v in (await env.call("GET", "/storage/volumes")).json["volumes"]] == ["vol1"]
+    # A read token on an unknown route learns only what any authenticated caller does.
+    assert (await env.call("GET", "/storage/nothing", token=read, check=False)).status == 404
+
+
+async def test_admin_token_does_everything_and_revoked_tokens_fail(env: Env) -> None:
+    made = await _make_token(env, "admin", "ops")
+    admin = made["token"]
+    r = await env.call("POST", "/storage/volumes", {"name": "vol3"}, token=admin)
+    assert r.status == 201
+    assert (await env.call("PUT", "/storage/volumes/vol3", {"replication": 2}, token=admin)).status == 200
+    assert (await env.call("GET", "/storage/health", token=admin)).status == 200
+    assert (await env.call("GET", "/metrics", token=admin)).status == 200
+    second = await _make_token(env, "read")
+    r = await env.call("GET", "/storage/tokens", token=admin)
+    assert r.status == 200
+    listed = r.json["tokens"]
+    assert [(t["id"], t["scope"], t["name"]) for t in listed] == [
+        (made["id"], "admin", "ops"),
+        (second["id"], "read", ""),
+    ]
+    assert admin not in r.body.decode() and second["token"] not in r.body.decode()
+    # Metadata holds the hash, never the token.
+    assert env.service.reads.admin_token_get(made["id"]) == ("admin", tokens.digest(admin))
+    # Revoked: 401 at once (this daemon holds metadata), other tokens unaffected.
+    assert (await env.call("DELETE", f"/storage/tokens/{second['id']}", token=admin)).status == 204
+    r = await env.call("GET", "/storage/health", token=second["token"])
+    assert r.status == 401 and r.json["error"]["code"] == "Unauthorized"
+    assert (await env.call("DELETE", f"/storage/tokens/{second['id']}", token=admin)).status == 404
+    assert (await env.call("DELETE", "/storage/tokens/not-an-id", token=admin)).status == 404
+    assert (await env.call("DELETE", f"/storage/tokens/{made['id']}")).status == 204  # first-run token
+    assert (await env.call("GET", "/storage/health", token=admin)).status == 401
+    # A token of the right shape but unknown id, or a known id with another secret: 401.
+    token_id, fake = tokens.new_token()
+    assert (await env.call("GET", "/storage/health", token=fake)).status == 401
+    assert (await env.call("GET", "/storage/tokens")).json["tokens"] == []
+    assert (await env.call("POST", "/storage/tokens", {"scope": "root"})).status == 400
+    assert (await env.call("POST", "/storage/tokens", {"scope": "read", "x": 1})).status == 400
+
+
+async def test_a_secondary_asks_the_primary_and_caches_briefly(env: Env) -> None:
+    """A secondary holds no metadata: it has the primary check a token (admin.token_check) and
+    trusts a positive answer for TOKEN_CACHE_S."""
+    made = await _make_token(env, "read")
+    primary = env.service.frontends
+    asked: list[tuple[Any, ...]] = []
+
+    class Primary:
+        async def call(self, method: str, *args: Any) -> Any:
+            assert method == endpoints.ADMIN_TOKEN_CHECK.name
+            asked.append(args)
+            return await primary.admin_token_check(*args)
+
+    class Runner:
+        primary: Any = Primary()
+
+    cfg = config_mod.replace(env.service.cfg, cluster={"meta": "127.0.0.1:1"})
+    secondary = Frontends(cfg, env.service.metacalls, cast(Any, Runner()))
+    assert await secondary.admin_token_scope(made["token"]) == "read"
+    assert await secondary.admin_token_scope(made["token"]) == "read"
+    assert len(asked) == 1 and made["token"] not in repr(asked)  # the digest crosses, not the token
+    assert await secondary.admin_token_scope(TOKEN) is None  # not a scoped token: never asked
+    _, other = tokens.new_token()
+    assert await secondary.admin_token_scope(other) is None
+    assert len(asked) == 2
+    await env.service._m(env.service.meta.admin_token_delete, made["id"])
+    secondary._token_cache.clear()  # what TOKEN_CACHE_S of time does
+    assert await secondary.admin_token_scope(made["token"]) is None
 
 
 async def test_openapi_document_covers_exactly_the_routes(env: Env) -> None:

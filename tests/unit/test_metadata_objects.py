@@ -1043,7 +1043,7 @@ def test_s3_keys(store: MetaStore, chunks: set[bytes], clock: Clock) -> None:
     assert store.s3_key_get("AKID1") == secret
     assert store.s3_key_get("nope") is None
     listed = store.s3_key_list()
-    assert listed[1] == {"access_key": "AKID1", "created_ns": created, "description": "ci"}
+    assert listed[1] == {"access_key": "AKID1", "created_ns": created, "description": "ci", "grants": {}}
     assert [k["access_key"] for k in listed] == ["AKID0", "AKID1"]
     assert all("secret" not in k for k in listed)
     reader = store.reader()
