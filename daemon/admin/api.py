@@ -68,6 +68,7 @@ from dfs.core.errors import (
     InvalidArgument,
     NoAttribute,
     NotFound,
+    Unavailable,
     admin_status,
 )
 from dfs.core.namespace import ROOT_INO, Attr
@@ -75,6 +76,7 @@ from dfs.core.s3names import is_bucket_name
 
 if TYPE_CHECKING:
     from daemon.meta import MetaStore
+    from dfs.client.cluster import Client
 
 log = logging.getLogger("dfs.admin")
 T = TypeVar("T")
@@ -405,6 +407,10 @@ class AdminNode(MetricsSource, Protocol):
     @property
     def reads(self) -> MetaStore: ...
 
+    def local_client(self) -> Client:
+        """A filesystem client calling this daemon in-process (a secondary's reaches the primary)."""
+        ...
+
     async def _m(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the metadata thread: every write, and a read-check-write as one call."""
         ...
@@ -629,12 +635,20 @@ class AdminApi:
 
         meta_ok = True
         try:
-            # A point read on the read-only connection: microseconds when SQLite is healthy.
-            self.node.reads.getattr(ROOT_INO)
-            check("metadata", True, "metadata database answers")
+            if self.node.is_primary:
+                # A point read on the read-only connection: microseconds when SQLite is healthy.
+                self.node.reads.getattr(ROOT_INO)
+                check("metadata", True, "metadata database answers")
+            else:
+                # A secondary serves metadata through the primary: that is what must answer.
+                with trio.move_on_after(_PROBE_TIMEOUT_S) as waited:
+                    await self.node.local_client().getattr(ROOT_INO)
+                if waited.cancelled_caught:
+                    raise Unavailable(f"the metadata primary did not answer within {_PROBE_TIMEOUT_S:g} s")
+                check("metadata", True, "the metadata primary answers")
         except DfsError as exc:
             meta_ok = False
-            check("metadata", False, f"metadata database read failed: {exc.message}")
+            check("metadata", False, f"metadata read failed: {exc.message}")
 
         reserve = self.cfg.storage.reserve_bytes
         try:

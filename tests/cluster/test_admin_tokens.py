@@ -58,7 +58,6 @@ def test_tokens_work_on_a_secondary(pair: tuple[Daemon, Daemon]) -> None:
     assert {read["id"], admin["id"]} <= listed
 
     wait_for(lambda: call(secondary, "GET", "/storage/nodes", read["token"])[0] == 200, 30, "secondary up")
-    # (Not /storage/health: a secondary answers it 503 today, its metadata check reading locally.)
     for path in ("/metrics", "/storage/metrics", "/storage/volumes"):
         assert call(secondary, "GET", path, read["token"])[0] == 200, path
     status, body = call(secondary, "POST", "/storage/volumes", read["token"], {"name": "from-n2"})
@@ -83,3 +82,16 @@ def test_tokens_work_on_a_secondary(pair: tuple[Daemon, Daemon]) -> None:
     for d in (primary, secondary):
         log = d.log_path.read_text()
         assert read["token"] not in log and admin["token"] not in log
+
+
+def test_a_secondary_is_healthy_while_its_primary_answers(pair: tuple[Daemon, Daemon]) -> None:
+    primary, secondary = pair
+    token = secondary.admin_token()
+    wait_for(lambda: call(secondary, "GET", "/storage/health", token)[0] == 200, 30, "secondary healthy")
+    _, doc = call(secondary, "GET", "/storage/health", token)
+    assert doc["status"] == "ok"
+    assert {c["name"]: c["detail"] for c in doc["checks"]}["metadata"] == "the metadata primary answers"
+    primary.stop()
+    status, doc = call(secondary, "GET", "/storage/health", token)
+    assert status == 503 and doc["status"] == "down"
+    assert not {c["name"]: c["ok"] for c in doc["checks"]}["metadata"]
