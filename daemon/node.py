@@ -21,6 +21,7 @@ from daemon.s3 import KeyRing, S3Api
 from daemon.service import Service
 from daemon.workers import Periodic
 from dfs import __version__
+from dfs.core import endpoints
 from dfs.core.config import Config
 from dfs.net import rpc
 from dfs.net.certs import server_context_for
@@ -37,6 +38,9 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             max_frame_bytes=cfg.rpc.max_frame_bytes,
             max_inflight_per_conn=cfg.rpc.max_inflight_per_conn,
             inline_handlers=instrument_inline(service.inline_handlers(), metrics),
+            arities={
+                ep.name: (len(ep.params) - ep.optional, len(ep.params)) for ep in endpoints.ALL.values()
+            },
             ssl_context=server_context_for(cfg),
         )
         listeners = await rpc.open_listeners(cfg.rpc.listen)

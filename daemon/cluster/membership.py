@@ -32,6 +32,7 @@ import psutil
 import trio
 
 from dfs.core.config import Config
+from dfs.core.errors import ConfigError
 from dfs.core.gossip import Gossip, GossipConfig, Member
 from dfs.net.rpc import parse_address
 
@@ -207,7 +208,10 @@ class Membership:
         try:
             target = parse_address(address, 7401)
             self._udp.sendto(data, (target.host, target.port))
-        except (OSError, ValueError) as exc:  # unreachable, buffer full, bad address: dropped
+        # Addresses come from peers' messages: one that does not parse (ConfigError) or whose host
+        # the socket cannot encode (TypeError: an IDNA label over 63 characters, an empty label)
+        # is dropped like an unreachable one - it must never stop the receive loop.
+        except (OSError, ValueError, TypeError, ConfigError) as exc:  # unreachable, buffer full, bad address
             log.debug("gossip send to %s failed: %s", address, exc)
 
     async def _send_later(self, address: str, data: bytes, delay: float) -> None:
@@ -228,7 +232,14 @@ class Membership:
                 async with stream:
                     await stream.send_all(_LEN.pack(len(request)) + request)
                     reply = await _read_frame(stream)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            ValueError,
+            TypeError,
+            ConfigError,
+        ) as exc:
             log.debug("gossip push-pull with %s failed: %s", address, exc)
             return
         self.gossip.receive_stream(address, reply, _clock())

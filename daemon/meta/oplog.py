@@ -33,7 +33,10 @@ class Oplog(MetaBase):
         rows = self._db.execute(
             "SELECT seq, op, args FROM oplog WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
         ).fetchall()
-        return [(int(s), str(op), msgpack.unpackb(args, raw=False)) for s, op, args in rows]
+        # Keys as the writer packed them: args from a client may hold maps with non-str keys.
+        return [
+            (int(s), str(op), msgpack.unpackb(args, raw=False, strict_map_key=False)) for s, op, args in rows
+        ]
 
     @_api
     def oplog_trim(self, keep: int) -> int:

@@ -221,6 +221,11 @@ async def _connect_with_retry(
                 return await _open_stream(addr, ssl_context)
             except (OSError, trio.BrokenResourceError) as exc:
                 last = _describe(exc)
+            except (UnicodeError, TypeError) as exc:
+                # A host name the resolver cannot even encode (bad IDNA, NUL): retrying cannot help.
+                # Such addresses reach us from the layout and from peers, so they fail like any
+                # unreachable peer instead of escaping as a crash.
+                raise Unavailable(f"cannot connect to {addr}: bad host name ({exc})") from None
             await trio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
     raise Unavailable(f"cannot connect to {addr} within {timeout_s}s: {last}")
@@ -735,12 +740,19 @@ class RpcServer:
         ssl_context: ssl.SSLContext | None = None,
         send_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         inline_handlers: Mapping[str, Callable[..., Any]] | None = None,
+        arities: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         """``inline_handlers`` are plain functions that answer in microseconds
         (indexed reads): the connection's reader runs them itself, saving the
-        task start and the scheduling round trip that dominate such calls."""
+        task start and the scheduling round trip that dominate such calls.
+
+        ``arities`` (method -> (fewest, most) arguments, from the declarations) refuses a
+        call with a wrong argument count with InvalidArgument before its handler runs: many
+        handlers hand their arguments to another thread, where a bad count would otherwise
+        surface as a handler failure (InternalError and a logged traceback)."""
         if max_inflight_per_conn < 1:
             raise ValueError("max_inflight_per_conn must be >= 1")
+        self._arities = dict(arities or {})
         self._handlers = dict(handlers)
         self._inline = dict(inline_handlers or {})
         self._max_frame_bytes = max_frame_bytes
@@ -849,6 +861,9 @@ class RpcServer:
             self.stats.calls[_UNKNOWN_METHOD_KEY] += 1
             return self._error(req, _UNKNOWN_METHOD_KEY, UnknownMethod(f"unknown method {req.method!r}"))
         self.stats.calls[req.method] += 1
+        bad = self._bad_arity(req)
+        if bad is not None:
+            return self._error(req, req.method, bad)
         try:
             result = await self._invoke(handler, req)
         except DfsError as exc:
@@ -858,6 +873,9 @@ class RpcServer:
     def _run_inline(self, fn: Callable[..., Any], req: wire.Request) -> list[wire.Buffer]:
         """Run a synchronous handler in the reader task; same error contract as :meth:`_invoke`."""
         self.stats.calls[req.method] += 1
+        bad = self._bad_arity(req)
+        if bad is not None:
+            return self._error(req, req.method, bad)
         try:
             result = _apply(fn, req)
         except DfsError as exc:
@@ -867,6 +885,14 @@ class RpcServer:
             err = InternalError(f"{req.method}: internal error ({type(exc).__name__})")
             return self._error(req, req.method, err)
         return self._encode_result(req, result)
+
+    def _bad_arity(self, req: wire.Request) -> InvalidArgument | None:
+        bounds = self._arities.get(req.method)
+        if bounds is None or bounds[0] <= len(req.args) <= bounds[1]:
+            return None
+        low, high = bounds
+        want = str(low) if low == high else f"{low} to {high}"
+        return InvalidArgument(f"{req.method}: takes {want} arguments, got {len(req.args)}")
 
     def _encode_result(self, req: wire.Request, result: Any) -> list[wire.Buffer]:
         try:
