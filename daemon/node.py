@@ -9,6 +9,7 @@ it stops everything, and the stores are closed after every task has finished.
 
 from __future__ import annotations
 
+import grp
 import ssl
 
 import trio
@@ -23,11 +24,23 @@ from daemon.workers import Periodic
 from dfs import __version__
 from dfs.core import endpoints
 from dfs.core.config import Config
+from dfs.core.errors import ConfigError
 from dfs.net import rpc
 from dfs.net.certs import server_context_for
 
 
+def _unix_group_gid(cfg: Config) -> int | None:
+    name = cfg.rpc.unix_socket_group
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"[rpc] unix_socket_group: no group {name!r} on this host") from None
+
+
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED) -> None:
+    group_gid = _unix_group_gid(cfg)  # before anything starts: a typo must stop the daemon
     service = Service(cfg)
     metrics = Metrics(node_id=cfg.node_id, version=__version__)
     service.set_meta_observer(metrics.observe_meta)
@@ -42,10 +55,11 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
                 ep.name: (len(ep.params) - ep.optional, len(ep.params)) for ep in endpoints.ALL.values()
             },
             ssl_context=server_context_for(cfg),
+            unix_group_gid=group_gid,
         )
         listeners = await rpc.open_listeners(cfg.rpc.listen)
         if cfg.rpc.unix_socket:
-            listeners += await rpc.open_listeners(f"unix:{cfg.unix_socket_path}")
+            listeners += await rpc.open_listeners(f"unix:{cfg.unix_socket_path}", unix_group_gid=group_gid)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             if cfg.gossip.enabled:

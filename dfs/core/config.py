@@ -43,6 +43,8 @@ class RpcConfig:
     # The address other nodes and clients reach this daemon's RPC at; empty: the listen address.
     advertise: str = ""
     unix_socket: bool = True  # also listen on <data_dir>/rpc.sock (faster for local clients)
+    # A group whose members may use the unix socket besides root and the daemon's user; empty: none.
+    unix_socket_group: str = ""
     max_frame_bytes: int = 72 * MiB
     call_timeout_s: float = 60.0
     max_inflight_per_conn: int = 256

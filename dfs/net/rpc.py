@@ -55,6 +55,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -70,6 +71,7 @@ from dfs.core.errors import (
     FrameTooLarge,
     InternalError,
     InvalidArgument,
+    NotPermitted,
     ProtocolError,
     Unavailable,
     UnknownMethod,
@@ -669,6 +671,7 @@ class RpcStats:
     connections_opened: int = 0
     connections_open: int = 0
     protocol_errors: int = 0
+    peers_refused: int = 0  # unix socket callers that are neither root, us nor the allowed group
 
 
 class _ServerConnection:
@@ -741,6 +744,7 @@ class RpcServer:
         send_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         inline_handlers: Mapping[str, Callable[..., Any]] | None = None,
         arities: Mapping[str, tuple[int, int]] | None = None,
+        unix_group_gid: int | None = None,
     ) -> None:
         """``inline_handlers`` are plain functions that answer in microseconds
         (indexed reads): the connection's reader runs them itself, saving the
@@ -749,7 +753,11 @@ class RpcServer:
         ``arities`` (method -> (fewest, most) arguments, from the declarations) refuses a
         call with a wrong argument count with InvalidArgument before its handler runs: many
         handlers hand their arguments to another thread, where a bad count would otherwise
-        surface as a handler failure (InternalError and a logged traceback)."""
+        surface as a handler failure (InternalError and a logged traceback).
+
+        Unix socket callers must be root, this process's user or (when ``unix_group_gid``
+        is set) a member of that group, checked with SO_PEERCRED: the socket file's mode
+        is the first guard, this one holds even if the file's mode is loosened."""
         if max_inflight_per_conn < 1:
             raise ValueError("max_inflight_per_conn must be >= 1")
         self._arities = dict(arities or {})
@@ -759,6 +767,8 @@ class RpcServer:
         self._max_inflight = max_inflight_per_conn
         self._ssl_context = ssl_context
         self._send_timeout_s = send_timeout_s
+        self._own_uid = os.geteuid()
+        self._unix_group_gid = unix_group_gid
         self.stats = RpcStats()
 
     async def serve(
@@ -779,10 +789,16 @@ class RpcServer:
         self.stats.connections_open += 1
         # This task serves only this connection, so the value stays with it and its request tasks.
         _serving_connection.set(next(_connection_ids))
+        refusal = self._check_unix_peer(stream) if _is_unix(stream) else None
         try:
             async with trio.open_nursery() as nursery:
                 conn = _ServerConnection(stream, self._max_inflight, nursery)
                 nursery.start_soon(_watch_writes, conn.outbox, self._send_timeout_s, conn.close)
+                if refusal is not None:
+                    self.stats.peers_refused += 1
+                    await self._reject_connection(conn, refusal)
+                    conn.close()
+                    return
                 await self._read_requests(conn)
                 conn.close()  # peer is gone: abandon its in-flight handlers
         except Exception:
@@ -828,10 +844,26 @@ class RpcServer:
         except trio.WouldBlock:
             await conn.slots.acquire()
 
-    async def _reject_connection(self, conn: _ServerConnection, exc: ProtocolError) -> None:
-        self.stats.protocol_errors += 1
+    def _check_unix_peer(self, stream: trio.abc.Stream) -> DfsError | None:
+        """Why a unix socket caller is refused (None: admitted), from its SO_PEERCRED."""
+        sock = getattr(stream, "socket", None)
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)  # type: ignore[union-attr]
+            pid, uid, gid = _PEERCRED.unpack(raw)
+        except (OSError, AttributeError, struct.error) as exc:
+            return NotPermitted(f"cannot tell who is calling on the unix socket: {exc}")
+        groups: frozenset[int] = frozenset()
+        if self._unix_group_gid is not None and gid != self._unix_group_gid:
+            groups = _supplementary_groups(pid)
+        if unix_peer_allowed(uid, gid, groups, own_uid=self._own_uid, group_gid=self._unix_group_gid):
+            return None
+        return NotPermitted(f"uid {uid} may not use this daemon's unix socket")
+
+    async def _reject_connection(self, conn: _ServerConnection, exc: DfsError) -> None:
+        if isinstance(exc, ProtocolError):
+            self.stats.protocol_errors += 1
         self.stats.error_codes[exc.code] += 1
-        log.warning("rpc protocol error from %s, closing: %s", conn.peer, exc.message)
+        log.warning("rpc refusing connection from %s: %s", conn.peer, exc.message)
         sent = trio.Event()
         with trio.move_on_after(_ERROR_SEND_TIMEOUT_S):
             await self._respond(conn, wire.encode_error_parts(0, exc), on_sent=sent.set)
@@ -926,6 +958,30 @@ class RpcServer:
         return wire.encode_error_parts(req.msgid, err)
 
 
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def unix_peer_allowed(
+    uid: int, gid: int, groups: frozenset[int], *, own_uid: int, group_gid: int | None
+) -> bool:
+    """Root, the daemon's own user, or a member of the configured group (primary or supplementary)."""
+    if uid in (0, own_uid):
+        return True
+    return group_gid is not None and (gid == group_gid or group_gid in groups)
+
+
+def _supplementary_groups(pid: int) -> frozenset[int]:
+    # SO_PEERCRED names only the primary group; /proc has the rest (a few hundred bytes, in memory).
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
+
+
 def _is_unix(stream: trio.abc.Stream) -> bool:
     sock = getattr(stream, "socket", None)
     return sock is not None and sock.family == socket.AF_UNIX
@@ -954,7 +1010,7 @@ async def serve_rpc(
 
 
 async def open_listeners(
-    address: str | Address, default_port: int = DEFAULT_PORT
+    address: str | Address, default_port: int = DEFAULT_PORT, *, unix_group_gid: int | None = None
 ) -> list[trio.SocketListener]:
     """Listen on a TCP address (empty host = all interfaces) or a unix socket path.
 
@@ -965,18 +1021,22 @@ async def open_listeners(
     addr = parse_address(address, default_port)
     try:
         if addr.path is not None:
-            return [await _open_unix_listener(addr.path)]
+            return [await _open_unix_listener(addr.path, unix_group_gid)]
         return await trio.open_tcp_listeners(addr.port, host=addr.host or None)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {addr}: {_describe(exc)}") from exc
 
 
-async def _open_unix_listener(path: str) -> trio.SocketListener:
+async def _open_unix_listener(path: str, group_gid: int | None = None) -> trio.SocketListener:
     await _remove_stale_socket(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     try:
         await sock.bind(path)
         os.chmod(path, 0o600)
+        if group_gid is not None:
+            # The allowed group may connect too (the server checks SO_PEERCRED as well).
+            os.chown(path, -1, group_gid)
+            os.chmod(path, 0o660)
         sock.listen(trio.socket.SOMAXCONN)
     except BaseException:
         sock.close()
