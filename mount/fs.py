@@ -283,9 +283,9 @@ class Operations(pyfuse3.Operations):
         elif f is not None:
             f.set_attr(new)
         if f is not None and fields.update_size:
-            before = f.attr
+            asked = self._asked(ino)
             fmap = await self.client.read_map(ino)
-            if f.attr is before:
+            if self._asked(ino) == asked:
                 # Not when a commit through another handle landed while the daemon answered:
                 # this map may then be older than what the mount holds (see _open_file).
                 f.refresh(fmap)

@@ -19,13 +19,14 @@ import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import trio
 
 from dfs.client.chunks import ChunkIO, decode_in_thread
 from dfs.core import codec, endpoints
 from dfs.core.changes import Answer
+from dfs.core.endpoints import Caller
 from dfs.core.errors import CorruptChunk
 from dfs.core.namespace import Attr, BlockRef, DirEntry, FileMap, StatFs
 from dfs.core.replicas import ClusterView, Policy, view_from_wire
@@ -54,12 +55,6 @@ class DirStamp(NamedTuple):
     @property
     def ctime_after_ns(self) -> int:
         return self.after.ctime_ns
-
-
-class Caller(Protocol):
-    """What a Client needs from its transport: an RPC connection or an in-process dispatcher."""
-
-    async def call(self, method: str, *args: Any) -> Any: ...
 
 
 class Client:
