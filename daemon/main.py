@@ -25,7 +25,7 @@ from daemon.node import serve
 from dfs import logs
 from dfs.core import config as config_mod
 from dfs.core.config import Config
-from dfs.core.errors import DfsError
+from dfs.core.errors import DfsError, only_dfs_error
 
 log = logging.getLogger("dfs.daemon")
 
@@ -108,11 +108,14 @@ def main(config_path: str | None, data_dir: str | None, listen: str | None) -> N
             cfg = config_mod.replace(cfg, **overrides)
         logs.setup(cfg.log)
         trio.run(_main, cfg)
-    except DfsError as exc:
-        click.echo(f"dfsd: {exc.message}", err=True)
-        sys.exit(1)
     except OSError as exc:
         click.echo(f"dfsd: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        err = only_dfs_error(exc)  # raised while starting up, inside a nursery: in a group
+        if err is None:
+            raise
+        click.echo(f"dfsd: {' '.join(err.message.split())}", err=True)
         sys.exit(1)
 
 

@@ -16,13 +16,14 @@ import trio
 
 from daemon.admin import AdminApi, Metrics, instrument_handlers, instrument_inline
 from daemon.admin import error_response as admin_error_response
+from daemon.cluster.keyring import load_keyring
 from daemon.cluster.membership import Membership, node_meta
 from daemon.http import HttpServer, open_http_listeners
 from daemon.s3 import KeyRing, S3Api
 from daemon.service import Service
 from daemon.workers import Periodic
 from dfs import __version__
-from dfs.core import endpoints
+from dfs.core import auth, endpoints
 from dfs.core.config import Config
 from dfs.core.errors import ConfigError
 from dfs.net import rpc
@@ -56,7 +57,11 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             },
             ssl_context=server_context_for(cfg),
             unix_group_gid=group_gid,
+            keys=auth.class_keys(service.secret),
+            callers={ep.name: ep.callers for ep in endpoints.ALL.values()},
+            max_connections=cfg.rpc.max_connections,
         )
+        metrics.watch_rpc(server.stats)
         listeners = await rpc.open_listeners(cfg.rpc.listen)
         if cfg.rpc.unix_socket:
             listeners += await rpc.open_listeners(f"unix:{cfg.unix_socket_path}", unix_group_gid=group_gid)
@@ -91,7 +96,11 @@ def _membership(cfg: Config, service: Service) -> Membership:
     def hot() -> list[str]:
         return service.hot.advertised() if service.hot is not None else []
 
-    return Membership(cfg, lambda: node_meta(cfg, service.chunks.stats, lambda: service.layout_epoch, hot))
+    return Membership(
+        cfg,
+        lambda: node_meta(cfg, service.chunks.stats, lambda: service.layout_epoch, hot),
+        keyring=load_keyring(cfg.data_path, service.secret),
+    )
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext:

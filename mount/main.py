@@ -27,9 +27,11 @@ import trio
 from dfs import logs
 from dfs.client.cluster import DEFAULT_PORT, Client, ClusterInfo, fetch_info, open_chunkio
 from dfs.core import config as config_mod
+from dfs.core.auth import CallerClass, Credential
 from dfs.core.config import Config
-from dfs.core.errors import DfsError, NotADirectory, Unavailable
+from dfs.core.errors import AuthFailed, CallerNotAllowed, DfsError, NotADirectory, Unavailable
 from dfs.core.namespace import ROOT_INO
+from dfs.net import credentials
 from dfs.net.certs import client_context_for
 from dfs.net.failover import FailoverCaller
 from dfs.net.rpc import RpcClient, open_client
@@ -50,6 +52,7 @@ _IGNORED = {
 _FUSE_FLAGS = {"ro", "allow_other", "nodev", "nosuid", "noexec", "noatime", "nodiratime", "dirsync", "sync"}
 _VALUE_OPTIONS = {
     "attr_timeout", "entry_timeout", "cache_size", "config", "log", "socket", "log_level", "metrics",
+    "credential",
 }  # fmt: skip
 
 
@@ -165,6 +168,8 @@ def _config(spec: MountSpec) -> Config:
     elif "log_level" in spec.values:
         log_cfg["level"] = spec.values["log_level"].upper()
     sections: dict[str, dict[str, object]] = {}
+    if "credential" in spec.values:
+        sections["rpc"] = {"credential_file": spec.values["credential"]}
     if mount:
         sections["mount"] = mount
     if log_cfg:
@@ -182,6 +187,12 @@ async def _resolve_root(client: Client, subdir: str) -> int:
     return ino
 
 
+def mount_credential(cfg: Config) -> Credential | None:
+    """What this mount proves itself with on TCP: preferably a client credential, which opens
+    exactly the endpoints a mount needs (dfs/net/credentials.py says where it looks)."""
+    return credentials.find(cfg, (CallerClass.CLIENT, CallerClass.ADMIN))
+
+
 async def _connect_first(
     stack: contextlib.AsyncExitStack, addresses: list[str], cfg: Config
 ) -> tuple[RpcClient, ClusterInfo, FailoverCaller]:
@@ -189,16 +200,24 @@ async def _connect_first(
     caller for metadata that moves on to the others, in order, when that daemon goes away."""
     errors = []
     ssl_context = client_context_for(cfg)
+    credential = mount_credential(cfg)
     for i, address in enumerate(addresses):
         attempt = contextlib.AsyncExitStack()
         try:
             conn = await attempt.enter_async_context(
-                open_client(address, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=ssl_context)
+                open_client(
+                    address,
+                    call_timeout_s=cfg.rpc.call_timeout_s,
+                    ssl_context=ssl_context,
+                    credential=credential,
+                )
             )
             with trio.fail_after(_CONNECT_TRY_S):
                 info = await fetch_info(conn)
         except (DfsError, trio.TooSlowError) as exc:
             await attempt.aclose()
+            if isinstance(exc, AuthFailed | CallerNotAllowed):
+                raise  # another daemon of the same cluster would refuse it the same way
             errors.append(f"{address}: {getattr(exc, 'message', None) or 'no answer'}")
             continue
         await stack.enter_async_context(attempt)
@@ -207,7 +226,12 @@ async def _connect_first(
         for other in order[1:]:  # connected lazily, on the first call that needs them
             clients.append(
                 await stack.enter_async_context(
-                    open_client(other, call_timeout_s=cfg.rpc.call_timeout_s, ssl_context=ssl_context)
+                    open_client(
+                        other,
+                        call_timeout_s=cfg.rpc.call_timeout_s,
+                        ssl_context=ssl_context,
+                        credential=credential,
+                    )
                 )
             )
         return conn, info, FailoverCaller(clients, order)
@@ -223,6 +247,7 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                 conn,
                 info,
                 ssl_context=client_context_for(cfg),
+                credential=mount_credential(cfg),
                 max_frame_bytes=cfg.rpc.max_frame_bytes,
                 refresh_s=cfg.cluster.refresh_s,
                 peer_timeout_s=cfg.cluster.peer_timeout_s,

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from daemon.cluster.repair import Repair
     from daemon.meta import MetaStore
     from dfs.client.chunks import ChunkIO
+    from dfs.net.rpc import RpcStats
 
 log = logging.getLogger("dfs.metrics")
 
@@ -213,6 +214,11 @@ class _ClusterCollector:
         events = CounterMetricFamily(
             "dfs_gossip_events", "Membership changes seen (join, suspect, dead, alive...)", labels=["kind"]
         )
+        dropped = CounterMetricFamily(
+            "dfs_gossip_packets_dropped",
+            "Gossip packets that did not open: bad (forged, or not under a key we hold), stale, replayed",
+            labels=["reason"],
+        )
         if svc.membership is not None:
             by_status: dict[str, int] = {}
             for m in svc.membership.members():
@@ -221,7 +227,9 @@ class _ClusterCollector:
                 members.add_metric([status], float(n))
             for kind, n in sorted(svc.membership.event_counts.items()):
                 events.add_metric([kind], float(n))
-        out += [members, events]
+            for reason, n in sorted(svc.membership.packets_dropped.items()):
+                dropped.add_metric([reason], float(n))
+        out += [members, events, dropped]
         if svc.repair is not None:
             st = svc.repair.stats
             out += [
@@ -290,6 +298,40 @@ class _ClusterCollector:
                 ),
             ]
         return out
+
+
+class _RpcCollector:
+    """Who the RPC port turned away: read off the server's counters at scrape time."""
+
+    def __init__(self, stats: RpcStats) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        st = self._stats
+        refused = CounterMetricFamily(
+            "dfs_rpc_connections_refused",
+            "RPC connections closed after one error frame: auth (no or a failed handshake), "
+            "unix_peer (a unix socket caller not allowed), limit (over [rpc] max_connections)",
+            labels=["reason"],
+        )
+        refused.add_metric(["auth"], float(st.auth_failures))
+        refused.add_metric(["unix_peer"], float(st.peers_refused))
+        refused.add_metric(["limit"], float(st.connections_refused))
+        calls = CounterMetricFamily(
+            "dfs_rpc_calls_refused",
+            "RPC calls refused because the caller's class may not make them",
+            labels=["method"],
+        )
+        for method, n in sorted(st.calls_refused.items()):
+            calls.add_metric([method], float(n))
+        return [
+            refused,
+            calls,
+            _gauge("dfs_rpc_connections_open", "RPC connections open", st.connections_open),
+        ]
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -389,6 +431,10 @@ class Metrics:
     def watch(self, source: ClusterSource) -> None:
         """Export the daemon's membership, layout, repair and replication figures."""
         self.registry.register(_ClusterCollector(source))
+
+    def watch_rpc(self, stats: RpcStats) -> None:
+        """Export the RPC server's refusals (connections and calls)."""
+        self.registry.register(_RpcCollector(stats))
 
     # -- observations ----------------------------------------------------------------
     # observe_meta may run in any thread (prometheus values are locked); the others touch the

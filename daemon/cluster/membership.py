@@ -13,6 +13,12 @@ its own task with a timeout; its reply is fed back like any other input.
 Every stream is bounded (frame size, time), and a malformed datagram or
 frame is counted by the state machine and otherwise ignored.
 
+Every datagram and every push-pull frame (request and reply) is sealed with the
+node's gossip keyring (:mod:`dfs.core.gossip.seal`, AES-256-GCM, stamped with
+the wall clock) and opened before the state machine sees it: what does not
+open (forged, under a key we do not hold, outside the time window, replayed)
+is dropped and counted in :attr:`Membership.packets_dropped`.
+
 The daemon's own advertised state (zone, RPC and S3 addresses, capacity, free
 space, CPU and memory load, layout epoch) is refreshed every
 ``meta_interval_s``; psutil and statvfs are read in a worker thread.
@@ -34,12 +40,14 @@ import trio
 from dfs.core.config import Config
 from dfs.core.errors import ConfigError
 from dfs.core.gossip import Gossip, GossipConfig, Member
+from dfs.core.gossip.seal import SEAL_OVERHEAD_BYTES, Keyring, Sealer
 from dfs.net.rpc import parse_address
 
 log = logging.getLogger("dfs.membership")
 
 _MAX_DATAGRAM = 65536
-_MAX_FRAME = 16 * 1024 * 1024
+# A push-pull message of the state machine's largest (max_stream_bytes), once sealed.
+_MAX_FRAME = 16 * 1024 * 1024 + SEAL_OVERHEAD_BYTES
 _STREAM_TIMEOUT_S = 10.0
 _LEN = struct.Struct(">I")
 
@@ -53,6 +61,11 @@ PRESETS: dict[str, Callable[[], GossipConfig]] = {
 
 def _clock() -> float:
     return time.monotonic()
+
+
+def _wall_s() -> float:
+    # Sealed packets carry wall-clock time: it is the one clock members share (roughly).
+    return time.time()
 
 
 class LinkFaults(Protocol):
@@ -71,10 +84,16 @@ class Membership:
     """Runs one node's gossip over real sockets."""
 
     def __init__(
-        self, cfg: Config, meta_source: Callable[[], dict[str, Any]], faults: LinkFaults | None = None
+        self,
+        cfg: Config,
+        meta_source: Callable[[], dict[str, Any]],
+        faults: LinkFaults | None = None,
+        *,
+        keyring: Keyring,
     ) -> None:
         g = cfg.gossip
         self._faults = faults
+        self._sealer = Sealer(keyring)
         self.cfg = cfg
         self.address = g.advertise or g.listen
         self._meta_source = meta_source
@@ -89,6 +108,23 @@ class Membership:
         self._nursery: trio.Nursery | None = None
         self.events_seen = 0
         self.event_counts: dict[str, int] = {}  # per event kind (join, suspect, dead...): metrics
+
+    # -- keys --------------------------------------------------------------------------
+    @property
+    def keyring(self) -> Keyring:
+        """The keys gossip seals with (the primary) and opens with (all)."""
+        return self._sealer.keyring
+
+    @keyring.setter
+    def keyring(self, keyring: Keyring) -> None:
+        # Takes effect with the next packet; the replay cache and counters carry on.
+        self._sealer.keyring = keyring
+
+    @property
+    def packets_dropped(self) -> dict[str, int]:
+        """Packets that did not open, by reason: ``bad`` (forged, corrupt, or sealed under a key
+        not in the keyring), ``stale`` (stamped outside the time window), ``replayed``."""
+        return dict(self._sealer.dropped)
 
     # -- views -----------------------------------------------------------------------
     def members(self) -> list[dict[str, Any]]:
@@ -170,7 +206,10 @@ class Membership:
             except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier send
                 log.debug("gossip receive: %s", exc)
                 continue
-            self.gossip.receive(_fmt(source), data, _clock())
+            plain = self._sealer.open(data, _wall_s())
+            if plain is None:
+                continue  # counted; not logged, or a flood of forgeries would flood the log
+            self.gossip.receive(_fmt(source), plain, _clock())
             self._flush()
 
     def _flush(self) -> None:
@@ -207,7 +246,8 @@ class Membership:
             return
         try:
             target = parse_address(address, 7401)
-            self._udp.sendto(data, (target.host, target.port))
+            # Sealed when it leaves, not when queued: a delayed datagram carries its send time.
+            self._udp.sendto(self._sealer.seal(data, _wall_s()), (target.host, target.port))
         # Addresses come from peers' messages: one that does not parse (ConfigError) or whose host
         # the socket cannot encode (TypeError: an IDNA label over 63 characters, an empty label)
         # is dropped like an unreachable one - it must never stop the receive loop.
@@ -230,7 +270,8 @@ class Membership:
             with trio.fail_after(_STREAM_TIMEOUT_S):
                 stream = await trio.open_tcp_stream(target.host or "127.0.0.1", target.port)
                 async with stream:
-                    await stream.send_all(_LEN.pack(len(request)) + request)
+                    sealed = self._sealer.seal(request, _wall_s())
+                    await stream.send_all(_LEN.pack(len(sealed)) + sealed)
                     reply = await _read_frame(stream)
         except (
             OSError,
@@ -242,18 +283,25 @@ class Membership:
         ) as exc:
             log.debug("gossip push-pull with %s failed: %s", address, exc)
             return
-        self.gossip.receive_stream(address, reply, _clock())
+        plain = self._sealer.open(reply, _wall_s())
+        if plain is None:
+            log.debug("gossip push-pull with %s: the reply did not open (dropped)", address)
+            return
+        self.gossip.receive_stream(address, plain, _clock())
         self._flush()
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         try:
             peer = _fmt(stream.socket.getpeername())
             with trio.fail_after(_STREAM_TIMEOUT_S):
-                request = await _read_frame(stream)
+                request = self._sealer.open(await _read_frame(stream), _wall_s())
+                if request is None:
+                    return  # counted; closed without a word (the finally below)
                 reply = self.gossip.receive_stream(peer, request, _clock())
                 self._flush()
                 if reply is not None:
-                    await stream.send_all(_LEN.pack(len(reply)) + reply)
+                    sealed = self._sealer.seal(reply, _wall_s())
+                    await stream.send_all(_LEN.pack(len(sealed)) + sealed)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
             log.debug("gossip push-pull from a peer failed: %s", exc)
         finally:

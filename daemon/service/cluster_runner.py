@@ -22,6 +22,7 @@ from daemon.chunks import ChunkStore
 from daemon.cluster.controller import Controller
 from daemon.cluster.hints import HintQueue
 from daemon.cluster.hot import HotChunks
+from daemon.cluster.keyring import save_keyring
 from daemon.cluster.membership import Membership
 from daemon.cluster.repair import Repair
 from daemon.service.keys import ClusterKey
@@ -31,8 +32,10 @@ from daemon.service.threads import ChunkThreads
 from daemon.workers import Periodic, Retrying
 from dfs.client.chunks import ChunkIO
 from dfs.core import endpoints
+from dfs.core.auth import Credential
 from dfs.core.config import Config
-from dfs.core.errors import DfsError, Unavailable
+from dfs.core.errors import DfsError, InvalidArgument, NotSupported, Unavailable
+from dfs.core.gossip.seal import fingerprint
 from dfs.core.placement import Layout, NodeState
 from dfs.core.replicas import ClusterView, single_node_view, view_from_wire
 from dfs.net import rpc
@@ -55,8 +58,12 @@ class ClusterRunner:
         hints: HintQueue,
         threads: ChunkThreads,
         local_caller: Callable[[], LocalCaller],
+        *,
+        credential: Credential,
     ) -> None:
         self.cfg = cfg
+        # What this daemon proves itself with to its peers (the cluster secret: class node).
+        self._credential = credential
         self.is_primary = not cfg.cluster.meta
         self._key = key
         self._metacalls = metacalls
@@ -73,6 +80,8 @@ class ClusterRunner:
         self.hot: HotChunks | None = None
         self.nursery: trio.Nursery | None = None
         self.layout_epoch = 0
+        # One keyring change at a time: each is saved before it takes effect, in order.
+        self._keyring_lock = trio.Lock()
         self._layout_wire: dict[str, Any] | None = None
         self._layout_at = _NEVER
         cl = cfg.cluster
@@ -158,6 +167,50 @@ class ClusterRunner:
         if self.repair is not None:
             self.repair.kick()
 
+    async def gossip_keyring(self, op: str, key: bytes | str | None = None) -> dict[str, Any]:
+        """List or change this node's gossip keys (``dfs cluster keyring``).
+
+        ``op``: ``list``; ``install`` (``key``: 32 raw bytes); ``use`` or ``remove`` (``key``:
+        the raw key or its fingerprint).  A change is saved to gossip.keyring before it takes
+        effect, so a restart keeps it and a failed save changes nothing.  Answers the keyring
+        by fingerprints, and the packets gossip dropped by reason."""
+        membership = self.membership
+        if membership is None:
+            raise NotSupported("gossip is disabled on this node: it has no gossip keyring")
+        if op not in ("list", "install", "use", "remove"):
+            raise InvalidArgument(f"gossip keyring: unknown op {op!r} (list, install, use or remove)")
+        if (op == "list") != (key is None):
+            raise InvalidArgument(
+                f"gossip keyring {op}: " + ("takes no key" if op == "list" else "needs a key")
+            )
+        async with self._keyring_lock:
+            current = membership.keyring
+            changed = current.copy()
+            if op == "install":
+                if not isinstance(key, bytes):
+                    raise InvalidArgument(
+                        "gossip keyring install: the key is 32 raw bytes, not a fingerprint"
+                    )
+                subject = key
+                changed.install(key)
+            elif key is not None:  # use, remove
+                subject = current.find(key)
+                if op == "use":
+                    changed.use(subject)
+                else:
+                    changed.remove(subject)
+            if changed != current:
+                await trio.to_thread.run_sync(save_keyring, self.cfg.data_path, changed)
+                membership.keyring = changed
+                log.info(
+                    "gossip keyring: %s key %s (primary %s, %d key(s))",
+                    op,
+                    fingerprint(subject),
+                    fingerprint(changed.primary),
+                    len(changed.keys),
+                )
+        return {**membership.keyring.describe(), "dropped": membership.packets_dropped}
+
     async def replicas_of(self, chunk_ids: list[bytes]) -> list[int | None]:
         """Each chunk's R for repair: 0 = the default, None = unknown to metadata (leave it)."""
         if self._metacalls.reader is not None:
@@ -179,6 +232,7 @@ class ClusterRunner:
                     call_timeout_s=self.cfg.rpc.call_timeout_s,
                     max_frame_bytes=self.cfg.rpc.max_frame_bytes,
                     ssl_context=ssl_context,
+                    credential=self._credential,
                 )
                 if not self._key.value:
                     await self._adopt_cluster_key()  # first start: nothing can be stored without it
@@ -192,6 +246,7 @@ class ClusterRunner:
                     call_timeout_s=None,
                     max_frame_bytes=self.cfg.rpc.max_frame_bytes,
                     ssl_context=ssl_context,
+                    credential=self._credential,
                 )
 
             self.chunkio = ChunkIO(

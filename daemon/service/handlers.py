@@ -138,6 +138,7 @@ class HandlerTable:
                 e.SYS_CLUSTER: cl.cluster,
                 e.SYS_REPAIR_STATUS: cl.repair_status,
                 e.SYS_REPAIR_NOW: cl.repair_now,
+                e.SYS_GOSSIP_KEYRING: cl.gossip_keyring,
                 e.NS_CHANGES: s.ns_changes,
             }
         )

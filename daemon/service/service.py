@@ -38,7 +38,9 @@ from daemon.service.upkeep import Upkeep
 from daemon.workers import Periodic, Retrying
 from dfs.client.chunks import ChunkIO
 from dfs.client.cluster import Client, ClusterInfo
+from dfs.core.auth import Credential
 from dfs.core.config import Config
+from dfs.net import credentials
 
 T = TypeVar("T")
 
@@ -56,6 +58,9 @@ class Service:
         self.data = cfg.data_path
         self.data.mkdir(parents=True, exist_ok=True)
         self.is_primary = not cfg.cluster.meta
+        # Every door's credential derives from it (dfs/core/auth.py); the primary makes it on
+        # first start, a secondary must have been given it (node.credential).
+        self.secret = credentials.daemon_secret(self.data, joining=not self.is_primary)
         # A secondary takes the cluster key from the primary (chunk ids are keyed by it).
         self.key = ClusterKey(self.data / "cluster.key", create=self.is_primary)
         store = None
@@ -80,7 +85,14 @@ class Service:
         self.deletions = DeletionLog()
 
         self.cluster_runner = ClusterRunner(
-            cfg, self.key, self.metacalls, self.chunks, self.hints, self.threads, self.local_caller
+            cfg,
+            self.key,
+            self.metacalls,
+            self.chunks,
+            self.hints,
+            self.threads,
+            self.local_caller,
+            credential=Credential.of_secret(self.secret),
         )
         runner = self.cluster_runner
         self.upkeep = Upkeep(cfg, self.metacalls, self.chunks, self.threads, runner, self.deletions)

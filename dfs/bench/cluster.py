@@ -42,8 +42,10 @@ import xxhash
 
 from dfs.bench.harness import bin_path, free_ports, is_mounted, spawn, wait_for
 from dfs.core import config as config_mod
+from dfs.core.auth import CallerClass, Credential, new_cluster_secret
 from dfs.core.endpoints import SYS_CLUSTER, SYS_GC, SYS_PING, SYS_SWEEP_ORPHANS, Endpoint
 from dfs.core.errors import DfsError
+from dfs.net import credentials
 from dfs.net.rpc import open_client
 
 T = TypeVar("T")
@@ -223,12 +225,20 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DFS_") and k not in _CONF_ENV}
 
 
-def rpc(address: str, method: Endpoint[Any], *args: Any, timeout_s: float = 10.0) -> Any:
+def rpc(
+    address: str,
+    method: Endpoint[Any],
+    *args: Any,
+    timeout_s: float = 10.0,
+    credential: Credential | None = None,
+) -> Any:
     """One call to a daemon, bounded by ``timeout_s``."""
 
     async def call() -> Any:
         with trio.fail_after(timeout_s):
-            async with open_client(address, connect_timeout_s=timeout_s, call_timeout_s=timeout_s) as conn:
+            async with open_client(
+                address, connect_timeout_s=timeout_s, call_timeout_s=timeout_s, credential=credential
+            ) as conn:
                 return await method.call(conn, *args)
 
     try:
@@ -255,9 +265,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
-def _try_rpc(address: str, method: Endpoint[Any], *args: Any, timeout_s: float = 5.0) -> Any:
+def _try_rpc(
+    address: str,
+    method: Endpoint[Any],
+    *args: Any,
+    timeout_s: float = 5.0,
+    credential: Credential | None = None,
+) -> Any:
     try:
-        return rpc(address, method, *args, timeout_s=timeout_s)
+        return rpc(address, method, *args, timeout_s=timeout_s, credential=credential)
     except DfsError:
         return None
 
@@ -303,6 +319,11 @@ class Node:
         return self.data_dir / "dfs.conf"
 
     @property
+    def credential(self) -> Credential:
+        """The cluster's secret, which :meth:`Cluster.create` gave every node."""
+        return credentials.load(self.data_dir / credentials.FILE_NAMES[CallerClass.NODE])
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "dfsd.log"
 
@@ -332,7 +353,7 @@ class Node:
                     f"dfsd {self.node_id} exited with status {self.proc.returncode} during start-up: "
                     f"{self.log_tail() or 'no output'}"
                 )
-            if _try_rpc(self.address, SYS_PING, timeout_s=2.0) is None:
+            if _try_rpc(self.address, SYS_PING, timeout_s=2.0, credential=self.credential) is None:
                 return False
             return all(_accepts(port) for port in (self.s3_port, self.admin_port))
 
@@ -351,10 +372,13 @@ class Cluster:
 
     def create(self) -> None:
         ports = free_ports(4 * self.n_nodes, error=ClusterBenchError)
+        # One secret for all (what copying node.credential to each host does in the README).
+        secret = Credential.of_secret(new_cluster_secret())
         for i in range(self.n_nodes):
             rpc_p, gossip_p, s3_p, admin_p = ports[4 * i : 4 * i + 4]
             node = Node(f"n{i + 1}", f"z{i + 1}", self.base / f"n{i + 1}", rpc_p, gossip_p, s3_p, admin_p)
             node.data_dir.mkdir(parents=True)
+            credentials.write(node.data_dir / credentials.FILE_NAMES[CallerClass.NODE], secret)
             primary = self.nodes[0] if self.nodes else None
             text = node_conf(
                 node_id=node.node_id,
@@ -391,7 +415,9 @@ class Cluster:
         )
 
     def cluster_info(self) -> dict[str, Any] | None:
-        info: dict[str, Any] | None = _try_rpc(self.primary.address, SYS_CLUSTER, timeout_s=5.0)
+        info: dict[str, Any] | None = _try_rpc(
+            self.primary.address, SYS_CLUSTER, timeout_s=5.0, credential=self.primary.credential
+        )
         return info
 
     def states(self) -> dict[str, str]:
@@ -435,7 +461,13 @@ class Cluster:
         self.mount_log = self.base / "mount.log"
         try:
             res = subprocess.run(
-                [bin_path("mount.dfs"), f"{node.address}:/", str(mnt), "-o", f"log={self.mount_log}"],
+                [
+                    bin_path("mount.dfs"),
+                    f"{node.address}:/",
+                    str(mnt),
+                    "-o",
+                    f"log={self.mount_log},credential={node.data_dir / 'client.credential'}",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -773,7 +805,7 @@ class _Bench:
         def only_r2() -> bool:
             nonlocal collected, orphan_copies
             # The mount releases files asynchronously: collect again until they are all gone.
-            n = int(rpc(c.primary.address, SYS_GC, 0.0, timeout_s=120))
+            n = int(rpc(c.primary.address, SYS_GC, 0.0, timeout_s=120, credential=c.primary.credential))
             collected += n
             counts = self.all_chunks()
             if exactly(counts, expected, REPAIR_R):
@@ -785,7 +817,7 @@ class _Bench:
                 orphans.update(stale)
                 orphan_copies = max(orphan_copies, sum(counts[cid] for cid in stale))
                 for node in c.nodes:
-                    rpc(node.address, SYS_SWEEP_ORPHANS, 0.0, timeout_s=120)
+                    rpc(node.address, SYS_SWEEP_ORPHANS, 0.0, timeout_s=120, credential=node.credential)
             return False
 
         try:

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dfs.core.auth import CallerClass, Credential
+from dfs.net import credentials
+
 #: Where the running interpreter's entry points (dfsd, mount.dfs, dfs) live: the venv.
 BIN = Path(sys.executable).parent
 
@@ -149,6 +152,9 @@ class Daemon:
     gossip_conf: str = ""
     node_id: str = ""
     zone: str = "default"
+    #: A started daemon of the cluster this one joins: it is given that daemon's cluster
+    #: secret (what copying node.credential does on a real host).
+    joins: Daemon | None = None
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +189,15 @@ class Daemon:
     def admin_token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
 
+    def credential(self, caller: CallerClass = CallerClass.NODE) -> Credential:
+        """One of the credentials this daemon wrote (the cluster secret by default)."""
+        return credentials.load(self.data_dir / credentials.FILE_NAMES[caller])
+
     def start(self) -> None:
+        if self.joins is not None:
+            secret = self.data_dir / credentials.FILE_NAMES[CallerClass.NODE]
+            if not secret.exists():
+                credentials.write(secret, self.joins.credential())
         self.proc = spawn([str(BIN / "dfsd"), "--config", str(self.conf_path)], self.log_path)
         try:
             wait_for(self._ready, 30, "dfsd to answer")
@@ -254,6 +268,7 @@ class Mount:
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         opts = f"log={self.daemon.data_dir / ('mount-' + self.path.name + '.log')}"
+        opts += f",credential={self.daemon.data_dir / 'client.credential'}"
         if self.options:
             opts += "," + self.options
         res = subprocess.run(

@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from dfs.core.errors import EX_FAILURE, DfsError, exit_code
-from dfs.net.rpc import _only_dfs_error
+from dfs.core.errors import EX_FAILURE, exit_code, only_dfs_error
 
 T = TypeVar("T")
 
@@ -51,7 +50,7 @@ class _Command(click.Command):
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            err = exc if isinstance(exc, DfsError) else _only_dfs_error(exc)
+            err = only_dfs_error(exc)
             if err is None:
                 raise  # not an error dfs raises on purpose (a bug): its traceback is the report
             code = exit_code(err)

@@ -26,7 +26,7 @@ from dfs.core.endpoints import (
     SYS_SWEEP_ORPHANS,
 )
 from dfs.core.errors import DfsError
-from dfs.net.rpc import RpcClient, open_client
+from dfs.net.rpc import RpcClient
 
 
 @main.command()
@@ -78,9 +78,7 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
     async with contextlib.AsyncExitStack() as stack:
 
         async def connect(ep: Endpoint) -> RpcClient:
-            return await stack.enter_async_context(
-                open_client(ep.address, call_timeout_s=600, ssl_context=ep.ssl_context)
-            )
+            return await stack.enter_async_context(ep.client(timeout_s=600))
 
         local = await connect(endpoint)
         cluster = await SYS_CLUSTER.call(local)

@@ -27,7 +27,7 @@ from dfs.core.config import Config
 from dfs.core.endpoints import (
     SYS_PING,
 )
-from dfs.core.errors import DfsError
+from dfs.core.errors import AuthFailed, CallerNotAllowed, DfsError
 from dfs.net.certs import client_context_for
 from dfs.net.rpc import open_client
 
@@ -62,10 +62,16 @@ async def _answers(endpoint: Endpoint) -> bool:
     """Whether a daemon answers a ping at ``endpoint`` now (one short try, no waiting)."""
     with trio.move_on_after(3):
         async with open_client(
-            endpoint.address, connect_timeout_s=0.2, call_timeout_s=2, ssl_context=endpoint.ssl_context
+            endpoint.address,
+            connect_timeout_s=0.2,
+            call_timeout_s=2,
+            ssl_context=endpoint.ssl_context,
+            credential=endpoint.credential,
         ) as conn:
             try:
                 await SYS_PING.call(conn)
+            except (AuthFailed, CallerNotAllowed):
+                return True  # a daemon it is, refusing us: it answers all the same
             except DfsError:  # caught in here, before the client's nursery wraps it in a group
                 return False
             return True
@@ -192,6 +198,8 @@ def up(directory: str) -> None:
         opts = [f"log={cfg.data_path / 'mount.log'}"]
         if cfg.rpc.unix_socket:
             opts.append(f"socket={cfg.unix_socket_path}")
+        else:  # over TCP a mount proves itself with the client credential the daemon wrote
+            opts.append(f"credential={cfg.data_path / 'client.credential'}")
         res = subprocess.run(
             [_bin("mount.dfs"), source, str(mnt), "-o", ",".join(opts)], capture_output=True, text=True
         )

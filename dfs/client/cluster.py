@@ -25,6 +25,7 @@ import trio
 
 from dfs.client.chunks import ChunkIO, decode_in_thread
 from dfs.core import codec, endpoints
+from dfs.core.auth import Credential
 from dfs.core.changes import Answer
 from dfs.core.endpoints import Caller
 from dfs.core.errors import CorruptChunk
@@ -380,6 +381,7 @@ async def open_chunkio(
     info: ClusterInfo,
     *,
     ssl_context: Any = None,
+    credential: Credential | None = None,
     max_frame_bytes: int = 72 * 1024 * 1024,
     refresh_s: float = 2.0,
     peer_timeout_s: float = 30.0,
@@ -406,6 +408,7 @@ async def open_chunkio(
                 call_timeout_s=None,
                 max_frame_bytes=max_frame_bytes,
                 ssl_context=ssl_context,
+                credential=credential,
             )
 
         chunkio = ChunkIO(
@@ -425,8 +428,10 @@ async def open_chunkio(
 
 
 @contextlib.asynccontextmanager
-async def connect(address: str, *, call_timeout_s: float = 60.0) -> AsyncIterator[Client]:
-    async with rpc.open_client(address, call_timeout_s=call_timeout_s) as conn:
+async def connect(
+    address: str, *, call_timeout_s: float = 60.0, credential: Credential | None = None
+) -> AsyncIterator[Client]:
+    async with rpc.open_client(address, call_timeout_s=call_timeout_s, credential=credential) as conn:
         info = await fetch_info(conn)
-        async with open_chunkio(conn, info) as chunkio:
+        async with open_chunkio(conn, info, credential=credential) as chunkio:
             yield Client(conn, info, chunkio=chunkio)

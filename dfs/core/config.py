@@ -50,6 +50,11 @@ class RpcConfig:
     max_inflight_per_conn: int = 256
     # Mutual TLS on the TCP port (the unix socket stays plain): [tls] names the certificates.
     tls: bool = False
+    # The credential a mount or the CLI proves itself with on the TCP port; empty: the first
+    # readable of <data_dir>/{admin,client}.credential, then /etc/dfs/{admin,client}.credential.
+    credential_file: str = ""
+    # TCP connections served at once; more get one error frame and are closed.
+    max_connections: int = 4096
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,11 +19,12 @@ long it may take.  Everything else derives from these declarations:
 tests/unit/test_endpoints.py checks that the handler tables and the
 declarations agree both ways, and that no source names a method by a string.
 
+- who may call it: the caller classes of authenticated RPC (:mod:`dfs.core.auth`), which
+  the RPC server's dispatch checks before any handler runs.  A declaration serves only
+  peer daemons unless it says otherwise: a new endpoint starts closed.
+
 Pure: no I/O, no trio.  The wire still carries the method's name; the
 transports (:class:`Caller`) take that string, so test doubles keep working.
-What a method may do is policy that belongs with it: who may call it (the
-caller classes of authenticated RPC) becomes one more field here, checked by
-dispatch from the same declarations.
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
+from dfs.core.auth import CallerClass
+
 __all__ = [
+    "ADMINS",
     "ALL",
+    "ANYONE",
     "Caller",
     "Endpoint",
+    "NODES",
     "Record",
     "Site",
     "Timeout",
@@ -56,6 +62,14 @@ class Caller(Protocol):
     """A transport: an RPC connection, the daemon's in-process dispatcher, a failover wrapper."""
 
     async def call(self, method: str, *args: Any) -> Any: ...
+
+
+#: Mounts, the CLI's read-only commands, admins and peers: what a mount needs.
+ANYONE: frozenset[CallerClass] = frozenset(CallerClass)
+#: The CLI's commands that change layout, keys, volumes and stored data, and peers.
+ADMINS: frozenset[CallerClass] = frozenset({CallerClass.ADMIN, CallerClass.NODE})
+#: Peer daemons only (deleting chunks, forwarding admin requests, checking S3 signatures).
+NODES: frozenset[CallerClass] = frozenset({CallerClass.NODE})
 
 
 class Site(enum.Enum):
@@ -107,6 +121,8 @@ class Endpoint(Generic[R]):
     #: that forwards it tells its own mounts what it changed.
     notices: bool = False
     timeout: Timeout = Timeout.CALL
+    #: The caller classes that may call it over RPC (in-process callers are the daemon itself).
+    callers: frozenset[CallerClass] = NODES
 
     def __post_init__(self) -> None:
         if not 0 <= self.optional <= len(self.params):
@@ -166,51 +182,67 @@ _NODE = Site.NODE
 _PRIMARY = Site.PRIMARY
 
 # -- chunks: every node serves its own store --------------------------------------------------
-CHUNK_PUT: Endpoint[bool] = _declare("chunk.put", "chunk_id blob")
-CHUNK_GET: Endpoint[bytes] = _declare("chunk.get", "chunk_id", read_only=True)
-CHUNK_HAS: Endpoint[list[bool]] = _declare("chunk.has", "chunk_ids", read_only=True)
-CHUNK_HINT: Endpoint[None] = _declare("chunk.hint", "targets chunk_ids")
+# Mounts write and read chunks themselves, and leave hints for a replica that was down.
+CHUNK_PUT: Endpoint[bool] = _declare("chunk.put", "chunk_id blob", callers=ANYONE)
+CHUNK_GET: Endpoint[bytes] = _declare("chunk.get", "chunk_id", read_only=True, callers=ANYONE)
+CHUNK_HAS: Endpoint[list[bool]] = _declare("chunk.has", "chunk_ids", read_only=True, callers=ANYONE)
+CHUNK_HINT: Endpoint[None] = _declare("chunk.hint", "targets chunk_ids", callers=ANYONE)
 CHUNK_DELETE: Endpoint[int] = _declare("chunk.delete", "chunk_ids")
 CHUNK_DIGESTS: Endpoint[dict[int, bytes]] = _declare("chunk.digests", "partitions", read_only=True)
 CHUNK_PIN: Endpoint[None] = _declare("chunk.pin", "chunk_ids ttl_s")
 # Re-reads a copy a client found bad; quarantines and replaces it if it is bad here.
-CHUNK_VERIFY: Endpoint[bool] = _declare("chunk.verify", "chunk_id")
+CHUNK_VERIFY: Endpoint[bool] = _declare("chunk.verify", "chunk_id", callers=ANYONE)
 
 # -- this node ---------------------------------------------------------------------------------
-SYS_INFO: Endpoint[dict[str, Any]] = _declare("sys.info", read_only=True)
-SYS_PING: Endpoint[str] = _declare("sys.ping", read_only=True)
-SYS_STATUS: Endpoint[dict[str, Any]] = _declare("sys.status", read_only=True)
-SYS_SCRUB_LIST: Endpoint[list[bytes]] = _declare("sys.scrub_list", read_only=True, timeout=Timeout.LONG)
+# Block size, compression and the key of chunk ids: a mount cannot write without them (the
+# chunk-id key is not a credential: it opens no door).
+SYS_INFO: Endpoint[dict[str, Any]] = _declare("sys.info", read_only=True, callers=ANYONE)
+SYS_PING: Endpoint[str] = _declare("sys.ping", read_only=True, callers=ANYONE)
+SYS_STATUS: Endpoint[dict[str, Any]] = _declare("sys.status", read_only=True, callers=ANYONE)
+SYS_SCRUB_LIST: Endpoint[list[bytes]] = _declare(
+    "sys.scrub_list", read_only=True, timeout=Timeout.LONG, callers=ADMINS
+)
 # Quarantines the copies that fail their checksum.
-SYS_SCRUB_BATCH: Endpoint[list[bytes]] = _declare("sys.scrub_batch", "chunk_ids", timeout=Timeout.LONG)
-SYS_SWEEP_ORPHANS: Endpoint[int] = _declare("sys.sweep_orphans", "older_than_s?", timeout=Timeout.LONG)
-SYS_MEMBERS: Endpoint[list[dict[str, Any]]] = _declare("sys.members", read_only=True)
-SYS_CLUSTER: Endpoint[dict[str, Any]] = _declare("sys.cluster", read_only=True)
-SYS_REPAIR_STATUS: Endpoint[dict[str, Any]] = _declare("sys.repair_status", read_only=True)
-SYS_REPAIR_NOW: Endpoint[None] = _declare("sys.repair_now", idempotent=True)
+SYS_SCRUB_BATCH: Endpoint[list[bytes]] = _declare(
+    "sys.scrub_batch", "chunk_ids", timeout=Timeout.LONG, callers=ADMINS
+)
+SYS_SWEEP_ORPHANS: Endpoint[int] = _declare(
+    "sys.sweep_orphans", "older_than_s?", timeout=Timeout.LONG, callers=ADMINS
+)
+SYS_MEMBERS: Endpoint[list[dict[str, Any]]] = _declare("sys.members", read_only=True, callers=ANYONE)
+SYS_CLUSTER: Endpoint[dict[str, Any]] = _declare("sys.cluster", read_only=True, callers=ANYONE)
+SYS_REPAIR_STATUS: Endpoint[dict[str, Any]] = _declare("sys.repair_status", read_only=True, callers=ANYONE)
+SYS_REPAIR_NOW: Endpoint[None] = _declare("sys.repair_now", idempotent=True, callers=ADMINS)
+SYS_GOSSIP_KEYRING: Endpoint[dict[str, Any]] = _declare("sys.gossip_keyring", "op key?", callers=ADMINS)
 # Acknowledges the changes up to ``cursor``, which only the poller itself sees.
 NS_CHANGES: Endpoint[dict[str, Any]] = _declare(
-    "ns.changes", "epoch cursor wait_s", read_only=True, timeout=Timeout.POLL
+    "ns.changes", "epoch cursor wait_s", read_only=True, timeout=Timeout.POLL, callers=ANYONE
 )
 
 # -- whole-cluster work the metadata primary does ----------------------------------------------
-SYS_STATFS: Endpoint[Record] = _declare("sys.statfs", site=_PRIMARY, read_only=True)
+SYS_STATFS: Endpoint[Record] = _declare("sys.statfs", site=_PRIMARY, read_only=True, callers=ANYONE)
 SYS_FSCK_META: Endpoint[dict[str, Any]] = _declare(
-    "sys.fsck_meta", "repair", site=_PRIMARY, timeout=Timeout.LONG
+    "sys.fsck_meta", "repair", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
 )
-SYS_GC: Endpoint[int] = _declare("sys.gc", "delay_s?", site=_PRIMARY, timeout=Timeout.LONG)
+SYS_GC: Endpoint[int] = _declare("sys.gc", "delay_s?", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS)
 # A secondary's admin API has the primary answer: [status, [[name, value], ...], body].
 SYS_ADMIN_FORWARD: Endpoint[Sequence[Any]] = _declare(
     "sys.admin_forward", "method target headers body remote", site=_PRIMARY
 )
 # ``allow``: [bucket, perm] grants the new key holds from the start (dfs/core/s3grants.py).
-S3_KEY_CREATE: Endpoint[dict[str, Any]] = _declare("s3.key_create", "description? allow?", site=_PRIMARY)
-S3_KEY_LIST: Endpoint[list[dict[str, Any]]] = _declare("s3.key_list", site=_PRIMARY, read_only=True)
-S3_KEY_REVOKE: Endpoint[None] = _declare("s3.key_revoke", "access_key", site=_PRIMARY)
+S3_KEY_CREATE: Endpoint[dict[str, Any]] = _declare(
+    "s3.key_create", "description? allow?", site=_PRIMARY, callers=ADMINS
+)
+S3_KEY_LIST: Endpoint[list[dict[str, Any]]] = _declare(
+    "s3.key_list", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+S3_KEY_REVOKE: Endpoint[None] = _declare("s3.key_revoke", "access_key", site=_PRIMARY, callers=ADMINS)
 # Grants on buckets (perm r, w, rw or owner); both answer the key's {bucket: perm}.
-S3_KEY_GRANT: Endpoint[dict[str, str]] = _declare("s3.key_grant", "access_key bucket perm", site=_PRIMARY)
+S3_KEY_GRANT: Endpoint[dict[str, str]] = _declare(
+    "s3.key_grant", "access_key bucket perm", site=_PRIMARY, callers=ADMINS
+)
 S3_KEY_REVOKE_GRANT: Endpoint[dict[str, str]] = _declare(
-    "s3.key_revoke_grant", "access_key bucket", site=_PRIMARY
+    "s3.key_revoke_grant", "access_key bucket", site=_PRIMARY, callers=ADMINS
 )
 # The S3 shim records the key that created a bucket as its owner.
 S3_BUCKET_OWN: Endpoint[None] = _declare("s3.bucket_own", "bucket access_key", site=_PRIMARY)
@@ -220,9 +252,13 @@ S3_AUTHENTICATE: Endpoint[dict[str, Any]] = _declare(
     "s3.authenticate", "request vhost_bucket region max_skew_s", site=_PRIMARY, read_only=True
 )
 # Scoped admin tokens (daemon/admin/tokens.py): create answers the token once; metadata keeps its hash.
-ADMIN_TOKEN_CREATE: Endpoint[dict[str, Any]] = _declare("admin.token_create", "scope name?", site=_PRIMARY)
-ADMIN_TOKEN_LIST: Endpoint[list[dict[str, Any]]] = _declare("admin.token_list", site=_PRIMARY, read_only=True)
-ADMIN_TOKEN_REVOKE: Endpoint[None] = _declare("admin.token_revoke", "token_id", site=_PRIMARY)
+ADMIN_TOKEN_CREATE: Endpoint[dict[str, Any]] = _declare(
+    "admin.token_create", "scope name?", site=_PRIMARY, callers=ADMINS
+)
+ADMIN_TOKEN_LIST: Endpoint[list[dict[str, Any]]] = _declare(
+    "admin.token_list", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+ADMIN_TOKEN_REVOKE: Endpoint[None] = _declare("admin.token_revoke", "token_id", site=_PRIMARY, callers=ADMINS)
 # A secondary's admin API asks the primary which scope a presented token has (None: no such token).
 ADMIN_TOKEN_CHECK: Endpoint[str | None] = _declare(
     "admin.token_check", "token_id digest", site=_PRIMARY, read_only=True
@@ -231,7 +267,7 @@ ADMIN_TOKEN_CHECK: Endpoint[str | None] = _declare(
 
 # -- metadata reads: the primary's RPC reader answers them inline -------------------------------
 def _read(name: str, params: str = "") -> Endpoint[Any]:
-    return _declare(name, params, site=_PRIMARY, inline=True, read_only=True)
+    return _declare(name, params, site=_PRIMARY, inline=True, read_only=True, callers=ANYONE)
 
 
 META_LOOKUP: Endpoint[Record] = _read("meta.lookup", "parent name")
@@ -256,6 +292,7 @@ META_POLICY: Endpoint[dict[str, Any]] = _read("meta.policy", "ino parent?")
 
 # -- metadata calls the primary runs in its metadata thread ------------------------------------
 def _meta(name: str, params: str = "", **spec: Any) -> Endpoint[Any]:
+    spec.setdefault("callers", ANYONE)  # the namespace calls a mount makes
     return _declare(name, params, site=_PRIMARY, notices=True, **spec)
 
 
@@ -269,15 +306,17 @@ META_SYNC: Endpoint[None] = _meta("meta.sync")
 META_MAKE_DIRS: Endpoint[Record] = _meta("meta.make_dirs", "parent dirs mode? uid? gid?")
 META_REMOVE_TREE: Endpoint[int] = _meta("meta.remove_tree", "parent name")
 META_REMOVE_EMPTY_PARENTS: Endpoint[int] = _meta("meta.remove_empty_parents", "parent dirs keep_depth?")
-META_CREATE_VOLUME: Endpoint[Record] = _meta("meta.create_volume", "name policy mode? uid? gid?")
-META_UPDATE_VOLUME: Endpoint[dict[str, Any]] = _meta("meta.update_volume", "name policy")
-META_DELETE_VOLUME: Endpoint[None] = _meta("meta.delete_volume", "name remove_dir?")
-META_SNAPSHOT: Endpoint[Record] = _meta("meta.snapshot", "src_dir dst_parent name uid? gid?")
-META_REGISTER_NODE: Endpoint[dict[str, Any]] = _meta(
-    "meta.register_node", "node_id zone address capacity_weight?"
+META_CREATE_VOLUME: Endpoint[Record] = _meta(
+    "meta.create_volume", "name policy mode? uid? gid?", callers=ADMINS
 )
-META_SET_NODE: Endpoint[dict[str, Any]] = _meta("meta.set_node", "node_id changes")
-META_REMOVE_NODE: Endpoint[dict[str, Any]] = _meta("meta.remove_node", "node_id")
+META_UPDATE_VOLUME: Endpoint[dict[str, Any]] = _meta("meta.update_volume", "name policy", callers=ADMINS)
+META_DELETE_VOLUME: Endpoint[None] = _meta("meta.delete_volume", "name remove_dir?", callers=ADMINS)
+META_SNAPSHOT: Endpoint[Record] = _meta("meta.snapshot", "src_dir dst_parent name uid? gid?", callers=ADMINS)
+META_REGISTER_NODE: Endpoint[dict[str, Any]] = _meta(
+    "meta.register_node", "node_id zone address capacity_weight?", callers=ADMINS
+)
+META_SET_NODE: Endpoint[dict[str, Any]] = _meta("meta.set_node", "node_id changes", callers=ADMINS)
+META_REMOVE_NODE: Endpoint[dict[str, Any]] = _meta("meta.remove_node", "node_id", callers=ADMINS)
 META_COUNTS: Endpoint[dict[str, int]] = _meta("meta.counts", read_only=True)
 # Calls that change directories answer [result, DirStamps] (see Endpoint.stamps).
 META_MKNOD: Endpoint[Sequence[Any]] = _meta("meta.mknod", "parent name mode rdev uid gid", stamps=(0,))
@@ -297,7 +336,7 @@ META_COMMIT_WRITE: Endpoint[Record] = _meta(
 )
 META_PUT_OBJECT: Endpoint[Record] = _meta("meta.put_object", "parent dirs name opts")
 # A secondary's orphan sweep: which of these unknown chunks it may delete now.
-META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta("meta.claim_orphans", "chunk_ids")
+META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta("meta.claim_orphans", "chunk_ids", callers=NODES)
 
 # -- in-process only ----------------------------------------------------------------------------
 # An S3 key's secret: the S3 shim on the primary reads it; it never crosses the wire.

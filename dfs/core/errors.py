@@ -58,6 +58,10 @@ TABLE: dict[str, Row] = {
     "TooManyLinks": Row(_errno.EMLINK, "TooManyLinks", 409, 409, EX_DATAERR),
     "PermissionDenied": Row(_errno.EACCES, "AccessDenied", 403, 403, EX_NOPERM),
     "NotPermitted": Row(_errno.EPERM, "AccessDenied", 403, 403, EX_NOPERM),
+    # A caller that did not authenticate (RPC handshake, credential file): the connection ends.
+    "AuthFailed": Row(_errno.EACCES, "AccessDenied", 403, 401, EX_NOPERM),
+    # An authenticated caller whose class may not call this endpoint (dfs/core/endpoints.py).
+    "CallerNotAllowed": Row(_errno.EPERM, "AccessDenied", 403, 403, EX_NOPERM),
     "InvalidArgument": Row(_errno.EINVAL, "InvalidArgument", 400, 400, EX_USAGE),
     "NameTooLong": Row(_errno.ENAMETOOLONG, "KeyTooLongError", 400, 400, EX_USAGE),
     # A missing xattr is never the answer to an HTTP request by itself: one escaping is a bug.
@@ -138,6 +142,18 @@ class PermissionDenied(DfsError):
 
 class NotPermitted(DfsError):
     code = "NotPermitted"
+
+
+class AuthFailed(DfsError):
+    """The caller did not prove who it is (a missing, wrong or unreadable credential)."""
+
+    code = "AuthFailed"
+
+
+class CallerNotAllowed(NotPermitted):
+    """The caller's class (dfs/core/auth.py) may not call this endpoint."""
+
+    code = "CallerNotAllowed"
 
 
 class InvalidArgument(DfsError):
@@ -285,6 +301,22 @@ for _cls in _all_subclasses(DfsError):
     _BY_ERRNO.setdefault(_cls.errno, _cls)
 _BY_ERRNO[_errno.EIO] = InternalError
 _BY_ERRNO[_errno.EDQUOT] = NoSpace
+
+
+def only_dfs_error(exc: BaseException) -> DfsError | None:
+    """*exc* itself if it is a DfsError; if it is an ExceptionGroup (what trio's nurseries
+    raise) holding only DfsErrors, the first of them; else None."""
+    if isinstance(exc, DfsError):
+        return exc
+    if not isinstance(exc, ExceptionGroup):
+        return None
+    match, rest = exc.split(DfsError)
+    if match is None or rest is not None:
+        return None
+    leaf: BaseException = match
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, DfsError) else None
 
 
 def from_wire(payload: object) -> DfsError:

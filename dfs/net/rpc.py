@@ -41,6 +41,21 @@ Server (:class:`RpcServer`, or :func:`serve_rpc`):
   When a client disconnects, its in-flight handlers are cancelled.  Nothing
   on one connection can stop the server.
 
+Authentication (:mod:`dfs.core.auth`):
+
+* A TCP connection starts with the handshake: the client proves its caller class
+  (``auth.hello``, the server's challenge and proof, ``auth.proof``) before its first
+  call, which it pipelines right behind the proof.  Until then the server reads frames of
+  at most :data:`HANDSHAKE_FRAME_BYTES` and waits at most :data:`HANDSHAKE_TIMEOUT_S`, so
+  an unauthenticated peer can hold neither memory nor a connection slot for long.  A
+  failed handshake gets one error frame (:class:`AuthFailed`, saying nothing about the
+  cluster) and the connection is closed.
+* A unix socket caller's class comes from its SO_PEERCRED: root and this process's user
+  are ``node`` (they can read the credential files anyway), the allowed group ``client``.
+* Each request's method must list the connection's class among its callers (from the
+  endpoint declarations); otherwise the answer is :class:`CallerNotAllowed` and no
+  handler runs.
+
 Large payloads travel as separate buffers from the caller's memory (see
 :func:`dfs.core.wire.encode_request_parts`) rather than being copied into a frame.
 """
@@ -65,7 +80,10 @@ from typing import Any, NoReturn
 import trio
 
 from dfs.core import wire
+from dfs.core.auth import HELLO, PROOF, CallerClass, ClientHandshake, Credential, ServerHandshake
 from dfs.core.errors import (
+    AuthFailed,
+    CallerNotAllowed,
     ConfigError,
     DfsError,
     FrameTooLarge,
@@ -75,6 +93,7 @@ from dfs.core.errors import (
     ProtocolError,
     Unavailable,
     UnknownMethod,
+    only_dfs_error,
 )
 
 __all__ = [
@@ -99,8 +118,10 @@ DEFAULT_CALL_TIMEOUT_S = 60.0
 DEFAULT_MAX_INFLIGHT_PER_CONN = 128
 #: Large reads amortise syscalls and keep the decoder's append path cheap.
 RECEIVE_BYTES = 256 * 1024
-#: How long the server tries to deliver a connection-level error before closing.
+#: How long the server tries to deliver a connection-level error before closing...
 _ERROR_SEND_TIMEOUT_S = 1.0
+#: ...and how much it reads and drops meanwhile, so the error is not lost to a reset.
+_DRAIN_BYTES = 1024 * 1024
 _UNKNOWN_METHOD_KEY = "<unknown>"
 _BACKOFF_START_S = 0.01
 _BACKOFF_MAX_S = 0.5
@@ -108,6 +129,17 @@ _BACKOFF_MAX_S = 0.5
 _BATCH_BYTES = 1024 * 1024
 #: Large buffers are written in slices of this size so the watchdog sees progress.
 _WRITE_SLICE_BYTES = 1024 * 1024
+#: Before a peer has authenticated, its frames may be no larger than this (a handshake
+#: message is about 100 bytes)...
+HANDSHAKE_FRAME_BYTES = 4096
+#: ...and it has this long to finish the handshake.
+HANDSHAKE_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 4096
+#: Where a caller without a credential should look (the files dfs/net/credentials.py finds).
+CREDENTIAL_HINT = (
+    "copy the daemon's <data_dir>/client.credential or admin.credential next to its dfs.conf's "
+    "data_dir, or name one with DFS_RPC_CREDENTIAL_FILE"
+)
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -383,12 +415,15 @@ async def _watch_writes(outbox: _Outbox, timeout_s: float, on_stall: Callable[[s
 class _Waiter:
     """One outstanding call: woken with either a response or a failure reason."""
 
-    __slots__ = ("event", "failure", "gone", "response")
+    __slots__ = ("error", "event", "failure", "gone", "response")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.response: wire.Response | None = None
         self.failure: str | None = None
+        #: The server's reason for refusing the whole connection, when it is one the caller
+        #: must see as such (AuthFailed, CallerNotAllowed) rather than as a lost reply.
+        self.error: DfsError | None = None
         #: Set when the caller stops waiting (reply, timeout or cancellation).
         self.gone = False
 
@@ -402,7 +437,7 @@ class _ClientConnection:
         # Created up front so fail() can stop tasks that have not started yet.
         self.scope = trio.CancelScope()
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, error: DfsError | None = None) -> None:
         """Mark dead, wake every pending call with *reason*, stop reader and writer.
 
         Idempotent: the first reason wins."""
@@ -412,6 +447,7 @@ class _ClientConnection:
         pending, self.pending = self.pending, {}
         for waiter in pending.values():
             waiter.failure = reason
+            waiter.error = error
             waiter.event.set()
         self.scope.cancel()
 
@@ -424,6 +460,14 @@ class NoReply(Unavailable):
 class ConnectFailed(NoReply):
     """No connection to the peer could be made: the request was never sent (safe to send
     elsewhere, unlike after a lost connection, when the request may have been applied)."""
+
+
+class _Refused(Exception):
+    """The server refused the whole connection (a msgid 0 error frame)."""
+
+    def __init__(self, error: DfsError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class RpcClient:
@@ -442,8 +486,12 @@ class RpcClient:
         call_timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
         max_frame_bytes: int = wire.MAX_FRAME_BYTES,
         ssl_context: ssl.SSLContext | None = None,
+        credential: Credential | None = None,
     ) -> None:
+        """``credential`` is what the client proves itself with on a TCP connection (a unix
+        socket's server knows its caller from the kernel)."""
         self.address = address
+        self._credential = credential
         self.connect_timeout_s = connect_timeout_s
         self.call_timeout_s = math.inf if call_timeout_s is None else call_timeout_s
         self.max_frame_bytes = max_frame_bytes
@@ -529,6 +577,11 @@ class RpcClient:
                 response.error.add_note(f"raised by {self.address} in rpc {method!r}")
                 raise response.error
             return response.result
+        if waiter.error is not None:
+            hint = ""
+            if isinstance(waiter.error, AuthFailed) and self._credential is None:
+                hint = f" (no credential was found for it: {CREDENTIAL_HINT})"
+            raise type(waiter.error)(f"{self.address}: {waiter.error.message}{hint}")
         if waiter.failure is not None:
             raise NoReply(f"rpc {method!r} to {self.address}: {waiter.failure}")
         raise NoReply(f"rpc {method!r} to {self.address}: no reply within {timeout}s")
@@ -557,11 +610,53 @@ class RpcClient:
         if self._closed:
             await trio.aclose_forcefully(stream)
             raise Unavailable(f"rpc client for {self.address} is closed")
+        try:
+            await self._authenticate(stream)
+        except BaseException as exc:
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc, AuthFailed):
+                self._last_connect_error = exc.message
+            raise
         self._last_connect_error = None
         conn = _ClientConnection(stream)
         self._conn = conn
         self._nursery.start_soon(self._run_connection, conn)
         return conn
+
+    async def _authenticate(self, stream: trio.abc.Stream) -> None:
+        """Run the handshake on a fresh TCP connection (see :mod:`dfs.core.auth`).
+
+        Only the server's challenge is awaited: the proof goes out with the first call."""
+        if self.address.is_unix or self._credential is None:
+            return  # a daemon that wants a credential refuses the first call (see _outcome)
+        handshake = ClientHandshake(self._credential)
+        decoder = wire.FrameDecoder(HANDSHAKE_FRAME_BYTES)
+        with trio.move_on_after(self.connect_timeout_s) as scope:
+            try:
+                await stream.send_all(wire.encode_request(0, HELLO, handshake.hello()))
+                while (event := decoder.next_event()) is None:
+                    data = await stream.receive_some(HANDSHAKE_FRAME_BYTES)
+                    if not data:
+                        raise Unavailable(f"{self.address} closed the connection during the handshake")
+                    decoder.feed(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectFailed(f"{self.address}: handshake failed: {_describe(exc)}") from None
+            except ProtocolError as exc:
+                raise ConnectFailed(f"{self.address}: handshake failed: {exc.message}") from None
+        if scope.cancelled_caught:
+            raise ConnectFailed(f"{self.address}: no answer to the handshake in {self.connect_timeout_s}s")
+        if not isinstance(event, wire.Response) or event.msgid != 0:
+            raise AuthFailed(f"{self.address} does not speak the dfs handshake")
+        if event.error is not None:
+            if isinstance(event.error, AuthFailed):
+                raise AuthFailed(f"{self.address}: {event.error.message}")
+            raise event.error
+        proof = handshake.answer(event.result)  # AuthFailed: not a daemon of our cluster
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.send_all(wire.encode_request(0, PROOF, proof))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectFailed(f"{self.address}: handshake failed: {_describe(exc)}") from None
 
     async def _run_connection(self, conn: _ClientConnection) -> None:
         try:
@@ -594,6 +689,8 @@ class RpcClient:
                 decoder.feed(data)
                 while (event := decoder.next_event()) is not None:
                     self._deliver(conn, event)
+        except _Refused as exc:
+            conn.fail(f"server refused the connection: {exc.error.code}: {exc.error.message}", exc.error)
         except DfsError as exc:
             conn.fail(f"bad data from peer: {exc.code}: {exc.message}")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -608,6 +705,8 @@ class RpcClient:
             raise ProtocolError(f"server sent a request ({event.method!r})")
         if event.msgid == 0:
             err = event.error
+            if isinstance(err, AuthFailed | CallerNotAllowed):
+                raise _Refused(err)
             detail = f"{err.code}: {err.message}" if err is not None else "unexpected msgid 0"
             raise ProtocolError(f"server rejected the connection: {detail}")
         waiter = conn.pending.pop(event.msgid, None)
@@ -636,6 +735,7 @@ async def open_client(
     call_timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
     max_frame_bytes: int = wire.MAX_FRAME_BYTES,
     ssl_context: ssl.SSLContext | None = None,
+    credential: Credential | None = None,
 ) -> AsyncIterator[RpcClient]:
     """Open an :class:`RpcClient`; the connection is made lazily by the first call.
 
@@ -650,6 +750,7 @@ async def open_client(
             call_timeout_s=call_timeout_s,
             max_frame_bytes=max_frame_bytes,
             ssl_context=ssl_context,
+            credential=credential,
         )
         try:
             yield client
@@ -672,6 +773,10 @@ class RpcStats:
     connections_open: int = 0
     protocol_errors: int = 0
     peers_refused: int = 0  # unix socket callers that are neither root, us nor the allowed group
+    auth_failures: int = 0  # TCP connections that did not complete the handshake
+    connections_refused: int = 0  # beyond max_connections
+    #: Calls refused because the caller's class may not make them, by method.
+    calls_refused: Counter[str] = field(default_factory=Counter)
 
 
 class _ServerConnection:
@@ -683,6 +788,8 @@ class _ServerConnection:
         self.slots = trio.Semaphore(max_inflight)
         self.nursery = nursery
         self.peer = _peer_name(stream)
+        #: Who the peer proved to be (None until it has).
+        self.caller: CallerClass | None = None
 
     def close(self, reason: str = "") -> None:
         """Stop reading and writing and cancel every in-flight handler."""
@@ -718,19 +825,6 @@ def _apply(fn: Callable[..., Any], req: wire.Request) -> Any:
         raise
 
 
-def _only_dfs_error(exc: Exception) -> DfsError | None:
-    """If *exc* is an ExceptionGroup holding only DfsErrors, return the first one."""
-    if not isinstance(exc, ExceptionGroup):
-        return None
-    match, rest = exc.split(DfsError)
-    if match is None or rest is not None:
-        return None
-    leaf: BaseException = match
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf if isinstance(leaf, DfsError) else None
-
-
 class RpcServer:
     """Serves *handlers* (``method name -> async callable``) on any number of listeners."""
 
@@ -745,6 +839,9 @@ class RpcServer:
         inline_handlers: Mapping[str, Callable[..., Any]] | None = None,
         arities: Mapping[str, tuple[int, int]] | None = None,
         unix_group_gid: int | None = None,
+        keys: Mapping[CallerClass, bytes] | None = None,
+        callers: Mapping[str, frozenset[CallerClass]] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         """``inline_handlers`` are plain functions that answer in microseconds
         (indexed reads): the connection's reader runs them itself, saving the
@@ -757,7 +854,13 @@ class RpcServer:
 
         Unix socket callers must be root, this process's user or (when ``unix_group_gid``
         is set) a member of that group, checked with SO_PEERCRED: the socket file's mode
-        is the first guard, this one holds even if the file's mode is loosened."""
+        is the first guard, this one holds even if the file's mode is loosened.
+
+        ``keys`` (each caller class's handshake key, :func:`dfs.core.auth.class_keys`) makes
+        every TCP connection authenticate first; None serves every caller as ``node``
+        (in-process tests only: a daemon always passes keys).  ``callers`` (method -> the
+        classes that may call it) refuses the others; a method it does not name is open
+        to ``node`` alone.  Connections beyond ``max_connections`` get one error frame."""
         if max_inflight_per_conn < 1:
             raise ValueError("max_inflight_per_conn must be >= 1")
         self._arities = dict(arities or {})
@@ -769,6 +872,10 @@ class RpcServer:
         self._send_timeout_s = send_timeout_s
         self._own_uid = os.geteuid()
         self._unix_group_gid = unix_group_gid
+        self._keys = keys
+        self._callers = dict(callers or {})
+        self._served = frozenset(self._handlers) | frozenset(self._inline)
+        self._max_connections = max_connections
         self.stats = RpcStats()
 
     async def serve(
@@ -789,17 +896,35 @@ class RpcServer:
         self.stats.connections_open += 1
         # This task serves only this connection, so the value stays with it and its request tasks.
         _serving_connection.set(next(_connection_ids))
-        refusal = self._check_unix_peer(stream) if _is_unix(stream) else None
+        unix = _is_unix(stream)
+        refusal: DfsError | None = None
+        if self.stats.connections_open > self._max_connections:
+            self.stats.connections_refused += 1
+            refusal = Unavailable(f"too many connections (limit {self._max_connections})")
+        elif unix:
+            refusal = self._check_unix_peer(stream)
+            if refusal is not None:
+                self.stats.peers_refused += 1
         try:
             async with trio.open_nursery() as nursery:
                 conn = _ServerConnection(stream, self._max_inflight, nursery)
                 nursery.start_soon(_watch_writes, conn.outbox, self._send_timeout_s, conn.close)
                 if refusal is not None:
-                    self.stats.peers_refused += 1
                     await self._reject_connection(conn, refusal)
                     conn.close()
                     return
-                await self._read_requests(conn)
+                decoder = wire.FrameDecoder(self._max_frame_bytes)
+                if unix:
+                    conn.caller = self._unix_class(stream)
+                elif self._keys is None:
+                    conn.caller = CallerClass.NODE
+                else:
+                    decoder = wire.FrameDecoder(HANDSHAKE_FRAME_BYTES)
+                    if not await self._authenticate(conn, decoder, self._keys):
+                        conn.close()
+                        return
+                    decoder.max_frame_bytes = self._max_frame_bytes  # keeps what was pipelined
+                await self._read_requests(conn, decoder)
                 conn.close()  # peer is gone: abandon its in-flight handlers
         except Exception:
             log.exception("rpc connection handler crashed")
@@ -807,8 +932,74 @@ class RpcServer:
             self.stats.connections_open -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _read_requests(self, conn: _ServerConnection) -> None:
-        decoder = wire.FrameDecoder(self._max_frame_bytes)
+    async def _authenticate(
+        self, conn: _ServerConnection, decoder: wire.FrameDecoder, keys: Mapping[CallerClass, bytes]
+    ) -> bool:
+        """Run the server's side of the handshake; False (after one error frame) if it failed."""
+        handshake = ServerHandshake(keys)
+        failure: DfsError | None = None
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as scope:
+            try:
+                hello = await self._next_request(conn, decoder)
+                if hello is None:
+                    return False
+                if hello.method != HELLO:
+                    raise AuthFailed("this daemon serves authenticated callers only: authenticate first")
+                await self._respond(conn, wire.encode_response_parts(0, handshake.on_hello(hello.args)))
+                proof = await self._next_request(conn, decoder)
+                if proof is None:
+                    return False
+                if proof.method != PROOF:
+                    raise AuthFailed("authentication failed")
+                conn.caller = handshake.on_proof(proof.args)
+                return True
+            except ProtocolError as exc:
+                # A frame over the pre-authentication limit, or garbage: say only that.
+                failure = AuthFailed(f"authentication failed: {exc.message}")
+            except AuthFailed as exc:
+                failure = exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        if scope.cancelled_caught:
+            failure = AuthFailed(f"authentication failed: no handshake within {HANDSHAKE_TIMEOUT_S}s")
+        assert failure is not None
+        self.stats.auth_failures += 1
+        await self._reject_connection(conn, failure)
+        return False
+
+    @staticmethod
+    async def _next_request(conn: _ServerConnection, decoder: wire.FrameDecoder) -> wire.Request | None:
+        """The next whole request (None: the peer closed the connection)."""
+        while (event := decoder.next_event()) is None:
+            data = await conn.stream.receive_some(HANDSHAKE_FRAME_BYTES)
+            if not data:
+                return None
+            decoder.feed(data)
+        if not isinstance(event, wire.Request):
+            raise ProtocolError("client sent a response")
+        return event
+
+    def _unix_class(self, stream: trio.abc.Stream) -> CallerClass:
+        """Root and this daemon's user could read every credential file: ``node``; the allowed
+        group is ``client`` (admitted at all only after :meth:`_check_unix_peer`)."""
+        sock = getattr(stream, "socket", None)
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)  # type: ignore[union-attr]
+            uid = _PEERCRED.unpack(raw)[1]
+        except (OSError, AttributeError, struct.error):
+            return CallerClass.CLIENT
+        return CallerClass.NODE if uid in (0, self._own_uid) else CallerClass.CLIENT
+
+    def _refusal(self, conn: _ServerConnection, method: str) -> CallerNotAllowed | None:
+        """Why this connection's caller may not call ``method`` (None: it may)."""
+        allowed = self._callers.get(method)
+        caller = conn.caller
+        if caller is None or caller not in (allowed or {CallerClass.NODE}):
+            who = caller.value if caller is not None else "unauthenticated"
+            return CallerNotAllowed(f"{method}: not open to {who} callers")
+        return None
+
+    async def _read_requests(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
         try:
             while True:
                 event = decoder.next_event()
@@ -825,6 +1016,13 @@ class RpcServer:
                 if not isinstance(event, wire.Request):
                     raise ProtocolError("client sent a response")
                 await self._take_slot(conn)
+                if self._callers and event.method in self._served:
+                    refused = self._refusal(conn, event.method)
+                    if refused is not None:
+                        self.stats.calls_refused[event.method] += 1
+                        parts = self._error(event, event.method, refused)
+                        await self._respond(conn, parts, on_sent=conn.slots.release)
+                        continue
                 inline = self._inline.get(event.method)
                 if inline is not None:
                     parts = self._run_inline(inline, event)
@@ -863,11 +1061,27 @@ class RpcServer:
         if isinstance(exc, ProtocolError):
             self.stats.protocol_errors += 1
         self.stats.error_codes[exc.code] += 1
-        log.warning("rpc refusing connection from %s: %s", conn.peer, exc.message)
+        # Strangers knocking are counted (dfs_rpc_connections_refused_total), not logged loudly:
+        # a port scan must not flood the log.
+        level = logging.INFO if isinstance(exc, AuthFailed) else logging.WARNING
+        log.log(level, "rpc refusing connection from %s: %s", conn.peer, exc.message)
         sent = trio.Event()
         with trio.move_on_after(_ERROR_SEND_TIMEOUT_S):
             await self._respond(conn, wire.encode_error_parts(0, exc), on_sent=sent.set)
             await sent.wait()  # another task may be the one writing it
+            # Closing with unread bytes would reset the connection, and the peer could lose the
+            # frame that says why: half-close, and read (and drop) what it still sends.
+            # Only once nothing else is being written (send_eof would race the writer), and
+            # the peer may be gone already: then there is nobody left to tell.
+            stream = conn.stream
+            if isinstance(stream, trio.abc.HalfCloseableStream) and conn.outbox.idle:
+                try:
+                    await stream.send_eof()
+                    drained = 0
+                    while drained < _DRAIN_BYTES and (data := await stream.receive_some(RECEIVE_BYTES)):
+                        drained += len(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                    pass
 
     async def _run_request(self, conn: _ServerConnection, req: wire.Request) -> None:
         try:
@@ -946,7 +1160,7 @@ class RpcServer:
         except DfsError:
             raise
         except Exception as exc:
-            inner = _only_dfs_error(exc)
+            inner = only_dfs_error(exc)
             if inner is not None:
                 raise inner from None
             log.exception("rpc handler %r failed", req.method)

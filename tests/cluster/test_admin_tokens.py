@@ -39,6 +39,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[Daemon, Daemon]]:
         free_port(),
         node_id="n2",
         extra_conf=f'[cluster]\nmeta = "127.0.0.1:{primary_port}"\n',
+        joins=primary,
     )
     try:
         primary.start()

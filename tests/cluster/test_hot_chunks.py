@@ -44,7 +44,7 @@ def four(tmp_path: Path) -> Iterator[list[Daemon]]:
 
 def call(d: Daemon, method: str, *args: Any, times: int = 1) -> Any:
     async def go() -> Any:
-        async with rpc.open_client(d.address, call_timeout_s=10) as conn:
+        async with rpc.open_client(d.address, call_timeout_s=10, credential=d.credential()) as conn:
             result = None
             for _ in range(times):
                 result = await conn.call(method, *args)

@@ -27,6 +27,7 @@ def trio_of_daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
             free_port(),
             node_id=f"n{i}",
             gossip_conf=f'preset = "fast_test"\nseeds = "{seed}"',
+            joins=first,  # the cluster secret, from which the gossip key derives
         )
         for i in (2, 3)
     ]

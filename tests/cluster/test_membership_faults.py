@@ -20,10 +20,14 @@ import trio
 
 from daemon.cluster.membership import Membership
 from dfs.core import config
+from dfs.core.auth import derive_key
+from dfs.core.gossip.seal import Keyring
 
 pytestmark = pytest.mark.timeout(120)
 
 NAMES = ("n1", "n2", "n3", "n4", "n5")
+#: Every runner's gossip key, as a daemon derives it from its cluster secret.
+GOSSIP_KEY = derive_key(b"test cluster secret", "gossip")
 
 
 @dataclass
@@ -102,7 +106,8 @@ async def cluster(faults: Faults, names: Iterable[str] = NAMES) -> AsyncIterator
         seed = seed or listen
         meta: dict[str, Any] = {"zone": f"z{i}", "layout_epoch": 1}
         faults.ids[listen] = name
-        nodes[name] = Node(name, Membership(cfg, lambda meta=meta: dict(meta), faults), meta)
+        membership = Membership(cfg, lambda meta=meta: dict(meta), faults, keyring=Keyring.of(GOSSIP_KEY))
+        nodes[name] = Node(name, membership, meta)
     async with trio.open_nursery() as nursery:
 
         async def run(node: Node) -> None:

@@ -68,6 +68,7 @@ def loopback_cluster(tmp_path: Path, n: int, conf: str) -> Iterator[list[Daemon]
                 zone=f"z{i}",
                 gossip_conf=f'{FAST}\nseeds = "{seed}"',
                 extra_conf=conf + f'meta = "127.0.0.1:{primary_port}"\n',
+                joins=daemons[0],
             )
         )
     try:
@@ -150,7 +151,13 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
     mnt.mkdir()
     source = f"127.0.0.1:{free_port()},{n3.address}:/"
     res = subprocess.run(
-        [str(BIN / "mount.dfs"), source, str(mnt), "-o", f"log={tmp_path / 'mount.log'}"],
+        [
+            str(BIN / "mount.dfs"),
+            source,
+            str(mnt),
+            "-o",
+            f"log={tmp_path / 'mount.log'},credential={n3.data_dir / 'client.credential'}",
+        ],
         capture_output=True,
         text=True,
         timeout=90,
@@ -261,7 +268,13 @@ def test_mount_naming_two_daemons_keeps_working_when_its_daemon_is_killed(
     mnt.mkdir()
     log_file = tmp_path / "mount.log"
     res = subprocess.run(
-        [str(BIN / "mount.dfs"), f"{n2.address},{n3.address}:/", str(mnt), "-o", f"log={log_file}"],
+        [
+            str(BIN / "mount.dfs"),
+            f"{n2.address},{n3.address}:/",
+            str(mnt),
+            "-o",
+            f"log={log_file},credential={n2.data_dir / 'client.credential'}",
+        ],
         capture_output=True,
         text=True,
         timeout=90,

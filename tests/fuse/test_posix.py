@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dfs.core.auth import CallerClass
 from dfs.core.errors import CorruptChunk
 from dfs.net import rpc
 from tests.conftest import Daemon, Mount, needs_fuse, wait_for
@@ -539,7 +540,9 @@ def test_chunk_verify_quarantines_a_copy_a_client_reports_bad(daemon: Daemon, tm
     cid = bytes.fromhex(chunk_file.name)
 
     async def verify() -> object:
-        async with rpc.open_client(daemon.address, call_timeout_s=10) as conn:
+        # What a mount would do when it read a bad copy: a client credential is enough.
+        client = daemon.credential(CallerClass.CLIENT)
+        async with rpc.open_client(daemon.address, call_timeout_s=10, credential=client) as conn:
             try:
                 return await conn.call("chunk.verify", cid)
             except CorruptChunk:
@@ -669,11 +672,13 @@ def test_mount_t_dfs_and_subdir(daemon: Daemon, tmp_path: Path) -> None:
     top.mkdir()
     sub.mkdir()
     try:
-        run("mount", "-t", "dfs", f"{daemon.address}:/", str(top))
+        # As an fstab line would say it: the credential is a mount option.
+        cred = f"credential={daemon.data_dir / 'client.credential'}"
+        run("mount", "-t", "dfs", "-o", cred, f"{daemon.address}:/", str(top))
         assert is_mounted(top)
         (top / "vol" / "inner").mkdir(parents=True)
         (top / "vol" / "inner" / "f").write_text("in the subtree")
-        run("mount", "-t", "dfs", "-o", "noatime,_netdev", f"{daemon.address}:/vol", str(sub))
+        run("mount", "-t", "dfs", "-o", f"noatime,_netdev,{cred}", f"{daemon.address}:/vol", str(sub))
         assert sorted(os.listdir(sub)) == ["inner"]
         assert (sub / "inner" / "f").read_text() == "in the subtree"
         assert os.stat(sub).st_ino == 1

@@ -4,6 +4,8 @@ Each test starts its own daemon, runs a :class:`Watch` beside the fuzzer (a sepa
 well-formed client that must keep being answered within a deadline, the process alive and
 its resident memory under a stated limit), and ends with a clean ``dfs fsck`` and a log
 without a traceback (except, for now, handlers failing on badly typed arguments: :func:`scan_log`).
+Well-formed clients authenticate on TCP with one of the daemon's credentials
+(``Daemon.credential``, :func:`handshake`); on the unix socket the daemon knows them by uid.
 
 Budget: ``DFS_FUZZ_FRAMES`` RPC frames or gossip datagrams per test (a tenth as many HTTP requests), default
 :data:`DEFAULT_FRAMES` so the whole tier fits a few minutes on 2 cores in CI;
@@ -36,6 +38,8 @@ import psutil
 import pytest
 
 from dfs.core import wire
+from dfs.core.auth import HELLO, PROOF, ClientHandshake, Credential
+from dfs.net.rpc import HANDSHAKE_FRAME_BYTES
 from tests.conftest import Daemon, free_port
 
 DEFAULT_FRAMES = 50_000
@@ -120,30 +124,93 @@ def fuzzd(tmp_path: Path) -> Iterator[Daemon]:
 
 # --------------------------------------------------------------------------- a well-formed client
 
+#: Where an RPC client connects: TCP (host, port), or a unix socket path.
+Address = tuple[str, int] | str
 
-def rpc_ping(address: tuple[str, int] | str, timeout_s: float = PROBE_DEADLINE_S) -> None:
-    """One ``sys.ping`` on a fresh connection (TCP (host, port) or unix socket path); raises unless
-    the answer is "pong" within ``timeout_s``."""
-    assert rpc_call(address, "sys.ping", timeout_s=timeout_s) == "pong"
+
+def read_event(
+    s: socket.socket, decoder: wire.FrameDecoder, deadline: float
+) -> wire.Request | wire.Response | None:
+    """The next whole frame on ``s`` (None: the peer closed); TimeoutError after ``deadline``."""
+    while (event := decoder.next_event()) is None:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        data = s.recv(65536)
+        if not data:
+            return None
+        decoder.feed(data)
+    return event
+
+
+def handshake(
+    s: socket.socket,
+    credential: Credential,
+    deadline: float,
+    then: bytes = b"",
+    sent: list[bytes] | None = None,
+) -> wire.FrameDecoder:
+    """Authenticate a fresh TCP connection as ``credential`` (dfs/core/auth.py): hello, check the
+    daemon's challenge, send the proof with ``then`` pipelined behind it.  The decoder to read
+    the connection's answers with; AssertionError if the daemon refused.  The hello and proof
+    frames are appended to ``sent`` when given (what a replay sends again)."""
+    hs = ClientHandshake(credential)
+    hello = wire.encode_request(0, HELLO, hs.hello())
+    s.sendall(hello)
+    decoder = wire.FrameDecoder(HANDSHAKE_FRAME_BYTES)
+    event = read_event(s, decoder, deadline)
+    assert isinstance(event, wire.Response) and event.msgid == 0, f"no handshake challenge: {event}"
+    assert event.error is None, f"the daemon refused the hello: {event.error!r}"
+    proof = wire.encode_request(0, PROOF, hs.answer(event.result))
+    if sent is not None:
+        sent += [hello, proof]
+    s.sendall(proof + then)
+    decoder.max_frame_bytes = wire.MAX_FRAME_BYTES
+    return decoder
+
+
+def rpc_connect(
+    address: Address, credential: Credential | None, timeout_s: float = PROBE_DEADLINE_S
+) -> tuple[socket.socket, wire.FrameDecoder]:
+    """A connected socket, authenticated as ``credential`` on TCP (a unix socket's caller is
+    known by its uid: no handshake), and the decoder for its answers."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout_s)
+        s.connect(address)
+        if isinstance(address, str):
+            return s, wire.FrameDecoder()
+        if credential is None:
+            raise ValueError("a TCP connection needs a credential (e.g. Daemon.credential())")
+        return s, handshake(s, credential, time.monotonic() + timeout_s)
+    except BaseException:
+        s.close()
+        raise
+
+
+def rpc_ping(
+    address: Address, credential: Credential | None = None, timeout_s: float = PROBE_DEADLINE_S
+) -> None:
+    """One ``sys.ping`` on a fresh connection (TCP (host, port) with ``credential``, or a unix
+    socket path); raises unless the answer is "pong" within ``timeout_s``."""
+    assert rpc_call(address, "sys.ping", credential=credential, timeout_s=timeout_s) == "pong"
 
 
 def rpc_call(
-    address: tuple[str, int] | str, method: str, *args: object, timeout_s: float = PROBE_DEADLINE_S
+    address: Address,
+    method: str,
+    *args: object,
+    credential: Credential | None = None,
+    timeout_s: float = PROBE_DEADLINE_S,
 ) -> object:
-    """One call on a fresh connection with a plain socket; its result (raises on an error answer)."""
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout_s)
-        s.connect(address)
+    """One call on a fresh connection with a plain socket, authenticated as ``credential`` on TCP;
+    its result (AssertionError on an error answer)."""
+    deadline = time.monotonic() + timeout_s
+    s, decoder = rpc_connect(address, credential, timeout_s)
+    with s:
         s.sendall(wire.encode_request(7, method, list(args)))
-        decoder = wire.FrameDecoder()
-        deadline = time.monotonic() + timeout_s
-        while (event := decoder.next_event()) is None:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            data = s.recv(65536)
-            if not data:
-                raise AssertionError("daemon closed the probe connection")
-            decoder.feed(data)
+        event = read_event(s, decoder, deadline)
+        if event is None:
+            raise AssertionError("daemon closed the probe connection")
         assert isinstance(event, wire.Response) and event.msgid == 7, event
         assert event.error is None, event
         return event.result
@@ -165,10 +232,19 @@ def http_probe(port: int, path: str, timeout_s: float = PROBE_DEADLINE_S) -> int
 
 def read_hwm(pid: int) -> int:
     """The process's peak resident set (VmHWM) in bytes."""
+    return _read_status(pid, "VmHWM")
+
+
+def read_rss(pid: int) -> int:
+    """The process's resident set now (VmRSS) in bytes."""
+    return _read_status(pid, "VmRSS")
+
+
+def _read_status(pid: int, name: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(name + ":"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {name}")
 
 
 @dataclass

@@ -4,8 +4,9 @@ Datagrams: random bytes, bit-flipped valid datagrams, and well-formed envelopes 
 messages with fields of random types (dfs/core/gossip/messages.py), among them forged
 "suspect"/"dead" news about the daemon itself; push-pull streams: random and mutated frames,
 oversized length prefixes, half a frame then silence.  The daemon must keep answering RPC
-(tests/fuzz/fuzzkit.py:Watch) and still see itself alive afterwards.  Gossip packets are not
-authenticated yet: when they are, these run with and without the key.
+(tests/fuzz/fuzzkit.py:Watch) and still see itself alive afterwards.  Gossip packets are sealed
+(dfs/core/gossip/seal.py): about half of them are sealed with the daemon's key, so the decoder
+behind the seal is fuzzed too, and some sealed ones are mutated after sealing.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from daemon.cluster.keyring import load_keyring
 from dfs.core.gossip.messages import PROTOCOL_VERSION
+from dfs.core.gossip.seal import Sealer
 from tests.conftest import Daemon
 from tests.fuzz.fuzzkit import (
     Watch,
@@ -62,7 +66,18 @@ def _message(rng: random.Random) -> list[object]:
     return [kind, *fields]
 
 
-def _datagram(rng: random.Random) -> bytes:
+Seal = Callable[[bytes], bytes]
+
+
+def _sealed(rng: random.Random, seal: Seal, data: bytes) -> bytes:
+    """About half sealed with the daemon's key (a tenth of those then mutated), the rest as is."""
+    if rng.random() < 0.5:
+        return data
+    sealed = seal(data)
+    return mutate_bytes(rng, sealed) if rng.random() < 0.1 else sealed
+
+
+def _datagram(rng: random.Random, seal: Seal) -> bytes:
     pick = rng.random()
     if pick < 0.2:
         return rng.randbytes(rng.randrange(0, 1500))
@@ -71,7 +86,7 @@ def _datagram(rng: random.Random) -> bytes:
     data: bytes = msgpack.packb(body, use_bin_type=True)
     if pick < 0.4:
         data = mutate_bytes(rng, data)
-    return data[:65000]
+    return _sealed(rng, seal, data[:65000])[:65000]
 
 
 def _entry(rng: random.Random) -> list[object]:
@@ -85,7 +100,7 @@ def _entry(rng: random.Random) -> list[object]:
     return [_field(rng, f) for f in row]
 
 
-def _stream_frame(rng: random.Random) -> bytes:
+def _stream_frame(rng: random.Random, seal: Seal) -> bytes:
     pick = rng.random()
     if pick < 0.15:
         return rng.randbytes(rng.randrange(0, 600))
@@ -100,6 +115,7 @@ def _stream_frame(rng: random.Random) -> bytes:
     data: bytes = msgpack.packb(body, use_bin_type=True)
     if pick < 0.5:
         data = mutate_bytes(rng, data)
+    data = _sealed(rng, seal, data)
     frame = _LEN.pack(len(data)) + data
     if pick > 0.95:
         frame = frame[: rng.randrange(1, len(frame))]  # half a frame, then we close
@@ -118,6 +134,7 @@ def _udp_drops(port: int) -> int | None:
 
 def test_gossip_survives_random_and_mutated_packets(fuzzd: Daemon, seed: int) -> None:
     tcp = ("127.0.0.1", fuzzd.port)
+    node = fuzzd.credential()
     target = ("127.0.0.1", fuzzd.gossip_port)
     budget = frame_budget()
     stop_at = time.monotonic() + time_budget()
@@ -125,15 +142,24 @@ def test_gossip_survives_random_and_mutated_packets(fuzzd: Daemon, seed: int) ->
     sent = 0
     streams = 0
     failure: list[str] = []
+    secret = fuzzd.credential().secret
+    assert secret is not None
+    keyring = load_keyring(fuzzd.data_dir, secret)
+
+    def sealer() -> Seal:
+        # One Sealer per thread: each seals with the daemon's key, stamped now.
+        s = Sealer(keyring)
+        return lambda data: s.seal(data, time.time())
 
     def push_pull_worker() -> None:
         nonlocal streams
         srng = random.Random(seed + 1)
+        seal = sealer()
         try:
             while sent < budget and time.monotonic() < stop_at and not failure:
                 with socket.create_connection(target, timeout=15) as s:
                     try:
-                        s.sendall(_stream_frame(srng))
+                        s.sendall(_stream_frame(srng, seal))
                         s.shutdown(socket.SHUT_WR)
                         while s.recv(65536):
                             pass
@@ -145,17 +171,18 @@ def test_gossip_survives_random_and_mutated_packets(fuzzd: Daemon, seed: int) ->
         except Exception as exc:
             failure.append(f"push-pull: {type(exc).__name__}: {exc}")
 
-    with Watch(fuzzd, [lambda: rpc_ping(tcp)]) as watch:
+    with Watch(fuzzd, [lambda: rpc_ping(tcp, node)]) as watch:
         silent = [socket.create_connection(target, timeout=5) for _ in range(16)]
         for s in silent:
             s.sendall(_LEN.pack(1000) + b"\x94")  # then nothing: the daemon times these out
         worker = threading.Thread(target=push_pull_worker)
         worker.start()
         t0 = time.monotonic()
+        seal = sealer()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             while sent < budget and time.monotonic() < stop_at:
                 try:
-                    udp.sendto(_datagram(rng), target)
+                    udp.sendto(_datagram(rng, seal), target)
                 except OSError:  # ENOBUFS / ECONNREFUSED reported for an earlier datagram
                     pass
                 sent += 1
@@ -170,7 +197,7 @@ def test_gossip_survives_random_and_mutated_packets(fuzzd: Daemon, seed: int) ->
         for s in silent:
             s.close()
     assert not failure, f"seed {seed}: {failure[0]}"
-    members = rpc_call(tcp, "sys.members")
+    members = rpc_call(tcp, "sys.members", credential=node)
     assert isinstance(members, list)
     me = [m for m in members if isinstance(m, dict) and m.get("self")]
     assert me and me[0]["status"] == "alive", f"seed {seed}: the daemon no longer sees itself alive: {me}"

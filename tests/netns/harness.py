@@ -50,6 +50,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from dfs.bench.harness import BIN, is_mounted, wait_for
+from dfs.core.auth import CallerClass, Credential, new_cluster_secret
+from dfs.net import credentials
 
 T = TypeVar("T")
 
@@ -272,6 +274,9 @@ class Net:
         self._daemons: list[NsDaemon] = []
         self._mounts: list[NsMount] = []
         self._closed = False
+        #: The one cluster secret every daemon on this switch is given (copying node.credential,
+        #: as the README's cluster recipe does on real hosts).
+        self.secret = Credential.of_secret(new_cluster_secret())
 
     # ---- lifecycle
 
@@ -615,6 +620,9 @@ class NsDaemon:
         self.log_path = self.data_dir / "dfsd.log"
         self.conf_path = self.data_dir / "dfs.conf"
         self.write_conf()
+        secret = self.data_dir / credentials.FILE_NAMES[CallerClass.NODE]
+        if not secret.exists():
+            credentials.write(secret, self.host.net.secret)
         self.host.net._daemons.append(self)
 
     # ---- configuration
@@ -823,7 +831,8 @@ class NsMount:
     def start(self, timeout: float = 60) -> None:
         assert self.host is not None
         self.path.mkdir(parents=True, exist_ok=True)
-        opts = f"log={self.log_path}" + (f",{self.options}" if self.options else "")
+        opts = f"log={self.log_path},credential={self.daemon.data_dir / 'client.credential'}"
+        opts += f",{self.options}" if self.options else ""
         res = self.host.run(
             [BIN / "mount.dfs", f"{self.daemon.address}:/", self.path, "-o", opts], timeout=timeout
         )

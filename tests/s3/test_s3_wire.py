@@ -186,7 +186,7 @@ def test_failed_big_upload_leaves_no_orphans_after_sweep(s3d: Daemon, s3: Any) -
     from dfs.client.cluster import connect
 
     async def store_uncommitted() -> None:
-        async with connect(s3d.address) as client:
+        async with connect(s3d.address, credential=s3d.credential()) as client:
             await client.write_block(0, os.urandom(100_000))
 
     trio.run(store_uncommitted)
@@ -364,7 +364,7 @@ def test_corrupt_chunk_fails_the_download_not_the_daemon(tmp_path: Any) -> None:
         from dfs.core.namespace import ROOT_INO
 
         async def chunk_path(key: str, index: int) -> Any:
-            async with connect(d.address) as client:
+            async with connect(d.address, credential=d.credential()) as client:
                 attr = await client.resolve(ROOT_INO, [b"rot", key.encode()])
                 cid = (await client.read_map(attr.ino)).blocks[index].chunk_id
                 return d.data_dir / "chunks" / codec.chunk_relpath(cid.hex())

@@ -22,9 +22,11 @@ from daemon.admin.metrics import Metrics, instrument_handlers
 from daemon.service import Service
 from dfs.core import config as config_mod
 from dfs.core import endpoints
+from dfs.core.auth import Credential, new_cluster_secret
 from dfs.core.changes import is_known
 from dfs.core.endpoints import ALL, Endpoint, Site
 from dfs.core.namespace import ROOT_INO
+from dfs.net import credentials
 from dfs.net.failover import READ_ONLY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +49,9 @@ def make_service(tmp_path: Path, *, primary: bool) -> Service:
     text = f'[node]\ndata_dir = "{tmp_path / "var"}"\n'
     if not primary:
         text += '[cluster]\nmeta = "127.0.0.1:1"\n'  # never dialled: tables are built eagerly
+        # A secondary must have been given the cluster secret (it refuses to start otherwise).
+        (tmp_path / "var").mkdir()
+        credentials.write(tmp_path / "var" / "node.credential", Credential.of_secret(new_cluster_secret()))
     return Service(config_mod.parse(text, env={}, origin="test"))
 
 
