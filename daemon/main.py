@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import click
 import trio
 
 from daemon.node import serve
+from daemon.service.backups import load_offline
 from dfs import logs
 from dfs.core import config as config_mod
 from dfs.core.config import Config
@@ -90,12 +92,39 @@ async def _main(cfg: Config) -> None:
         pass
 
 
+def _load_meta(cfg: Config, dump_path: Path, backup_info: str | None) -> str:
+    """Build this host's meta.db from a dump, under the data-directory lock (no daemon runs)."""
+    if cfg.cluster.meta:
+        raise DfsError(f"this host is not the metadata primary ([cluster] meta = {cfg.cluster.meta!r})")
+    fd = _lock_data_dir(cfg.data_path)
+    try:
+        info = json.loads(backup_info) if backup_info else None
+        st = cfg.storage
+        return load_offline(
+            cfg.data_path, dump_path, info, inline_max=st.inline_max, block_size=st.block_size
+        )
+    finally:
+        os.close(fd)
+
+
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf to read")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="override [node] data_dir")
 @click.option("--listen", help="override [rpc] listen (HOST:PORT)")
+@click.option(
+    "--load-meta",
+    type=click.Path(exists=True, dir_okay=False),
+    help="do not serve: build meta.db from this dump and exit (what `dfs meta load|restore` run)",
+)
+@click.option("--backup-info", help="with --load-meta: the backup's JSON (restores the cluster key too)")
 @click.version_option(package_name="dfs")
-def main(config_path: str | None, data_dir: str | None, listen: str | None) -> None:
+def main(
+    config_path: str | None,
+    data_dir: str | None,
+    listen: str | None,
+    load_meta: str | None,
+    backup_info: str | None,
+) -> None:
     """Run the dfs daemon in the foreground."""
     try:
         cfg = config_mod.load(config_path)
@@ -107,6 +136,9 @@ def main(config_path: str | None, data_dir: str | None, listen: str | None) -> N
         if overrides:
             cfg = config_mod.replace(cfg, **overrides)
         logs.setup(cfg.log)
+        if load_meta:
+            click.echo(_load_meta(cfg, Path(load_meta), backup_info))
+            return
         trio.run(_main, cfg)
     except OSError as exc:
         click.echo(f"dfsd: {exc}", err=True)

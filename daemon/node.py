@@ -52,9 +52,7 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
             max_frame_bytes=cfg.rpc.max_frame_bytes,
             max_inflight_per_conn=cfg.rpc.max_inflight_per_conn,
             inline_handlers=instrument_inline(service.inline_handlers(), metrics),
-            arities={
-                ep.name: (len(ep.params) - ep.optional, len(ep.params)) for ep in endpoints.ALL.values()
-            },
+            validators={ep.name: ep.check_args for ep in endpoints.ALL.values()},
             ssl_context=server_context_for(cfg),
             unix_group_gid=group_gid,
             keys=auth.class_keys(service.secret),

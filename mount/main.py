@@ -154,7 +154,9 @@ def parse_args(argv: Sequence[str]) -> tuple[MountSpec, bool]:
 
 
 def _config(spec: MountSpec) -> Config:
-    cfg = config_mod.load(spec.values.get("config")) if "config" in spec.values else config_mod.parse("")
+    # -o config=FILE, else what every dfs program reads ($DFS_CONFIG, /etc/dfs/dfs.conf): a service
+    # install's data_dir is where the mount finds its credential.
+    cfg = config_mod.load(spec.values.get("config"))
     mount: dict[str, object] = {}
     if "attr_timeout" in spec.values:
         mount["attr_timeout_s"] = float(spec.values["attr_timeout"])

@@ -43,7 +43,7 @@ def _db_error(exc: sqlite3.Error, context: str) -> DfsError:
 
 
 def _api(fn: Callable[P, R]) -> Callable[P, R]:
-    """Translate sqlite3 and OS errors escaping a public method into dfs errors."""
+    """Translate sqlite3, OS and overflow errors escaping a public method into dfs errors."""
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -54,6 +54,10 @@ def _api(fn: Callable[P, R]) -> Callable[P, R]:
             raise _db_error(exc, name) from exc
         except OSError as exc:
             raise from_oserror(exc, f"metadata {name}") from exc
+        except OverflowError as exc:
+            # A caller's number SQLite cannot store (beyond 64 bits), nested where the RPC
+            # server's argument check does not look (a setattr map, an open event).
+            raise InvalidArgument(f"metadata {name}: a number out of range: {exc}") from exc
 
     return wrapper
 

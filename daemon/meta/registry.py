@@ -162,7 +162,7 @@ class Registry(MetaBase):
         """Change a node's state, zone or weight (None: keep); returns :meth:`layout`."""
         changes: dict[str, Any] = {}
         if state is not None:
-            if state not in {s.value for s in NodeState}:
+            if not isinstance(state, str) or state not in {s.value for s in NodeState}:
                 raise InvalidArgument(f"node state must be one of active, draining, out, not {state!r:.40}")
             changes["state"] = state
         if zone is not None:

@@ -93,6 +93,9 @@ class Sessions(Inodes):
         transaction per batch; an "open" of an inode purged meanwhile is
         skipped.  "open" also applies relatime to the file's atime.
         """
+        for event in events:
+            if not (isinstance(event, list | tuple) and len(event) == 2 and type(event[1]) is int):
+                raise InvalidArgument(f"an open event is [kind, ino], not {event!r:.60}")
         with self._write() as now:
             for kind, ino in events:
                 if kind == "open":

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from daemon.changefeed import ChangeFeed
+from daemon.service.backups import BackupHandlers
 from daemon.service.chunk_handlers import ChunkHandlers
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.frontends import Frontends
@@ -59,7 +60,9 @@ class HandlerTable:
         upkeep: Upkeep,
         shaped: MetaHandlers,
         frontends: Frontends,
+        backups: BackupHandlers,
     ) -> None:
+        self._backups = backups
         self._metacalls = metacalls
         self._changes = changes
         self._cluster = cluster
@@ -139,6 +142,9 @@ class HandlerTable:
                 e.SYS_REPAIR_STATUS: cl.repair_status,
                 e.SYS_REPAIR_NOW: cl.repair_now,
                 e.SYS_GOSSIP_KEYRING: cl.gossip_keyring,
+                e.SYS_BACKUP_LIST: self._backups.backup_list,
+                e.SYS_BACKUP_READ: self._backups.backup_read,
+                e.SYS_BACKUP_PUT: self._backups.backup_put,
                 e.NS_CHANGES: s.ns_changes,
             }
         )
@@ -203,6 +209,7 @@ class HandlerTable:
                     e.SYS_STATFS: self._system.statfs,
                     e.SYS_FSCK_META: self._upkeep.fsck_meta,
                     e.SYS_GC: self._upkeep.gc_now,
+                    e.SYS_BACKUP_NOW: self._backups.backup_now,
                 }
             )
         )

@@ -39,6 +39,35 @@ _PUT_OBJECT_OPTIONS = {
 }
 
 
+def _check_setattr(changes: Any) -> dict[str, int | None]:
+    """setattr ``changes``: known fields, each an integer (None: keep)."""
+    if not isinstance(changes, dict) or set(changes) - _SETATTR_FIELDS:
+        raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
+    if any(v is not None and type(v) is not int for v in changes.values()):
+        raise InvalidArgument(f"setattr: each change must be an integer, not {changes!r:.100}")
+    return changes
+
+
+def _check_put_object(opts: Any) -> dict[str, Any]:
+    """put_object ``opts``: known options of the types MetaStore.put_object takes."""
+    if not isinstance(opts, dict) or set(opts) - _PUT_OBJECT_OPTIONS:
+        raise InvalidArgument(f"put_object: bad options {opts!r:.100}")
+    if "size" not in opts or "mtime_ns" not in opts:
+        raise InvalidArgument("put_object: size and mtime_ns are required")
+    wrong = [k for k in ("size", "mtime_ns", "mode", "uid", "gid") if k in opts and type(opts[k]) is not int]
+    if_match = opts.get("if_match")
+    if if_match and not (
+        isinstance(if_match, list | tuple) and len(if_match) == 2 and all(type(x) is bytes for x in if_match)
+    ):
+        wrong.append("if_match")  # and never bytes(an int): that allocates as many zero bytes
+    for key, kinds in (("blocks", list), ("inline", bytes), ("xattrs", dict)):
+        if opts.get(key) is not None and not isinstance(opts[key], kinds):
+            wrong.append(key)
+    if wrong:
+        raise InvalidArgument(f"put_object: bad {', '.join(wrong)} in {opts!r:.100}")
+    return opts
+
+
 def _replicas_arg(value: Any) -> int | None:
     if value is None:
         return None
@@ -68,9 +97,7 @@ class MetaHandlers:
 
     # -- metadata-thread calls needing argument shaping ------------------------------------------
     def setattr(self, ino: int, changes: dict[str, Any]) -> Attr:
-        if not isinstance(changes, dict) or set(changes) - _SETATTR_FIELDS:
-            raise InvalidArgument(f"setattr: bad fields {changes!r:.100}")
-        return self._metacalls.meta.setattr(ino, **changes)
+        return self._metacalls.meta.setattr(ino, **_check_setattr(changes))
 
     def set_node(self, node_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(changes, dict) or set(changes) - _SET_NODE_FIELDS:
@@ -96,8 +123,7 @@ class MetaHandlers:
     # -- whole handlers --------------------------------------------------------------------------
     async def put_object(self, parent: int, dirs: list[bytes], name: bytes, opts: dict[str, Any]) -> Attr:
         """The S3 shim's atomic object write (MetaStore.put_object); ``opts`` carries its keywords."""
-        if not isinstance(opts, dict) or set(opts) - _PUT_OBJECT_OPTIONS:
-            raise InvalidArgument(f"put_object: bad options {opts!r:.100}")
+        _check_put_object(opts)
         refs = [BlockRef.from_wire(b) for b in opts.get("blocks") or []]
         if_match = opts.get("if_match")
         exists = await self._chunk_exists_for(refs)
@@ -149,6 +175,8 @@ class MetaHandlers:
         back while it wrote the file, applied right after (same metadata-thread call).
         ``replicas`` is the R the blocks were written with (repair keeps that many copies)."""
         refs = [BlockRef.from_wire(b) for b in blocks]
+        if attrs:
+            _check_setattr(attrs)  # before the commit: applied after it, in the same call
         exists = await self._chunk_exists_for(refs)
         r = _replicas_arg(replicas)
 
@@ -173,7 +201,8 @@ class MetaHandlers:
         if not self._cluster.clustered() or chunkio is None:
             return self.chunks.exists
         asked_at = time.monotonic()
-        ids = list({r.chunk_id for r in refs if r.chunk_id})
+        # A malformed ref (a chunk id that is no bytes) is refused by the commit itself.
+        ids = list({r.chunk_id for r in refs if r.chunk_id and type(r.chunk_id) is bytes})
         local = set(await self._c(lambda: [c for c in ids if self.chunks.exists(c)]))
         remote = [c for c in ids if c not in local]
         present = local | (await chunkio.has_any(remote) if remote else set())

@@ -24,6 +24,7 @@ from daemon.cluster.hot import HotChunks
 from daemon.cluster.membership import Membership
 from daemon.cluster.repair import Repair
 from daemon.meta import MetaStore
+from daemon.service.backups import BackupHandlers, Backups
 from daemon.service.chunk_handlers import ChunkHandlers
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.frontends import ForwardedAdmin, Frontends
@@ -96,6 +97,12 @@ class Service:
         )
         runner = self.cluster_runner
         self.upkeep = Upkeep(cfg, self.metacalls, self.chunks, self.threads, runner, self.deletions)
+        self.backups = BackupHandlers(
+            Backups(self.data, self.secret, cfg.node_id, cfg.meta.backup_keep),
+            runner,
+            self.data / "meta.db" if self.is_primary else None,
+            lambda: self.key.value,
+        )
         self.frontends = Frontends(cfg, self.metacalls, runner)
         self.table = HandlerTable(
             self.metacalls,
@@ -115,6 +122,7 @@ class Service:
             self.upkeep,
             MetaHandlers(self.metacalls, self.chunks, self.threads, runner, self.deletions),
             self.frontends,
+            self.backups,
         )
         self.handlers: dict[str, Handler] = self.table.tasks()
         # The background loops; the node starts each once run_cluster has started.
@@ -126,6 +134,10 @@ class Service:
                 Periodic("session expiry", 30.0, self.upkeep.expire_sessions),
                 Periodic("oplog trim", 600.0, self.upkeep.trim_oplog),
             ]
+            if cfg.meta.backup_interval_s > 0:
+                self.workers.append(
+                    Periodic("metadata backup", cfg.meta.backup_interval_s, self.backups.periodic)
+                )
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
 
     def close(self) -> None:

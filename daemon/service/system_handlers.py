@@ -3,6 +3,7 @@ status, capacity (statfs) and the chunk inventory the CLI scrubs."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class SystemHandlers:
         """Long poll: this daemon's namespace changes after ``cursor`` (see dfs/core/changes.py)."""
         if not isinstance(epoch, str) or isinstance(cursor, bool) or not isinstance(cursor, int):
             raise InvalidArgument("ns.changes: bad epoch or cursor")
-        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool):
+        if not isinstance(wait_s, int | float) or isinstance(wait_s, bool) or math.isnan(wait_s):
             raise InvalidArgument("ns.changes: bad wait_s")
         return await self._changes.poll(rpc.current_connection(), epoch, cursor, float(wait_s))
 

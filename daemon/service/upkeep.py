@@ -13,6 +13,7 @@ commits refuse chunks whose deletion may have raced their existence check.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -33,6 +34,8 @@ log = logging.getLogger("dfs.daemon")
 # A secondary deletes the orphans the primary let it claim within this many seconds, or not at all.
 CLAIM_WINDOW_S = 30.0
 _BATCH = 1000  # chunk ids per metadata-thread call in GC and the orphan sweep
+# The longest GC delay a caller may ask for (in nanoseconds, the cutoff must stay a 64-bit time).
+_MAX_DELAY_S = 100 * 365 * 86400.0
 
 
 class Upkeep:
@@ -173,6 +176,8 @@ class Upkeep:
         self.deletions.finished(doomed)
 
     async def gc_now(self, delay_s: float | None = None) -> int:
+        if delay_s is not None and not (math.isfinite(delay_s) and 0 <= delay_s <= _MAX_DELAY_S):
+            raise InvalidArgument(f"sys.gc: delay_s must be a number of seconds in [0, {_MAX_DELAY_S:.0f}]")
         delay = self.cfg.storage.gc_delay_s if delay_s is None else float(delay_s)
         cutoff = time.time_ns() - int(delay * 1e9)
         total = 0

@@ -75,6 +75,10 @@ class StorageConfig:
 class MetaConfig:
     session_timeout_s: float = 300.0
     oplog_keep: int = 100_000
+    # The metadata primary dumps the namespace this often into <data_dir>/backups and copies it
+    # to every node (0: no automatic backups); each node keeps the newest backup_keep.
+    backup_interval_s: float = 3600.0
+    backup_keep: int = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +343,10 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [cluster] hot_ttl_s must be > 0")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
+    if cfg.meta.backup_interval_s < 0 or cfg.meta.backup_keep < 1:
+        raise ConfigError(f"{origin}: [meta] backup_interval_s must be >= 0 (0: off), backup_keep >= 1")
+    if cfg.rpc.max_connections < 1:
+        raise ConfigError(f"{origin}: [rpc] max_connections must be >= 1")
 
 
 def load(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Config:

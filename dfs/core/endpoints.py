@@ -1,8 +1,8 @@
 """Every RPC method a dfs daemon serves, declared once.
 
-Each :class:`Endpoint` says what a method takes (positional argument names,
-how many trailing ones may be left out, and which of them name directories
-whose change stamps the answer carries), what it answers (its type
+Each :class:`Endpoint` says what a method takes (positional argument names and
+their wire types, how many trailing ones may be left out, and which of them name
+directories whose change stamps the answer carries), what it answers (its type
 parameter: the shape a caller may rely on over RPC *and* in-process, so a
 record such as :class:`dfs.core.namespace.Attr` is a ``Sequence``, a list once it has
 crossed the wire), where it runs, whether it is safe to send twice, and how
@@ -14,7 +14,10 @@ long it may take.  Everything else derives from these declarations:
   a secondary forwards to it, what runs inline in the RPC reader, which calls
   carry directory stamps and which publish change notices;
 - which calls a client may send again to another daemon (dfs/net/failover.py);
-- the label values of the RPC metrics (daemon/admin/metrics.py).
+- the label values of the RPC metrics (daemon/admin/metrics.py);
+- the argument check the RPC server runs before any handler (:meth:`Endpoint.check_args`): a
+  wrong count or a wrongly typed argument is refused with InvalidArgument naming the method
+  and parameter, never left to fail inside a handler as an internal error.
 
 tests/unit/test_endpoints.py checks that the handler tables and the
 declarations agree both ways, and that no source names a method by a string.
@@ -31,8 +34,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from dataclasses import dataclass, field
+from types import MappingProxyType, NoneType
 from typing import Any, Generic, Protocol, TypeVar
 
 from dfs.core.auth import CallerClass
@@ -47,6 +50,7 @@ __all__ = [
     "Record",
     "Site",
     "Timeout",
+    "WIRE_TYPES",
     "declared",
 ]
 
@@ -70,6 +74,91 @@ ANYONE: frozenset[CallerClass] = frozenset(CallerClass)
 ADMINS: frozenset[CallerClass] = frozenset({CallerClass.ADMIN, CallerClass.NODE})
 #: Peer daemons only (deleting chunks, forwarding admin requests, checking S3 signatures).
 NODES: frozenset[CallerClass] = frozenset({CallerClass.NODE})
+
+
+#: The wire types a parameter may be declared with (see :func:`_declare`), as the Python types
+#: msgpack decodes them to.  ``int`` is not ``bool`` (a msgpack bool is refused where an int
+#: belongs), and is a signed 64-bit integer (what metadata stores: msgpack also carries unsigned
+#: ones up to 2**64 - 1); ``float`` takes such an int too.  ``any`` (a genuinely polymorphic
+#: parameter) is not checked.
+WIRE_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "int": (int,),
+        "float": (float, int),
+        "bytes": (bytes,),
+        "str": (str,),
+        "bool": (bool,),
+        "list": (list,),
+        "dict": (dict,),
+        "None": (NoneType,),
+    }
+)
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def _split_union(spec: str) -> list[str]:
+    """``spec``'s alternatives (``|`` outside brackets)."""
+    parts: list[str] = []
+    depth = start = 0
+    for i, ch in enumerate(spec):
+        if ch in "[]":
+            depth += 1 if ch == "[" else -1
+        elif ch == "|" and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    parts.append(spec[start:])
+    return parts
+
+
+def _simple(spec: str, where: str) -> frozenset[type] | None:
+    """The exact types a union of plain type names allows (None: ``any``)."""
+    kinds: set[type] = set()
+    for alt in _split_union(spec):
+        if alt == "any":
+            return None
+        if alt not in WIRE_TYPES:
+            raise ValueError(f"{where}: unknown wire type {alt!r} (one of {', '.join(WIRE_TYPES)}, any)")
+        kinds.update(WIRE_TYPES[alt])
+    return frozenset(kinds)
+
+
+def _parse_type(spec: str, where: str) -> tuple[frozenset[type], frozenset[type] | None] | None:
+    """The check for a declared type: (the exact types the value may have, the exact types a
+    list's items may have or None), or None for ``any``.  ``list[T]`` checks items one level deep."""
+    kinds: set[type] = set()
+    items: frozenset[type] | None = None
+    for alt in _split_union(spec):
+        if alt.startswith("list[") and alt.endswith("]"):
+            if items is not None:
+                raise ValueError(f"{where}: at most one list[...] in {spec!r}")
+            items = _simple(alt[5:-1], where)
+            kinds.add(list)
+            continue
+        simple = _simple(alt, where)
+        if simple is None:
+            return None
+        kinds.update(simple)
+    return frozenset(kinds), items
+
+
+def _out_of_range(values: list[Any]) -> bool:
+    return any(type(v) is int and not _INT_MIN <= v <= _INT_MAX for v in values)
+
+
+def _is(value: object, kinds: frozenset[type]) -> bool:
+    return type(value) in kinds and (type(value) is not int or _INT_MIN <= value <= _INT_MAX)
+
+
+def _kind(value: object) -> str:
+    """What a refused value is, for the error (the wire's name for it where there is one)."""
+    if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+        return "an int out of the signed 64-bit range"
+    for name, kinds in WIRE_TYPES.items():
+        if type(value) is kinds[0]:
+            return name
+    return type(value).__name__
 
 
 class Site(enum.Enum):
@@ -104,6 +193,9 @@ class Endpoint(Generic[R]):
     name: str
     #: Positional argument names, as the handler takes them (the wire has no keywords).
     params: tuple[str, ...] = ()
+    #: Each param's wire type: a name from :data:`WIRE_TYPES` or ``any``, alternatives joined by
+    #: ``|`` (``int|None``), ``list[T]`` for a list whose items are checked too.  Empty: all ``any``.
+    types: tuple[str, ...] = ()
     #: How many trailing ``params`` a caller may leave out (the handler has defaults for them).
     optional: int = 0
     site: Site = Site.NODE
@@ -123,12 +215,25 @@ class Endpoint(Generic[R]):
     timeout: Timeout = Timeout.CALL
     #: The caller classes that may call it over RPC (in-process callers are the daemon itself).
     callers: frozenset[CallerClass] = NODES
+    #: Precomputed from ``types`` for :meth:`check_args`: (position, types, item types) of each
+    #: checked parameter.
+    _checks: tuple[tuple[int, frozenset[type], frozenset[type] | None], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.optional <= len(self.params):
             raise ValueError(f"{self.name}: {self.optional} optional of {len(self.params)} params")
         if any(not 0 <= i < len(self.params) for i in self.stamps):
             raise ValueError(f"{self.name}: stamp position out of range")
+        if self.types and len(self.types) != len(self.params):
+            raise ValueError(f"{self.name}: {len(self.types)} types for {len(self.params)} params")
+        checks = []
+        for i, spec in enumerate(self.types):
+            check = _parse_type(spec, f"{self.name}({self.params[i]})")
+            if check is not None:
+                checks.append((i, *check))
+        object.__setattr__(self, "_checks", tuple(checks))
 
     @property
     def repeatable(self) -> bool:
@@ -137,6 +242,35 @@ class Endpoint(Generic[R]):
 
     def accepts(self, nargs: int) -> bool:
         return len(self.params) - self.optional <= nargs <= len(self.params)
+
+    def check_args(self, args: Sequence[Any]) -> str | None:
+        """Why ``args`` (as they came off the wire) are no call of this method, naming the
+        parameter; None if they are.  Runs in the RPC server before every handler: a count,
+        one set lookup and a range check per argument (exact types: what msgpack decodes
+        to), and a C-level pass over the items of a ``list[T]``."""
+        n, most = len(args), len(self.params)
+        if not most - self.optional <= n <= most:
+            low = most - self.optional
+            want = str(low) if low == most else f"{low} to {most}"
+            return f"{self.name}: takes {want} arguments, got {n}"
+        for i, kinds, items in self._checks:
+            if i >= n:
+                break
+            value = args[i]
+            kind = type(value)
+            if kind not in kinds or (kind is int and not _INT_MIN <= value <= _INT_MAX):
+                return f"{self.name}: {self.params[i]} must be {self.types[i]}, not {_kind(value)}"
+            if (
+                items is not None
+                and kind is list
+                and (not items.issuperset(map(type, value)) or (int in items and _out_of_range(value)))
+            ):
+                j, item = next((j, x) for j, x in enumerate(value) if not _is(x, items))
+                return (
+                    f"{self.name}: {self.params[i]} must be {self.types[i]}, "
+                    f"not a list holding {_kind(item)} (at {j})"
+                )
+        return None
 
     def call(self, caller: Caller, *args: Any) -> Awaitable[R]:
         """``caller.call(name, *args)``, typed by this declaration.
@@ -163,16 +297,24 @@ def declared(name: str) -> Endpoint[Any]:
 
 
 def _declare(name: str, params: str = "", **spec: Any) -> Endpoint[Any]:
-    """Register ``name``; ``params`` are space-separated names, a trailing ``?`` marks the
-    optional ones (e.g. ``"ino parent?"``)."""
+    """Register ``name``; ``params`` are space-separated ``name:type`` words, a trailing ``?``
+    marks the optional ones (e.g. ``"ino:int parent:int|None?"``: ``parent`` may be left out,
+    and may be None).  Every parameter has a type (see :attr:`Endpoint.types`)."""
     if name in _REGISTRY:
         raise ValueError(f"RPC method {name!r} declared twice")
     words = params.split()
     optional = sum(w.endswith("?") for w in words)
     if any(w.endswith("?") for w in words[: len(words) - optional]):
         raise ValueError(f"{name}: optional params must come last")
+    pairs = [w.rstrip("?").partition(":") for w in words]
+    if any(not p or not sep or not t for p, sep, t in pairs):
+        raise ValueError(f"{name}: every param needs a type (name:type) in {params!r}")
     ep: Endpoint[Any] = Endpoint(
-        name=name, params=tuple(w.rstrip("?") for w in words), optional=optional, **spec
+        name=name,
+        params=tuple(p for p, _, _ in pairs),
+        types=tuple(t for _, _, t in pairs),
+        optional=optional,
+        **spec,
     )
     _REGISTRY[name] = ep
     return ep
@@ -183,15 +325,17 @@ _PRIMARY = Site.PRIMARY
 
 # -- chunks: every node serves its own store --------------------------------------------------
 # Mounts write and read chunks themselves, and leave hints for a replica that was down.
-CHUNK_PUT: Endpoint[bool] = _declare("chunk.put", "chunk_id blob", callers=ANYONE)
-CHUNK_GET: Endpoint[bytes] = _declare("chunk.get", "chunk_id", read_only=True, callers=ANYONE)
-CHUNK_HAS: Endpoint[list[bool]] = _declare("chunk.has", "chunk_ids", read_only=True, callers=ANYONE)
-CHUNK_HINT: Endpoint[None] = _declare("chunk.hint", "targets chunk_ids", callers=ANYONE)
-CHUNK_DELETE: Endpoint[int] = _declare("chunk.delete", "chunk_ids")
-CHUNK_DIGESTS: Endpoint[dict[int, bytes]] = _declare("chunk.digests", "partitions", read_only=True)
-CHUNK_PIN: Endpoint[None] = _declare("chunk.pin", "chunk_ids ttl_s")
+CHUNK_PUT: Endpoint[bool] = _declare("chunk.put", "chunk_id:bytes blob:bytes", callers=ANYONE)
+CHUNK_GET: Endpoint[bytes] = _declare("chunk.get", "chunk_id:bytes", read_only=True, callers=ANYONE)
+CHUNK_HAS: Endpoint[list[bool]] = _declare(
+    "chunk.has", "chunk_ids:list[bytes]", read_only=True, callers=ANYONE
+)
+CHUNK_HINT: Endpoint[None] = _declare("chunk.hint", "targets:list[str] chunk_ids:list[bytes]", callers=ANYONE)
+CHUNK_DELETE: Endpoint[int] = _declare("chunk.delete", "chunk_ids:list[bytes]")
+CHUNK_DIGESTS: Endpoint[dict[int, bytes]] = _declare("chunk.digests", "partitions:list[int]", read_only=True)
+CHUNK_PIN: Endpoint[None] = _declare("chunk.pin", "chunk_ids:list[bytes] ttl_s:float")
 # Re-reads a copy a client found bad; quarantines and replaces it if it is bad here.
-CHUNK_VERIFY: Endpoint[bool] = _declare("chunk.verify", "chunk_id", callers=ANYONE)
+CHUNK_VERIFY: Endpoint[bool] = _declare("chunk.verify", "chunk_id:bytes", callers=ANYONE)
 
 # -- this node ---------------------------------------------------------------------------------
 # Block size, compression and the key of chunk ids: a mount cannot write without them (the
@@ -204,64 +348,88 @@ SYS_SCRUB_LIST: Endpoint[list[bytes]] = _declare(
 )
 # Quarantines the copies that fail their checksum.
 SYS_SCRUB_BATCH: Endpoint[list[bytes]] = _declare(
-    "sys.scrub_batch", "chunk_ids", timeout=Timeout.LONG, callers=ADMINS
+    "sys.scrub_batch", "chunk_ids:list[bytes]", timeout=Timeout.LONG, callers=ADMINS
 )
 SYS_SWEEP_ORPHANS: Endpoint[int] = _declare(
-    "sys.sweep_orphans", "older_than_s?", timeout=Timeout.LONG, callers=ADMINS
+    "sys.sweep_orphans", "older_than_s:float|None?", timeout=Timeout.LONG, callers=ADMINS
 )
 SYS_MEMBERS: Endpoint[list[dict[str, Any]]] = _declare("sys.members", read_only=True, callers=ANYONE)
 SYS_CLUSTER: Endpoint[dict[str, Any]] = _declare("sys.cluster", read_only=True, callers=ANYONE)
 SYS_REPAIR_STATUS: Endpoint[dict[str, Any]] = _declare("sys.repair_status", read_only=True, callers=ANYONE)
 SYS_REPAIR_NOW: Endpoint[None] = _declare("sys.repair_now", idempotent=True, callers=ADMINS)
-SYS_GOSSIP_KEYRING: Endpoint[dict[str, Any]] = _declare("sys.gossip_keyring", "op key?", callers=ADMINS)
+SYS_GOSSIP_KEYRING: Endpoint[dict[str, Any]] = _declare(
+    "sys.gossip_keyring", "op:str key:bytes|str|None?", callers=ADMINS
+)
+# Metadata backups this node holds (daemon/service/backups.py): the list, newest first, and
+# pieces of one (at most 8 MiB each) for `dfs meta dump|restore`.
+SYS_BACKUP_LIST: Endpoint[list[dict[str, Any]]] = _declare("sys.backup_list", read_only=True, callers=ADMINS)
+SYS_BACKUP_READ: Endpoint[bytes] = _declare(
+    "sys.backup_read", "backup_id:str offset:int size:int", read_only=True, callers=ADMINS
+)
+# The primary sends each backup to every node, in order; ``info`` comes with the last piece.
+SYS_BACKUP_PUT: Endpoint[None] = _declare(
+    "sys.backup_put", "backup_id:str offset:int data:bytes info:dict|None?"
+)
 # Acknowledges the changes up to ``cursor``, which only the poller itself sees.
 NS_CHANGES: Endpoint[dict[str, Any]] = _declare(
-    "ns.changes", "epoch cursor wait_s", read_only=True, timeout=Timeout.POLL, callers=ANYONE
+    "ns.changes", "epoch:str cursor:int wait_s:float", read_only=True, timeout=Timeout.POLL, callers=ANYONE
 )
 
 # -- whole-cluster work the metadata primary does ----------------------------------------------
 SYS_STATFS: Endpoint[Record] = _declare("sys.statfs", site=_PRIMARY, read_only=True, callers=ANYONE)
 SYS_FSCK_META: Endpoint[dict[str, Any]] = _declare(
-    "sys.fsck_meta", "repair", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
+    "sys.fsck_meta", "repair:bool", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
 )
-SYS_GC: Endpoint[int] = _declare("sys.gc", "delay_s?", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS)
+SYS_GC: Endpoint[int] = _declare(
+    "sys.gc", "delay_s:float|None?", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
+)
+# Dumps the namespace into a new backup and copies it to every node: {"backup": info, "copies":
+# {node: outcome}}.
+SYS_BACKUP_NOW: Endpoint[dict[str, Any]] = _declare(
+    "sys.backup_now", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
+)
 # A secondary's admin API has the primary answer: [status, [[name, value], ...], body].
 SYS_ADMIN_FORWARD: Endpoint[Sequence[Any]] = _declare(
-    "sys.admin_forward", "method target headers body remote", site=_PRIMARY
+    "sys.admin_forward", "method:str target:str headers:list[list] body:bytes remote:str", site=_PRIMARY
 )
 # ``allow``: [bucket, perm] grants the new key holds from the start (dfs/core/s3grants.py).
 S3_KEY_CREATE: Endpoint[dict[str, Any]] = _declare(
-    "s3.key_create", "description? allow?", site=_PRIMARY, callers=ADMINS
+    "s3.key_create", "description:str? allow:list[list]?", site=_PRIMARY, callers=ADMINS
 )
 S3_KEY_LIST: Endpoint[list[dict[str, Any]]] = _declare(
     "s3.key_list", site=_PRIMARY, read_only=True, callers=ADMINS
 )
-S3_KEY_REVOKE: Endpoint[None] = _declare("s3.key_revoke", "access_key", site=_PRIMARY, callers=ADMINS)
+S3_KEY_REVOKE: Endpoint[None] = _declare("s3.key_revoke", "access_key:str", site=_PRIMARY, callers=ADMINS)
 # Grants on buckets (perm r, w, rw or owner); both answer the key's {bucket: perm}.
 S3_KEY_GRANT: Endpoint[dict[str, str]] = _declare(
-    "s3.key_grant", "access_key bucket perm", site=_PRIMARY, callers=ADMINS
+    "s3.key_grant", "access_key:str bucket:str perm:str", site=_PRIMARY, callers=ADMINS
 )
 S3_KEY_REVOKE_GRANT: Endpoint[dict[str, str]] = _declare(
-    "s3.key_revoke_grant", "access_key bucket", site=_PRIMARY, callers=ADMINS
+    "s3.key_revoke_grant", "access_key:str bucket:str", site=_PRIMARY, callers=ADMINS
 )
 # The S3 shim records the key that created a bucket as its owner.
-S3_BUCKET_OWN: Endpoint[None] = _declare("s3.bucket_own", "bucket access_key", site=_PRIMARY)
+S3_BUCKET_OWN: Endpoint[None] = _declare("s3.bucket_own", "bucket:str access_key:str", site=_PRIMARY)
 # Verifies a request signed with a key only the primary holds: {"auth": ..., "grants": {bucket:
 # perm}} or {"error": ...}.
 S3_AUTHENTICATE: Endpoint[dict[str, Any]] = _declare(
-    "s3.authenticate", "request vhost_bucket region max_skew_s", site=_PRIMARY, read_only=True
+    "s3.authenticate",
+    "request:list vhost_bucket:str|None region:str max_skew_s:float",
+    site=_PRIMARY,
+    read_only=True,
 )
 # Scoped admin tokens (daemon/admin/tokens.py): create answers the token once; metadata keeps its hash.
 ADMIN_TOKEN_CREATE: Endpoint[dict[str, Any]] = _declare(
-    "admin.token_create", "scope name?", site=_PRIMARY, callers=ADMINS
+    "admin.token_create", "scope:str name:str?", site=_PRIMARY, callers=ADMINS
 )
 ADMIN_TOKEN_LIST: Endpoint[list[dict[str, Any]]] = _declare(
     "admin.token_list", site=_PRIMARY, read_only=True, callers=ADMINS
 )
-ADMIN_TOKEN_REVOKE: Endpoint[None] = _declare("admin.token_revoke", "token_id", site=_PRIMARY, callers=ADMINS)
+ADMIN_TOKEN_REVOKE: Endpoint[None] = _declare(
+    "admin.token_revoke", "token_id:str", site=_PRIMARY, callers=ADMINS
+)
 # A secondary's admin API asks the primary which scope a presented token has (None: no such token).
 ADMIN_TOKEN_CHECK: Endpoint[str | None] = _declare(
-    "admin.token_check", "token_id digest", site=_PRIMARY, read_only=True
+    "admin.token_check", "token_id:str digest:bytes", site=_PRIMARY, read_only=True
 )
 
 
@@ -270,24 +438,24 @@ def _read(name: str, params: str = "") -> Endpoint[Any]:
     return _declare(name, params, site=_PRIMARY, inline=True, read_only=True, callers=ANYONE)
 
 
-META_LOOKUP: Endpoint[Record] = _read("meta.lookup", "parent name")
+META_LOOKUP: Endpoint[Record] = _read("meta.lookup", "parent:int name:bytes")
 # (the entry or None, the directory's ctime), from one snapshot.
-META_LOOKUP_VERSIONED: Endpoint[Sequence[Any]] = _read("meta.lookup_versioned", "parent name")
-META_GETATTR: Endpoint[Record] = _read("meta.getattr", "ino")
-META_READLINK: Endpoint[bytes] = _read("meta.readlink", "ino")
-META_READDIR: Endpoint[Sequence[Record]] = _read("meta.readdir", "ino cookie limit")
-META_READ_MAP: Endpoint[Record] = _read("meta.read_map", "ino")
-META_GETXATTR: Endpoint[bytes] = _read("meta.getxattr", "ino name")
-META_LISTXATTR: Endpoint[Sequence[bytes]] = _read("meta.listxattr", "ino")
-META_RESOLVE: Endpoint[Record] = _read("meta.resolve", "parent names")
-META_LIST_DIR: Endpoint[Sequence[Record]] = _read("meta.list_dir", "ino after limit")
-META_INTERNAL_DIR: Endpoint[int] = _read("meta.internal_dir", "name")
-META_GET_VOLUME: Endpoint[dict[str, Any] | None] = _read("meta.get_volume", "name")
+META_LOOKUP_VERSIONED: Endpoint[Sequence[Any]] = _read("meta.lookup_versioned", "parent:int name:bytes")
+META_GETATTR: Endpoint[Record] = _read("meta.getattr", "ino:int")
+META_READLINK: Endpoint[bytes] = _read("meta.readlink", "ino:int")
+META_READDIR: Endpoint[Sequence[Record]] = _read("meta.readdir", "ino:int cookie:int limit:int")
+META_READ_MAP: Endpoint[Record] = _read("meta.read_map", "ino:int")
+META_GETXATTR: Endpoint[bytes] = _read("meta.getxattr", "ino:int name:bytes")
+META_LISTXATTR: Endpoint[Sequence[bytes]] = _read("meta.listxattr", "ino:int")
+META_RESOLVE: Endpoint[Record] = _read("meta.resolve", "parent:int names:list[bytes]")
+META_LIST_DIR: Endpoint[Sequence[Record]] = _read("meta.list_dir", "ino:int after:bytes limit:int")
+META_INTERNAL_DIR: Endpoint[int] = _read("meta.internal_dir", "name:str")
+META_GET_VOLUME: Endpoint[dict[str, Any] | None] = _read("meta.get_volume", "name:str")
 META_LIST_VOLUMES: Endpoint[list[dict[str, Any]]] = _read("meta.list_volumes")
 META_LAYOUT: Endpoint[dict[str, Any]] = _read("meta.layout")
-META_CHUNK_REPLICAS: Endpoint[list[int | None]] = _read("meta.chunk_replicas", "chunk_ids")
-META_CHUNK_FACTORS: Endpoint[list[int | None]] = _read("meta.chunk_factors", "chunk_ids")
-META_POLICY: Endpoint[dict[str, Any]] = _read("meta.policy", "ino parent?")
+META_CHUNK_REPLICAS: Endpoint[list[int | None]] = _read("meta.chunk_replicas", "chunk_ids:list[bytes]")
+META_CHUNK_FACTORS: Endpoint[list[int | None]] = _read("meta.chunk_factors", "chunk_ids:list[bytes]")
+META_POLICY: Endpoint[dict[str, Any]] = _read("meta.policy", "ino:int parent:int|None?")
 
 
 # -- metadata calls the primary runs in its metadata thread ------------------------------------
@@ -296,50 +464,71 @@ def _meta(name: str, params: str = "", **spec: Any) -> Endpoint[Any]:
     return _declare(name, params, site=_PRIMARY, notices=True, **spec)
 
 
-META_OPEN_EVENTS: Endpoint[None] = _meta("meta.open_events", "events session")
-META_END_SESSION: Endpoint[None] = _meta("meta.end_session", "session")
+META_OPEN_EVENTS: Endpoint[None] = _meta("meta.open_events", "events:list[list] session:str")
+META_END_SESSION: Endpoint[None] = _meta("meta.end_session", "session:str")
 # Renews the session's lease: repeating it is harmless.
-META_SESSION_HEARTBEAT: Endpoint[None] = _meta("meta.session_heartbeat", "session", idempotent=True)
-META_SETXATTR: Endpoint[None] = _meta("meta.setxattr", "ino name value flags?")
-META_REMOVEXATTR: Endpoint[None] = _meta("meta.removexattr", "ino name")
+META_SESSION_HEARTBEAT: Endpoint[None] = _meta("meta.session_heartbeat", "session:str", idempotent=True)
+META_SETXATTR: Endpoint[None] = _meta("meta.setxattr", "ino:int name:bytes value:bytes flags:int?")
+META_REMOVEXATTR: Endpoint[None] = _meta("meta.removexattr", "ino:int name:bytes")
 META_SYNC: Endpoint[None] = _meta("meta.sync")
-META_MAKE_DIRS: Endpoint[Record] = _meta("meta.make_dirs", "parent dirs mode? uid? gid?")
-META_REMOVE_TREE: Endpoint[int] = _meta("meta.remove_tree", "parent name")
-META_REMOVE_EMPTY_PARENTS: Endpoint[int] = _meta("meta.remove_empty_parents", "parent dirs keep_depth?")
+META_MAKE_DIRS: Endpoint[Record] = _meta(
+    "meta.make_dirs", "parent:int dirs:list[bytes] mode:int? uid:int? gid:int?"
+)
+META_REMOVE_TREE: Endpoint[int] = _meta("meta.remove_tree", "parent:int name:bytes")
+META_REMOVE_EMPTY_PARENTS: Endpoint[int] = _meta(
+    "meta.remove_empty_parents", "parent:int dirs:list[bytes] keep_depth:int?"
+)
 META_CREATE_VOLUME: Endpoint[Record] = _meta(
-    "meta.create_volume", "name policy mode? uid? gid?", callers=ADMINS
+    "meta.create_volume", "name:str policy:dict mode:int? uid:int? gid:int?", callers=ADMINS
 )
-META_UPDATE_VOLUME: Endpoint[dict[str, Any]] = _meta("meta.update_volume", "name policy", callers=ADMINS)
-META_DELETE_VOLUME: Endpoint[None] = _meta("meta.delete_volume", "name remove_dir?", callers=ADMINS)
-META_SNAPSHOT: Endpoint[Record] = _meta("meta.snapshot", "src_dir dst_parent name uid? gid?", callers=ADMINS)
+META_UPDATE_VOLUME: Endpoint[dict[str, Any]] = _meta(
+    "meta.update_volume", "name:str policy:dict", callers=ADMINS
+)
+META_DELETE_VOLUME: Endpoint[None] = _meta("meta.delete_volume", "name:str remove_dir:bool?", callers=ADMINS)
+META_SNAPSHOT: Endpoint[Record] = _meta(
+    "meta.snapshot", "src_dir:int dst_parent:int name:bytes uid:int? gid:int?", callers=ADMINS
+)
 META_REGISTER_NODE: Endpoint[dict[str, Any]] = _meta(
-    "meta.register_node", "node_id zone address capacity_weight?", callers=ADMINS
+    "meta.register_node", "node_id:str zone:str address:str capacity_weight:float?", callers=ADMINS
 )
-META_SET_NODE: Endpoint[dict[str, Any]] = _meta("meta.set_node", "node_id changes", callers=ADMINS)
-META_REMOVE_NODE: Endpoint[dict[str, Any]] = _meta("meta.remove_node", "node_id", callers=ADMINS)
+META_SET_NODE: Endpoint[dict[str, Any]] = _meta("meta.set_node", "node_id:str changes:dict", callers=ADMINS)
+META_REMOVE_NODE: Endpoint[dict[str, Any]] = _meta("meta.remove_node", "node_id:str", callers=ADMINS)
 META_COUNTS: Endpoint[dict[str, int]] = _meta("meta.counts", read_only=True)
 # Calls that change directories answer [result, DirStamps] (see Endpoint.stamps).
-META_MKNOD: Endpoint[Sequence[Any]] = _meta("meta.mknod", "parent name mode rdev uid gid", stamps=(0,))
-META_MKDIR: Endpoint[Sequence[Any]] = _meta("meta.mkdir", "parent name mode uid gid", stamps=(0,))
-META_SYMLINK: Endpoint[Sequence[Any]] = _meta("meta.symlink", "parent name target uid gid", stamps=(0,))
-META_CREATE: Endpoint[Sequence[Any]] = _meta("meta.create", "parent name mode uid gid session", stamps=(0,))
-META_LINK: Endpoint[Sequence[Any]] = _meta("meta.link", "ino new_parent new_name", stamps=(1,))
-META_UNLINK: Endpoint[Sequence[Any]] = _meta("meta.unlink", "parent name", stamps=(0,))
-META_RMDIR: Endpoint[Sequence[Any]] = _meta("meta.rmdir", "parent name", stamps=(0,))
+META_MKNOD: Endpoint[Sequence[Any]] = _meta(
+    "meta.mknod", "parent:int name:bytes mode:int rdev:int uid:int gid:int", stamps=(0,)
+)
+META_MKDIR: Endpoint[Sequence[Any]] = _meta(
+    "meta.mkdir", "parent:int name:bytes mode:int uid:int gid:int", stamps=(0,)
+)
+META_SYMLINK: Endpoint[Sequence[Any]] = _meta(
+    "meta.symlink", "parent:int name:bytes target:bytes uid:int gid:int", stamps=(0,)
+)
+META_CREATE: Endpoint[Sequence[Any]] = _meta(
+    "meta.create", "parent:int name:bytes mode:int uid:int gid:int session:str", stamps=(0,)
+)
+META_LINK: Endpoint[Sequence[Any]] = _meta("meta.link", "ino:int new_parent:int new_name:bytes", stamps=(1,))
+META_UNLINK: Endpoint[Sequence[Any]] = _meta("meta.unlink", "parent:int name:bytes", stamps=(0,))
+META_RMDIR: Endpoint[Sequence[Any]] = _meta("meta.rmdir", "parent:int name:bytes", stamps=(0,))
 META_RENAME: Endpoint[Sequence[Any]] = _meta(
-    "meta.rename", "parent name new_parent new_name flags", stamps=(0, 2)
+    "meta.rename", "parent:int name:bytes new_parent:int new_name:bytes flags:int", stamps=(0, 2)
 )
-META_SETATTR: Endpoint[Sequence[Any]] = _meta("meta.setattr", "ino changes", stamps=(0,))
-META_OPEN: Endpoint[Record] = _meta("meta.open", "ino session truncate read")
+META_SETATTR: Endpoint[Sequence[Any]] = _meta("meta.setattr", "ino:int changes:dict", stamps=(0,))
+META_OPEN: Endpoint[Record] = _meta("meta.open", "ino:int session:str truncate:bool read:bool")
 META_COMMIT_WRITE: Endpoint[Record] = _meta(
-    "meta.commit_write", "ino size mtime_ns blocks inline attrs? replicas?"
+    "meta.commit_write",
+    "ino:int size:int mtime_ns:int blocks:list[list] inline:bytes|None attrs:dict|None? replicas:int|None?",
 )
-META_PUT_OBJECT: Endpoint[Record] = _meta("meta.put_object", "parent dirs name opts")
+META_PUT_OBJECT: Endpoint[Record] = _meta(
+    "meta.put_object", "parent:int dirs:list[bytes] name:bytes opts:dict"
+)
 # A secondary's orphan sweep: which of these unknown chunks it may delete now.
-META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta("meta.claim_orphans", "chunk_ids", callers=NODES)
+META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta(
+    "meta.claim_orphans", "chunk_ids:list[bytes]", callers=NODES
+)
 
 # -- in-process only ----------------------------------------------------------------------------
 # An S3 key's secret: the S3 shim on the primary reads it; it never crosses the wire.
 META_S3_KEY_GET: Endpoint[str | None] = _declare(
-    "meta.s3_key_get", "access_key", site=Site.LOCAL, inline=True, read_only=True
+    "meta.s3_key_get", "access_key:str", site=Site.LOCAL, inline=True, read_only=True
 )

@@ -331,10 +331,21 @@ class _Outbox:
     def idle(self) -> bool:
         return not self._writing and not self._queue and not self.broken
 
+    async def send_eof(self) -> bool:
+        """Half-close the stream once nothing is being written; later sends fail as on a closed
+        stream.  False if that cannot be done (a write is under way, or the stream cannot)."""
+        if not self.idle or not isinstance(self._stream, trio.abc.HalfCloseableStream):
+            return False
+        # Before the await: send_eof checkpoints while it holds the stream's send side, and a
+        # handler finishing meanwhile must not write into it.
+        self.broken = True
+        await self._stream.send_eof()
+        return True
+
     async def send(self, item: _Outgoing) -> None:
         """Queue *item*; if no task is writing, write the queue from this task."""
         if self.broken:
-            raise trio.ClosedResourceError("an earlier write on this connection was interrupted")
+            raise trio.ClosedResourceError("this connection's sending side is closed")
         self._queue.append(item)
         if not self._writing:
             await self._drain()
@@ -837,7 +848,7 @@ class RpcServer:
         ssl_context: ssl.SSLContext | None = None,
         send_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         inline_handlers: Mapping[str, Callable[..., Any]] | None = None,
-        arities: Mapping[str, tuple[int, int]] | None = None,
+        validators: Mapping[str, Callable[[Sequence[Any]], str | None]] | None = None,
         unix_group_gid: int | None = None,
         keys: Mapping[CallerClass, bytes] | None = None,
         callers: Mapping[str, frozenset[CallerClass]] | None = None,
@@ -847,10 +858,12 @@ class RpcServer:
         (indexed reads): the connection's reader runs them itself, saving the
         task start and the scheduling round trip that dominate such calls.
 
-        ``arities`` (method -> (fewest, most) arguments, from the declarations) refuses a
-        call with a wrong argument count with InvalidArgument before its handler runs: many
-        handlers hand their arguments to another thread, where a bad count would otherwise
-        surface as a handler failure (InternalError and a logged traceback).
+        ``validators`` (method -> a check of its arguments that says what is wrong with them,
+        or None: the declarations' :meth:`dfs.core.endpoints.Endpoint.check_args`) refuse a
+        call with a wrong argument count or type with InvalidArgument before its handler
+        runs, inline or in a task: many handlers hand their arguments to another thread,
+        where a bad argument would otherwise surface as a handler failure (InternalError and
+        a logged traceback).
 
         Unix socket callers must be root, this process's user or (when ``unix_group_gid``
         is set) a member of that group, checked with SO_PEERCRED: the socket file's mode
@@ -863,7 +876,7 @@ class RpcServer:
         to ``node`` alone.  Connections beyond ``max_connections`` get one error frame."""
         if max_inflight_per_conn < 1:
             raise ValueError("max_inflight_per_conn must be >= 1")
-        self._arities = dict(arities or {})
+        self._validators = dict(validators or {})
         self._handlers = dict(handlers)
         self._inline = dict(inline_handlers or {})
         self._max_frame_bytes = max_frame_bytes
@@ -1073,15 +1086,13 @@ class RpcServer:
             # frame that says why: half-close, and read (and drop) what it still sends.
             # Only once nothing else is being written (send_eof would race the writer), and
             # the peer may be gone already: then there is nobody left to tell.
-            stream = conn.stream
-            if isinstance(stream, trio.abc.HalfCloseableStream) and conn.outbox.idle:
-                try:
-                    await stream.send_eof()
+            try:
+                if await conn.outbox.send_eof():
                     drained = 0
-                    while drained < _DRAIN_BYTES and (data := await stream.receive_some(RECEIVE_BYTES)):
+                    while drained < _DRAIN_BYTES and (data := await conn.stream.receive_some(RECEIVE_BYTES)):
                         drained += len(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
 
     async def _run_request(self, conn: _ServerConnection, req: wire.Request) -> None:
         try:
@@ -1107,7 +1118,7 @@ class RpcServer:
             self.stats.calls[_UNKNOWN_METHOD_KEY] += 1
             return self._error(req, _UNKNOWN_METHOD_KEY, UnknownMethod(f"unknown method {req.method!r}"))
         self.stats.calls[req.method] += 1
-        bad = self._bad_arity(req)
+        bad = self._bad_args(req)
         if bad is not None:
             return self._error(req, req.method, bad)
         try:
@@ -1119,7 +1130,7 @@ class RpcServer:
     def _run_inline(self, fn: Callable[..., Any], req: wire.Request) -> list[wire.Buffer]:
         """Run a synchronous handler in the reader task; same error contract as :meth:`_invoke`."""
         self.stats.calls[req.method] += 1
-        bad = self._bad_arity(req)
+        bad = self._bad_args(req)
         if bad is not None:
             return self._error(req, req.method, bad)
         try:
@@ -1132,13 +1143,12 @@ class RpcServer:
             return self._error(req, req.method, err)
         return self._encode_result(req, result)
 
-    def _bad_arity(self, req: wire.Request) -> InvalidArgument | None:
-        bounds = self._arities.get(req.method)
-        if bounds is None or bounds[0] <= len(req.args) <= bounds[1]:
+    def _bad_args(self, req: wire.Request) -> InvalidArgument | None:
+        check = self._validators.get(req.method)
+        if check is None:
             return None
-        low, high = bounds
-        want = str(low) if low == high else f"{low} to {high}"
-        return InvalidArgument(f"{req.method}: takes {want} arguments, got {len(req.args)}")
+        problem = check(req.args)
+        return None if problem is None else InvalidArgument(problem)
 
     def _encode_result(self, req: wire.Request, result: Any) -> list[wire.Buffer]:
         try:

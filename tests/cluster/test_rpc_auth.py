@@ -7,10 +7,12 @@ each class's credential for what the class rules let through.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,65 @@ def test_a_joining_daemon_without_the_secret_refuses_to_start(tmp_path: Path) ->
             joiner.stop()
     finally:
         primary.stop()
+
+
+# Runs as `nobody`, who can read no credential file: knocks on every port of the daemon.
+KNOCK = """
+import http.client, json, os, socket
+from dfs.core import wire
+
+out = {}
+with socket.create_connection(("127.0.0.1", int(os.environ["RPC"])), timeout=10) as s:
+    s.sendall(wire.encode_request(1, "sys.info", []))
+    decoder = wire.FrameDecoder()
+    while (event := decoder.next_event()) is None:
+        decoder.feed(s.recv(65536))
+    out["rpc"] = [event.msgid, event.error.code if event.error else "answered"]
+
+def fetch(port, method, path):
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+    conn.request(method, path)
+    resp = conn.getresponse()
+    return [resp.status, resp.read().decode(errors="replace")[:300]]
+
+out["s3_list"] = fetch(os.environ["S3"], "GET", "/")
+out["s3_put"] = fetch(os.environ["S3"], "PUT", "/nobodys-bucket")
+out["admin_nodes"] = fetch(os.environ["ADMIN"], "GET", "/storage/nodes")
+out["admin_metrics"] = fetch(os.environ["ADMIN"], "GET", "/metrics")
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+    u.sendto(b"\\x01" + os.urandom(80), ("127.0.0.1", int(os.environ["GOSSIP"])))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_nobody_gets_nothing_on_any_port(node: Daemon) -> None:
+    """Per port, what a local user without credentials gets: refusals only."""
+
+    def dropped() -> float:
+        _, _, body = http_call(
+            node.admin_port, "GET", "/metrics", headers={"Authorization": f"Bearer {node.admin_token()}"}
+        )
+        return sum(
+            float(line.split()[-1])
+            for line in body.decode().splitlines()
+            if line.startswith("dfs_gossip_packets_dropped_total")
+        )
+
+    before = dropped()
+    ports = {"RPC": node.port, "S3": node.s3_port, "ADMIN": node.admin_port, "GOSSIP": node.gossip_port}
+    res = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", KNOCK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, **{k: str(v) for k, v in ports.items()}},
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["rpc"] == [0, "AuthFailed"]
+    assert out["s3_list"][0] == 403 and "AccessDenied" in out["s3_list"][1]
+    assert out["s3_put"][0] == 403 and "AccessDenied" in out["s3_put"][1]
+    assert out["admin_nodes"][0] == 401 and out["admin_metrics"][0] == 401
+    wait_for(lambda: dropped() > before, 10, "the forged gossip packet to be dropped and counted")

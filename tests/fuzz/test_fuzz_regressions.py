@@ -57,9 +57,9 @@ def test_admin_forward_with_an_int_body_allocates_nothing(fuzzd: Daemon) -> None
 
 
 def test_map_with_non_str_keys_in_a_logged_call_keeps_change_notices_working(fuzzd: Daemon) -> None:
-    # meta.open_events logs its arguments to the oplog as given; reading them back refused a
-    # map with an int key, so change notices failed with a traceback.
-    rpc_call(("127.0.0.1", fuzzd.port), "meta.open_events", [], {7: 1}, credential=fuzzd.credential())
+    # meta.create_volume logs its policy to the oplog as given; reading it back refused a map
+    # with an int key, so change notices failed with a traceback.
+    rpc_call(("127.0.0.1", fuzzd.port), "meta.create_volume", "v", {7: 1}, credential=fuzzd.credential())
     rpc_call(("127.0.0.1", fuzzd.port), "meta.mkdir", 1, b"after", 0o755, 0, 0, credential=fuzzd.credential())
 
 

@@ -27,8 +27,9 @@ from dfs.net import rpc
 
 async def main() -> None:
     address = f"unix:/proc/self/fd/{os.environ['DIR_FD']}/rpc.sock"
+    method = endpoints.declared(os.environ.get("METHOD", "sys.ping"))
     async with rpc.open_client(address, connect_timeout_s=5) as conn:
-        print(await endpoints.SYS_PING.call(conn))
+        print(await method.call(conn))
 
 def leaves(exc):
     if isinstance(exc, BaseExceptionGroup):
@@ -54,7 +55,9 @@ def test_the_rule() -> None:
     assert not unix_peer_allowed(1001, 5, frozenset({8}), own_uid=1000, group_gid=7)
 
 
-def _ping_as(daemon: Daemon, uid: int, gid: int) -> subprocess.CompletedProcess[str]:
+def _ping_as(
+    daemon: Daemon, uid: int, gid: int, method: str = "sys.ping"
+) -> subprocess.CompletedProcess[str]:
     fd = os.open(daemon.data_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         return subprocess.run(
@@ -63,7 +66,7 @@ def _ping_as(daemon: Daemon, uid: int, gid: int) -> subprocess.CompletedProcess[
             text=True,
             timeout=60,
             pass_fds=(fd,),
-            env={**os.environ, "DIR_FD": str(fd)},
+            env={**os.environ, "DIR_FD": str(fd), "METHOD": method},
         )
     finally:
         os.close(fd)
@@ -104,6 +107,10 @@ def test_a_configured_group_may_use_the_socket(grouped: Daemon) -> None:
     os.chmod(grouped.data_dir, 0o755)
     res = _ping_as(grouped, NOBODY, NOBODY)
     assert res.stdout.strip() == "pong", res.stdout + res.stderr
+    # A group member is a client: what a mount may do, not what an admin may.
+    res = _ping_as(grouped, NOBODY, NOBODY, "s3.key_list")
+    assert res.returncode == 1 and "CallerNotAllowed" in res.stdout, res.stdout + res.stderr
+    assert _ping_as(grouped, 0, 0, "s3.key_list").returncode == 0  # root: every class
     res = _ping_as(grouped, NOBODY, NOBODY - 1)  # not in the group: the file mode stops it already
     assert res.returncode == 1
 

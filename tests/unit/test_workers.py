@@ -101,10 +101,13 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
             "gc",
             "session expiry",
             "oplog trim",
+            "metadata backup",
             "orphan sweep",
             "registering in the layout",
             "layout controller",
         ]
     )
+    # [meta] backup_interval_s = 0: no automatic backups.
+    assert "metadata backup" not in names("[meta]\nbackup_interval_s = 0\n")
     # A secondary keeps no metadata: it only sweeps its own chunks and registers.
     assert names('[cluster]\nmeta = "127.0.0.1:1"\n') == ["orphan sweep", "registering in the layout"]
