@@ -81,6 +81,7 @@ from daemon.meta.store import MetaStore
 from dfs.core.auth import derive_key
 from dfs.core.errors import ConfigError, InternalError, InvalidArgument, NotEmpty, NotFound, from_oserror
 from dfs.core.namespace import ROOT_INO
+from dfs.files import fsync_dir
 
 __all__ = [
     "DUMPED_TABLES",
@@ -657,7 +658,7 @@ def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: in
             os.link(tmp, db_path)  # not rename: never replace a database that appeared meanwhile
         except FileExistsError:
             raise NotEmpty(f"{db_path} appeared while loading; load into a new path") from None
-        _fsync_dir(db_path.parent)
+        fsync_dir(db_path.parent)
     finally:
         _remove_db(tmp)
     return info
@@ -789,11 +790,3 @@ def _remove_db(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{path}{suffix}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ from dfs.core import endpoints
 from dfs.core.auth import CallerClass, derive_key
 from dfs.core.errors import ConfigError, DfsError, Exists, InvalidArgument, NotFound, NotSupported
 from dfs.core.placement import NodeState
+from dfs.files import write_private
 from dfs.net import credentials
 
 log = logging.getLogger("dfs.backups")
@@ -106,25 +107,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Backups:
     """One node's backup directory.  Blocking: call from a worker thread."""
@@ -169,8 +151,7 @@ class Backups:
         return info
 
     def _finish(self, backup_id: str, info: dict[str, Any]) -> None:
-        _write_file(self.dir / (backup_id + INFO_SUFFIX), json.dumps(info, sort_keys=True).encode())
-        _fsync_dir(self.dir)
+        write_private(self.dir / (backup_id + INFO_SUFFIX), json.dumps(info, sort_keys=True).encode())
         self.prune()
 
     def list(self) -> list[dict[str, Any]]:
@@ -271,7 +252,7 @@ def load_offline(
     with dump_path.open("rb") as f:
         loaded = load_dump(f, meta_db, secret=secret, inline_max=inline_max, block_size=block_size)
     if cluster_key is not None and not key_file.exists():
-        _write_file(key_file, cluster_key)
+        write_private(key_file, cluster_key)
     source = f"backup {info['id']}" if info is not None else str(dump_path)
     return f"loaded {loaded.total_rows} rows from {source} into {meta_db}"
 

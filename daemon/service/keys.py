@@ -9,11 +9,11 @@ its format.)
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
 from dfs.core.errors import DfsError
+from dfs.files import write_private
 
 
 class ClusterKey:
@@ -35,7 +35,7 @@ class ClusterKey:
                 f"{self.path} differs from the primary's: this data directory belongs to another cluster"
             )
         if not self.value:
-            _write_private_bytes(self.path, key)
+            write_private(self.path, key)
             self.value = key
 
 
@@ -43,7 +43,7 @@ def _load_or_create_secret(path: Path) -> bytes:
     key = _load_secret(path)
     if key is None:
         key = secrets.token_bytes(32)
-        _write_private_bytes(path, key)
+        write_private(path, key)
     return key
 
 
@@ -68,7 +68,9 @@ def load_or_create_root_key(path: Path) -> tuple[str, str]:
     except (ValueError, KeyError, TypeError) as exc:
         raise DfsError(f"{path} is corrupt: {exc}") from None
     access_key, secret_key = new_s3_key()
-    _write_private(path, json.dumps({"access_key": access_key, "secret_key": secret_key}, indent=2) + "\n")
+    write_private(
+        path, (json.dumps({"access_key": access_key, "secret_key": secret_key}, indent=2) + "\n").encode()
+    )
     return access_key, secret_key
 
 
@@ -77,18 +79,3 @@ def new_s3_key() -> tuple[str, str]:
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
     access_key = "DFS" + "".join(secrets.choice(alphabet) for _ in range(17))
     return access_key, secrets.token_urlsafe(30)[:40]
-
-
-def _write_private_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
-def _write_private(path: Path, text: str) -> None:
-    _write_private_bytes(path, text.encode())

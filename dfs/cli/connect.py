@@ -60,13 +60,19 @@ async def call(endpoint: Endpoint, method: Method[Any], *args: Any, timeout_s: f
         return await method.call(conn, *args)
 
 
-def config_for(directory: str | None, config_path: str | None) -> Config:
+def config_file_for(directory: str | None, config_path: str | None) -> Path | None:
+    """The dfs.conf a command reads: ``--config``, a ``dfs up`` directory's, or None (the
+    default: $DFS_CONFIG, /etc/dfs/dfs.conf, else built-in defaults)."""
     if config_path:
-        return config_mod.load(config_path)
+        return Path(config_path)
     base = Path(directory or ".").resolve()
     if (base / "var" / "dfs.conf").exists():
-        return config_mod.load(base / "var" / "dfs.conf")
-    return config_mod.load(None)
+        return base / "var" / "dfs.conf"
+    return None
+
+
+def config_for(directory: str | None, config_path: str | None) -> Config:
+    return config_mod.load(config_file_for(directory, config_path))
 
 
 config_option = click.option(

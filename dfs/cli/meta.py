@@ -23,7 +23,15 @@ from typing import Any, BinaryIO
 import click
 
 from dfs.cli.app import CliError, main, run
-from dfs.cli.connect import Endpoint, call, config_for, config_option, dir_option, endpoint_of
+from dfs.cli.connect import (
+    Endpoint,
+    call,
+    config_file_for,
+    config_for,
+    config_option,
+    dir_option,
+    endpoint_of,
+)
 from dfs.core.auth import CallerClass
 from dfs.core.config import Config
 from dfs.core.endpoints import SYS_BACKUP_LIST, SYS_BACKUP_NOW, SYS_BACKUP_READ
@@ -121,9 +129,11 @@ def dump(output: str | None, directory: str | None, config_path: str | None) -> 
     click.echo(f"dumped {info['rows']} rows ({info['dump_bytes']} bytes), backup {info['id']}", err=True)
 
 
-def _load(cfg: Config, config_path: Path, dump_path: Path, info: dict[str, Any] | None) -> None:
+def _load(config_file: Path | None, dump_path: Path, info: dict[str, Any] | None) -> None:
     """Have dfsd load ``dump_path`` into this host's (absent) meta.db."""
-    argv = [_dfsd(), "--config", str(config_path), "--load-meta", str(dump_path)]
+    argv = [_dfsd(), "--load-meta", str(dump_path)]
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
     if info is not None:
         argv += ["--backup-info", json.dumps(info)]
     res = subprocess.run(argv, capture_output=True, text=True)
@@ -137,15 +147,6 @@ def _dfsd() -> str:
     return str(here) if here.exists() else "dfsd"
 
 
-def _config_path(directory: str | None, config_path: str | None) -> Path:
-    if config_path:
-        return Path(config_path)
-    base = Path(directory or ".").resolve()
-    if (base / "var" / "dfs.conf").exists():
-        return base / "var" / "dfs.conf"
-    return Path(os.environ.get("DFS_CONFIG", "/etc/dfs/dfs.conf"))
-
-
 @meta.command("load")
 @click.argument("dump_file", type=click.Path(exists=True, dir_okay=False))
 @dir_option
@@ -153,8 +154,7 @@ def _config_path(directory: str | None, config_path: str | None) -> Path:
 def load(dump_file: str, directory: str | None, config_path: str | None) -> None:
     """Rebuild this host's metadata from a dump (dfsd stopped, no meta.db yet): e.g. moving
     a set-up to another host or engine."""
-    cfg = config_for(directory, config_path)
-    _load(cfg, _config_path(directory, config_path), Path(dump_file).resolve(), None)
+    _load(config_file_for(directory, config_path), Path(dump_file).resolve(), None)
 
 
 @meta.command("restore")
@@ -176,7 +176,7 @@ def restore(
         info = _fetch(cfg, source, backup_id, local)
     else:
         info = _pick(_local_backups(local), backup_id, str(local))
-    _load(cfg, _config_path(directory, config_path), local / f"{info['id']}.dfsmeta", info)
+    _load(config_file_for(directory, config_path), local / f"{info['id']}.dfsmeta", info)
 
 
 def _local_backups(directory: Path) -> list[dict[str, Any]]:

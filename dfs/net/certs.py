@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
 import ssl
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +54,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dfs.core.config import Config
 from dfs.core.errors import ConfigError
+from dfs.files import write_atomic as _write_atomic
+from dfs.files import write_private as write_private
 
 __all__ = [
     "CA_CERT_NAME",
@@ -309,18 +309,6 @@ def _issuer_public_key(ca_cert: x509.Certificate) -> ec.EllipticCurvePublicKey |
 # --------------------------------------------------------------------------- files
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically replace *path* with *data*, mode 0600 from the first byte.
-
-    The temp file is created 0600 by ``mkstemp`` (O_EXCL, in the target
-    directory so the rename stays on one filesystem), written, fsynced and
-    renamed over *path*; the directory is then fsynced so the rename survives
-    a crash.  A previous, possibly world-readable file is replaced, not
-    rewritten in place, so its permissions never apply to the new key.
-    """
-    _write_atomic(path, data, 0o600, overwrite=True)
-
-
 def init_cluster(directory: Path, cluster_name: str) -> tuple[Path, Path]:
     """Create the cluster CA in *directory*: ``ca.pem`` (0644) and ``ca.key`` (0600).
 
@@ -391,42 +379,6 @@ def _write_file(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
         raise FileExistsError(f"{path} already exists: refusing to overwrite it") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _write_atomic(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
-    path = Path(path)
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        try:
-            # mkstemp already made it 0600; set the final mode before any byte is
-            # written, and exactly (a umask may only have removed bits).
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails with EEXIST where rename() would replace: an atomic no-clobber.
-            os.link(tmp, path)
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read(path: Path, what: str) -> bytes:

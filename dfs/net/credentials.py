@@ -21,6 +21,7 @@ from pathlib import Path
 from dfs.core.auth import CallerClass, Credential, new_cluster_secret
 from dfs.core.config import Config
 from dfs.core.errors import AuthFailed, ConfigError
+from dfs.files import write_private
 
 __all__ = ["FILE_NAMES", "SERVICE_DIR", "daemon_secret", "find", "load", "write"]
 
@@ -44,16 +45,8 @@ def load(path: Path) -> Credential:
 
 
 def write(path: Path, credential: Credential) -> None:
-    """Write ``credential`` to ``path``, mode 0600, atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an old temp file may have had another mode
-        os.write(fd, credential.to_text().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    """Write ``credential`` to ``path``, mode 0600, atomically (dfs/files.py)."""
+    write_private(path, credential.to_text().encode())
 
 
 def daemon_secret(data_dir: Path, *, joining: bool) -> bytes:
