@@ -196,13 +196,12 @@ def mount_credential(cfg: Config) -> Credential | None:
 
 
 async def _connect_first(
-    stack: contextlib.AsyncExitStack, addresses: list[str], cfg: Config
+    stack: contextlib.AsyncExitStack, addresses: list[str], cfg: Config, credential: Credential | None
 ) -> tuple[RpcClient, ClusterInfo, FailoverCaller]:
     """The first of ``addresses`` whose daemon answers (``mount.dfs host1,host2:/``), and a
     caller for metadata that moves on to the others, in order, when that daemon goes away."""
     errors = []
     ssl_context = client_context_for(cfg)
-    credential = mount_credential(cfg)
     for i, address in enumerate(addresses):
         attempt = contextlib.AsyncExitStack()
         try:
@@ -243,13 +242,14 @@ async def _connect_first(
 async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
     addresses = [f"unix:{spec.values['socket']}"] if "socket" in spec.values else spec.addresses
     async with contextlib.AsyncExitStack() as stack:
-        conn, info, meta = await _connect_first(stack, addresses, cfg)
+        credential = mount_credential(cfg)  # read once: the metadata and chunk connections share it
+        conn, info, meta = await _connect_first(stack, addresses, cfg, credential)
         chunkio = await stack.enter_async_context(
             open_chunkio(
                 conn,
                 info,
                 ssl_context=client_context_for(cfg),
-                credential=mount_credential(cfg),
+                credential=credential,
                 max_frame_bytes=cfg.rpc.max_frame_bytes,
                 refresh_s=cfg.cluster.refresh_s,
                 peer_timeout_s=cfg.cluster.peer_timeout_s,
