@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# postgresql: only its binaries; the tests start a throwaway server of their own (tests/pg.py).
+# etcd-server, patroni: the failover tier starts its own etcd and Patroni (tests/patroni.py).
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
               rsync fio attr sqlite3 git tar util-linux procps e2fsprogs kmod
-              iproute2 acl)
+              iproute2 acl postgresql etcd-server patroni)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

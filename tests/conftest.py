@@ -7,7 +7,10 @@ nlinks right), as S3QL's tests do.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from dfs.bench.harness import Mount as Mount
 from dfs.bench.harness import free_port as free_port
 from dfs.bench.harness import is_mounted as is_mounted
 from dfs.bench.harness import wait_for as wait_for
+from tests.pg import PgServer, sanitize_schema
 
 
 def http_call(
@@ -64,3 +68,47 @@ def mnt(daemon: Daemon, tmp_path: Path) -> Iterator[Path]:
         m.stop()
     if daemon.proc is not None:
         daemon.assert_clean()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the whole session (tests/pg.py)."""
+    # Not under tmp_path_factory: pytest's base temp dir is 0700 root, which the postgres
+    # user (the server's, when the tests run as root) cannot traverse.
+    base = Path(tempfile.mkdtemp(prefix="dfs-pg-"))
+    try:
+        base.chmod(0o755)
+        server = PgServer.start(base / "pg")
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A DSN whose search_path is a schema of this test's own, dropped at teardown."""
+    # Readable prefix for debugging, hash of the full node id for uniqueness within 60 chars.
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    name = f"t_{sanitize_schema(request.node.name)[:40]}_{digest}"
+    dsn = pg_server.fresh_schema(name)
+    try:
+        yield dsn
+    finally:
+        pg_server.drop_schema(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def meta_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a metadata test once per engine; stores opened with tests.metastores.open_meta
+    land in SQLite files or in PostgreSQL schemas of the session's server."""
+    from tests import metastores
+
+    server = request.getfixturevalue("pg_server") if request.param == "postgresql" else None
+    metastores.use(request.param, server)
+    try:
+        yield request.param
+    finally:
+        metastores.drop_all()

@@ -3,31 +3,33 @@
 :class:`MetaBase` holds what all concerns share: the connection, the
 filesystem's geometry and clock, and the four transaction primitives
 (``_write``, ``_read``, ``_scratch``, ``_log``).  The concern mixins
-(namespace, files, objects, ...) use nothing else of the engine, so a second
-engine (issue 16: PostgreSQL beside SQLite) replaces this class and the
-connection set-up in :mod:`daemon.meta.store`; what remains engine-specific
-in the concerns is SQL dialect.
+(namespace, files, objects, ...) use nothing else of the engine, and the engine
+(:mod:`daemon.meta.engine`: SQLite or PostgreSQL) is one object behind them.
 
 The store is driven from exactly one thread (the daemon's metadata worker),
-so it needs no locking of its own.  Every mutating operation runs in one
-``BEGIN IMMEDIATE`` transaction that also appends a row to ``oplog`` (the seam
-for future replication), so either all of an operation's effects are
-committed or none are.  :func:`_api` turns engine and OS errors escaping a
-public method into dfs errors.
+so it needs no locking of its own.  Every mutating operation runs in one write
+transaction (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's SERIALIZABLE; see
+:mod:`daemon.meta.engine`) that also appends a row to ``oplog``, so either all
+of an operation's effects are committed or none are.  :func:`_api` turns
+engine and OS errors escaping a public method into dfs errors, and runs the
+method again when PostgreSQL reports a conflict with another daemon's
+transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import sqlite3
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import msgpack
 
+from daemon.meta.engine import Db
 from daemon.meta.schema import _SCRATCH
-from dfs.core.errors import DfsError, InternalError, InvalidArgument, NoSpace, from_oserror
+from dfs.core.errors import DfsError, InternalError, InvalidArgument, NoSpace, Unavailable, from_oserror
 
 # Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
 _IN_BATCH = 500
@@ -35,29 +37,53 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _db_error(exc: sqlite3.Error, context: str) -> DfsError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc):
+# A public method that lost a conflict with another daemon's transaction runs again, this
+# many times at most, after a jittered pause that doubles from the first.
+RETRY_ATTEMPTS = 12
+RETRY_FIRST_S = 0.002
+
+
+def _db_error(db: Db, exc: Exception, context: str) -> DfsError:
+    if db.is_full(exc):
         return NoSpace(f"metadata {context}: {exc}")
+    if db.is_range(exc):
+        return InvalidArgument(f"metadata {context}: a number out of range: {exc}")
+    if db.is_disconnect(exc):
+        return Unavailable(f"metadata {context}: the metadata database is unreachable: {exc}")
     return InternalError(f"metadata {context}: {type(exc).__name__}: {exc}")
 
 
 def _api(fn: Callable[P, R]) -> Callable[P, R]:
-    """Translate sqlite3, OS and overflow errors escaping a public method into dfs errors."""
+    """Translate engine, OS and overflow errors escaping a public method into dfs errors, and
+    run the method again (whole: its transaction was rolled back) after a serialization conflict."""
     name = fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        self: MetaBase = args[0]  # type: ignore[assignment]
+        if self._depth:  # called by another public method: the outermost one handles errors
             return fn(*args, **kwargs)
-        except sqlite3.Error as exc:
-            raise _db_error(exc, name) from exc
+        db = self._db
+        self._depth = 1
+        try:
+            pause_s = RETRY_FIRST_S
+            for attempt in range(RETRY_ATTEMPTS):
+                try:
+                    return fn(*args, **kwargs)
+                except db.errors as exc:
+                    if not db.is_retryable(exc) or attempt == RETRY_ATTEMPTS - 1:
+                        raise _db_error(db, exc, name) from exc
+                time.sleep(random.uniform(0, pause_s))
+                pause_s *= 2
+            raise AssertionError("unreachable")
         except OSError as exc:
             raise from_oserror(exc, f"metadata {name}") from exc
         except OverflowError as exc:
-            # A caller's number SQLite cannot store (beyond 64 bits), nested where the RPC
+            # A caller's number the engine cannot store (beyond 64 bits), nested where the RPC
             # server's argument check does not look (a setattr map, an open event).
             raise InvalidArgument(f"metadata {name}: a number out of range: {exc}") from exc
+        finally:
+            self._depth = 0
 
     return wrapper
 
@@ -85,33 +111,39 @@ class MetaBase:
 
     # Set by MetaStore.__init__; declared here so every concern mixin type-checks against them.
     _path: str
-    _db: sqlite3.Connection
+    _db: Db
     _inline_max: int
     _block_size: int
     _default_replicas: int
     _now: Callable[[], int]
+    _depth = 0  # >0 while a public method runs (see _api)
 
     @contextlib.contextmanager
     def _write(self, *, commit: bool = True) -> Iterator[int]:
         """One write transaction, rolled back on error (or always, without ``commit``); yields its time."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        db.begin_write()
         try:
             yield self._now()
-            db.execute("COMMIT" if commit else "ROLLBACK")
+            if commit:
+                db.commit()
+            else:
+                db.rollback()
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            try:
+                db.rollback()
+            except db.errors:
+                pass  # the connection is gone: the server rolled the transaction back
             raise
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[None]:
         """One read snapshot for a reader that runs several statements (none of them may write)."""
-        self._db.execute("BEGIN")
+        self._db.begin_read()
         try:
             yield
         finally:
-            self._db.execute("COMMIT")
+            self._db.commit()
 
     def _scratch(self, kind: str) -> str:
         """An empty TEMP table of ``_SCRATCH[kind]`` for a set-based operation; returns its name.

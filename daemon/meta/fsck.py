@@ -198,8 +198,9 @@ class _Fsck:
 
     def find_dentry_kinds(self) -> list[Finding[tuple[int, int]]]:
         rows = self.db.execute(
-            "SELECT d.id, d.parent, d.name, i.mode & ?1 = ?2 FROM dentries d JOIN inodes i ON i.ino = d.ino "
-            "WHERE d.is_dir != (i.mode & ?1 = ?2)",
+            "SELECT d.id, d.parent, d.name, CASE WHEN i.mode & ?1 = ?2 THEN 1 ELSE 0 END "
+            "FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.is_dir != CASE WHEN i.mode & ?1 = ?2 THEN 1 ELSE 0 END",
             (_IFMT, _IFDIR),
         ).fetchall()
         return [
@@ -273,7 +274,7 @@ class _Fsck:
             for r in self.db.execute(
                 f"WITH RECURSIVE reach(ino) AS (SELECT ?1 UNION {_INTERNAL_INOS_SQL} "
                 "UNION SELECT d.ino FROM dentries d JOIN reach r ON d.parent = r.ino) "
-                "SELECT i.ino FROM inodes i WHERE i.mode & ?2 = ?3 AND i.ino NOT IN reach "
+                "SELECT i.ino FROM inodes i WHERE i.mode & ?2 = ?3 AND i.ino NOT IN (SELECT ino FROM reach) "
                 "AND EXISTS (SELECT 1 FROM dentries d WHERE d.is_dir = 1 AND d.ino = i.ino) ORDER BY i.ino",
                 (ROOT_INO, _IFMT, _IFDIR),
             )
@@ -414,7 +415,8 @@ class _Fsck:
     def fix_block_length(self, finding: tuple[int, int]) -> None:
         ino, idx = finding
         self.db.execute(
-            "UPDATE blocks SET length = MAX(0, MIN(length, ?)) WHERE ino = ? AND idx = ?",
+            "UPDATE blocks SET length = CASE WHEN length < 0 THEN 0 WHEN length > ?1 THEN ?1 ELSE length END "
+            "WHERE ino = ?2 AND idx = ?3",
             (self.store._block_size, ino, idx),
         )
 
@@ -475,7 +477,7 @@ class _Fsck:
                 found.append((line, (ino, "NULL")))
             elif length > size:
                 line = f"inode {ino} ({self.path(ino)}): {length} bytes of inline data exceed size {size}"
-                found.append((line, (ino, "substr(inline, 1, size)")))
+                found.append((line, (ino, "substr(inline, 1, CAST(size AS INT))")))
         return found
 
     def fix_inline(self, finding: tuple[int, str]) -> None:
@@ -489,9 +491,9 @@ class _Fsck:
 
     def find_stored_totals(self) -> list[Finding[tuple[int, int]]]:
         rows = self.db.execute(
-            "SELECT i.ino, i.stored, COALESCE(length(i.inline), 0) + "
+            "SELECT ino, stored, actual FROM (SELECT i.ino, i.stored, COALESCE(length(i.inline), 0) + "
             "(SELECT COALESCE(SUM(b.stored_bytes), 0) FROM blocks b WHERE b.ino = i.ino) AS actual "
-            "FROM inodes i WHERE i.stored != actual"
+            "FROM inodes i) t WHERE stored != actual"
         ).fetchall()
         return [
             (f"inode {ino}: stored bytes {recorded}, actual {actual}", (ino, actual))

@@ -134,13 +134,11 @@ class Inodes(MetaBase):
         if symlink is None:
             mode, inherited = self._inherit_acl(parent, mode)
         nlink = 2 if is_dir else 1
-        cur = self._db.execute(
+        ino: int = self._db.execute(
             "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
-            "generation, symlink, inline) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, NULL)",
+            "generation, symlink, inline) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, NULL) RETURNING ino",
             (mode, nlink, uid, gid, rdev, size, now, now, now, symlink),
-        )
-        ino = cur.lastrowid
-        assert ino is not None
+        ).fetchone()[0]
         if inherited:
             self._db.executemany("INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in inherited])
         self._add_dentry(parent, name, ino, is_dir)
@@ -268,12 +266,13 @@ class Inodes(MetaBase):
         self._drop_blocks(ino, -(-size // bs), now)
         if size % bs:
             self._db.execute(
-                "UPDATE blocks SET length = MIN(length, ?) WHERE ino = ? AND idx = ?",
+                "UPDATE blocks SET length = CASE WHEN length < ?1 THEN length ELSE ?1 END "
+                "WHERE ino = ?2 AND idx = ?3",
                 (size % bs, ino, size // bs),
             )
         self._db.execute(
             "UPDATE inodes SET stored = stored - (length(inline) - ?1), "
-            "inline = CASE WHEN ?1 = 0 THEN NULL ELSE substr(inline, 1, ?1) END "
+            "inline = CASE WHEN ?1 = 0 THEN NULL ELSE substr(inline, 1, CAST(?1 AS INT)) END "
             "WHERE ino = ?2 AND length(inline) > ?1",
             (size, ino),
         )
@@ -288,13 +287,15 @@ class Inodes(MetaBase):
 
     def _create_internal(self, name: str, now: int) -> int:
         """A new, empty internal root ``name`` (no dentry), recorded in config."""
-        ino = self._db.execute(
+        ino: int = self._db.execute(
             "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
-            "generation, symlink, inline) VALUES (?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL)",
+            "generation, symlink, inline) VALUES (?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL) RETURNING ino",
             (_IFDIR | 0o700, DIR_SIZE, now, now, now),
-        ).lastrowid
-        assert ino is not None
-        self._db.execute("INSERT OR REPLACE INTO config VALUES (?, ?)", (_INTERNAL_KEY + name, ino))
+        ).fetchone()[0]
+        self._db.execute(
+            "INSERT INTO config VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_INTERNAL_KEY + name, ino),
+        )
         return ino
 
     def _internal_inos(self) -> dict[int, str]:

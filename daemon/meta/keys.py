@@ -127,7 +127,11 @@ class Keys(MetaBase):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         ino = self._bucket_ino(bucket)
-        self._db.execute("INSERT OR REPLACE INTO s3_grants VALUES (?, ?, ?)", (access_key, ino, name))
+        self._db.execute(
+            "INSERT INTO s3_grants VALUES (?, ?, ?) "
+            "ON CONFLICT (access_key, ino) DO UPDATE SET perm = excluded.perm",
+            (access_key, ino, name),
+        )
 
     def _bucket_ino(self, bucket: str) -> int:
         if not isinstance(bucket, str) or not bucket:

@@ -48,7 +48,8 @@ class Oplog(MetaBase):
             # Remember the high-water mark so _log never reuses a number even if all rows go.
             self._db.execute(
                 "INSERT INTO config VALUES ('oplog_seq', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                "ON CONFLICT (key) DO UPDATE SET value = "
+                "CASE WHEN config.value > excluded.value THEN config.value ELSE excluded.value END",
                 (top,),
             )
             deleted: int = self._db.execute(

@@ -74,7 +74,7 @@ class Policy(Inodes):
             # a file's parent is seeded (directories are found by the partial index dentries_dirs).
             rows = self._db.execute(
                 "WITH RECURSIVE chain(ino, depth) AS ("
-                "SELECT ?1, 0 UNION ALL SELECT ?2, 1 WHERE ?2 IS NOT NULL "
+                "SELECT ?1, 0 UNION ALL SELECT CAST(?2 AS BIGINT), 1 WHERE ?2 IS NOT NULL "
                 "UNION SELECT d.parent, c.depth + 1 FROM chain c "
                 "JOIN dentries d ON d.ino = c.ino AND d.is_dir = 1 WHERE c.ino != ?3 AND c.depth < ?4) "
                 "SELECT c.ino, x.name, x.value FROM chain c "

@@ -24,6 +24,12 @@ def _check_weight(weight: object) -> None:
         raise InvalidArgument(f"capacity weight must be finite and > 0, not {weight!r:.80}")
 
 
+_PUT_NODE = (
+    "INSERT INTO nodes VALUES (?, ?, ?) "
+    "ON CONFLICT (node_id) DO UPDATE SET info = excluded.info, updated_ns = excluded.updated_ns"
+)
+
+
 class Registry(MetaBase):
     """Nodes, their layout fields (zone, weight, state, address) and the layout epoch."""
 
@@ -39,13 +45,13 @@ class Registry(MetaBase):
     def _store_node(self, node_id: str, info: dict[str, Any], now: int) -> None:
         """Write one node row and bump the layout epoch: the caller has checked that it changes."""
         packed = _pack_dict(info, "node info")
-        self._db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", (node_id, packed, now))
+        self._db.execute(_PUT_NODE, (node_id, packed, now))
         self._bump_layout_epoch()
 
     def _bump_layout_epoch(self) -> None:
         """Part of every transaction that changes the nodes table: one epoch, one layout."""
         self._db.execute(
-            "INSERT INTO config VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            "INSERT INTO config VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = config.value + 1",
             (_LAYOUT_EPOCH,),
         )
 
@@ -60,7 +66,7 @@ class Registry(MetaBase):
         with self._write() as now:
             if self._node_info(node_id) != _unpack_dict(packed):
                 self._bump_layout_epoch()
-            self._db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", (node_id, packed, now))
+            self._db.execute(_PUT_NODE, (node_id, packed, now))
             self._log(now, "put_node", [node_id, info])
         return self._node((node_id, packed, now))
 

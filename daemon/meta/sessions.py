@@ -26,7 +26,8 @@ class Sessions(Inodes):
     def _add_open(self, session: str, ino: int, now: int) -> None:
         self._touch_session(session, now, _SESSION_REFRESH_NS)
         self._db.execute(
-            "INSERT INTO opens VALUES (?, ?, 1) ON CONFLICT (ino, session) DO UPDATE SET count = count + 1",
+            "INSERT INTO opens VALUES (?, ?, 1) "
+            "ON CONFLICT (ino, session) DO UPDATE SET count = opens.count + 1",
             (ino, session),
         )
 
@@ -34,7 +35,7 @@ class Sessions(Inodes):
         """Create or refresh a session; skip the write when it was refreshed under ``min_age_ns`` ago."""
         self._db.execute(
             "INSERT INTO sessions VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE "
-            "SET last_seen_ns = excluded.last_seen_ns WHERE last_seen_ns <= ?2 - ?3",
+            "SET last_seen_ns = excluded.last_seen_ns WHERE sessions.last_seen_ns <= ?2 - ?3",
             (session, now, min_age_ns),
         )
 

@@ -21,13 +21,15 @@ class Stats(MetaBase):
         """
         # The internal roots are bookkeeping, not part of the filesystem (their contents are).
         inodes, files, dirs, logical = self._db.execute(
-            "SELECT COUNT(*), TOTAL(mode & ?1 = ?2), TOTAL(mode & ?1 = ?3), "
-            "TOTAL(CASE WHEN mode & ?1 = ?2 THEN size ELSE 0 END) FROM inodes "
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN mode & ?1 = ?2 THEN 1 ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN mode & ?1 = ?3 THEN 1 ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN mode & ?1 = ?2 THEN size ELSE 0 END), 0) FROM inodes "
             f"WHERE ino NOT IN ({_INTERNAL_INOS_SQL})",
             (_IFMT, _IFREG, _IFDIR),
         ).fetchone()
         chunks, refs, stored, unreferenced = self._db.execute(
-            "SELECT COUNT(*), TOTAL(refcount), TOTAL(stored_bytes), TOTAL(refcount = 0) FROM chunks"
+            "SELECT COUNT(*), COALESCE(SUM(refcount), 0), COALESCE(SUM(stored_bytes), 0), "
+            "COALESCE(SUM(CASE WHEN refcount = 0 THEN 1 ELSE 0 END), 0) FROM chunks"
         ).fetchone()
         values = {
             "inodes": inodes,
@@ -39,6 +41,6 @@ class Stats(MetaBase):
             "stored_bytes": stored,
             "unreferenced_chunks": unreferenced,
             # Open handles over all client sessions (the opens table holds only open files).
-            "open_files": self._db.execute("SELECT TOTAL(count) FROM opens").fetchone()[0],
+            "open_files": self._db.execute("SELECT COALESCE(SUM(count), 0) FROM opens").fetchone()[0],
         }
         return {key: int(value) for key, value in values.items()}

@@ -1,5 +1,5 @@
-""":class:`MetaStore`: the SQLite connection, schema set-up and upgrades, durability, and the concerns
-assembled into one store."""
+""":class:`MetaStore`: the engine's connection (SQLite or PostgreSQL), schema set-up and upgrades,
+durability, and the concerns assembled into one store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+import psycopg
+import psycopg.conninfo
+
 from daemon.meta.base import _api, _db_error
+from daemon.meta.engine import ENGINES, Db, PgDb, SqliteDb, pg_ddl
 from daemon.meta.fsck import Checks
 from daemon.meta.gc import Gc
 from daemon.meta.keys import Keys
@@ -21,7 +25,7 @@ from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, INTERNAL_DIRS, SCHEMA_VER
 from daemon.meta.snapshots import Snapshots
 from daemon.meta.stats import Stats
 from daemon.meta.tokens import Tokens
-from dfs.core.errors import ConfigError
+from dfs.core.errors import ConfigError, InternalError, Unavailable
 from dfs.core.namespace import ROOT_INO
 
 
@@ -36,57 +40,72 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
         block_size: int,
         now_ns: Callable[[], int] = time.time_ns,
         default_replicas: int = 1,
+        engine: str = "sqlite",
     ) -> None:
+        """``path`` is the SQLite file, or with ``engine="postgresql"`` a libpq connection string."""
         if block_size <= 0 or inline_max < 0:
             raise ConfigError(f"bad metadata geometry: block_size={block_size} inline_max={inline_max}")
         if _replicas_or_none(default_replicas) is None:
             raise ConfigError(f"default replicas must be 1..{MAX_REPLICAS}, not {default_replicas!r:.40}")
+        if engine not in ENGINES:
+            raise ConfigError(f"metadata engine must be one of {', '.join(ENGINES)}, not {engine!r:.40}")
         self._path = os.fspath(path)
+        self._engine = engine
+        self._where = self._path if engine == "sqlite" else describe_dsn(self._path)
         self._inline_max = inline_max
         self._block_size = block_size
         self._default_replicas = default_replicas
         self._now = now_ns
         self._wal_fd: int | None = None
         self._synced_changes = -1
-        try:
-            self._db = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, cached_statements=512
-            )
-        except sqlite3.Error as exc:
-            raise _db_error(exc, f"opening {self._path}") from exc
+        self._db = _connect(engine, self._path, self._where)
         try:
             self._setup()
-        except sqlite3.Error as exc:
+        except self._db.errors as exc:
             self._db.close()
-            raise _db_error(exc, f"opening {self._path}") from exc
+            raise _db_error(self._db, exc, f"opening {self._where}") from exc
         except BaseException:
             self._db.close()
             raise
 
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @property
+    def where(self) -> str:
+        """The engine and where its data lives, fit for logs (no password)."""
+        return f"sqlite {self._path}" if self._engine == "sqlite" else self._where
+
     def _setup(self) -> None:
         db = self._db
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise ConfigError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
-        # NORMAL in WAL mode: commits survive a process crash; sync() adds power-loss durability.
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA cache_size=-65536")  # 64 MiB
-        db.execute("PRAGMA temp_store=MEMORY")
-        db.execute("PRAGMA busy_timeout=10000")  # offline tools may hold the lock briefly
-        # Checkpoint every ~40 MiB of WAL rather than 4 MiB: checkpoints fsync, and a longer WAL
-        # lets hot pages (root directory, sequence table) be written back once per checkpoint.
-        db.execute("PRAGMA wal_autocheckpoint=10000")
+        if db.engine == "sqlite":
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise ConfigError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
+            # NORMAL in WAL mode: commits survive a process crash; sync() adds power-loss durability.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-65536")  # 64 MiB
+            db.execute("PRAGMA temp_store=MEMORY")
+            db.execute("PRAGMA busy_timeout=10000")  # offline tools may hold the lock briefly
+            # Checkpoint every ~40 MiB of WAL rather than 4 MiB: checkpoints fsync, and a longer WAL
+            # lets hot pages (root directory, sequence table) be written back once per checkpoint.
+            db.execute("PRAGMA wal_autocheckpoint=10000")
         with self._write() as now:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if db.engine == "postgresql":
+                # Daemons starting together against an empty database: one creates the tables.
+                db.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
+            version = self._schema_version()
             if not 0 <= version <= SCHEMA_VERSION:
-                raise ConfigError(f"{self._path}: metadata schema {version}, expected {SCHEMA_VERSION}")
+                raise ConfigError(f"{self._where}: metadata schema {version}, expected {SCHEMA_VERSION}")
             for statement in _SCHEMA:
-                db.execute(statement)
+                db.execute(statement if db.engine == "sqlite" else pg_ddl(statement))
             self._upgrade()
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._set_schema_version()
             self._check_block_size()
             if db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
                 self._create_root(now)
+                self.catch_up_sequences()
             for name in INTERNAL_DIRS:
                 # Only a missing config row is created here; a broken one is fsck's to report and repair.
                 if (
@@ -95,8 +114,40 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
                 ):
                     self._create_internal(name, now)
 
+    def _schema_version(self) -> int:
+        if self._db.engine == "sqlite":
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        exists = self._db.execute("SELECT to_regclass('config') IS NOT NULL").fetchone()[0]
+        if not exists:
+            return 0
+        row = self._db.execute("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_schema_version(self) -> None:
+        if self._db.engine == "sqlite":
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        else:
+            self._db.execute(
+                "INSERT INTO config VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (SCHEMA_VERSION,),
+            )
+
+    def catch_up_sequences(self) -> None:
+        """PostgreSQL: move the inode and dentry-id sequences past rows inserted with explicit
+        numbers (the root, a loaded dump), as SQLite's AUTOINCREMENT does by itself."""
+        if self._db.engine != "postgresql":
+            return
+        for table, column in (("inodes", "ino"), ("dentries", "id")):
+            self._db.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                f"GREATEST((SELECT MAX({column}) FROM {table}), 1))"
+            )
+
     def _upgrade(self) -> None:
         """Bring an older database's tables up to this schema; each step checks first (reruns are no-ops)."""
+        if self._db.engine != "sqlite":
+            return  # PostgreSQL databases start at version 2
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
         if "replicas" not in columns:  # version 1: chunks had no replication factor
             self._db.execute("ALTER TABLE chunks ADD COLUMN replicas INTEGER")
@@ -107,7 +158,7 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
             self._db.execute("INSERT INTO config VALUES ('block_size', ?)", (self._block_size,))
         elif row[0] != self._block_size:
             raise ConfigError(
-                f"{self._path}: block maps use block_size {row[0]}, configured {self._block_size}"
+                f"{self._where}: block maps use block_size {row[0]}, configured {self._block_size}"
             )
 
     def reader(self) -> MetaStore:
@@ -122,8 +173,9 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
             block_size=self._block_size,
             now_ns=self._now,
             default_replicas=self._default_replicas,
+            engine=self._engine,
         )
-        other._db.execute("PRAGMA query_only=ON")
+        other._db.set_read_only()
         return other
 
     @_api
@@ -142,6 +194,8 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
         since the last call (``total_changes`` counts every row written, and
         every mutating transaction writes at least its oplog row).
         """
+        if self._db.engine != "sqlite":
+            return  # a PostgreSQL commit is durable when it returns (synchronous_commit)
         changes = self._db.total_changes
         if changes == self._synced_changes:
             return
@@ -172,3 +226,31 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
         finally:
             os.close(dir_fd)
         return self._wal_fd
+
+
+# The advisory lock key daemons take while creating or upgrading the tables ("dfs" "meta").
+_SETUP_LOCK = 0x6466_7300_6D65_7461
+
+
+def describe_dsn(dsn: str) -> str:
+    """A connection string fit for messages and logs: its password never is."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (unparsable connection string)"
+    names = ("host", "hostaddr", "port", "dbname", "user")
+    shown = " ".join(f"{k}={v}" for k, v in parts.items() if k in names)
+    return f"postgresql {shown}".rstrip()
+
+
+def _connect(engine: str, path: str, where: str) -> Db:
+    try:
+        if engine == "sqlite":
+            return SqliteDb(path)
+        return PgDb(path)
+    except sqlite3.Error as exc:
+        raise InternalError(f"metadata opening {where}: {type(exc).__name__}: {exc}") from exc
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"metadata opening {where}: {exc}") from exc
+    except psycopg.Error as exc:
+        raise Unavailable(f"metadata opening {where}: {exc}") from exc

@@ -10,6 +10,11 @@ from daemon.meta.inodes import DIR_SIZE, Inodes, _is_dir
 from dfs.core.errors import Exists, InvalidArgument, NotADirectory, NotEmpty, NotFound
 from dfs.core.namespace import ROOT_INO, Attr, check_name
 
+_PUT_VOLUME = (
+    "INSERT INTO volumes VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+    "SET ino = excluded.ino, policy = excluded.policy, created_ns = excluded.created_ns"
+)
+
 
 class Volumes(Inodes):
     """The volumes table; ``_follow_volumes`` keeps it on its directories after renames and removals."""
@@ -36,9 +41,7 @@ class Volumes(Inodes):
             except UnicodeDecodeError:
                 continue
             # OR REPLACE: a row already under the new name named the directory this one replaced.
-            self._db.execute(
-                "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)", (name, ino, policy, created_ns)
-            )
+            self._db.execute(_PUT_VOLUME, (name, ino, policy, created_ns))
 
     @staticmethod
     def _volume_name(name: str) -> bytes:
@@ -68,9 +71,7 @@ class Volumes(Inodes):
         with self._write() as now:
             attr = self._make(now, ROOT_INO, encoded, mode, uid, gid, size=DIR_SIZE)
             # A row without a directory is stale by definition: the name was free.
-            self._db.execute(
-                "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)", (name, attr.ino, packed, now)
-            )
+            self._db.execute(_PUT_VOLUME, (name, attr.ino, packed, now))
             self._log(now, "create_volume", [name, policy, mode, uid, gid, attr.ino])
         return attr
 
@@ -88,9 +89,7 @@ class Volumes(Inodes):
             row = self._volume_row(name)
             if row is not None and row[1] == entry[1]:
                 raise Exists(f"{name!r} is already a volume")
-            self._db.execute(
-                "INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)", (name, entry[1], packed, now)
-            )
+            self._db.execute(_PUT_VOLUME, (name, entry[1], packed, now))
             self._log(now, "adopt_volume", [name, policy, entry[1]])
         return self._volume((name, entry[1], packed, now))
 

@@ -9,6 +9,10 @@ from dfs.core import acl
 from dfs.core.errors import Exists, InvalidArgument, NoAttribute, PermissionDenied, RangeError
 from dfs.core.namespace import XATTR_CREATE, XATTR_REPLACE, XATTR_SIZE_MAX
 
+_PUT_XATTR = (
+    "INSERT INTO xattrs VALUES (?, ?, ?) ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value"
+)
+
 
 class Xattrs(Inodes):
     """get/list/set/removexattr; ACL xattrs also change the mode, and chmod changes the access ACL."""
@@ -48,7 +52,7 @@ class Xattrs(Inodes):
             if name in acl.NAMES:
                 self._set_acl(ino, name, value, now)
             else:
-                self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+                self._db.execute(_PUT_XATTR, (ino, name, value))
                 self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
             self._log(now, "setxattr", [ino, name, value, flags])
 
@@ -64,7 +68,7 @@ class Xattrs(Inodes):
         if stored is None:
             self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
         else:
-            self._db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, stored))
+            self._db.execute(_PUT_XATTR, (ino, name, stored))
         self._db.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?", (mode, now, ino))
 
     @_api

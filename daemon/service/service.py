@@ -67,7 +67,8 @@ class Service:
         store = None
         if self.is_primary:
             store = MetaStore(
-                self.data / "meta.db",
+                cfg.meta.dsn if cfg.meta.engine == "postgresql" else self.data / "meta.db",
+                engine=cfg.meta.engine,
                 inline_max=cfg.storage.inline_max,
                 block_size=cfg.storage.block_size,
                 default_replicas=cfg.cluster.replicas,

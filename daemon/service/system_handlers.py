@@ -106,6 +106,7 @@ class SystemHandlers:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
             "data_dir": str(self.data),
+            "metadata": store.where if store is not None else f"via {self.cfg.cluster.meta}",
             "health": "ok",
             "role": "primary" if self._cluster.is_primary else "secondary",
             "layout_epoch": self._cluster.layout_epoch,

@@ -150,6 +150,8 @@ class Daemon:
     rpc_conf: str = ""
     gossip_port: int = field(default_factory=lambda: free_port())
     gossip_conf: str = ""
+    #: The [meta] section's lines (e.g. engine = "postgresql" and its dsn).
+    meta_conf: str = ""
     node_id: str = ""
     zone: str = "default"
     #: A started daemon of the cluster this one joins: it is given that daemon's cluster
@@ -167,6 +169,7 @@ class Daemon:
             f'[s3]\nlisten = "127.0.0.1:{self.s3_port}"\n{self.s3_conf}\n'
             f'[gossip]\nlisten = "127.0.0.1:{self.gossip_port}"\n{self.gossip_conf}\n'
             f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n{self.extra_conf}'
+            + (f"\n[meta]\n{self.meta_conf}\n" if self.meta_conf else "")
         )
 
     @property

@@ -55,6 +55,7 @@ def status(
         ("version", st["version"]),
         ("uptime", f"{st['uptime_s']:.0f} s"),
         ("data dir", st["data_dir"]),
+        ("metadata", st.get("metadata", "")),
         (
             "capacity",
             f"{human(cap['total_bytes'])} ({human(cap['avail_bytes'])} available, {used_pct:.1f}% used)",

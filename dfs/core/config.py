@@ -73,6 +73,14 @@ class StorageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
+    # "sqlite" (meta.db in the data dir, on the one metadata host) or "postgresql" (every daemon
+    # serves metadata from the database ``dsn`` names; no daemon is special).
+    engine: str = "sqlite"
+    # A libpq connection string; never logged (passwords belong in a passfile it names).
+    dsn: str = dataclasses.field(default="", repr=False)
+    # How long a metadata call waits for the database to come back (a PostgreSQL failover)
+    # before it fails.
+    failover_timeout_s: float = 60.0
     session_timeout_s: float = 300.0
     oplog_keep: int = 100_000
     # The metadata primary dumps the namespace this often into <data_dir>/backups and copies it
@@ -343,6 +351,12 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [cluster] hot_ttl_s must be > 0")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
+    if cfg.meta.engine not in ("sqlite", "postgresql"):
+        raise ConfigError(f"{origin}: [meta] engine must be sqlite or postgresql")
+    if (cfg.meta.engine == "postgresql") != bool(cfg.meta.dsn):
+        raise ConfigError(f"{origin}: [meta] dsn is needed with engine = postgresql, and only then")
+    if cfg.meta.failover_timeout_s <= 0:
+        raise ConfigError(f"{origin}: [meta] failover_timeout_s must be > 0")
     if cfg.meta.backup_interval_s < 0 or cfg.meta.backup_keep < 1:
         raise ConfigError(f"{origin}: [meta] backup_interval_s must be >= 0 (0: off), backup_keep >= 1")
     if cfg.rpc.max_connections < 1:

@@ -29,7 +29,10 @@ from dfs.core.errors import (
 )
 from dfs.core.namespace import ROOT_INO, Attr, BlockRef
 from dfs.core.placement import Layout, PlacementTable
+from tests.metastores import only_sqlite, open_meta, trace
 
+# The whole module runs once per metadata engine (SQLite, PostgreSQL).
+pytestmark = pytest.mark.usefixtures("meta_engine")
 ROOT = ROOT_INO
 BS = 4096
 INLINE_MAX = 64
@@ -62,7 +65,7 @@ def chunks() -> set[bytes]:
 
 
 def open_store(path: Path, clock: Clock, **kwargs: Any) -> MetaStore:
-    return MetaStore(path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock, **kwargs)
+    return open_meta(path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock, **kwargs)
 
 
 @pytest.fixture
@@ -169,7 +172,7 @@ def wire_node(
 def test_layout_of_a_new_store(tmp_path: Path, clock: Clock, store: MetaStore) -> None:
     assert store.layout() == {"epoch": 0, "replicas": 1, "nodes": []}
     assert store._db.execute("SELECT 1 FROM config WHERE key = 'layout_epoch'").fetchone() is None
-    other = MetaStore(tmp_path / "other.db", inline_max=INLINE_MAX, block_size=BS, default_replicas=3)
+    other = open_meta(tmp_path / "other.db", inline_max=INLINE_MAX, block_size=BS, default_replicas=3)
     try:
         assert other.layout()["replicas"] == 3
         reader = other.reader()
@@ -474,6 +477,7 @@ def test_fsck_repair_recreates_chunk_rows(store: MetaStore, chunks: set[bytes]) 
 def test_version_1_database_gains_the_replicas_column(
     tmp_path: Path, clock: Clock, chunks: set[bytes]
 ) -> None:
+    only_sqlite("rewrites the file to what version 1 stored")
     s = open_store(tmp_path, clock)
     f = new_file(s)
     write(s, chunks, f, [ref(0, cid(1))], replicas=4)
@@ -503,11 +507,16 @@ def test_version_1_database_gains_the_replicas_column(
 
 
 def test_database_from_a_newer_version_is_refused(tmp_path: Path, clock: Clock) -> None:
-    open_store(tmp_path, clock).close()
-    db = sqlite3.connect(tmp_path / "meta.db")
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    db.commit()
-    db.close()
+    s = open_store(tmp_path, clock)
+    if s.engine == "sqlite":
+        s.close()
+        db = sqlite3.connect(tmp_path / "meta.db")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+        db.commit()
+        db.close()
+    else:
+        s._db.execute("UPDATE config SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+        s.close()
     with pytest.raises(ConfigError):
         open_store(tmp_path, clock)
 
@@ -661,17 +670,17 @@ def test_policy_is_a_few_statements_at_any_depth(store: MetaStore) -> None:
     top = store.lookup(v, b"x").ino
     store.setxattr(top, CONSISTENCY_XATTR, b"quorum")
     statements: list[str] = []
-    store._db.set_trace_callback(statements.append)
+    trace(store, statements.append)
     try:
         assert store.policy(f, parent=deepest) == policy(3, "quorum")
         assert store.policy(deepest) == policy(3, "quorum")
     finally:
-        store._db.set_trace_callback(None)
+        trace(store, None)
     assert len(statements) <= 12, statements
 
 
 def test_chunk_factors_tell_unknown_chunks_from_default_ones(tmp_path: Path) -> None:
-    store = MetaStore(tmp_path / "f.db", inline_max=16, block_size=64)
+    store = open_meta(tmp_path / "f.db", inline_max=16, block_size=64)
     try:
         ino = store.create(ROOT_INO, b"f", 0o644, 0, 0, "s").ino
         refs = [BlockRef(0, cid(1), 64, 64), BlockRef(1, cid(2), 64, 64)]

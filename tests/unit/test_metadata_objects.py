@@ -32,7 +32,10 @@ from dfs.core.errors import (
     TooManyLinks,
 )
 from dfs.core.namespace import RENAME_EXCHANGE, ROOT_INO, XATTR_SIZE_MAX, Attr, BlockRef
+from tests.metastores import open_meta
 
+# The whole module runs once per metadata engine (SQLite, PostgreSQL).
+pytestmark = pytest.mark.usefixtures("meta_engine")
 ROOT = ROOT_INO
 BS = 4096
 INLINE_MAX = 64
@@ -65,7 +68,7 @@ def chunks() -> set[bytes]:
 
 
 def open_store(path: Path, clock: Clock) -> MetaStore:
-    return MetaStore(path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock)
+    return open_meta(path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock)
 
 
 @pytest.fixture
@@ -293,7 +296,7 @@ def test_list_dir_matches_model(
         tempfile.TemporaryDirectory() as tmp,
         mock.patch.object(daemon.meta.objects, "_LIST_DIR_SLACK", slack),
     ):
-        store = MetaStore(Path(tmp) / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=Clock())
+        store = open_meta(Path(tmp) / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=Clock())
         try:
             for name, is_dir in entries.items():
                 if is_dir:
