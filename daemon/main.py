@@ -23,7 +23,7 @@ import click
 import trio
 
 from daemon.node import serve
-from daemon.service.backups import load_offline
+from daemon.service.backups import MetaDb, load_offline
 from dfs import logs
 from dfs.core import config as config_mod
 from dfs.core.config import Config
@@ -93,15 +93,22 @@ async def _main(cfg: Config) -> None:
 
 
 def _load_meta(cfg: Config, dump_path: Path, backup_info: str | None) -> str:
-    """Build this host's meta.db from a dump, under the data-directory lock (no daemon runs)."""
-    if cfg.cluster.meta:
+    """Load a dump into this host's metadata database, under the data-directory lock (no daemon
+    runs here): meta.db, which must not exist, or with ``[meta] engine = "postgresql"`` the
+    database ``[meta] dsn`` names, which must be empty (every daemon shares it: any host loads)."""
+    if cfg.meta.engine == "sqlite" and cfg.cluster.meta:
         raise DfsError(f"this host is not the metadata primary ([cluster] meta = {cfg.cluster.meta!r})")
     fd = _lock_data_dir(cfg.data_path)
     try:
         info = json.loads(backup_info) if backup_info else None
         st = cfg.storage
         return load_offline(
-            cfg.data_path, dump_path, info, inline_max=st.inline_max, block_size=st.block_size
+            cfg.data_path,
+            dump_path,
+            info,
+            inline_max=st.inline_max,
+            block_size=st.block_size,
+            meta=MetaDb.of(cfg.data_path, cfg.meta),
         )
     finally:
         os.close(fd)
@@ -114,7 +121,10 @@ def _load_meta(cfg: Config, dump_path: Path, backup_info: str | None) -> str:
 @click.option(
     "--load-meta",
     type=click.Path(exists=True, dir_okay=False),
-    help="do not serve: build meta.db from this dump and exit (what `dfs meta load|restore` run)",
+    help=(
+        "do not serve: load this dump into the metadata database (a new meta.db, or the empty "
+        "PostgreSQL database of [meta] dsn) and exit (what `dfs meta load|restore` run)"
+    ),
 )
 @click.option("--backup-info", help="with --load-meta: the backup's JSON (restores the cluster key too)")
 @click.version_option(package_name="dfs")

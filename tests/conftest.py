@@ -23,6 +23,7 @@ from dfs.bench.harness import Mount as Mount
 from dfs.bench.harness import free_port as free_port
 from dfs.bench.harness import is_mounted as is_mounted
 from dfs.bench.harness import wait_for as wait_for
+from tests.patroni import PatroniCluster
 from tests.pg import PgServer, sanitize_schema
 
 
@@ -112,3 +113,21 @@ def meta_engine(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
     finally:
         metastores.drop_all()
+
+
+@pytest.fixture
+def patroni_cluster() -> Iterator[PatroniCluster]:
+    """etcd and two Patroni members with a synchronous standby (tests/patroni.py), fresh for
+    each test: failover tests kill members, so nothing of one may carry over to the next."""
+    # Not under tmp_path: pytest's base temp dir is 0700 root, which the postgres user (the
+    # servers', when the tests run as root) cannot traverse.
+    base = Path(tempfile.mkdtemp(prefix="dfs-patroni-"))
+    try:
+        base.chmod(0o755)
+        cluster = PatroniCluster.start(base / "cluster")
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -55,8 +55,16 @@ def _db_error(db: Db, exc: Exception, context: str) -> DfsError:
 
 def _api(fn: Callable[P, R]) -> Callable[P, R]:
     """Translate engine, OS and overflow errors escaping a public method into dfs errors, and
-    run the method again (whole: its transaction was rolled back) after a serialization conflict."""
+    run the method again (whole: its transaction was rolled back) after a serialization conflict.
+
+    When the database connection is lost (a restart, a failover), the store reconnects (a
+    writer waits up to its ``failover_timeout_s``; see :meth:`MetaBase._reconnect`).  It runs
+    the method again only when that cannot apply a change twice: on a read-only store, or
+    under :meth:`daemon.meta.requests.Requests.call_once`, which records each change with its
+    request id; any other call fails with Unavailable (it may or may not have been applied).
+    """
     name = fn.__name__
+    replayable = name == "call_once"
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -67,15 +75,25 @@ def _api(fn: Callable[P, R]) -> Callable[P, R]:
         self._depth = 1
         try:
             pause_s = RETRY_FIRST_S
-            for attempt in range(RETRY_ATTEMPTS):
+            attempt = 0
+            while True:
                 try:
                     return fn(*args, **kwargs)
                 except db.errors as exc:
-                    if not db.is_retryable(exc) or attempt == RETRY_ATTEMPTS - 1:
+                    if db.is_disconnect(exc):
+                        if not self._reconnect():
+                            raise _db_error(db, exc, name) from exc
+                        if not (replayable or self._read_only):
+                            raise Unavailable(
+                                f"metadata {name}: the database connection was lost; "
+                                "the change may or may not have been applied"
+                            ) from exc
+                        continue
+                    attempt += 1
+                    if not db.is_retryable(exc) or attempt >= RETRY_ATTEMPTS:
                         raise _db_error(db, exc, name) from exc
                 time.sleep(random.uniform(0, pause_s))
                 pause_s *= 2
-            raise AssertionError("unreachable")
         except OSError as exc:
             raise from_oserror(exc, f"metadata {name}") from exc
         except OverflowError as exc:
@@ -117,14 +135,36 @@ class MetaBase:
     _default_replicas: int
     _now: Callable[[], int]
     _depth = 0  # >0 while a public method runs (see _api)
+    _txn_now: int | None = None  # the open transaction's time, while one is open
+    _read_only = False
+    # How long a lost connection is retried before calls fail (None: fail at once, for a
+    # store whose callers must not wait: the event loop's reader).
+    _failover_timeout_s: float | None = None
+    _reconnect_after = 0.0  # monotonic time before which a fail-fast store does not retry
 
     @contextlib.contextmanager
     def _write(self, *, commit: bool = True) -> Iterator[int]:
-        """One write transaction, rolled back on error (or always, without ``commit``); yields its time."""
+        """One write transaction, rolled back on error (or always, without ``commit``); yields its time.
+
+        Inside another transaction (a method called by :meth:`call_once`) it is part of that
+        one; a nested rollback-only one is a savepoint, rolled back to on leaving.
+        """
         db = self._db
+        if self._txn_now is not None:
+            if commit:
+                yield self._txn_now
+                return
+            db.execute("SAVEPOINT nested")
+            try:
+                yield self._txn_now
+            finally:
+                db.execute("ROLLBACK TO SAVEPOINT nested")
+                db.execute("RELEASE SAVEPOINT nested")
+            return
         db.begin_write()
+        now = self._txn_now = self._now()
         try:
-            yield self._now()
+            yield now
             if commit:
                 db.commit()
             else:
@@ -135,15 +175,32 @@ class MetaBase:
             except db.errors:
                 pass  # the connection is gone: the server rolled the transaction back
             raise
+        finally:
+            self._txn_now = None
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[None]:
         """One read snapshot for a reader that runs several statements (none of them may write)."""
+        if self._txn_now is not None:  # inside a transaction already: its snapshot
+            yield
+            return
         self._db.begin_read()
         try:
             yield
         finally:
             self._db.commit()
+
+    def _reconnect(self) -> bool:
+        """Connect the lost connection again; False if this store does not wait or the database
+        stayed away for ``failover_timeout_s``."""
+        timeout_s = self._failover_timeout_s
+        if timeout_s is None:
+            now = time.monotonic()
+            if now < self._reconnect_after:
+                return False
+            self._reconnect_after = now + 1.0  # at most one blocking attempt a second
+            return self._db.reconnect(deadline=now + 1.0)
+        return self._db.reconnect(deadline=time.monotonic() + timeout_s)
 
     def _scratch(self, kind: str) -> str:
         """An empty TEMP table of ``_SCRATCH[kind]`` for a set-based operation; returns its name.
@@ -156,6 +213,7 @@ class MetaBase:
         return f"temp.scratch_{kind}"
 
     def _log(self, now: int, op: str, args: Sequence[object]) -> None:
+        self._logged = True
         self._db.execute(
             "INSERT INTO oplog (seq, ts_ns, op, args) VALUES (COALESCE((SELECT MAX(seq) FROM oplog), "
             "(SELECT value FROM config WHERE key = 'oplog_seq'), 0) + 1, ?, ?, ?)",

@@ -6,6 +6,13 @@ file; :func:`load_dump` fills a new, empty database from one;
 it.  They are the core of ``dfs meta dump`` / ``dfs meta load`` and of the
 automatic metadata backups.
 
+Both engines (:mod:`daemon.meta.engine`) dump and load the same format: a
+dump made from SQLite loads into PostgreSQL and the reverse, which is how a
+single host moves its metadata to PostgreSQL.  What differs per engine (how
+a snapshot is read, where the table and column lists and the counters come
+from, how a target is prepared and its counters set) is in the small
+functions of the last section; everything else is shared.
+
 Format (version 1)::
 
     b"DFSMETA\x00"  u16 big-endian format version
@@ -26,21 +33,27 @@ see exactly where the input ends, even inside zstd's epilogue, and check a
 record's size before decompressing it; each batch is large enough to compress
 well alone.  Values are msgpack nil, integers, floats, str and bin (SQLite's
 NULL, INTEGER, REAL, TEXT and BLOB), so nothing in a dump is SQLite's own and
-a loader for another engine reads it as well.  ``sha256`` covers every record
+a loader for another engine reads it as well (PostgreSQL's BIGINT, TEXT and
+BYTEA map onto the same four).  ``sha256`` covers every record
 before the end record, uncompressed, each as its u32 length + msgpack bytes;
 ``mac`` is HMAC-SHA256 of that digest under a key derived from the cluster
 secret, so a truncated, corrupted or altered dump, or one made for another
 cluster, is refused before anything is committed.  ``sequences`` holds the
 highest value each counter ever handed out (inode numbers and readdir cookies
 are never reused; nor are oplog sequence numbers, so the restored store's
-fresh oplog continues after the dumped one's head).
+fresh oplog continues after the dumped one's head): SQLite's
+``sqlite_sequence``, PostgreSQL's identity sequences (never below the highest
+row); a counter that never handed anything out is left out.
 
 What a dump holds, table by table (:data:`DUMPED_TABLES`; a table of the
 schema in neither that nor :data:`EXCLUDED_TABLES` makes :func:`write_dump`
 refuse, and a test fail):
 
 - every row of ``config``, ``dentries``, ``volumes``, ``nodes``, ``s3_keys``,
-  ``s3_bucket_owners``, ``s3_grants`` and ``admin_tokens`` as it is;
+  ``s3_bucket_owners``, ``s3_grants`` and ``admin_tokens`` as it is, but for
+  the engine's own bookkeeping in ``config`` (:data:`_ENGINE_CONFIG`:
+  PostgreSQL's ``schema_version``, which SQLite keeps as ``PRAGMA
+  user_version``; the header carries the version);
 - ``inodes``, ``xattrs`` and ``blocks`` without the inodes that have no name
   left (nlink 0): they live only while a session holds them open, and
   sessions are not restored; ``chunks`` accordingly loses one reference per
@@ -67,19 +80,29 @@ import secrets
 import sqlite3
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import msgpack
+import psycopg
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from daemon.meta.schema import _INTERNAL_KEY, INTERNAL_DIRS, SCHEMA_VERSION
-from daemon.meta.store import MetaStore
+from daemon.meta.base import _db_error
+from daemon.meta.engine import ENGINES, Db, PgDb, SqliteDb, pg_ddl, pg_sql
+from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, INTERNAL_DIRS, SCHEMA_VERSION
+from daemon.meta.store import _SETUP_LOCK, MetaStore, _connect, describe_dsn
 from dfs.core.auth import derive_key
-from dfs.core.errors import ConfigError, InternalError, InvalidArgument, NotEmpty, NotFound, from_oserror
+from dfs.core.errors import (
+    ConfigError,
+    InternalError,
+    InvalidArgument,
+    NotEmpty,
+    NotFound,
+    from_oserror,
+)
 from dfs.core.namespace import ROOT_INO
 from dfs.files import fsync_dir
 
@@ -114,11 +137,15 @@ DUMPED_TABLES = (
     "s3_grants",
     "admin_tokens",
 )
-EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog"})
-# The AUTOINCREMENT tables (their sqlite_sequence rows are dumped as "sequences").
-_COUNTER_TABLES = ("inodes", "dentries")
+EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog", "requests"})
+# The AUTOINCREMENT tables and their counted column (their sqlite_sequence rows, or on PostgreSQL
+# their identity sequences, are dumped as "sequences").
+_COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}
+_COUNTER_TABLES = tuple(_COUNTER_COLUMNS)
 # The oplog's counter (its head, config 'oplog_seq' when restored; see daemon/meta/oplog.py).
 _OPLOG_COUNTER = "oplog"
+# Config rows that are an engine's own bookkeeping, not metadata: never dumped, kept by a load.
+_ENGINE_CONFIG: dict[str, tuple[str, ...]] = {"sqlite": (), "postgresql": ("schema_version",)}
 # How each schema version's dump loads into this schema.  Rows go in by column name, so a
 # column a dump lacks takes its default (NULL), just as _upgrade's ALTER TABLE ADD COLUMN
 # gives it; a version whose upgrade rewrites data needs its own step here.  A test fails when
@@ -155,12 +182,12 @@ _SOURCES: dict[str, str] = {
     ),
 }
 # Column expressions over a source that differ from the column itself (what purging the
-# detached inodes would have done: MetaStore._purge, Inodes._drop_blocks).
+# detached inodes would have done: MetaStore._purge, Inodes._drop_blocks); ?1 is the dump's time.
 _OVERRIDES: dict[str, dict[str, str]] = {
     "chunks": {
         "refcount": "refcount - dump_detached",
         "zero_since_ns": (
-            "CASE WHEN dump_detached > 0 AND refcount - dump_detached <= 0 THEN :now ELSE zero_since_ns END"
+            "CASE WHEN dump_detached > 0 AND refcount - dump_detached <= 0 THEN ?1 ELSE zero_since_ns END"
         ),
     },
 }
@@ -184,57 +211,44 @@ class DumpInfo:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def write_dump(db_path: Path, out: BinaryIO, *, secret: bytes, now_ns: int | None = None) -> DumpInfo:
-    """Stream one consistent snapshot of the metadata database at ``db_path`` to ``out``.
+def write_dump(
+    source: Path | str,
+    out: BinaryIO,
+    *,
+    secret: bytes,
+    now_ns: int | None = None,
+    engine: str = "sqlite",
+) -> DumpInfo:
+    """Stream one consistent snapshot of the metadata database to ``out``.
 
-    Reads on its own read-only connection inside one read transaction: in WAL
-    mode that is one snapshot, and it never blocks the daemon's writer (it
-    only keeps checkpoints from recycling the WAL until it ends).  Memory stays
-    bounded by one batch.  Blocking: call it in a worker thread.
+    ``source`` is the SQLite file, or with ``engine="postgresql"`` a libpq
+    connection string (the tables in the schema its search_path names).
+    Reads on its own read-only connection inside one read transaction: in
+    SQLite's WAL mode that is one snapshot, on PostgreSQL a REPEATABLE READ
+    one, and neither blocks the daemons' writers (SQLite only keeps
+    checkpoints from recycling the WAL until it ends).  Memory stays bounded
+    by one batch.  Blocking: call it in a worker thread.
     """
+    _check_engine(engine)
     created_ns = time.time_ns() if now_ns is None else now_ns
-    db = _open_source(Path(db_path))
+    where = _where(source, engine)
+    keys = _Keys(secret)
+    db = _open_source(source, engine, where)
     try:
-        return _write(db, out, _Keys(secret), created_ns)
-    except sqlite3.Error as exc:
-        raise InternalError(f"metadata dump of {db_path}: {type(exc).__name__}: {exc}") from exc
+        return _write(db, out, keys, created_ns)
+    except db.errors as exc:
+        raise _db_error(db, exc, f"dump of {where}") from exc
     except OSError as exc:
-        raise from_oserror(exc, f"metadata dump of {db_path}") from exc
+        raise from_oserror(exc, f"metadata dump of {where}") from exc
     finally:
         db.close()  # ends the read transaction
 
 
-def _open_source(db_path: Path) -> sqlite3.Connection:
-    if not db_path.is_file():
-        raise NotFound(f"no metadata database at {db_path}")
-    # as_uri quotes the path, so "?" or "#" in it cannot pass for URI syntax.
-    uri = db_path.absolute().as_uri() + "?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"cannot open metadata database {db_path}: {exc}") from exc
-    try:
-        db.execute("PRAGMA busy_timeout=10000")
-        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode != "wal":
-            # Outside WAL mode a reader's lock blocks the writer's commits: never do that to a daemon.
-            raise ConfigError(f"{db_path}: journal mode {mode!r}, not WAL; refusing to hold a read lock")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _write(db: sqlite3.Connection, out: BinaryIO, keys: _Keys, created_ns: int) -> DumpInfo:
-    db.execute("BEGIN")
+def _write(db: Db, out: BinaryIO, keys: _Keys, created_ns: int) -> DumpInfo:
+    db.begin_read()
     # The snapshot begins with the transaction's first read; every statement below reads inside it.
-    schema_version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    live = [
-        str(r[0])
-        for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-        )
-    ]
+    schema_version = _schema_version(db)
+    live = _live_tables(db)
     if "inodes" not in live or schema_version == 0:
         raise ConfigError("not a dfs metadata database (no inodes table or schema version)")
     if schema_version > SCHEMA_VERSION:
@@ -278,12 +292,9 @@ def _write(db: sqlite3.Connection, out: BinaryIO, keys: _Keys, created_ns: int) 
     return DumpInfo(counts, writer.written_bytes, digest.hex(), created_ns, schema_version)
 
 
-def _sequences(db: sqlite3.Connection) -> dict[str, int]:
+def _sequences(db: Db) -> dict[str, int]:
     """The counters: each AUTOINCREMENT table's highest value ever handed out, and the oplog's head."""
-    found = {str(name): int(seq) for name, seq in db.execute("SELECT name, seq FROM sqlite_sequence")}
-    unknown = sorted(set(found) - set(_COUNTER_TABLES))
-    if unknown:
-        raise InternalError(f"AUTOINCREMENT tables {unknown} have no counter in daemon/meta/dump.py")
+    found = _counters(db)
     head = db.execute(
         "SELECT COALESCE((SELECT MAX(seq) FROM oplog), (SELECT value FROM config WHERE key = 'oplog_seq'), 0)"
     ).fetchone()[0]
@@ -291,7 +302,15 @@ def _sequences(db: sqlite3.Connection) -> dict[str, int]:
     return found
 
 
-def _write_table(db: sqlite3.Connection, writer: _RecordWriter, keys: _Keys, table: str, now: int) -> int:
+def _source(db: Db, table: str) -> str:
+    """The query whose rows are the table's dumped rows."""
+    if table == "config" and _ENGINE_CONFIG[db.engine]:
+        keys = ", ".join(f"'{key}'" for key in _ENGINE_CONFIG[db.engine])
+        return f"SELECT * FROM config WHERE key NOT IN ({keys})"
+    return _SOURCES.get(table, f"SELECT * FROM {_quote(table)}")
+
+
+def _write_table(db: Db, writer: _RecordWriter, keys: _Keys, table: str, now: int) -> int:
     columns = _columns(db, table)
     overrides = _OVERRIDES.get(table, {})
     sealed = _ENCRYPTED.get(table, {})
@@ -299,14 +318,13 @@ def _write_table(db: sqlite3.Connection, writer: _RecordWriter, keys: _Keys, tab
     if missing:
         raise InternalError(f"daemon/meta/dump.py names columns {missing} that table {table} lacks")
     select = ", ".join(f"{overrides[c]} AS {_quote(c)}" if c in overrides else _quote(c) for c in columns)
-    source = _SOURCES.get(table, f"SELECT * FROM {_quote(table)}")
     writer.record({"kind": "table", "table": table, "columns": columns, "encrypted": sealed})
     seal = [(columns.index(c), columns.index(k), c) for c, k in sealed.items()]
-    cursor = db.execute(f"SELECT {select} FROM ({source})", {"now": now})
+    query = f"SELECT {select} FROM ({_source(db, table)}) AS dump_source"
     batch: list[Sequence[Any]] = []
     batch_bytes = 0
     count = 0
-    while rows := cursor.fetchmany(_BATCH_ROWS):
+    for rows in _batches(db, query, (now,) if "?1" in select else ()):
         for row in rows:
             if seal:
                 values = list(row)
@@ -324,10 +342,6 @@ def _write_table(db: sqlite3.Connection, writer: _RecordWriter, keys: _Keys, tab
         count += len(batch)
     writer.record({"kind": "table_end", "table": table, "rows": count})
     return count
-
-
-def _columns(db: sqlite3.Connection, table: str) -> list[str]:
-    return [str(r[1]) for r in db.execute(f"PRAGMA table_info({_quote(table)})")]
 
 
 def _quote(name: str) -> str:
@@ -620,29 +634,44 @@ def verify_dump(inp: BinaryIO, *, secret: bytes) -> DumpInfo:
 # -- loading ------------------------------------------------------------------------------------
 
 
-def load_dump(inp: BinaryIO, db_path: Path, *, secret: bytes, inline_max: int, block_size: int) -> DumpInfo:
-    """Load a dump into a new metadata database at ``db_path`` (or into a fresh, empty one there).
+def load_dump(
+    inp: BinaryIO,
+    target: Path | str,
+    *,
+    secret: bytes,
+    inline_max: int,
+    block_size: int,
+    engine: str = "sqlite",
+) -> DumpInfo:
+    """Load a dump into a new metadata database (or into a fresh, empty one).
 
-    All rows go in in one transaction, committed only after the dump's end
-    record, checksum and MAC check out.  A database at ``db_path`` holding
-    anything beyond a fresh store's rows is refused (NotEmpty).  A new
-    database is built under a temporary name and linked into place only when
-    complete, so a failed or interrupted load never leaves an empty store
-    behind for a daemon to start on (and its orphan sweep to empty the chunk
-    stores against).  The target must not be in use.
+    ``target`` is the SQLite file, or with ``engine="postgresql"`` a libpq
+    connection string (the tables go into the schema its search_path names,
+    created there if missing).  All rows go in in one transaction, committed
+    only after the dump's end record, checksum and MAC check out.  A database
+    holding anything beyond a fresh store's rows is refused (NotEmpty).  A
+    new SQLite database is built under a temporary name and linked into place
+    only when complete; on PostgreSQL the tables are created inside the load's
+    own transaction.  So a failed or interrupted load never leaves an empty
+    store behind for a daemon to start on (and its orphan sweep to empty the
+    chunk stores against).  The target must not be in use.
     """
-    db_path = Path(db_path)
+    _check_engine(engine)
+    where = _where(target, engine)
     try:
         reader = _Reader(inp, _Keys(secret))
         if reader.block_size != block_size:
             raise ConfigError(
                 f"metadata dump's block maps use block_size {reader.block_size}, configured {block_size}"
             )
+        if engine == "postgresql":
+            return _load_pg(reader, str(target), where, block_size=block_size)
+        db_path = Path(target)
         if db_path.exists():
-            return _load_into(reader, db_path, inline_max=inline_max, block_size=block_size)
+            return _load_sqlite(reader, db_path, inline_max=inline_max, block_size=block_size)
         return _load_new(reader, db_path, inline_max=inline_max, block_size=block_size)
     except OSError as exc:
-        raise from_oserror(exc, f"loading metadata into {db_path}") from exc
+        raise from_oserror(exc, f"loading metadata into {where}") from exc
 
 
 def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: int) -> DumpInfo:
@@ -653,7 +682,7 @@ def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: in
     tmp = db_path.with_name(db_path.name + ".loading")
     _remove_db(tmp)  # a leftover of an interrupted load: never a live store (never linked into place)
     try:
-        info = _load_into(reader, tmp, inline_max=inline_max, block_size=block_size)
+        info = _load_sqlite(reader, tmp, inline_max=inline_max, block_size=block_size)
         try:
             os.link(tmp, db_path)  # not rename: never replace a database that appeared meanwhile
         except FileExistsError:
@@ -664,51 +693,76 @@ def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: in
     return info
 
 
-def _load_into(reader: _Reader, path: Path, *, inline_max: int, block_size: int) -> DumpInfo:
+def _load_sqlite(reader: _Reader, path: Path, *, inline_max: int, block_size: int) -> DumpInfo:
     # The normal creation: schema, root and internal roots, block size; the load replaces them.
     MetaStore(path, inline_max=inline_max, block_size=block_size).close()
-    db = sqlite3.connect(path, isolation_level=None)
+    db = _connect("sqlite", str(path), str(path))
     try:
         db.execute("PRAGMA busy_timeout=10000")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB, as MetaStore
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            _check_fresh(db, path)
-            _clear(db)
-            info = reader.read_body(_Loader(db))
-            row = db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
-            if row is None or row[0] != block_size:
-                found = None if row is None else row[0]
-                raise _bad(f"its config holds block_size {found!r:.40}, its header {block_size}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        info = _load_rows(reader, db, str(path), block_size=block_size)
         # Fold the WAL into the database file (and fsync it) before the file is linked into place.
         busy, wal_pages, done_pages = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy or wal_pages != done_pages:
             raise InternalError(f"{path}: the loaded metadata could not be checkpointed (in use?)")
         return info
-    except sqlite3.Error as exc:
-        raise InternalError(f"loading metadata into {path}: {type(exc).__name__}: {exc}") from exc
+    except db.errors as exc:
+        raise _db_error(db, exc, f"loading into {path}") from exc
     finally:
         db.close()
 
 
-def _live_tables(db: sqlite3.Connection) -> list[str]:
-    return [
-        str(r[0])
-        for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-        )
-    ]
+def _load_pg(reader: _Reader, dsn: str, where: str, *, block_size: int) -> DumpInfo:
+    db = _connect("postgresql", dsn, where)
+    try:
+        return _load_rows(reader, db, where, block_size=block_size)
+    except db.errors as exc:
+        if db.is_retryable(exc):
+            raise NotEmpty(
+                f"{where} is in use (another connection wrote to it during the load): "
+                "stop every dfsd using it, and load into a new, empty database"
+            ) from exc
+        raise _db_error(db, exc, f"loading into {where}") from exc
+    finally:
+        db.close()
 
 
-def _check_fresh(db: sqlite3.Connection, path: Path) -> None:
+def _load_rows(reader: _Reader, db: Db, where: str, *, block_size: int) -> DumpInfo:
+    """The load itself, in one write transaction: check, clear, insert, set the counters, commit."""
+    db.begin_write()
+    try:
+        _prepare_target(db, where, block_size)
+        _check_fresh(db, where)
+        _clear(db)
+        loader = _Loader(db)
+        info = reader.read_body(loader)
+        row = db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
+        if row is None or row[0] != block_size:
+            found = None if row is None else row[0]
+            raise _bad(f"its config holds block_size {found!r:.40}, its header {block_size}")
+        # Only now that the MAC checked out: a PostgreSQL sequence moves outside the transaction.
+        _set_counters(db, loader.counters)
+        head = loader.counters.get(_OPLOG_COUNTER, 0)
+        if head:
+            db.execute(
+                "INSERT INTO config VALUES ('oplog_seq', ?) ON CONFLICT (key) DO UPDATE SET value = "
+                "CASE WHEN config.value > excluded.value THEN config.value ELSE excluded.value END",
+                (head,),
+            )
+        db.commit()
+    except BaseException:
+        try:
+            db.rollback()
+        except db.errors:
+            pass  # the connection is gone: the server rolled the transaction back
+        raise
+    return info
+
+
+def _check_fresh(db: Db, where: str) -> None:
     """Refuse a database holding anything beyond what a fresh MetaStore creates."""
     internal_keys = [_INTERNAL_KEY + name for name in INTERNAL_DIRS]
-    fresh_keys = ("block_size", *internal_keys)
+    fresh_keys = ("block_size", *internal_keys, *_ENGINE_CONFIG[db.engine])
     marks = ",".join("?" * len(fresh_keys))
     for table in _live_tables(db):
         if table == "config":
@@ -722,24 +776,32 @@ def _check_fresh(db: sqlite3.Connection, path: Path) -> None:
         else:
             found = db.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1")
         if found.fetchone() is not None:
-            raise NotEmpty(f"{path} already holds metadata (table {table}); load a dump into a new database")
+            raise NotEmpty(
+                f"{where} already holds metadata (table {table}): a load never overwrites metadata; "
+                "load the dump into a new, empty database"
+            )
 
 
-def _clear(db: sqlite3.Connection) -> None:
+def _clear(db: Db) -> None:
     """Drop a fresh store's rows (root, internal roots, config): the dump's replace them."""
+    kept = _ENGINE_CONFIG[db.engine]
     for table in _live_tables(db):
-        if table in DUMPED_TABLES or table in EXCLUDED_TABLES:
+        if table == "config" and kept:
+            db.execute(f"DELETE FROM config WHERE key NOT IN ({','.join('?' * len(kept))})", kept)
+        elif table in DUMPED_TABLES or table in EXCLUDED_TABLES:
             db.execute(f"DELETE FROM {_quote(table)}")
-    db.execute("DELETE FROM sqlite_sequence")
 
 
 class _Loader:
-    """A sink inserting each table's rows by column name (inside the caller's transaction)."""
+    """A sink inserting each table's rows by column name (inside the caller's transaction); the
+    counters are kept for the caller to set once the whole dump checked out."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Db) -> None:
         self._db = db
         self._table = ""
         self._insert = ""
+        self._misfits: tuple[type[Exception], ...] = (*_row_errors(db), OverflowError, ValueError, TypeError)
+        self.counters: dict[str, int] = {}
 
     def begin_table(self, table: str, columns: list[str]) -> None:
         known = _columns(self._db, table)
@@ -760,33 +822,210 @@ class _Loader:
     def rows(self, rows: list[list[Any]]) -> None:
         try:
             self._db.executemany(self._insert, rows)
-        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
+        except self._misfits as exc:
             raise _bad(f"rows of table {self._table} do not fit the schema: {exc}") from None
 
     def sequences(self, sequences: dict[str, int]) -> None:
         unknown = sorted(set(sequences) - {*_COUNTER_TABLES, _OPLOG_COUNTER})
         if unknown:
             raise ConfigError(f"metadata dump has counters {unknown} this dfs does not know")
-        for table in _COUNTER_TABLES:
-            seq = sequences.get(table)
-            if seq is None:
-                continue
-            # Inserting explicit keys already raised the counter to the highest row; a deleted
-            # newest row leaves it higher, and that is what keeps numbers from being reused.
-            if not self._db.execute(
-                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (seq, table)
-            ).rowcount:
-                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, seq))
-        head = sequences.get(_OPLOG_COUNTER, 0)
-        if head:
-            self._db.execute(
-                "INSERT INTO config VALUES ('oplog_seq', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                (head,),
-            )
+        self.counters = dict(sequences)
 
 
 def _remove_db(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{path}{suffix}")
+
+
+# -- the engines --------------------------------------------------------------------------------
+# Everything above runs on the Db interface in the SQL both engines understand (PgDb rewrites
+# placeholders); what differs between SQLite and PostgreSQL is here, one small function each.
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ConfigError(f"metadata engine must be one of {', '.join(ENGINES)}, not {engine!r:.40}")
+
+
+def _where(location: Path | str, engine: str) -> str:
+    """The database, for messages: the SQLite path, or the connection string without its password."""
+    return os.fspath(location) if engine == "sqlite" else describe_dsn(str(location))
+
+
+class _SqliteReadOnly(SqliteDb):
+    """A read-only connection to an existing SQLite file, as a Db."""
+
+    def __init__(self, path: Path) -> None:
+        # as_uri quotes the path, so "?" or "#" in it cannot pass for URI syntax.
+        uri = path.absolute().as_uri() + "?mode=ro"
+        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self.execute = self.conn.execute
+
+
+def _open_source(source: Path | str, engine: str, where: str) -> Db:
+    """The dump's own connection; the snapshot is its first read transaction (``begin_read``)."""
+    if engine == "postgresql":
+        return _connect(engine, str(source), where)  # begin_read: REPEATABLE READ READ ONLY
+    db_path = Path(source)
+    if not db_path.is_file():
+        raise NotFound(f"no metadata database at {db_path}")
+    try:
+        db = _SqliteReadOnly(db_path)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open metadata database {db_path}: {exc}") from exc
+    try:
+        db.execute("PRAGMA busy_timeout=10000")
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            # Outside WAL mode a reader's lock blocks the writer's commits: never do that to a daemon.
+            raise ConfigError(f"{db_path}: journal mode {mode!r}, not WAL; refusing to hold a read lock")
+    except sqlite3.Error as exc:
+        db.close()
+        raise ConfigError(f"cannot read metadata database {db_path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _schema_version(db: Db) -> int:
+    """The schema version of the database's tables (0: none), as MetaStore keeps it."""
+    if db.engine == "sqlite":
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    if not db.execute("SELECT to_regclass('config') IS NOT NULL").fetchone()[0]:
+        return 0
+    row = db.execute("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _live_tables(db: Db) -> list[str]:
+    """The tables of the database (SQLite's file; PostgreSQL's schema first on the search_path)."""
+    if db.engine == "sqlite":
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    else:
+        sql = (
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+    return [str(r[0]) for r in db.execute(sql)]
+
+
+def _columns(db: Db, table: str) -> list[str]:
+    """The table's columns in their order (empty: no such table)."""
+    if db.engine == "sqlite":
+        return [str(r[1]) for r in db.execute(f"PRAGMA table_info({_quote(table)})")]
+    return [
+        str(r[0])
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+            (table,),
+        )
+    ]
+
+
+def _batches(db: Db, sql: str, params: Sequence[Any]) -> Iterator[list[Any]]:
+    """A query's rows, at most a batch at a time in memory (on PostgreSQL a server-side cursor)."""
+    if isinstance(db, PgDb):
+        statement, numbered = pg_sql(sql)
+        args: Any = {f"p{i}": v for i, v in enumerate(params, 1)} if numbered else params
+        with db.conn.cursor(name="dfs_meta_dump") as cursor:
+            cursor.itersize = _BATCH_ROWS
+            cursor.execute(statement, args or None)
+            while rows := cursor.fetchmany(_BATCH_ROWS):
+                yield rows
+        return
+    assert isinstance(db, SqliteDb)
+    sqlite_cursor = db.conn.execute(sql, params)
+    while rows := sqlite_cursor.fetchmany(_BATCH_ROWS):
+        yield rows
+
+
+def _counters(db: Db) -> dict[str, int]:
+    """Each counted table's highest number ever handed out (none yet: left out)."""
+    if db.engine == "sqlite":
+        found = {str(name): int(seq) for name, seq in db.execute("SELECT name, seq FROM sqlite_sequence")}
+        unknown = sorted(set(found) - set(_COUNTER_TABLES))
+        if unknown:
+            raise InternalError(f"AUTOINCREMENT tables {unknown} have no counter in daemon/meta/dump.py")
+        return found
+    identity = {
+        (str(t), str(c))
+        for t, c in db.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND is_identity = 'YES'"
+        )
+    }
+    unknown = sorted(f"{t}.{c}" for t, c in identity - set(_COUNTER_COLUMNS.items()))
+    if unknown:
+        raise InternalError(f"identity columns {unknown} have no counter in daemon/meta/dump.py")
+    found = {}
+    for table, column in sorted(identity):
+        # The sequence is not part of the snapshot (it may be ahead of it: never behind what the
+        # snapshot's rows used), and a row inserted with its number may be ahead of the sequence.
+        (value,) = db.execute(
+            f"SELECT GREATEST(pg_sequence_last_value(pg_get_serial_sequence(?, ?)::regclass), "
+            f"(SELECT MAX({_quote(column)}) FROM {_quote(table)}), 0)",
+            (table, column),
+        ).fetchone()
+        if value:
+            found[table] = int(value)
+    return found
+
+
+def _prepare_target(db: Db, where: str, block_size: int) -> None:
+    """Inside the load's transaction: make sure the tables exist and are this dfs's.
+
+    SQLite's were just created by MetaStore (in a file no daemon uses yet).  On PostgreSQL the
+    tables are created here when missing, as MetaStore creates them but inside the load's
+    transaction, so a failed load leaves the database as it found it; the setup lock keeps a
+    daemon starting meanwhile from creating them too, and waits it out until the load commits.
+    """
+    if db.engine == "sqlite":
+        return
+    db.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
+    version = _schema_version(db)
+    if version not in (0, SCHEMA_VERSION):
+        raise ConfigError(f"{where}: metadata schema {version}, expected {SCHEMA_VERSION}")
+    for statement in _SCHEMA:
+        db.execute(pg_ddl(statement))
+    db.execute(
+        "INSERT INTO config VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (SCHEMA_VERSION,),
+    )
+    row = db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
+    if row is not None and row[0] != block_size:
+        raise ConfigError(f"{where}: block maps use block_size {row[0]}, configured {block_size}")
+
+
+def _row_errors(db: Db) -> tuple[type[Exception], ...]:
+    """The engine's errors that mean "a row does not fit the table" (not "the database failed")."""
+    if db.engine == "sqlite":
+        return (sqlite3.Error,)
+    return (psycopg.DataError, psycopg.IntegrityError)
+
+
+def _set_counters(db: Db, sequences: Mapping[str, int]) -> None:
+    """Continue each counter after the dump's (never below the highest loaded row)."""
+    if db.engine == "sqlite":
+        db.execute("DELETE FROM sqlite_sequence")
+        # Inserting explicit keys raised each counter to its highest row; a deleted newest row
+        # left the dump's higher, and that is what keeps numbers from being reused.
+        for table in _COUNTER_TABLES:
+            seq = sequences.get(table)
+            top = db.execute(
+                f"SELECT MAX({_quote(_COUNTER_COLUMNS[table])}) FROM {_quote(table)}"
+            ).fetchone()[0]
+            value = max(seq or 0, top or 0)
+            if value:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, value))
+        return
+    # MetaStore.catch_up_sequences, with the dump's counter as the floor.
+    for table, column in _COUNTER_COLUMNS.items():
+        db.execute(
+            f"SELECT setval(pg_get_serial_sequence(?, ?), "
+            f"GREATEST(?, (SELECT MAX({_quote(column)}) FROM {_quote(table)}), 1))",
+            (table, column, sequences.get(table, 0)),
+        )

@@ -26,8 +26,10 @@ runs the whole public method again (bounded, jittered).
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
@@ -39,6 +41,9 @@ import psycopg.pq
 from psycopg.types.numeric import Int8Dumper
 
 ENGINES = ("sqlite", "postgresql")
+log = logging.getLogger("dfs.daemon")
+# Pause between attempts to reach a database that went away (a failover takes seconds).
+_RECONNECT_PAUSE_S = 0.25
 
 
 class Cursor(Protocol):
@@ -90,6 +95,10 @@ class Db:
     def set_read_only(self) -> None:
         """Refuse writes through this connection from now on."""
         raise NotImplementedError
+
+    def reconnect(self, *, deadline: float) -> bool:
+        """Replace a lost connection, trying until ``deadline`` (monotonic); False if it could not."""
+        return False
 
     # What an engine error means, for the error table in daemon.meta.base.
     def is_full(self, exc: Exception) -> bool:
@@ -218,6 +227,7 @@ class PgDb(Db):
         self._statements: dict[str, tuple[str, bool]] = {}
         self._changes = 0
         self._writing = False
+        self._read_only = False
         self.trace: Callable[[str], object] | None = None  # sees every statement (tests count them)
         self.conn = self._connect(connect_timeout_s)
         self.execute = self._execute
@@ -231,12 +241,32 @@ class PgDb(Db):
         conn.adapters.register_loader("numeric", _NumericLoader)
         return conn
 
-    def reconnect(self, timeout_s: float) -> None:
+    def reconnect(self, *, deadline: float) -> bool:
         try:
             self.conn.close()
         except psycopg.Error:
             pass
-        self.conn = self._connect(timeout_s)
+        self._writing = False
+        warned = False
+        while True:
+            left_s = deadline - time.monotonic()
+            try:
+                conn = self._connect(min(max(left_s, 1.0), 5.0))
+                if self._read_only:
+                    conn.execute("SET default_transaction_read_only = on")
+            except psycopg.Error as exc:
+                if time.monotonic() + _RECONNECT_PAUSE_S >= deadline:
+                    log.warning("metadata database still unreachable, giving up: %s", exc)
+                    return False
+                if not warned:
+                    log.warning("metadata database unreachable, waiting for it: %s", exc)
+                    warned = True
+                time.sleep(_RECONNECT_PAUSE_S)
+                continue
+            self.conn = conn
+            if warned:
+                log.warning("metadata database reachable again")
+            return True
 
     def _statement(self, sql: str) -> tuple[str, bool]:
         found = self._statements.get(sql)
@@ -285,6 +315,7 @@ class PgDb(Db):
         self.conn.close()
 
     def set_read_only(self) -> None:
+        self._read_only = True
         self.conn.execute("SET default_transaction_read_only = on")
 
     def is_full(self, exc: Exception) -> bool:

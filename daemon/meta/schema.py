@@ -31,6 +31,8 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
 - ``s3_bucket_owners`` and ``s3_grants``: which key owns a bucket and what
   other keys may do there (dfs/core/s3grants.py), both by the bucket
   directory's inode.  A bucket without an owner row is the root key's.
+- ``requests``: request id -> the recorded result of a change made exactly
+  once (daemon/meta/requests.py); trimmed by age.
 - ``admin_tokens``: scoped admin API tokens (id, name, scope ``read`` or
   ``admin``, created); only the SHA-256 of each token is stored, and the
   oplog names the id only (see daemon/admin/tokens.py).
@@ -123,6 +125,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS s3_grants (
         access_key TEXT NOT NULL, ino INTEGER NOT NULL, perm TEXT NOT NULL,
         PRIMARY KEY (access_key, ino)) WITHOUT ROWID""",
+    # Exactly-once changes (daemon/meta/requests.py): the result of each recorded request.
+    """CREATE TABLE IF NOT EXISTS requests (
+        id BLOB PRIMARY KEY, ts_ns INTEGER NOT NULL, result BLOB NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS requests_by_age ON requests (ts_ns)",
     """CREATE TABLE IF NOT EXISTS admin_tokens (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, digest BLOB NOT NULL,
         created_ns INTEGER NOT NULL) WITHOUT ROWID""",

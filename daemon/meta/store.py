@@ -21,6 +21,7 @@ from daemon.meta.objects import Objects
 from daemon.meta.oplog import Oplog
 from daemon.meta.policy import MAX_REPLICAS, Policy, _replicas_or_none
 from daemon.meta.registry import Registry
+from daemon.meta.requests import Requests
 from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.snapshots import Snapshots
 from daemon.meta.stats import Stats
@@ -29,7 +30,9 @@ from dfs.core.errors import ConfigError, InternalError, Unavailable
 from dfs.core.namespace import ROOT_INO
 
 
-class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, Gc, Oplog, Stats, Checks):
+class MetaStore(
+    Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, Gc, Oplog, Stats, Checks, Requests
+):
     """All metadata of one filesystem; see :mod:`daemon.meta` for the concerns and the invariants."""
 
     def __init__(
@@ -41,6 +44,7 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
         now_ns: Callable[[], int] = time.time_ns,
         default_replicas: int = 1,
         engine: str = "sqlite",
+        failover_timeout_s: float | None = None,
     ) -> None:
         """``path`` is the SQLite file, or with ``engine="postgresql"`` a libpq connection string."""
         if block_size <= 0 or inline_max < 0:
@@ -56,6 +60,7 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
         self._block_size = block_size
         self._default_replicas = default_replicas
         self._now = now_ns
+        self._failover_timeout_s = failover_timeout_s
         self._wal_fd: int | None = None
         self._synced_changes = -1
         self._db = _connect(engine, self._path, self._where)
@@ -161,7 +166,7 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
                 f"{self._where}: block maps use block_size {row[0]}, configured {self._block_size}"
             )
 
-    def reader(self) -> MetaStore:
+    def reader(self, *, failover_timeout_s: float | None = None) -> MetaStore:
         """A second, read-only connection to the same database.
 
         WAL readers never block the writer and see every committed
@@ -174,8 +179,10 @@ class MetaStore(Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, G
             now_ns=self._now,
             default_replicas=self._default_replicas,
             engine=self._engine,
+            failover_timeout_s=failover_timeout_s,
         )
         other._db.set_read_only()
+        other._read_only = True
         return other
 
     @_api

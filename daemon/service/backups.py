@@ -4,7 +4,10 @@ The metadata primary dumps its database (:mod:`daemon.meta.dump`: one read snaps
 thread, the metadata thread never waits) into ``<data_dir>/backups/<id>.dfsmeta`` every
 ``[meta] backup_interval_s``, and sends the file to every other active node of the layout, which
 keeps it the same way.  So losing the metadata host loses only the changes made since the last
-backup: ``dfs meta restore`` rebuilds ``meta.db`` on a fresh host from any surviving copy.
+backup: ``dfs meta restore`` rebuilds ``meta.db`` on a fresh host from any surviving copy.  With
+``[meta] engine = "postgresql"`` the dump reads the database ``[meta] dsn`` names, and a restore
+or load fills that database (which must be empty: a load never overwrites metadata); see
+:class:`MetaDb`.
 
 Each backup is two files: the dump, and ``<id>.json`` beside it, written last, which makes the
 backup complete (a dump without it is an interrupted one, removed by the next prune).  The JSON
@@ -24,7 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from daemon.meta.dump import DumpInfo, load_dump, write_dump
+from daemon.meta.store import describe_dsn
 from daemon.service.cluster_runner import ClusterRunner
 from dfs.core import endpoints
 from dfs.core.auth import CallerClass, derive_key
+from dfs.core.config import MetaConfig
 from dfs.core.errors import ConfigError, DfsError, Exists, InvalidArgument, NotFound, NotSupported
 from dfs.core.placement import NodeState
 from dfs.files import write_private
@@ -47,6 +52,7 @@ __all__ = [
     "PIECE_BYTES",
     "BackupHandlers",
     "Backups",
+    "MetaDb",
     "backup_dir",
     "load_offline",
     "new_backup_id",
@@ -107,6 +113,36 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class MetaDb:
+    """Where a node's metadata lives: ``meta.db`` in its data directory (SQLite), or the
+    PostgreSQL database of ``[meta] dsn``.  Its messages name it by :meth:`describe`, which never
+    shows a password."""
+
+    engine: str
+    #: The SQLite file, or the libpq connection string (kept out of repr: it may hold a password).
+    location: str = field(repr=False)
+
+    @classmethod
+    def sqlite(cls, data_dir: Path) -> MetaDb:
+        return cls("sqlite", str(data_dir / "meta.db"))
+
+    @classmethod
+    def of(cls, data_dir: Path, meta: MetaConfig) -> MetaDb:
+        """The metadata database a node with this data directory and ``[meta]`` section uses."""
+        if meta.engine == "postgresql":
+            return cls("postgresql", meta.dsn)
+        return cls.sqlite(data_dir)
+
+    def describe(self) -> str:
+        return self.location if self.engine == "sqlite" else describe_dsn(self.location)
+
+
+def _meta_db(db: MetaDb | Path) -> MetaDb:
+    """A bare path is a SQLite file."""
+    return db if isinstance(db, MetaDb) else MetaDb("sqlite", str(db))
+
+
 @dataclass
 class Backups:
     """One node's backup directory.  Blocking: call from a worker thread."""
@@ -120,8 +156,10 @@ class Backups:
     def dir(self) -> Path:
         return backup_dir(self.data_dir)
 
-    def make(self, db_path: Path, cluster_key: bytes) -> dict[str, Any]:
-        """Dump ``db_path`` into a new backup; its JSON (see the module docstring)."""
+    def make(self, db: MetaDb | Path, cluster_key: bytes) -> dict[str, Any]:
+        """Dump the metadata database ``db`` (a path: a SQLite file) into a new backup; its JSON
+        (see the module docstring)."""
+        source = _meta_db(db)
         self.dir.mkdir(mode=0o700, exist_ok=True)
         backup_id = new_backup_id()
         final = self.dir / (backup_id + DUMP_SUFFIX)
@@ -129,7 +167,7 @@ class Backups:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb", closefd=False) as out:
-                dumped: DumpInfo = write_dump(db_path, out, secret=self.secret)
+                dumped: DumpInfo = write_dump(source.location, out, secret=self.secret, engine=source.engine)
             os.fsync(fd)
         except BaseException:
             part.unlink(missing_ok=True)
@@ -230,14 +268,22 @@ class Backups:
 
 
 def load_offline(
-    data_dir: Path, dump_path: Path, info: dict[str, Any] | None, *, inline_max: int, block_size: int
+    data_dir: Path,
+    dump_path: Path,
+    info: dict[str, Any] | None,
+    *,
+    inline_max: int,
+    block_size: int,
+    meta: MetaDb | None = None,
 ) -> str:
-    """Build ``<data_dir>/meta.db`` from a dump (``dfsd --load-meta``; the daemon is stopped and
-    holds no lock on the directory).  ``info`` (a backup's JSON) also restores the cluster key,
+    """Load a dump into this node's metadata database (``dfsd --load-meta``; the daemon is
+    stopped and holds no lock on the directory): ``<data_dir>/meta.db``, which must not exist,
+    or ``meta`` (:meth:`MetaDb.of` the node's config), e.g. an empty PostgreSQL database, which
+    a load refuses unless it is empty.  ``info`` (a backup's JSON) also restores the cluster key,
     which names chunks, when this host has none.  What was done, in one line."""
-    meta_db = data_dir / "meta.db"
-    if meta_db.exists():
-        raise Exists(f"{meta_db} exists: move it away first (a load never overwrites metadata)")
+    target = meta if meta is not None else MetaDb.sqlite(data_dir)
+    if target.engine == "sqlite" and Path(target.location).exists():
+        raise Exists(f"{target.location} exists: move it away first (a load never overwrites metadata)")
     node_file = data_dir / credentials.FILE_NAMES[CallerClass.NODE]
     if not node_file.exists():
         raise ConfigError(
@@ -250,11 +296,18 @@ def load_offline(
     if cluster_key is not None and key_file.exists() and key_file.read_bytes() != cluster_key:
         raise ConfigError(f"{key_file} differs from the backup's: this host belongs to another cluster")
     with dump_path.open("rb") as f:
-        loaded = load_dump(f, meta_db, secret=secret, inline_max=inline_max, block_size=block_size)
+        loaded = load_dump(
+            f,
+            target.location,
+            secret=secret,
+            inline_max=inline_max,
+            block_size=block_size,
+            engine=target.engine,
+        )
     if cluster_key is not None and not key_file.exists():
         write_private(key_file, cluster_key)
     source = f"backup {info['id']}" if info is not None else str(dump_path)
-    return f"loaded {loaded.total_rows} rows from {source} into {meta_db}"
+    return f"loaded {loaded.total_rows} rows from {source} into {target.describe()}"
 
 
 class BackupHandlers:
@@ -264,21 +317,23 @@ class BackupHandlers:
         self,
         backups: Backups,
         runner: ClusterRunner,
-        db_path: Path | None,
+        db: MetaDb | Path | None,
         cluster_key: Callable[[], bytes],
     ) -> None:
+        """``db``: the metadata database this node dumps (a path: a SQLite file); None: this
+        node makes no backups (not the metadata primary)."""
         self._backups = backups
         self._runner = runner
-        self._db_path = db_path  # None: not the metadata primary
+        self._db = None if db is None else _meta_db(db)
         self._cluster_key = cluster_key
         self._lock = trio.Lock()  # one backup at a time
 
     async def backup_now(self) -> dict[str, Any]:
         """Make a backup (the primary) and copy it to every other active node."""
-        if self._db_path is None:
+        if self._db is None:
             raise NotSupported("backups are made by the metadata primary")
         async with self._lock:
-            info = await trio.to_thread.run_sync(self._backups.make, self._db_path, self._cluster_key())
+            info = await trio.to_thread.run_sync(self._backups.make, self._db, self._cluster_key())
             copies = await self._push(info)
         log.info("metadata backup made", extra={"ctx": {"id": info["id"], "rows": info["rows"], **copies}})
         return {"backup": info, "copies": copies}

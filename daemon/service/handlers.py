@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from daemon.changefeed import ChangeFeed
+from daemon.meta import MetaStore
 from daemon.service.backups import BackupHandlers
 from daemon.service.chunk_handlers import ChunkHandlers
 from daemon.service.cluster_runner import ClusterRunner
@@ -84,13 +85,20 @@ class HandlerTable:
                     table[ep.name] = self._noticed(ep.name, forward) if ep.notices else forward
             return table
         table.update(self._primary_handlers())
+        read_store = self._metacalls.read_store
+        if read_store is not None:
+            table.update({name: self._read_call(fn) for name, fn in self._point_reads(read_store).items()})
         return table
 
     def inline(self) -> dict[str, Callable[..., Any]]:
         """Read-only calls answered by the RPC reader itself (see meta_calls.py)."""
-        r, e = self._metacalls.reader, endpoints
-        if r is None:
-            return {}  # a secondary forwards them (see tasks)
+        r = self._metacalls.reader
+        if r is None or self._metacalls.shared:
+            return {}  # a secondary forwards them; on PostgreSQL they are tasks (see tasks)
+        return self._point_reads(r)
+
+    def _point_reads(self, r: MetaStore) -> dict[str, Callable[..., Any]]:
+        e = endpoints
         return _by_name(
             {
                 e.META_LOOKUP: r.lookup,
@@ -275,6 +283,15 @@ class HandlerTable:
         @functools.wraps(fn)
         async def call(*args: Any) -> Any:
             return await metacalls.run(run, *args)
+
+        return call
+
+    def _read_call(self, fn: Callable[..., Any]) -> Handler:
+        metacalls = self._metacalls
+
+        @functools.wraps(fn)
+        async def call(*args: Any) -> Any:
+            return await metacalls.read(fn, *args)
 
         return call
 

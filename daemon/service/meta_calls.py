@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -35,11 +36,27 @@ T = TypeVar("T")
 class MetaCalls:
     """The writer and reader connections (None on a secondary) and the metadata thread."""
 
-    def __init__(self, store: MetaStore | None, changes: ChangeFeed, *, primary_address: str) -> None:
+    def __init__(
+        self,
+        store: MetaStore | None,
+        changes: ChangeFeed,
+        *,
+        primary_address: str,
+        failover_timeout_s: float = 60.0,
+    ) -> None:
         self.store = store
+        # On the event loop: must never wait for a database that went away (fails at once).
         self.reader = store.reader() if store is not None else None
         self.changes = changes
         self.worker = MetaWorker()
+        # PostgreSQL: point reads are network round trips that a failover can stall for
+        # seconds, so the RPC server's reads run in a thread of their own, on a connection
+        # that waits for the database as the writer does (daemon/service/handlers.py).
+        self.shared = store is not None and store.engine == "postgresql"
+        self.read_store: MetaStore | None = None
+        self.read_worker = MetaWorker()
+        if store is not None and self.shared:
+            self.read_store = store.reader(failover_timeout_s=failover_timeout_s)
         self._primary_address = primary_address  # for the error a secondary's caller gets
         self._oplog_seen = store.oplog_head() if store is not None else 0
 
@@ -59,6 +76,9 @@ class MetaCalls:
 
     def close(self) -> None:
         self.worker.stop()
+        self.read_worker.stop()
+        if self.read_store is not None:
+            self.read_store.close()
         if self.reader is not None:
             self.reader.close()
         if self.store is not None:
@@ -71,6 +91,10 @@ class MetaCalls:
         store = self.store
         if store is None:
             return await self.worker.run(call)
+        if self.shared:
+            # Recorded with a request id of its own, so the store can run it again after losing
+            # the database mid-commit without applying it twice (daemon/meta/requests.py).
+            call = partial(store.call_once, secrets.token_bytes(16), fn, *args, **kwargs)
         found: list[Change] = []
 
         def run() -> T:
@@ -93,6 +117,10 @@ class MetaCalls:
             if seq is not None:
                 await self.changes.settle(seq, origin)
         return result
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A point read in the read thread (PostgreSQL; see ``read_store``)."""
+        return await self.read_worker.run(partial(fn, *args))
 
     def _changes_since_last(self, store: MetaStore) -> list[Change]:
         """Metadata thread: the change notices for the oplog rows written since the last call."""

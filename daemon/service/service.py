@@ -24,7 +24,7 @@ from daemon.cluster.hot import HotChunks
 from daemon.cluster.membership import Membership
 from daemon.cluster.repair import Repair
 from daemon.meta import MetaStore
-from daemon.service.backups import BackupHandlers, Backups
+from daemon.service.backups import BackupHandlers, Backups, MetaDb
 from daemon.service.chunk_handlers import ChunkHandlers
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.frontends import ForwardedAdmin, Frontends
@@ -69,6 +69,7 @@ class Service:
             store = MetaStore(
                 cfg.meta.dsn if cfg.meta.engine == "postgresql" else self.data / "meta.db",
                 engine=cfg.meta.engine,
+                failover_timeout_s=cfg.meta.failover_timeout_s,
                 inline_max=cfg.storage.inline_max,
                 block_size=cfg.storage.block_size,
                 default_replicas=cfg.cluster.replicas,
@@ -76,7 +77,12 @@ class Service:
         # What changed in the namespace, for this daemon's mounts (ns.changes); on the primary
         # read from the oplog after each metadata call, the one place every change passes.
         self.changes = ChangeFeed()
-        self.metacalls = MetaCalls(store, self.changes, primary_address=cfg.cluster.meta)
+        self.metacalls = MetaCalls(
+            store,
+            self.changes,
+            primary_address=cfg.cluster.meta,
+            failover_timeout_s=cfg.meta.failover_timeout_s,
+        )
         self.chunks = ChunkStore(self.data, fsync=cfg.storage.fsync, reserve_bytes=cfg.storage.reserve_bytes)
         self.hints = HintQueue(self.data / "hints.db")
         self.threads = ChunkThreads()
@@ -101,7 +107,7 @@ class Service:
         self.backups = BackupHandlers(
             Backups(self.data, self.secret, cfg.node_id, cfg.meta.backup_keep),
             runner,
-            self.data / "meta.db" if self.is_primary else None,
+            MetaDb.of(self.data, cfg.meta) if self.is_primary else None,
             lambda: self.key.value,
         )
         self.frontends = Frontends(cfg, self.metacalls, runner)

@@ -3,7 +3,8 @@
 A running cluster makes backups itself (``[meta] backup_interval_s``) and keeps them on every node;
 ``dfs meta backup`` makes one now, ``dfs meta backups`` lists what a node holds and ``dfs meta
 dump`` writes one to a file.  ``load`` and ``restore`` rebuild ``meta.db`` on a host whose daemon
-is stopped: from a dump file, or from a backup in ``<data_dir>/backups`` or fetched from any
+is stopped (or, with ``[meta] engine = "postgresql"``, fill the empty database ``[meta] dsn``
+names): from a dump file, or from a backup in ``<data_dir>/backups`` or fetched from any
 surviving daemon (``--from``).  The loading itself is dfsd's (``dfsd --load-meta``), which owns
 the metadata format; this command finds and fetches the backup and hands it over.
 """
@@ -130,7 +131,7 @@ def dump(output: str | None, directory: str | None, config_path: str | None) -> 
 
 
 def _load(config_file: Path | None, dump_path: Path, info: dict[str, Any] | None) -> None:
-    """Have dfsd load ``dump_path`` into this host's (absent) meta.db."""
+    """Have dfsd load ``dump_path`` into this host's (absent) meta.db, or its (empty) PostgreSQL database."""
     argv = [_dfsd(), "--load-meta", str(dump_path)]
     if config_file is not None:
         argv += ["--config", str(config_file)]
@@ -152,8 +153,9 @@ def _dfsd() -> str:
 @dir_option
 @config_option
 def load(dump_file: str, directory: str | None, config_path: str | None) -> None:
-    """Rebuild this host's metadata from a dump (dfsd stopped, no meta.db yet): e.g. moving
-    a set-up to another host or engine."""
+    """Rebuild this host's metadata from a dump (dfsd stopped, no meta.db yet; with [meta] engine
+    = "postgresql", into the empty database of [meta] dsn): e.g. moving a set-up to another host
+    or from SQLite to PostgreSQL."""
     _load(config_file_for(directory, config_path), Path(dump_file).resolve(), None)
 
 
@@ -166,8 +168,9 @@ def load(dump_file: str, directory: str | None, config_path: str | None) -> None
 def restore(
     backup_id: str | None, latest: bool, source: str | None, directory: str | None, config_path: str | None
 ) -> None:
-    """Rebuild this host's meta.db from a backup (dfsd stopped, no meta.db): one kept here in
-    <data_dir>/backups, or fetched from any surviving daemon with --from."""
+    """Rebuild this host's meta.db (or, with [meta] engine = "postgresql", fill the empty database
+    of [meta] dsn) from a backup, dfsd stopped: one kept here in <data_dir>/backups, or fetched
+    from any surviving daemon with --from."""
     if backup_id and latest:
         raise CliError("name a backup ID or --latest, not both", 2)
     cfg = config_for(directory, config_path)

@@ -1,0 +1,97 @@
+"""Exactly-once metadata changes: each change is recorded with its request id in its own
+transaction, so a call repeated after a lost reply is answered, not applied again.
+
+A caller that may repeat a call (the daemon after losing its database
+connection mid-commit, during a PostgreSQL failover; later, clients retrying
+through another daemon) runs it through :meth:`Requests.call_once` with the
+same id each time.  The first run that commits leaves a ``requests`` row with
+the call's result; a repeat finds the row and returns that result without
+running the call.  Calls that change nothing (reads; every change appends an
+oplog row, see ``MetaBase._log``) leave no row.  Rows older than the longest
+retry window are trimmed (:meth:`Requests.trim_requests`).
+
+Results are msgpack, with the namespace's tuples (Attr, DirEntry, ...) tagged
+so that a replayed answer has the type the first one had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgpack
+
+from daemon.meta.base import MetaBase, _api
+from dfs.core.errors import InternalError, InvalidArgument
+from dfs.core.namespace import Attr, BlockRef, DirEntry, FileMap, StatFs
+
+T = TypeVar("T")
+REQUEST_ID_MAX_BYTES = 64
+_TUPLE_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls for cls in (Attr, BlockRef, DirEntry, FileMap, StatFs)
+}
+_EXT_NAMED = 1
+
+
+def _tagged(value: Any) -> Any:
+    """``value`` with the namespace's tuples as tagged extension values (msgpack would write
+    any tuple as a plain array)."""
+    if isinstance(value, tuple):
+        name = type(value).__name__
+        if _TUPLE_TYPES.get(name) is type(value):
+            return msgpack.ExtType(_EXT_NAMED, pack_result([name, list(value)]))
+        return [_tagged(v) for v in value]
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
+    return value
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _EXT_NAMED:
+        raise InternalError(f"recorded result with unknown type code {code}")
+    name, fields = unpack_result(data)
+    return _TUPLE_TYPES[name](*fields)
+
+
+def pack_result(value: object) -> bytes:
+    packed: bytes = msgpack.packb(_tagged(value), use_bin_type=True)
+    return packed
+
+
+def unpack_result(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+
+
+class Requests(MetaBase):
+    """``call_once`` and the trimming of its records."""
+
+    _logged = False  # set by MetaBase._log: the running transaction changed something
+
+    @_api
+    def call_once(self, request_id: bytes, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` (this store's methods, or a function calling them) in one
+        transaction, applied at most once per ``request_id``."""
+        if not isinstance(request_id, bytes) or not 0 < len(request_id) <= REQUEST_ID_MAX_BYTES:
+            raise InvalidArgument(f"a request id is 1 to {REQUEST_ID_MAX_BYTES} bytes")
+        with self._write() as now:
+            row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is not None:
+                replayed: T = unpack_result(bytes(row[0]))
+                return replayed
+            self._logged = False
+            result = fn(*args, **kwargs)
+            if self._logged:
+                self._db.execute(
+                    "INSERT INTO requests (id, ts_ns, result) VALUES (?, ?, ?)",
+                    (request_id, now, pack_result(result)),
+                )
+            return result
+
+    @_api
+    def trim_requests(self, before_ns: int) -> int:
+        """Forget the requests recorded before ``before_ns``."""
+        with self._write():
+            deleted: int = self._db.execute("DELETE FROM requests WHERE ts_ns < ?", (before_ns,)).rowcount
+            return deleted
