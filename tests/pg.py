@@ -77,13 +77,14 @@ class PgServer:
         self._run_as: pwd.struct_passwd | None = None
 
     @classmethod
-    def start(cls, base_dir: Path) -> PgServer:
+    def start(cls, base_dir: Path, *, durable: bool = False) -> PgServer:
         """initdb a new cluster in ``base_dir`` (created; its parents must be traversable by
         the ``postgres`` user when running as root) and start it; returns once it accepts
-        connections."""
+        connections.  ``durable``: PostgreSQL's own defaults (fsync, synchronous commit), for
+        measurements; tests do without them."""
         server = cls(base_dir, find_bin_dir(), free_port())
         server._initdb()
-        server._pg_ctl_start()
+        server._pg_ctl_start(durable)
         return server
 
     def _argv(self, tool: str, *args: str) -> list[str]:
@@ -142,7 +143,7 @@ class PgServer:
                 hint = f" (as {self._run_as.pw_name}: every parent of {self.base_dir} must let it through)"
             raise RuntimeError(f"initdb failed ({done.returncode}) in {self.base_dir}{hint}:\n{done.stderr}")
 
-    def _pg_ctl_start(self) -> None:
+    def _pg_ctl_start(self, durable: bool) -> None:
         # pg_ctl hands -o to /bin/sh, hence the quoting of the socket path.
         options = " ".join(
             [
@@ -150,9 +151,11 @@ class PgServer:
                 f"-p {self.port}",
                 f"-k {shlex.quote(self.host)}",
                 # Durability is worthless for a server that dies with the test session.
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
+                *(
+                    []
+                    if durable
+                    else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+                ),
                 # Room for tests that open many connections at once.
                 "-c max_connections=300",
                 "-c shared_buffers=128MB",

@@ -137,7 +137,7 @@ DUMPED_TABLES = (
     "s3_grants",
     "admin_tokens",
 )
-EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog", "requests"})
+EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog", "requests", "chunk_deletions"})
 # The AUTOINCREMENT tables and their counted column (their sqlite_sequence rows, or on PostgreSQL
 # their identity sequences, are dumped as "sequences").
 _COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}

@@ -31,6 +31,8 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
 - ``s3_bucket_owners`` and ``s3_grants``: which key owns a bucket and what
   other keys may do there (dfs/core/s3grants.py), both by the bucket
   directory's inode.  A bucket without an owner row is the root key's.
+- ``chunk_deletions``: chunk deletions under way or recently finished, for
+  daemons sharing the database (daemon/meta/deletions.py).
 - ``requests``: request id -> the recorded result of a change made exactly
   once (daemon/meta/requests.py); trimmed by age.
 - ``admin_tokens``: scoped admin API tokens (id, name, scope ``read`` or
@@ -125,6 +127,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS s3_grants (
         access_key TEXT NOT NULL, ino INTEGER NOT NULL, perm TEXT NOT NULL,
         PRIMARY KEY (access_key, ino)) WITHOUT ROWID""",
+    # Chunk deletions under way or recently finished (daemon/meta/deletions.py; PostgreSQL).
+    """CREATE TABLE IF NOT EXISTS chunk_deletions (
+        chunk_id BLOB PRIMARY KEY, started_ns INTEGER NOT NULL, finished_ns INTEGER) WITHOUT ROWID""",
     # Exactly-once changes (daemon/meta/requests.py): the result of each recorded request.
     """CREATE TABLE IF NOT EXISTS requests (
         id BLOB PRIMARY KEY, ts_ns INTEGER NOT NULL, result BLOB NOT NULL) WITHOUT ROWID""",

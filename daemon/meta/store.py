@@ -12,10 +12,12 @@ import psycopg
 import psycopg.conninfo
 
 from daemon.meta.base import _api, _db_error
+from daemon.meta.deletions import Deletions
 from daemon.meta.engine import ENGINES, Db, PgDb, SqliteDb, pg_ddl
 from daemon.meta.fsck import Checks
 from daemon.meta.gc import Gc
 from daemon.meta.keys import Keys
+from daemon.meta.leader import Leader
 from daemon.meta.namespace import Namespace
 from daemon.meta.objects import Objects
 from daemon.meta.oplog import Oplog
@@ -31,7 +33,20 @@ from dfs.core.namespace import ROOT_INO
 
 
 class MetaStore(
-    Namespace, Objects, Snapshots, Policy, Registry, Keys, Tokens, Gc, Oplog, Stats, Checks, Requests
+    Namespace,
+    Objects,
+    Snapshots,
+    Policy,
+    Registry,
+    Keys,
+    Tokens,
+    Gc,
+    Oplog,
+    Stats,
+    Checks,
+    Requests,
+    Deletions,
+    Leader,
 ):
     """All metadata of one filesystem; see :mod:`daemon.meta` for the concerns and the invariants."""
 

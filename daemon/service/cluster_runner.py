@@ -26,6 +26,7 @@ from daemon.cluster.keyring import save_keyring
 from daemon.cluster.membership import Membership
 from daemon.cluster.repair import Repair
 from daemon.service.keys import ClusterKey
+from daemon.service.leadership import Leadership
 from daemon.service.local import LocalCaller
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.threads import ChunkThreads
@@ -60,11 +61,15 @@ class ClusterRunner:
         local_caller: Callable[[], LocalCaller],
         *,
         credential: Credential,
+        leadership: Leadership,
     ) -> None:
         self.cfg = cfg
         # What this daemon proves itself with to its peers (the cluster secret: class node).
         self._credential = credential
-        self.is_primary = not cfg.cluster.meta
+        # Serves metadata itself (SQLite: the primary; PostgreSQL: every daemon); a joining
+        # daemon ([cluster] meta set) took the cluster key from the daemon that address names.
+        self.is_primary = not cfg.cluster.meta or cfg.meta.engine == "postgresql"
+        self.joining = bool(cfg.cluster.meta)
         self._key = key
         self._metacalls = metacalls
         self._chunks = chunks
@@ -90,9 +95,10 @@ class ClusterRunner:
             "registering in the layout", self.register, ok_interval_s=max(30.0, cl.refresh_s)
         )
         self.workers: list[Periodic | Retrying] = [self.registration]
+        self._leadership = leadership
         if self.is_primary:
             every_s = min(cl.refresh_s, max(0.1, cl.dead_grace_s / 4))
-            self.workers.append(Periodic("layout controller", every_s, self.controller.step))
+            self.workers.append(Periodic("layout controller", every_s, leadership.only(self.controller.step)))
 
     def clustered(self) -> bool:
         """True once the layout names any node besides this one."""
@@ -225,7 +231,7 @@ class ClusterRunner:
         ssl_context = client_context_for(self.cfg)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            if not self.is_primary:
+            if self.joining:
                 self.primary = rpc.RpcClient(
                     rpc.parse_address(cl.meta, 7400),
                     nursery,
@@ -301,7 +307,7 @@ class ClusterRunner:
 
     async def register(self) -> bool:
         """Put this node in the layout (or refresh its address there)."""
-        if not self.cfg.cluster.auto_join and not self.is_primary:
+        if not self.cfg.cluster.auto_join and self.joining:
             return True
         args = (self.cfg.node_id, self.cfg.node.zone, self.advertised_rpc())
         if self.is_primary:
@@ -316,7 +322,8 @@ class ClusterRunner:
         return True
 
     async def _mark_out(self, node_id: str) -> None:
-        await self._metacalls.run(self._metacalls.meta.set_node, node_id, state=NodeState.OUT.value)
+        set_node = self._leadership.fence(self._metacalls.meta.set_node)
+        await self._metacalls.run(set_node, node_id, state=NodeState.OUT.value)
         self._layout_at = _NEVER
         if self.repair is not None:
             self.repair.kick()

@@ -150,7 +150,7 @@ class Frontends:
         if token_id is None:
             return None
         digest = tokens.digest(token)
-        if not self.cfg.cluster.meta:  # the primary: metadata is here
+        if self._metacalls.store is not None:  # metadata is here
             return await self.admin_token_check(token_id, digest)
         now = time.monotonic()
         cached = self._token_cache.get(digest)

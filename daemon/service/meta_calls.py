@@ -118,6 +118,16 @@ class MetaCalls:
                 await self.changes.settle(seq, origin)
         return result
 
+    async def poll_changes(self) -> None:
+        """Shared metadata: notices for the changes other daemons committed (the oplog is one for
+        the whole cluster), for this daemon's mounts."""
+        store = self.store
+        if store is None:
+            return
+        found = await self.worker.run(partial(self._changes_since_last, store))
+        if found:
+            self.changes.record(found, None)
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """A point read in the read thread (PostgreSQL; see ``read_store``)."""
         return await self.read_worker.run(partial(fn, *args))

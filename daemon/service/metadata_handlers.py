@@ -10,12 +10,11 @@ finished after the question was asked (daemon/cluster/deletions.py).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from daemon.chunks import ChunkStore
-from daemon.cluster.deletions import DeletionLog
+from daemon.cluster.deletions import AnyDeletionLog
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.threads import ChunkThreads
@@ -86,7 +85,7 @@ class MetaHandlers:
         chunks: ChunkStore,
         threads: ChunkThreads,
         cluster: ClusterRunner,
-        deletions: DeletionLog,
+        deletions: AnyDeletionLog,
     ) -> None:
         self._metacalls = metacalls
         self._m = metacalls.run
@@ -200,7 +199,7 @@ class MetaHandlers:
         chunkio = self._cluster.chunkio
         if not self._cluster.clustered() or chunkio is None:
             return self.chunks.exists
-        asked_at = time.monotonic()
+        asked_at = self.deletions.now()
         # A malformed ref (a chunk id that is no bytes) is refused by the commit itself.
         ids = list({r.chunk_id for r in refs if r.chunk_id and type(r.chunk_id) is bytes})
         local = set(await self._c(lambda: [c for c in ids if self.chunks.exists(c)]))

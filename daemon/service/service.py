@@ -18,7 +18,7 @@ import trio
 from daemon.admin import load_or_create_token
 from daemon.changefeed import ChangeFeed
 from daemon.chunks import ChunkStore
-from daemon.cluster.deletions import DeletionLog
+from daemon.cluster.deletions import AnyDeletionLog, DeletionLog, SharedDeletionLog
 from daemon.cluster.hints import HintQueue
 from daemon.cluster.hot import HotChunks
 from daemon.cluster.membership import Membership
@@ -30,6 +30,7 @@ from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.frontends import ForwardedAdmin, Frontends
 from daemon.service.handlers import HandlerTable
 from daemon.service.keys import ClusterKey, load_or_create_root_key
+from daemon.service.leadership import Leadership
 from daemon.service.local import Handler, LocalCaller
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.metadata_handlers import MetaHandlers
@@ -49,21 +50,29 @@ T = TypeVar("T")
 class Service:
     """Owns the stores and exposes them as RPC handlers.
 
-    One daemon of a cluster is the metadata primary (``[cluster] meta`` empty):
-    it holds meta.db.  Every other daemon forwards metadata calls to it and
-    serves only its chunk store, repair and its own S3/admin endpoints.
+    With SQLite, one daemon of a cluster is the metadata primary (``[cluster]
+    meta`` empty): it holds meta.db.  Every other daemon forwards metadata calls
+    to it and serves only its chunk store, repair and its own S3/admin endpoints.
+    With PostgreSQL (``[meta] engine``) every daemon serves metadata itself from
+    the shared database (``is_primary`` is true on each); the cluster-wide duties
+    run on whichever holds the leadership lock (daemon/service/leadership.py).
+    The founder (``[cluster] meta`` empty) made the cluster secret and key; the
+    others took them from it when they joined.
     """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.data = cfg.data_path
         self.data.mkdir(parents=True, exist_ok=True)
-        self.is_primary = not cfg.cluster.meta
-        # Every door's credential derives from it (dfs/core/auth.py); the primary makes it on
-        # first start, a secondary must have been given it (node.credential).
-        self.secret = credentials.daemon_secret(self.data, joining=not self.is_primary)
-        # A secondary takes the cluster key from the primary (chunk ids are keyed by it).
-        self.key = ClusterKey(self.data / "cluster.key", create=self.is_primary)
+        self.founder = not cfg.cluster.meta
+        self.shared_meta = cfg.meta.engine == "postgresql"
+        # Serves metadata itself (SQLite: the primary; PostgreSQL: every daemon).
+        self.is_primary = self.founder or self.shared_meta
+        # Every door's credential derives from it (dfs/core/auth.py); the founder makes it on
+        # first start, a joining daemon must have been given it (node.credential).
+        self.secret = credentials.daemon_secret(self.data, joining=not self.founder)
+        # A joining daemon takes the cluster key from the founder (chunk ids are keyed by it).
+        self.key = ClusterKey(self.data / "cluster.key", create=self.founder)
         store = None
         if self.is_primary:
             store = MetaStore(
@@ -90,7 +99,12 @@ class Service:
         # Made before the daemon reports ready, so `dfs up` can show them.
         self.s3_root_key = load_or_create_root_key(cfg.s3_root_path) if cfg.s3.enabled else None
         self.admin_token = load_or_create_token(cfg.admin_token_path) if cfg.admin.enabled else None
-        self.deletions = DeletionLog()
+        self.deletions: AnyDeletionLog = (
+            SharedDeletionLog(lambda: self.metacalls.meta) if self.shared_meta else DeletionLog()
+        )
+        self.leadership = Leadership(
+            self.metacalls, dsn=cfg.meta.dsn if self.shared_meta else None, node_id=cfg.node_id
+        )
 
         self.cluster_runner = ClusterRunner(
             cfg,
@@ -101,9 +115,11 @@ class Service:
             self.threads,
             self.local_caller,
             credential=Credential.of_secret(self.secret),
+            leadership=self.leadership,
         )
         runner = self.cluster_runner
         self.upkeep = Upkeep(cfg, self.metacalls, self.chunks, self.threads, runner, self.deletions)
+        self.upkeep.fence = self.leadership.fence
         self.backups = BackupHandlers(
             Backups(self.data, self.secret, cfg.node_id, cfg.meta.backup_keep),
             runner,
@@ -136,18 +152,30 @@ class Service:
         self.workers: list[Periodic | Retrying] = list(runner.workers)
         st = cfg.storage
         if self.is_primary:
+            # Cluster-wide duties: with PostgreSQL only the leader runs them.
+            only = self.leadership.only
             self.workers += [
-                Periodic("gc", st.gc_interval_s, self.upkeep.gc_now),
-                Periodic("session expiry", 30.0, self.upkeep.expire_sessions),
-                Periodic("oplog trim", 600.0, self.upkeep.trim_oplog),
+                Periodic("gc", st.gc_interval_s, only(self.upkeep.gc_now)),
+                Periodic("session expiry", 30.0, only(self.upkeep.expire_sessions)),
+                Periodic("oplog trim", 600.0, only(self.upkeep.trim_oplog)),
             ]
             if cfg.meta.backup_interval_s > 0:
                 self.workers.append(
-                    Periodic("metadata backup", cfg.meta.backup_interval_s, self.backups.periodic)
+                    Periodic("metadata backup", cfg.meta.backup_interval_s, only(self.backups.periodic))
                 )
+        if self.shared_meta:
+            deletions = self.deletions
+            assert isinstance(deletions, SharedDeletionLog)
+            self.workers += [
+                Periodic("leadership", 1.0, self.leadership.step),
+                # Changes other daemons committed, for this daemon's mounts.
+                Periodic("peer changes", 0.25, self.metacalls.poll_changes),
+                Periodic("deletion log", 1.0, lambda: self.metacalls.run(deletions.flush)),
+            ]
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
 
     def close(self) -> None:
+        self.leadership.close()
         self.metacalls.close()
         self.hints.close()
 

@@ -108,7 +108,13 @@ class SystemHandlers:
             "data_dir": str(self.data),
             "metadata": store.where if store is not None else f"via {self.cfg.cluster.meta}",
             "health": "ok",
-            "role": "primary" if self._cluster.is_primary else "secondary",
+            "role": (
+                "peer"  # PostgreSQL: every daemon serves metadata
+                if self.cfg.meta.engine == "postgresql"
+                else "primary"
+                if self._cluster.is_primary
+                else "secondary"
+            ),
             "layout_epoch": self._cluster.layout_epoch,
             "capacity": cs,
             "namespace": counts,

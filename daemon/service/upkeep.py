@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from daemon.chunks import ChunkStore
-from daemon.cluster.deletions import DeletionLog
+from daemon.cluster.deletions import AnyDeletionLog
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.threads import ChunkThreads
@@ -31,6 +32,8 @@ from dfs.core.placement import NodeState
 
 log = logging.getLogger("dfs.daemon")
 
+# Exactly-once request records are kept this long (daemon/meta/requests.py).
+REQUEST_MEMORY_S = 3600.0
 # A secondary deletes the orphans the primary let it claim within this many seconds, or not at all.
 CLAIM_WINDOW_S = 30.0
 _BATCH = 1000  # chunk ids per metadata-thread call in GC and the orphan sweep
@@ -48,7 +51,7 @@ class Upkeep:
         chunks: ChunkStore,
         threads: ChunkThreads,
         cluster: ClusterRunner,
-        deletions: DeletionLog,
+        deletions: AnyDeletionLog,
     ) -> None:
         self.cfg = cfg
         self._metacalls = metacalls
@@ -57,6 +60,9 @@ class Upkeep:
         self._c = threads.run
         self._cluster = cluster
         self.deletions = deletions
+        # Wraps the metadata-thread calls of cluster-wide duties in the leader's fencing check
+        # (daemon/service/leadership.py); set by the service.
+        self.fence: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda fn: fn
 
     # -- fsck ------------------------------------------------------------------------------------
     async def fsck_meta(self, repair: bool) -> dict[str, Any]:
@@ -70,7 +76,7 @@ class Upkeep:
         if orphans:
             problems.append(f"{len(orphans)} stored chunk(s) referenced by no metadata (orphans)")
             if repair:
-                await self._m(self._delete_orphans, orphans)
+                await self._after_commit(await self._m(self._delete_orphans, orphans))
         return {"problems": problems, "chunks_stored": len(stored), "orphans": len(orphans)}
 
     async def _inventories(self) -> tuple[dict[str, set[bytes]], list[str]]:
@@ -167,13 +173,15 @@ class Upkeep:
         finally:
             self.deletions.finished(chunk_ids)
 
-    def _delete_orphans(self, orphans: list[bytes]) -> None:
+    def _delete_orphans(self, orphans: list[bytes]) -> list[bytes]:
         # Runs in the metadata thread: a chunk referenced meanwhile is kept.
         refs = self._metacalls.meta.referenced_chunks()
         doomed = [cid for cid in orphans if cid not in refs]
         self.deletions.started(doomed)
-        self.chunks.delete(doomed)
-        self.deletions.finished(doomed)
+        if not self.deletions.shared:
+            self.chunks.delete(doomed)
+            self.deletions.finished(doomed)
+        return doomed
 
     async def gc_now(self, delay_s: float | None = None) -> int:
         if delay_s is not None and not (math.isfinite(delay_s) and 0 <= delay_s <= _MAX_DELAY_S):
@@ -182,13 +190,20 @@ class Upkeep:
         cutoff = time.time_ns() - int(delay * 1e9)
         total = 0
 
+        shared = self.deletions.shared
+
         def delete(ids: list[bytes]) -> None:
             self.deletions.started(ids)
-            self.chunks.delete(ids)
+            if not shared:  # one metadata server: the files go inside the transaction
+                self.chunks.delete(ids)
 
         while True:
-            ids = await self._m(self._metacalls.meta.gc_collect, cutoff, _BATCH, delete)
+            ids = await self._m(self.fence(self._metacalls.meta.gc_collect), cutoff, _BATCH, delete)
             total += len(ids)
+            if shared and ids:
+                # Daemons share the database: the files go only once the transaction that
+                # entered their deletion committed (a conflict could still have undone it).
+                await self._c(self.chunks.delete, ids)
             if self._cluster.clustered():
                 await self._delete_everywhere(ids)
             else:
@@ -213,7 +228,10 @@ class Upkeep:
         for i in range(0, len(candidates), _BATCH):
             batch = candidates[i : i + _BATCH]
             if self._metacalls.store is not None:
-                removed += await self._m(self._delete_unknown, batch)
+                if self.deletions.shared:
+                    removed += len(await self._after_commit(await self._m(self._claim, batch, None)))
+                else:
+                    removed += await self._m(self._delete_unknown, batch)
                 continue
             assert self._cluster.primary is not None
             asked_at = time.monotonic()
@@ -230,13 +248,25 @@ class Upkeep:
         self.deletions.finished(unknown)
         return len(unknown)
 
+    async def _after_commit(self, doomed: list[bytes]) -> list[bytes]:
+        """Shared metadata: delete the files whose deletion a committed transaction entered."""
+        if self.deletions.shared and doomed:
+            try:
+                await self._c(self.chunks.delete, doomed)
+            finally:
+                self.deletions.finished(doomed)
+        return doomed
+
     # -- metadata housekeeping -------------------------------------------------------------------
     async def expire_sessions(self) -> int:
         cutoff = time.time_ns() - int(self.cfg.meta.session_timeout_s * 1e9)
-        n = await self._m(self._metacalls.meta.expire_sessions, cutoff)
+        n: int = await self._m(self.fence(self._metacalls.meta.expire_sessions), cutoff)
         if n:
             log.info("expired %d client session(s)", n)
         return n
 
     async def trim_oplog(self) -> None:
-        await self._m(self._metacalls.meta.oplog_trim, self.cfg.meta.oplog_keep)
+        meta = self._metacalls.meta
+        await self._m(self.fence(meta.oplog_trim), self.cfg.meta.oplog_keep)
+        # Exactly-once records outlive any retry: a mount gives up within its call timeout.
+        await self._m(self.fence(meta.trim_requests), time.time_ns() - int(REQUEST_MEMORY_S * 1e9))

@@ -51,12 +51,21 @@ def copies(daemons: list[Daemon]) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def loopback_cluster(tmp_path: Path, n: int, conf: str) -> Iterator[list[Daemon]]:
-    """Daemons n1..n<n> in zones z1..z<n>, n1 the metadata primary and gossip seed, all with the
-    ``[cluster]`` section ``conf``; yields once all are active in the layout, stops them after."""
+def loopback_cluster(tmp_path: Path, n: int, conf: str, meta_conf: str = "") -> Iterator[list[Daemon]]:
+    """Daemons n1..n<n> in zones z1..z<n>, n1 the metadata primary (the founder, with shared
+    PostgreSQL metadata: ``meta_conf``) and gossip seed, all with the ``[cluster]`` section
+    ``conf``; yields once all are active in the layout, stops them after."""
     primary_port = free_port()
     daemons = [
-        Daemon(tmp_path / "n1", primary_port, node_id="n1", zone="z1", gossip_conf=FAST, extra_conf=conf)
+        Daemon(
+            tmp_path / "n1",
+            primary_port,
+            node_id="n1",
+            zone="z1",
+            gossip_conf=FAST,
+            extra_conf=conf,
+            meta_conf=meta_conf,
+        )
     ]
     seed = f"127.0.0.1:{daemons[0].gossip_port}"
     for i in range(2, n + 1):
@@ -68,6 +77,7 @@ def loopback_cluster(tmp_path: Path, n: int, conf: str) -> Iterator[list[Daemon]
                 zone=f"z{i}",
                 gossip_conf=f'{FAST}\nseeds = "{seed}"',
                 extra_conf=conf + f'meta = "127.0.0.1:{primary_port}"\n',
+                meta_conf=meta_conf,
                 joins=daemons[0],
             )
         )

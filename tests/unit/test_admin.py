@@ -34,9 +34,11 @@ from daemon.admin.metrics import (
     render,
 )
 from daemon.admin.openapi import OPENAPI
+from daemon.changefeed import ChangeFeed
 from daemon.http import HttpServer, open_http_listeners
 from daemon.service import Service
 from daemon.service.frontends import Frontends
+from daemon.service.meta_calls import MetaCalls
 from dfs import __version__
 from dfs.core import config as config_mod
 from dfs.core import endpoints
@@ -471,7 +473,8 @@ async def test_a_secondary_asks_the_primary_and_caches_briefly(env: Env) -> None
         primary: Any = Primary()
 
     cfg = config_mod.replace(env.service.cfg, cluster={"meta": "127.0.0.1:1"})
-    secondary = Frontends(cfg, env.service.metacalls, cast(Any, Runner()))
+    no_store = MetaCalls(None, ChangeFeed(), primary_address="127.0.0.1:1")  # what a secondary has
+    secondary = Frontends(cfg, no_store, cast(Any, Runner()))
     assert await secondary.admin_token_scope(made["token"]) == "read"
     assert await secondary.admin_token_scope(made["token"]) == "read"
     assert len(asked) == 1 and made["token"] not in repr(asked)  # the digest crosses, not the token

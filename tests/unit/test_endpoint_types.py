@@ -29,8 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import daemon.admin.tokens as tokens
+from daemon.changefeed import ChangeFeed
 from daemon.service import Service
 from daemon.service.frontends import Frontends
+from daemon.service.meta_calls import MetaCalls
 from dfs.client.cluster import Client, fetch_info
 from dfs.core import config as config_mod
 from dfs.core import endpoints, sigv4, wire
@@ -396,7 +398,9 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
             env={},
             origin="test",
         )
-        front = Frontends(secondary_cfg, primary.metacalls, SimpleNamespace(primary=conn))
+        # A secondary has no metadata store of its own: it asks the primary.
+        no_store = MetaCalls(None, ChangeFeed(), primary_address="127.0.0.1:1")
+        front = Frontends(secondary_cfg, no_store, SimpleNamespace(primary=conn))
         view = sigv4.RequestView(
             "GET", "/bucket/key", "", {"host": "localhost", "authorization": "AWS4-HMAC-SHA256"}
         )
