@@ -34,7 +34,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from dfs.bench.harness import free_port, wait_for
-from tests.pg import find_bin_dir
+from tests.pg import find_bin_dir, server_user
 
 _SUPERUSER = "postgres"
 _REPLICATOR = "replicator"
@@ -212,14 +212,7 @@ class PatroniCluster:
         return cluster
 
     def _prepare_dirs(self) -> None:
-        if os.geteuid() == 0:
-            try:
-                self._run_as = pwd.getpwnam(_SUPERUSER)
-            except KeyError:
-                raise RuntimeError(
-                    f"running as root needs the `{_SUPERUSER}` system user to run postgres as: "
-                    "install the Debian package `postgresql`"
-                ) from None
+        self._run_as = server_user()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         # postgres must traverse base_dir to reach its member directory.
         self.base_dir.chmod(0o755)

@@ -62,6 +62,20 @@ def _search_path_option(schema: str) -> str:
     return "-c search_path=" + ident.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+def server_user() -> pwd.struct_passwd | None:
+    """The user to run PostgreSQL as: ``postgres`` when running as root (initdb and postgres
+    refuse root), None (ourselves) otherwise."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(_SUPERUSER)
+    except KeyError:
+        raise RuntimeError(
+            f"running as root needs the `{_SUPERUSER}` system user to run postgres as: "
+            "install the Debian package `postgresql`"
+        ) from None
+
+
 class PgServer:
     """One postgres cluster under ``base_dir``: data/ (the cluster), sock/ (its unix socket)
     and postgres.log.  Build it with :meth:`start`; :meth:`stop` ends it."""
@@ -106,16 +120,9 @@ class PgServer:
         )
 
     def _initdb(self) -> None:
-        if os.geteuid() == 0:
-            try:
-                self._run_as = pwd.getpwnam(_SUPERUSER)
-            except KeyError:
-                raise RuntimeError(
-                    f"running as root needs the `{_SUPERUSER}` system user to run postgres as: "
-                    "install the Debian package `postgresql`"
-                ) from None
-            if shutil.which("runuser") is None:
-                raise RuntimeError("running as root needs `runuser` (Debian package util-linux)")
+        self._run_as = server_user()
+        if self._run_as is not None and shutil.which("runuser") is None:
+            raise RuntimeError("running as root needs `runuser` (Debian package util-linux)")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         Path(self.host).mkdir(exist_ok=True)
         for d in (self.base_dir, Path(self.host)):

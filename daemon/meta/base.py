@@ -88,6 +88,7 @@ def _api(fn: Callable[P, R]) -> Callable[P, R]:
                                 f"metadata {name}: the database connection was lost; "
                                 "the change may or may not have been applied"
                             ) from exc
+                        self._outcome_unknown = True  # call_once looks for its record now
                         continue
                     attempt += 1
                     if not db.is_retryable(exc) or attempt >= RETRY_ATTEMPTS:
@@ -102,6 +103,7 @@ def _api(fn: Callable[P, R]) -> Callable[P, R]:
             raise InvalidArgument(f"metadata {name}: a number out of range: {exc}") from exc
         finally:
             self._depth = 0
+            self._outcome_unknown = False
 
     return wrapper
 
@@ -137,6 +139,9 @@ class MetaBase:
     _depth = 0  # >0 while a public method runs (see _api)
     _txn_now: int | None = None  # the open transaction's time, while one is open
     _read_only = False
+    # Set when a call is run again after losing the connection mid-way: only then can a
+    # record of it exist (daemon/meta/requests.py).
+    _outcome_unknown = False
     # How long a lost connection is retried before calls fail (None: fail at once, for a
     # store whose callers must not wait: the event loop's reader).
     _failover_timeout_s: float | None = None
@@ -170,10 +175,7 @@ class MetaBase:
             else:
                 db.rollback()
         except BaseException:
-            try:
-                db.rollback()
-            except db.errors:
-                pass  # the connection is gone: the server rolled the transaction back
+            db.abandon()
             raise
         finally:
             self._txn_now = None

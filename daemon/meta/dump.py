@@ -751,10 +751,7 @@ def _load_rows(reader: _Reader, db: Db, where: str, *, block_size: int) -> DumpI
             )
         db.commit()
     except BaseException:
-        try:
-            db.rollback()
-        except db.errors:
-            pass  # the connection is gone: the server rolled the transaction back
+        db.abandon()
         raise
     return info
 

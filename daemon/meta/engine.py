@@ -80,6 +80,13 @@ class Db:
         if self.in_transaction:
             self.execute("ROLLBACK")
 
+    def abandon(self) -> None:
+        """Roll back after a failure; a connection that is gone has rolled back already."""
+        try:
+            self.rollback()
+        except self.errors:
+            pass
+
     @property
     def in_transaction(self) -> bool:
         raise NotImplementedError

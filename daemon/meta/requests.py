@@ -68,20 +68,30 @@ class Requests(MetaBase):
     """``call_once`` and the trimming of its records."""
 
     _logged = False  # set by MetaBase._log: the running transaction changed something
+    last_call_changed = False  # whether the last call_once changed anything
 
     @_api
-    def call_once(self, request_id: bytes, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call_once(
+        self, request_id: bytes, fn: Callable[..., T], *args: Any, retried: bool = True, **kwargs: Any
+    ) -> T:
         """``fn(*args, **kwargs)`` (this store's methods, or a function calling them) in one
-        transaction, applied at most once per ``request_id``."""
+        transaction, applied at most once per ``request_id``.  ``retried=False``: the id is new
+        (the daemon just made it), so there is no record to look for unless the connection
+        is lost mid-way."""
         if not isinstance(request_id, bytes) or not 0 < len(request_id) <= REQUEST_ID_MAX_BYTES:
             raise InvalidArgument(f"a request id is 1 to {REQUEST_ID_MAX_BYTES} bytes")
+        self.last_call_changed = False
         with self._write() as now:
-            row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
-            if row is not None:
-                replayed: T = unpack_result(bytes(row[0]))
-                return replayed
+            # A fresh id has no record; only a call run again after a lost connection (or a
+            # caller's retry, with ``retried``) may find the one its first run left.
+            if self._outcome_unknown or retried:
+                row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
+                if row is not None:
+                    replayed: T = unpack_result(bytes(row[0]))
+                    return replayed
             self._logged = False
             result = fn(*args, **kwargs)
+            self.last_call_changed = self._logged
             if self._logged:
                 self._db.execute(
                     "INSERT INTO requests (id, ts_ns, result) VALUES (?, ?, ?)",

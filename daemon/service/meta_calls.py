@@ -94,7 +94,7 @@ class MetaCalls:
         if self.shared:
             # Recorded with a request id of its own, so the store can run it again after losing
             # the database mid-commit without applying it twice (daemon/meta/requests.py).
-            call = partial(store.call_once, secrets.token_bytes(16), fn, *args, **kwargs)
+            call = partial(store.call_once, secrets.token_bytes(16), fn, *args, retried=False, **kwargs)
         found: list[Change] = []
 
         def run() -> T:
@@ -104,7 +104,8 @@ class MetaCalls:
             finally:
                 # Still in the metadata thread: exactly the rows this call committed
                 # (reads, which wrote nothing, skip the oplog query).
-                if store.total_changes != written:
+                changed = store.last_call_changed if self.shared else store.total_changes != written
+                if changed:
                     found.extend(self._changes_since_last(store))
 
         run.__name__ = getattr(fn, "__name__", "call")  # the metadata observer's label

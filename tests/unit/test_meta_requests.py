@@ -171,7 +171,8 @@ def proxied(pg_server: PgServer, pg_dsn: str) -> Iterator[tuple[MetaStore, Cutti
 def test_a_commit_whose_reply_was_lost_is_applied_once(proxied: tuple[MetaStore, CuttingProxy]) -> None:
     store, proxy = proxied
     proxy.armed.set()
-    attr = store.call_once(b"lost-reply", store.mkdir, ROOT_INO, b"d", 0o755, 0, 0)
+    # retried=False: a fresh id, as the daemon makes them; the lost reply makes the store look.
+    attr = store.call_once(b"lost-reply", store.mkdir, ROOT_INO, b"d", 0o755, 0, 0, retried=False)
     assert proxy.cuts == 1  # the first attempt's answer never came back
     assert store.lookup(ROOT_INO, b"d") == attr
     assert ops(store) == ["mkdir"]  # applied once, answered from the record on the second attempt
