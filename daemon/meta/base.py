@@ -139,6 +139,8 @@ class MetaBase:
     _depth = 0  # >0 while a public method runs (see _api)
     _txn_now: int | None = None  # the open transaction's time, while one is open
     _read_only = False
+    # The first and last oplog seq the last call_once wrote (None: it wrote none).
+    logged_seqs: tuple[int, int] | None = None
     # Set when a call is run again after losing the connection mid-way: only then can a
     # record of it exist (daemon/meta/requests.py).
     _outcome_unknown = False
@@ -216,8 +218,14 @@ class MetaBase:
 
     def _log(self, now: int, op: str, args: Sequence[object]) -> None:
         self._logged = True
-        self._db.execute(
+        seq: int = self._db.execute(
             "INSERT INTO oplog (seq, ts_ns, op, args) VALUES (COALESCE((SELECT MAX(seq) FROM oplog), "
-            "(SELECT value FROM config WHERE key = 'oplog_seq'), 0) + 1, ?, ?, ?)",
+            "(SELECT value FROM config WHERE key = 'oplog_seq'), 0) + 1, ?, ?, ?) RETURNING seq",
             (now, op, msgpack.packb(list(args), use_bin_type=True)),
-        )
+        ).fetchone()[0]
+        # The rows of one transaction are consecutive: a concurrent writer (another daemon
+        # sharing the database) read the same MAX(seq) and conflicts.
+        if self.logged_seqs is None:
+            self.logged_seqs = (seq, seq)
+        else:
+            self.logged_seqs = (self.logged_seqs[0], seq)

@@ -81,6 +81,7 @@ class Requests(MetaBase):
         if not isinstance(request_id, bytes) or not 0 < len(request_id) <= REQUEST_ID_MAX_BYTES:
             raise InvalidArgument(f"a request id is 1 to {REQUEST_ID_MAX_BYTES} bytes")
         self.last_call_changed = False
+        self.logged_seqs = None
         with self._write() as now:
             # A fresh id has no record; only a call run again after a lost connection (or a
             # caller's retry, with ``retried``) may find the one its first run left.
@@ -90,6 +91,7 @@ class Requests(MetaBase):
                     replayed: T = unpack_result(bytes(row[0]))
                     return replayed
             self._logged = False
+            self.logged_seqs = None  # a run again after a conflict starts afresh
             result = fn(*args, **kwargs)
             self.last_call_changed = self._logged
             if self._logged:

@@ -113,7 +113,14 @@ class ClusterRunner:
         now = time.monotonic()
         if self._layout_wire is None or now - self._layout_at >= self.cfg.cluster.refresh_s:
             if self._metacalls.reader is not None:
-                wire = self._metacalls.reader.layout()
+                try:
+                    wire = self._metacalls.reader.layout()
+                except Unavailable:
+                    # The metadata database is away (a failover): the layout last read stays
+                    # right until it is back, and is far better than none.
+                    if self._layout_wire is None:
+                        raise
+                    return self._layout_wire
             elif self.primary is not None:
                 wire = await endpoints.META_LAYOUT.call(self.primary)
             else:

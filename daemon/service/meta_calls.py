@@ -11,6 +11,12 @@
   loop.  They touch a few cached index pages and take microseconds, far less
   than any thread hand-off; in WAL mode they never wait for the writer and see
   every committed transaction.
+- With PostgreSQL (every daemon serves metadata from one shared database) each
+  call runs under a request id of its own (exactly once across a lost
+  connection, daemon/meta/requests.py); the RPC server's point reads run in a
+  read thread that waits out a failover, while the event loop's reader fails
+  at once rather than stall the loop; and the notices for changes other
+  daemons made come from following the shared op-log (:meth:`poll_changes`).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ class MetaCalls:
             # the database mid-commit without applying it twice (daemon/meta/requests.py).
             call = partial(store.call_once, secrets.token_bytes(16), fn, *args, retried=False, **kwargs)
         found: list[Change] = []
+        others: list[Change] = []  # shared metadata: what other daemons committed meanwhile
 
         def run() -> T:
             written = store.total_changes
@@ -104,9 +111,13 @@ class MetaCalls:
             finally:
                 # Still in the metadata thread: exactly the rows this call committed
                 # (reads, which wrote nothing, skip the oplog query).
-                changed = store.last_call_changed if self.shared else store.total_changes != written
-                if changed:
-                    found.extend(self._changes_since_last(store))
+                if not self.shared:
+                    if store.total_changes != written:
+                        found.extend(self._changes_since_last(store))
+                elif store.last_call_changed:
+                    own, peers = self._changes_split(store, store.logged_seqs)
+                    found.extend(own)
+                    others.extend(peers)
 
         run.__name__ = getattr(fn, "__name__", "call")  # the metadata observer's label
         origin = rpc.current_connection()
@@ -114,6 +125,8 @@ class MetaCalls:
             try:
                 result = await self.worker.run(run)
             finally:
+                # Peers' changes are news to every mount here, the caller's included.
+                self.changes.record(others, None)
                 seq = self.changes.record(found, origin)
             if seq is not None:
                 await self.changes.settle(seq, origin)
@@ -126,8 +139,7 @@ class MetaCalls:
         if store is None:
             return
         found = await self.worker.run(partial(self._changes_since_last, store))
-        if found:
-            self.changes.record(found, None)
+        self.changes.record(found, None)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """A point read in the read thread (PostgreSQL; see ``read_store``)."""
@@ -135,7 +147,16 @@ class MetaCalls:
 
     def _changes_since_last(self, store: MetaStore) -> list[Change]:
         """Metadata thread: the change notices for the oplog rows written since the last call."""
+        own, others = self._changes_split(store, None)
+        return own + others
+
+    def _changes_split(
+        self, store: MetaStore, own_seqs: tuple[int, int] | None
+    ) -> tuple[list[Change], list[Change]]:
+        """Metadata thread: the notices for the oplog rows since the last look, split into the
+        rows ``own_seqs`` spans (the call just made) and the others (other daemons')."""
         out: list[Change] = []
+        others: list[Change] = []
 
         def resolve(parent: int, name: bytes) -> int | None:
             try:
@@ -146,12 +167,13 @@ class MetaCalls:
         try:
             while rows := store.oplog_since(self._oplog_seen):
                 self._oplog_seen = rows[-1][0]
-                for _, op, args in rows:
-                    out.extend(changes_of(op, args, resolve))
+                for seq, op, args in rows:
+                    mine = own_seqs is None or own_seqs[0] <= seq <= own_seqs[1]
+                    (out if mine else others).extend(changes_of(op, args, resolve))
         except Exception:
             # Never fail the call that made the change; the mounts drop everything instead.
             log.exception("reading the oplog for change notices failed")
             with contextlib.suppress(DfsError):
                 self._oplog_seen = store.oplog_head()
-            return [Change(ALL)]
-        return out
+            return [], [Change(ALL)]
+        return out, others
