@@ -23,6 +23,7 @@ from dfs.bench.harness import Mount as Mount
 from dfs.bench.harness import free_port as free_port
 from dfs.bench.harness import is_mounted as is_mounted
 from dfs.bench.harness import wait_for as wait_for
+from tests.metastores import Clock
 from tests.patroni import PatroniCluster
 from tests.pg import PgServer, sanitize_schema
 
@@ -99,6 +100,18 @@ def pg_dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]
         yield dsn
     finally:
         pg_server.drop_schema(name)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The metadata tests' deterministic clock (tests/metastores.py)."""
+    return Clock()
+
+
+@pytest.fixture
+def chunks() -> set[bytes]:
+    """The chunk ids the (imaginary) chunk store of a metadata test holds."""
+    return set()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

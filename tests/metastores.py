@@ -18,6 +18,17 @@ from daemon.meta import MetaStore
 from tests.pg import PgServer
 
 
+class Clock:
+    """Deterministic now_ns: every call advances 1 µs; ``t`` is the last value handed out."""
+
+    def __init__(self, t: int = 1_700_000_000 * 10**9) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        self.t += 1000
+        return self.t
+
+
 class _Current:
     engine = "sqlite"
     server: PgServer | None = None

@@ -439,13 +439,17 @@ class PatroniCluster:
         self._postmasters.add(pid)
         return pid
 
-    def _is_primary(self, name: str) -> bool:
+    def _in_recovery(self, name: str) -> bool | None:
+        """Whether ``name``'s postgres is a standby (None: it does not answer)."""
         try:
             with psycopg.connect(self.member_dsn(name), autocommit=True) as conn:
                 row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         except psycopg.Error:
-            return False
-        return row is not None and row[0] is False
+            return None
+        return None if row is None else bool(row[0])
+
+    def _is_primary(self, name: str) -> bool:
+        return self._in_recovery(name) is False
 
     def _has_sync_standby(self, name: str) -> bool:
         """Whether the primary ``name`` has a standby that acknowledges commits synchronously
@@ -498,12 +502,7 @@ class PatroniCluster:
             role, state = self._roles().get(name, ("", ""))
             if role not in _REPLICA_ROLES or state not in _UP_STATES:
                 return False
-            try:
-                with psycopg.connect(self.member_dsn(name), autocommit=True) as conn:
-                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-            except psycopg.Error:
-                return False
-            return row is not None and row[0] is True
+            return self._in_recovery(name) is True
 
         wait_for(ready, timeout_s, f"{name} to run as a replica", interval_s=0.2, error=self._error)
 

@@ -46,7 +46,7 @@ from dfs.core.namespace import (
     Attr,
     BlockRef,
 )
-from tests.metastores import only_sqlite, open_meta
+from tests.metastores import Clock, only_sqlite, open_meta
 
 # The whole module runs once per metadata engine (SQLite, PostgreSQL).
 pytestmark = pytest.mark.usefixtures("meta_engine")
@@ -55,28 +55,6 @@ BS = 4096
 INLINE_MAX = 64
 SESSION = "s1"
 DAY_NS = 24 * 3600 * 10**9
-
-
-class Clock:
-    """Deterministic now_ns: every call advances 1 µs; ``t`` is the last value handed out."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        self.t += 1000
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def chunks() -> set[bytes]:
-    """The chunk ids the (imaginary) chunk store holds."""
-    return set()
 
 
 def open_store(path: Path, clock: Clock, *, block_size: int = BS) -> MetaStore:

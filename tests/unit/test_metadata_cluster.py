@@ -29,7 +29,7 @@ from dfs.core.errors import (
 )
 from dfs.core.namespace import ROOT_INO, Attr, BlockRef
 from dfs.core.placement import Layout, PlacementTable
-from tests.metastores import only_sqlite, open_meta, trace
+from tests.metastores import Clock, only_sqlite, open_meta, trace
 
 # The whole module runs once per metadata engine (SQLite, PostgreSQL).
 pytestmark = pytest.mark.usefixtures("meta_engine")
@@ -40,28 +40,6 @@ SESSION = "s1"
 
 
 # -- helpers (the same shapes as tests/unit/test_metadata.py) ----------------------------------
-
-
-class Clock:
-    """Deterministic now_ns: every call advances 1 µs; ``t`` is the last value handed out."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        self.t += 1000
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def chunks() -> set[bytes]:
-    """The chunk ids the (imaginary) chunk store holds."""
-    return set()
 
 
 def open_store(path: Path, clock: Clock, **kwargs: Any) -> MetaStore:
