@@ -91,9 +91,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from daemon.meta.base import _db_error
-from daemon.meta.engine import ENGINES, Db, PgDb, SqliteDb, pg_ddl, pg_sql
-from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, INTERNAL_DIRS, SCHEMA_VERSION
-from daemon.meta.store import _SETUP_LOCK, MetaStore, _connect, describe_dsn
+from daemon.meta.engine import ENGINES, Db, PgDb, SqliteDb, pg_sql
+from daemon.meta.schema import _INTERNAL_KEY, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
+from daemon.meta.store import (
+    MetaStore,
+    _connect,
+    catch_up_sequences,
+    describe_dsn,
+    ensure_tables,
+    schema_version,
+)
 from dfs.core.auth import derive_key
 from dfs.core.errors import (
     ConfigError,
@@ -140,14 +147,13 @@ DUMPED_TABLES = (
 EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog", "requests", "chunk_deletions"})
 # The AUTOINCREMENT tables and their counted column (their sqlite_sequence rows, or on PostgreSQL
 # their identity sequences, are dumped as "sequences").
-_COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}
-_COUNTER_TABLES = tuple(_COUNTER_COLUMNS)
+_COUNTER_TABLES = tuple(COUNTER_COLUMNS)
 # The oplog's counter (its head, config 'oplog_seq' when restored; see daemon/meta/oplog.py).
 _OPLOG_COUNTER = "oplog"
 # Config rows that are an engine's own bookkeeping, not metadata: never dumped, kept by a load.
 _ENGINE_CONFIG: dict[str, tuple[str, ...]] = {"sqlite": (), "postgresql": ("schema_version",)}
 # How each schema version's dump loads into this schema.  Rows go in by column name, so a
-# column a dump lacks takes its default (NULL), just as _upgrade's ALTER TABLE ADD COLUMN
+# column a dump lacks takes its default (NULL), just as ensure_tables's ALTER TABLE ADD COLUMN
 # gives it; a version whose upgrade rewrites data needs its own step here.  A test fails when
 # SCHEMA_VERSION moves without an entry, so the decision is never skipped.
 _LOADABLE_SCHEMAS = {
@@ -247,12 +253,12 @@ def write_dump(
 def _write(db: Db, out: BinaryIO, keys: _Keys, created_ns: int) -> DumpInfo:
     db.begin_read()
     # The snapshot begins with the transaction's first read; every statement below reads inside it.
-    schema_version = _schema_version(db)
+    version = schema_version(db)
     live = _live_tables(db)
-    if "inodes" not in live or schema_version == 0:
+    if "inodes" not in live or version == 0:
         raise ConfigError("not a dfs metadata database (no inodes table or schema version)")
-    if schema_version > SCHEMA_VERSION:
-        raise ConfigError(f"metadata schema {schema_version} is newer than this dfs ({SCHEMA_VERSION})")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"metadata schema {version} is newer than this dfs ({SCHEMA_VERSION})")
     undecided = sorted(set(live) - set(DUMPED_TABLES) - EXCLUDED_TABLES)
     if undecided:
         raise InternalError(
@@ -269,7 +275,7 @@ def _write(db: Db, out: BinaryIO, keys: _Keys, created_ns: int) -> DumpInfo:
             "kind": "header",
             "format": _FORMAT,
             "version": FORMAT_VERSION,
-            "schema_version": schema_version,
+            "schema_version": version,
             "created_ns": created_ns,
             "block_size": int(row[0]),
             "tables": tables,
@@ -289,7 +295,7 @@ def _write(db: Db, out: BinaryIO, keys: _Keys, created_ns: int) -> DumpInfo:
             "mac": keys.mac(digest),
         }
     )
-    return DumpInfo(counts, writer.written_bytes, digest.hex(), created_ns, schema_version)
+    return DumpInfo(counts, writer.written_bytes, digest.hex(), created_ns, version)
 
 
 def _sequences(db: Db) -> dict[str, int]:
@@ -886,16 +892,6 @@ def _open_source(source: Path | str, engine: str, where: str) -> Db:
     return db
 
 
-def _schema_version(db: Db) -> int:
-    """The schema version of the database's tables (0: none), as MetaStore keeps it."""
-    if db.engine == "sqlite":
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
-    if not db.execute("SELECT to_regclass('config') IS NOT NULL").fetchone()[0]:
-        return 0
-    row = db.execute("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
-    return 0 if row is None else int(row[0])
-
-
 def _live_tables(db: Db) -> list[str]:
     """The tables of the database (SQLite's file; PostgreSQL's schema first on the search_path)."""
     if db.engine == "sqlite":
@@ -954,7 +950,7 @@ def _counters(db: Db) -> dict[str, int]:
             "WHERE table_schema = current_schema() AND is_identity = 'YES'"
         )
     }
-    unknown = sorted(f"{t}.{c}" for t, c in identity - set(_COUNTER_COLUMNS.items()))
+    unknown = sorted(f"{t}.{c}" for t, c in identity - set(COUNTER_COLUMNS.items()))
     if unknown:
         raise InternalError(f"identity columns {unknown} have no counter in daemon/meta/dump.py")
     found = {}
@@ -981,17 +977,10 @@ def _prepare_target(db: Db, where: str, block_size: int) -> None:
     """
     if db.engine == "sqlite":
         return
-    db.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
-    version = _schema_version(db)
-    if version not in (0, SCHEMA_VERSION):
+    version = schema_version(db)
+    if version not in (0, SCHEMA_VERSION):  # nothing to upgrade: a load fills a new database
         raise ConfigError(f"{where}: metadata schema {version}, expected {SCHEMA_VERSION}")
-    for statement in _SCHEMA:
-        db.execute(pg_ddl(statement))
-    db.execute(
-        "INSERT INTO config VALUES ('schema_version', ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (SCHEMA_VERSION,),
-    )
+    ensure_tables(db, where)
     row = db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
     if row is not None and row[0] != block_size:
         raise ConfigError(f"{where}: block maps use block_size {row[0]}, configured {block_size}")
@@ -1012,17 +1001,11 @@ def _set_counters(db: Db, sequences: Mapping[str, int]) -> None:
         # left the dump's higher, and that is what keeps numbers from being reused.
         for table in _COUNTER_TABLES:
             seq = sequences.get(table)
-            top = db.execute(
-                f"SELECT MAX({_quote(_COUNTER_COLUMNS[table])}) FROM {_quote(table)}"
-            ).fetchone()[0]
+            top = db.execute(f"SELECT MAX({_quote(COUNTER_COLUMNS[table])}) FROM {_quote(table)}").fetchone()[
+                0
+            ]
             value = max(seq or 0, top or 0)
             if value:
                 db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, value))
         return
-    # MetaStore.catch_up_sequences, with the dump's counter as the floor.
-    for table, column in _COUNTER_COLUMNS.items():
-        db.execute(
-            f"SELECT setval(pg_get_serial_sequence(?, ?), "
-            f"GREATEST(?, (SELECT MAX({_quote(column)}) FROM {_quote(table)}), 1))",
-            (table, column, sequences.get(table, 0)),
-        )
+    catch_up_sequences(db, sequences)  # the dump's counters are the floor

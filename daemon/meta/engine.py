@@ -286,14 +286,14 @@ class PgDb(Db):
         if self.trace is not None:
             self.trace(sql)
         args: Any = {f"p{i}": v for i, v in enumerate(params, 1)} if numbered else params
-        return self.conn.execute(statement, args or None)  # type: ignore[arg-type]
+        return self.conn.execute(statement, args or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         statement, numbered = self._statement(sql)
         if numbered:
             rows = [{f"p{i}": v for i, v in enumerate(row, 1)} for row in rows]  # type: ignore[misc]
         with self.conn.cursor() as cur:
-            cur.executemany(statement, rows)  # type: ignore[arg-type]
+            cur.executemany(statement, rows)
 
     def begin_write(self) -> None:
         self.conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")

@@ -41,7 +41,7 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
-changes to existing tables, which ``MetaStore._upgrade`` applies at open
+changes to existing tables, which ``daemon.meta.store.ensure_tables`` applies at open
 (version 2 added ``chunks.replicas``).  A database newer than the code is refused.
 
 Internal roots (:data:`INTERNAL_DIRS`, e.g. ``uploads`` for S3 multipart
@@ -138,6 +138,8 @@ _SCHEMA = (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, digest BLOB NOT NULL,
         created_ns INTEGER NOT NULL) WITHOUT ROWID""",
 )
+# The AUTOINCREMENT (PostgreSQL: identity) columns, whose counters never hand out a number twice.
+COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}
 # Directories outside the namespace (no dentry, unreachable from ROOT_INO), created at open.
 INTERNAL_DIRS = ("uploads", "trash")
 _INTERNAL_KEY = "internal:"

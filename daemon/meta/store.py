@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import psycopg
 import psycopg.conninfo
@@ -24,7 +24,7 @@ from daemon.meta.oplog import Oplog
 from daemon.meta.policy import MAX_REPLICAS, Policy, _replicas_or_none
 from daemon.meta.registry import Registry
 from daemon.meta.requests import Requests
-from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, INTERNAL_DIRS, SCHEMA_VERSION
+from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.snapshots import Snapshots
 from daemon.meta.stats import Stats
 from daemon.meta.tokens import Tokens
@@ -112,20 +112,11 @@ class MetaStore(
             # lets hot pages (root directory, sequence table) be written back once per checkpoint.
             db.execute("PRAGMA wal_autocheckpoint=10000")
         with self._write() as now:
-            if db.engine == "postgresql":
-                # Daemons starting together against an empty database: one creates the tables.
-                db.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
-            version = self._schema_version()
-            if not 0 <= version <= SCHEMA_VERSION:
-                raise ConfigError(f"{self._where}: metadata schema {version}, expected {SCHEMA_VERSION}")
-            for statement in _SCHEMA:
-                db.execute(statement if db.engine == "sqlite" else pg_ddl(statement))
-            self._upgrade()
-            self._set_schema_version()
+            ensure_tables(db, self._where)
             self._check_block_size()
             if db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
                 self._create_root(now)
-                self.catch_up_sequences()
+                catch_up_sequences(db)
             for name in INTERNAL_DIRS:
                 # Only a missing config row is created here; a broken one is fsck's to report and repair.
                 if (
@@ -133,44 +124,6 @@ class MetaStore(
                     is None
                 ):
                     self._create_internal(name, now)
-
-    def _schema_version(self) -> int:
-        if self._db.engine == "sqlite":
-            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        exists = self._db.execute("SELECT to_regclass('config') IS NOT NULL").fetchone()[0]
-        if not exists:
-            return 0
-        row = self._db.execute("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
-        return 0 if row is None else int(row[0])
-
-    def _set_schema_version(self) -> None:
-        if self._db.engine == "sqlite":
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        else:
-            self._db.execute(
-                "INSERT INTO config VALUES ('schema_version', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (SCHEMA_VERSION,),
-            )
-
-    def catch_up_sequences(self) -> None:
-        """PostgreSQL: move the inode and dentry-id sequences past rows inserted with explicit
-        numbers (the root, a loaded dump), as SQLite's AUTOINCREMENT does by itself."""
-        if self._db.engine != "postgresql":
-            return
-        for table, column in (("inodes", "ino"), ("dentries", "id")):
-            self._db.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
-                f"GREATEST((SELECT MAX({column}) FROM {table}), 1))"
-            )
-
-    def _upgrade(self) -> None:
-        """Bring an older database's tables up to this schema; each step checks first (reruns are no-ops)."""
-        if self._db.engine != "sqlite":
-            return  # PostgreSQL databases start at version 2
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
-        if "replicas" not in columns:  # version 1: chunks had no replication factor
-            self._db.execute("ALTER TABLE chunks ADD COLUMN replicas INTEGER")
 
     def _check_block_size(self) -> None:
         row = self._db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
@@ -276,3 +229,52 @@ def _connect(engine: str, path: str, where: str) -> Db:
         raise ConfigError(f"metadata opening {where}: {exc}") from exc
     except psycopg.Error as exc:
         raise Unavailable(f"metadata opening {where}: {exc}") from exc
+
+
+def schema_version(db: Db) -> int:
+    """The schema version of the database's tables (0: none yet)."""
+    if db.engine == "sqlite":
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    if not db.execute("SELECT to_regclass('config') IS NOT NULL").fetchone()[0]:
+        return 0
+    row = db.execute("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def ensure_tables(db: Db, where: str) -> None:
+    """Inside a write transaction: create the tables that are missing, bring an older
+    database's up to this schema (each step checks first: reruns are no-ops) and record the
+    version; a database newer than the code is refused."""
+    if db.engine == "postgresql":
+        # Daemons starting together against an empty database (or a load): one creates the tables.
+        db.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
+    version = schema_version(db)
+    if not 0 <= version <= SCHEMA_VERSION:
+        raise ConfigError(f"{where}: metadata schema {version}, expected {SCHEMA_VERSION}")
+    for statement in _SCHEMA:
+        db.execute(statement if db.engine == "sqlite" else pg_ddl(statement))
+    if db.engine == "sqlite":
+        columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+        if "replicas" not in columns:  # version 1: chunks had no replication factor
+            db.execute("ALTER TABLE chunks ADD COLUMN replicas INTEGER")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    else:  # PostgreSQL databases start at version 2
+        db.execute(
+            "INSERT INTO config VALUES ('schema_version', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (SCHEMA_VERSION,),
+        )
+
+
+def catch_up_sequences(db: Db, floors: Mapping[str, int] | None = None) -> None:
+    """PostgreSQL: move the inode and dentry-id sequences past rows inserted with explicit
+    numbers (the root, a loaded dump) and past ``floors`` (a dump's counters), as SQLite's
+    AUTOINCREMENT does by itself."""
+    if db.engine != "postgresql":
+        return
+    for table, column in COUNTER_COLUMNS.items():
+        db.execute(
+            f"SELECT setval(pg_get_serial_sequence(?, ?), "
+            f"GREATEST(?, (SELECT MAX({column}) FROM {table}), 1))",
+            (table, column, (floors or {}).get(table, 0)),
+        )

@@ -33,7 +33,7 @@ import daemon.meta.dump as dump
 from daemon.meta import MetaStore
 from daemon.meta.dump import DUMPED_TABLES, EXCLUDED_TABLES, DumpInfo, load_dump, verify_dump, write_dump
 from daemon.meta.engine import PgDb
-from daemon.meta.schema import _SCHEMA, INTERNAL_DIRS, SCHEMA_VERSION
+from daemon.meta.schema import _SCHEMA, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.service.backups import Backups, MetaDb, load_offline
 from dfs.core import config as config_mod
 from dfs.core.auth import CallerClass
@@ -42,7 +42,7 @@ from dfs.core.namespace import ROOT_INO, Attr, BlockRef
 from dfs.net import credentials
 from tests import metastores
 from tests.conftest import BIN, Daemon, free_port
-from tests.metastores import open_meta
+from tests.metastores import Clock, open_meta
 
 # Runs the marked test once per metadata engine.
 engines = pytest.mark.usefixtures("meta_engine")
@@ -55,28 +55,6 @@ SECRET = b"cluster-secret-0123456789abcdef!"
 S3_SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY-7f3a"
 OTHER_S3_SECRET = "guest-secret-9d1c0b5e77aa41"
 TableRows = dict[str, list[tuple[Any, ...]]]
-
-
-class Clock:
-    """Deterministic now_ns: every call advances 1 µs; ``t`` is the last value handed out."""
-
-    def __init__(self, t: int = 1_700_000_000 * 10**9) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        self.t += 1000
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def chunks() -> set[bytes]:
-    """The chunk ids the (imaginary) chunk store holds."""
-    return set()
 
 
 @pytest.fixture
@@ -190,7 +168,7 @@ def table_rows(path: Path) -> TableRows:
         db = PgDb(where(path))
         counters = " UNION ALL ".join(
             f"SELECT '{t}', pg_sequence_last_value(pg_get_serial_sequence('{t}', '{c}')::regclass)"
-            for t, c in dump._COUNTER_COLUMNS.items()
+            for t, c in COUNTER_COLUMNS.items()
         )
     try:
         out = {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in DUMPED_TABLES}
