@@ -235,7 +235,7 @@ async def _connect_first(
                     )
                 )
             )
-        return conn, info, FailoverCaller(clients, order)
+        return conn, info, FailoverCaller(clients, order, retry_window_s=cfg.meta.failover_timeout_s)
     raise Unavailable("no daemon answered: " + "; ".join(errors))
 
 
@@ -302,6 +302,8 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                 nursery.start_soon(ops.open_events_loop)
                 nursery.start_soon(_raise_readahead, spec.mountpoint)
                 await pyfuse3.main(max_tasks=cfg.mount.max_tasks)
+                # Unmounted: `dfs down` stops the daemon right after, and nothing waits for us.
+                meta.stop_waiting()
                 await ops.shutdown()
                 nursery.cancel_scope.cancel()
             clean = True

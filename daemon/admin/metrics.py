@@ -48,6 +48,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from dfs.core import endpoints
 from dfs.core.endpoints import declared
 from dfs.core.errors import DfsError, InvalidArgument
 from dfs.core.metrics import LATENCY_BUCKETS
@@ -549,8 +550,26 @@ def instrument_handlers(handlers: Mapping[str, AsyncHandler], metrics: Metrics) 
     """Wrap each async RPC handler to count and time it (``dfs_rpc_*{method}``).
 
     The label is the endpoint's declared name: a handler without a declaration is a
-    KeyError here, so the label set stays the registry's closed set."""
-    return {method: _timed_async(declared(method).name, fn, metrics) for method, fn in handlers.items()}
+    KeyError here, so the label set stays the registry's closed set.  A meta.once call is
+    labelled with the endpoint it wraps (a mount sends most changes that way)."""
+    timed = {method: _timed_async(declared(method).name, fn, metrics) for method, fn in handlers.items()}
+    once = endpoints.META_ONCE.name
+    if once in handlers:
+        timed[once] = _timed_once(handlers[once], timed[once], metrics)
+    return timed
+
+
+def _timed_once(fn: AsyncHandler, unwrapped: AsyncHandler, metrics: Metrics) -> AsyncHandler:
+    """meta.once (request_id, retried, method, args), timed under ``method``'s label when that is
+    an endpoint meta.once makes (else under meta.once's own, by ``unwrapped``)."""
+    by_method = {name: _timed_async(name, fn, metrics) for name, ep in endpoints.ALL.items() if ep.once}
+
+    @functools.wraps(fn)
+    async def call(*args: Any) -> Any:
+        timed = by_method.get(args[2]) if len(args) == 4 and isinstance(args[2], str) else None
+        return await (timed or unwrapped)(*args)
+
+    return call
 
 
 def instrument_inline(handlers: Mapping[str, SyncHandler], metrics: Metrics) -> dict[str, SyncHandler]:

@@ -148,6 +148,9 @@ class MetaBase:
     # store whose callers must not wait: the event loop's reader).
     _failover_timeout_s: float | None = None
     _reconnect_after = 0.0  # monotonic time before which a fail-fast store does not retry
+    # While Namespace.stamped runs an operation: the ctime of each directory the operation
+    # read before changing anything there (see _seen).
+    _ctime_seen: dict[int, int] | None = None
 
     @contextlib.contextmanager
     def _write(self, *, commit: bool = True) -> Iterator[int]:
@@ -193,6 +196,13 @@ class MetaBase:
             yield
         finally:
             self._db.commit()
+
+    def _seen(self, ino: int, ctime_ns: int) -> None:
+        """An operation read inode ``ino``'s row, with this ctime, before changing it: the
+        directory stamp's "before" (each operation reads the directories it changes first)."""
+        seen = self._ctime_seen
+        if seen is not None and ino not in seen:
+            seen[ino] = ctime_ns
 
     def _reconnect(self) -> bool:
         """Connect the lost connection again; False if this store does not wait or the database

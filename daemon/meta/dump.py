@@ -923,6 +923,7 @@ def _batches(db: Db, sql: str, params: Sequence[Any]) -> Iterator[list[Any]]:
     if isinstance(db, PgDb):
         statement, numbered = pg_sql(sql)
         args: Any = {f"p{i}": v for i, v in enumerate(params, 1)} if numbered else params
+        db.flush()  # the pending BEGIN: a named cursor lives in a transaction
         with db.conn.cursor(name="dfs_meta_dump") as cursor:
             cursor.itersize = _BATCH_ROWS
             cursor.execute(statement, args or None)

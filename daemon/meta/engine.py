@@ -22,6 +22,13 @@ write (a name is free, a directory is empty), which is only safe against
 other daemons' concurrent transactions at that level.  A transaction that
 loses a conflict fails with a serialization failure; :func:`daemon.meta.base._api`
 runs the whole public method again (bounded, jittered).
+
+Each PostgreSQL statement is a network round trip, and a metadata operation is
+a dozen statements, so PgDb saves the round trips it can: a transaction's
+BEGIN travels with its first statement, and the changes the concerns hand to
+``execute_later`` (no result needed: a dentry inserted, a directory touched,
+an inode purged) travel with the next statement or the COMMIT, in one psycopg
+pipeline.  A mkdir through the daemon is 6 round trips instead of 14.
 """
 
 from __future__ import annotations
@@ -67,6 +74,12 @@ class Db:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError
 
+    def execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A change whose result (rows, rowcount) nobody reads, inside a write transaction: an
+        engine may send it with the next statement (PostgreSQL: one round trip for both).  Its
+        failure then surfaces there, or at the commit; the transaction fails either way."""
+        self.execute(sql, params)
+
     def begin_write(self) -> None:
         raise NotImplementedError
 
@@ -109,6 +122,10 @@ class Db:
 
     # What an engine error means, for the error table in daemon.meta.base.
     def is_full(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
+    def is_duplicate(self, exc: Exception, table: str) -> bool:
+        """A row with the same primary key as one inserted into ``table`` exists."""
         raise NotImplementedError
 
     def is_retryable(self, exc: Exception) -> bool:
@@ -161,6 +178,10 @@ class SqliteDb(Db):
     def is_full(self, exc: Exception) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
         return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+
+    def is_duplicate(self, exc: Exception, table: str) -> bool:
+        # "UNIQUE constraint failed: requests.id" (SQLite names the columns, not the key).
+        return isinstance(exc, sqlite3.IntegrityError) and f"constraint failed: {table}." in str(exc)
 
 
 # -- PostgreSQL -------------------------------------------------------------------------
@@ -225,6 +246,19 @@ class _NumericLoader(psycopg.adapt.Loader):
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 
+class _QuietPipelineAbort(logging.Filter):
+    """psycopg logs a warning when a pipeline whose statement failed is closed ("error ignored
+    terminating <psycopg.Pipeline ...>: pipeline aborted"); the statement's own error reaches
+    PgDb's caller, which handles it (a conflict runs the operation again), so it says nothing
+    more: dropped, or every serialization conflict would log a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("error ignored terminating"))
+
+
+logging.getLogger("psycopg").addFilter(_QuietPipelineAbort())
+
+
 class PgDb(Db):
     engine = "postgresql"
     errors = (psycopg.Error,)
@@ -235,6 +269,10 @@ class PgDb(Db):
         self._changes = 0
         self._writing = False
         self._read_only = False
+        # The BEGIN of the transaction just started, not sent yet, and the changes queued by
+        # execute_later: they go out with the next statement, in one round trip (see _execute).
+        self._begin: str | None = None
+        self._later: list[tuple[str, Any]] = []
         self.trace: Callable[[str], object] | None = None  # sees every statement (tests count them)
         self.conn = self._connect(connect_timeout_s)
         self.execute = self._execute
@@ -254,6 +292,8 @@ class PgDb(Db):
         except psycopg.Error:
             pass
         self._writing = False
+        self._begin = None
+        self._later.clear()
         warned = False
         while True:
             left_s = deadline - time.monotonic()
@@ -281,34 +321,84 @@ class PgDb(Db):
             found = self._statements[sql] = pg_sql(sql)
         return found
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+    def _bind(self, sql: str, params: Sequence[Any]) -> tuple[str, Any]:
+        """``sql`` in PostgreSQL's dialect and its parameters as psycopg takes them."""
         statement, numbered = self._statement(sql)
         if self.trace is not None:
             self.trace(sql)
         args: Any = {f"p{i}": v for i, v in enumerate(params, 1)} if numbered else params
-        return self.conn.execute(statement, args or None)
+        return statement, args or None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        statement, args = self._bind(sql, params)
+        if self._begin is None and not self._later:
+            return self.conn.execute(statement, args)
+        # Pipelined: the pending BEGIN and changes leave with this statement and their results
+        # come back together (the first failure among them is raised here, as without the
+        # pipeline), saving a round trip each.
+        # A statement after queued changes is not prepared in the pipeline: if one of them
+        # fails, the server skips the rest, and psycopg would take a skipped statement for
+        # prepared ("prepared statement ... does not exist" ever after).
+        prepare = None if not self._later else False
+        with self.conn.pipeline():
+            self._send_pending()
+            cursor = self.conn.execute(statement, args, prepare=prepare)
+        return cursor
+
+    def execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._later.append(self._bind(sql, params))
+
+    def _send_pending(self) -> None:
+        begin, self._begin = self._begin, None
+        later, self._later = self._later, []
+        if begin is not None:
+            self.conn.execute(begin, prepare=False)
+        for statement, args in later:
+            self.conn.execute(statement, args, prepare=False)  # see _execute
+
+    def flush(self) -> None:
+        """Send what is pending (BEGIN, queued changes) now: before using :attr:`conn` directly."""
+        if self._begin is None and not self._later:
+            return
+        with self.conn.pipeline():
+            self._send_pending()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         statement, numbered = self._statement(sql)
         if numbered:
             rows = [{f"p{i}": v for i, v in enumerate(row, 1)} for row in rows]  # type: ignore[misc]
+        self.flush()
         with self.conn.cursor() as cur:
             cur.executemany(statement, rows)
 
     def begin_write(self) -> None:
-        self.conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        self._begin = "BEGIN ISOLATION LEVEL SERIALIZABLE"
         self._writing = True
 
     def begin_read(self) -> None:
         # A snapshot, as SQLite's WAL readers see: no serializable bookkeeping for plain reads.
-        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         self._writing = False
 
     def commit(self) -> None:
-        self.conn.execute("COMMIT")
+        if self._begin is not None and not self._later:
+            self._begin = None  # nothing was sent: nothing to commit
+        elif self._later:
+            with self.conn.pipeline():
+                self._send_pending()
+                self.conn.execute("COMMIT", prepare=False)
+        else:
+            self.conn.execute("COMMIT")
         if self._writing:
             self._changes += 1
             self._writing = False
+
+    def rollback(self) -> None:
+        self._begin = None
+        self._later.clear()
+        self._writing = False
+        if self.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     @property
     def in_transaction(self) -> bool:
@@ -327,6 +417,9 @@ class PgDb(Db):
 
     def is_full(self, exc: Exception) -> bool:
         return isinstance(exc, (psycopg.errors.DiskFull, psycopg.errors.OutOfMemory))
+
+    def is_duplicate(self, exc: Exception, table: str) -> bool:
+        return isinstance(exc, psycopg.errors.UniqueViolation) and exc.diag.constraint_name == f"{table}_pkey"
 
     def is_retryable(self, exc: Exception) -> bool:
         return isinstance(exc, _RETRYABLE)

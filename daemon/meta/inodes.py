@@ -10,7 +10,7 @@ live once here, inside the caller's transaction.
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from daemon.meta.base import MetaBase
 from daemon.meta.schema import _ATTR, _INTERNAL_KEY, _INTERNAL_KEYS_SQL
@@ -51,6 +51,15 @@ def _check_xattr_name(name: bytes) -> None:
         raise NameTooLong(f"xattr name of {len(name)} bytes exceeds {XATTR_NAME_MAX}")
 
 
+def _inherit_acl(default_acl: bytes, mode: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """A new inode's mode and ACL xattrs under its parent's default ACL ``default_acl``."""
+    mode, access, default = acl.inherit(default_acl, mode)
+    xattrs = [(acl.ACCESS, access)] if access is not None else []
+    if default is not None:
+        xattrs.append((acl.DEFAULT, default))
+    return mode, xattrs
+
+
 class Inodes(MetaBase):
     """Row-level helpers over inodes, dentries and chunk references (all inside the caller's transaction)."""
 
@@ -67,16 +76,23 @@ class Inodes(MetaBase):
 
     def _dir(self, ino: int, *, live: bool) -> tuple[int, int, int]:
         """(mode, nlink, gid) of a directory; ``live`` also rejects a removed (nlink 0) one."""
-        row: tuple[int, int, int] | None = self._db.execute(
-            "SELECT mode, nlink, gid FROM inodes WHERE ino = ?", (ino,)
+        row: tuple[int, int, int, int] | None = self._db.execute(
+            "SELECT mode, nlink, gid, ctime_ns FROM inodes WHERE ino = ?", (ino,)
         ).fetchone()
+        if row is not None:
+            self._seen(ino, row[3])
+        return self._check_dir(ino, row, live=live)
+
+    @staticmethod
+    def _check_dir(ino: int, row: Sequence[int] | None, *, live: bool) -> tuple[int, int, int]:
+        """``row`` (mode, nlink, gid of inode ``ino``, None if there is none) if it is a directory."""
         if row is None:
             raise NotFound(f"inode {ino} not found")
         if not _is_dir(row[0]):
             raise NotADirectory(f"inode {ino} is not a directory")
         if live and row[1] == 0:
             raise NotFound(f"directory {ino} was removed")
-        return row
+        return row[0], row[1], row[2]
 
     def _dentry(self, parent: int, name: bytes) -> tuple[int, int, int, int] | None:
         """(dentry id, ino, mode, nlink) of ``name`` in ``parent``, if present."""
@@ -92,6 +108,18 @@ class Inodes(MetaBase):
         if row is None:
             raise NotFound(f"inode {ino} not found")
         return Attr(*row)
+
+    def _attrs(self, inos: Sequence[int]) -> list[Attr]:
+        """The attributes of ``inos`` (a few), in one statement."""
+        if len(inos) == 1:
+            return [self._attr(inos[0])]
+        marks = ", ".join("?" * len(inos))
+        rows = self._db.execute(f"SELECT {_ATTR} FROM inodes WHERE ino IN ({marks})", tuple(inos)).fetchall()
+        found = {row[0]: Attr(*row) for row in rows}
+        missing = [ino for ino in inos if ino not in found]
+        if missing:
+            raise NotFound(f"inode {missing[0]} not found")
+        return [found[ino] for ino in inos]
 
     def _has_children(self, ino: int) -> bool:
         return (
@@ -118,10 +146,17 @@ class Inodes(MetaBase):
     ) -> Attr:
         """Insert a new inode named ``name`` in ``parent`` (inside the caller's transaction)."""
         check_name(name)
-        pmode, pnlink, pgid = self._dir(parent, live=True)
-        if self._db.execute(
-            "SELECT 1 FROM dentries WHERE parent = ? AND name = ?", (parent, name)
-        ).fetchone():
+        # The parent, whether the name is taken and the parent's default ACL in one statement:
+        # on PostgreSQL each statement is a round trip, and this is the hottest path there is.
+        row = self._db.execute(
+            "SELECT mode, nlink, gid, EXISTS (SELECT 1 FROM dentries WHERE parent = ?1 AND name = ?2), "
+            "(SELECT value FROM xattrs WHERE ino = ?1 AND name = ?3), ctime_ns FROM inodes WHERE ino = ?1",
+            (parent, name, acl.DEFAULT),
+        ).fetchone()
+        if row is not None:
+            self._seen(parent, row[5])
+        pmode, pnlink, pgid = self._check_dir(parent, row[:3] if row is not None else None, live=True)
+        if row[3]:
             raise Exists(f"{name!r} exists in directory {parent}")
         is_dir = _is_dir(mode)
         if is_dir and pnlink >= LINK_MAX:
@@ -131,8 +166,8 @@ class Inodes(MetaBase):
             if is_dir:
                 mode |= stat.S_ISGID
         inherited: list[tuple[bytes, bytes]] = []
-        if symlink is None:
-            mode, inherited = self._inherit_acl(parent, mode)
+        if symlink is None and row[4] is not None:
+            mode, inherited = _inherit_acl(bytes(row[4]), mode)
         nlink = 2 if is_dir else 1
         ino: int = self._db.execute(
             "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
@@ -145,19 +180,6 @@ class Inodes(MetaBase):
         self._touch_dir(parent, now, 1 if is_dir else 0)
         return Attr(ino, mode, nlink, uid, gid, rdev, size, 0, now, now, now, 0)
 
-    def _inherit_acl(self, parent: int, mode: int) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """A new inode's mode and ACL xattrs under ``parent``'s default ACL, if it has one."""
-        row = self._db.execute(
-            "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (parent, acl.DEFAULT)
-        ).fetchone()
-        if row is None:
-            return mode, []
-        mode, access, default = acl.inherit(row[0], mode)
-        xattrs = [(acl.ACCESS, access)] if access is not None else []
-        if default is not None:
-            xattrs.append((acl.DEFAULT, default))
-        return mode, xattrs
-
     @staticmethod
     def _dir_mode(mode: int) -> int:
         if mode & _IFMT not in (0, _IFDIR):
@@ -165,26 +187,30 @@ class Inodes(MetaBase):
         return _IFDIR | (mode & _PERM_BITS)
 
     def _touch_dir(self, ino: int, now: int, nlink_delta: int = 0) -> None:
-        self._db.execute(
+        self._db.execute_later(
             "UPDATE inodes SET nlink = nlink + ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
             (nlink_delta, now, now, ino),
         )
 
     def _add_dentry(self, parent: int, name: bytes, ino: int, is_dir: bool) -> None:
-        self._db.execute(
+        # Later: every caller checked first that the name is free (a concurrent taker of it
+        # conflicts, and the whole operation runs again).
+        self._db.execute_later(
             "INSERT INTO dentries (parent, name, ino, is_dir) VALUES (?, ?, ?, ?)",
             (parent, name, ino, is_dir),
         )
 
     def _del_dentry(self, dentry_id: int) -> None:
-        self._db.execute("DELETE FROM dentries WHERE id = ?", (dentry_id,))
+        self._db.execute_later("DELETE FROM dentries WHERE id = ?", (dentry_id,))
 
     def _set_nlink(self, ino: int, nlink: int, now: int) -> None:
         """Give ``ino`` a new link count after losing a name; purge it when nothing holds it."""
         if nlink == 0 and not self._is_open(ino):
             self._purge(ino, now)
         else:
-            self._db.execute("UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE ino = ?", (nlink, now, ino))
+            self._db.execute_later(
+                "UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE ino = ?", (nlink, now, ino)
+            )
 
     def _purge_if_unused(self, ino: int, now: int) -> None:
         row = self._db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
@@ -194,8 +220,8 @@ class Inodes(MetaBase):
     def _purge(self, ino: int, now: int) -> None:
         """Delete an inode and everything it owns; its chunks lose one reference per block."""
         self._drop_blocks(ino, 0, now, adjust_inode=False)
-        self._db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
-        self._db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self._db.execute_later("DELETE FROM xattrs WHERE ino = ?", (ino,))
+        self._db.execute_later("DELETE FROM inodes WHERE ino = ?", (ino,))
 
     def _is_ancestor(self, dir_ino: int, start: int) -> bool:
         """Whether ``dir_ino`` is ``start`` or one of its ancestors."""
@@ -236,7 +262,8 @@ class Inodes(MetaBase):
     def _drop_blocks(self, ino: int, first_idx: int, now: int, *, adjust_inode: bool = True) -> None:
         """Delete the entries at ``idx >= first_idx``, decref'ing their chunks in bulk."""
         db = self._db
-        db.execute(
+        # Changes nothing reads the result of: they go with the next statement (execute_later).
+        db.execute_later(
             "UPDATE chunks SET refcount = chunks.refcount - d.n, "
             "zero_since_ns = CASE WHEN chunks.refcount - d.n <= 0 THEN ? ELSE chunks.zero_since_ns END "
             "FROM (SELECT chunk_id, COUNT(*) AS n FROM blocks WHERE ino = ? AND idx >= ? "
@@ -245,12 +272,12 @@ class Inodes(MetaBase):
             (now, ino, first_idx),
         )
         if adjust_inode:
-            db.execute(
+            db.execute_later(
                 "UPDATE inodes SET stored = stored - (SELECT COALESCE(SUM(stored_bytes), 0) FROM blocks "
                 "WHERE ino = ?1 AND idx >= ?2) WHERE ino = ?1",
                 (ino, first_idx),
             )
-        db.execute("DELETE FROM blocks WHERE ino = ? AND idx >= ?", (ino, first_idx))
+        db.execute_later("DELETE FROM blocks WHERE ino = ? AND idx >= ?", (ino, first_idx))
 
     def _drop_block(self, ino: int, idx: int, now: int) -> None:
         row = self._db.execute(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from daemon.meta.base import _api
 from daemon.meta.inodes import (
@@ -40,6 +42,8 @@ from dfs.core.namespace import (
     check_name,
     chown_clears,
 )
+
+T = TypeVar("T")
 
 
 class Namespace(Sessions, Volumes, Xattrs):
@@ -103,6 +107,26 @@ class Namespace(Sessions, Volumes, Xattrs):
     @_api
     def getattr(self, ino: int) -> Attr:
         return self._attr(ino)
+
+    @_api
+    def stamped(self, dirs: Sequence[int], fn: Callable[..., T], *args: Any) -> list[Any]:
+        """``fn(*args)`` (an operation changing the directories ``dirs``) and the directories'
+        stamps, in one transaction: ``[result, [[dir, ctime_before, attr_after], ...]]``.
+
+        "Before" is the ctime the operation saw when it first read the directory, before
+        changing anything (every operation reads the directories it changes first: see
+        ``_seen``), so it costs no statement of its own; -1 if it did not read it (a
+        mount then takes the directory as changed by someone else).  The "after"
+        attributes of all of ``dirs`` are one statement."""
+        with self._write():
+            seen: dict[int, int] = {}
+            self._ctime_seen = seen
+            try:
+                result = fn(*args)
+            finally:
+                self._ctime_seen = None
+            after = self._attrs(dirs)
+        return [result, [[d, seen.get(d, -1), a] for d, a in zip(dirs, after, strict=True)]]
 
     @_api
     def readlink(self, ino: int) -> bytes:
@@ -357,10 +381,11 @@ class Namespace(Sessions, Volumes, Xattrs):
         mtime_ns: int | None = None,
     ) -> Attr:
         with self._write() as now:
-            row = self._db.execute("SELECT mode, size FROM inodes WHERE ino = ?", (ino,)).fetchone()
+            row = self._db.execute("SELECT mode, size, ctime_ns FROM inodes WHERE ino = ?", (ino,)).fetchone()
             if row is None:
                 raise NotFound(f"inode {ino} not found")
-            cur_mode, cur_size = row
+            cur_mode, cur_size, ctime_ns = row
+            self._seen(ino, ctime_ns)
             new_mode = cur_mode if mode is None else (cur_mode & _IFMT) | (mode & _PERM_BITS)
             if (uid is not None or gid is not None) and mode is None and not _is_dir(cur_mode):
                 new_mode = chown_clears(new_mode)

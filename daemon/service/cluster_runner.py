@@ -122,7 +122,14 @@ class ClusterRunner:
                         raise
                     return self._layout_wire
             elif self.primary is not None:
-                wire = await endpoints.META_LAYOUT.call(self.primary)
+                try:
+                    wire = await endpoints.META_LAYOUT.call(self.primary)
+                except DfsError:
+                    # The primary is down: the layout last asked for still says where chunks
+                    # are (a restore through this node must find every backup piece).
+                    if self._layout_wire is None:
+                        raise
+                    return self._layout_wire
             else:
                 raise Unavailable("not connected to the metadata primary yet")
             self._layout_wire = wire

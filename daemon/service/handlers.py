@@ -8,6 +8,11 @@ forwards every ``Site.PRIMARY`` call to the primary unchanged, making change
 notices for its own mounts from those declared ``notices``.  ``Site.LOCAL``
 calls are served to in-process callers only (the S3 shim, the admin API).
 
+``meta.once`` wraps any endpoint declared ``once`` with the client's request id
+(:meth:`HandlerTable._once`): the wrapped endpoint's own caller and argument checks
+apply, and its handler's metadata calls are recorded under that id
+(daemon/service/meta_calls.py), so the client may send it again, to any daemon.
+
 The bindings below say which object answers which endpoint; the wrappers
 (metadata-thread call, directory stamps, forwarding) come from the declarations.
 tests/unit/test_endpoints.py checks the tables serve exactly what is declared,
@@ -33,7 +38,7 @@ from daemon.service.system_handlers import SystemHandlers
 from daemon.service.upkeep import Upkeep
 from dfs.core import endpoints
 from dfs.core.changes import changes_of
-from dfs.core.errors import Unavailable
+from dfs.core.errors import CallerNotAllowed, InvalidArgument, Unavailable
 from dfs.net import rpc
 
 T = TypeVar("T")
@@ -83,11 +88,13 @@ class HandlerTable:
                 if ep.site is endpoints.Site.PRIMARY:
                     forward = self._forwarder(ep.name)
                     table[ep.name] = self._noticed(ep.name, forward) if ep.notices else forward
+            table[endpoints.META_ONCE.name] = self._once(table, forward=True)
             return table
         table.update(self._primary_handlers())
         read_store = self._metacalls.read_store
         if read_store is not None:
             table.update({name: self._read_call(fn) for name, fn in self._point_reads(read_store).items()})
+        table[endpoints.META_ONCE.name] = self._once(table, forward=False)
         return table
 
     def inline(self) -> dict[str, Callable[..., Any]]:
@@ -152,7 +159,7 @@ class HandlerTable:
                 e.SYS_GOSSIP_KEYRING: cl.gossip_keyring,
                 e.SYS_BACKUP_LIST: self._backups.backup_list,
                 e.SYS_BACKUP_READ: self._backups.backup_read,
-                e.SYS_BACKUP_PUT: self._backups.backup_put,
+                e.SYS_BACKUP_MANIFEST: self._backups.backup_manifest,
                 e.NS_CHANGES: s.ns_changes,
             }
         )
@@ -224,6 +231,33 @@ class HandlerTable:
         return table
 
     # -- wrappers --------------------------------------------------------------------------------
+    def _once(self, table: Mapping[str, Handler], *, forward: bool) -> Handler:
+        """meta.once: ``method`` from ``table`` under the client's request id (a secondary checks
+        the call, then forwards it whole: the primary's metadata thread records it)."""
+        metacalls = self._metacalls
+        low, high = endpoints.REQUEST_ID_BYTES
+        forwarded = table[endpoints.META_ONCE.name] if forward else None
+
+        async def once(request_id: bytes, retried: bool, method: str, args: list[Any]) -> Any:
+            ep = endpoints.ALL.get(method)
+            if ep is None or not ep.once:
+                raise InvalidArgument(f"meta.once: {method!r:.60} is not a call meta.once makes")
+            caller = rpc.current_caller()  # None: an in-process caller, the daemon itself
+            if caller is not None and caller not in ep.callers:
+                raise CallerNotAllowed(f"{method}: not open to {caller.value} callers")
+            problem = ep.check_args(args)
+            if problem is not None:
+                raise InvalidArgument(problem)
+            if not low <= len(request_id) <= high:
+                raise InvalidArgument(f"meta.once: a request id is {low} to {high} bytes")
+            if forwarded is not None:
+                return await forwarded(request_id, retried, method, args)
+            with metacalls.request(request_id, retried):
+                return await table[method](*args)
+
+        once.__name__ = endpoints.META_ONCE.name
+        return once
+
     def _forwarder(self, method: str) -> Handler:
         cluster = self._cluster
 
@@ -265,16 +299,14 @@ class HandlerTable:
         directory's ``before`` equals the ctime a mount saw after its own
         previous change there, nobody else changed it in between, so the mount
         may keep answering negative lookups in it itself (mount/dirs.py).  The
-        ctime, not the mtime, because no one can set it.  All steps run in one
-        metadata-thread call: no other write can interleave.
+        ctime, not the mtime, because no one can set it.  The change and the
+        stamps are one transaction (MetaStore.stamped): no other write can
+        interleave.
         """
         meta = self._metacalls.meta
 
         def run(*args: Any) -> list[Any]:
-            dirs = list(dict.fromkeys(args[i] for i in dir_args))
-            before = [meta.getattr(d).ctime_ns for d in dirs]
-            result = fn(*args)
-            return [result, [[d, b, meta.getattr(d)] for d, b in zip(dirs, before, strict=True)]]
+            return meta.stamped(list(dict.fromkeys(args[i] for i in dir_args)), fn, *args)
 
         run.__name__ = getattr(fn, "__name__", "run")
         metacalls = self._metacalls

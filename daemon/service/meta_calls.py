@@ -11,9 +11,14 @@
   loop.  They touch a few cached index pages and take microseconds, far less
   than any thread hand-off; in WAL mode they never wait for the writer and see
   every committed transaction.
-- With PostgreSQL (every daemon serves metadata from one shared database) each
-  call runs under a request id of its own (exactly once across a lost
-  connection, daemon/meta/requests.py); the RPC server's point reads run in a
+- A client's request id (meta.once, see :meth:`MetaCalls.request`) makes every
+  call a request runs exactly once: each is recorded under that id (the n-th
+  call under a derived one), so the client's repeat after a lost reply, to this
+  daemon or another sharing the database, is answered with the recorded result
+  (daemon/meta/requests.py).
+- With PostgreSQL (every daemon serves metadata from one shared database) every
+  other call runs under a request id of its own (exactly once across a lost
+  connection); the RPC server's point reads run in a
   read thread that waits out a failover, while the event loop's reader fails
   at once rather than stall the loop; and the notices for changes other
   daemons made come from following the shared op-log (:meth:`poll_changes`).
@@ -22,9 +27,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -37,6 +44,27 @@ from dfs.net import rpc
 
 log = logging.getLogger("dfs.daemon")
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Request:
+    """A client's request id, and how many metadata calls its handler has made under it."""
+
+    request_id: bytes
+    retried: bool
+    calls: int = 0
+
+    def next_id(self) -> bytes:
+        """The id of the handler's next call: the request's own, then derived ones (a handler
+        makes the same calls in the same order each time it runs)."""
+        n, self.calls = self.calls, self.calls + 1
+        return self.request_id if n == 0 else self.request_id + b"/" + str(n).encode()
+
+
+# Oplog rows read per query for change notices.
+_OPLOG_PAGE = 1000
+
+_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("dfs_meta_request", default=None)
 
 
 class MetaCalls:
@@ -90,6 +118,17 @@ class MetaCalls:
         if self.store is not None:
             self.store.close()
 
+    @staticmethod
+    @contextlib.contextmanager
+    def request(request_id: bytes, retried: bool) -> Iterator[None]:
+        """Within: every :meth:`run` is made exactly once under ``request_id`` (see the module
+        docstring); ``retried``: the client sent this id before."""
+        token = _request.set(_Request(request_id, retried))
+        try:
+            yield
+        finally:
+            _request.reset(token)
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the metadata thread; returns once this daemon's other mounts
         applied the changes it made."""
@@ -97,7 +136,10 @@ class MetaCalls:
         store = self.store
         if store is None:
             return await self.worker.run(call)
-        if self.shared:
+        request = _request.get()
+        if request is not None:
+            call = partial(store.call_once, request.next_id(), fn, *args, retried=request.retried, **kwargs)
+        elif self.shared:
             # Recorded with a request id of its own, so the store can run it again after losing
             # the database mid-commit without applying it twice (daemon/meta/requests.py).
             call = partial(store.call_once, secrets.token_bytes(16), fn, *args, retried=False, **kwargs)
@@ -111,7 +153,7 @@ class MetaCalls:
             finally:
                 # Still in the metadata thread: exactly the rows this call committed
                 # (reads, which wrote nothing, skip the oplog query).
-                if not self.shared:
+                if not self.shared and request is None:
                     if store.total_changes != written:
                         found.extend(self._changes_since_last(store))
                 elif store.last_call_changed:
@@ -165,11 +207,15 @@ class MetaCalls:
                 return None
 
         try:
-            while rows := store.oplog_since(self._oplog_seen):
-                self._oplog_seen = rows[-1][0]
+            while True:
+                rows = store.oplog_since(self._oplog_seen, _OPLOG_PAGE)
+                if rows:
+                    self._oplog_seen = rows[-1][0]
                 for seq, op, args in rows:
                     mine = own_seqs is None or own_seqs[0] <= seq <= own_seqs[1]
                     (out if mine else others).extend(changes_of(op, args, resolve))
+                if len(rows) < _OPLOG_PAGE:
+                    break  # the last page: no query that can only come back empty
         except Exception:
             # Never fail the call that made the change; the mounts drop everything instead.
             log.exception("reading the oplog for change notices failed")

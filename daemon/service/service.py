@@ -118,13 +118,29 @@ class Service:
             leadership=self.leadership,
         )
         runner = self.cluster_runner
-        self.upkeep = Upkeep(cfg, self.metacalls, self.chunks, self.threads, runner, self.deletions)
+        backups = Backups(
+            self.data, self.secret, cfg.node_id, cfg.meta.backup_keep, piece_bytes=cfg.storage.block_size
+        )
+        # Metadata backups are stored as chunks no metadata references: fsck and the orphan
+        # sweep keep those the manifests list.
+        self.upkeep = Upkeep(
+            cfg,
+            self.metacalls,
+            self.chunks,
+            self.threads,
+            runner,
+            self.deletions,
+            backup_chunks=backups.chunk_ids,
+        )
         self.upkeep.fence = self.leadership.fence
         self.backups = BackupHandlers(
-            Backups(self.data, self.secret, cfg.node_id, cfg.meta.backup_keep),
+            backups,
             runner,
             MetaDb.of(self.data, cfg.meta) if self.is_primary else None,
             lambda: self.key.value,
+            chunks=self.chunks,
+            threads=self.threads,
+            replicas=cfg.cluster.replicas,
         )
         self.frontends = Frontends(cfg, self.metacalls, runner)
         self.table = HandlerTable(
@@ -158,6 +174,8 @@ class Service:
                 Periodic("gc", st.gc_interval_s, only(self.upkeep.gc_now)),
                 Periodic("session expiry", 30.0, only(self.upkeep.expire_sessions)),
                 Periodic("oplog trim", 600.0, only(self.upkeep.trim_oplog)),
+                # Often: a busy mount records every change it makes (meta.once).
+                Periodic("request trim", 60.0, only(self.upkeep.trim_requests)),
             ]
             if cfg.meta.backup_interval_s > 0:
                 self.workers.append(

@@ -32,8 +32,11 @@ from dfs.core.placement import NodeState
 
 log = logging.getLogger("dfs.daemon")
 
-# Exactly-once request records are kept this long (daemon/meta/requests.py).
-REQUEST_MEMORY_S = 3600.0
+# Exactly-once request records (daemon/meta/requests.py) are kept this many times [meta]
+# failover_timeout_s, the longest a client goes on sending a request again (dfs/net/failover.py),
+# and at least REQUEST_MEMORY_MIN_S.
+REQUEST_MEMORY_FACTOR = 10
+REQUEST_MEMORY_MIN_S = 600.0
 # A secondary deletes the orphans the primary let it claim within this many seconds, or not at all.
 CLAIM_WINDOW_S = 30.0
 _BATCH = 1000  # chunk ids per metadata-thread call in GC and the orphan sweep
@@ -52,6 +55,8 @@ class Upkeep:
         threads: ChunkThreads,
         cluster: ClusterRunner,
         deletions: AnyDeletionLog,
+        *,
+        backup_chunks: Callable[[], set[bytes]] = set,
     ) -> None:
         self.cfg = cfg
         self._metacalls = metacalls
@@ -60,6 +65,10 @@ class Upkeep:
         self._c = threads.run
         self._cluster = cluster
         self.deletions = deletions
+        # The chunks metadata backups are stored in (daemon/service/backups.py; blocking, run in a
+        # worker thread): referenced by no metadata, yet no orphans.  Backup chunk ids are keyed
+        # apart from files' chunks, so GC never meets them; only the orphan checks must skip them.
+        self._backup_chunks = backup_chunks
         # Wraps the metadata-thread calls of cluster-wide duties in the leader's fencing check
         # (daemon/service/leadership.py); set by the service.
         self.fence: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda fn: fn
@@ -72,7 +81,9 @@ class Upkeep:
         problems: list[str] = await self._m(meta.fsck, self.chunks.exists, repair=repair)
         refs: dict[bytes, int] = await self._m(meta.referenced_chunks)
         stored = await self._c(lambda: list(self.chunks.iter_ids()))
-        orphans = [cid for cid in stored if cid not in refs]
+        # Read after the inventory: a backup's chunks stored meanwhile are listed (or pending) by now.
+        kept = await self._c(self._backup_chunks)
+        orphans = [cid for cid in stored if cid not in refs and cid not in kept]
         if orphans:
             problems.append(f"{len(orphans)} stored chunk(s) referenced by no metadata (orphans)")
             if repair:
@@ -121,7 +132,11 @@ class Upkeep:
                 under += 1
         if under:
             problems.append(f"{under} chunk(s) have fewer copies than their replication factor")
-        orphans = {node: [c for c in ids if c not in refs] for node, ids in inventories.items()}
+        # Every node holds every backup manifest: this node's list every backup's chunks.
+        kept = await self._c(self._backup_chunks)
+        orphans = {
+            node: [c for c in ids if c not in refs and c not in kept] for node, ids in inventories.items()
+        }
         n_orphans = sum(len(v) for v in orphans.values())
         if n_orphans:
             problems.append(f"{n_orphans} stored chunk cop(ies) referenced by no metadata (orphans)")
@@ -223,7 +238,10 @@ class Upkeep:
         which then refuses commits of them until the deletion is done.
         """
         delay = self.cfg.storage.orphan_delay_s if older_than_s is None else older_than_s
-        candidates = await self._c(self.chunks.old_ids, delay)
+        listed = await self._c(self.chunks.old_ids, delay)
+        # Read after the candidates, for the same reason as in fsck_meta.
+        kept = await self._c(self._backup_chunks)
+        candidates = [cid for cid in listed if cid not in kept]
         removed = 0
         for i in range(0, len(candidates), _BATCH):
             batch = candidates[i : i + _BATCH]
@@ -266,7 +284,11 @@ class Upkeep:
         return n
 
     async def trim_oplog(self) -> None:
-        meta = self._metacalls.meta
-        await self._m(self.fence(meta.oplog_trim), self.cfg.meta.oplog_keep)
-        # Exactly-once records outlive any retry: a mount gives up within its call timeout.
-        await self._m(self.fence(meta.trim_requests), time.time_ns() - int(REQUEST_MEMORY_S * 1e9))
+        await self._m(self.fence(self._metacalls.meta.oplog_trim), self.cfg.meta.oplog_keep)
+
+    async def trim_requests(self) -> int:
+        """Forget the exactly-once records no client can still be retrying."""
+        keep_s = max(REQUEST_MEMORY_MIN_S, REQUEST_MEMORY_FACTOR * self.cfg.meta.failover_timeout_s)
+        trim = self.fence(self._metacalls.meta.trim_requests)
+        n: int = await self._m(trim, time.time_ns() - int(keep_s * 1e9))
+        return n

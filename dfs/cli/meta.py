@@ -1,12 +1,15 @@
 """``dfs meta backup|backups|dump|load|restore``: metadata backups, dumps and restores.
 
-A running cluster makes backups itself (``[meta] backup_interval_s``) and keeps them on every node;
-``dfs meta backup`` makes one now, ``dfs meta backups`` lists what a node holds and ``dfs meta
-dump`` writes one to a file.  ``load`` and ``restore`` rebuild ``meta.db`` on a host whose daemon
-is stopped (or, with ``[meta] engine = "postgresql"``, fill the empty database ``[meta] dsn``
-names): from a dump file, or from a backup in ``<data_dir>/backups`` or fetched from any
-surviving daemon (``--from``).  The loading itself is dfsd's (``dfsd --load-meta``), which owns
-the metadata format; this command finds and fetches the backup and hands it over.
+A running cluster makes backups itself (``[meta] backup_interval_s``): each is a dump stored as
+chunks with R copies in the cluster, and a manifest (``<data_dir>/backups/<id>.json``) on every
+node naming them (daemon/service/backups.py).  ``dfs meta backup`` makes one now, ``dfs meta
+backups`` lists what a node holds and ``dfs meta dump`` writes one to a file.  ``load`` and
+``restore`` rebuild ``meta.db`` on a host whose daemon is stopped (or, with ``[meta] engine =
+"postgresql"``, fill the empty database ``[meta] dsn`` names): from a dump file, from a backup
+whose chunks are all on this host (a single host, or a node that happens to hold them), or from a
+backup fetched from any surviving daemon (``--from``), which gathers the chunks from wherever they
+are.  The loading itself is dfsd's (``dfsd --load-meta``), which owns the metadata format; this
+command finds and fetches or reassembles the backup and hands it over.
 """
 
 from __future__ import annotations
@@ -33,14 +36,17 @@ from dfs.cli.connect import (
     dir_option,
     endpoint_of,
 )
+from dfs.core import backup_format, codec
 from dfs.core.auth import CallerClass
 from dfs.core.config import Config
 from dfs.core.endpoints import SYS_BACKUP_LIST, SYS_BACKUP_NOW, SYS_BACKUP_READ
-from dfs.core.errors import EX_NOINPUT
+from dfs.core.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, DfsError
+from dfs.files import write_private
 from dfs.net import credentials
 from dfs.net.certs import client_context_for
 
-#: What one backup read asks for (the daemon's limit is 8 MiB).
+#: What one backup read asks for (the daemon's limit is 8 MiB; it answers at most to the end of
+#: the chunk the offset is in).
 _PIECE_BYTES = 4 << 20
 
 
@@ -58,14 +64,15 @@ def _when(ns: int) -> str:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def backup_now(directory: str | None, config_path: str | None, as_json: bool) -> None:
-    """Make a metadata backup now and copy it to every node."""
+    """Make a metadata backup now: stored as chunks in the cluster, listed by every node."""
     cfg = config_for(directory, config_path)
     made: dict[str, Any] = run(functools.partial(call, timeout_s=3600), endpoint_of(cfg), SYS_BACKUP_NOW)
     if as_json:
         click.echo(json.dumps(made, indent=2, sort_keys=True))
         return
     info = made["backup"]
-    click.echo(f"backup {info['id']}: {info['rows']} rows, {info['dump_bytes']} bytes")
+    stored = f" in {len(info['chunks'])} chunk(s) of {info['replicas']} cop(ies)" if "chunks" in info else ""
+    click.echo(f"backup {info['id']}: {info['rows']} rows, {info['dump_bytes']} bytes{stored}")
     for node, outcome in sorted(made["copies"].items()):
         click.echo(f"  {node}: {outcome}")
 
@@ -81,9 +88,11 @@ def backups(directory: str | None, config_path: str | None, as_json: bool) -> No
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
-    click.echo(f"{'ID':<20}  {'CREATED (UTC)':<19}  {'ROWS':>9}  {'BYTES':>12}  ORIGIN")
+    click.echo(f"{'ID':<20}  {'CREATED (UTC)':<19}  {'ROWS':>9}  {'BYTES':>12}  {'COPIES':>6}  ORIGIN")
     for r in rows:
-        size = f"{r['rows']:>9}  {r['dump_bytes']:>12}"
+        # COPIES: of each chunk; "file": a backup made before backups were chunks, a file per node.
+        copies = r["replicas"] if "chunks" in r else "file"
+        size = f"{r['rows']:>9}  {r['dump_bytes']:>12}  {copies:>6}"
         click.echo(f"{r['id']:<20}  {_when(r['created_ns']):<19}  {size}  {r['origin']}")
 
 
@@ -136,7 +145,9 @@ def _load(config_file: Path | None, dump_path: Path, info: dict[str, Any] | None
     if config_file is not None:
         argv += ["--config", str(config_file)]
     if info is not None:
-        argv += ["--backup-info", json.dumps(info)]
+        # Without the chunk list: dfsd needs the id and the sealed cluster key, and one argument
+        # must stay under the kernel's 128 KiB limit (a large dump has thousands of chunks).
+        argv += ["--backup-info", json.dumps({k: v for k, v in info.items() if k != "chunks"})]
     res = subprocess.run(argv, capture_output=True, text=True)
     if res.returncode != 0:
         raise CliError(res.stderr.strip().removeprefix("dfsd: ") or "dfsd --load-meta failed", res.returncode)
@@ -169,29 +180,106 @@ def restore(
     backup_id: str | None, latest: bool, source: str | None, directory: str | None, config_path: str | None
 ) -> None:
     """Rebuild this host's meta.db (or, with [meta] engine = "postgresql", fill the empty database
-    of [meta] dsn) from a backup, dfsd stopped: one kept here in <data_dir>/backups, or fetched
-    from any surviving daemon with --from."""
+    of [meta] dsn) from a backup, dfsd stopped: one listed here in <data_dir>/backups whose
+    chunks this host holds, or fetched from any surviving daemon with --from."""
     if backup_id and latest:
         raise CliError("name a backup ID or --latest, not both", 2)
     cfg = config_for(directory, config_path)
+    config_file = config_file_for(directory, config_path)
     local = cfg.data_path / "backups"
     if source:
-        info = _fetch(cfg, source, backup_id, local)
+        info, dump_path = _fetch(cfg, source, backup_id, local)
     else:
         info = _pick(_local_backups(local), backup_id, str(local))
-    _load(config_file_for(directory, config_path), local / f"{info['id']}.dfsmeta", info)
+        dump_path = _part_path(local, info) if "chunks" in info else local / f"{info['id']}.dfsmeta"
+    try:
+        if "chunks" in info and not source:
+            with _private_file(dump_path) as f:
+                assemble_backup(info, cfg.data_path / "chunks", _chunk_key(cfg), f)
+        _load(config_file, dump_path, info)
+    finally:
+        if "chunks" in info:  # the backup stays in the cluster's chunks: no dump file is kept
+            dump_path.unlink(missing_ok=True)
 
 
 def _local_backups(directory: Path) -> list[dict[str, Any]]:
+    """The backups listed here, newest first: manifests naming their chunks, and older backups'
+    JSON beside their dump file."""
     out = []
     for path in sorted(directory.glob("*.json"), reverse=True):
         try:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if (directory / f"{info.get('id')}.dfsmeta").exists():
+        backup_id = path.name.removesuffix(".json")
+        if not _is_backup_id(backup_id) or not isinstance(info, dict) or info.get("id") != backup_id:
+            continue
+        if isinstance(info.get("chunks"), list) or (directory / f"{info['id']}.dfsmeta").exists():
             out.append(info)
     return out
+
+
+def _part_path(local: Path, info: dict[str, Any]) -> Path:
+    """Where a dump is put together before dfsd loads it (a crash's leftover: pruned by the daemon)."""
+    return local / f"{info['id']}.dfsmeta.part"
+
+
+def _private_file(path: Path) -> BinaryIO:
+    """``path`` opened for writing, mode 0600 from the start (a dump holds sealed secrets)."""
+    return open(path, "wb", opener=lambda name, flags: os.open(name, flags, 0o600))
+
+
+def _is_backup_id(value: Any) -> bool:
+    try:
+        backup_format.check_id(value)
+    except DfsError:
+        return False
+    return True
+
+
+def _chunk_key(cfg: Config) -> bytes:
+    """The key of backup chunk ids, from this host's node credential (the cluster secret)."""
+    node_file = cfg.data_path / credentials.FILE_NAMES[CallerClass.NODE]
+    if not node_file.exists():
+        raise CliError(
+            f"{node_file} is missing: copy node.credential from any member of the cluster first", EX_CONFIG
+        )
+    secret = credentials.load(node_file).secret
+    if secret is None:
+        raise CliError(f"{node_file} holds no cluster secret", EX_CONFIG)
+    return backup_format.chunk_key(secret)
+
+
+def assemble_backup(info: dict[str, Any], chunks_dir: Path, chunk_key: bytes, out: BinaryIO) -> None:
+    """Write chunked backup ``info``'s dump to ``out`` from the chunk files under ``chunks_dir``
+    (a stopped daemon's store, only read), each checked against its id, the whole against the
+    backup's SHA-256.  A chunk not here (or bad here) ends it with one line naming --from: a
+    running node fetches the pieces from wherever they are."""
+    backup_id, ids = info["id"], info["chunks"]
+    instead = f"restore from a running node instead: dfs meta restore --from HOST:PORT {backup_id}"
+    digest = hashlib.sha256()
+    for index, hexid in enumerate(ids):
+        if not backup_format.is_chunk_hex(hexid):  # it names a file
+            raise CliError(f"backup {backup_id}: its manifest is damaged (chunk {index + 1})", EX_DATAERR)
+        what = f"backup {backup_id}: chunk {index + 1} of {len(ids)} ({hexid[:16]})"
+        try:
+            blob = (chunks_dir / codec.chunk_relpath(hexid)).read_bytes()
+        except FileNotFoundError:
+            raise CliError(f"{what} is not on this host; {instead}", EX_NOINPUT) from None
+        except OSError as exc:
+            raise CliError(f"{what} cannot be read here ({exc.strerror}); {instead}") from None
+        try:
+            plain = backup_format.open_piece(
+                chunk_key, bytes.fromhex(hexid), blob, backup_format.piece_bytes_of(info, index)
+            )
+        except DfsError as exc:
+            raise CliError(f"{what} is damaged on this host ({exc.message}); {instead}", EX_DATAERR) from None
+        digest.update(plain)
+        out.write(plain)
+    if digest.hexdigest() != info["file_sha256"]:
+        raise CliError(
+            f"backup {backup_id}: the dump rebuilt here differs from its checksum; {instead}", EX_DATAERR
+        )
 
 
 def _pick(found: list[dict[str, Any]], backup_id: str | None, where: str) -> dict[str, Any]:
@@ -207,21 +295,33 @@ def _pick(found: list[dict[str, Any]], backup_id: str | None, where: str) -> dic
     )
 
 
-def _fetch(cfg: Config, source: str, backup_id: str | None, local: Path) -> dict[str, Any]:
-    """Copy a backup from ``source`` into ``local`` (this host's backups directory)."""
+def _fetch(cfg: Config, source: str, backup_id: str | None, local: Path) -> tuple[dict[str, Any], Path]:
+    """Fetch a backup from ``source``: its JSON into ``local`` (this host's backups directory,
+    which lists it as every node does) and its dump into a file; (the JSON, the dump file).  The
+    dump of a chunked backup is loaded and then deleted (its chunks stay in the cluster); an older
+    backup's is kept beside its JSON, as that node keeps it."""
     # This host's own cluster secret (node.credential) proves it is a node of the cluster.
     credential = credentials.find(cfg, (CallerClass.NODE, CallerClass.ADMIN))
     tls = client_context_for(cfg)
     endpoint = Endpoint(source, tls, tls, credential)
-    found: list[dict[str, Any]] = run(call, endpoint, SYS_BACKUP_LIST)
+    listed: list[dict[str, Any]] = run(call, endpoint, SYS_BACKUP_LIST)
+    found = [i for i in listed if _is_backup_id(i.get("id"))]  # an id names files here
     info = _pick(found, backup_id, source)
     local.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = local / f"{info['id']}.dfsmeta"
-    part = target.with_name(target.name + ".part")
-    with part.open("wb") as f:
-        run(_download, endpoint, info, f)
-        f.flush()
-        os.fsync(f.fileno())
-    part.rename(target)
-    (local / f"{info['id']}.json").write_text(json.dumps(info, sort_keys=True))
-    return info
+    part = _part_path(local, info)
+    try:
+        with _private_file(part) as f:
+            run(_download, endpoint, info, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    dump_path = part if "chunks" in info else part.rename(local / f"{info['id']}.dfsmeta")
+    write_private(local / f"{info['id']}.json", json.dumps(info, sort_keys=True).encode())
+    # Every node holds every manifest: with them this host's fsck and orphan sweep know the
+    # chunks of the other backups too (older backups' dumps are files on that node: not listed).
+    for other in found:
+        if "chunks" in other and other["id"] != info["id"]:
+            write_private(local / f"{other['id']}.json", json.dumps(other, sort_keys=True).encode())
+    return info, dump_path

@@ -132,6 +132,7 @@ _OTHER_OPS = frozenset(
         "create_volume",
         "delete_volume",
         "fsck_repair",
+        "once",
     }
 )
 
@@ -174,6 +175,12 @@ def changes_of(op: str, args: Sequence[Any], resolve: Resolver | None = None) ->
 def _changes_of(op: str, args: Sequence[Any], resolve: Resolver | None) -> list[Change]:
     if op in _NO_EFFECT:
         return []
+    if op == "once":  # meta.once (request_id, retried, method, args): what the method changes
+        method = args[2]
+        inner = method.removeprefix("meta.") if isinstance(method, str) else ""
+        if inner in ("", "once", method):
+            raise ValueError("meta.once wraps another metadata call")
+        return _changes_of(inner, args[3], resolve)
     if op in _MAKE_OPS:
         return [_entry(args[0], args[1], NEW)]
     if op in _REMOVE_OPS:

@@ -83,8 +83,8 @@ class MetaConfig:
     failover_timeout_s: float = 60.0
     session_timeout_s: float = 300.0
     oplog_keep: int = 100_000
-    # The metadata primary dumps the namespace this often into <data_dir>/backups and copies it
-    # to every node (0: no automatic backups); each node keeps the newest backup_keep.
+    # The metadata primary dumps the namespace this often into a backup stored as chunks, its
+    # manifest on every node (0: no automatic backups); the newest backup_keep are kept.
     backup_interval_s: float = 3600.0
     backup_keep: int = 24
 

@@ -206,6 +206,10 @@ class Endpoint(Generic[R]):
     read_only: bool = False
     #: Changes something, but doing it twice is the same as doing it once.
     idempotent: bool = False
+    #: A change :data:`META_ONCE` can make exactly once: its handler makes its changes through
+    #: the metadata thread's calls (daemon/service/meta_calls.py), each recorded with the
+    #: caller's request id, so the caller may send it again after a lost reply.
+    once: bool = False
     #: Positions of ``params`` naming directories the call changes.  The answer is then
     #: ``[result, [[dir, ctime_before, attr_after], ...]]`` (dfs.client.DirStamp).
     stamps: tuple[int, ...] = ()
@@ -226,6 +230,8 @@ class Endpoint(Generic[R]):
             raise ValueError(f"{self.name}: {self.optional} optional of {len(self.params)} params")
         if any(not 0 <= i < len(self.params) for i in self.stamps):
             raise ValueError(f"{self.name}: stamp position out of range")
+        if self.once and (self.read_only or self.idempotent or self.site is not Site.PRIMARY):
+            raise ValueError(f"{self.name}: only a primary's change that is not repeatable needs once")
         if self.types and len(self.types) != len(self.params):
             raise ValueError(f"{self.name}: {len(self.types)} types for {len(self.params)} params")
         checks = []
@@ -366,10 +372,9 @@ SYS_BACKUP_LIST: Endpoint[list[dict[str, Any]]] = _declare("sys.backup_list", re
 SYS_BACKUP_READ: Endpoint[bytes] = _declare(
     "sys.backup_read", "backup_id:str offset:int size:int", read_only=True, callers=ADMINS
 )
-# The primary sends each backup to every node, in order; ``info`` comes with the last piece.
-SYS_BACKUP_PUT: Endpoint[None] = _declare(
-    "sys.backup_put", "backup_id:str offset:int data:bytes info:dict|None?"
-)
+# The maker of a backup sends its manifest (what the dump holds and the chunks it is stored in)
+# to every other node once the chunks are stored; each node keeps the newest ones.
+SYS_BACKUP_MANIFEST: Endpoint[None] = _declare("sys.backup_manifest", "info:dict")
 # Acknowledges the changes up to ``cursor``, which only the poller itself sees.
 NS_CHANGES: Endpoint[dict[str, Any]] = _declare(
     "ns.changes", "epoch:str cursor:int wait_s:float", read_only=True, timeout=Timeout.POLL, callers=ANYONE
@@ -383,8 +388,8 @@ SYS_FSCK_META: Endpoint[dict[str, Any]] = _declare(
 SYS_GC: Endpoint[int] = _declare(
     "sys.gc", "delay_s:float|None?", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
 )
-# Dumps the namespace into a new backup and copies it to every node: {"backup": info, "copies":
-# {node: outcome}}.
+# Dumps the namespace into a new backup stored as chunks and gives every node its manifest:
+# {"backup": info, "copies": {node: outcome}}.
 SYS_BACKUP_NOW: Endpoint[dict[str, Any]] = _declare(
     "sys.backup_now", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
 )
@@ -461,6 +466,8 @@ META_POLICY: Endpoint[dict[str, Any]] = _read("meta.policy", "ino:int parent:int
 # -- metadata calls the primary runs in its metadata thread ------------------------------------
 def _meta(name: str, params: str = "", **spec: Any) -> Endpoint[Any]:
     spec.setdefault("callers", ANYONE)  # the namespace calls a mount makes
+    # Every change here goes through the metadata thread: meta.once can make it exactly once.
+    spec.setdefault("once", not (spec.get("read_only") or spec.get("idempotent")))
     return _declare(name, params, site=_PRIMARY, notices=True, **spec)
 
 
@@ -524,8 +531,22 @@ META_PUT_OBJECT: Endpoint[Record] = _meta(
 )
 # A secondary's orphan sweep: which of these unknown chunks it may delete now.
 META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta(
-    "meta.claim_orphans", "chunk_ids:list[bytes]", callers=NODES
+    "meta.claim_orphans", "chunk_ids:list[bytes]", callers=NODES, once=False
 )
+# Calls ``method`` (an endpoint declared ``once``) with ``args`` at most once per ``request_id``
+# (16 to 32 random bytes the caller made): a repeat, to any daemon, after a lost reply is
+# answered with the first run's result instead of being applied again.  ``retried``: this id
+# was sent before (only then is a record of it looked for).  The caller must be one ``method``
+# admits.  Records are kept for ten times [meta] failover_timeout_s (at least
+# 10 minutes): a client must not repeat a request for longer (daemon/service/upkeep.py).
+META_ONCE: Endpoint[Any] = _declare(
+    "meta.once",
+    "request_id:bytes retried:bool method:str args:list",
+    site=_PRIMARY,
+    notices=True,
+    callers=ANYONE,
+)
+REQUEST_ID_BYTES = (16, 32)
 
 # -- in-process only ----------------------------------------------------------------------------
 # An S3 key's secret: the S3 shim on the primary reads it; it never crosses the wire.

@@ -103,6 +103,7 @@ __all__ = [
     "RpcClient",
     "RpcServer",
     "RpcStats",
+    "current_caller",
     "current_connection",
     "open_client",
     "open_listeners",
@@ -149,6 +150,10 @@ _serving_connection: contextvars.ContextVar[int | None] = contextvars.ContextVar
     "dfs_rpc_connection", default=None
 )
 _connection_ids = itertools.count(1)
+# The caller class of that connection, once known (set by its task before it reads requests).
+_serving_caller: contextvars.ContextVar[CallerClass | None] = contextvars.ContextVar(
+    "dfs_rpc_caller", default=None
+)
 
 
 def current_connection() -> int | None:
@@ -157,6 +162,13 @@ def current_connection() -> int | None:
     Lets a service tell one client's calls from another's, e.g. not to notify a client of
     its own changes (daemon/changefeed.py).  Never reused within a process."""
     return _serving_connection.get()
+
+
+def current_caller() -> CallerClass | None:
+    """The caller class of the connection whose request is being handled (None outside one: an
+    in-process caller, the daemon itself).  For a handler that calls another endpoint on the
+    caller's behalf (meta.once) and must check that endpoint admits it too."""
+    return _serving_caller.get()
 
 
 # --------------------------------------------------------------------------- addresses
@@ -1013,6 +1025,8 @@ class RpcServer:
         return None
 
     async def _read_requests(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
+        # This connection's task: its request tasks, spawned here, inherit the value.
+        _serving_caller.set(conn.caller)
         try:
             while True:
                 event = decoder.next_event()

@@ -147,8 +147,11 @@ def test_up_after_kill_9_twenty_times_loses_no_fsynced_byte(site: Path) -> None:
             os.kill(int((var / "dfsd.pid").read_text()), signal.SIGKILL)
         finally:
             writer.kill()
-            writer.wait()
+        # The writer cannot end yet: closing its file as it exits waits for the mount, which
+        # waits (up to [meta] failover_timeout_s) for the daemon to come back.
         if cycle % 2 == 0:
+            # Detached, the old mount process goes on serving the writer's file: it finishes
+            # that call with the daemon started below, then ends.
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=True, capture_output=True)
         else:
             # The mount process dies too: `dfs up` finds a dead mount (ENOTCONN) to detach.
@@ -158,6 +161,7 @@ def test_up_after_kill_9_twenty_times_loses_no_fsynced_byte(site: Path) -> None:
         # At once, while the killed daemon may still exist (exiting, or a zombie).
         res = dfs("up", str(site))
         assert res.returncode == 0, f"cycle {cycle}: {res.stderr}"
+        writer.wait(timeout=60)
         assert is_mounted(mnt) and not is_dead_mount(mnt)
         assert _check_intact(log_path) >= before + 8
     # A writer killed between uploading a block and committing it leaves that chunk stored

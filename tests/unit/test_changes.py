@@ -161,6 +161,10 @@ def resolver(tree: dict[tuple[int, bytes], int]) -> Any:
         ("gc_collect", [[]], []),
         ("open_events", [[["open", 9]], "s"], []),
         ("fsck_repair", ["x"], [Change(ALL)]),
+        ("once", [b"r" * 16, False, "meta.mkdir", [5, b"d", 0o755, 0, 0]], [new(5, b"d")]),  # forwarded
+        ("once", [b"r" * 16, True, "meta.rename", [5, b"a", 6, b"b", 0]], [entry(5, b"a"), entry(6, b"b")]),
+        ("once", [b"r" * 16, False, "meta.once", [b"r" * 16, False, "meta.mkdir", []]], [Change(ALL)]),
+        ("once", [b"r" * 16, False, 7, []], [Change(ALL)]),
         ("something_new", [1], [Change(ALL)]),
         ("unlink", [5], [Change(ALL)]),  # arguments of an unknown shape
     ],

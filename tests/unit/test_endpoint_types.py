@@ -40,6 +40,7 @@ from dfs.core.endpoints import ALL, WIRE_TYPES, Endpoint, Site
 from dfs.core.errors import DfsError, S3Error
 from dfs.core.namespace import ROOT_INO
 from dfs.net import rpc
+from dfs.net.failover import FailoverCaller
 
 INT64 = (-(2**63), 2**63 - 1)
 TYPED = [(ep, i) for ep in ALL.values() for i in range(len(ep.params)) if ep.types[i] != "any"]
@@ -328,6 +329,11 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         answer = await c.changes("", 0, 0.0)
         await c.changes(answer.epoch, answer.cursor, 0.5)
         await c.end_session("session-1")
+        # A mount sends its changes through dfs/net/failover.py: inside meta.once, with a request id.
+        m = Client(FailoverCaller([conn], ["d0"]), await fetch_info(conn), local_reads=False)
+        once, _ = await m.mkdir(d.ino, b"once", 0o755, 0, 0)
+        await m.rename(d.ino, b"once", d.ino, b"twice", 0)
+        await m.rmdir(d.ino, b"twice")
         sub, _ = await c.mkdir(d.ino, b"empty", 0o755, 0, 0)
         await c.rmdir(d.ino, b"empty")
         # ...and as the S3 shim uses it (daemon/s3).
@@ -408,13 +414,13 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await _attempt(front.s3_authenticate_remote(view, "bucket"))
         await _attempt(front.forward_admin("GET", "/health", [("content-type", "x")], b"{}", "127.0.0.1:1"))
         await front.admin_token_scope(tokens.new_token()[1])
-        # Metadata backups: `dfs meta backup` and friends (dfs/cli/meta.py), and the copies the
-        # primary sends to each node (daemon/service/backups.py).
+        # Metadata backups: `dfs meta backup` and friends (dfs/cli/meta.py), and the manifest the
+        # maker sends to each node (daemon/service/backups.py).
         await _attempt(e.SYS_BACKUP_NOW.call(conn))
         for row in await e.SYS_BACKUP_LIST.call(conn) or [{"id": "none"}]:
             await _attempt(e.SYS_BACKUP_READ.call(conn, row["id"], 0, 1 << 20))
-        await _attempt(e.SYS_BACKUP_PUT.call(conn, "backup-1", 0, b"piece", None))
-        await _attempt(e.SYS_BACKUP_PUT.call(conn, "backup-1", 5, b"", {"id": "backup-1", "dump_bytes": 5}))
+            await _attempt(e.SYS_BACKUP_MANIFEST.call(conn, row))
+        await _attempt(e.SYS_BACKUP_MANIFEST.call(conn, {"id": "backup-1", "dump_bytes": 5}))
         await e.CHUNK_DELETE.call(conn, [ref.chunk_id])
     assert refused == []
     missed = {ep.name for ep in ALL.values() if ep.site is not Site.LOCAL} - seen

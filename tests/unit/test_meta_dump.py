@@ -30,11 +30,13 @@ import trio
 import zstandard
 
 import daemon.meta.dump as dump
+from daemon.chunks import ChunkStore
 from daemon.meta import MetaStore
 from daemon.meta.dump import DUMPED_TABLES, EXCLUDED_TABLES, DumpInfo, load_dump, verify_dump, write_dump
 from daemon.meta.engine import PgDb
 from daemon.meta.schema import _SCHEMA, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
-from daemon.service.backups import Backups, MetaDb, load_offline
+from daemon.service.backups import Backups, MetaDb, backup_chunk_key, load_offline
+from dfs.cli.meta import assemble_backup
 from dfs.core import config as config_mod
 from dfs.core.auth import CallerClass
 from dfs.core.errors import ConfigError, DfsError, InternalError, InvalidArgument, NotEmpty, NotFound
@@ -952,15 +954,23 @@ def test_backup_from_postgresql_restores_on_a_sqlite_host(
         src.close()
     meta = MetaDb("postgresql", pg_dsn + " password=hunter2")
     assert "hunter2" not in repr(meta) and "hunter2" not in meta.describe()
-    backups = Backups(data_dir, secret, "n1", keep=2)
-    info = backups.make(meta, b"k" * 32)
+    # Small pieces: the dump is stored in several chunks, reassembled in order.
+    backups = Backups(data_dir, secret, "n1", keep=2, piece_bytes=1024)
+    store = ChunkStore(data_dir, fsync=False)
+    info = backups.make(meta, b"k" * 32, store)
     assert backups.list() == [info] and info["rows"] > 0
+    assert len(info["chunks"]) > 1 and sorted(store.iter_ids()) == sorted(
+        bytes.fromhex(c) for c in info["chunks"]
+    )
+    assert [p.name for p in backups.dir.iterdir()] == [f"{info['id']}.json"]  # no dump file kept
 
     other = tmp_path / "other"
     other.mkdir()
     node = credentials.FILE_NAMES[CallerClass.NODE]
     credentials.write(other / node, credentials.load(data_dir / node))
-    dump_path = backups.dir / f"{info['id']}.dfsmeta"
+    dump_path = tmp_path / "rebuilt.dump"
+    with dump_path.open("wb") as out:
+        assemble_backup(info, data_dir / "chunks", backup_chunk_key(secret), out)
     done = load_offline(other, dump_path, info, inline_max=INLINE_MAX, block_size=BS)
     assert done == f"loaded {info['rows']} rows from backup {info['id']} into {other / 'meta.db'}"
     assert (other / "cluster.key").read_bytes() == b"k" * 32

@@ -206,3 +206,15 @@ def test_a_reader_that_must_not_wait_fails_at_once(pg_server: PgServer, pg_dsn: 
     finally:
         reader.close()
         store.close()
+
+
+def test_a_fresh_id_run_again_elsewhere_meanwhile_is_answered_from_that_run(store: MetaStore) -> None:
+    """A client gave up on one daemon and sent its request, marked retried, to another, which
+    committed first; the first daemon's run (its id fresh, so it looked for no record) then
+    finds the id taken when it commits, and answers with the record instead."""
+    ino = store.mkdir(ROOT_INO, b"d", 0o755, 0, 0).ino
+    store.call_once(b"r1", store.setxattr, ino, b"user.a", b"1", 0, retried=True)
+    assert store.call_once(b"r1", store.setxattr, ino, b"user.a", b"2", 0, retried=False) is None
+    assert store.getxattr(ino, b"user.a") == b"1"  # the second run was rolled back
+    assert ops(store) == ["mkdir", "setxattr"] and recorded(store) == 1
+    assert store.fsck(lambda c: True, repair=False) == []

@@ -101,6 +101,7 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
             "gc",
             "session expiry",
             "oplog trim",
+            "request trim",
             "metadata backup",
             "orphan sweep",
             "registering in the layout",
