@@ -267,6 +267,9 @@ class Mount:
     daemon: Daemon
     path: Path
     options: str = ""
+    #: Daemons of the same cluster the mount moves its metadata calls to, in order, when
+    #: ``daemon`` goes away (``mount.dfs a,b,c:/``).
+    others: tuple[Daemon, ...] = ()
 
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -275,7 +278,8 @@ class Mount:
         if self.options:
             opts += "," + self.options
         res = subprocess.run(
-            [str(BIN / "mount.dfs"), f"{self.daemon.address}:/", str(self.path), "-o", opts],
+            [str(BIN / "mount.dfs"), ",".join(d.address for d in (self.daemon, *self.others)) + ":/"]
+            + [str(self.path), "-o", opts],
             capture_output=True,
             text=True,
             timeout=60,

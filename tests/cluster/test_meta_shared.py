@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +94,75 @@ def test_no_daemon_is_special(shared: list[Daemon], tmp_path: Path) -> None:
         m3.stop()
     alive[0].cli("status", "--wait", "--timeout", "60")
     alive[0].assert_clean()
+
+
+# Makes names in argv[1] until killed, each change one that fails if applied twice: a directory
+# every tenth step (mkdir), a file created exclusively, written, fsynced and closed, every third
+# renamed.  Appends "name content-hex" to argv[2] once each file is done; the first error ends it.
+CHANGER = r"""
+import os, sys
+mnt, log_path = sys.argv[1], sys.argv[2]
+with open(log_path, "a") as log:
+    i = 0
+    while True:
+        d = f"{mnt}/d{i // 10:04d}"
+        try:
+            if i % 10 == 0:
+                os.mkdir(d)
+            name = f"{d}/f{i:05d}"
+            data = os.urandom(500)  # inline: metadata only, no chunk to place
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if i % 3 == 0:
+                os.rename(name, name + ".r")
+                name += ".r"
+        except OSError as exc:
+            log.write(f"ERROR {i} {exc!r}\n")
+            log.flush()
+            sys.exit(1)
+        log.write(f"{name} {data.hex()}\n")
+        log.flush()
+        i += 1
+"""
+
+
+def test_a_mount_carries_on_through_another_daemon_when_its_own_is_killed(
+    shared: list[Daemon], tmp_path: Path
+) -> None:
+    """``mount.dfs n2,n3:/`` writing while n2 is killed: the changes in flight go to n3 with their
+    request ids, so none fails (EIO) and none is applied twice (an exclusive create or a mkdir
+    run again would fail with EEXIST)."""
+    _, n2, n3 = shared
+    m = Mount(n2, tmp_path / "m", others=(n3,))
+    m.start()
+    log_path = tmp_path / "changes.log"
+    log_path.touch()
+    changer = subprocess.Popen([sys.executable, "-c", CHANGER, str(m.path), str(log_path)])
+
+    def done() -> int:
+        return len(log_path.read_text().splitlines())
+
+    try:
+        wait_for(lambda: done() >= 40 or changer.poll() is not None, 60, "changes before the kill")
+        n2.stop(signal.SIGKILL)
+        at_kill = done()
+        wait_for(lambda: done() >= at_kill + 40 or changer.poll() is not None, 120, "changes after it")
+        assert changer.poll() is None, log_path.read_text().splitlines()[-1]
+    finally:
+        changer.kill()
+        changer.wait()
+    try:
+        lines = [ln.split() for ln in log_path.read_text().splitlines()]
+        assert not [ln for ln in lines if ln[0] == "ERROR"]
+        for name, content in lines:
+            assert Path(name).read_bytes() == bytes.fromhex(content), name
+        assert "metadata calls go to" in (n2.data_dir / "mount-m.log").read_text()
+    finally:
+        m.stop()
+    wait_for(lambda: layout(n3).get("n2") == "out", 30, "n2 marked out")
+    n3.cli("status", "--wait", "--timeout", "60")
+    n3.assert_clean()

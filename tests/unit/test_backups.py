@@ -175,7 +175,7 @@ async def test_a_missing_or_wrong_piece_is_refused_and_restore_points_to_from(
 
     # Under another cluster's secret the chunks here do not hold the pieces their ids name.
     other = backup_chunk_key(b"another-secret-0123456789abcdef!")
-    with pytest.raises(CliError, match="chunk 1 of .* does not hold its piece.*--from"):
+    with pytest.raises(CliError, match="chunk 1 of .* does not hold the piece.*--from"):
         cli_meta.assemble_backup(info, backups.data_dir / "chunks", other, io.BytesIO())
 
 

@@ -35,10 +35,11 @@ from daemon.meta import MetaStore
 from daemon.meta.dump import DUMPED_TABLES, EXCLUDED_TABLES, DumpInfo, load_dump, verify_dump, write_dump
 from daemon.meta.engine import PgDb
 from daemon.meta.schema import _SCHEMA, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
-from daemon.service.backups import Backups, MetaDb, backup_chunk_key, load_offline
+from daemon.service.backups import Backups, MetaDb, load_offline
 from dfs.cli.meta import assemble_backup
 from dfs.core import config as config_mod
 from dfs.core.auth import CallerClass
+from dfs.core.backup_format import chunk_key as backup_chunk_key
 from dfs.core.errors import ConfigError, DfsError, InternalError, InvalidArgument, NotEmpty, NotFound
 from dfs.core.namespace import ROOT_INO, Attr, BlockRef
 from dfs.net import credentials
