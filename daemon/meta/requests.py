@@ -33,15 +33,20 @@ _TUPLE_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls for cls in (Attr, BlockRef, DirEntry, FileMap, StatFs)
 }
 _EXT_NAMED = 1
+# The tuples whose fields are all plain values (no tuple inside): packed without a walk.
+_FLAT_TUPLES = frozenset({Attr, BlockRef, StatFs})
 
 
 def _tagged(value: Any) -> Any:
     """``value`` with the namespace's tuples as tagged extension values (msgpack would write
     any tuple as a plain array)."""
     if isinstance(value, tuple):
-        name = type(value).__name__
-        if _TUPLE_TYPES.get(name) is type(value):
-            return msgpack.ExtType(_EXT_NAMED, pack_result([name, list(value)]))
+        cls = type(value)
+        if cls in _FLAT_TUPLES:  # the common case (every stamped answer holds two Attrs)
+            flat = msgpack.packb([cls.__name__, list(value)], use_bin_type=True)
+            return msgpack.ExtType(_EXT_NAMED, flat)
+        if _TUPLE_TYPES.get(cls.__name__) is cls:
+            return msgpack.ExtType(_EXT_NAMED, pack_result([cls.__name__, list(value)]))
         return [_tagged(v) for v in value]
     if isinstance(value, list):
         return [_tagged(v) for v in value]

@@ -51,10 +51,14 @@ def copies(daemons: list[Daemon]) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def loopback_cluster(tmp_path: Path, n: int, conf: str, meta_conf: str = "") -> Iterator[list[Daemon]]:
+def loopback_cluster(
+    tmp_path: Path, n: int, conf: str, meta_conf: str = "", *, seeds: bool = True
+) -> Iterator[list[Daemon]]:
     """Daemons n1..n<n> in zones z1..z<n>, n1 the metadata primary (the founder, with shared
     PostgreSQL metadata: ``meta_conf``) and gossip seed, all with the ``[cluster]`` section
-    ``conf``; yields once all are active in the layout, stops them after."""
+    ``conf``; yields once all are active in the layout, stops them after.  Without ``seeds``
+    the daemons do not gossip with each other: one stopped and started again is never marked
+    dead meanwhile."""
     primary_port = free_port()
     daemons = [
         Daemon(
@@ -67,7 +71,7 @@ def loopback_cluster(tmp_path: Path, n: int, conf: str, meta_conf: str = "") -> 
             meta_conf=meta_conf,
         )
     ]
-    seed = f"127.0.0.1:{daemons[0].gossip_port}"
+    seed = f'\nseeds = "127.0.0.1:{daemons[0].gossip_port}"' if seeds else ""
     for i in range(2, n + 1):
         daemons.append(
             Daemon(
@@ -75,7 +79,7 @@ def loopback_cluster(tmp_path: Path, n: int, conf: str, meta_conf: str = "") -> 
                 free_port(),
                 node_id=f"n{i}",
                 zone=f"z{i}",
-                gossip_conf=f'{FAST}\nseeds = "{seed}"',
+                gossip_conf=FAST + seed,
                 extra_conf=conf + f'meta = "127.0.0.1:{primary_port}"\n',
                 meta_conf=meta_conf,
                 joins=daemons[0],

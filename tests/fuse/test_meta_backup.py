@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from dfs.core import codec
+from tests.cluster.test_replication import loopback_cluster
 from tests.conftest import BIN, Daemon, Mount, free_port, needs_fuse, wait_for
 
 # Both copies of every chunk on disk before a write returns; repair looks every 2 s.
@@ -100,37 +101,11 @@ def _active(d: Daemon) -> set[str]:
 
 @contextlib.contextmanager
 def _cluster(tmp_path: Path, n: int, meta_conf: str = "") -> Iterator[list[Daemon]]:
-    """n1..n<n>, n1 the metadata primary, R = 2 (strong); yields once all are active in the
-    layout, stops them after.  No gossip seeds, as in the two-node test above: a node stopped
-    and started again is not left marked dead for a while, which would only slow repair here."""
-    first = Daemon(
-        tmp_path / "n1",
-        free_port(),
-        node_id="n1",
-        extra_conf="[cluster]\n" + CLUSTER,
-        meta_conf=meta_conf,
-    )
-    daemons = [first]
-    for i in range(2, n + 1):
-        daemons.append(
-            Daemon(
-                tmp_path / f"n{i}",
-                free_port(),
-                node_id=f"n{i}",
-                extra_conf=f'[cluster]\nmeta = "{first.address}"\n' + CLUSTER,
-                meta_conf=meta_conf,
-                joins=first,
-            )
-        )
-    try:
-        for d in daemons:
-            d.start()
-        wanted = {d.node_id for d in daemons}
-        wait_for(lambda: _active(first) == wanted, 30, f"{n} active nodes")
+    """n1..n<n>, n1 the metadata primary, R = 2 (strong), all active in the layout.  No gossip
+    seeds: a node stopped and started again is not left marked dead for a while, which would
+    only slow repair here."""
+    with loopback_cluster(tmp_path, n, "[cluster]\n" + CLUSTER, meta_conf, seeds=False) as daemons:
         yield daemons
-    finally:
-        for d in daemons:
-            d.stop()
 
 
 @needs_fuse
@@ -361,7 +336,7 @@ def test_a_restore_through_a_peer_lacking_a_piece_fetches_it_from_another(tmp_pa
         res = _restore(n1, "--from", n2.address, target["id"])
         assert res.returncode == 0, res.stderr
         n1.start()
-        n1.assert_clean()
+        wait_for(lambda: n1.fsck()["problems"] == [], 60, "fsck clean once n1 is back in the layout")
 
 
 def test_pruned_backups_chunks_are_deleted_from_every_store(tmp_path: Path) -> None:
