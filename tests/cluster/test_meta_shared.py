@@ -147,15 +147,15 @@ def test_a_mount_carries_on_through_another_daemon_when_its_own_is_killed(
         return len(log_path.read_text().splitlines())
 
     try:
-        wait_for(lambda: done() >= 40 or changer.poll() is not None, 60, "changes before the kill")
-        n2.stop(signal.SIGKILL)
-        at_kill = done()
-        wait_for(lambda: done() >= at_kill + 40 or changer.poll() is not None, 120, "changes after it")
-        assert changer.poll() is None, log_path.read_text().splitlines()[-1]
-    finally:
-        changer.kill()
-        changer.wait()
-    try:
+        try:
+            wait_for(lambda: done() >= 40 or changer.poll() is not None, 60, "changes before the kill")
+            n2.stop(signal.SIGKILL)
+            at_kill = done()
+            wait_for(lambda: done() >= at_kill + 40 or changer.poll() is not None, 120, "changes after it")
+            assert changer.poll() is None, log_path.read_text().splitlines()[-1]
+        finally:
+            changer.kill()
+            changer.wait()
         lines = [ln.split() for ln in log_path.read_text().splitlines()]
         assert not [ln for ln in lines if ln[0] == "ERROR"]
         for name, content in lines:
