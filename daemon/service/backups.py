@@ -572,23 +572,8 @@ class BackupHandlers:
     async def _delete_everywhere(self, chunkio: ChunkIO, chunk_ids: list[bytes]) -> None:
         """Delete the chunks only pruned backups listed on every reachable layout node.  A node
         that misses it sweeps them as orphans later: no manifest lists them any more."""
-        if not chunk_ids:
-            return
-        view = await chunkio.view()
-
-        async def one(node_id: str) -> None:
-            for i in range(0, len(chunk_ids), _DELETE_BATCH):
-                batch = chunk_ids[i : i + _DELETE_BATCH]
-                try:
-                    await chunkio.call_node(node_id, endpoints.CHUNK_DELETE, batch, view=view)
-                except DfsError as exc:
-                    log.info("deleting %d pruned backup chunk(s) on %s: %s", len(batch), node_id, exc.message)
-                    return
-
-        async with trio.open_nursery() as nursery:
-            for node in view.layout.nodes:
-                if not view.is_down(node.node_id):
-                    nursery.start_soon(one, node.node_id)
+        for i in range(0, len(chunk_ids), _DELETE_BATCH):
+            await chunkio.delete_everywhere(chunk_ids[i : i + _DELETE_BATCH])
 
     async def backup_list(self) -> list[dict[str, Any]]:
         return await self._c(self._backups.list)

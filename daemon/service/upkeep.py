@@ -171,20 +171,8 @@ class Upkeep:
         deletions finished.  A node that misses it deletes its copy in its orphan sweep."""
         try:
             chunkio = self._cluster.chunkio
-            if not chunk_ids or chunkio is None:
-                return
-            view = await chunkio.view()
-            targets = nodes or [n.node_id for n in view.layout.nodes if not view.is_down(n.node_id)]
-
-            async def one(node_id: str) -> None:
-                try:
-                    await chunkio.call_node(node_id, endpoints.CHUNK_DELETE, chunk_ids, view=view)
-                except DfsError as exc:
-                    log.info("deleting %d chunk(s) on %s: %s", len(chunk_ids), node_id, exc.message)
-
-            async with trio.open_nursery() as nursery:
-                for node_id in targets:
-                    nursery.start_soon(one, node_id)
+            if chunkio is not None:
+                await chunkio.delete_everywhere(chunk_ids, nodes)
         finally:
             self.deletions.finished(chunk_ids)
 

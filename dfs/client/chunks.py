@@ -28,7 +28,16 @@ from typing import Any, TypeVar
 import trio
 
 from dfs.core import codec
-from dfs.core.endpoints import CHUNK_GET, CHUNK_HAS, CHUNK_HINT, CHUNK_PUT, CHUNK_VERIFY, Caller, Endpoint
+from dfs.core.endpoints import (
+    CHUNK_DELETE,
+    CHUNK_GET,
+    CHUNK_HAS,
+    CHUNK_HINT,
+    CHUNK_PUT,
+    CHUNK_VERIFY,
+    Caller,
+    Endpoint,
+)
 from dfs.core.errors import ChunkMissing, CorruptChunk, DfsError, Unavailable
 from dfs.core.replicas import ClusterView, Policy, copies_needed, read_order, single_node_view, write_targets
 
@@ -299,6 +308,25 @@ class ChunkIO:
         if errors and missing == len(errors):
             raise ChunkMissing(f"chunk {chunk_id.hex()} is on no node: {detail}")
         raise Unavailable(f"chunk {chunk_id.hex()} could not be read: {detail}")
+
+    async def delete_everywhere(self, chunk_ids: list[bytes], nodes: Sequence[str] | None = None) -> None:
+        """Delete the copies of ``chunk_ids`` on ``nodes`` (default: every layout node not known
+        down), all at once; a node that fails is logged and skipped (its orphan sweep deletes
+        its copies later)."""
+        if not chunk_ids:
+            return
+        view = await self.view()
+        targets = nodes or [n.node_id for n in view.layout.nodes if not view.is_down(n.node_id)]
+
+        async def one(node_id: str) -> None:
+            try:
+                await self.call_node(node_id, CHUNK_DELETE, chunk_ids, view=view)
+            except DfsError as exc:
+                log.info("deleting %d chunk(s) on %s: %s", len(chunk_ids), node_id, exc.message)
+
+        async with trio.open_nursery() as nursery:
+            for node_id in targets:
+                nursery.start_soon(one, node_id)
 
     async def has_any(self, chunk_ids: list[bytes]) -> set[bytes]:
         """The ids of ``chunk_ids`` that at least one reachable node holds.

@@ -44,7 +44,7 @@ READ_ONLY = frozenset(name for name, ep in endpoints.ALL.items() if ep.repeatabl
 # Changes sent inside meta.once, with a request id: exactly once however often they are sent.
 ONCE = frozenset(name for name, ep in endpoints.ALL.items() if ep.once)
 _ONCE_METHOD = endpoints.META_ONCE.name
-_REQUEST_ID_BYTES = 16
+_REQUEST_ID_BYTES = endpoints.REQUEST_ID_BYTES[0]  # the shortest id a daemon takes
 # The pause before a call goes again to a daemon that was just tried: doubles up to the last.
 _PAUSE_FIRST_S = 0.05
 _PAUSE_MAX_S = 1.0
