@@ -29,6 +29,7 @@ import trio
 
 from dfs.client.cluster import Client
 from dfs.core.errors import ChunkMissing, DfsError, InternalError
+from dfs.core.keys import VolumeCodec
 from dfs.core.namespace import Attr, BlockRef, FileMap, chown_clears
 from dfs.core.replicas import Policy
 
@@ -133,6 +134,10 @@ class OpenFile:
         # Replication factor and consistency level for this file's blocks, asked once per open file.
         self.policy: Policy | None = None
         self.parent: int | None = None  # a directory this file was reached through (for its policy)
+        # The top-level directory (volume) the file is in, when the mount could tell from its
+        # cache of parents (fs.py); not known: asked once (Client.volume_of).
+        self.volume: int | None = None
+        self.volume_known = False
 
     # -- state ------------------------------------------------------------------
     def _load_map(self, fmap: FileMap) -> None:
@@ -320,9 +325,19 @@ class OpenFile:
             self.policy = await self.client.write_policy(self.ino, self.parent)
         return self.policy
 
+    async def _codec(self) -> VolumeCodec:
+        """How this file's blocks are encoded now (its volume's compression and encryption):
+        from the client's ring of volume codecs, no metadata call per file."""
+        if not self.volume_known:
+            self.volume = await self.client.volume_of(self.ino, self.parent)
+            self.volume_known = True
+        return await self.client.volume_codec(self.volume)
+
     async def _upload(self, index: int, up: _Upload) -> None:
         try:
-            up.ref = await self.client.write_block(index, up.data, await self._policy())
+            up.ref = await self.client.write_block(
+                index, up.data, await self._policy(), volume_codec=await self._codec()
+            )
         except DfsError as exc:
             up.error = exc
         except Exception as exc:
@@ -346,7 +361,8 @@ class OpenFile:
                 return attr
             size = self.size
             mtime_ns = self.mtime_ns
-            if self.inline_candidate(size):
+            # An encrypted volume's files never live inline: metadata is not encrypted.
+            if self.inline_candidate(size) and (size == 0 or not (await self._codec()).key_id):
                 # Snapshot versions before reading: a write racing the read stays dirty.
                 versions = {i: self.versions[i] for i in self.dirty}
                 inline = bytes(await self.read(0, size))
@@ -393,7 +409,9 @@ class OpenFile:
             except ChunkMissing:
                 # A copy we relied on (dedup) was collected meanwhile: store every block again.
                 for index, up in uploads.items():
-                    up.ref = await self.client.write_block(index, up.data, policy, force=True)
+                    up.ref = await self.client.write_block(
+                        index, up.data, policy, force=True, volume_codec=await self._codec()
+                    )
                 refs = [up.ref for up in uploads.values() if up.ref is not None]
                 attr = await commit_refs()
             self._attrs_sent(attrs)

@@ -38,7 +38,9 @@ import trio
 from dfs.client.cluster import Client
 from dfs.core.config import MountConfig
 from dfs.core.errors import DfsError, Exists, NoAttribute
-from dfs.core.namespace import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap
+from dfs.core.keys import volume_of
+from dfs.core.namespace import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap, StatFs
+from dfs.core.quotas import QUOTA_XATTRS, parse_xattr_value, statfs_within
 from mount.dirs import CompleteDirs
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
@@ -446,6 +448,11 @@ class Operations(pyfuse3.Operations):
             self.files[ino] = f
         if f.parent is None:
             f.parent = self.parents.get(ino)
+        if not f.volume_known and self.root_ino == ROOT_INO:
+            # Its volume from the parents this mount knows (the kernel keeps a cached file's
+            # directories looked up): no metadata call per file.  A broken chain asks later.
+            f.volume = volume_of(self.parents, ino, ROOT_INO)
+            f.volume_known = f.volume is not None
         elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
             f.refresh(fmap)
         if f.is_dirty:
@@ -652,6 +659,8 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def statfs(self, ctx: Ctx) -> pyfuse3.StatvfsData:
         st = await self.client.statfs()
+        if self.root_ino != ROOT_INO:  # a subdirectory mount: its quota, if it has one, is df's size
+            st = await self._quota_statfs(st)
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.block_size
         s.f_frsize = st.block_size
@@ -663,6 +672,24 @@ class Operations(pyfuse3.Operations):
         s.f_favail = st.files_free
         s.f_namemax = NAME_MAX
         return s
+
+    async def _quota_statfs(self, st: StatFs) -> StatFs:
+        """``st`` seen through the quota of the mounted directory (dfs/core/quotas.py)."""
+        values: dict[str, int | None] = {}
+        for name, field in QUOTA_XATTRS.items():
+            try:
+                values[field] = parse_xattr_value(await self.client.getxattr(self.root_ino, name))
+            except NoAttribute:
+                return st  # not a quota directory
+            except ValueError:
+                return st
+        return statfs_within(
+            st,
+            max_bytes=values["max_bytes"],
+            used_bytes=values["used_bytes"] or 0,
+            max_inodes=values["max_inodes"],
+            used_inodes=values["used_inodes"] or 0,
+        )
 
     async def shutdown(self) -> None:
         """After unmount: commit what is dirty, release every open, end the session."""

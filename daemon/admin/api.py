@@ -53,7 +53,7 @@ import trio
 
 import daemon.admin.tokens as tokens
 from daemon.admin.metrics import Metrics, MetricsSource, render
-from daemon.admin.openapi import OPENAPI
+from daemon.admin.openapi import DEFAULT_POLICY, OPENAPI
 from daemon.http import BodyError, Request, Response
 from daemon.meta import CONSISTENCY_XATTR, REPLICAS_XATTR
 from dfs import __version__
@@ -68,11 +68,14 @@ from dfs.core.errors import (
     InvalidArgument,
     NoAttribute,
     NotFound,
+    PreconditionFailed,
     Unavailable,
     admin_status,
 )
 from dfs.core.namespace import ROOT_INO, Attr
+from dfs.core.node_removal import removal_refusal
 from dfs.core.s3names import is_bucket_name
+from dfs.core.snapshot_schedule import format_schedule, parse_schedule
 
 if TYPE_CHECKING:
     from daemon.meta import MetaStore
@@ -85,6 +88,8 @@ MAX_BODY_BYTES = 1024 * 1024
 JSON_TYPE = "application/json"
 SNAPSHOT_DIR = ".snapshots"
 MAX_SNAPSHOTS_LISTED = 10_000
+# DELETE /storage/trash empties in batches of one transaction each, at most this many.
+MAX_TRASH_BATCHES = 100_000
 _READDIR_PAGE = 256
 _PROBE_TIMEOUT_S = 5.0
 _TOKEN_BYTES = 32
@@ -94,21 +99,14 @@ NODE_STATES = ("active", "draining", "out")
 CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
 COMPRESSIONS = ("zstd", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DEFAULT_POLICY: dict[str, Any] = {
-    "replication": 1,
-    "consistency": "strong",
-    "compression": "zstd",
-    "encryption": False,
-    "quota_bytes": None,
-    "snapshot_schedule": None,
-    "snapshot_retention": None,
-}
+
+# Policy fields whose null means "the cluster default" ([cluster] replicas / consistency).
+CLUSTER_DEFAULTED = ("replication", "consistency")
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ZONE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
 _SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
-_SCHEDULE_RE = re.compile(r"[ -~]{1,100}")  # printable ASCII; interpreted by the snapshot scheduler
 
 # Routes answered from metadata: a secondary forwards them to the metadata primary.
 _PRIMARY_ROUTES = frozenset(
@@ -118,7 +116,13 @@ _PRIMARY_ROUTES = frozenset(
         "/storage/volumes",
         "/storage/volumes/{name}",
         "/storage/snapshot",
+        "/storage/snapshot/{volume}/{name}",
+        "/storage/snapshot/{volume}/{name}/restore",
+        "/storage/snapshot/{volume}/{name}/clone",
         "/storage/policy",
+        "/storage/quotas",
+        "/storage/trash",
+        "/storage/trash/{volume}/{entry_id}/restore",
         "/storage/tokens",
         "/storage/tokens/{token_id}",
         "/storage/s3/keys",
@@ -142,6 +146,7 @@ _REASONS = {
     431: "HeadersTooLarge",
     500: "InternalError",
     503: "ServiceUnavailable",
+    507: "InsufficientStorage",
 }
 
 
@@ -249,6 +254,26 @@ def _iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _snapshot_name(name: Any) -> str:
+    return _matching(
+        "name", name, _SNAPSHOT_NAME_RE, "1-255 characters of A-Z a-z 0-9 . _ + -, starting alphanumeric"
+    )
+
+
+def _snapshot_doc(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A registry row (daemon/meta/snapshots.py) as the API shows it."""
+    return {
+        "volume": row["volume"],
+        "name": row["name"],
+        "path": f"/{SNAPSHOT_DIR}/{row['volume']}/{row['name']}",
+        "created": _iso(row["created_ns"]),
+        "created_ns": row["created_ns"],
+        "origin": row["origin"],
+        "files": row["files"],
+        "bytes": row["bytes"],
+    }
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -286,7 +311,21 @@ def _matching(key: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
     return value
 
 
+def _days(key: str, value: Any) -> float | int:
+    """A number of days 0..MAX_TRASH_DAYS (fractions allowed; 0: off)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= config_mod.MAX_TRASH_DAYS
+    ):
+        raise InvalidArgument(f"{key} must be a number of days 0..{config_mod.MAX_TRASH_DAYS} (0: off)")
+    return value
+
+
 def _policy_value(key: str, value: Any) -> Any:
+    if value is None and key in CLUSTER_DEFAULTED:
+        return None  # unset: the cluster default applies
     if key == "replication":
         return _int(key, value, 1, 7)
     if key == "consistency":
@@ -297,13 +336,46 @@ def _policy_value(key: str, value: Any) -> Any:
         return _bool(key, value)
     if value is None:
         return None  # the remaining fields are nullable: null means "no quota / no schedule"
-    if key == "quota_bytes":
+    if key == "compression_level":
+        return _int(key, value, 1, 19)
+    if key in ("quota_bytes", "quota_inodes"):  # the volume directory's quota (daemon/meta/quotas.py)
         return _int(key, value, 0, 2**63 - 1)
+    if key == "trash_days":  # daemon/meta/trash.py; null: [storage] trash_days
+        return _days(key, value)
     if key == "snapshot_schedule":
-        return _matching(key, value, _SCHEDULE_RE, "1-100 printable ASCII characters or null")
+        try:  # stored in canonical form: what the scheduler duty parses again
+            return format_schedule(parse_schedule(value))
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"snapshot_schedule: {exc} (e.g. 'hourly=24,daily=7'; null: none)"
+            ) from None
     if key == "snapshot_retention":
-        return _int(key, value, 1, 100_000)
+        # Retention is per tier, in snapshot_schedule; manual snapshots stay until deleted.
+        raise InvalidArgument(
+            "snapshot_retention is not used: give how many to keep per tier in snapshot_schedule "
+            "(e.g. 'daily=7'); manual snapshots are kept until deleted"
+        )
     raise AssertionError(key)
+
+
+def _usage_doc(quota: Mapping[str, Any]) -> dict[str, Any]:
+    stored = int(quota["used_stored_bytes"])
+    return {
+        "bytes": int(quota["used_bytes"]),
+        "inodes": int(quota["used_inodes"]),
+        "stored_bytes": stored,
+        # logical / stored: what compression (and sparse files) saved; null with nothing stored.
+        "compression_ratio": round(int(quota["used_bytes"]) / stored, 3) if stored else None,
+    }
+
+
+def _quota_doc(quota: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "path": quota["path"],
+        "max_bytes": quota["max_bytes"],
+        "max_inodes": quota["max_inodes"],
+        "usage": _usage_doc(quota),
+    }
 
 
 def _policy(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,6 +386,24 @@ def _policy(body: Mapping[str, Any]) -> dict[str, Any]:
 def _full_policy(stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored policy with defaults for fields it lacks (rows written by older code or other tools)."""
     return {key: stored.get(key, default) for key, default in DEFAULT_POLICY.items()}
+
+
+def _stored_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """What a volume row keeps: the cluster-defaulted fields only when set, so "unset" stays
+    unset (MetaStore.policy and Client.policy then fall back to the cluster default)."""
+    return {k: v for k, v in policy.items() if not (k in CLUSTER_DEFAULTED and v is None)}
+
+
+def _effective_policy(stored: Mapping[str, Any], cluster: config_mod.ClusterConfig) -> dict[str, Any]:
+    """A volume's policy as the API shows it: the values in effect, and where the cluster-defaulted
+    ones come from ("volume" or "cluster")."""
+    out = _full_policy(stored)
+    defaults = {"replication": cluster.replicas, "consistency": cluster.consistency}
+    for key, default in defaults.items():
+        out[f"{key}_source"] = "cluster" if out[key] is None else "volume"
+        if out[key] is None:
+            out[key] = default
+    return out
 
 
 def _address(key: str, value: Any) -> str:
@@ -421,12 +511,21 @@ class AdminNode(MetricsSource, Protocol):
         """Have the metadata primary's admin API answer a request (on a secondary)."""
         ...
 
+    def ensure_volume_key(self, meta: MetaStore, volume_ino: int) -> int:
+        """An encrypted volume's data key id, made (wrapped under the master key) if it has none;
+        metadata thread."""
+        ...
+
     async def admin_token_scope(self, token: str) -> str | None:
         """The scope of a scoped admin token (daemon/admin/tokens.py), or None if it is not one."""
         ...
 
     async def s3_key_create(self, description: str, allow: list[list[str]]) -> dict[str, Any]:
         """A new S3 key with grants ``allow`` ([bucket, perm] pairs), on the primary."""
+        ...
+
+    async def node_repair_status(self, node_id: str) -> dict[str, Any] | None:
+        """Node ``node_id``'s repair counters (``sys.repair_status``); None: it cannot be asked."""
         ...
 
 
@@ -458,7 +557,16 @@ class AdminApi:
                 {"GET": self._get_volume, "PUT": self._update_volume, "DELETE": self._delete_volume},
             ),
             Route("/storage/snapshot", {"GET": self._list_snapshots, "POST": self._create_snapshot}),
+            Route("/storage/snapshot/{volume}/{name}", {"DELETE": self._delete_snapshot}),
+            Route("/storage/snapshot/{volume}/{name}/restore", {"POST": self._restore_snapshot}),
+            Route("/storage/snapshot/{volume}/{name}/clone", {"POST": self._clone_snapshot}),
             Route("/storage/policy", {"GET": self._get_policy, "PUT": self._put_policy}),
+            Route(
+                "/storage/quotas",
+                {"GET": self._get_quotas, "PUT": self._put_quota, "DELETE": self._delete_quota},
+            ),
+            Route("/storage/trash", {"GET": self._list_trash, "DELETE": self._empty_trash}),
+            Route("/storage/trash/{volume}/{entry_id}/restore", {"POST": self._restore_trash}),
             Route("/storage/config", {"GET": self._get_config, "PUT": self._put_config}),
             Route("/storage/openapi.json", {"GET": self._openapi}),
             Route("/storage/tokens", {"GET": self._list_tokens, "POST": self._create_token}),
@@ -811,24 +919,121 @@ class AdminApi:
         return json_response(200, self._node_doc(node_id, row, store))
 
     async def _delete_node(self, req: Request, params: dict[str, str]) -> Response:
+        """Remove a node from the layout under the rule ``dfs node remove`` applies
+        (dfs/core/node_removal.py); ``?force=true`` skips its data checks, as ``--force`` does."""
+        force = self._query(req, ("force",)).get("force", "false").lower()
+        if force not in ("true", "false"):
+            raise InvalidArgument("force must be true or false")
         node_id = params["node_id"]
         if node_id == self.cfg.node_id:
             raise ApiError(409, "Conflict", "refusing to remove the node serving this request")
-        await self.node._m(self.node.meta.delete_node, node_id)
+        row = self.node.reads.get_node(node_id)
+        if row is None:
+            raise NotFound(f"no node {node_id!r}")
+        state = str(row.get("state") or "active")
+        status = None if force == "true" else await self.node.node_repair_status(node_id)
+        epoch = int(self.node.reads.layout()["epoch"])
+        why = removal_refusal(node_id, state, status, epoch, force=force == "true")
+        if why is not None:
+            raise ApiError(409, "Conflict", why + ("" if state == "active" else " (?force=true)"))
+        meta = self.node.meta
+
+        def remove() -> None:
+            # Checked again in the transaction: the state may have changed meanwhile.
+            meta.remove_node(node_id)
+
+        try:
+            await self.node._m(remove)
+        except PreconditionFailed as exc:
+            raise ApiError(409, "Conflict", exc.message) from None
         return _no_content()
 
     # -- volumes ----------------------------------------------------------------------
-    @staticmethod
-    def _volume_doc(vol: Mapping[str, Any]) -> dict[str, Any]:
-        # No usage figure: the namespace keeps no per-subtree totals, and walking a large volume
-        # per request is unbounded work.  It belongs here once quotas maintain a counter.
+    def _volume_doc(self, vol: Mapping[str, Any]) -> dict[str, Any]:
         name = str(vol["name"])
-        return {
+        doc = {
             "name": name,
             "path": "/" + name,
             "created": _iso(int(vol["created_ns"])),
-            "policy": _full_policy(vol.get("policy") or {}),
+            "policy": _effective_policy(vol.get("policy") or {}, self.cfg.cluster),
         }
+        # Usage from the volume's quota row (kept incrementally: one row read, no walk).
+        quota = self.node.reads.get_quota(int(vol["ino"]))
+        if quota is not None:
+            doc["usage"] = _usage_doc(quota)
+        return doc
+
+    # -- quotas -----------------------------------------------------------------------
+    async def _get_quotas(self, req: Request, params: dict[str, str]) -> Response:
+        path = self._query(req, ("path",)).get("path")
+        meta = self.node.meta
+        if path is None:
+            found = await self.node._m(meta.quota_list_paths)
+            return json_response(200, {"quotas": [_quota_doc(q) for q in found]})
+        return json_response(200, _quota_doc(await self.node._m(meta.quota_get_path, path)))
+
+    async def _put_quota(self, req: Request, params: dict[str, str]) -> Response:
+        path = self._query(req, ("path",)).get("path")
+        body = await self._json_body(req)
+        _check_fields(body, ("path", "max_bytes", "max_inodes"), "quota")
+        path = body.get("path", path)
+        if not isinstance(path, str):
+            raise InvalidArgument("path is required (query or body), e.g. /volume/dir")
+        limits: dict[str, int | None] = {}
+        for key in ("max_bytes", "max_inodes"):
+            if key in body:
+                limits[key] = None if body[key] is None else _int(key, body[key], 0, 2**63 - 1)
+        if not limits:
+            raise InvalidArgument("name at least one of max_bytes, max_inodes (null: no limit)")
+        doc = await self.node._m(self.node.meta.quota_set_path, path, limits)
+        return json_response(200, _quota_doc(doc))
+
+    async def _delete_quota(self, req: Request, params: dict[str, str]) -> Response:
+        path = self._query(req, ("path",)).get("path")
+        if path is None:
+            raise InvalidArgument("path is required, e.g. ?path=/volume/dir")
+        await self.node._m(self.node.meta.quota_clear_path, path)
+        return _no_content()
+
+    # -- trash (daemon/meta/trash.py) -----------------------------------------------------
+    async def _list_trash(self, req: Request, params: dict[str, str]) -> Response:
+        volume = self._query(req, ("volume",)).get("volume") or None
+        entries = await self.node._m(self.node.meta.trash_list, volume)
+        usage = await self.node._m(self.node.meta.trash_usage)
+        return json_response(200, {"volume": volume, "entries": entries, "usage": usage})
+
+    async def _empty_trash(self, req: Request, params: dict[str, str]) -> Response:
+        query = self._query(req, ("volume", "older_than_days"))
+        volume = query.get("volume") or None
+        older: float | None = None
+        if query.get("older_than_days") is not None:
+            try:
+                older = float(query["older_than_days"])
+            except ValueError:
+                raise InvalidArgument("older_than_days must be a number of days") from None
+            _days("older_than_days", older)
+        purged = 0
+        for _ in range(MAX_TRASH_BATCHES):  # each batch is one bounded transaction
+            got = await self.node._m(self.node.meta.trash_empty, volume, older)
+            purged += int(got["purged"])
+            if not got["more"]:
+                break
+        return json_response(200, {"volume": volume, "purged": purged})
+
+    async def _restore_trash(self, req: Request, params: dict[str, str]) -> Response:
+        """Back to where it was deleted, or ``{"to": "/volume/dir/name"}``."""
+        volume = params["volume"]
+        try:
+            entry_id = int(params["entry_id"])
+        except ValueError:
+            raise InvalidArgument("a trash entry id is an integer") from None
+        body = await self._json_body(req) if req.content_length else {}
+        _check_fields(body, ("to",), "trash restore")
+        to = body.get("to")
+        if to is not None and not isinstance(to, str):
+            raise InvalidArgument("to must be a path such as /volume/dir/name")
+        doc = await self.node._m(self.node.meta.trash_restore, volume, entry_id, to)
+        return json_response(200, doc)
 
     async def _list_volumes(self, req: Request, params: dict[str, str]) -> Response:
         volumes = [self._volume_doc(v) for v in self.node.reads.list_volumes()]
@@ -850,7 +1055,7 @@ class AdminApi:
                 "(S3 bucket rules)",
             )
         adopt = _bool("adopt", body.get("adopt", False))
-        policy = {**DEFAULT_POLICY, **_policy(body)}
+        policy = _stored_policy({**DEFAULT_POLICY, **_policy(body)})
         meta = self.node.meta
 
         def create() -> dict[str, Any] | None:
@@ -858,7 +1063,10 @@ class AdminApi:
                 meta.adopt_volume(name, policy)
             else:
                 meta.create_volume(name, policy, mode=0o755, uid=0, gid=0)
-            return meta.get_volume(name)
+            vol = meta.get_volume(name)
+            if vol is not None and policy["encryption"]:
+                self.node.ensure_volume_key(meta, int(vol["ino"]))
+            return vol
 
         try:
             vol = await self.node._m(create)
@@ -883,7 +1091,10 @@ class AdminApi:
             vol = meta.get_volume(name)
             if vol is None:
                 raise NotFound(f"no volume {name!r}")
-            return meta.update_volume(name, {**_full_policy(vol["policy"]), **changes})
+            if changes.get("encryption"):
+                # Made before the policy says "encrypted", so no writer sees it without a key.
+                self.node.ensure_volume_key(meta, int(vol["ino"]))
+            return meta.update_volume(name, _stored_policy({**_full_policy(vol["policy"]), **changes}))
 
         vol = await self.node._m(update)
         return json_response(200, self._volume_doc(vol))
@@ -987,71 +1198,69 @@ class AdminApi:
         name = body.get("name")
         if name is None:
             name = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
-        name = _matching(
-            "name", name, _SNAPSHOT_NAME_RE, "1-255 characters of A-Z a-z 0-9 . _ + -, starting alphanumeric"
-        )
+        name = _snapshot_name(name)
         meta = self.node.meta
-
-        def snapshot() -> Attr:
-            vol = meta.get_volume(volume)
-            if vol is None:
-                raise NotFound(f"no volume {volume!r}")
-            src = meta.getattr(vol["ino"])
-            parent = meta.make_dirs(
-                ROOT_INO, [SNAPSHOT_DIR.encode(), volume.encode()], mode=0o755, uid=0, gid=0
-            )
-            # The snapshot's top directory keeps the volume directory's owner, so its users can read it.
-            return meta.snapshot(vol["ino"], parent.ino, name.encode(), uid=src.uid, gid=src.gid)
-
-        try:
-            attr = await self.node._m(snapshot)
-        except Exists:
-            raise Exists(f"snapshot {name!r} of volume {volume!r} exists") from None
-        doc = {
-            "volume": volume,
-            "name": name,
-            "path": f"/{SNAPSHOT_DIR}/{volume}/{name}",
-            "created": _iso(attr.ctime_ns),
-        }
-        return json_response(201, doc)
+        doc = await self.node._m(lambda: meta.create_snapshot(volume, name))
+        return json_response(201, _snapshot_doc(doc))
 
     async def _list_snapshots(self, req: Request, params: dict[str, str]) -> Response:
         query = self._query(req, ("volume",))
-        volume = query.get("volume")
-        if not volume:
-            raise InvalidArgument("query parameter volume is required")
+        volume = query.get("volume") or None
         reads = self.node.reads
-        if reads.get_volume(volume) is None:
+        if volume is not None and reads.get_volume(volume) is None and not reads.list_snapshots(volume):
             raise NotFound(f"no volume {volume!r}")
-        snapshots: list[dict[str, Any]] = []
-        truncated = False
-        try:
-            top = reads.lookup(ROOT_INO, SNAPSHOT_DIR.encode())
-            directory = reads.lookup(top.ino, volume.encode())
-        except NotFound:
-            directory = None
-        if directory is not None and directory.is_dir:
-            cookie = 0
-            while True:
-                page = reads.readdir(directory.ino, cookie, _READDIR_PAGE)
-                for entry in page:
-                    if len(snapshots) >= MAX_SNAPSHOTS_LISTED:
-                        truncated = True
-                        break
-                    name = entry.name.decode(errors="replace")
-                    snapshots.append(
-                        {
-                            "name": name,
-                            "path": f"/{SNAPSHOT_DIR}/{volume}/{name}",
-                            "created": _iso(entry.attr.ctime_ns),
-                        }
-                    )
-                if truncated or len(page) < _READDIR_PAGE:
-                    break
-                cookie = page[-1].cookie
-                await trio.lowlevel.checkpoint()  # pages are cheap; still let other tasks run between them
-        snapshots.sort(key=lambda s: s["name"])
+        rows = reads.list_snapshots(volume)
+        truncated = len(rows) > MAX_SNAPSHOTS_LISTED
+        snapshots = [_snapshot_doc(r) for r in rows[:MAX_SNAPSHOTS_LISTED]]
         return json_response(200, {"volume": volume, "snapshots": snapshots, "truncated": truncated})
+
+    async def _delete_snapshot(self, req: Request, params: dict[str, str]) -> Response:
+        volume, name = params["volume"], _snapshot_name(params["name"])
+        meta = self.node.meta
+        removed = await self.node._m(lambda: meta.delete_snapshot(volume, name))
+        return json_response(200, {"volume": volume, "name": name, "removed_inodes": removed})
+
+    async def _restore_snapshot(self, req: Request, params: dict[str, str]) -> Response:
+        """Whole volume (no body, or ``{}``), or ``{"path": "a/b", "to": "/vol/dest"}``: one
+        file or directory copied out of the snapshot to a new name."""
+        volume, name = params["volume"], _snapshot_name(params["name"])
+        body = await self._json_body(req) if req.content_length else {}
+        _check_fields(body, ("path", "to"), "snapshot restore")
+        meta = self.node.meta
+        if "path" not in body and "to" not in body:
+            attr = await self.node._m(lambda: meta.restore_snapshot(volume, name))
+            return json_response(200, {"volume": volume, "name": name, "path": f"/{volume}", "ino": attr.ino})
+        path, to = body.get("path"), body.get("to")
+        if not isinstance(path, str) or not isinstance(to, str):
+            raise InvalidArgument("restore of one path needs both path (in the snapshot) and to (a new path)")
+        parts = [p.encode() for p in path.split("/") if p]
+        dest = [p.encode() for p in to.split("/") if p]
+        if not dest or any(p in (b".", b"..") for p in parts + dest):
+            raise InvalidArgument("to must be a new path below the root, without . or .. steps")
+
+        def restore() -> Attr:
+            parent = meta.resolve(ROOT_INO, dest[:-1])
+            return meta.restore_snapshot_path(volume, name, parts, parent.ino, dest[-1])
+
+        attr = await self.node._m(restore)
+        doc = {
+            "volume": volume,
+            "name": name,
+            "path": "/" + "/".join(p.decode() for p in dest),
+            "ino": attr.ino,
+        }
+        return json_response(201, doc)
+
+    async def _clone_snapshot(self, req: Request, params: dict[str, str]) -> Response:
+        volume, name = params["volume"], _snapshot_name(params["name"])
+        body = await self._json_body(req)
+        _check_fields(body, ("volume",), "snapshot clone")
+        new = body.get("volume")
+        if not isinstance(new, str) or not new:
+            raise InvalidArgument("volume (the new volume's name) is required")
+        meta = self.node.meta
+        vol = await self.node._m(lambda: meta.clone_snapshot(volume, name, new))
+        return json_response(201, {"name": vol["name"], "from": {"volume": volume, "snapshot": name}})
 
     # -- config -----------------------------------------------------------------------
     def _config_doc(self) -> dict[str, dict[str, Any]]:

@@ -103,6 +103,15 @@ class MetricsSource(Protocol):
     def meta(self) -> MetaStore: ...
 
 
+class RemarkSource(Protocol):
+    """The re-mark worker's figures (daemon/service/remarker.py)."""
+
+    marked: int
+    changed: int
+
+    def status(self) -> dict[str, Any] | None: ...
+
+
 class ClusterSource(Protocol):
     """What :meth:`Metrics.watch` exports: the node's cluster figures, from live objects that
     stay None until (and unless) the daemon starts them."""
@@ -125,6 +134,9 @@ class ClusterSource(Protocol):
     @property
     def chunkio(self) -> ChunkIO | None: ...
 
+    @property
+    def remark(self) -> RemarkSource: ...
+
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The registry in Prometheus text format, and its Content-Type.
@@ -141,6 +153,12 @@ class Snapshot:
 
     store: Mapping[str, int] = field(default_factory=dict)
     counts: Mapping[str, int] = field(default_factory=dict)
+    # volume -> (snapshots held, created_ns of the newest): from the snapshot registry.
+    snapshots: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # volume -> its quota row (limits and usage, daemon/meta/quotas.py), and the byte limits
+    # promised in all (thin provisioning): read off the accounting rows, never by a walk.
+    volumes: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict)
+    provisioned_bytes: int | None = None
     refreshed_at: float | None = None  # time.time() of the refresh; None: never refreshed
 
 
@@ -189,6 +207,56 @@ class _CachedCollector:
         out.append(_gauge("dfs_meta_logical_bytes", "Sum of regular file sizes", counts.get("logical_bytes")))
         # MetaStore.counts() has no open-file total today; exported as soon as it reports one.
         out.append(_gauge("dfs_open_files", "Files held open by client sessions", counts.get("open_files")))
+        # Labelled by volume: volumes are made by admins, so the series stay few.
+        held = GaugeMetricFamily("dfs_snapshots", "Snapshots held, by volume", labels=["volume"])
+        newest = GaugeMetricFamily(
+            "dfs_snapshot_last_success_timestamp_seconds",
+            "When the volume's newest snapshot (manual or scheduled) was taken",
+            labels=["volume"],
+        )
+        for volume, (count, last_ns) in sorted(snap.snapshots.items()):
+            held.add_metric([volume], float(count))
+            newest.add_metric([volume], last_ns / 1e9)
+        out += [held, newest]
+        out.append(
+            _gauge(
+                "dfs_quota_provisioned_bytes",
+                "Sum of directory byte quotas not nested in another (may exceed capacity: thin "
+                'provisioning; compare with dfs_chunk_store_bytes{kind="total"})',
+                snap.provisioned_bytes,
+            )
+        )
+        families = {
+            "used_bytes": GaugeMetricFamily(
+                "dfs_volume_used_bytes", "Logical bytes (st_size) in the volume", labels=["volume"]
+            ),
+            "used_stored_bytes": GaugeMetricFamily(
+                "dfs_volume_stored_bytes",
+                "Bytes stored for the volume's files (compressed)",
+                labels=["volume"],
+            ),
+            "used_inodes": GaugeMetricFamily("dfs_volume_inodes", "Inodes in the volume", labels=["volume"]),
+            "max_bytes": GaugeMetricFamily(
+                "dfs_volume_quota_bytes", "The volume's byte quota (absent: none)", labels=["volume"]
+            ),
+            "max_inodes": GaugeMetricFamily(
+                "dfs_volume_quota_inodes", "The volume's inode quota (absent: none)", labels=["volume"]
+            ),
+            "trash_bytes": GaugeMetricFamily(
+                "dfs_volume_trash_bytes",
+                "Logical bytes in the volume's trash (not in its used bytes; absent: empty)",
+                labels=["volume"],
+            ),
+            "trash_entries": GaugeMetricFamily(
+                "dfs_volume_trash_entries", "Files in the volume's trash (absent: empty)", labels=["volume"]
+            ),
+        }
+        for volume, row in sorted(snap.volumes.items()):
+            for key, family in families.items():
+                value = row.get(key)
+                if value is not None:
+                    family.add_metric([volume], float(value))
+        out += families.values()
         return out
 
 
@@ -285,6 +353,25 @@ class _ClusterCollector:
                 ),
                 _counter(
                     "dfs_hot_promotions", "Extra copies of hot chunks made or renewed", hot["hot_promotions"]
+                ),
+            ]
+        remark = svc.remark.status()
+        if remark is not None:  # the daemon that runs the re-mark duty (daemon/service/remarker.py)
+            out += [
+                _gauge("dfs_policy_remark_jobs", "Subtrees whose chunks await re-marking", remark["jobs"]),
+                _gauge(
+                    "dfs_policy_remark_chunks_total",
+                    "Block references the pending jobs cover",
+                    remark["total"],
+                ),
+                _gauge(
+                    "dfs_policy_remark_chunks_marked",
+                    "Block references the pending jobs marked",
+                    remark["marked"],
+                ),
+                _counter("dfs_policy_remarked_chunks", "Block references re-marked", svc.remark.marked),
+                _counter(
+                    "dfs_policy_remark_changed_chunks", "Chunk factors re-marking changed", svc.remark.changed
                 ),
             ]
         if svc.chunkio is not None:
@@ -470,7 +557,16 @@ class Metrics:
         async with self._refresh_lock:
             store = await trio.to_thread.run_sync(node.chunks.stats)
             counts = await trio.to_thread.run_sync(self._counts, node)
-            self.snapshot = Snapshot(store=store, counts=counts, refreshed_at=time.time())
+            snaps = await trio.to_thread.run_sync(self._snapshot_stats, node)
+            volumes, provisioned = await trio.to_thread.run_sync(self._quota_stats, node)
+            self.snapshot = Snapshot(
+                store=store,
+                counts=counts,
+                snapshots=snaps,
+                volumes=volumes,
+                provisioned_bytes=provisioned,
+                refreshed_at=time.time(),
+            )
             return self.snapshot
 
     async def current(self, node: MetricsSource, *, max_age_s: float = REFRESH_INTERVAL_S * 2) -> Snapshot:
@@ -491,6 +587,45 @@ class Metrics:
             if self._reader is None:
                 self._reader = node.meta.reader()
             return self._reader.counts()
+
+    def _snapshot_stats(self, node: MetricsSource) -> dict[str, tuple[int, int]]:
+        # Worker thread, the same private reader as _counts: one indexed scan of the registry.
+        with self._reader_guard:
+            if self._closed:
+                return dict(self.snapshot.snapshots)
+            if not node.is_primary:
+                return {}
+            if self._reader is None:
+                self._reader = node.meta.reader()
+            out: dict[str, tuple[int, int]] = {}
+            for row in self._reader.list_snapshots():
+                count, last = out.get(row["volume"], (0, 0))
+                out[row["volume"]] = (count + 1, max(last, row["created_ns"]))
+            return out
+
+    def _quota_stats(self, node: MetricsSource) -> tuple[dict[str, dict[str, int | None]], int | None]:
+        # Worker thread, the same private reader: one row per volume, and one sum.
+        with self._reader_guard:
+            if self._closed:
+                return dict(self.snapshot.volumes), self.snapshot.provisioned_bytes  # type: ignore[arg-type]
+            if not node.is_primary:
+                return {}, None
+            if self._reader is None:
+                self._reader = node.meta.reader()
+            volumes: dict[str, dict[str, int | None]] = {}
+            for vol in self._reader.list_volumes():
+                row = self._reader.get_quota(int(vol["ino"]))
+                if row is not None:
+                    volumes[str(vol["name"])] = row
+            for usage in self._reader.trash_usage():  # one grouped scan of the trash table
+                name = str(usage["volume"])
+                if name in volumes:
+                    volumes[name] = {
+                        **volumes[name],
+                        "trash_bytes": int(usage["bytes"]),
+                        "trash_entries": int(usage["entries"]),
+                    }
+            return volumes, self._reader.provisioned_bytes()
 
     def close(self) -> None:
         """Release the metrics' SQLite connection; idempotent."""

@@ -23,7 +23,7 @@ import dataclasses
 from typing import Any, get_type_hints
 
 from dfs import __version__
-from dfs.core.config import Config
+from dfs.core.config import MAX_TRASH_DAYS, Config
 
 _JSON = "application/json"
 
@@ -56,6 +56,13 @@ def _err(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
+_QUOTA_PATH = {
+    "name": "path",
+    "in": "query",
+    "required": False,
+    "description": "absolute path in the namespace, e.g. /volume/dir",
+    "schema": {"type": "string"},
+}
 _STD_ERRORS = {"401": _err("Unauthorized"), "403": _err("Forbidden"), "default": _err("Error")}
 _BODY_ERRORS = {"400": _err("BadRequest"), "413": _err("PayloadTooLarge")}
 
@@ -93,43 +100,113 @@ _SNAPSHOT_NAME = {
     "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$",
     "description": "default: the UTC time of creation, e.g. 2026-11-25T14-00-00Z",
 }
+_SNAPSHOT = _obj(
+    {
+        "volume": {"type": "string"},
+        "name": {"type": "string"},
+        "path": {"type": "string", "description": "/.snapshots/<volume>/<name> (read-only)"},
+        "created": _TIMESTAMP,
+        "created_ns": {"type": "integer"},
+        "origin": {
+            "type": "string",
+            "enum": ["manual", "minutely", "hourly", "daily", "weekly", "monthly"],
+            "description": "manual, or the schedule tier that took it",
+        },
+        "files": {"type": "integer", "description": "non-directories when taken"},
+        "bytes": {"type": "integer", "description": "their sum of st_size when taken"},
+    }
+)
+_SNAPSHOT_PARAMS = [
+    {"name": "volume", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "name", "in": "path", "required": True, "schema": _SNAPSHOT_NAME},
+]
 
 _POLICY_FIELDS: dict[str, Any] = {
-    "replication": {"type": "integer", "minimum": 1, "maximum": 7, "description": "copies of each chunk"},
-    "consistency": {
-        "type": "string",
-        "enum": ["strong", "quorum", "eventual"],
-        "description": "durable copies before a write is acknowledged: all, a majority, one",
+    "replication": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": 7,
+        "description": "copies of each chunk; null: the cluster default ([cluster] replicas). A change "
+        "re-marks the chunks already written and repair adds or trims copies",
     },
-    "compression": {"type": "string", "enum": ["zstd", "none"]},
-    "encryption": {"type": "boolean"},
-    "quota_bytes": {"type": ["integer", "null"], "minimum": 0, "description": "null: no quota"},
+    "consistency": {
+        "type": ["string", "null"],
+        "enum": ["strong", "quorum", "eventual", None],
+        "description": "durable copies before a write is acknowledged: all, a majority, one; "
+        "null: the cluster default ([cluster] consistency)",
+    },
+    "compression": {
+        "type": "string",
+        "enum": ["zstd", "none"],
+        "description": "how chunks written from now on are stored; existing chunks are not rewritten",
+    },
+    "compression_level": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": 19,
+        "description": "zstd level; null: the cluster's [storage] compression_level",
+    },
+    "encryption": {
+        "type": "boolean",
+        "description": "encrypt chunks written from now on (AES-256-GCM, a data key per volume wrapped "
+        "by the master key); turning it off keeps old chunks readable",
+    },
+    "quota_bytes": {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "description": "byte limit (sum of st_size) of the volume's directory quota; null: no limit. "
+        "The same quota `dfs quota set /VOLUME` and /storage/quotas change",
+    },
+    "quota_inodes": {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "description": "inode limit of the volume's directory quota; null: no limit",
+    },
+    "trash_days": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "maximum": MAX_TRASH_DAYS,
+        "description": "days a file deleted (or replaced) through a mount or S3 stays in the volume's "
+        "trash before it is purged (fractions allowed; 0: no trash); null: the cluster default "
+        "([storage] trash_days). Trash does not count against the volume's quota",
+    },
     "snapshot_schedule": {
         "type": ["string", "null"],
         "minLength": 1,
-        "maxLength": 100,
-        "description": "when to take snapshots automatically; null: never",
+        "maxLength": 200,
+        "description": "automatic snapshots: comma-separated tier=N (tiers minutely, hourly, daily, "
+        "weekly, monthly; N: how many of that tier to keep), e.g. 'hourly=24,daily=7'; null: none",
     },
     "snapshot_retention": {
-        "type": ["integer", "null"],
-        "minimum": 1,
-        "maximum": 100_000,
-        "description": "scheduled snapshots to keep; null: keep all",
+        "type": "null",
+        "description": "not used (always null; a value is refused): retention is per tier, "
+        "in snapshot_schedule; manual snapshots stay until deleted",
     },
 }
-_POLICY_DEFAULTS = {
-    "replication": 1,
-    "consistency": "strong",
+_SOURCE = {
+    "type": "string",
+    "enum": ["volume", "cluster"],
+    "description": "volume: set on the volume; cluster: the cluster default applies (dfs.conf [cluster])",
+}
+# The volume policy fields and their defaults: the one definition (daemon/admin/api.py imports it).
+DEFAULT_POLICY: dict[str, Any] = {
+    # null: the cluster default ([cluster] replicas / consistency), resolved where the policy
+    # applies (MetaStore.policy, Client.policy), so a change of dfs.conf reaches the volume.
+    "replication": None,
+    "consistency": None,
     "compression": "zstd",
+    "compression_level": None,  # zstd level 1..19; null: the cluster's [storage] compression_level
     "encryption": False,
     "quota_bytes": None,
+    "quota_inodes": None,
+    "trash_days": None,  # null: the cluster's [storage] trash_days
     "snapshot_schedule": None,
     "snapshot_retention": None,
 }
 
 
 def _with_default(name: str) -> dict[str, Any]:
-    return {**_POLICY_FIELDS[name], "default": _POLICY_DEFAULTS[name]}
+    return {**_POLICY_FIELDS[name], "default": DEFAULT_POLICY[name]}
 
 
 _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -237,14 +314,98 @@ _SCHEMAS: dict[str, Any] = {
     "NodeUpdate": _obj(
         {"address": _ADDRESS, "zone": _ZONE, "capacity_weight": _WEIGHT, "state": _NODE_STATE}, required=[]
     ),
-    "Policy": _obj(dict(_POLICY_FIELDS)),
+    # A volume's policy as the API shows it: replication and consistency are the values in
+    # effect (never null), and *_source says whether the volume sets them or the cluster does.
+    "Policy": _obj(
+        {
+            **_POLICY_FIELDS,
+            "replication": {**_POLICY_FIELDS["replication"], "type": "integer"},
+            "consistency": {
+                **_POLICY_FIELDS["consistency"],
+                "type": "string",
+                "enum": ["strong", "quorum", "eventual"],
+            },
+            "replication_source": _SOURCE,
+            "consistency_source": _SOURCE,
+        }
+    ),
     "Volume": _obj(
         {
             "name": {"type": "string"},
             "path": {"type": "string", "description": "the volume's directory in the filesystem"},
             "created": _TIMESTAMP,
             "policy": _ref("Policy"),
+            "usage": _ref("Usage"),
+        },
+        required=["name", "path", "created", "policy"],
+    ),
+    "Usage": _obj(
+        {
+            "bytes": {**_INT64, "description": "sum of st_size of the regular files"},
+            "inodes": {**_INT64, "description": "inodes, the quota directory itself included"},
+            "stored_bytes": {**_INT64, "description": "bytes stored for them, after compression"},
+            "compression_ratio": {
+                "type": ["number", "null"],
+                "description": "bytes / stored_bytes; null when nothing is stored",
+            },
         }
+    ),
+    "Quota": _obj(
+        {
+            "path": {"type": "string"},
+            "max_bytes": {"type": ["integer", "null"], "minimum": 0, "description": "null: no limit"},
+            "max_inodes": {"type": ["integer", "null"], "minimum": 0, "description": "null: no limit"},
+            "usage": _ref("Usage"),
+        }
+    ),
+    "QuotaList": _obj({"quotas": {"type": "array", "items": _ref("Quota")}}),
+    "TrashEntry": _obj(
+        {
+            "id": {**_INT64, "description": "the entry's id: the deleted file's inode number"},
+            "volume": {"type": "string"},
+            "volume_ino": _INT64,
+            "parent": {**_INT64, "description": "the directory it was deleted from (0: unknown)"},
+            "name": {"type": "string", "description": "the name it had there"},
+            "path": {"type": ["string", "null"], "description": "where it was; null: that directory is gone"},
+            "deleted_ns": _INT64,
+            "size": _INT64,
+        }
+    ),
+    "TrashUsage": _obj(
+        {
+            "volume": {"type": "string"},
+            "volume_ino": _INT64,
+            "entries": _INT64,
+            "bytes": {**_INT64, "description": "st_size of the entries (not in the volume's quota usage)"},
+            "stored_bytes": _INT64,
+        }
+    ),
+    "TrashList": _obj(
+        {
+            "volume": {"type": ["string", "null"]},
+            "entries": {"type": "array", "items": _ref("TrashEntry"), "description": "oldest first"},
+            "usage": {"type": "array", "items": _ref("TrashUsage"), "description": "per volume"},
+        }
+    ),
+    "TrashRestore": _obj(
+        {"to": {"type": "string", "pattern": "^/", "description": "a new path, e.g. /volume/dir/name"}},
+        required=[],
+    ),
+    "TrashRestored": _obj(
+        {
+            **{k: {} for k in ("id", "volume", "name", "path", "deleted_ns", "size")},
+            "restored_to": {"type": "string"},
+        },
+        extra=True,
+    ),
+    "TrashEmptied": _obj({"volume": {"type": ["string", "null"]}, "purged": _INT64}),
+    "QuotaUpdate": _obj(
+        {
+            "path": {"type": "string", "pattern": "^/", "description": "absolute path, e.g. /volume/dir"},
+            "max_bytes": {"type": ["integer", "null"], "minimum": 0, "description": "null: no limit"},
+            "max_inodes": {"type": ["integer", "null"], "minimum": 0, "description": "null: no limit"},
+        },
+        required=[],
     ),
     "VolumeList": _obj({"volumes": {"type": "array", "items": _ref("Volume")}}),
     "VolumeCreate": _obj(
@@ -294,23 +455,36 @@ _SCHEMAS: dict[str, Any] = {
     "SnapshotCreate": _obj(
         {"volume": {"type": "string", "minLength": 1}, "name": _SNAPSHOT_NAME}, required=["volume"]
     ),
-    "Snapshot": _obj(
+    "Snapshot": _SNAPSHOT,
+    "SnapshotDeleted": _obj(
+        {"volume": {"type": "string"}, "name": {"type": "string"}, "removed_inodes": {"type": "integer"}}
+    ),
+    "SnapshotRestore": _obj(
+        {
+            "path": {"type": "string", "description": "below the snapshot's top, e.g. docs/report.txt"},
+            "to": {"type": "string", "description": "the copy's new absolute path, e.g. /data/report.txt"},
+        },
+        required=[],
+    ),
+    "SnapshotRestored": _obj(
         {
             "volume": {"type": "string"},
             "name": {"type": "string"},
-            "path": {"type": "string", "description": "/.snapshots/<volume>/<name>"},
-            "created": _TIMESTAMP,
+            "path": {"type": "string", "description": "what now holds the restored copy"},
+            "ino": {"type": "integer"},
+        }
+    ),
+    "SnapshotClone": _obj({"volume": {"type": "string", "minLength": 1}}),
+    "SnapshotCloned": _obj(
+        {
+            "name": {"type": "string"},
+            "from": _obj({"volume": {"type": "string"}, "snapshot": {"type": "string"}}),
         }
     ),
     "SnapshotList": _obj(
         {
-            "volume": {"type": "string"},
-            "snapshots": {
-                "type": "array",
-                "items": _obj(
-                    {"name": {"type": "string"}, "path": {"type": "string"}, "created": _TIMESTAMP}
-                ),
-            },
+            "volume": {"type": ["string", "null"], "description": "null: every volume's"},
+            "snapshots": {"type": "array", "items": _SNAPSHOT},
             "truncated": {
                 "type": "boolean",
                 "description": "more than 10000 snapshots: the rest are left out",
@@ -496,8 +670,23 @@ OPENAPI: dict[str, Any] = {
             },
             "delete": {
                 "summary": "Remove a node from the layout (never the node answering)",
+                "description": "The rule of `dfs node remove` (dfs/core/node_removal.py): an active node "
+                "is refused (drain it first); a draining or out node goes once its repair has "
+                "finished a round at the current layout epoch with no misplaced copies left, or, "
+                "not answering, once it is out.  409 says why not.",
+                "parameters": [
+                    {
+                        "name": "force",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: skip the data checks (its chunks may be the last copies); "
+                        "an active node is still refused",
+                        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+                    }
+                ],
                 "responses": {
                     "204": {"description": "Removed"},
+                    "400": _err("BadRequest"),
                     "404": _err("NotFound"),
                     "409": _err("Conflict"),
                     **_STD_ERRORS,
@@ -567,12 +756,12 @@ OPENAPI: dict[str, Any] = {
         },
         "/storage/snapshot": {
             "get": {
-                "summary": "Snapshots of a volume",
+                "summary": "Snapshots of a volume (or of all), oldest first",
                 "parameters": [
-                    {"name": "volume", "in": "query", "required": True, "schema": {"type": "string"}}
+                    {"name": "volume", "in": "query", "required": False, "schema": {"type": "string"}}
                 ],
                 "responses": {
-                    "200": _ok("SnapshotList", "Snapshots by name"),
+                    "200": _ok("SnapshotList", "Snapshots, oldest first"),
                     "400": _err("BadRequest"),
                     "404": _err("NotFound"),
                     **_STD_ERRORS,
@@ -583,6 +772,52 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": _body("SnapshotCreate", "Volume and optional snapshot name"),
                 "responses": {
                     "201": _ok("Snapshot", "Taken"),
+                    **_BODY_ERRORS,
+                    "404": _err("NotFound"),
+                    "409": _err("Conflict"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/snapshot/{volume}/{name}": {
+            "parameters": _SNAPSHOT_PARAMS,
+            "delete": {
+                "summary": "Delete a snapshot (its tree; GC reclaims the chunks nothing else holds)",
+                "responses": {
+                    "200": _ok("SnapshotDeleted", "Deleted"),
+                    "400": _err("BadRequest"),
+                    "404": _err("NotFound"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/snapshot/{volume}/{name}/restore": {
+            "parameters": _SNAPSHOT_PARAMS,
+            "post": {
+                "summary": "Roll the whole volume back to the snapshot (no body), or copy one path out of it",
+                "requestBody": {
+                    "required": False,
+                    "description": "none: the whole volume; path and to: one file or directory",
+                    "content": {_JSON: {"schema": _ref("SnapshotRestore")}},
+                },
+                "responses": {
+                    "200": _ok("SnapshotRestored", "The volume now holds a writable copy of the snapshot"),
+                    "201": _ok("SnapshotRestored", "The path was copied out to its new name"),
+                    **_BODY_ERRORS,
+                    "404": _err("NotFound"),
+                    "409": _err("Conflict"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/snapshot/{volume}/{name}/clone": {
+            "parameters": _SNAPSHOT_PARAMS,
+            "post": {
+                "summary": "A new writable volume copied from the snapshot (chunks shared), with the "
+                "source volume's policy",
+                "requestBody": _body("SnapshotClone", "The new volume's name"),
+                "responses": {
+                    "201": _ok("SnapshotCloned", "Cloned"),
                     **_BODY_ERRORS,
                     "404": _err("NotFound"),
                     "409": _err("Conflict"),
@@ -616,6 +851,95 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": _body("DirectoryPolicyUpdate", "The path and the fields to change"),
                 "responses": {
                     "200": _ok("DirectoryPolicy", "The new policy"),
+                    **_BODY_ERRORS,
+                    "404": _err("NotFound"),
+                    "409": _err("Conflict"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/quotas": {
+            "get": {
+                "summary": "The quota and usage of a directory (?path=), or of every quota domain "
+                "(each volume has one, limits or not)",
+                "parameters": [_QUOTA_PATH],
+                "responses": {
+                    "200": {
+                        "description": "One quota (with ?path=) or the list",
+                        "content": {_JSON: {"schema": {"oneOf": [_ref("Quota"), _ref("QuotaList")]}}},
+                    },
+                    "400": _err("BadRequest"),
+                    "404": _err("NotFound"),
+                    **_STD_ERRORS,
+                },
+            },
+            "put": {
+                "summary": "Set limits on a directory's quota (limits not named keep their value); the "
+                "first quota on a directory counts its tree once",
+                "parameters": [_QUOTA_PATH],
+                "requestBody": _body("QuotaUpdate", "The limits to change (path in the query or here)"),
+                "responses": {
+                    "200": _ok("Quota", "The quota"),
+                    **_BODY_ERRORS,
+                    "404": _err("NotFound"),
+                    "409": _err("Conflict"),
+                    **_STD_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Remove a directory's quota (a volume keeps its accounting, without limits)",
+                "parameters": [{**_QUOTA_PATH, "required": True}],
+                "responses": {
+                    "204": {"description": "Removed"},
+                    "400": _err("BadRequest"),
+                    "404": _err("NotFound"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/trash": {
+            "get": {
+                "summary": "Files in the trash of a volume (?volume=) or of every volume, with usage",
+                "parameters": [
+                    {"name": "volume", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _ok("TrashList", "The entries, oldest first"),
+                    "404": _err("NotFound"),
+                    **_STD_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Purge trash entries for good (of ?volume=, else every volume; with "
+                "?older_than_days=, only older ones); their chunks then go through GC",
+                "parameters": [
+                    {"name": "volume", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "older_than_days",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number", "minimum": 0, "maximum": MAX_TRASH_DAYS},
+                    },
+                ],
+                "responses": {
+                    "200": _ok("TrashEmptied", "How many were purged"),
+                    "400": _err("BadRequest"),
+                    "404": _err("NotFound"),
+                    **_STD_ERRORS,
+                },
+            },
+        },
+        "/storage/trash/{volume}/{entry_id}/restore": {
+            "post": {
+                "summary": "Put a trash entry back where it was deleted, or at body.to; refused (409) "
+                "when that name is taken, 404 when its directory is gone, and refused past a quota",
+                "parameters": [
+                    {"name": "volume", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "entry_id", "in": "path", "required": True, "schema": _INT64},
+                ],
+                "requestBody": {**_body("TrashRestore", "Optional: where to restore it"), "required": False},
+                "responses": {
+                    "200": _ok("TrashRestored", "The entry and where it is now"),
                     **_BODY_ERRORS,
                     "404": _err("NotFound"),
                     "409": _err("Conflict"),

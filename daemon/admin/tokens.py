@@ -12,7 +12,7 @@ Scopes:
 
 - ``read``: GET (and HEAD) of the monitoring and inventory routes
   (:data:`READ_ROUTES`: ``/metrics``, ``/storage/health``, ``/storage/metrics``,
-  nodes, volumes, snapshots, directory policy, the OpenAPI document);
+  nodes, volumes, snapshots, directory policy, quotas, trash listings, the OpenAPI document);
 - ``admin``: everything, changes and token management included.
 
 Pure: no I/O beyond the random source; :func:`allowed` is the one decision.
@@ -48,6 +48,8 @@ READ_ROUTES = frozenset(
         "/storage/volumes/{name}",
         "/storage/snapshot",
         "/storage/policy",
+        "/storage/quotas",
+        "/storage/trash",
         "/storage/openapi.json",
     }
 )

@@ -24,9 +24,13 @@ foreground I/O stays responsive.
 - **Corrupt copies** (found by the scrubber or by a read) are quarantined by
   the chunk store and replaced from another replica.
 
-The replication factor of a chunk comes from metadata (the largest R of the
-files referencing it, else the default).  Chunks metadata does not know are
-left alone: an uncommitted write's missing copies are covered by its hints,
+The replication factor of a chunk comes from metadata (``chunks.replicas``: the
+largest R a write asked, re-marked after a policy change by daemon/meta/remark.py;
+else the default).  After a lowering, the copies beyond the new R are misplaced
+copies like any other: deleted once the remaining replicas hold the chunk.  A
+node whose misplaced copy waits for another holder to make the missing copies
+looks again soon (not at the next periodic round), so a drain ends promptly.
+Chunks metadata does not know are left alone: an uncommitted write's missing copies are covered by its hints,
 and a chunk garbage collection or the orphan sweep removed must not be
 copied back from a node that has not deleted its copy yet.
 """
@@ -59,6 +63,8 @@ _HAS_BATCH = 2048  # ids per has() question
 _HINT_BATCH = 512
 _R_BATCH = 2000  # ids per replication-factor lookup
 _RETRY_S = 5.0  # a round that left work undone runs again this soon
+_HISTORY = 32  # rounds remembered for the copy rate
+_RATE_WINDOW_S = 300.0
 
 
 @dataclass
@@ -84,7 +90,8 @@ class RepairStats:
     hints_pending: int = 0  # as of the last replay
     corrupt_replaced: int = 0
     errors: int = 0
-    history: list[tuple[float, int]] = field(default_factory=list)  # (time, bytes_moved) for rates
+    # (monotonic time, copies_made) at the end of recent rounds, for the copy rate.
+    history: list[tuple[float, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -288,7 +295,7 @@ class Repair:
                 log.info("has() on %s: %s", peer, exc.message)
                 unreachable.add(peer)
             answered[peer] = asked
-        under = misplaced = 0
+        under = misplaced = waiting = 0
         for cid, reps, is_misplaced in plans:
             holders = {me}
             lacking: list[str] = []
@@ -318,14 +325,22 @@ class Repair:
                 work.append(_Work(cid, copies, lacking, is_misplaced))
             elif is_misplaced and not lacking and not unknown and set(reps) <= holders:
                 work.append(_Work(cid, copies, [], True))
+            elif is_misplaced and lacking:
+                # Another holder sends the missing copies; look again soon, so this surplus copy
+                # goes once they are made (a drain ends then, not at the next periodic round).
+                waiting += 1
         work.sort(key=lambda w: (w.copies, w.misplaced))
         self.stats.under_replicated = under
         self.stats.misplaced = misplaced
-        left = await self._do(work, view)
+        left = await self._do(work, view) + waiting
         self.stats.rounds += 1
         self.stats.round_epoch = view.epoch
         self.stats.last_round_at = time.time()
         self.stats.last_round_s = round(time.monotonic() - started, 3)
+        self.stats.history = [
+            *self.stats.history[-(_HISTORY - 1) :],
+            (time.monotonic(), self.stats.copies_made),
+        ]
         return left
 
     async def _replication(self, ids: list[bytes], view: ClusterView) -> list[int | None]:
@@ -361,6 +376,8 @@ class Repair:
         if removable:
             n = await self._thread(self.store.delete, removable)
             self.stats.surplus_removed += n
+            # Gone from here now: "misplaced" reports what is still here (node removal reads it).
+            self.stats.misplaced = max(0, self.stats.misplaced - n)
             log.info("removed %d surplus copies now held by their replicas", n)
         return left
 
@@ -403,8 +420,17 @@ class Repair:
         self.stats.corrupt_replaced += 1
         log.warning("replaced corrupt chunk %s with the copy from %s", chunk_id.hex()[:16], source)
 
+    def copy_rate_s(self) -> float:
+        """Copies made per second over the rounds of the last few minutes (0: too few rounds)."""
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self.stats.history if now - t <= _RATE_WINDOW_S]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0
+        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
     def status(self) -> dict[str, Any]:
         out = self.stats.to_dict()
+        out["copies_rate_s"] = round(self.copy_rate_s(), 2)
         out["hints_pending"] = self.hints.count()  # exact for `dfs status` (a quick indexed count)
         if self.scrubber is not None:
             out["scrub"] = self.scrubber.statistics()

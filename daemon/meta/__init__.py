@@ -13,6 +13,8 @@ concern, all written against the transaction interface of
 - :mod:`~daemon.meta.objects`: the S3 shim's path-level operations;
 - :mod:`~daemon.meta.snapshots`, :mod:`~daemon.meta.volumes`,
   :mod:`~daemon.meta.policy`: copy-on-write trees, volumes and their policy;
+- :mod:`~daemon.meta.quotas`: directory quotas, their usage (kept by triggers
+  on ``inodes``) and the EXDEV rule between quota domains;
 - :mod:`~daemon.meta.registry`: the node registry and placement layout;
 - :mod:`~daemon.meta.keys`: S3 access keys;
 - :mod:`~daemon.meta.tokens`: scoped admin tokens (hashes only);

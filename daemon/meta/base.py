@@ -29,8 +29,18 @@ import msgpack
 
 from daemon.meta.engine import Db
 from daemon.meta.schema import _SCRATCH
-from dfs.core.errors import DfsError, InternalError, InvalidArgument, NoSpace, Unavailable, from_oserror
+from dfs.core.errors import (
+    DfsError,
+    InternalError,
+    InvalidArgument,
+    NoSpace,
+    QuotaExceeded,
+    Unavailable,
+    from_oserror,
+)
 
+# What daemon/meta/quotas.py's triggers raise (kept in step with QUOTA_EXCEEDED_MESSAGE there).
+_QUOTA_MESSAGE = "dfs: quota exceeded"
 # Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
 _IN_BATCH = 500
 P = ParamSpec("P")
@@ -44,6 +54,8 @@ RETRY_FIRST_S = 0.002
 
 
 def _db_error(db: Db, exc: Exception, context: str) -> DfsError:
+    if _QUOTA_MESSAGE in str(exc):  # raised by the accounting triggers (daemon/meta/quotas.py)
+        return QuotaExceeded(f"{context}: disk quota exceeded")
     if db.is_full(exc):
         return NoSpace(f"metadata {context}: {exc}")
     if db.is_range(exc):

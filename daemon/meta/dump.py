@@ -49,8 +49,11 @@ What a dump holds, table by table (:data:`DUMPED_TABLES`; a table of the
 schema in neither that nor :data:`EXCLUDED_TABLES` makes :func:`write_dump`
 refuse, and a test fail):
 
-- every row of ``config``, ``dentries``, ``volumes``, ``nodes``, ``s3_keys``,
-  ``s3_bucket_owners``, ``s3_grants`` and ``admin_tokens`` as it is, but for
+- every row of ``config``, ``dentries``, ``volumes``, ``snapshots``, ``volume_keys`` (wrapped
+  data keys: the master key never enters a dump), ``nodes``, ``s3_keys``,
+  ``s3_bucket_owners``, ``s3_grants``, ``admin_tokens``, ``policy_remarks``
+  (a restored store continues its re-marks) and ``trash`` (its files keep their names in
+  the trash, so they are dumped too) as it is, but for
   the engine's own bookkeeping in ``config`` (:data:`_ENGINE_CONFIG`:
   PostgreSQL's ``schema_version``, which SQLite keeps as ``PRAGMA
   user_version``; the header carries the version);
@@ -92,6 +95,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from daemon.meta.base import _db_error
 from daemon.meta.engine import ENGINES, Db, PgDb, SqliteDb, pg_sql
+from daemon.meta.quotas import recompute_usage
 from daemon.meta.schema import _INTERNAL_KEY, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.store import (
     MetaStore,
@@ -138,11 +142,19 @@ DUMPED_TABLES = (
     "blocks",
     "chunks",
     "volumes",
+    "snapshots",
+    "volume_keys",
     "nodes",
     "s3_keys",
     "s3_bucket_owners",
     "s3_grants",
     "admin_tokens",
+    "policy_remarks",
+    "trash",
+    # After inodes: loading inodes charges no domain then, and the usage loaded is recomputed
+    # at the end (the dump leaves out nameless inodes that were still charged).
+    "quotas",
+    "quota_chain",
 )
 EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog", "requests", "chunk_deletions"})
 # The AUTOINCREMENT tables and their counted column (their sqlite_sequence rows, or on PostgreSQL
@@ -158,7 +170,8 @@ _ENGINE_CONFIG: dict[str, tuple[str, ...]] = {"sqlite": (), "postgresql": ("sche
 # SCHEMA_VERSION moves without an entry, so the decision is never skipped.
 _LOADABLE_SCHEMAS = {
     1: "chunks.replicas absent: NULL, as version 2's ALTER TABLE gives",
-    2: "current",
+    2: "inodes.quota absent: NULL; the store gives each volume its quota domain at open",
+    3: "current",
 }
 # Columns sealed in a dump: table -> {column: the key column bound into its associated data}.
 _ENCRYPTED: dict[str, dict[str, str]] = {"s3_keys": {"secret": "access_key"}}
@@ -742,6 +755,7 @@ def _load_rows(reader: _Reader, db: Db, where: str, *, block_size: int) -> DumpI
         _clear(db)
         loader = _Loader(db)
         info = reader.read_body(loader)
+        recompute_usage(db)  # quota usage from the rows loaded (daemon/meta/quotas.py)
         row = db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
         if row is None or row[0] != block_size:
             found = None if row is None else row[0]

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from daemon.meta.base import _IN_BATCH, _api
-from daemon.meta.inodes import _IFMT, _IFREG, Inodes, _is_dir
+from daemon.meta.inodes import _IFMT, _IFREG, Inodes, _check_writable, _is_dir
 from daemon.meta.policy import _check_replicas
 from daemon.meta.schema import _ATTR
 from dfs.core.errors import InvalidArgument, IsADirectory
@@ -16,8 +16,10 @@ from dfs.core.namespace import Attr, BlockRef, FileMap
 class Files(Inodes):
     """Reading and committing block maps; each chunk's recorded replication factor."""
 
-    def _regular(self, ino: int) -> None:
+    def _regular(self, ino: int, *, write: bool = False) -> None:
         mode = self._inode(ino)[0]
+        if write:
+            _check_writable(ino, mode)
         if _is_dir(mode):
             raise IsADirectory(f"inode {ino} is a directory")
         if mode & _IFMT != _IFREG:
@@ -54,7 +56,7 @@ class Files(Inodes):
             raise InvalidArgument(f"negative size {size}")
         refs = [self._check_ref(ref) for ref in blocks]
         with self._write() as now:
-            self._regular(ino)
+            self._regular(ino, write=True)
             if inline is not None:
                 self._drop_blocks(ino, 0, now, adjust_inode=False)
                 size = len(inline)

@@ -15,7 +15,11 @@ Invariants (all checked, and where possible repaired, by :meth:`Checks.fsck`):
 - block entries lie below the file size and name chunks that are stored;
 - only regular files hold inline data or blocks, never both, and inline data
   is no longer than the file;
-- a volume row names a live top-level directory whose name is the row's name.
+- a volume row names a live top-level directory whose name is the row's name;
+- a trash row names a non-directory at ``trash/<volume>/<ino>``, and every file
+  there has a row;
+- every inode's quota domain exists, and each domain's recorded usage equals
+  the sum over the inodes charged to it and to the domains nested in it.
 
 Each check is a :class:`_Check`: ``find`` lists its findings (the problem line
 and what a repair needs), ``fix`` repairs one finding.  :data:`_CHECKS` runs
@@ -30,7 +34,8 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from daemon.meta.base import _api
-from daemon.meta.inodes import _IFDIR, _IFMT, _IFREG, DIR_SIZE, Inodes, _is_dir
+from daemon.meta.inodes import _IFDIR, _IFMT, _IFREG, DIR_SIZE, READ_ONLY, Inodes, _is_dir
+from daemon.meta.quotas import set_usage, usage_mismatches
 from daemon.meta.schema import _INTERNAL_INOS_SQL, _INTERNAL_KEY, INTERNAL_DIRS
 from dfs.core.errors import InternalError
 from dfs.core.namespace import ROOT_INO
@@ -373,6 +378,71 @@ class _Fsck:
     def fix_volume(self, name: str) -> None:
         self.db.execute("DELETE FROM volumes WHERE name = ?", (name,))
 
+    def find_snapshots(self) -> list[Finding[tuple[str, str]]]:
+        """Registry rows (daemon/meta/snapshots.py) whose top is no read-only directory named
+        NAME in /.snapshots/VOLUME (the tree went, or was never made)."""
+        rows = self.db.execute(
+            "SELECT s.volume, s.name, s.ino FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM dentries d "
+            "JOIN inodes i ON i.ino = d.ino WHERE d.ino = s.ino AND d.name = CAST(s.name AS BLOB) "
+            "AND i.mode & ? = ? AND i.mode & ? != 0)",
+            (_IFMT, _IFDIR, READ_ONLY),
+        ).fetchall()
+        return [
+            (
+                f"snapshot {name!r} of volume {volume!r} names inode {ino}, which is not its tree",
+                (volume, name),
+            )
+            for volume, name, ino in rows
+        ]
+
+    def fix_snapshot(self, key: tuple[str, str]) -> None:
+        self.db.execute("DELETE FROM snapshots WHERE volume = ? AND name = ?", key)
+
+    def find_trash(self) -> list[Finding[tuple[str, int, int]]]:
+        """Each ``trash`` row's inode is a non-directory at trash/<volume>/<ino>, and each file
+        at trash/<digits>/<ino> has a row (daemon/meta/trash.py)."""
+        row = self.db.execute("SELECT value FROM config WHERE key = ?", (_INTERNAL_KEY + "trash",)).fetchone()
+        if row is None:
+            return []  # the internal_roots check reports (and makes) it
+        root = int(row[0])
+        found: list[Finding[tuple[str, int, int]]] = []
+        for ino, vol in self.db.execute(
+            "SELECT t.ino, t.volume FROM trash t WHERE NOT EXISTS (SELECT 1 FROM dentries d "
+            "JOIN dentries v ON v.ino = d.parent AND v.parent = ? AND v.is_dir = 1 "
+            "JOIN inodes i ON i.ino = d.ino WHERE d.ino = t.ino AND d.is_dir = 0 "
+            "AND v.name = CAST(CAST(t.volume AS TEXT) AS BLOB) AND i.mode & ? != ?) LIMIT 1000",
+            (root, _IFMT, _IFDIR),
+        ).fetchall():
+            found.append((f"trash entry {ino} of volume {vol} is not in the trash", ("drop", int(ino), 0)))
+        for ino, vname in self.db.execute(
+            "SELECT d.ino, v.name FROM dentries v JOIN dentries d ON d.parent = v.ino "
+            "WHERE v.parent = ? AND v.is_dir = 1 AND d.is_dir = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM trash t WHERE t.ino = d.ino) LIMIT 1000",
+            (root,),
+        ).fetchall():
+            name = bytes(vname)
+            if name.isdigit():
+                found.append(
+                    (
+                        f"{self.path(int(ino))}: in the trash without a trash entry",
+                        ("attach", int(ino), int(name)),
+                    )
+                )
+        return found
+
+    def fix_trash(self, finding: tuple[str, int, int]) -> None:
+        """Drop a row whose inode left the trash; give a file found there a row (no original
+        location: it can only be restored with --to)."""
+        what, ino, vol = finding
+        if what == "drop":
+            self.db.execute("DELETE FROM trash WHERE ino = ?", (ino,))
+            return
+        self.db.execute(
+            "INSERT INTO trash (ino, volume, parent, name, deleted_ns, size) "
+            "SELECT ino, ?, 0, CAST(CAST(ino AS TEXT) AS BLOB), ?, size FROM inodes WHERE ino = ?",
+            (vol, self.now, ino),
+        )
+
     # -- data -----------------------------------------------------------------------------
 
     def find_stray_blocks(self) -> list[Finding[int]]:
@@ -521,6 +591,100 @@ class _Fsck:
             found.append((line, (chunk_id, actual)))
         return found
 
+    # -- quotas ------------------------------------------------------------------------
+
+    def find_quota_chains(self) -> list[Finding[None]]:
+        """``quota_chain`` is the closure of the domains' parent pointers."""
+        parents = {int(r[0]): r[1] for r in self.db.execute("SELECT ino, parent FROM quotas")}
+        expected: set[tuple[int, int]] = set()
+        for q in parents:
+            cur: int | None = q
+            seen: set[int] = set()
+            while cur is not None and cur in parents and cur not in seen:
+                seen.add(cur)
+                expected.add((q, cur))
+                cur = parents[cur]
+        found = {(int(q), int(a)) for q, a in self.db.execute("SELECT q, a FROM quota_chain")}
+        if found == expected:
+            return []
+        return [(f"quota nesting table: {len(found ^ expected)} row(s) wrong", None)]
+
+    def fix_quota_chains(self, _: None) -> None:
+        """Rebuild the closure (usage is recomputed by the usage check after it)."""
+        self.db.execute("DELETE FROM quota_chain")
+        self.db.execute(
+            "INSERT INTO quota_chain WITH RECURSIVE c(q, a) AS (SELECT ino, ino FROM quotas "
+            "UNION SELECT c.q, p.parent FROM c JOIN quotas p ON p.ino = c.a WHERE p.parent IS NOT NULL "
+            "AND p.parent IN (SELECT ino FROM quotas)) SELECT q, a FROM c"
+        )
+
+    def find_quota_assignment(self) -> list[Finding[tuple[int, int | None]]]:
+        """Each directory and singly linked file is charged to its parent's domain (a domain's
+        own directory to itself).  A file with names in two domains may be charged to either."""
+        rows = self.db.execute(
+            "SELECT d.ino, c.quota, CASE WHEN q.ino IS NULL THEN p.quota ELSE d.ino END FROM dentries d "
+            "JOIN inodes c ON c.ino = d.ino JOIN inodes p ON p.ino = d.parent "
+            "LEFT JOIN quotas q ON q.ino = d.ino WHERE (d.is_dir = 1 OR c.nlink = 1) AND c.quota IS "
+            "DISTINCT FROM (CASE WHEN q.ino IS NULL THEN p.quota ELSE d.ino END) LIMIT 1000"
+        ).fetchall()
+        return [
+            (f"{self.path(ino)}: charged to quota domain {now}, expected {want}", (ino, want))
+            for ino, now, want in rows
+        ]
+
+    def fix_quota_assignment(self, finding: tuple[int, int | None]) -> None:
+        self._recharge(*finding)
+
+    def _recharge(self, ino: int, want: int | None) -> None:
+        """Charge inode ``ino`` to domain ``want``; the triggers move its usage.  They refuse growth
+        past a limit, and a repair must go through: the receiving domains' limits are lifted for
+        this one statement."""
+        saved = self.db.execute(
+            "SELECT ino, max_bytes, max_inodes FROM quotas "
+            "WHERE ino IN (SELECT a FROM quota_chain WHERE q = ?)",
+            (want,),
+        ).fetchall()
+        self.db.executemany(
+            "UPDATE quotas SET max_bytes = NULL, max_inodes = NULL WHERE ino = ?", [(r[0],) for r in saved]
+        )
+        self.db.execute("UPDATE inodes SET quota = ? WHERE ino = ?", (want, ino))
+        self.db.executemany(
+            "UPDATE quotas SET max_bytes = ?, max_inodes = ? WHERE ino = ?",
+            [(r[1], r[2], r[0]) for r in saved],
+        )
+
+    def find_quota_domains(self) -> list[Finding[int]]:
+        """Inodes charged to a domain that does not exist (their usage is counted nowhere)."""
+        rows = self.db.execute(
+            "SELECT i.ino, i.quota FROM inodes i WHERE i.quota IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM quotas q WHERE q.ino = i.quota) LIMIT 1000"
+        ).fetchall()
+        return [(f"{self.path(ino)}: charged to missing quota domain {q}", ino) for ino, q in rows]
+
+    def fix_quota_domain(self, ino: int) -> None:
+        # The domain of its (first) parent directory, or none.
+        row = self.db.execute(
+            "SELECT p.quota FROM dentries d JOIN inodes p ON p.ino = d.parent WHERE d.ino = ? "
+            "ORDER BY d.id LIMIT 1",
+            (ino,),
+        ).fetchone()
+        self._recharge(ino, None if row is None else row[0])
+
+    def find_quota_usage(self) -> list[Finding[tuple[int, tuple[int, int, int]]]]:
+        """Each domain's recorded usage against the sum over the inodes charged to it and its
+        nested domains (the triggers of daemon/meta/quotas.py keep it; this catches drift)."""
+        return [
+            (
+                f"quota domain {self.path(ino)}: usage (bytes, inodes, stored) recorded {recorded}, "
+                f"actual {actual}",
+                (ino, actual),
+            )
+            for ino, recorded, actual in usage_mismatches(self.db)
+        ]
+
+    def fix_quota_usage(self, finding: tuple[int, tuple[int, int, int]]) -> None:
+        set_usage(self.db, *finding)
+
     def fix_refcount(self, finding: tuple[bytes, int]) -> None:
         chunk_id, actual = finding
         self.db.execute(
@@ -544,6 +708,8 @@ _CHECKS: tuple[_Check[Any], ...] = (
     _Check("nlink", _Fsck.find_nlink, _Fsck.fix_nlink),
     _Check("leaks", _Fsck.find_leaks, _Fsck.fix_leak),
     _Check("volumes", _Fsck.find_volumes, _Fsck.fix_volume),
+    _Check("trash", _Fsck.find_trash, _Fsck.fix_trash),
+    _Check("snapshots", _Fsck.find_snapshots, _Fsck.fix_snapshot),
     _Check("stray_blocks", _Fsck.find_stray_blocks, _Fsck.fix_stray_blocks),
     _Check("blocks_beyond_size", _Fsck.find_blocks_beyond_size, _Fsck.fix_block),
     _Check("block_lengths", _Fsck.find_block_lengths, _Fsck.fix_block_length),
@@ -552,4 +718,9 @@ _CHECKS: tuple[_Check[Any], ...] = (
     _Check("inline", _Fsck.find_inline, _Fsck.fix_inline),
     _Check("stored_totals", _Fsck.find_stored_totals, _Fsck.fix_stored_total),
     _Check("refcounts", _Fsck.find_refcounts, _Fsck.fix_refcount),
+    # Last: every repair above that purged or changed an inode moved its usage already.
+    _Check("quota_chains", _Fsck.find_quota_chains, _Fsck.fix_quota_chains),
+    _Check("quota_domains", _Fsck.find_quota_domains, _Fsck.fix_quota_domain),
+    _Check("quota_assignment", _Fsck.find_quota_assignment, _Fsck.fix_quota_assignment),
+    _Check("quota_usage", _Fsck.find_quota_usage, _Fsck.fix_quota_usage),
 )

@@ -23,6 +23,7 @@ from dfs.core.errors import (
     NotADirectory,
     NotFound,
     RangeError,
+    ReadOnly,
     TooManyLinks,
 )
 from dfs.core.namespace import NAME_MAX, ROOT_INO, XATTR_NAME_MAX, Attr, check_name
@@ -33,10 +34,21 @@ _IFMT = 0o170000
 _IFDIR = stat.S_IFDIR
 _IFREG = stat.S_IFREG
 _PERM_BITS = 0o7777
+# A flag bit of ``inodes.mode`` above S_IFMT: the inode belongs to a read-only snapshot tree.
+# Kept in the row every changing operation reads anyway, so refusing costs no statement (on
+# PostgreSQL every statement is a round trip); masked out of every Attr (schema._attr_cols).
+READ_ONLY = 1 << 24
+MODE_BITS = 0o177777  # file type and permission bits: what stat(2) shows of ``mode``
 
 
 def _is_dir(mode: int) -> bool:
     return mode & _IFMT == _IFDIR
+
+
+def _check_writable(ino: int, mode: int) -> None:
+    """ReadOnly if the (raw) ``mode`` of inode ``ino`` carries :data:`READ_ONLY`."""
+    if mode & READ_ONLY:
+        raise ReadOnly(f"inode {ino} is in a read-only snapshot")
 
 
 def _check_lookup_name(name: bytes) -> None:
@@ -150,12 +162,14 @@ class Inodes(MetaBase):
         # on PostgreSQL each statement is a round trip, and this is the hottest path there is.
         row = self._db.execute(
             "SELECT mode, nlink, gid, EXISTS (SELECT 1 FROM dentries WHERE parent = ?1 AND name = ?2), "
-            "(SELECT value FROM xattrs WHERE ino = ?1 AND name = ?3), ctime_ns FROM inodes WHERE ino = ?1",
+            "(SELECT value FROM xattrs WHERE ino = ?1 AND name = ?3), ctime_ns, quota "
+            "FROM inodes WHERE ino = ?1",
             (parent, name, acl.DEFAULT),
         ).fetchone()
         if row is not None:
             self._seen(parent, row[5])
         pmode, pnlink, pgid = self._check_dir(parent, row[:3] if row is not None else None, live=True)
+        _check_writable(parent, pmode)
         if row[3]:
             raise Exists(f"{name!r} exists in directory {parent}")
         is_dir = _is_dir(mode)
@@ -170,9 +184,12 @@ class Inodes(MetaBase):
             mode, inherited = _inherit_acl(bytes(row[4]), mode)
         nlink = 2 if is_dir else 1
         ino: int = self._db.execute(
+            # The new inode is charged to its parent's quota domain (daemon/meta/quotas.py); the
+            # accounting trigger refuses it there if the domain is at its inode limit.
             "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
-            "generation, symlink, inline) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, NULL) RETURNING ino",
-            (mode, nlink, uid, gid, rdev, size, now, now, now, symlink),
+            "generation, symlink, inline, quota) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, NULL, ?) "
+            "RETURNING ino",
+            (mode, nlink, uid, gid, rdev, size, now, now, now, symlink, row[6]),
         ).fetchone()[0]
         if inherited:
             self._db.executemany("INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in inherited])
@@ -308,7 +325,8 @@ class Inodes(MetaBase):
 
     def _create_root(self, now: int) -> None:
         self._db.execute(
-            "INSERT INTO inodes VALUES (?, ?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL)",
+            "INSERT INTO inodes (ino, mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, "
+            "ctime_ns, generation, symlink, inline) VALUES (?, ?, 2, 0, 0, 0, ?, 0, ?, ?, ?, 0, NULL, NULL)",
             (ROOT_INO, _IFDIR | 0o755, DIR_SIZE, now, now, now),
         )
 

@@ -15,11 +15,12 @@ from daemon.meta.inodes import (
     DIR_SIZE,
     LINK_MAX,
     _check_lookup_name,
+    _check_writable,
     _is_dir,
 )
 from daemon.meta.schema import _ATTR, _ATTR_I
 from daemon.meta.sessions import Sessions
-from daemon.meta.volumes import Volumes
+from daemon.meta.trash import Trash
 from daemon.meta.xattrs import Xattrs
 from dfs.core.errors import (
     Exists,
@@ -46,7 +47,7 @@ from dfs.core.namespace import (
 T = TypeVar("T")
 
 
-class Namespace(Sessions, Volumes, Xattrs):
+class Namespace(Sessions, Trash, Xattrs):
     """Name-level operations; ``create`` registers its open, removals in the root keep volumes in step."""
 
     # -- lookups -------------------------------------------------------------------------
@@ -199,15 +200,17 @@ class Namespace(Sessions, Volumes, Xattrs):
         check_name(new_name)
         with self._write() as now:
             mode, nlink = self._inode(ino)
+            _check_writable(ino, mode)  # a new name raises the snapshot inode's nlink
             if _is_dir(mode):
                 raise NotPermitted(f"cannot hard-link directory {ino}")
             if nlink == 0:
                 raise NotFound(f"inode {ino} was unlinked")
             if nlink >= LINK_MAX:
                 raise TooManyLinks(f"inode {ino} has {nlink} links")
-            self._dir(new_parent, live=True)
+            _check_writable(new_parent, self._dir(new_parent, live=True)[0])
             if self._dentry(new_parent, new_name) is not None:
                 raise Exists(f"{new_name!r} exists in directory {new_parent}")
+            self._check_same_domain(ino, new_parent)  # one inode is charged to one quota domain
             self._add_dentry(new_parent, new_name, ino, False)
             row = self._db.execute(
                 f"UPDATE inodes SET nlink = nlink + 1, ctime_ns = ? WHERE ino = ? RETURNING {_ATTR}",
@@ -221,7 +224,7 @@ class Namespace(Sessions, Volumes, Xattrs):
     def unlink(self, parent: int, name: bytes) -> None:
         _check_lookup_name(name)
         with self._write() as now:
-            self._dir(parent, live=False)
+            _check_writable(parent, self._dir(parent, live=False)[0])
             entry = self._dentry(parent, name)
             if entry is None:
                 raise NotFound(f"{name!r} not found in directory {parent}")
@@ -230,7 +233,7 @@ class Namespace(Sessions, Volumes, Xattrs):
                 raise IsADirectory(f"{name!r} is a directory")
             self._del_dentry(dentry_id)
             self._touch_dir(parent, now)
-            self._set_nlink(ino, nlink - 1, now)
+            self._drop_name(ino, mode, nlink - 1, (parent, name), now)  # last name: maybe to trash
             self._log(now, "unlink", [parent, name])
 
     @_api
@@ -241,11 +244,12 @@ class Namespace(Sessions, Volumes, Xattrs):
         if name == b"..":
             raise NotEmpty("cannot remove '..'")
         with self._write() as now:
-            self._dir(parent, live=False)
+            _check_writable(parent, self._dir(parent, live=False)[0])
             entry = self._dentry(parent, name)
             if entry is None:
                 raise NotFound(f"{name!r} not found in directory {parent}")
             dentry_id, ino, mode, _ = entry
+            _check_writable(ino, mode)
             if not _is_dir(mode):
                 raise NotADirectory(f"{name!r} is not a directory")
             if self._has_children(ino):
@@ -266,12 +270,17 @@ class Namespace(Sessions, Volumes, Xattrs):
         _check_lookup_name(name)
         check_name(new_name)
         with self._write() as now:
-            pnlink = self._dir(parent, live=False)[1]
+            pmode, pnlink = self._dir(parent, live=False)[:2]
+            _check_writable(parent, pmode)
             src = self._dentry(parent, name)
             if src is None:
                 raise NotFound(f"{name!r} not found in directory {parent}")
-            new_pnlink = self._dir(new_parent, live=True)[1]
+            _check_writable(src[1], src[2])  # a snapshot's top (or /.snapshots) moved away
+            new_pmode, new_pnlink = self._dir(new_parent, live=True)[:2]
+            _check_writable(new_parent, new_pmode)
             dst = self._dentry(new_parent, new_name)
+            if dst is not None:
+                _check_writable(dst[1], dst[2])
             if flags & RENAME_NOREPLACE and dst is not None:
                 raise Exists(f"{new_name!r} exists in directory {new_parent}")
             if flags & RENAME_EXCHANGE:
@@ -319,9 +328,14 @@ class Namespace(Sessions, Volumes, Xattrs):
                 raise NotEmpty(f"directory {new_name!r} is not empty")
         elif src_dir and parent != new_parent and new_pnlink >= LINK_MAX:
             raise TooManyLinks(f"directory {new_parent} has {new_pnlink} links")
+        if parent != new_parent:  # a move between quota domains is EXDEV (daemon/meta/quotas.py)
+            self._check_same_domain(src_ino, new_parent)
         if dst is not None:
             self._del_dentry(dst[0])
-            self._set_nlink(dst[1], 0 if dst_dir else dst[3] - 1, now)
+            if dst_dir:
+                self._set_nlink(dst[1], 0, now)
+            else:  # a replaced file's last name: maybe to its volume's trash
+                self._drop_name(dst[1], dst[2], dst[3] - 1, (new_parent, new_name), now)
         self._del_dentry(src_id)
         self._add_dentry(new_parent, new_name, src_ino, src_dir)  # a fresh id: the entry's new cookie
         self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src_ino))
@@ -354,6 +368,9 @@ class Namespace(Sessions, Volumes, Xattrs):
         gain = int(src_dir) - int(dst_dir)  # subdirectories new_parent gains (parent loses as many)
         if moved and ((gain > 0 and new_pnlink >= LINK_MAX) or (gain < 0 and pnlink >= LINK_MAX)):
             raise TooManyLinks("rename exchange would exceed the directory link limit")
+        if moved:  # either side moving between quota domains is EXDEV (daemon/meta/quotas.py)
+            self._check_same_domain(src[1], new_parent)
+            self._check_same_domain(dst[1], parent)
         self._del_dentry(src[0])
         self._del_dentry(dst[0])
         self._add_dentry(parent, name, dst[1], dst_dir)
@@ -385,6 +402,7 @@ class Namespace(Sessions, Volumes, Xattrs):
             if row is None:
                 raise NotFound(f"inode {ino} not found")
             cur_mode, cur_size, ctime_ns = row
+            _check_writable(ino, cur_mode)
             self._seen(ino, ctime_ns)
             new_mode = cur_mode if mode is None else (cur_mode & _IFMT) | (mode & _PERM_BITS)
             if (uid is not None or gid is not None) and mode is None and not _is_dir(cur_mode):

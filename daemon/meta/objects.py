@@ -14,13 +14,15 @@ from daemon.meta.inodes import (
     _IFREG,
     _PERM_BITS,
     DIR_SIZE,
+    READ_ONLY,
     _check_lookup_name,
+    _check_writable,
     _check_xattr_name,
     _is_dir,
 )
 from daemon.meta.policy import _check_policy_xattr, _check_replicas
 from daemon.meta.schema import _ATTR_I, _INTERNAL_KEY, INTERNAL_DIRS
-from daemon.meta.volumes import Volumes
+from daemon.meta.trash import Trash
 from dfs.core.errors import (
     InvalidArgument,
     IsADirectory,
@@ -39,7 +41,7 @@ _SLASH = 0x2F
 _LIST_DIR_SLACK = 16
 
 
-class Objects(Files, Volumes):
+class Objects(Files, Trash):
     """Path-level operations for the S3 shim, each in one transaction."""
 
     @_api
@@ -144,6 +146,7 @@ class Objects(Files, Volumes):
         mode = self._dir_mode(mode)
         with self._write() as now:
             ino = self._make_dirs(now, parent, dirs, mode, uid, gid, implicit=False)
+            _check_writable(ino, self._inode(ino)[0])  # would lose its implicit mark
             # Asked for by name: no longer an implied directory that vanishes when emptied.
             self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, IMPLICIT_XATTR))
             self._log(now, "make_dirs", [parent, dirs, mode, uid, gid, ino])
@@ -209,11 +212,15 @@ class Objects(Files, Volumes):
                     raise PreconditionFailed(f"{name!r} in directory {final} does not match {if_match[0]!r}")
             if old is not None:
                 self._del_dentry(old[0])
-            ino = self._make(now, final, name, mode, uid, gid).ino
-            # The new inode takes its references before the old one drops its own, so a chunk both
+            # The new data takes its references before the old inode drops its own, so a chunk both
             # share never passes through refcount 0 (which would demand chunk_exists).
             for ref in refs:
                 self._incref(ref.chunk_id, ref.stored_bytes, chunk_exists)
+            if old is not None:
+                # Before the new inode is charged: replacing an object in a full quota domain
+                # frees the old one's bytes and inode first (daemon/meta/quotas.py).
+                self._drop_name(old[1], old[2], old[3] - 1, (final, name), now)  # maybe to trash
+            ino = self._make(now, final, name, mode, uid, gid).ino
             self._db.executemany(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
                 [(ino, r.index, r.chunk_id, r.length, r.stored_bytes) for r in refs],
@@ -228,8 +235,6 @@ class Objects(Files, Volumes):
             self._db.executemany(
                 "INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in xattrs.items()]
             )
-            if old is not None:
-                self._set_nlink(old[1], old[3] - 1, now)
             self._log(
                 now,
                 "put_object",
@@ -290,11 +295,12 @@ class Objects(Files, Volumes):
         """
         _check_lookup_name(name)
         with self._write() as now:
-            self._dir(parent, live=False)
+            _check_writable(parent, self._dir(parent, live=False)[0])
             entry = self._dentry(parent, name)
             if entry is None:
                 raise NotFound(f"{name!r} not found in directory {parent}")
             dentry_id, ino, mode, nlink = entry
+            _check_writable(ino, mode)
             self._del_dentry(dentry_id)
             if _is_dir(mode):
                 removed = self._remove_subtree(ino, now)
@@ -308,8 +314,9 @@ class Objects(Files, Volumes):
             self._log(now, "remove_tree", [parent, name])
         return removed
 
-    def _remove_subtree(self, top: int, now: int) -> int:
-        """Unlink everything below directory ``top`` (whose own dentry is already gone) and ``top``.
+    def _remove_subtree(self, top: int, now: int, *, keep_top: bool = False) -> int:
+        """Unlink everything below directory ``top`` (whose own dentry is already gone) and ``top``
+        (or with ``keep_top`` empty ``top`` and keep it: a snapshot restore).
 
         Set-based over scratch tables rather than a Python recursion: a whole
         bucket is a handful of statements, and no depth limit applies.  Joins
@@ -336,6 +343,8 @@ class Objects(Files, Volumes):
             f"ctime_ns = ? WHERE ino IN (SELECT ino FROM {links})",
             (now,),
         )
+        if keep_top:
+            db.execute(f"DELETE FROM {dirs} WHERE ino = ?", (top,))
         db.execute(f"UPDATE inodes SET nlink = 0, ctime_ns = ? WHERE ino IN (SELECT ino FROM {dirs})", (now,))
         db.execute(
             f"INSERT INTO {purge} SELECT i.ino FROM inodes i "
@@ -380,8 +389,8 @@ class Objects(Files, Volumes):
             chain = [parent]  # chain[i]: the directory at depth i
             for name in dirs:
                 entry = self._dentry(chain[-1], name)
-                if entry is None or not _is_dir(entry[2]):
-                    break
+                if entry is None or not _is_dir(entry[2]) or entry[2] & READ_ONLY:
+                    break  # a snapshot's directories stay, implied or not
                 chain.append(entry[1])
             removed = 0
             for depth in range(len(chain) - 1, max(keep_depth, 0), -1):

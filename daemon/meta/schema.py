@@ -21,6 +21,8 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
 - ``volumes``: ``name -> ino`` of a top-level directory plus its msgpack
   policy.  A row follows its directory: a rename within the root renames it,
   a move out of the root or a removal drops it.
+- ``volume_keys``: per-volume data keys (key id = a chunk header's key id),
+  stored only wrapped under the master key (dfs/core/keys.py).
 - ``nodes``: the cluster's node registry (msgpack info per node id); the
   fields ``zone``, ``capacity_weight``, ``state`` and ``address`` make up the
   placement layout.  Every change of the table bumps ``layout_epoch`` in the
@@ -35,14 +37,27 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
   daemons sharing the database (daemon/meta/deletions.py).
 - ``requests``: request id -> the recorded result of a change made exactly
   once (daemon/meta/requests.py); trimmed by age.
+- ``snapshots``: the volume snapshot registry (volume, name, top inode,
+  created, origin ``manual`` or a schedule tier, files and bytes when taken);
+  the trees live at ``/.snapshots/VOLUME/NAME`` (daemon/meta/snapshots.py).
+- ``quotas`` and ``quota_chain``: directory quota domains, their limits and
+  usage, and the closure of their nesting; ``inodes.quota`` names the domain
+  each inode is charged to.  Triggers on ``inodes`` keep the usage (see
+  daemon/meta/quotas.py).
 - ``admin_tokens``: scoped admin API tokens (id, name, scope ``read`` or
   ``admin``, created); only the SHA-256 of each token is stored, and the
   oplog names the id only (see daemon/admin/tokens.py).
+- ``trash``: files deleted from a volume with trash on (inode, volume, original parent and
+  name, when, size); the inode sits at ``trash/<volume ino>/<ino>`` outside every quota
+  domain until restored or purged (daemon/meta/trash.py).
+- ``policy_remarks``: pending re-marks of ``chunks.replicas`` after a
+  replication policy change, one row per subtree root with its progress
+  (counting, total, marked) and where its walk stopped (daemon/meta/remark.py).
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
 changes to existing tables, which ``daemon.meta.store.ensure_tables`` applies at open
-(version 2 added ``chunks.replicas``).  A database newer than the code is refused.
+(version 2 added ``chunks.replicas``, version 3 ``inodes.quota``).  A database newer than the code is refused.
 
 Internal roots (:data:`INTERNAL_DIRS`, e.g. ``uploads`` for S3 multipart
 parts) are directories created at open that, like the root, have no dentry;
@@ -52,7 +67,7 @@ contents are ordinary inodes managed with the ordinary operations.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS inodes (
         ino INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,7 +83,8 @@ _SCHEMA = (
         ctime_ns INTEGER NOT NULL,
         generation INTEGER NOT NULL,
         symlink BLOB,
-        inline BLOB)""",
+        inline BLOB,
+        quota INTEGER)""",
     """CREATE TABLE IF NOT EXISTS dentries (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         parent INTEGER NOT NULL,
@@ -112,6 +128,13 @@ _SCHEMA = (
         created_ns INTEGER NOT NULL) WITHOUT ROWID""",
     # Renames and removals in the root look up the row of the directory they touch.
     "CREATE INDEX IF NOT EXISTS volumes_by_ino ON volumes (ino)",
+    # Per-volume data keys, only ever wrapped under the master key (dfs/core/keys.py); key_id is
+    # the u16 a chunk header carries, never reused.  Kept when encryption is turned off: old
+    # chunks still need them.
+    """CREATE TABLE IF NOT EXISTS volume_keys (
+        key_id INTEGER PRIMARY KEY, volume_ino INTEGER NOT NULL, wrapped BLOB NOT NULL,
+        master_fingerprint TEXT NOT NULL, created_ns INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS volume_keys_by_volume ON volume_keys (volume_ino)",
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY, info BLOB NOT NULL, updated_ns INTEGER NOT NULL) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS s3_keys (
@@ -134,9 +157,34 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS requests (
         id BLOB PRIMARY KEY, ts_ns INTEGER NOT NULL, result BLOB NOT NULL) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS requests_by_age ON requests (ts_ns)",
+    # Volume snapshots (daemon/meta/snapshots.py), listed without walking /.snapshots; origin is
+    # "manual" or the schedule tier that took it (dfs/core/snapshot_schedule.py).
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        volume TEXT NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL, created_ns INTEGER NOT NULL,
+        origin TEXT NOT NULL, files INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        PRIMARY KEY (volume, name)) WITHOUT ROWID""",
+    # Quota domains (daemon/meta/quotas.py), by directory inode; NULL limits: none.  ``parent`` is
+    # the enclosing domain.  ``quota`` (inodes) is appended last: version-2 databases gain it by ALTER.
+    """CREATE TABLE IF NOT EXISTS quotas (
+        ino INTEGER PRIMARY KEY, parent INTEGER, max_bytes INTEGER, max_inodes INTEGER,
+        used_bytes INTEGER NOT NULL, used_inodes INTEGER NOT NULL, used_stored_bytes INTEGER NOT NULL)""",
+    # (domain, a domain it lies in, itself included): the triggers' one-statement ancestor lookup.
+    """CREATE TABLE IF NOT EXISTS quota_chain (
+        q INTEGER NOT NULL, a INTEGER NOT NULL, PRIMARY KEY (q, a)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS quota_chain_by_ancestor ON quota_chain (a)",
     """CREATE TABLE IF NOT EXISTS admin_tokens (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, digest BLOB NOT NULL,
         created_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    # Files in a volume's trash (daemon/meta/trash.py), by inode (the entry's id; the inode sits
+    # at trash/<volume ino>/<ino>), so listing needs no walk; deleted_ns orders expiry.
+    """CREATE TABLE IF NOT EXISTS trash (
+        ino INTEGER PRIMARY KEY, volume INTEGER NOT NULL, parent INTEGER NOT NULL, name BLOB NOT NULL,
+        deleted_ns INTEGER NOT NULL, size INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS trash_by_age ON trash (volume, deleted_ns)",
+    # Re-mark jobs after a replication policy change (daemon/meta/remark.py), by subtree root.
+    """CREATE TABLE IF NOT EXISTS policy_remarks (
+        root INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, counting INTEGER NOT NULL,
+        total INTEGER NOT NULL, marked INTEGER NOT NULL, state BLOB NOT NULL)""",
 )
 # The AUTOINCREMENT (PostgreSQL: identity) columns, whose counters never hand out a number twice.
 COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}
@@ -157,10 +205,12 @@ _SCRATCH = {
 
 
 def _attr_cols(prefix: str) -> str:
-    """The SELECT list that maps an inodes row onto :class:`Attr`, in field order."""
+    """The SELECT list that maps an inodes row onto :class:`Attr`, in field order.
+
+    ``mode`` loses its flag bits above the file type (65535 = 0o177777; see inodes.READ_ONLY)."""
     p = prefix
     return (
-        f"{p}ino, {p}mode, {p}nlink, {p}uid, {p}gid, {p}rdev, {p}size, ({p}stored + 511) / 512, "
+        f"{p}ino, {p}mode & 65535, {p}nlink, {p}uid, {p}gid, {p}rdev, {p}size, ({p}stored + 511) / 512, "
         f"{p}atime_ns, {p}mtime_ns, {p}ctime_ns, {p}generation"
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.meta.base import _api
-from daemon.meta.inodes import _IFMT, _IFREG, Inodes, _is_dir
+from daemon.meta.inodes import _IFMT, _IFREG, READ_ONLY, Inodes, _check_writable, _is_dir
 from dfs.core.errors import InvalidArgument, IsADirectory, NotFound
 from dfs.core.namespace import Attr
 
@@ -50,6 +50,9 @@ class Sessions(Inodes):
             mode, atime, mtime, ctime = row
             if truncate and _is_dir(mode):
                 raise IsADirectory(f"inode {ino} is a directory")
+            if not _is_dir(mode):
+                # Mounts register read-only opens with open_events: this open is for writing.
+                _check_writable(ino, mode)
             self._add_open(session, ino, now)
             if truncate and mode & _IFMT == _IFREG:
                 # open(O_TRUNC) marks mtime and ctime even when the file was already empty.
@@ -84,7 +87,10 @@ class Sessions(Inodes):
     def _relatime(self, ino: int, atime: int, mtime: int, ctime: int, now: int) -> None:
         """A read: update atime if it is not newer than mtime/ctime, or over a day old."""
         if atime <= mtime or atime <= ctime or now - atime >= _RELATIME_NS:
-            self._db.execute("UPDATE inodes SET atime_ns = ? WHERE ino = ?", (now, ino))
+            # Not in a read-only snapshot (no statement of its own: the flag is in the row).
+            self._db.execute(
+                "UPDATE inodes SET atime_ns = ? WHERE ino = ? AND mode & ? = 0", (now, ino, READ_ONLY)
+            )
 
     @_api
     def open_events(self, events: list[list[Any]], session: str) -> None:

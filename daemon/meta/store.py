@@ -22,21 +22,26 @@ from daemon.meta.namespace import Namespace
 from daemon.meta.objects import Objects
 from daemon.meta.oplog import Oplog
 from daemon.meta.policy import MAX_REPLICAS, Policy, _replicas_or_none
+from daemon.meta.quotas import create_triggers
 from daemon.meta.registry import Registry
+from daemon.meta.remark import Remarks
 from daemon.meta.requests import Requests
 from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.snapshots import Snapshots
 from daemon.meta.stats import Stats
 from daemon.meta.tokens import Tokens
+from daemon.meta.volume_keys import VolumeKeys
 from dfs.core.errors import ConfigError, InternalError, Unavailable
 from dfs.core.namespace import ROOT_INO
 
 
 class MetaStore(
     Namespace,
+    Snapshots,  # before Objects, which it extends
     Objects,
-    Snapshots,
+    Remarks,
     Policy,
+    VolumeKeys,
     Registry,
     Keys,
     Tokens,
@@ -60,8 +65,11 @@ class MetaStore(
         default_replicas: int = 1,
         engine: str = "sqlite",
         failover_timeout_s: float | None = None,
+        default_trash_days: float = 0.0,
     ) -> None:
-        """``path`` is the SQLite file, or with ``engine="postgresql"`` a libpq connection string."""
+        """``path`` is the SQLite file, or with ``engine="postgresql"`` a libpq connection string;
+        ``default_trash_days``: the trash retention of volumes whose policy names none
+        (daemon/meta/trash.py; the Trash concern comes in through Namespace and Objects)."""
         if block_size <= 0 or inline_max < 0:
             raise ConfigError(f"bad metadata geometry: block_size={block_size} inline_max={inline_max}")
         if _replicas_or_none(default_replicas) is None:
@@ -74,6 +82,7 @@ class MetaStore(
         self._inline_max = inline_max
         self._block_size = block_size
         self._default_replicas = default_replicas
+        self._trash_days_default = float(default_trash_days)
         self._now = now_ns
         self._failover_timeout_s = failover_timeout_s
         self._wal_fd: int | None = None
@@ -124,6 +133,8 @@ class MetaStore(
                     is None
                 ):
                     self._create_internal(name, now)
+            # Volumes from before quotas get their accounting domain (a one-off walk of each).
+            self._adopt_volume_domains()
 
     def _check_block_size(self) -> None:
         row = self._db.execute("SELECT value FROM config WHERE key = 'block_size'").fetchone()
@@ -148,6 +159,7 @@ class MetaStore(
             default_replicas=self._default_replicas,
             engine=self._engine,
             failover_timeout_s=failover_timeout_s,
+            default_trash_days=self._trash_days_default,
         )
         other._db.set_read_only()
         other._read_only = True
@@ -257,6 +269,18 @@ def ensure_tables(db: Db, where: str) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
         if "replicas" not in columns:  # version 1: chunks had no replication factor
             db.execute("ALTER TABLE chunks ADD COLUMN replicas INTEGER")
+        if "quota" not in {row[1] for row in db.execute("PRAGMA table_info(inodes)")}:
+            db.execute("ALTER TABLE inodes ADD COLUMN quota INTEGER")  # version 2: no quota domains
+    elif (
+        db.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'inodes' AND column_name = 'quota'"
+        ).fetchone()
+        is None
+    ):
+        db.execute("ALTER TABLE inodes ADD COLUMN quota BIGINT")  # version 2: no quota domains
+    create_triggers(db)
+    if db.engine == "sqlite":
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     else:  # PostgreSQL databases start at version 2
         db.execute(

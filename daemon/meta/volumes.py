@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from daemon.meta.base import _api, _pack_dict, _unpack_dict
-from daemon.meta.inodes import DIR_SIZE, Inodes, _is_dir
+from daemon.meta.inodes import DIR_SIZE, _is_dir
+from daemon.meta.quotas import Quotas
+from daemon.meta.remark import queue_remark
 from dfs.core.errors import Exists, InvalidArgument, NotADirectory, NotEmpty, NotFound
 from dfs.core.namespace import ROOT_INO, Attr, check_name
 
@@ -16,7 +18,7 @@ _PUT_VOLUME = (
 )
 
 
-class Volumes(Inodes):
+class Volumes(Quotas):
     """The volumes table; ``_follow_volumes`` keeps it on its directories after renames and removals."""
 
     def _follow_volumes(self, inos: Iterable[int]) -> None:
@@ -72,6 +74,7 @@ class Volumes(Inodes):
             attr = self._make(now, ROOT_INO, encoded, mode, uid, gid, size=DIR_SIZE)
             # A row without a directory is stale by definition: the name was free.
             self._db.execute(_PUT_VOLUME, (name, attr.ino, packed, now))
+            self._volume_quota(attr.ino, policy)  # its quota domain, limits from the policy
             self._log(now, "create_volume", [name, policy, mode, uid, gid, attr.ino])
         return attr
 
@@ -90,8 +93,11 @@ class Volumes(Inodes):
             if row is not None and row[1] == entry[1]:
                 raise Exists(f"{name!r} is already a volume")
             self._db.execute(_PUT_VOLUME, (name, entry[1], packed, now))
+            if policy.get("replication") is not None:
+                queue_remark(self._db, entry[1], now)  # its existing files take the volume's factor
+            self._volume_quota(entry[1], policy)  # walks the tree once to count its usage
             self._log(now, "adopt_volume", [name, policy, entry[1]])
-        return self._volume((name, entry[1], packed, now))
+            return self._volume((name, entry[1], packed, now))
 
     @_api
     def get_volume(self, name: str) -> dict[str, Any] | None:
@@ -108,14 +114,19 @@ class Volumes(Inodes):
     def update_volume(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
         packed = _pack_dict(policy, "volume policy")
         with self._write() as now:
+            old = self._volume_row(name)
             row = self._db.execute(
                 "UPDATE volumes SET policy = ? WHERE name = ? RETURNING name, ino, policy, created_ns",
                 (packed, name),
             ).fetchone()
-            if row is None:
+            if row is None or old is None:
                 raise NotFound(f"no volume {name!r}")
+            if _unpack_dict(old[2]).get("replication") != policy.get("replication"):
+                # The chunks already written there need the new factor (daemon/meta/remark.py).
+                queue_remark(self._db, row[1], now)
+            self._volume_quota(row[1], policy)  # the quota row follows the policy, same transaction
             self._log(now, "update_volume", [name, policy])
-        return self._volume(row)
+            return self._volume(row)
 
     @_api
     def delete_volume(self, name: str, *, remove_dir: bool) -> None:
@@ -132,4 +143,6 @@ class Volumes(Inodes):
                 self._del_dentry(entry[0])
                 self._touch_dir(ROOT_INO, now, -1)
                 self._set_nlink(entry[1], 0, now)
+            elif entry is not None and _unpack_dict(row[2]).get("replication") is not None:
+                queue_remark(self._db, entry[1], now)  # a kept directory falls back to the default
             self._log(now, "delete_volume", [name, remove_dir])

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 from daemon.meta.base import _api
-from daemon.meta.inodes import Inodes, _check_xattr_name, _is_dir
-from daemon.meta.policy import _check_policy_xattr
+from daemon.meta.inodes import _check_writable, _check_xattr_name, _is_dir
+from daemon.meta.policy import REPLICAS_XATTR, _check_policy_xattr
+from daemon.meta.quotas import Quotas
+from daemon.meta.remark import queue_remark
 from dfs.core import acl
-from dfs.core.errors import Exists, InvalidArgument, NoAttribute, PermissionDenied, RangeError
+from dfs.core.errors import Exists, InvalidArgument, NoAttribute, NotPermitted, PermissionDenied, RangeError
 from dfs.core.namespace import XATTR_CREATE, XATTR_REPLACE, XATTR_SIZE_MAX
+from dfs.core.quotas import QUOTA_XATTR_PREFIX, QUOTA_XATTRS
 
 _PUT_XATTR = (
     "INSERT INTO xattrs VALUES (?, ?, ?) ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value"
 )
 
 
-class Xattrs(Inodes):
+def _check_quota_xattr(name: bytes) -> None:
+    if name.startswith(QUOTA_XATTR_PREFIX):
+        raise NotPermitted(f"{name!r} is a read-only view of a directory quota: use `dfs quota set`")
+
+
+class Xattrs(Quotas):
     """get/list/set/removexattr; ACL xattrs also change the mode, and chmod changes the access ACL."""
 
     @_api
@@ -23,6 +31,10 @@ class Xattrs(Inodes):
         row = self._db.execute("SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).fetchone()
         if row is None:
             self._inode(ino)
+            if name.startswith(QUOTA_XATTR_PREFIX):  # the read-only view of a quota domain
+                virtual = self.quota_xattr(ino, name)
+                if virtual is not None:
+                    return virtual
             raise NoAttribute(f"no xattr {name!r} on inode {ino}")
         value: bytes = row[0]
         return value
@@ -30,7 +42,12 @@ class Xattrs(Inodes):
     @_api
     def listxattr(self, ino: int) -> list[bytes]:
         self._inode(ino)
-        return [r[0] for r in self._db.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,))]
+        names = [
+            r[0] for r in self._db.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,))
+        ]
+        if self._quota_row(ino) is not None:
+            names += sorted(QUOTA_XATTRS)
+        return names
 
     @_api
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
@@ -40,10 +57,11 @@ class Xattrs(Inodes):
         if flags & ~(XATTR_CREATE | XATTR_REPLACE):
             raise InvalidArgument(f"bad xattr flags {flags:#x}")
         _check_policy_xattr(name, value)
+        _check_quota_xattr(name)
         with self._write() as now:
-            self._inode(ino)
+            _check_writable(ino, self._inode(ino)[0])
             exists = self._db.execute(
-                "SELECT 1 FROM xattrs WHERE ino = ? AND name = ?", (ino, name)
+                "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)
             ).fetchone()
             if exists and flags & XATTR_CREATE:
                 raise Exists(f"xattr {name!r} exists on inode {ino}")
@@ -54,6 +72,9 @@ class Xattrs(Inodes):
             else:
                 self._db.execute(_PUT_XATTR, (ino, name, value))
                 self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            if name == REPLICAS_XATTR and (exists is None or exists[0] != value):
+                # The data already under ``ino`` needs the new factor (daemon/meta/remark.py).
+                queue_remark(self._db, ino, now)
             self._log(now, "setxattr", [ino, name, value, flags])
 
     def _set_acl(self, ino: int, name: bytes, value: bytes, now: int) -> None:
@@ -74,11 +95,14 @@ class Xattrs(Inodes):
     @_api
     def removexattr(self, ino: int, name: bytes) -> None:
         _check_xattr_name(name)
+        _check_quota_xattr(name)
         with self._write() as now:
-            self._inode(ino)
+            _check_writable(ino, self._inode(ino)[0])
             if self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).rowcount == 0:
                 raise NoAttribute(f"no xattr {name!r} on inode {ino}")
             self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            if name == REPLICAS_XATTR:
+                queue_remark(self._db, ino, now)  # its data falls back to the inherited factor
             self._log(now, "removexattr", [ino, name])
 
     def _chmod_acl(self, ino: int, mode: int) -> None:

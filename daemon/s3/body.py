@@ -28,6 +28,7 @@ import trio
 from daemon.http import Request
 from dfs.client.cluster import Client
 from dfs.core.errors import S3Error
+from dfs.core.keys import VolumeCodec
 from dfs.core.namespace import BlockRef, FileMap
 from dfs.core.replicas import Policy
 from dfs.core.sigv4 import AuthContext, BodyChecks, ChunkedDecoder
@@ -63,10 +64,21 @@ class BlockWriter:
     """Cuts a byte stream into blocks and stores them, a few at a time."""
 
     def __init__(
-        self, client: Client, nursery: trio.Nursery, *, parallel: int = 2, policy: Policy | None = None
+        self,
+        client: Client,
+        nursery: trio.Nursery,
+        *,
+        parallel: int = 2,
+        policy: Policy | None = None,
+        volume_codec: VolumeCodec | None = None,
     ) -> None:
         self._client = client
         self._policy = policy
+        # The destination volume's compression and encryption; an encrypted one takes no block by
+        # reference (it may be another volume's plain chunk): copies re-encode (dedup within the
+        # volume still stores nothing twice).
+        self._volume_codec = volume_codec
+        self._by_reference = volume_codec is None or not volume_codec.key_id
         self._nursery = nursery
         self.block_size = client.block_size
         self._buf = bytearray()
@@ -93,7 +105,7 @@ class BlockWriter:
 
     def aligned(self) -> bool:
         """True when the next byte starts a block: a whole block may then be added by reference."""
-        return not self._buf and not self._closed
+        return not self._buf and not self._closed and self._by_reference
 
     def add_ref(self, ref: BlockRef) -> None:
         """Append an existing block (``ref.length`` bytes: a whole block unless it ends the stream)."""
@@ -117,12 +129,16 @@ class BlockWriter:
                 # An all-zero block is a hole: nothing to store, reads give zeros.
                 self._refs[index] = BlockRef(index, b"", len(data), 0)
             else:
-                self._refs[index] = await self._client.write_block(index, data, self._policy)
+                self._refs[index] = await self._client.write_block(
+                    index, data, self._policy, volume_codec=self._volume_codec
+                )
         finally:
             self._slots.release()
 
     async def finish(self, inline_max: int) -> tuple[list[BlockRef], bytes | None]:
         """Store the tail and wait for every block: (block refs, or the bytes of a small object)."""
+        if self._volume_codec is not None and self._volume_codec.key_id:
+            inline_max = 0  # an encrypted volume's objects never live inline: metadata is not encrypted
         if self._offset == 0 and len(self._buf) <= inline_max:
             return [], bytes(self._buf)
         if self._buf:
@@ -137,10 +153,14 @@ class BlockWriter:
 
 @contextlib.asynccontextmanager
 async def open_block_writer(
-    client: Client, *, parallel: int = 2, policy: Policy | None = None
+    client: Client,
+    *,
+    parallel: int = 2,
+    policy: Policy | None = None,
+    volume_codec: VolumeCodec | None = None,
 ) -> AsyncIterator[BlockWriter]:
     async with trio.open_nursery() as nursery:
-        yield BlockWriter(client, nursery, parallel=parallel, policy=policy)
+        yield BlockWriter(client, nursery, parallel=parallel, policy=policy, volume_codec=volume_codec)
 
 
 async def _block_bytes(client: Client, fmap: FileMap, index: int) -> bytes:

@@ -84,7 +84,9 @@ class ObjectTree:
         return c.policy
 
     async def writer(self, c: Call) -> AbstractAsyncContextManager[BlockWriter]:
-        return open_block_writer(self.client, policy=await self.policy(c))
+        # The bucket is the volume: its codec comes from the client's ring (no call per request).
+        codec = await self.client.volume_codec(await self.bucket_ino(c.bucket))
+        return open_block_writer(self.client, policy=await self.policy(c), volume_codec=codec)
 
     # -- lookups ----------
     async def bucket_ino(self, bucket: str) -> int:

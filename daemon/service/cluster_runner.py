@@ -82,6 +82,8 @@ class ClusterRunner:
         self.primary: rpc.RpcClient | None = None
         self.chunkio: ChunkIO | None = None
         self.repair: Repair | None = None
+        # The re-mark worker's progress (daemon/service/remarker.py), set by the service.
+        self.remark_status: Callable[[], dict[str, Any] | None] = lambda: None
         self.hot: HotChunks | None = None
         self.nursery: trio.Nursery | None = None
         self.layout_epoch = 0
@@ -181,7 +183,28 @@ class ClusterRunner:
             out.update(self.repair.status())
         if self.hot is not None:
             out.update(self.hot.status())
+        remark = self.remark_status()
+        if remark is not None:
+            out["remark"] = remark
         return out
+
+    async def node_repair_status(self, node_id: str) -> dict[str, Any] | None:
+        """Node ``node_id``'s ``sys.repair_status`` (None: gossip says it is down, or it does
+        not answer within peer_timeout_s): the facts node removal decides on."""
+        if node_id == self.cfg.node_id:
+            return await self.repair_status()
+        chunkio = self.chunkio
+        if chunkio is None:
+            return None
+        view = await chunkio.view()
+        if view.is_down(node_id):
+            return None
+        try:
+            status: dict[str, Any] = await chunkio.call_node(node_id, endpoints.SYS_REPAIR_STATUS, view=view)
+        except DfsError as exc:
+            log.info("repair status of %s: %s", node_id, exc.message)
+            return None
+        return status
 
     async def repair_now(self) -> None:
         if self.repair is not None:

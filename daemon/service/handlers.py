@@ -36,6 +36,7 @@ from daemon.service.meta_calls import MetaCalls
 from daemon.service.metadata_handlers import MetaHandlers
 from daemon.service.system_handlers import SystemHandlers
 from daemon.service.upkeep import Upkeep
+from daemon.service.volume_keys import VolumeKeyService
 from dfs.core import endpoints
 from dfs.core.changes import changes_of
 from dfs.core.errors import CallerNotAllowed, InvalidArgument, Unavailable
@@ -67,7 +68,10 @@ class HandlerTable:
         shaped: MetaHandlers,
         frontends: Frontends,
         backups: BackupHandlers,
+        *,
+        volume_keys: VolumeKeyService,
     ) -> None:
+        self._volume_keys = volume_keys
         self._backups = backups
         self._metacalls = metacalls
         self._changes = changes
@@ -125,6 +129,7 @@ class HandlerTable:
                 e.META_CHUNK_REPLICAS: r.chunk_replicas,
                 e.META_CHUNK_FACTORS: r.chunk_factors,
                 e.META_POLICY: r.policy,
+                e.META_VOLUME_OF: r.volume_of,
             }
         )
 
@@ -202,7 +207,24 @@ class HandlerTable:
             e.S3_KEY_REVOKE_GRANT: m.s3_revoke_grant,
             e.S3_BUCKET_OWN: m.s3_bucket_own,
             e.ADMIN_TOKEN_LIST: m.admin_token_list,
+            e.QUOTA_SET: m.quota_set_path,
+            e.QUOTA_GET: m.quota_get_path,
+            e.QUOTA_LIST: m.quota_list_paths,
+            e.QUOTA_CLEAR: m.quota_clear_path,
+            e.SNAPSHOT_CREATE: m.create_snapshot,
+            e.SNAPSHOT_LIST: m.list_snapshots,
+            e.SNAPSHOT_DELETE: m.delete_snapshot,
+            e.SNAPSHOT_RESTORE: m.snapshot_restore,
+            e.SNAPSHOT_CLONE: m.clone_snapshot,
+            e.SNAPSHOT_SCHEDULE: m.set_snapshot_schedule,
+            e.TRASH_LIST: m.trash_list,
+            e.TRASH_USAGE: m.trash_usage,
+            e.TRASH_RESTORE: m.trash_restore,
+            e.TRASH_EMPTY: m.trash_empty,
             e.ADMIN_TOKEN_REVOKE: m.admin_token_delete,
+            e.KEYS_VOLUMES: self._volume_keys.volumes,
+            e.KEYS_STATUS: self._volume_keys.status,
+            e.KEYS_ROTATE: self._volume_keys.rotate,
         }
         table: dict[str, Handler] = {
             ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)

@@ -34,9 +34,12 @@ from daemon.service.leadership import Leadership
 from daemon.service.local import Handler, LocalCaller
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.metadata_handlers import MetaHandlers
+from daemon.service.remarker import Remarker
+from daemon.service.snapshots import SnapshotDuty
 from daemon.service.system_handlers import SystemHandlers
 from daemon.service.threads import ChunkThreads
 from daemon.service.upkeep import Upkeep
+from daemon.service.volume_keys import MasterKeys, VolumeKeyService
 from daemon.workers import Periodic, Retrying
 from dfs.client.chunks import ChunkIO
 from dfs.client.cluster import Client, ClusterInfo
@@ -82,6 +85,7 @@ class Service:
                 inline_max=cfg.storage.inline_max,
                 block_size=cfg.storage.block_size,
                 default_replicas=cfg.cluster.replicas,
+                default_trash_days=cfg.storage.trash_days,
             )
         # What changed in the namespace, for this daemon's mounts (ns.changes); on the primary
         # read from the oplog after each metadata call, the one place every change passes.
@@ -133,6 +137,12 @@ class Service:
             backup_chunks=backups.chunk_ids,
         )
         self.upkeep.fence = self.leadership.fence
+        # Scheduled volume snapshots (daemon/service/snapshots.py): a duty of the leader's.
+        self.snapshot_duty = SnapshotDuty(self.metacalls)
+        self.snapshot_duty.fence = self.leadership.fence
+        # Re-marking chunks after replication policy changes (daemon/service/remarker.py).
+        self.remarker = Remarker(self.metacalls, runner, self.leadership.fence)
+        runner.remark_status = self.remarker.status
         self.backups = BackupHandlers(
             backups,
             runner,
@@ -143,6 +153,12 @@ class Service:
             replicas=cfg.cluster.replicas,
         )
         self.frontends = Frontends(cfg, self.metacalls, runner)
+        # The master key of encrypted volumes: only where metadata is served (the founder makes it).
+        self.volume_keys = VolumeKeyService(
+            MasterKeys(cfg.master_key_path, create=self.founder) if self.is_primary else MasterKeys.none(),
+            cfg.storage.compression_level,
+            lambda: self.metacalls.meta,
+        )
         self.table = HandlerTable(
             self.metacalls,
             self.changes,
@@ -162,6 +178,7 @@ class Service:
             MetaHandlers(self.metacalls, self.chunks, self.threads, runner, self.deletions),
             self.frontends,
             self.backups,
+            volume_keys=self.volume_keys,
         )
         self.handlers: dict[str, Handler] = self.table.tasks()
         # The background loops; the node starts each once run_cluster has started.
@@ -176,7 +193,13 @@ class Service:
                 Periodic("oplog trim", 600.0, only(self.upkeep.trim_oplog)),
                 # Often: a busy mount records every change it makes (meta.once).
                 Periodic("request trim", 60.0, only(self.upkeep.trim_requests)),
+                Periodic("policy re-mark", 1.0, only(self.remarker.step)),
+                Periodic("trash expiry", st.trash_interval_s, only(self.upkeep.expire_trash)),
             ]
+            if cfg.snapshots.check_interval_s > 0:
+                self.workers.append(
+                    Periodic("snapshots", cfg.snapshots.check_interval_s, only(self.snapshot_duty.step))
+                )
             if cfg.meta.backup_interval_s > 0:
                 self.workers.append(
                     Periodic("metadata backup", cfg.meta.backup_interval_s, only(self.backups.periodic))
@@ -249,6 +272,10 @@ class Service:
         """A secondary's admin API has the primary answer a request backed by metadata."""
         return await self.frontends.forward_admin(method, target, headers, body, remote)
 
+    def ensure_volume_key(self, meta: MetaStore, volume_ino: int) -> int:
+        """The encrypted volume's data key id, made now if it has none (metadata thread)."""
+        return self.volume_keys.ensure(meta, volume_ino)
+
     async def admin_token_scope(self, token: str) -> str | None:
         """The scope of a scoped admin token presented to this daemon's admin API, or None."""
         return await self.frontends.admin_token_scope(token)
@@ -256,6 +283,10 @@ class Service:
     async def s3_key_create(self, description: str, allow: list[list[str]]) -> dict[str, Any]:
         """A new S3 key with grants ``allow`` ([bucket, perm] pairs), on the primary."""
         return await self.frontends.s3_key_create(description, allow)
+
+    async def node_repair_status(self, node_id: str) -> dict[str, Any] | None:
+        """A node's repair counters (None: it cannot be asked), for node removal."""
+        return await self.cluster_runner.node_repair_status(node_id)
 
     @property
     def admin_api(self) -> ForwardedAdmin | None:
@@ -285,6 +316,10 @@ class Service:
     @property
     def repair(self) -> Repair | None:
         return self.cluster_runner.repair
+
+    @property
+    def remark(self) -> Remarker:
+        return self.remarker
 
     @property
     def hot(self) -> HotChunks | None:

@@ -42,6 +42,9 @@ CLAIM_WINDOW_S = 30.0
 _BATCH = 1000  # chunk ids per metadata-thread call in GC and the orphan sweep
 # The longest GC delay a caller may ask for (in nanoseconds, the cutoff must stay a 64-bit time).
 _MAX_DELAY_S = 100 * 365 * 86400.0
+# Trash expiry: entries per metadata call (one transaction), calls per run at most.
+TRASH_EXPIRE_BATCH = 500
+TRASH_EXPIRE_BATCHES = 100
 
 
 class Upkeep:
@@ -273,6 +276,19 @@ class Upkeep:
 
     async def trim_oplog(self) -> None:
         await self._m(self.fence(self._metacalls.meta.oplog_trim), self.cfg.meta.oplog_keep)
+
+    async def expire_trash(self) -> int:
+        """Purge trash entries past their volume's retention (daemon/meta/trash.py), a bounded
+        batch per metadata call, at most TRASH_EXPIRE_BATCHES of them per run; their chunks then
+        go through normal GC."""
+        expire = self.fence(self._metacalls.meta.trash_expire)
+        total = 0
+        for _ in range(TRASH_EXPIRE_BATCHES):
+            n: int = await self._m(expire, TRASH_EXPIRE_BATCH)
+            total += n
+            if n < TRASH_EXPIRE_BATCH:
+                break
+        return total
 
     async def trim_requests(self) -> int:
         """Forget the exactly-once records no client can still be retrying."""

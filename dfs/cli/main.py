@@ -7,7 +7,20 @@ only here, keeps the group complete wherever ``dfs`` starts from.
 from __future__ import annotations
 
 # Imported for their commands, which they register on ``main``.
-from dfs.cli import admintokens, bench, cluster, meta, nodes, s3keys, status, updown  # noqa: F401
+from dfs.cli import (  # noqa: F401
+    admintokens,
+    bench,
+    cluster,
+    key,
+    meta,
+    nodes,
+    quota,
+    s3keys,
+    snapshot,
+    status,
+    trash,
+    updown,
+)
 from dfs.cli.app import main
 
 __all__ = ["main"]

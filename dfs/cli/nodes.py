@@ -21,6 +21,7 @@ from dfs.core.endpoints import (
     META_SET_NODE,
     SYS_CLUSTER,
 )
+from dfs.core.node_removal import removal_refusal
 
 
 @main.command()
@@ -176,12 +177,16 @@ def node_drain(node_id: str, wait: bool, timeout_s: float, config_path: str | No
 @click.option("--force", is_flag=True, help="even if it still holds chunks (they may be the last copies)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
 def node_remove(node_id: str, force: bool, config_path: str | None) -> None:
-    """Remove a drained (or out) node from the layout; refuses while it still holds chunks."""
+    """Remove a drained (or out) node from the layout; refuses while it still holds chunks
+    (the rule of dfs/core/node_removal.py, which the admin API's DELETE applies too)."""
     cfg = config_for(None, config_path)
-    if not force:
-        cs = run(cluster_status, endpoint_of(cfg))
-        mine = [n for n in cs["nodes"] if n["node_id"] == node_id]
-        if mine and (mine[0].get("misplaced", 0) or mine[0].get("round_epoch") != cs["layout_epoch"]):
-            raise CliError(f"{node_id} still holds chunks that have no other home yet; wait, or --force")
+    cs = run(cluster_status, endpoint_of(cfg))
+    cluster: dict[str, Any] = run(call, endpoint_of(cfg), SYS_CLUSTER)
+    states = {n["node_id"]: n["state"] for n in cluster["layout"]["nodes"]}
+    if node_id in states:  # not in the layout: the metadata call says so
+        mine = next((n for n in cs["nodes"] if n["node_id"] == node_id), None)
+        why = removal_refusal(node_id, states[node_id], mine, cluster["layout"]["epoch"], force=force)
+        if why is not None:
+            raise CliError(why)
     lay = run(call, endpoint_of(cfg), META_REMOVE_NODE, node_id)
     click.echo(f"layout epoch {lay['epoch']}: {node_id} removed")

@@ -65,7 +65,14 @@ async def cluster_status(endpoint: Endpoint) -> dict[str, Any]:
     )
     totals = {k: sum(int(n.get(k, 0)) for n in nodes) for k in keys}
     pending = totals["under_replicated"] + totals["misplaced"] + totals["hints_pending"]
+    # Re-marking after a policy change (the metadata leader reports it): its chunks are repair to come.
+    remarks = [n["remark"] for n in nodes if n.get("remark")]
+    remark = max(remarks, key=lambda r: int(r.get("jobs", 0)), default=None)
+    if remark is not None and remark.get("jobs"):
+        pending += int(remark["jobs"]) + max(0, int(remark["total"]) - int(remark["marked"]))
     return {
+        "remark": remark,
+        "copies_rate_s": round(sum(float(n.get("copies_rate_s", 0.0)) for n in nodes), 2),
         "layout_epoch": cluster["layout"]["epoch"],
         "nodes": sorted(nodes, key=lambda n: n["node_id"]),
         "unreachable": sorted(
@@ -84,6 +91,21 @@ def repair_line(cs: dict[str, Any]) -> str:
         f"{cs['hints_pending']} hints pending; repaired {cs['copies_made']} copies "
         f"({human(cs['bytes_moved'])})"
         + (f"; {hot} hot chunk(s) with {cs.get('hot_copies_held', 0)} extra copies" if hot else "")
+        + (f"; {cs['copies_rate_s']:g} copies/s" if cs.get("copies_rate_s") else "")
+    )
+
+
+def remark_line(cs: dict[str, Any]) -> str:
+    """Re-marking after replication policy changes: jobs, chunks marked/total, rate and ETA."""
+    rm = cs.get("remark")
+    if not rm or not rm.get("jobs"):
+        return "up to date"
+    if rm.get("counting"):
+        return f"{rm['jobs']} subtree(s): counting chunks ({rm['total']} so far)"
+    eta = f", ETA {rm['eta_s']:.0f} s" if rm.get("eta_s") is not None else ""
+    return (
+        f"{rm['jobs']} subtree(s): {rm['marked']}/{rm['total']} chunks marked "
+        f"({rm.get('rate_chunks_s', 0):g}/s{eta})"
     )
 
 

@@ -14,18 +14,27 @@ import click
 from dfs.cli.app import main, run
 from dfs.cli.connect import Endpoint, call, config_for, endpoint_of
 from dfs.cli.output import human
-from dfs.cli.repair import cluster_status, live_nodes, repair_line, wait_repaired
+from dfs.cli.quota import format_size, overcommit_warning, provisioned_bytes
+from dfs.cli.repair import cluster_status, live_nodes, remark_line, repair_line, wait_repaired
+from dfs.cli.snapshot import snapshot_line, snapshot_status
+from dfs.cli.trash import trash_usage_line
 from dfs.core.endpoints import (
     CHUNK_VERIFY,
+    META_LIST_VOLUMES,
+    QUOTA_LIST,
+    SNAPSHOT_LIST,
     SYS_CLUSTER,
     SYS_FSCK_META,
     SYS_GC,
     SYS_SCRUB_BATCH,
     SYS_SCRUB_LIST,
+    SYS_STATFS,
     SYS_STATUS,
     SYS_SWEEP_ORPHANS,
+    TRASH_USAGE,
 )
 from dfs.core.errors import DfsError
+from dfs.core.namespace import StatFs
 from dfs.net.rpc import RpcClient
 
 
@@ -44,6 +53,14 @@ def status(
         run(wait_repaired, endpoint_of(cfg), timeout_s, sys.stderr.isatty() and not as_json)
     st = run(call, endpoint_of(cfg), SYS_STATUS)
     st["cluster"] = run(cluster_status, endpoint_of(cfg))
+    vols = run(call, endpoint_of(cfg), META_LIST_VOLUMES)
+    st["volumes"] = [volume_codec_doc(v) for v in vols]
+    quota_status(
+        st, vols, run(call, endpoint_of(cfg), QUOTA_LIST), run(call, endpoint_of(cfg), SYS_STATFS), cfg
+    )
+    st["snapshots"] = snapshot_status(vols, run(call, endpoint_of(cfg), SNAPSHOT_LIST))
+    # Per volume with trash entries (outside its quota usage): entries, bytes.
+    st["trash"] = run(call, endpoint_of(cfg), TRASH_USAGE)
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -69,10 +86,80 @@ def status(
         ("checksum failures", str(cap.get("checksum_failures", 0))),
         ("layout", f"epoch {st['cluster']['layout_epoch']}, {len(st['cluster']['nodes'])} node(s) reporting"),
         ("repair", repair_line(st["cluster"])),
+        ("policy re-mark", remark_line(st["cluster"])),
     ]
+    rows += [(f"volume {v['name']}", volume_codec_line(v) + volume_usage_text(v)) for v in st["volumes"]]
+    rows.append(("provisioned", provisioned_line(st["provisioning"])))
+    rows += [(f"snapshots {s['volume']}", snapshot_line(s)) for s in st["snapshots"]]
+    rows += [(f"trash {u['volume']}", trash_usage_line(u)) for u in st["trash"]]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def quota_status(
+    st: dict[str, Any], vols: list[dict[str, Any]], quotas: list[dict[str, Any]], statfs: Any, cfg: Any
+) -> None:
+    """Per-volume usage and compression ratio, and thin provisioning, from the quota rows."""
+    by_ino = {q["ino"]: q for q in quotas}
+    for doc, vol in zip(st["volumes"], vols, strict=True):
+        q = by_ino.get(vol["ino"])
+        if q is not None:
+            stored = q["used_stored_bytes"]
+            doc["usage"] = {
+                "bytes": q["used_bytes"],
+                "inodes": q["used_inodes"],
+                "stored_bytes": stored,
+                "compression_ratio": round(q["used_bytes"] / stored, 3) if stored else None,
+                "quota_bytes": q["max_bytes"],
+                "quota_inodes": q["max_inodes"],
+            }
+    capacity = int(StatFs(*statfs).total_bytes)
+    provisioned = provisioned_bytes(quotas)
+    ratio = cfg.storage.overcommit_warn_ratio
+    st["provisioning"] = {
+        "provisioned_bytes": provisioned,
+        "capacity_bytes": capacity,
+        "overcommit_warn_ratio": ratio,
+        "warning": overcommit_warning(provisioned, capacity, ratio),
+    }
+
+
+def volume_usage_text(v: dict[str, Any]) -> str:
+    """``; 1.2G of 10G, 340 inodes, ratio 2.10`` (empty without an accounting row)."""
+    u = v.get("usage")
+    if u is None:
+        return ""
+    limit = f" of {format_size(u['quota_bytes'])}" if u["quota_bytes"] is not None else ""
+    inodes = f" of {u['quota_inodes']}" if u["quota_inodes"] is not None else ""
+    ratio = f"{u['compression_ratio']:.2f}" if u["compression_ratio"] is not None else "-"
+    return f"; {format_size(u['bytes'])}{limit} used, {u['inodes']}{inodes} inodes, ratio {ratio}"
+
+
+def provisioned_line(p: dict[str, Any]) -> str:
+    line = f"{format_size(p['provisioned_bytes'])} in quotas of {format_size(p['capacity_bytes'])} capacity"
+    return line if p["warning"] is None else f"{line}  WARNING: {p['warning']}"
+
+
+def volume_codec_doc(vol: dict[str, Any]) -> dict[str, Any]:
+    """A volume's storage settings for ``dfs status`` (how new chunks are written)."""
+    policy = vol.get("policy") or {}
+    return {
+        "name": vol["name"],
+        "compression": policy.get("compression", "zstd"),
+        "compression_level": policy.get("compression_level"),
+        "encryption": policy.get("encryption") is True,
+    }
+
+
+def volume_codec_line(v: dict[str, Any]) -> str:
+    """``compression zstd (level 3), encryption on``; other columns (usage) may be appended."""
+    if v["compression"] == "none":
+        compression = "compression none"
+    else:
+        level = v.get("compression_level")
+        compression = f"compression {v['compression']} (level {level if level else 'default'})"
+    return f"{compression}, encryption {'on' if v['encryption'] else 'off'}"
 
 
 async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:

@@ -23,17 +23,26 @@ from typing import Any, NamedTuple
 
 import trio
 
-from dfs.client.chunks import ChunkIO, decode_in_thread
+from dfs.client.chunks import ChunkIO
 from dfs.core import codec, endpoints
 from dfs.core.auth import Credential
 from dfs.core.changes import Answer
 from dfs.core.endpoints import Caller
-from dfs.core.errors import CorruptChunk
+from dfs.core.errors import CorruptChunk, DfsError, Unavailable
+from dfs.core.keys import KeyRing, VolumeCodec
 from dfs.core.namespace import Attr, BlockRef, DirEntry, FileMap, StatFs
 from dfs.core.replicas import ClusterView, Policy, view_from_wire
 from dfs.net import rpc
 
 DEFAULT_PORT = 7400
+# How old the volumes' codecs and keys (keys.volumes) may be before a write asks again: a
+# volume policy change reaches writers within this.  Asked at most that often, never per file.
+RING_REFRESH_S = 2.0
+# A write to a top-level directory the ring does not know (a volume made since) asks again
+# after this; a read of a chunk under an unknown key id too.
+RING_MISS_S = 0.25
+# Directory -> volume answers kept (cleared with every ring refresh: a rename may move them).
+_DIR_VOLUMES_MAX = 4096
 
 
 class ClusterInfo(NamedTuple):
@@ -79,7 +88,12 @@ class Client:
         self._codec_limiter = trio.CapacityLimiter(codec_threads)
         self.local_chunks = _local_chunk_dir(info) if local_reads else None
         self.chunkio = chunkio
-        self._decode = decode_in_thread(self._codec_limiter)
+        # The volumes' codecs and data keys (dfs/core/keys.py), asked of the primary lazily.
+        self._ring: KeyRing | None = None
+        self._ring_at = -1e18
+        self._ring_lock = trio.Lock()
+        self._dir_volumes: dict[int, int | None] = {}
+        self._ring_misses: set[int] = set()
 
     async def call(self, method: str, *args: Any) -> Any:
         return await self.rpc.call(method, *args)
@@ -302,17 +316,107 @@ class Client:
         ``cursor``, waiting up to ``wait_s`` for something to; acknowledges all up to ``cursor``."""
         return Answer.from_wire(await endpoints.NS_CHANGES.call(self.rpc, epoch, cursor, wait_s))
 
+    # -- volume codecs and keys ---------------------------------------------------
+    async def keyring(self, max_age_s: float = RING_REFRESH_S) -> KeyRing:
+        """The volumes' codecs and data keys, asked again when older than ``max_age_s``."""
+        ring = self._ring
+        if ring is not None and trio.current_time() - self._ring_at < max_age_s:
+            return ring
+        async with self._ring_lock:
+            if self._ring is not None and trio.current_time() - self._ring_at < max_age_s:
+                return self._ring
+            try:
+                raw = await endpoints.KEYS_VOLUMES.call(self.rpc)
+            except DfsError:
+                if self._ring is None:
+                    raise
+                return self._ring  # keep writing with what we know; asked again next time
+            self._ring = KeyRing.from_wire(raw)
+            self._ring_at = trio.current_time()
+            self._dir_volumes.clear()
+            self._ring_misses.clear()
+            return self._ring
+
+    async def volume_codec(self, volume: int | None) -> VolumeCodec:
+        """How new chunks of files under top-level directory ``volume`` are encoded."""
+        ring = await self.keyring()
+        if volume is not None and volume not in ring.codecs and volume not in self._ring_misses:
+            ring = await self.keyring(RING_MISS_S)  # a volume made since we last asked?
+            if volume not in ring.codecs:
+                # A plain top-level directory: not asked again before the next refresh.
+                if len(self._ring_misses) >= _DIR_VOLUMES_MAX:
+                    self._ring_misses.clear()
+                self._ring_misses.add(volume)
+        return ring.codec(volume)
+
+    async def volume_of(self, ino: int, parent: int | None = None) -> int | None:
+        """The top-level directory above ``ino`` (for a caller that cannot tell from its own
+        cache); answers for a directory are kept until the next ring refresh."""
+        if parent is not None and parent in self._dir_volumes:
+            return self._dir_volumes[parent]
+        volume = await endpoints.META_VOLUME_OF.call(self.rpc, ino, parent)
+        if parent is not None:
+            if len(self._dir_volumes) >= _DIR_VOLUMES_MAX:
+                self._dir_volumes.clear()
+            self._dir_volumes[parent] = volume
+        return volume if volume is None else int(volume)
+
+    async def _data_key(self, key_id: int) -> bytes:
+        ring = await self.keyring()
+        key = ring.key(key_id)
+        if key is None:
+            key = (await self.keyring(RING_MISS_S)).key(key_id)
+        if key is None:
+            raise Unavailable(
+                f"chunk is encrypted with volume key {key_id}, which the metadata primary does not know"
+            )
+        return key
+
+    async def _decode(self, blob: bytes) -> bytes:
+        """Verify and decode a blob; an encrypted one with its volume's data key."""
+        header = codec.header_info(blob)
+        key = await self._data_key(header.key_id) if header.encrypted else None
+        plain: bytes = await trio.to_thread.run_sync(
+            lambda: codec.decode(blob, cipher_key=key), limiter=self._codec_limiter
+        )
+        return plain
+
     # -- data -------------------------------------------------------------------
-    def _prepare(self, data: bytes | bytearray) -> tuple[bytes, bytes]:
+    def _prepare(
+        self, data: bytes | bytearray, vc: VolumeCodec, key: bytes | None, id_key: bytes | None
+    ) -> tuple[bytes, bytes]:
+        if key is not None and id_key is not None:
+            # An encrypted volume names its chunks with its own key: equal plaintext elsewhere
+            # gets another id, so dedup cannot tell it is there (dfs/core/keys.py).
+            return codec.chunk_id(id_key, data), codec.encode(
+                data, level=vc.level, cipher_key=key, key_id=vc.key_id
+            )
         cid = codec.chunk_id(self.info.cluster_key, data)
-        return cid, codec.encode(data, level=self.info.compression_level)
+        return cid, codec.encode(data, level=vc.level)
 
     async def write_block(
-        self, index: int, data: bytes | bytearray, policy: Policy | None = None, *, force: bool = False
+        self,
+        index: int,
+        data: bytes | bytearray,
+        policy: Policy | None = None,
+        *,
+        force: bool = False,
+        volume_codec: VolumeCodec | None = None,
     ) -> BlockRef:
         """Store one block durably (as ``policy`` requires) and return its reference (not yet
-        committed).  ``force`` stores it even where a copy is said to exist already."""
-        cid, blob = await trio.to_thread.run_sync(self._prepare, data, limiter=self._codec_limiter)
+        committed).  ``force`` stores it even where a copy is said to exist already.
+        ``volume_codec``: the volume's (see :meth:`volume_codec`); None: the cluster default."""
+        vc = volume_codec or VolumeCodec(self.info.compression_level, 0)
+        key = id_key = None
+        if vc.key_id:
+            ring = await self.keyring()
+            key, id_key = ring.key(vc.key_id), ring.id_key(vc.key_id)
+            if key is None:
+                key = await self._data_key(vc.key_id)
+                id_key = (await self.keyring()).id_key(vc.key_id)
+        cid, blob = await trio.to_thread.run_sync(
+            self._prepare, data, vc, key, id_key, limiter=self._codec_limiter
+        )
         if self.chunkio is not None:
             await self.chunkio.put(
                 cid, blob, policy or (await self.chunkio.view()).default_policy, force=force
@@ -329,25 +433,23 @@ class Client:
         """The plaintext of one chunk, verified (checksum and length)."""
         if self.local_chunks is not None:
             try:
-                data: bytes = await trio.to_thread.run_sync(
+                local: bytes = await trio.to_thread.run_sync(
                     self._read_local, chunk_id, limiter=self._codec_limiter
                 )
-                return data
+                return await self._decode(local)
             except (OSError, CorruptChunk):
                 pass  # ask the daemon: it has the authoritative view and reports damage
         if self.chunkio is not None:
             plain_bytes: bytes = await self.chunkio.get_plain(chunk_id, self._decode)
             return plain_bytes
         blob = await endpoints.CHUNK_GET.call(self.rpc, chunk_id)
-        plain: bytes = await trio.to_thread.run_sync(codec.decode, blob, limiter=self._codec_limiter)
-        return plain
+        return await self._decode(blob)
 
     def _read_local(self, chunk_id: bytes) -> bytes:
         assert self.local_chunks is not None
         path = os.path.join(self.local_chunks, codec.chunk_relpath(chunk_id.hex()))
         with open(path, "rb", buffering=0) as f:
-            blob = f.read()
-        return codec.decode(blob)
+            return f.read()
 
 
 def _local_chunk_dir(info: ClusterInfo) -> str | None:

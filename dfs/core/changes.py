@@ -86,6 +86,7 @@ DEFAULT_MAX_SUBSCRIBERS = 1024
 _NO_EFFECT = frozenset(
     {
         "release",
+        "remark_step",  # chunks' replication factors: nothing a mount shows
         "open_events",
         "end_session",
         "session_heartbeat",
@@ -96,6 +97,8 @@ _NO_EFFECT = frozenset(
         "claim_orphans",
         "update_volume",
         "adopt_volume",
+        "volume_key_create",
+        "volume_keys_rewrap",
         "put_node",
         "delete_node",
         "register_node",
@@ -108,6 +111,12 @@ _NO_EFFECT = frozenset(
         "s3_bucket_own",
         "s3_grant",
         "s3_revoke_grant",
+        "set_quota",  # quota limits: no mount caches them (the xattr view and df ask each time)
+        "clear_quota",
+        # Trash entries live outside the namespace mounts show (the moves into trash are
+        # logged as the unlink, rename or put_object that made them).
+        "trash_empty",
+        "trash_expire",
     }
 )
 # Operations whose first two arguments are the directory and the name they make (failing if
@@ -129,9 +138,15 @@ _OTHER_OPS = frozenset(
         "remove_empty_parents",
         "put_object",
         "snapshot",
+        "snapshot_create",
+        "snapshot_delete",
+        "snapshot_restore",
+        "snapshot_restore_path",
+        "snapshot_clone",
         "create_volume",
         "delete_volume",
         "fsck_repair",
+        "trash_restore",
         "once",
     }
 )
@@ -207,6 +222,23 @@ def _changes_of(op: str, args: Sequence[Any], resolve: Resolver | None) -> list[
         return _path(int(args[0]), [*(bytes(n) for n in args[1]), bytes(args[2])], resolve, NEW, ENTRY)
     if op == "snapshot":
         return [_entry(args[1], args[2], NEW)]
+    if op == "snapshot_create":  # [volume, name, origin, /.snapshots, /.snapshots/VOLUME, top]
+        return [
+            _entry(ROOT_INO, b".snapshots", NEW),
+            _entry(args[3], str(args[0]).encode(), NEW),
+            _entry(args[4], str(args[1]).encode(), NEW),
+        ]
+    if op == "snapshot_delete":  # [volume, name, /.snapshots/VOLUME or None, top]
+        return [] if args[2] is None else [_entry(args[2], str(args[1]).encode())]
+    if op == "snapshot_restore":
+        # The volume's whole subtree was replaced: mounts drop what they cache (a rollback is rare).
+        return [Change(ALL)]
+    if op == "snapshot_restore_path":  # [volume, name, path, dst_parent, dst_name, top]
+        return [_entry(args[3], args[4], NEW)]
+    if op == "snapshot_clone":  # [volume, name, new volume, top]
+        return [_entry(ROOT_INO, str(args[2]).encode(), NEW)]
+    if op == "trash_restore":  # [volume, id, parent, name, ino]: the file is back under a name
+        return [_entry(args[2], args[3], NEW)]
     if op == "create_volume":
         return [_entry(ROOT_INO, str(args[0]).encode(), NEW)]
     if op == "delete_volume":

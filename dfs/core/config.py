@@ -28,6 +28,8 @@ from dfs.core.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/dfs/dfs.conf")
 MiB = 1024 * 1024
 CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
+# Upper bound of a trash retention (storage.trash_days, a volume's policy trash_days): 100 years.
+MAX_TRASH_DAYS = 36500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,9 @@ class StorageConfig:
     block_size: int = 4 * MiB
     inline_max: int = 4096
     compression_level: int = 1  # zstd level; 0 disables compression
+    # Master key of encrypted volumes (32 raw bytes, mode 0600); empty: <data dir>/master.key.
+    # The environment variable DFS_MASTER_KEY (hex or base64) wins over the file.
+    master_key_file: str = ""
     fsync: bool = True
     reserve_bytes: int = 64 * MiB
     gc_delay_s: float = 3600.0
@@ -69,6 +74,13 @@ class StorageConfig:
     # Stored chunks no metadata knows (uncommitted writes) are deleted once untouched this long.
     orphan_delay_s: float = 86400.0
     orphan_scan_interval_s: float = 21600.0
+    # `dfs status` warns when the directory byte quotas promised (thin provisioning) exceed this
+    # many times the capacity.
+    overcommit_warn_ratio: float = 1.0
+    # Days a deleted file stays in its volume's trash (a volume's policy trash_days wins); 0: off.
+    trash_days: float = 0.0
+    # How often the leader purges expired trash entries, in seconds.
+    trash_interval_s: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +189,13 @@ class AdminConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SnapshotsConfig:
+    # How often the leader checks the volumes' snapshot schedules (dfs/core/snapshot_schedule.py),
+    # taking and expiring scheduled snapshots; 0: never (schedules are kept but not run).
+    check_interval_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsConfig:
     # PEM files; the S3 and admin endpoints use them when https = true.
     cert_file: str = ""
@@ -201,6 +220,7 @@ class Config:
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     s3: S3Config = dataclasses.field(default_factory=S3Config)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
+    snapshots: SnapshotsConfig = dataclasses.field(default_factory=SnapshotsConfig)
     tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
@@ -223,6 +243,11 @@ class Config:
     @property
     def admin_token_path(self) -> Path:
         return self.data_path / "admin.token"
+
+    @property
+    def master_key_path(self) -> Path:
+        custom = self.storage.master_key_file
+        return Path(custom) if custom else self.data_path / "master.key"
 
 
 _SECTION_TYPES: dict[str, type[Any]] = get_type_hints(Config)
@@ -357,10 +382,18 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [meta] dsn is needed with engine = postgresql, and only then")
     if cfg.meta.failover_timeout_s <= 0:
         raise ConfigError(f"{origin}: [meta] failover_timeout_s must be > 0")
+    if not cfg.storage.overcommit_warn_ratio > 0:
+        raise ConfigError(f"{origin}: [storage] overcommit_warn_ratio must be > 0")
+    if not 0 <= cfg.storage.trash_days <= MAX_TRASH_DAYS or not cfg.storage.trash_interval_s > 0:
+        raise ConfigError(
+            f"{origin}: [storage] trash_days must be 0..{MAX_TRASH_DAYS} (0: off), trash_interval_s > 0"
+        )
     if cfg.meta.backup_interval_s < 0 or cfg.meta.backup_keep < 1:
         raise ConfigError(f"{origin}: [meta] backup_interval_s must be >= 0 (0: off), backup_keep >= 1")
     if cfg.rpc.max_connections < 1:
         raise ConfigError(f"{origin}: [rpc] max_connections must be >= 1")
+    if cfg.snapshots.check_interval_s < 0:
+        raise ConfigError(f"{origin}: [snapshots] check_interval_s must be >= 0 (0: off)")
 
 
 def load(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Config:

@@ -422,6 +422,55 @@ S3_AUTHENTICATE: Endpoint[dict[str, Any]] = _declare(
     site=_PRIMARY,
     read_only=True,
 )
+# Directory quotas (daemon/meta/quotas.py) by namespace path ("/vol/dir"): `dfs quota`.
+# limits: {"max_bytes": int|None, "max_inodes": int|None}, the ones named change.
+QUOTA_SET: Endpoint[dict[str, Any]] = _declare(
+    "quota.set", "path:str limits:dict", site=_PRIMARY, callers=ADMINS
+)
+QUOTA_GET: Endpoint[dict[str, Any]] = _declare(
+    "quota.get", "path:str", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+QUOTA_LIST: Endpoint[list[dict[str, Any]]] = _declare(
+    "quota.list", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+QUOTA_CLEAR: Endpoint[None] = _declare("quota.clear", "path:str", site=_PRIMARY, callers=ADMINS)
+# Volume snapshots (daemon/meta/snapshots.py): `dfs snapshot`.  Registry rows are dicts
+# {volume, name, ino, created_ns, origin, files, bytes}.
+SNAPSHOT_CREATE: Endpoint[dict[str, Any]] = _declare(
+    "snapshot.create", "volume:str name:str", site=_PRIMARY, callers=ADMINS
+)
+SNAPSHOT_LIST: Endpoint[list[dict[str, Any]]] = _declare(
+    "snapshot.list", "volume:str|None?", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+SNAPSHOT_DELETE: Endpoint[int] = _declare(
+    "snapshot.delete", "volume:str name:str", site=_PRIMARY, callers=ADMINS
+)
+# No path: the whole volume rolled back; path and to: one file or directory copied out to "to".
+SNAPSHOT_RESTORE: Endpoint[dict[str, Any]] = _declare(
+    "snapshot.restore", "volume:str name:str path:str|None? to:str|None?", site=_PRIMARY, callers=ADMINS
+)
+SNAPSHOT_CLONE: Endpoint[dict[str, Any]] = _declare(
+    "snapshot.clone", "volume:str name:str new_volume:str", site=_PRIMARY, callers=ADMINS
+)
+# A volume's snapshot_schedule ("hourly=24,daily=7"; None: none): the canonical form stored.
+SNAPSHOT_SCHEDULE: Endpoint[str | None] = _declare(
+    "snapshot.schedule", "volume:str schedule:str|None", site=_PRIMARY, callers=ADMINS
+)
+# Per-volume trash (daemon/meta/trash.py): `dfs trash`.  Entries are dicts {id, volume,
+# volume_ino, parent, name, path, deleted_ns, size}; empty purges a bounded batch
+# ({"purged": n, "more": bool}: call again while more).
+TRASH_LIST: Endpoint[list[dict[str, Any]]] = _declare(
+    "trash.list", "volume:str|None?", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+TRASH_USAGE: Endpoint[list[dict[str, Any]]] = _declare(
+    "trash.usage", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+TRASH_RESTORE: Endpoint[dict[str, Any]] = _declare(
+    "trash.restore", "volume:str entry_id:int to:str|None?", site=_PRIMARY, callers=ADMINS
+)
+TRASH_EMPTY: Endpoint[dict[str, Any]] = _declare(
+    "trash.empty", "volume:str|None? older_than_days:float|None?", site=_PRIMARY, callers=ADMINS
+)
 # Scoped admin tokens (daemon/admin/tokens.py): create answers the token once; metadata keeps its hash.
 ADMIN_TOKEN_CREATE: Endpoint[dict[str, Any]] = _declare(
     "admin.token_create", "scope:str name:str?", site=_PRIMARY, callers=ADMINS
@@ -461,6 +510,8 @@ META_LAYOUT: Endpoint[dict[str, Any]] = _read("meta.layout")
 META_CHUNK_REPLICAS: Endpoint[list[int | None]] = _read("meta.chunk_replicas", "chunk_ids:list[bytes]")
 META_CHUNK_FACTORS: Endpoint[list[int | None]] = _read("meta.chunk_factors", "chunk_ids:list[bytes]")
 META_POLICY: Endpoint[dict[str, Any]] = _read("meta.policy", "ino:int parent:int|None?")
+# The top-level directory (volume) above an inode, for a writer that cannot tell from its cache.
+META_VOLUME_OF: Endpoint[int | None] = _read("meta.volume_of", "ino:int parent:int|None?")
 
 
 # -- metadata calls the primary runs in its metadata thread ------------------------------------
@@ -547,6 +598,20 @@ META_ONCE: Endpoint[Any] = _declare(
     callers=ANYONE,
 )
 REQUEST_ID_BYTES = (16, 32)
+
+# -- volume encryption keys (dfs/core/keys.py, daemon/service/volume_keys.py) -------------------
+# Every volume's codec (zstd level, key id to encrypt with) and every data key, unwrapped by the
+# primary (the master key never leaves it).  Mounts and the CLI (authenticated client and admin
+# credentials) and peers: whoever may read chunks needs the keys to make sense of them; no
+# daemon logs an answer's bytes.  Idempotent, not read-only: an encrypted volume still without a
+# key gets one.
+KEYS_VOLUMES: Endpoint[dict[str, Any]] = _declare(
+    "keys.volumes", site=_PRIMARY, idempotent=True, callers=ANYONE
+)
+# The master key's fingerprint and the data keys' rows (no key bytes): `dfs key status`.
+KEYS_STATUS: Endpoint[dict[str, Any]] = _declare("keys.status", site=_PRIMARY, read_only=True, callers=ADMINS)
+# A new master key; every data key rewrapped in one transaction: `dfs key rotate`.
+KEYS_ROTATE: Endpoint[dict[str, Any]] = _declare("keys.rotate", site=_PRIMARY, callers=ADMINS)
 
 # -- in-process only ----------------------------------------------------------------------------
 # An S3 key's secret: the S3 shim on the primary reads it; it never crosses the wire.

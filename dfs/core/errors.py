@@ -57,6 +57,10 @@ TABLE: dict[str, Row] = {
     # no retry fixes (a 5xx would invite one).  S3 has no code for it: dfs's own, like PathConflict.
     "TooManyLinks": Row(_errno.EMLINK, "TooManyLinks", 409, 409, EX_DATAERR),
     "PermissionDenied": Row(_errno.EACCES, "AccessDenied", 403, 403, EX_NOPERM),
+    # A change inside a read-only snapshot tree.  S3's own AccessDenied (403), as S3 answers a
+    # write to a bucket whose policy denies writes: clients know not to retry it (a 409 would
+    # read as a conflict a retry might resolve).  Admin 409: the target's state refuses it.
+    "ReadOnly": Row(_errno.EROFS, "AccessDenied", 403, 409, EX_NOPERM),
     "NotPermitted": Row(_errno.EPERM, "AccessDenied", 403, 403, EX_NOPERM),
     # A caller that did not authenticate (RPC handshake, credential file): the connection ends.
     "AuthFailed": Row(_errno.EACCES, "AccessDenied", 403, 401, EX_NOPERM),
@@ -69,6 +73,12 @@ TABLE: dict[str, Row] = {
     "RangeError": Row(_errno.ERANGE, "InternalError", 500, 500, EX_SOFTWARE),
     "NoSpace": Row(_errno.ENOSPC, "InsufficientStorage", 507, 507, EX_CANTCREAT),
     "FileTooBig": Row(_errno.EFBIG, "EntityTooLarge", 400, 400, EX_CANTCREAT),
+    # A directory quota (daemon/meta/quotas.py) refused growth.  S3's own code and 403 (clients
+    # must not retry it).  Admin 507 like NoSpace: it is a storage limit of the target, not a
+    # refusal of the caller's credentials, which is what the admin API's 403 means.
+    "QuotaExceeded": Row(_errno.EDQUOT, "QuotaExceeded", 403, 507, EX_CANTCREAT),
+    # A rename or hard link across quota domains: EXDEV, as XFS project quotas (mv then copies).
+    "CrossDevice": Row(_errno.EXDEV, "InvalidRequest", 400, 409, EX_DATAERR),
     "StaleHandle": Row(_errno.ESTALE, "InternalError", 500, 500, EX_TEMPFAIL),
     "NotSupported": Row(_errno.EOPNOTSUPP, "NotImplemented", 501, 501, EX_UNAVAILABLE),
     "CorruptChunk": Row(_errno.EIO, "InternalError", 500, 500, EX_IOERR),
@@ -144,6 +154,12 @@ class NotPermitted(DfsError):
     code = "NotPermitted"
 
 
+class ReadOnly(DfsError):
+    """A change to an inode or a name inside a read-only snapshot tree (EROFS)."""
+
+    code = "ReadOnly"
+
+
 class AuthFailed(DfsError):
     """The caller did not prove who it is (a missing, wrong or unreadable credential)."""
 
@@ -186,6 +202,18 @@ class NoSpace(DfsError):
 
 class FileTooBig(DfsError):
     code = "FileTooBig"
+
+
+class QuotaExceeded(DfsError):
+    """A write, truncate or create would grow a quota domain past its byte or inode limit."""
+
+    code = "QuotaExceeded"
+
+
+class CrossDevice(DfsError):
+    """A rename or hard link between two quota domains (EXDEV)."""
+
+    code = "CrossDevice"
 
 
 class StaleHandle(DfsError):
@@ -301,6 +329,8 @@ for _cls in _all_subclasses(DfsError):
     _BY_ERRNO.setdefault(_cls.errno, _cls)
 _BY_ERRNO[_errno.EIO] = InternalError
 _BY_ERRNO[_errno.EDQUOT] = NoSpace
+# A disk remounted read-only is a server fault, not a client's write into a snapshot.
+_BY_ERRNO.pop(_errno.EROFS, None)
 
 
 def only_dfs_error(exc: BaseException) -> DfsError | None:

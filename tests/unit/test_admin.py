@@ -415,7 +415,9 @@ async def test_read_token_reads_and_is_refused_changes(env: Env) -> None:
         assert r.status == 403, (method, path, r.status)
         assert r.json["error"]["code"] == "Forbidden"
     # Nothing changed.
-    assert (await env.call("GET", "/storage/volumes/vol1")).json["policy"]["replication"] == 1
+    policy = (await env.call("GET", "/storage/volumes/vol1")).json["policy"]
+    assert policy["replication"] == env.service.cfg.cluster.replicas  # the refused PUT asked 2
+    assert policy["replication_source"] == "cluster"
     assert [v["name"] for v in (await env.call("GET", "/storage/volumes")).json["volumes"]] == ["vol1"]
     # A read token on an unknown route learns only what any authenticated caller does.
     assert (await env.call("GET", "/storage/nothing", token=read, check=False)).status == 404
@@ -647,6 +649,14 @@ async def test_nodes(env: Env) -> None:
     r = await env.call("GET", "/storage/nodes")
     assert [n["node_id"] for n in r.json["nodes"]] == ["node-a", "node-b"]
     assert (await env.call("DELETE", "/storage/nodes/node-a")).status == 409
+    # node-b never answers: while draining nothing confirms its chunks moved (dfs/core/node_removal.py).
+    r = await env.call("DELETE", "/storage/nodes/node-b")
+    assert r.status == 409 and "does not answer" in r.json["error"]["message"]
+    assert (await env.call("DELETE", "/storage/nodes/node-b?force=maybe")).status == 400
+    assert (await env.call("PUT", "/storage/nodes/node-b", {"state": "active"})).status == 200
+    r = await env.call("DELETE", "/storage/nodes/node-b?force=true")
+    assert r.status == 409 and "drain it first" in r.json["error"]["message"]  # even forced
+    assert (await env.call("PUT", "/storage/nodes/node-b", {"state": "out"})).status == 200
     assert (await env.call("DELETE", "/storage/nodes/node-b")).status == 204
     assert (await env.call("DELETE", "/storage/nodes/node-b")).status == 404
     assert (await env.call("GET", "/storage/nodes/node-b")).status == 404
@@ -660,12 +670,19 @@ async def test_volumes(env: Env) -> None:
     r = await env.call("POST", "/storage/volumes", {"name": "photos"})
     assert r.status == 201 and r.headers["location"] == "/storage/volumes/photos"
     assert r.json["path"] == "/photos"
+    cl = env.service.cfg.cluster
+    # Unset replication and consistency are the cluster's defaults, shown as in effect.
     assert r.json["policy"] == {
-        "replication": 1,
-        "consistency": "strong",
+        "replication": cl.replicas,
+        "replication_source": "cluster",
+        "consistency": cl.consistency,
+        "consistency_source": "cluster",
         "compression": "zstd",
+        "compression_level": None,
         "encryption": False,
         "quota_bytes": None,
+        "quota_inodes": None,
+        "trash_days": None,
         "snapshot_schedule": None,
         "snapshot_retention": None,
     }
@@ -675,14 +692,28 @@ async def test_volumes(env: Env) -> None:
         "replication": 3,
         "consistency": "quorum",
         "compression": "none",
+        "compression_level": 5,
         "encryption": True,
         "quota_bytes": 10**12,
-        "snapshot_schedule": "daily",
-        "snapshot_retention": 7,
+        "trash_days": 1.5,
+        "snapshot_schedule": "daily=7,hourly=24",
+        "snapshot_retention": None,
     }
     r = await env.call("POST", "/storage/volumes", full)
     assert r.status == 201
-    assert r.json["policy"] == {k: v for k, v in full.items() if k != "name"}
+    assert r.json["policy"] == {
+        **{k: v for k, v in full.items() if k != "name"},
+        "snapshot_schedule": "hourly=24,daily=7",  # stored in canonical form
+        "quota_inodes": None,
+        "replication_source": "volume",
+        "consistency_source": "volume",
+    }
+    # Only what was set is stored: the cluster default stays a default.
+    assert "replication" not in (env.service.reads.get_volume("photos") or {})["policy"]
+    r = await env.call("PUT", "/storage/volumes/backups.2026", {"replication": None})
+    assert r.status == 200 and r.json["policy"]["replication"] == cl.replicas
+    assert r.json["policy"]["replication_source"] == "cluster"
+    assert (await env.call("PUT", "/storage/volumes/backups.2026", {"replication": 3})).status == 200
     assert (await env.call("POST", "/storage/volumes", {"name": "photos"})).status == 409
     for bad in (
         {"name": "Photos"},
@@ -696,8 +727,18 @@ async def test_volumes(env: Env) -> None:
         {"name": "okname", "consistency": "sometimes"},
         {"name": "okname", "compression": "lz4"},
         {"name": "okname", "encryption": "yes"},
+        {"name": "okname", "compression_level": 0},
+        {"name": "okname", "compression_level": 20},
         {"name": "okname", "quota_bytes": -1},
+        {"name": "okname", "trash_days": -1},
+        {"name": "okname", "trash_days": 36501},
+        {"name": "okname", "trash_days": "7"},
+        {"name": "okname", "trash_days": True},
         {"name": "okname", "snapshot_retention": 0},
+        {"name": "okname", "snapshot_retention": 7},  # retention is per tier, in the schedule
+        {"name": "okname", "snapshot_schedule": "daily"},
+        {"name": "okname", "snapshot_schedule": "yearly=3"},
+        {"name": "okname", "snapshot_schedule": "daily=0"},
         {"name": "okname", "colour": "red"},
         {"replication": 2},
     ):
@@ -711,7 +752,8 @@ async def test_volumes(env: Env) -> None:
     assert (
         r.status == 200 and r.json["policy"]["replication"] == 2 and r.json["policy"]["quota_bytes"] == 5000
     )
-    assert r.json["policy"]["consistency"] == "strong"
+    assert r.json["policy"]["consistency"] == cl.consistency  # still the cluster's
+    assert r.json["policy"]["replication_source"] == "volume"
     r = await env.call("PUT", "/storage/volumes/photos", {"quota_bytes": None})
     assert r.json["policy"]["quota_bytes"] is None and r.json["policy"]["replication"] == 2
     assert (await env.call("PUT", "/storage/volumes/photos", {"replication": 0})).status == 400
@@ -810,6 +852,32 @@ async def test_directory_policy(env: Env) -> None:
     assert (await env.call("PUT", "/storage/policy", {"path": "/nope/x", "replication": 2})).status == 404
 
 
+async def test_trash(env: Env) -> None:
+    """/storage/trash: list, restore (409 on a taken name, elsewhere with "to"), empty."""
+    assert (await env.call("POST", "/storage/volumes", {"name": "binned", "trash_days": 0.5})).status == 201
+    meta = env.service.meta
+    vol = env.service.reads.lookup(ROOT_INO, b"binned").ino
+    attr = await env.service._m(meta.mknod, vol, b"f", 0o100644, 0, 0, 0)
+    await env.service._m(meta.unlink, vol, b"f")
+    r = await env.call("GET", "/storage/trash?volume=binned")
+    assert r.status == 200 and [e["id"] for e in r.json["entries"]] == [attr.ino]
+    assert r.json["entries"][0]["path"] == "/binned/f" and r.json["usage"][0]["entries"] == 1
+    assert (await env.call("GET", "/storage/trash?volume=nope")).status == 404
+    await env.service._m(meta.mknod, vol, b"f", 0o100644, 0, 0, 0)
+    r = await env.call("POST", f"/storage/trash/binned/{attr.ino}/restore")
+    assert r.status == 409, r.json
+    r = await env.call("POST", f"/storage/trash/binned/{attr.ino}/restore", {"to": "/binned/g"})
+    assert r.status == 200 and r.json["restored_to"] == "/binned/g"
+    assert (await env.call("POST", "/storage/trash/binned/x/restore")).status == 400
+    assert (await env.call("POST", f"/storage/trash/binned/{attr.ino}/restore")).status == 404
+    await env.service._m(meta.unlink, vol, b"g")
+    assert (await env.call("DELETE", "/storage/trash?older_than_days=x")).status == 400
+    assert (await env.call("DELETE", "/storage/trash?volume=binned&older_than_days=1")).json["purged"] == 0
+    r = await env.call("DELETE", "/storage/trash?volume=binned")
+    assert r.status == 200 and r.json == {"volume": "binned", "purged": 1}
+    assert (await env.call("GET", "/storage/trash")).json["entries"] == []
+
+
 async def test_snapshots(env: Env) -> None:
     assert (await env.call("POST", "/storage/volumes", {"name": "data"})).status == 201
     data = env.service.reads.lookup(ROOT_INO, b"data")
@@ -834,13 +902,66 @@ async def test_snapshots(env: Env) -> None:
     r = await env.call("GET", "/storage/snapshot?volume=data")
     assert r.status == 200 and not r.json["truncated"]
     names = [s["name"] for s in r.json["snapshots"]]
-    assert len(names) == 2 and "before-upgrade" in names and names == sorted(names)
+    assert len(names) == 2 and names[0] == "before-upgrade"  # oldest first
+    first = r.json["snapshots"][0]
+    assert first["origin"] == "manual" and first["files"] == 0 and first["bytes"] == 0
     assert (await env.call("GET", "/storage/snapshot?volume=nope")).status == 404
-    assert (await env.call("GET", "/storage/snapshot")).status == 400
+    assert [s["name"] for s in (await env.call("GET", "/storage/snapshot")).json["snapshots"]] == names
     assert (await env.call("GET", "/storage/snapshot?volume=data&x=1")).status == 400
     # A volume never snapshotted has an empty list.
     assert (await env.call("POST", "/storage/volumes", {"name": "fresh"})).status == 201
     assert (await env.call("GET", "/storage/snapshot?volume=fresh")).json["snapshots"] == []
+
+
+async def test_snapshot_delete_restore_clone(env: Env) -> None:
+    assert (await env.call("POST", "/storage/volumes", {"name": "data", "replication": 2})).status == 201
+    meta = env.service.meta
+    data = meta.lookup(ROOT_INO, b"data").ino
+    sub = meta.mkdir(data, b"sub", 0o755, 0, 0).ino
+    meta.mkdir(sub, b"inner", 0o755, 0, 0)
+    assert (await env.call("POST", "/storage/snapshot", {"volume": "data", "name": "s1"})).status == 201
+    # Read-only through the admin API too: a directory policy inside the snapshot is refused.
+    r = await env.call("PUT", "/storage/policy", {"path": "/.snapshots/data/s1/sub", "replication": 3})
+    assert r.status == 409 and r.json["error"]["code"] == "ReadOnly"
+
+    meta.rmdir(sub, b"inner")
+    meta.rmdir(data, b"sub")
+    meta.mkdir(data, b"later", 0o755, 0, 0)
+    r = await env.call("POST", "/storage/snapshot/data/s1/restore")
+    assert r.status == 200 and r.json["ino"] == data
+    assert sorted(e.name for e in meta.readdir(data, 0, 100)) == [b"sub"]
+    sub = meta.lookup(data, b"sub").ino
+    meta.mkdir(sub, b"writable-again", 0o755, 0, 0)
+
+    r = await env.call(
+        "POST", "/storage/snapshot/data/s1/restore", {"path": "sub/inner", "to": "/data/inner2"}
+    )
+    assert r.status == 201 and r.json["path"] == "/data/inner2"
+    assert meta.lookup(data, b"inner2").is_dir
+    r = await env.call(
+        "POST", "/storage/snapshot/data/s1/restore", {"path": "sub/inner", "to": "/data/inner2"}
+    )
+    assert r.status == 409
+    r = await env.call("POST", "/storage/snapshot/data/s1/restore", {"path": "sub"})
+    assert r.status == 400
+    r = await env.call(
+        "POST", "/storage/snapshot/data/s1/restore", {"path": "sub", "to": "/.snapshots/data/y"}
+    )
+    assert r.status == 409 and r.json["error"]["code"] == "ReadOnly"
+
+    r = await env.call("POST", "/storage/snapshot/data/s1/clone", {"volume": "copy"})
+    assert r.status == 201
+    r = await env.call("GET", "/storage/volumes/copy")
+    assert r.status == 200 and r.json["policy"]["replication"] == 2
+    assert meta.lookup(meta.lookup(ROOT_INO, b"copy").ino, b"sub").is_dir
+    assert (await env.call("POST", "/storage/snapshot/data/s1/clone", {"volume": "copy"})).status == 409
+    assert (await env.call("POST", "/storage/snapshot/data/nope/clone", {"volume": "c2"})).status == 404
+
+    assert (await env.call("DELETE", "/storage/snapshot/data/s1")).status == 200
+    assert (await env.call("DELETE", "/storage/snapshot/data/s1")).status == 404
+    assert (await env.call("GET", "/storage/snapshot?volume=data")).json["snapshots"] == []
+    with pytest.raises(NotFound):
+        meta.lookup(meta.lookup(meta.lookup(ROOT_INO, b".snapshots").ino, b"data").ino, b"s1")
 
 
 # -- config ----------------------------------------------------------------------------------

@@ -157,6 +157,9 @@ def resolver(tree: dict[tuple[int, bytes], int]) -> Any:
         ("delete_volume", ["vol", True], [entry(ROOT_INO, b"vol")]),
         ("delete_volume", ["vol"], [entry(ROOT_INO, b"vol")]),
         ("delete_volume", ["vol", False], []),
+        ("trash_restore", ["vol", 9, 5, b"f", 9], [new(5, b"f")]),  # back under its name
+        ("trash_empty", ["vol", None, 3], []),
+        ("trash_expire", [3], []),
         ("release", [9, "s"], []),
         ("gc_collect", [[]], []),
         ("open_events", [[["open", 9]], "s"], []),

@@ -355,6 +355,10 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await c.remove_tree(ROOT_INO, b"b1")
         await e.META_CREATE_VOLUME.call(conn, "bucket", {}, 0o755, 0, 0)  # daemon/s3/buckets.py
         await e.META_GET_VOLUME.call(conn, "bucket")
+        await e.QUOTA_SET.call(conn, "/bucket", {"max_bytes": 10**9, "max_inodes": None})  # dfs/cli/quota.py
+        await e.QUOTA_GET.call(conn, "/bucket")
+        await e.QUOTA_LIST.call(conn)
+        await e.QUOTA_CLEAR.call(conn, "/bucket")
 
         # The CLI's shapes (dfs/cli): keys, tokens, nodes, fsck, gc, scrub, status.
         key = await e.S3_KEY_CREATE.call(conn, "a note", [["bucket", "rw"]])
@@ -385,7 +389,31 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await _attempt(e.SYS_GOSSIP_KEYRING.call(conn, "use", "fingerprint"))
         await e.META_LIST_VOLUMES.call(conn)
         await _attempt(e.META_UPDATE_VOLUME.call(conn, "bucket", {"replication": 1}))
+        # Volume codecs and keys: mounts and the S3 shim (dfs/client/cluster.py), `dfs key` (dfs/cli/key.py).
+        await c.volume_of(d.ino, None)
+        await c.volume_of(ROOT_INO, ROOT_INO)
+        await c.keyring(0.0)
+        await e.KEYS_STATUS.call(conn)
+        await _attempt(e.KEYS_ROTATE.call(conn))
         await _attempt(e.META_SNAPSHOT.call(conn, d.ino, ROOT_INO, b"snap", 0, 0))
+        # `dfs snapshot` (dfs/cli/snapshot.py).
+        await _attempt(e.SNAPSHOT_CREATE.call(conn, "bucket", "s1"))
+        await e.SNAPSHOT_LIST.call(conn, None)
+        await e.SNAPSHOT_LIST.call(conn, "bucket")
+        await _attempt(e.SNAPSHOT_RESTORE.call(conn, "bucket", "s1", None, None))
+        await _attempt(e.SNAPSHOT_RESTORE.call(conn, "bucket", "s1", "a/b", "/bucket/c"))
+        await _attempt(e.SNAPSHOT_CLONE.call(conn, "bucket", "s1", "bucket2"))
+        await _attempt(e.SNAPSHOT_SCHEDULE.call(conn, "bucket", "hourly=2"))
+        await _attempt(e.SNAPSHOT_SCHEDULE.call(conn, "bucket", None))
+        await _attempt(e.SNAPSHOT_DELETE.call(conn, "bucket", "s1"))
+        # `dfs trash` (dfs/cli/trash.py).
+        await e.TRASH_LIST.call(conn, None)
+        await e.TRASH_LIST.call(conn, "bucket")
+        await e.TRASH_USAGE.call(conn)
+        await _attempt(e.TRASH_RESTORE.call(conn, "bucket", 12345, None))
+        await _attempt(e.TRASH_RESTORE.call(conn, "bucket", 12345, "/bucket/x"))
+        await e.TRASH_EMPTY.call(conn, "bucket", 1.5)
+        await e.TRASH_EMPTY.call(conn, None, None)
         await _attempt(e.META_DELETE_VOLUME.call(conn, "bucket", True))
 
         # What daemons ask each other (daemon/cluster, daemon/service): a secondary's calls to

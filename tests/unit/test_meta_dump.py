@@ -136,7 +136,13 @@ def build_rich(store: MetaStore, chunks: set[bytes]) -> dict[str, int]:
     write(store, chunks, f3, [ref(0, cid(3))])
     write(store, chunks, f3, [ref(0, cid(4))])
     vol = store.create_volume("vol", {"replication": 2, "tags": ["a", "b"]}, mode=0o750, uid=3, gid=4).ino
+    store.volume_key_create(vol, lambda key_id: (b"wrapped-%d" % key_id, "fp0123456789abcd"))
     write(store, chunks, new_file(store, b"data", vol), [ref(0, cid(5)), ref(2, cid(2))])
+    store.create_snapshot("vol", "daily-1", origin="daily")  # read-only tree + registry row
+    # A file in a volume's trash (daemon/meta/trash.py): its inode and its trash row.
+    binned = store.create_volume("binned", {"trash_days": 1}, mode=0o755, uid=0, gid=0).ino
+    write(store, chunks, new_file(store, b"old", binned), [ref(0, cid(5))])
+    store.unlink(binned, b"old")
     snap = store.snapshot(d, ROOT, b"snap", uid=7, gid=8).ino
     store.register_node("n1", "zone-a", "10.0.0.1:7000")
     store.register_node("n2", "zone-b", "10.0.0.2:7000", 2.0)

@@ -468,7 +468,7 @@ def test_version_1_database_gains_the_replicas_column(
     db.close()
     s = open_store(tmp_path, clock)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3  # 3: quotas
         assert "replicas" in {row[1] for row in s._db.execute("PRAGMA table_info(chunks)")}
         assert s.chunk_replicas([cid(1)]) == [None]
         assert s.referenced_chunks() == {cid(1): 1}

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dfs.core.errors import ChunkMissing
+from dfs.core.keys import VolumeCodec
 from dfs.core.namespace import Attr, BlockRef, FileMap
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
@@ -45,8 +46,20 @@ class FakeClient:
         attr = Attr(5, 0o100644, 1, 0, 0, 0, self.size, 0, 0, self.commits, 0, 0)
         return FileMap(attr, self.inline, sorted(self.blocks.values()))
 
+    async def volume_of(self, ino: int, parent: int | None = None) -> int | None:
+        return None
+
+    async def volume_codec(self, volume: int | None) -> VolumeCodec:
+        return VolumeCodec(1, 0)
+
     async def write_block(
-        self, index: int, data: bytes | bytearray, policy: object = None, *, force: bool = False
+        self,
+        index: int,
+        data: bytes | bytearray,
+        policy: object = None,
+        *,
+        force: bool = False,
+        volume_codec: VolumeCodec | None = None,
     ) -> BlockRef:
         await trio.lowlevel.checkpoint()
         self.forced += force

@@ -102,7 +102,10 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
             "session expiry",
             "oplog trim",
             "request trim",
+            "policy re-mark",
+            "trash expiry",
             "metadata backup",
+            "snapshots",
             "orphan sweep",
             "registering in the layout",
             "layout controller",
@@ -110,5 +113,7 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
     )
     # [meta] backup_interval_s = 0: no automatic backups.
     assert "metadata backup" not in names("[meta]\nbackup_interval_s = 0\n")
+    # [snapshots] check_interval_s = 0: schedules are not run.
+    assert "snapshots" not in names("[snapshots]\ncheck_interval_s = 0\n")
     # A secondary keeps no metadata: it only sweeps its own chunks and registers.
     assert names('[cluster]\nmeta = "127.0.0.1:1"\n') == ["orphan sweep", "registering in the layout"]
