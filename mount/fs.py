@@ -453,7 +453,7 @@ class Operations(pyfuse3.Operations):
             # directories looked up): no metadata call per file.  A broken chain asks later.
             f.volume = volume_of(self.parents, ino, ROOT_INO)
             f.volume_known = f.volume is not None
-        elif not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
+        if not f.is_dirty and (f.attr.size, f.attr.mtime_ns) != (attr.size, attr.mtime_ns):
             f.refresh(fmap)
         if f.is_dirty:
             keep = True  # our own unflushed writes are in the page cache already

@@ -8,11 +8,13 @@ nlinks right), as S3QL's tests do.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +43,25 @@ def http_call(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def admin_call(d: Daemon, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin API request to ``d`` with its admin token and a JSON body: (status, parsed JSON or None)."""
+    status, _, raw = http_call(
+        d.admin_port,
+        method,
+        path,
+        None if body is None else json.dumps(body).encode(),
+        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
+    )
+    return status, json.loads(raw) if raw.startswith((b"{", b"[")) else None
+
+
+def admin_ok(d: Daemon, method: str, path: str, body: Any = None) -> Any:
+    """:func:`admin_call` that must succeed (2xx): the parsed answer."""
+    status, doc = admin_call(d, method, path, body)
+    assert 200 <= status < 300, (status, doc)
+    return doc
 
 
 def fuse_available() -> bool:

@@ -17,28 +17,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cluster.test_replication import CLUSTER, copies, layout, loopback_cluster, s3_client
 from tests.conftest import Daemon, wait_for
+from tests.conftest import admin_call as admin
 
 pytestmark = [pytest.mark.slow]
-
-
-def admin(d: Daemon, method: str, path: str, doc: Any = None) -> tuple[int, Any]:
-    data = None if doc is None else json.dumps(doc).encode()
-    req = urllib.request.Request(d.admin_url + path, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {d.admin_token()}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            status, body = r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    return status, json.loads(body) if body.startswith(b"{") else None
 
 
 @pytest.fixture

@@ -14,25 +14,14 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import BIN, Daemon, Mount, http_call, is_mounted, needs_fuse, wait_for
+from tests.conftest import admin_call as admin
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 MiB = 1 << 20
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    return status, json.loads(raw) if raw else None
 
 
 def xattr(path: Path, name: str) -> str:

@@ -9,26 +9,14 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Daemon, free_port, http_call, needs_fuse, wait_for
+from tests.conftest import admin_ok as admin
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 EROFS = "Read-only file system"
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    assert 200 <= status < 300, (status, raw)
-    return json.loads(raw) if raw else None
 
 
 def sh(cmd: str) -> subprocess.CompletedProcess[str]:

@@ -12,21 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, http_call, needs_fuse, wait_for
+from tests.conftest import Daemon, needs_fuse, wait_for
+from tests.conftest import admin_ok as admin
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    assert 200 <= status < 300, (status, raw)
-    return json.loads(raw) if raw else None
 
 
 def listed(d: Daemon, *args: str) -> list[dict[str, Any]]:

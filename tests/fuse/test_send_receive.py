@@ -5,7 +5,6 @@ changes; a corrupt stream refused; a cut stream resumed."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 import subprocess
@@ -17,24 +16,13 @@ import pytest
 
 from dfs.core import codec
 from dfs.core import sendstream as ss
-from tests.conftest import BIN, Daemon, Mount, free_port, http_call, needs_fuse, wait_for
+from tests.conftest import BIN, Daemon, Mount, free_port, needs_fuse, wait_for
+from tests.conftest import admin_ok as admin
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 MiB = 1024 * 1024
 # Xattrs dfs computes itself (quota usage views) or a receive keeps while it runs.
 MANAGED = ("user.dfs.quota.", "trusted.dfs.receive")
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    assert 200 <= status < 300, (status, raw)
-    return json.loads(raw) if raw else None
 
 
 def dfs(d: Daemon, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:

@@ -12,28 +12,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dfs.core import codec
-from tests.conftest import Daemon, Mount, http_call, needs_fuse, wait_for
+from tests.conftest import Daemon, Mount, needs_fuse, wait_for
+from tests.conftest import admin_ok as admin
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
 MARKER = b"DFS-AT-REST-MARKER-5f1c2e9a"
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    assert 200 <= status < 300, (status, raw)
-    return json.loads(raw) if raw else None
 
 
 def compressible() -> bytes:

@@ -9,25 +9,13 @@ bucket holding them.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Daemon, http_call
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    assert 200 <= status < 300, (status, raw)
-    return json.loads(raw) if raw else None
+from tests.conftest import Daemon
+from tests.conftest import admin_ok as admin
 
 
 def objects(s3: Any, bucket: str) -> dict[str, bytes]:

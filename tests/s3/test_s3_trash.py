@@ -5,24 +5,13 @@ path) and empties it."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Daemon, http_call
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    return status, json.loads(raw) if raw else None
+from tests.conftest import Daemon
+from tests.conftest import admin_call as admin
 
 
 def ok(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -7,27 +7,15 @@ marker in a plain, uncompressed bucket is there to find.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from dfs.core import codec
-from tests.conftest import Daemon, http_call
+from tests.conftest import Daemon
+from tests.conftest import admin_ok as admin
 
 MARKER = b"S3-AT-REST-MARKER-9b7d41c3"
 PART = 5 * 1024 * 1024
-
-
-def admin(d: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    status, _, raw = http_call(
-        d.admin_port,
-        method,
-        path,
-        None if body is None else json.dumps(body).encode(),
-        {"Authorization": f"Bearer {d.admin_token()}", "Content-Type": "application/json"},
-    )
-    assert 200 <= status < 300, (status, raw)
-    return json.loads(raw) if raw else None
 
 
 def compressible(n: int) -> bytes:
