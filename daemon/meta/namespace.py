@@ -225,15 +225,16 @@ class Namespace(Sessions, Trash, Xattrs):
         _check_lookup_name(name)
         with self._write() as now:
             _check_writable(parent, self._dir(parent, live=False)[0])
-            entry = self._dentry(parent, name)
-            if entry is None:
+            found = self._removal_entry(parent, name)
+            if found is None:
                 raise NotFound(f"{name!r} not found in directory {parent}")
-            dentry_id, ino, mode, nlink = entry
+            (dentry_id, ino, mode, nlink), volume = found
             if _is_dir(mode):
                 raise IsADirectory(f"{name!r} is a directory")
             self._del_dentry(dentry_id)
             self._touch_dir(parent, now)
-            self._drop_name(ino, mode, nlink - 1, (parent, name), now)  # last name: maybe to trash
+            # The last name: maybe to its volume's trash.
+            self._drop_name(ino, mode, nlink - 1, (parent, name), now, volume)
             self._log(now, "unlink", [parent, name])
 
     @_api

@@ -50,33 +50,64 @@ def trash_days_of(policy: dict[str, Any], default: float) -> float:
     return float(days)
 
 
+# (volume directory ino, its packed policy, the file's st_size); None for a file in no volume.
+_VolumeRow = tuple[int | None, bytes | None, int]
+
+
 class Trash(Volumes):
     """Moving removed files to their volume's trash, listing, restoring and purging them."""
 
     # The cluster default retention in days (MetaStore sets it from [storage] trash_days).
     _trash_days_default: float = 0.0
 
-    def _drop_name(self, ino: int, mode: int, nlink: int, origin: tuple[int, bytes], now: int) -> None:
+    def _drop_name(
+        self,
+        ino: int,
+        mode: int,
+        nlink: int,
+        origin: tuple[int, bytes],
+        now: int,
+        volume: _VolumeRow | None = None,
+    ) -> None:
         """``ino`` lost a name in ``origin`` (parent, name) and has ``nlink`` left: to its
-        volume's trash if that was its last name and trash is on there, else as before."""
+        volume's trash if that was its last name and trash is on there, else as before.
+        ``volume``: the file's volume row as :meth:`_removal_entry` found it (else looked up)."""
         if nlink == 0 and mode & _IFMT in (stat.S_IFREG, stat.S_IFLNK):
-            found = self._trash_volume(ino)
+            found = self._trash_of(volume if volume is not None else self._volume_of_inode(ino))
             if found is not None:
                 self._to_trash(ino, found, origin, now)
                 return
         self._set_nlink(ino, nlink, now)
 
-    def _trash_volume(self, ino: int) -> tuple[int, int] | None:
-        """(volume directory, st_size) of ``ino`` if its volume keeps a trash: one statement,
-        the only cost a removal pays when trash is off."""
-        rows = self._db.execute(
-            "SELECT v.ino, v.policy, i.size FROM inodes i JOIN quota_chain c ON c.q = i.quota "
-            "JOIN volumes v ON v.ino = c.a WHERE i.ino = ? LIMIT 1",
+    def _removal_entry(self, parent: int, name: bytes) -> tuple[tuple[int, int, int, int], _VolumeRow] | None:
+        """:meth:`_dentry` of ``name`` in ``parent`` together with its inode's volume row, in
+        one statement: an unlink pays nothing for the trash lookup (a round trip on PostgreSQL)."""
+        row = self._db.execute(
+            "SELECT d.id, d.ino, i.mode, i.nlink, v.ino, v.policy, i.size FROM dentries d "
+            "JOIN inodes i ON i.ino = d.ino LEFT JOIN quota_chain c ON c.q = i.quota "
+            "LEFT JOIN volumes v ON v.ino = c.a WHERE d.parent = ? AND d.name = ? "
+            "ORDER BY v.ino IS NULL LIMIT 1",
+            (parent, name),
+        ).fetchone()
+        if row is None:
+            return None
+        return (row[0], row[1], row[2], row[3]), (row[4], row[5], row[6])
+
+    def _volume_of_inode(self, ino: int) -> _VolumeRow:
+        row = self._db.execute(
+            "SELECT v.ino, v.policy, i.size FROM inodes i LEFT JOIN quota_chain c ON c.q = i.quota "
+            "LEFT JOIN volumes v ON v.ino = c.a WHERE i.ino = ? ORDER BY v.ino IS NULL LIMIT 1",
             (ino,),
-        ).fetchall()
-        for vol, policy, size in rows:
-            if trash_days_of(_unpack_dict(policy), self._trash_days_default) > 0:
-                return int(vol), int(size)
+        ).fetchone()
+        return (None, None, 0) if row is None else (row[0], row[1], row[2])
+
+    def _trash_of(self, volume: _VolumeRow) -> tuple[int, int] | None:
+        """(volume directory, st_size) if the file's volume keeps a trash, else None."""
+        vol, policy, size = volume
+        if vol is None or policy is None:
+            return None
+        if trash_days_of(_unpack_dict(policy), self._trash_days_default) > 0:
+            return int(vol), int(size)
         return None
 
     def _trash_root(self) -> int:
