@@ -33,7 +33,7 @@ from typing import Any
 
 from daemon.meta.base import _api, _pack_dict, _unpack_dict
 from daemon.meta.engine import Db
-from daemon.meta.inodes import Inodes, _is_dir
+from daemon.meta.inodes import Inodes, _check_writable, _is_dir
 from dfs.core.errors import CrossDevice, InvalidArgument, NotADirectory, NotFound
 from dfs.core.namespace import ROOT_INO
 from dfs.core.quotas import QUOTA_XATTRS, xattr_value
@@ -370,6 +370,8 @@ class Quotas(Inodes):
         mode = self._inode(ino)[0]
         if not _is_dir(mode):
             raise NotADirectory(f"inode {ino} is not a directory: only directories have quotas")
+        # A snapshot's inodes are charged to no domain: a quota there would re-charge them.
+        _check_writable(ino, mode)
         if ino == ROOT_INO or ino in self._internal_inos():
             raise InvalidArgument("the root and internal directories cannot have a quota")
         if self._quota_row(ino) is None:
