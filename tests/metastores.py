@@ -69,6 +69,11 @@ def open_meta(path: str | os.PathLike[str], **kwargs: Any) -> MetaStore:
     return MetaStore(where, engine=engine_name, **kwargs)
 
 
+def cid(n: int) -> bytes:
+    """A made-up 32-byte chunk id, distinct for each ``n``."""
+    return n.to_bytes(4, "big") * 8
+
+
 def only_sqlite(why: str) -> None:
     """Skip the rest of a test that looks at SQLite's own files or pragmas."""
     if _Current.engine != "sqlite":

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import trio
 
-from dfs.core import codec
 from dfs.core.endpoints import (
     CHUNK_DELETE,
     CHUNK_GET,
@@ -359,11 +358,3 @@ class ChunkIO:
             for node_id, ids in by_node.items():
                 nursery.start_soon(ask, node_id, ids)
         return present
-
-
-def decode_in_thread(limiter: trio.CapacityLimiter) -> Callable[[bytes], Any]:
-    async def run(blob: bytes) -> bytes:
-        plain: bytes = await trio.to_thread.run_sync(codec.decode, blob, limiter=limiter)
-        return plain
-
-    return run

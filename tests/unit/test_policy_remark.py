@@ -11,7 +11,7 @@ import pytest
 
 from daemon.meta import MetaStore
 from dfs.core.namespace import ROOT_INO, BlockRef
-from tests.metastores import Clock, open_meta
+from tests.metastores import Clock, cid, open_meta
 
 pytestmark = pytest.mark.usefixtures("meta_engine")
 
@@ -28,10 +28,6 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
     s = open_store(tmp_path, clock)
     yield s
     s.close()
-
-
-def cid(n: int) -> bytes:
-    return n.to_bytes(4, "big") * 8
 
 
 def write_file(

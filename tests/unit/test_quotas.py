@@ -17,7 +17,7 @@ from daemon.meta.dump import load_dump, write_dump
 from dfs.cli.quota import format_size, parse_size
 from dfs.core.errors import CrossDevice, InvalidArgument, NotPermitted, QuotaExceeded
 from dfs.core.namespace import ROOT_INO, BlockRef
-from tests.metastores import Clock, engine, location, open_meta
+from tests.metastores import Clock, cid, engine, location, open_meta
 
 pytestmark = pytest.mark.usefixtures("meta_engine")
 BS = 4096
@@ -29,10 +29,6 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
     s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
     yield s
     s.close()
-
-
-def cid(n: int) -> bytes:
-    return n.to_bytes(4, "big") * 8
 
 
 class Writer:

@@ -16,7 +16,7 @@ from daemon.meta import MetaStore
 from daemon.meta.dump import load_dump, write_dump
 from dfs.core.errors import Exists, NotFound, ReadOnly
 from dfs.core.namespace import RENAME_EXCHANGE, ROOT_INO, BlockRef
-from tests.metastores import Clock, engine, location, open_meta
+from tests.metastores import Clock, cid, engine, location, open_meta
 
 pytestmark = pytest.mark.usefixtures("meta_engine")
 BS = 4096
@@ -28,15 +28,6 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
     s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
     yield s
     s.close()
-
-
-@pytest.fixture
-def chunks() -> set[bytes]:
-    return set()
-
-
-def cid(n: int) -> bytes:
-    return n.to_bytes(4, "big") * 8
 
 
 def write(store: MetaStore, chunks: set[bytes], ino: int, chunk: bytes, size: int = BS) -> None:

@@ -17,7 +17,7 @@ from daemon.meta.dump import load_dump, write_dump
 from daemon.meta.trash import DAY_NS, trash_days_of
 from dfs.core.errors import Exists, NotFound, QuotaExceeded
 from dfs.core.namespace import BlockRef
-from tests.metastores import Clock, location, open_meta
+from tests.metastores import Clock, cid, location, open_meta
 
 pytestmark = pytest.mark.usefixtures("meta_engine")
 BS = 4096
@@ -29,10 +29,6 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
     s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
     yield s
     s.close()
-
-
-def cid(n: int) -> bytes:
-    return n.to_bytes(4, "big") * 8
 
 
 def new_file(store: MetaStore, parent: int, name: bytes, size: int, chunks: set[bytes]) -> int:
