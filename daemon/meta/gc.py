@@ -10,11 +10,19 @@ from daemon.meta.base import _IN_BATCH, MetaBase, _api
 class Gc(MetaBase):
     """Collecting chunks whose refcount stayed 0, and telling known chunks from unknown ones."""
 
+    def _snapshot_building(self, now: int) -> bool:
+        """Whether a volume snapshot is being copied in batches (daemon/meta/snapshots.py)."""
+        raise NotImplementedError
+
     @_api
     def gc_collect(
         self, older_than_ns: int, limit: int, delete: Callable[[list[bytes]], None]
     ) -> list[bytes]:
         with self._write() as now:
+            if self._snapshot_building(now):
+                # A snapshot copies block maps from a read snapshot in batches: every chunk that
+                # snapshot names must stay until the copy holds its references.
+                return []
             ids = [
                 r[0]
                 for r in self._db.execute(

@@ -53,6 +53,10 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
 - ``policy_remarks``: pending re-marks of ``chunks.replicas`` after a
   replication policy change, one row per subtree root with its progress
   (counting, total, marked) and where its walk stopped (daemon/meta/remark.py).
+- ``snapshot_builds``: volume snapshots being copied in bounded batches (volume,
+  name, origin, source and copy top, progress, files and bytes so far); the
+  partial copy sits at ``snapshot-builds/<top>`` until it is complete
+  (daemon/meta/snapshots.py).
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
@@ -185,11 +189,17 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS policy_remarks (
         root INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, counting INTEGER NOT NULL,
         total INTEGER NOT NULL, marked INTEGER NOT NULL, state BLOB NOT NULL)""",
+    # Volume snapshots being copied in batches (daemon/meta/snapshots.py); ``top`` is NULL until
+    # the first batch made the copy's top directory (at snapshot-builds/<top>).
+    """CREATE TABLE IF NOT EXISTS snapshot_builds (
+        volume TEXT NOT NULL, name TEXT NOT NULL, origin TEXT NOT NULL, src INTEGER NOT NULL,
+        top INTEGER, started_ns INTEGER NOT NULL, progress_ns INTEGER NOT NULL,
+        files INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (volume, name)) WITHOUT ROWID""",
 )
 # The AUTOINCREMENT (PostgreSQL: identity) columns, whose counters never hand out a number twice.
 COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}
 # Directories outside the namespace (no dentry, unreachable from ROOT_INO), created at open.
-INTERNAL_DIRS = ("uploads", "trash")
+INTERNAL_DIRS = ("uploads", "trash", "snapshot-builds")
 _INTERNAL_KEY = "internal:"
 # The SQL list of their config keys, for queries that treat internal roots as roots.
 _INTERNAL_KEYS_SQL = ", ".join(f"'{_INTERNAL_KEY}{name}'" for name in INTERNAL_DIRS)
@@ -201,6 +211,17 @@ _SCRATCH = {
     "links": "ino INTEGER PRIMARY KEY, n INTEGER NOT NULL",
     "purge": "ino INTEGER PRIMARY KEY",
     "map": "old INTEGER PRIMARY KEY, new INTEGER NOT NULL",
+    # A tree copy's source rows (daemon/meta/snapshots.py): read from the live tables, or handed
+    # over in batches from a read snapshot on another connection.
+    "src_inodes": "ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, nlink INTEGER NOT NULL, "
+    "uid INTEGER NOT NULL, gid INTEGER NOT NULL, rdev INTEGER NOT NULL, size INTEGER NOT NULL, "
+    "stored INTEGER NOT NULL, atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+    "ctime_ns INTEGER NOT NULL, generation INTEGER NOT NULL, symlink BLOB, inline BLOB",
+    "src_dentries": "id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, "
+    "ino INTEGER NOT NULL, is_dir INTEGER NOT NULL",
+    "src_xattrs": "ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (ino, name)",
+    "src_blocks": "ino INTEGER NOT NULL, idx INTEGER NOT NULL, chunk_id BLOB NOT NULL, "
+    "length INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, PRIMARY KEY (ino, idx)",
 }
 
 

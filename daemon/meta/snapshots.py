@@ -11,18 +11,40 @@ add and remove them.  Restores and clones copy a tree back out without the flag.
 
 from __future__ import annotations
 
+import contextlib
 import stat
 from typing import Any
 
-from daemon.meta.base import _api, _pack_dict, _unpack_dict
+from daemon.meta.base import _IN_BATCH, _api, _pack_dict, _unpack_dict
 from daemon.meta.inodes import _IFDIR, DIR_SIZE, LINK_MAX, READ_ONLY, _check_writable, _is_dir
 from daemon.meta.objects import Objects
-from dfs.core.errors import Exists, InvalidArgument, IsADirectory, NotADirectory, NotFound, TooManyLinks
+from daemon.meta.schema import _INTERNAL_KEY
+from dfs.core.errors import (
+    Exists,
+    InternalError,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    TooManyLinks,
+    Unavailable,
+)
 from dfs.core.namespace import ROOT_INO, Attr, check_name
 from dfs.core.snapshot_schedule import NAME_RE, ORIGINS, format_schedule, parse_schedule
 
 SNAPSHOTS_DIR = b".snapshots"
 _SNAPSHOT_COLS = "volume, name, ino, created_ns, origin, files, bytes"
+_BUILDS_KEY = _INTERNAL_KEY + "snapshot-builds"
+# A build with no batch for this long is given up: GC runs again, and the snapshot duty removes
+# its partial copy (daemon/service/snapshots.py).  A batch takes milliseconds.
+BUILD_STALE_NS = 600 * 10**9
+# The src_* scratch tables a batch fills, and their widths.
+_SRC_KINDS = ("inodes", "dentries", "xattrs", "blocks")
+_SRC_WIDTH = {"inodes": 14, "dentries": 5, "xattrs": 3, "blocks": 5}
+_SRC_INODE_COLS = (
+    "i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.stored, i.atime_ns, i.mtime_ns, i.ctime_ns, "
+    "i.generation, i.symlink, i.inline"
+)
 
 
 def _snapshot_doc(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -88,9 +110,13 @@ class Snapshots(Objects):
 
         The copies carry :data:`READ_ONLY` if ``read_only``, else none (a copy out of a
         snapshot is writable).  ``src`` may be a file: its copy has one link (the caller's).
+        One transaction, from the live tables: a volume snapshot copies in bounded batches
+        instead (:meth:`snapshot_build_batch`).
         """
         db = self._db
-        dirs, inos, mapping = self._scratch("dirs"), self._scratch("inos"), self._scratch("map")
+        dirs, ino_map = self._scratch("dirs"), self._scratch("map")
+        src_inodes, src_dentries = self._scratch("src_inodes"), self._scratch("src_dentries")
+        src_xattrs, src_blocks = self._scratch("src_xattrs"), self._scratch("src_blocks")
         db.execute(
             "WITH RECURSIVE sub(ino) AS "
             "(SELECT ? UNION SELECT d.ino FROM dentries d JOIN sub ON d.parent = sub.ino WHERE d.is_dir = 1) "
@@ -98,52 +124,358 @@ class Snapshots(Objects):
             (src,),
         )
         db.execute(
-            f"INSERT INTO {inos} SELECT ino FROM {dirs} "
-            f"UNION SELECT d.ino FROM {dirs} s CROSS JOIN dentries d ON d.parent = s.ino"
+            f"INSERT INTO {src_dentries} SELECT d.id, d.parent, d.name, d.ino, d.is_dir FROM {dirs} s "
+            "CROSS JOIN dentries d ON d.parent = s.ino"
         )
+        db.execute(
+            f"INSERT INTO {src_inodes} SELECT {_SRC_INODE_COLS} FROM (SELECT ino FROM {dirs} "
+            f"UNION SELECT ino FROM {src_dentries}) s CROSS JOIN inodes i ON i.ino = s.ino"
+        )
+        db.execute(
+            f"INSERT INTO {src_xattrs} SELECT x.ino, x.name, x.value FROM {src_inodes} s "
+            "CROSS JOIN xattrs x ON x.ino = s.ino"
+        )
+        db.execute(
+            f"INSERT INTO {src_blocks} SELECT b.ino, b.idx, b.chunk_id, b.length, b.stored_bytes "
+            f"FROM {src_inodes} s CROSS JOIN blocks b ON b.ino = s.ino"
+        )
+        self._copy_staged(read_only)
+        top: int = db.execute(f"SELECT new FROM {ino_map} WHERE old = ?", (src,)).fetchone()[0]
+        if not _is_dir(db.execute(f"SELECT mode FROM {src_inodes} WHERE ino = ?", (src,)).fetchone()[0]):
+            db.execute("UPDATE inodes SET nlink = 1 WHERE ino = ?", (top,))
+        return top
+
+    def _copy_staged(self, read_only: bool) -> None:
+        """Create copies of the rows staged in the ``src_*`` scratch tables.
+
+        Every staged inode gets a new copy (flagged :data:`READ_ONLY` if ``read_only``); every
+        staged dentry becomes a name in the copy of its parent, for its inode's copy.  The
+        ``map`` scratch table may already map inodes copied earlier (a batch's parents, files
+        with several names): their names are added, they are not copied again.  Afterwards
+        ``map`` maps every staged and pre-mapped inode to its copy.  Chunks are shared: their
+        refcounts rise, and a chunk that is gone (collected) fails the whole copy.
+        """
+        db = self._db
+        ino_map = "temp.scratch_map"
+        src_inodes, src_dentries = "temp.scratch_src_inodes", "temp.scratch_src_dentries"
+        src_xattrs, src_blocks = "temp.scratch_src_xattrs", "temp.scratch_src_blocks"
         # Every new inode number exceeds every existing one (AUTOINCREMENT), and the copies carry
         # their original's number (negated) in ``generation`` until the mapping is read back.
         base: int = db.execute("SELECT COALESCE(MAX(ino), 0) FROM inodes").fetchone()[0]
         db.execute(
             "INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, "
-            "generation, symlink, inline) SELECT (mode & 65535) | ?, nlink, uid, gid, rdev, size, stored, "
-            "atime_ns, mtime_ns, ctime_ns, -ino, symlink, inline FROM inodes "
-            f"WHERE ino IN (SELECT ino FROM {inos}) ORDER BY ino",
-            (READ_ONLY if read_only else 0,),
-        )
-        db.execute(f"INSERT INTO {mapping} SELECT -generation, ino FROM inodes WHERE ino > ?", (base,))
-        db.execute(
-            f"UPDATE inodes SET generation = o.generation FROM {mapping} m "
-            "CROSS JOIN inodes o ON o.ino = m.old WHERE inodes.ino = m.new"
+            "generation, symlink, inline) SELECT (mode & 65535) | ?, CASE WHEN mode & ? = ? THEN 2 "
+            "ELSE 0 END, uid, gid, rdev, size, stored, atime_ns, mtime_ns, ctime_ns, -ino, symlink, inline "
+            f"FROM {src_inodes} ORDER BY ino",
+            (READ_ONLY if read_only else 0, 0o170000, _IFDIR),
         )
         db.execute(
+            f"INSERT INTO {ino_map} SELECT -generation, ino FROM inodes WHERE ino > ? AND generation < 0",
+            (base,),
+        )
+        db.execute(
+            f"UPDATE inodes SET generation = s.generation FROM {ino_map} m "
+            f"CROSS JOIN {src_inodes} s ON s.ino = m.old WHERE inodes.ino = m.new AND inodes.ino > ?",
+            (base,),
+        )
+        named = db.execute(
             "INSERT INTO dentries (parent, name, ino, is_dir) "
-            f"SELECT mp.new, d.name, mi.new, d.is_dir FROM {dirs} s "
-            f"CROSS JOIN dentries d ON d.parent = s.ino CROSS JOIN {mapping} mp ON mp.old = d.parent "
-            f"CROSS JOIN {mapping} mi ON mi.old = d.ino ORDER BY d.id"
-        )
-        # A file's copy has only the names the copied tree gives it (its other names stay with the original).
+            f"SELECT mp.new, d.name, mi.new, d.is_dir FROM {src_dentries} d "
+            f"CROSS JOIN {ino_map} mp ON mp.old = d.parent CROSS JOIN {ino_map} mi ON mi.old = d.ino "
+            "ORDER BY d.id"
+        ).rowcount
+        staged = db.execute(f"SELECT COUNT(*) FROM {src_dentries}").fetchone()[0]
+        if named != staged:  # a parent or inode neither staged nor mapped: a caller's bug
+            raise InternalError(
+                f"tree copy: {staged - named} of {staged} names have no copied parent or inode"
+            )
+        # Link counts follow the names made so far, so a partial copy is sound at every step:
+        # a file's copy has only the names the copied tree gives it (its other names stay with
+        # the original), a directory's 2 plus its subdirectories copied.
         db.execute(
-            "UPDATE inodes SET nlink = c.n FROM (SELECT d.ino, COUNT(*) AS n FROM dentries d "
-            f"WHERE d.parent IN (SELECT new FROM {mapping}) AND d.is_dir = 0 GROUP BY d.ino) c "
-            "WHERE inodes.ino = c.ino"
+            "UPDATE inodes SET nlink = inodes.nlink + c.n FROM (SELECT CASE WHEN d.is_dir = 0 "
+            "THEN mi.new ELSE mp.new END AS ino, COUNT(*) AS n "
+            f"FROM {src_dentries} d CROSS JOIN {ino_map} mi ON mi.old = d.ino "
+            f"CROSS JOIN {ino_map} mp ON mp.old = d.parent GROUP BY 1) c WHERE inodes.ino = c.ino"
         )
         db.execute(
-            f"INSERT INTO xattrs SELECT m.new, x.name, x.value FROM {mapping} m "
-            "CROSS JOIN xattrs x ON x.ino = m.old"
+            f"INSERT INTO xattrs SELECT m.new, x.name, x.value FROM {src_xattrs} x "
+            f"CROSS JOIN {ino_map} m ON m.old = x.ino"
         )
         db.execute(
             "INSERT INTO blocks SELECT m.new, b.idx, b.chunk_id, b.length, b.stored_bytes "
-            f"FROM {mapping} m CROSS JOIN blocks b ON b.ino = m.old"
+            f"FROM {src_blocks} b CROSS JOIN {ino_map} m ON m.old = b.ino"
         )
-        # The originals hold these chunks, so their refcounts are positive: no chunk_exists check.
+        # A batch's source rows come from a read snapshot: a chunk the live tree has since let go
+        # of is still there (GC waits while a snapshot is being built), but say so if it is not.
+        missing = db.execute(
+            f"SELECT COUNT(*) FROM (SELECT DISTINCT chunk_id FROM {src_blocks}) s "
+            "WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.chunk_id = s.chunk_id)"
+        ).fetchone()[0]
+        if missing:
+            raise InternalError(f"tree copy: {missing} chunks of the source are gone (collected meanwhile)")
         db.execute(
             "UPDATE chunks SET refcount = chunks.refcount + c.n, zero_since_ns = NULL "
-            f"FROM (SELECT b.chunk_id, COUNT(*) AS n FROM {mapping} m CROSS JOIN blocks b ON b.ino = m.new "
-            "GROUP BY b.chunk_id) c WHERE chunks.chunk_id = c.chunk_id"
+            f"FROM (SELECT chunk_id, COUNT(*) AS n FROM {src_blocks} GROUP BY chunk_id) c "
+            "WHERE chunks.chunk_id = c.chunk_id"
         )
-        top: int = db.execute(f"SELECT new FROM {mapping} WHERE old = ?", (src,)).fetchone()[0]
-        return top
+
+    # -- volume snapshots in bounded batches ------------------------------------------------------
+
+    def _new_snapshot_dirs(self, now: int, volume: str, name: str, *, building: bool) -> tuple[int, int, int]:
+        """(the volume's directory, /.snapshots, /.snapshots/VOLUME) for a new snapshot ``name``,
+        after checking that neither the snapshot nor (unless ``building``: its own) a build of it
+        exists."""
+        vol_ino = self._volume_of(volume)[0]
+        if self._db.execute(
+            "SELECT 1 FROM snapshots WHERE volume = ? AND name = ?", (volume, name)
+        ).fetchone():
+            raise Exists(f"snapshot {name!r} of volume {volume!r} exists")
+        if not building and self._build_row(volume, name) is not None:
+            raise Exists(f"snapshot {name!r} of volume {volume!r} is being taken")
+        top_dir = self._read_only_dir(now, ROOT_INO, SNAPSHOTS_DIR)
+        vol_dir = self._read_only_dir(now, top_dir, volume.encode(), adopt=volume)
+        if self._dentry(vol_dir, name.encode()) is not None:
+            raise Exists(f"{name!r} exists in /.snapshots/{volume}")
+        vol_nlink = self._dir(vol_dir, live=True)[1]
+        if vol_nlink >= LINK_MAX:
+            raise TooManyLinks(f"/.snapshots/{volume} has {vol_nlink} snapshots")
+        return vol_ino, top_dir, vol_dir
+
+    def _build_row(self, volume: str, name: str) -> tuple[Any, ...] | None:
+        """(origin, src, top, progress_ns, files, bytes) of the build of snapshot ``name``."""
+        row: tuple[Any, ...] | None = self._db.execute(
+            "SELECT origin, src, top, progress_ns, files, bytes FROM snapshot_builds "
+            "WHERE volume = ? AND name = ?",
+            (volume, name),
+        ).fetchone()
+        return row
+
+    def _builds_dir(self) -> int:
+        row = self._db.execute("SELECT value FROM config WHERE key = ?", (_BUILDS_KEY,)).fetchone()
+        if row is None:
+            raise NotFound("internal directory 'snapshot-builds' is missing")
+        return int(row[0])
+
+    @_api
+    def snapshot_build_begin(self, volume: str, name: str, *, origin: str = "manual") -> int:
+        """Start snapshot ``name`` of ``volume`` copied in batches (:meth:`snapshot_build_batch`
+        with rows read in one read snapshot taken after this returns, then
+        :meth:`snapshot_build_finish`); the volume directory's inode (the tree to read).
+
+        Until the build finishes or is abandoned (no batch for :data:`BUILD_STALE_NS`), chunk GC
+        waits (:meth:`builds_hold_gc`), so every chunk the read snapshot names stays."""
+        _check_snapshot_name(name)
+        if origin not in ORIGINS:
+            raise InvalidArgument(f"snapshot origin must be one of {', '.join(ORIGINS)}, not {origin!r:.40}")
+        with self._write() as now:
+            vol_ino, top_dir, vol_dir = self._new_snapshot_dirs(now, volume, name, building=False)
+            self._db.execute(
+                "INSERT INTO snapshot_builds (volume, name, origin, src, top, started_ns, progress_ns, "
+                "files, bytes) VALUES (?, ?, ?, ?, NULL, ?, ?, 0, 0)",
+                (volume, name, origin, vol_ino, now, now),
+            )
+            self._log(now, "snapshot_build", [volume, name, origin, top_dir, vol_dir])
+        return vol_ino
+
+    @_api
+    def snapshot_build_batch(
+        self,
+        volume: str,
+        name: str,
+        rows: dict[str, list[tuple[Any, ...]]],
+        mapped: list[tuple[int, int]],
+    ) -> list[tuple[int, int]]:
+        """Copy one batch of the build of snapshot ``name``: ``rows`` as read in the build's read
+        snapshot (``inodes``, ``dentries``, ``xattrs``, ``blocks``: the columns of the ``src_*``
+        scratch tables), ``mapped`` the (source, copy) inodes of earlier batches that its dentries
+        name (their parents; files with several names).  The first batch's inodes include the
+        source top (which no dentry names): its copy becomes the build's top.  Returns (source,
+        copy) of the batch's directories and of its files with more than one link."""
+        with self._write() as now:
+            build = self._build_row(volume, name)
+            if build is None:
+                raise NotFound(f"snapshot {name!r} of volume {volume!r} is not being taken (abandoned?)")
+            src, top, progress_ns = build[1], build[2], build[3]
+            if progress_ns < now - BUILD_STALE_NS:  # GC may have run meanwhile: start again
+                raise Unavailable(
+                    f"snapshot {name!r} of volume {volume!r}: its build stalled and was given up"
+                )
+            db = self._db
+            ino_map = self._scratch("map")
+            tables = {kind: self._scratch("src_" + kind) for kind in _SRC_KINDS}
+            for kind, table in tables.items():
+                if rows.get(kind):
+                    marks = ", ".join("?" * _SRC_WIDTH[kind])
+                    db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows[kind])
+            if mapped:
+                db.executemany(f"INSERT INTO {ino_map} VALUES (?, ?)", mapped)
+            self._copy_staged(read_only=True)
+            if top is None:
+                found = db.execute(f"SELECT new FROM {ino_map} WHERE old = ?", (src,)).fetchone()
+                if found is None:
+                    raise InvalidArgument("a snapshot build's first batch must hold the source top")
+                top = int(found[0])
+                builds = self._builds_dir()
+                self._add_dentry(builds, str(top).encode(), top, True)
+                self._touch_dir(builds, now, 1)
+            files, size = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM {tables['inodes']} WHERE mode & ? != ?",
+                (0o170000, _IFDIR),
+            ).fetchone()
+            db.execute(
+                "UPDATE snapshot_builds SET top = ?, progress_ns = ?, files = files + ?, bytes = bytes + ? "
+                "WHERE volume = ? AND name = ?",
+                (top, now, int(files), int(size), volume, name),
+            )
+            out: list[tuple[int, int]] = [
+                (int(old), int(new))
+                for old, new in db.execute(
+                    f"SELECT m.old, m.new FROM {tables['inodes']} s CROSS JOIN {ino_map} m ON m.old = s.ino "
+                    "WHERE s.mode & ? = ? OR s.nlink > 1",
+                    (0o170000, _IFDIR),
+                )
+            ]
+            self._log(now, "snapshot_build_batch", [volume, name, len(rows.get("inodes", ()))])
+        return out
+
+    @_api
+    def snapshot_build_finish(self, volume: str, name: str) -> dict[str, Any]:
+        """Publish the completed build of snapshot ``name`` at /.snapshots/VOLUME/NAME."""
+        with self._write() as now:
+            build = self._build_row(volume, name)
+            if build is None:
+                raise NotFound(f"snapshot {name!r} of volume {volume!r} is not being taken (abandoned?)")
+            origin, top, files, size = build[0], build[2], build[4], build[5]
+            if top is None:
+                raise InvalidArgument(f"snapshot {name!r} of volume {volume!r}: nothing copied yet")
+            _, top_dir, vol_dir = self._new_snapshot_dirs(now, volume, name, building=True)
+            builds = self._builds_dir()
+            entry = self._dentry(builds, str(top).encode())
+            if entry is None or entry[1] != top:
+                raise InternalError(
+                    f"snapshot build {volume}@{name}: its copy {top} is not in snapshot-builds"
+                )
+            self._del_dentry(entry[0])
+            self._touch_dir(builds, now, -1)
+            self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, top))
+            self._add_dentry(vol_dir, name.encode(), top, True)
+            self._touch_dir(vol_dir, now, 1)
+            row = (volume, name, top, now, origin, int(files), int(size))
+            self._db.execute(f"INSERT INTO snapshots ({_SNAPSHOT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.execute("DELETE FROM snapshot_builds WHERE volume = ? AND name = ?", (volume, name))
+            self._log(now, "snapshot_create", [volume, name, origin, top_dir, vol_dir, top])
+        return _snapshot_doc(row)
+
+    @_api
+    def snapshot_build_abort(self, volume: str, name: str) -> bool:
+        """Give up the build of snapshot ``name`` and remove its partial copy; False: none."""
+        with self._write() as now:
+            build = self._build_row(volume, name)
+            if build is None:
+                return False
+            top = build[2]
+            if top is not None:
+                builds = self._builds_dir()
+                entry = self._dentry(builds, str(top).encode())
+                if entry is not None and entry[1] == top:
+                    self._del_dentry(entry[0])
+                    self._touch_dir(builds, now, -1)
+                    self._remove_subtree(top, now)
+            self._db.execute("DELETE FROM snapshot_builds WHERE volume = ? AND name = ?", (volume, name))
+            self._log(now, "snapshot_build_abort", [volume, name, top])
+        return True
+
+    @_api
+    def snapshot_build_expire(self) -> list[tuple[str, str]]:
+        """Abort the builds that made no progress for :data:`BUILD_STALE_NS` (their builder died);
+        (volume, name) of each."""
+        with self._write() as now:
+            stale = [
+                (str(v), str(n))
+                for v, n in self._db.execute(
+                    "SELECT volume, name FROM snapshot_builds WHERE progress_ns < ?", (now - BUILD_STALE_NS,)
+                ).fetchall()
+            ]
+            for volume, name in stale:
+                self.snapshot_build_abort(volume, name)
+        return stale
+
+    @_api
+    def snapshot_builds(self) -> list[dict[str, Any]]:
+        """The builds under way: volume, name, origin, started_ns, progress_ns, files, bytes."""
+        return [
+            {
+                "volume": v,
+                "name": n,
+                "origin": o,
+                "started_ns": s,
+                "progress_ns": p,
+                "files": f,
+                "bytes": b,
+            }
+            for v, n, o, s, p, f, b in self._db.execute(
+                "SELECT volume, name, origin, started_ns, progress_ns, files, bytes FROM snapshot_builds "
+                "ORDER BY started_ns"
+            ).fetchall()
+        ]
+
+    def _snapshot_building(self, now: int) -> bool:
+        """Inside a transaction: a snapshot build is under way (not stalled), so no chunk may go."""
+        return (
+            self._db.execute(
+                "SELECT 1 FROM snapshot_builds WHERE progress_ns >= ? LIMIT 1", (now - BUILD_STALE_NS,)
+            ).fetchone()
+            is not None
+        )
+
+    # -- the read side of a build (on a reader connection, in one read snapshot) ------------------
+
+    def snapshot_read_open(self) -> None:
+        """Start the read snapshot a build copies from (this reader connection holds it until
+        :meth:`snapshot_read_close`; SQLite's WAL and PostgreSQL's REPEATABLE READ keep it
+        consistent without holding up writers)."""
+        self._db.begin_read()
+        self._db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()  # takes it now
+
+    def snapshot_read_close(self) -> None:
+        with contextlib.suppress(*self._db.errors):
+            self._db.commit()
+
+    def snapshot_read_page(self, parent: int, after_id: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` dentries (id, parent, name, ino, is_dir) of ``parent`` after ``after_id``."""
+        return [
+            tuple(r)
+            for r in self._db.execute(
+                "SELECT id, parent, name, ino, is_dir FROM dentries WHERE parent = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (parent, after_id, limit),
+            ).fetchall()
+        ]
+
+    def snapshot_read_rows(self, inos: list[int]) -> dict[str, list[tuple[Any, ...]]]:
+        """The inodes, xattrs and block maps of ``inos`` (``src_*`` columns)."""
+        out: dict[str, list[tuple[Any, ...]]] = {"inodes": [], "xattrs": [], "blocks": []}
+        db = self._db
+        for i in range(0, len(inos), _IN_BATCH):
+            part = inos[i : i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            out["inodes"] += [
+                tuple(r)
+                for r in db.execute(f"SELECT {_SRC_INODE_COLS} FROM inodes i WHERE i.ino IN ({marks})", part)
+            ]
+            out["xattrs"] += [
+                tuple(r)
+                for r in db.execute(f"SELECT ino, name, value FROM xattrs WHERE ino IN ({marks})", part)
+            ]
+            out["blocks"] += [
+                tuple(r)
+                for r in db.execute(
+                    f"SELECT ino, idx, chunk_id, length, stored_bytes FROM blocks WHERE ino IN ({marks})",
+                    part,
+                )
+            ]
+        return out
 
     # -- volume snapshots ---------------------------------------------------------------
 
@@ -221,32 +553,18 @@ class Snapshots(Objects):
 
     @_api
     def create_snapshot(self, volume: str, name: str, *, origin: str = "manual") -> dict[str, Any]:
-        """Read-only copy-on-write snapshot ``name`` of ``volume`` at /.snapshots/VOLUME/NAME.
-
-        One transaction: a consistent point-in-time image (see README: a tree of 100k
-        files takes about a second on SQLite, during which other writers wait).
-        """
+        """Read-only copy-on-write snapshot ``name`` of ``volume`` at /.snapshots/VOLUME/NAME, in
+        one transaction (other writers wait for it: about a second per 100k files on SQLite).
+        The daemon takes snapshots in bounded batches instead (daemon/service/snapshots.py)."""
         _check_snapshot_name(name)
         if origin not in ORIGINS:
             raise InvalidArgument(f"snapshot origin must be one of {', '.join(ORIGINS)}, not {origin!r:.40}")
         with self._write() as now:
-            vol_ino = self._volume_of(volume)[0]
-            if self._db.execute(
-                "SELECT 1 FROM snapshots WHERE volume = ? AND name = ?", (volume, name)
-            ).fetchone():
-                raise Exists(f"snapshot {name!r} of volume {volume!r} exists")
-            top_dir = self._read_only_dir(now, ROOT_INO, SNAPSHOTS_DIR)
-            vol_dir = self._read_only_dir(now, top_dir, volume.encode(), adopt=volume)
-            if self._dentry(vol_dir, name.encode()) is not None:
-                raise Exists(f"{name!r} exists in /.snapshots/{volume}")
-            vol_nlink = self._dir(vol_dir, live=True)[1]
-            if vol_nlink >= LINK_MAX:
-                raise TooManyLinks(f"/.snapshots/{volume} has {vol_nlink} snapshots")
+            vol_ino, top_dir, vol_dir = self._new_snapshot_dirs(now, volume, name, building=False)
             top = self._clone_tree(vol_ino, read_only=True)
             self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, top))
             files, size = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(i.size), 0) FROM temp.scratch_map m "
-                "CROSS JOIN inodes i ON i.ino = m.new WHERE i.mode & ? != ?",
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM temp.scratch_src_inodes WHERE mode & ? != ?",
                 (0o170000, _IFDIR),
             ).fetchone()
             self._add_dentry(vol_dir, name.encode(), top, True)

@@ -32,8 +32,10 @@ from daemon.service.chunk_handlers import ChunkHandlers
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.frontends import Frontends
 from daemon.service.local import Handler
+from daemon.service.master_key_sync import MasterKeySync
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.metadata_handlers import MetaHandlers
+from daemon.service.snapshots import SnapshotTaker
 from daemon.service.system_handlers import SystemHandlers
 from daemon.service.upkeep import Upkeep
 from daemon.service.volume_keys import VolumeKeyService
@@ -70,8 +72,12 @@ class HandlerTable:
         backups: BackupHandlers,
         *,
         volume_keys: VolumeKeyService,
+        key_sync: MasterKeySync,
+        snapshots: SnapshotTaker,
     ) -> None:
         self._volume_keys = volume_keys
+        self._key_sync = key_sync
+        self._snapshots = snapshots
         self._backups = backups
         self._metacalls = metacalls
         self._changes = changes
@@ -166,6 +172,7 @@ class HandlerTable:
                 e.SYS_BACKUP_READ: self._backups.backup_read,
                 e.SYS_BACKUP_MANIFEST: self._backups.backup_manifest,
                 e.NS_CHANGES: s.ns_changes,
+                e.KEYS_MASTER: self._key_sync.master_key,
             }
         )
 
@@ -211,7 +218,6 @@ class HandlerTable:
             e.QUOTA_GET: m.quota_get_path,
             e.QUOTA_LIST: m.quota_list_paths,
             e.QUOTA_CLEAR: m.quota_clear_path,
-            e.SNAPSHOT_CREATE: m.create_snapshot,
             e.SNAPSHOT_LIST: m.list_snapshots,
             e.SNAPSHOT_DELETE: m.delete_snapshot,
             e.SNAPSHOT_RESTORE: m.snapshot_restore,
@@ -223,8 +229,6 @@ class HandlerTable:
             e.TRASH_EMPTY: m.trash_empty,
             e.ADMIN_TOKEN_REVOKE: m.admin_token_delete,
             e.KEYS_VOLUMES: self._volume_keys.volumes,
-            e.KEYS_STATUS: self._volume_keys.status,
-            e.KEYS_ROTATE: self._volume_keys.rotate,
         }
         table: dict[str, Handler] = {
             ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)
@@ -247,6 +251,11 @@ class HandlerTable:
                     e.SYS_FSCK_META: self._upkeep.fsck_meta,
                     e.SYS_GC: self._upkeep.gc_now,
                     e.SYS_BACKUP_NOW: self._backups.backup_now,
+                    # Async: status also asks the peers, rotate writes key files after its commit.
+                    e.KEYS_STATUS: self._key_sync.status,
+                    e.KEYS_ROTATE: self._key_sync.rotate,
+                    # Batches in read snapshot order: a retry checks what the first attempt left.
+                    e.SNAPSHOT_CREATE: self._snapshots.create,
                 }
             )
         )

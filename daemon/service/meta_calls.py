@@ -129,6 +129,19 @@ class MetaCalls:
         finally:
             _request.reset(token)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def outside_request() -> Iterator[bool]:
+        """Within: calls run without the client's request id, for a handler whose calls depend on
+        a read snapshot, so a retry cannot replay them call by call (it must check what the first
+        attempt left instead); yields whether the client sent this request before."""
+        request = _request.get()
+        token = _request.set(None)
+        try:
+            yield request is not None and request.retried
+        finally:
+            _request.reset(token)
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the metadata thread; returns once this daemon's other mounts
         applied the changes it made."""

@@ -32,14 +32,15 @@ from daemon.service.handlers import HandlerTable
 from daemon.service.keys import ClusterKey, load_or_create_root_key
 from daemon.service.leadership import Leadership
 from daemon.service.local import Handler, LocalCaller
+from daemon.service.master_key_sync import CHECK_INTERVAL_S, MasterKeySync
 from daemon.service.meta_calls import MetaCalls
 from daemon.service.metadata_handlers import MetaHandlers
 from daemon.service.remarker import Remarker
-from daemon.service.snapshots import SnapshotDuty
+from daemon.service.snapshots import SnapshotDuty, SnapshotTaker
 from daemon.service.system_handlers import SystemHandlers
 from daemon.service.threads import ChunkThreads
 from daemon.service.upkeep import Upkeep
-from daemon.service.volume_keys import MasterKeys, VolumeKeyService
+from daemon.service.volume_keys import VolumeKeyService, open_master_keys
 from daemon.workers import Periodic, Retrying
 from dfs.client.chunks import ChunkIO
 from dfs.client.cluster import Client, ClusterInfo
@@ -138,7 +139,8 @@ class Service:
         )
         self.upkeep.fence = self.leadership.fence
         # Scheduled volume snapshots (daemon/service/snapshots.py): a duty of the leader's.
-        self.snapshot_duty = SnapshotDuty(self.metacalls)
+        self.snapshots = SnapshotTaker(self.metacalls)
+        self.snapshot_duty = SnapshotDuty(self.metacalls, self.snapshots)
         self.snapshot_duty.fence = self.leadership.fence
         # Re-marking chunks after replication policy changes (daemon/service/remarker.py).
         self.remarker = Remarker(self.metacalls, runner, self.leadership.fence)
@@ -153,11 +155,20 @@ class Service:
             replicas=cfg.cluster.replicas,
         )
         self.frontends = Frontends(cfg, self.metacalls, runner)
-        # The master key of encrypted volumes: only where metadata is served (the founder makes it).
+        # The master key of encrypted volumes: only where metadata is served (the founder makes
+        # it; daemons sharing the metadata take it from each other: master_key_sync.py).
         self.volume_keys = VolumeKeyService(
-            MasterKeys(cfg.master_key_path, create=self.founder) if self.is_primary else MasterKeys.none(),
+            open_master_keys(cfg.master_key_path, store, founder=self.founder, shared=self.shared_meta),
             cfg.storage.compression_level,
             lambda: self.metacalls.meta,
+        )
+        self.key_sync = MasterKeySync(
+            cfg,
+            self.volume_keys,
+            self.metacalls,
+            runner,
+            Credential.of_secret(self.secret),
+            shared=self.shared_meta,
         )
         self.table = HandlerTable(
             self.metacalls,
@@ -179,6 +190,8 @@ class Service:
             self.frontends,
             self.backups,
             volume_keys=self.volume_keys,
+            key_sync=self.key_sync,
+            snapshots=self.snapshots,
         )
         self.handlers: dict[str, Handler] = self.table.tasks()
         # The background loops; the node starts each once run_cluster has started.
@@ -212,6 +225,8 @@ class Service:
                 # Changes other daemons committed, for this daemon's mounts.
                 Periodic("peer changes", 0.25, self.metacalls.poll_changes),
                 Periodic("deletion log", 1.0, lambda: self.metacalls.run(deletions.flush)),
+                # Follows the cluster's master key (a rotation on another daemon).
+                Periodic("master key sync", CHECK_INTERVAL_S, self.key_sync.step),
             ]
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
 
@@ -234,6 +249,10 @@ class Service:
     async def _m(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` in the metadata thread (see daemon/service/meta_calls.py)."""
         return await self.metacalls.run(fn, *args, **kwargs)
+
+    async def take_snapshot(self, volume: str, name: str) -> dict[str, Any]:
+        """Snapshot ``name`` of ``volume`` in bounded batches (the admin API's way in)."""
+        return await self.snapshots.create(volume, name)
 
     def set_meta_observer(self, observe: Callable[[str, float], None]) -> None:
         """Report each metadata transaction's (operation, seconds), from the metadata thread."""
@@ -299,7 +318,12 @@ class Service:
 
     # -- the cluster (daemon/service/cluster_runner.py) ------------------------------------------
     async def run_cluster(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.cluster_runner.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.cluster_runner.run)
+            if self.shared_meta:
+                # The cluster's master key before this daemon reports ready (bounded).
+                await self.key_sync.first_sync()
+            task_status.started()
 
     @property
     def membership(self) -> Membership | None:
@@ -332,6 +356,9 @@ class Service:
     @property
     def marked_out(self) -> int:
         return self.cluster_runner.controller.marked_out
+
+    def layout_states(self) -> dict[str, str]:
+        return self.cluster_runner.layout_states()
 
     def worker_status(self) -> dict[str, dict[str, Any]]:
         """What each background loop last did, by name."""

@@ -8,8 +8,14 @@ others is refused).  ``master.key.old`` (the key before the last rotation) and
 whichever of them wrapped it.
 
 Only daemons serving metadata hold it: mounts and secondaries get the data keys
-they need from the primary (``keys.volumes``).  Key bytes are never logged.
-Every method here that touches metadata runs in the metadata thread.
+they need from the primary (``keys.volumes``).  Daemons sharing PostgreSQL
+metadata take it from each other (daemon/service/master_key_sync.py).  A new
+master key is made only for metadata that names none (no recorded fingerprint,
+no wrapped row): a daemon never makes one over data keys wrapped under a key it
+lacks, and with SQLite (no peer to take it from) it refuses to start instead.
+Key bytes are never logged, only fingerprints.  Every method here that touches
+metadata runs in the metadata thread; the key files change only in the event
+loop's tasks holding the sync's lock (rotation, following a peer's rotation).
 """
 
 from __future__ import annotations
@@ -57,10 +63,14 @@ class MasterKeys:
         self.from_env = bool(env.get(keys.MASTER_KEY_ENV))
         self.by_fp: dict[str, bytes] = {}
         self.current: bytes | None = None
+        # The key before the last rotation (master.key.old), which peers copy along.
+        self.previous: bytes | None = None
         for extra in (self._old, self._new):
             key = _read_key_file(extra)
             if key is not None:
                 self.by_fp[keys.fingerprint(key)] = key
+                if extra == self._old:
+                    self.previous = key
         if self.from_env:
             self.current = keys.parse_master_key(env[keys.MASTER_KEY_ENV])
         else:
@@ -80,7 +90,47 @@ class MasterKeys:
         self.from_env = False
         self.by_fp = {}
         self.current = None
+        self.previous = None
         return self
+
+    @property
+    def fingerprint(self) -> str | None:
+        return keys.fingerprint(self.current) if self.current is not None else None
+
+    @property
+    def source(self) -> str:
+        if self.from_env:
+            return "environment"
+        return str(self.path) if self.current is not None else "none"
+
+    def adopt(self, key: bytes, previous: bytes | None) -> None:
+        """Make ``key`` (a peer's current master key) this daemon's, in its key files: the key
+        it replaces (else the peer's ``previous``) becomes master.key.old, as after a rotation
+        here.  Each file is replaced atomically (tmp file, fsync, rename, directory fsync),
+        master.key.old first: a crash in between leaves the old key current, and the next
+        check adopts again.  Blocking: run it in a thread."""
+        if self.from_env:
+            raise ConfigError(f"the master key comes from ${keys.MASTER_KEY_ENV}: not replacing it")
+        if len(key) != keys.KEY_BYTES:
+            raise ConfigError("a peer's master key is malformed")
+        if key == self.current:
+            return
+        old = self.current if self.current is not None else previous
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if old is not None and old != key:
+            write_private(self._old, old)
+            self.by_fp[keys.fingerprint(old)] = old
+            self.previous = old
+        write_private(self.path, key)
+        self.by_fp[keys.fingerprint(key)] = key
+        self.current = key
+
+    def promote_new(self) -> None:
+        """A rotation's last step, once its transaction committed: master.key -> .old,
+        master.key.new -> master.key.  Blocking: run it in a thread."""
+        os.replace(self.path, self._old)
+        os.replace(self._new, self.path)
+        fsync_dir(self.path.parent)
 
     @property
     def _old(self) -> Path:
@@ -93,13 +143,46 @@ class MasterKeys:
     def require(self) -> bytes:
         if self.current is None:
             raise Unavailable(
-                f"this daemon has no master key ({self.path} or ${keys.MASTER_KEY_ENV}): "
-                "copy the founder's master.key here to serve encrypted volumes"
+                f"this daemon has no master key ({self.path} or ${keys.MASTER_KEY_ENV}) to serve "
+                "encrypted volumes: a daemon sharing the metadata takes it from a peer; otherwise "
+                "put the founder's master.key there"
             )
         return self.current
 
     def __repr__(self) -> str:  # never the key bytes
         return f"MasterKeys({self.path}, fingerprints={sorted(self.by_fp)})"
+
+
+def open_master_keys(
+    path: Path, store: MetaStore | None, *, founder: bool, shared: bool, env: Mapping[str, str] | None = None
+) -> MasterKeys:
+    """The master keys of a daemon that serves ``store`` (None: it serves no metadata).
+
+    The founder makes a key only when the metadata names none.  Metadata naming keys this
+    daemon lacks: with SQLite it refuses to start (nobody could give it the key); a daemon
+    sharing the metadata starts and takes it from a peer (master_key_sync.py)."""
+    if store is None:
+        return MasterKeys.none()
+    recorded, row_fps = store.master_state()
+    named = set(row_fps) | ({recorded} if recorded is not None else set())
+    master = MasterKeys(path, create=founder and not named, env=env)
+    missing = sorted(named - set(master.by_fp))
+    if missing and not shared:
+        raise ConfigError(
+            f"the metadata holds volume data keys wrapped under master key {', '.join(missing)}, "
+            f"which this daemon lacks ({path} or ${keys.MASTER_KEY_ENV} holds "
+            f"{master.fingerprint or 'none'}): put that master.key back (mode 0600) or set "
+            f"${keys.MASTER_KEY_ENV}; refusing to start rather than serve encrypted volumes "
+            "without their keys or make a new master key over them"
+        )
+    if missing:
+        log.warning(
+            "the shared metadata names master key %s, which this daemon lacks (it has %s): "
+            "taking it from a peer",
+            ", ".join(missing),
+            master.fingerprint or "none",
+        )
+    return master
 
 
 class VolumeKeyService:
@@ -154,7 +237,13 @@ class VolumeKeyService:
         if any(p.get("encryption") is True and k is None for _, p, k in codecs) and self.master.current:
             for ino, policy, key_id in codecs:
                 if policy.get("encryption") is True and key_id is None:
-                    self.ensure(meta, ino)
+                    try:
+                        self.ensure(meta, ino)
+                    except Unavailable as exc:
+                        # This daemon's master key is not the cluster's current one (it is
+                        # following it, or its $DFS_MASTER_KEY differs): the volume stays
+                        # without a key here (writes fail closed) rather than fail the answer.
+                        log.warning("no data key made for volume %d: %s", ino, exc.message)
             codecs = meta.volume_codecs()
         volumes = []
         for ino, policy, key_id in codecs:
@@ -173,12 +262,15 @@ class VolumeKeyService:
         return {"default_level": self.default_level, "volumes": volumes, "keys": opened}
 
     def status(self) -> dict[str, Any]:
-        """keys.status: the master key's fingerprint and source, and every data key (no bytes)."""
+        """keys.status: the master key's fingerprint and source, the cluster's current one (as
+        the metadata records it), and every data key (no bytes)."""
         meta: MetaStore = self._meta()
         names = {v["ino"]: v["name"] for v in meta.list_volumes()}
         current = self.master.current
+        recorded, row_fps = meta.master_state()
         return {
             "master_fingerprint": keys.fingerprint(current) if current else None,
+            "cluster_fingerprint": keys.wanted_fingerprint(recorded, row_fps),
             "source": "environment" if self.master.from_env else str(self.master.path),
             "old_key_file": str(self.master._old) if self.master._old.exists() else None,
             "keys": [
@@ -196,29 +288,46 @@ class VolumeKeyService:
         }
 
     def rotate(self) -> dict[str, Any]:
-        """keys.rotate: a new master key; every data key rewrapped in one transaction, no chunk
-        rewritten.  The previous key stays in master.key.old (until the next rotation)."""
+        """keys.rotate in one go (the steps below; the daemon runs them from the event loop,
+        master_key_sync.py)."""
+        old, new = self.rotate_begin()
+        count = self.rotate_commit(old, new)
+        self.master.promote_new()
+        return self.rotate_finish(old, new, count)
+
+    def rotate_begin(self) -> tuple[bytes, bytes]:
+        """A rotation's first step: a new master key, written to master.key.new first (a crash
+        after the commit below leaves it loadable, see MasterKeys).  Blocking (a file write).
+        Kept, file and all, if the commit fails: its outcome may be unknown (a lost connection)
+        and the key must then survive; an unused master.key.new is harmless."""
         if self.master.from_env:
             raise ConfigError(
                 f"the master key comes from ${keys.MASTER_KEY_ENV}: rotate by unsetting it "
                 "(the file then serves) or rewrap offline; refusing to rotate"
             )
         old = self.master.require()
-        meta: MetaStore = self._meta()
         new = keys.new_key()
-        new_fp = keys.fingerprint(new)
-        # Written first: a crash before the renames below leaves it loadable (see MasterKeys).
         write_private(self.master._new, new)
-        self.master.by_fp[new_fp] = new
+        self.master.by_fp[keys.fingerprint(new)] = new
+        return old, new
+
+    def rotate_commit(self, old: bytes, new: bytes) -> int:
+        """Metadata thread: every data key rewrapped under ``new`` and the cluster's current
+        master key moved from ``old`` to ``new``, in one transaction; answers how many.  The
+        key files change only after it committed (:meth:`MasterKeys.promote_new`)."""
+        meta: MetaStore = self._meta()
+        new_fp = keys.fingerprint(new)
 
         def rewrap(row: KeyRow) -> tuple[bytes, str]:
             return keys.wrap(new, row[0], row[1], self._unwrap(row)), new_fp
 
-        count = meta.volume_keys_rewrap(rewrap)
-        os.replace(self.master.path, self.master._old)
-        os.replace(self.master._new, self.master.path)
-        fsync_dir(self.master.path.parent)
+        return meta.volume_keys_rewrap(rewrap, new_fp, keys.fingerprint(old))
+
+    def rotate_finish(self, old: bytes, new: bytes, count: int) -> dict[str, Any]:
+        """After :meth:`MasterKeys.promote_new`: the new key serves."""
+        new_fp = keys.fingerprint(new)
         self.master.current = new
+        self.master.previous = old
         self._plain.clear()
         log.info(
             "master key rotated: %s -> %s, %d data key(s) rewrapped", keys.fingerprint(old), new_fp, count

@@ -5,7 +5,10 @@ The metadata primary holds the master key (``<data_dir>/master.key`` or
 wrapped by it (dfs/core/keys.py).  ``rotate`` makes a new master key and rewraps
 every data key in one transaction: no chunk is rewritten.  The previous key is
 kept as ``master.key.old`` until the next rotation replaces it, because metadata
-backups made before the rotation still hold data keys wrapped by it.
+backups made before the rotation still hold data keys wrapped by it.  With
+PostgreSQL metadata every daemon holds the key (they take it from each other);
+``status`` lists each one's fingerprint, so a daemon that lacks the current key
+(or was given another one in ``$DFS_MASTER_KEY``) shows.
 """
 
 from __future__ import annotations
@@ -39,6 +42,20 @@ def key_status(directory: str | None, config_path: str | None, as_json: bool) ->
         return
     click.echo(f"master key:  {status['master_fingerprint'] or 'NONE on the metadata primary'}")
     click.echo(f"source:      {status['source']}")
+    cluster_fp = status.get("cluster_fingerprint")
+    if cluster_fp and cluster_fp != status["master_fingerprint"]:
+        click.echo(f"MISMATCH:    the cluster's current master key is {cluster_fp}")
+    daemons = status.get("daemons") or []
+    if len(daemons) > 1 or any(not d.get("in_sync") for d in daemons):
+        click.echo(f"{'DAEMON':<16} {'MASTER KEY':<17} SOURCE")
+        for d in daemons:
+            name = d.get("node_id") or d.get("address") or "?"
+            if d.get("error"):
+                click.echo(f"{name:<16} {'?':<17} unreachable: {d['error']}")
+                continue
+            fp = d.get("fingerprint") or "NONE"
+            mark = "" if d.get("in_sync") else "  MISMATCH"
+            click.echo(f"{name:<16} {fp:<17} {d.get('source')}{mark}")
     if status.get("old_key_file"):
         click.echo(f"previous:    {status['old_key_file']} (opens metadata backups made before the rotation)")
     keys = status["keys"]

@@ -117,6 +117,10 @@ _NO_EFFECT = frozenset(
         # logged as the unlink, rename or put_object that made them).
         "trash_empty",
         "trash_expire",
+        # A snapshot copied in batches grows outside the namespace (snapshot-builds/) until
+        # snapshot_create publishes it.
+        "snapshot_build_batch",
+        "snapshot_build_abort",
     }
 )
 # Operations whose first two arguments are the directory and the name they make (failing if
@@ -138,6 +142,7 @@ _OTHER_OPS = frozenset(
         "remove_empty_parents",
         "put_object",
         "snapshot",
+        "snapshot_build",
         "snapshot_create",
         "snapshot_delete",
         "snapshot_restore",
@@ -222,12 +227,11 @@ def _changes_of(op: str, args: Sequence[Any], resolve: Resolver | None) -> list[
         return _path(int(args[0]), [*(bytes(n) for n in args[1]), bytes(args[2])], resolve, NEW, ENTRY)
     if op == "snapshot":
         return [_entry(args[1], args[2], NEW)]
-    if op == "snapshot_create":  # [volume, name, origin, /.snapshots, /.snapshots/VOLUME, top]
-        return [
-            _entry(ROOT_INO, b".snapshots", NEW),
-            _entry(args[3], str(args[0]).encode(), NEW),
-            _entry(args[4], str(args[1]).encode(), NEW),
-        ]
+    if op in ("snapshot_build", "snapshot_create"):
+        # [volume, name, origin, /.snapshots, /.snapshots/VOLUME(, top)]: a build makes the two
+        # directories if missing, its publication the snapshot's name.
+        made = [_entry(ROOT_INO, b".snapshots", NEW), _entry(args[3], str(args[0]).encode(), NEW)]
+        return made + [_entry(args[4], str(args[1]).encode(), NEW)] if op == "snapshot_create" else made
     if op == "snapshot_delete":  # [volume, name, /.snapshots/VOLUME or None, top]
         return [] if args[2] is None else [_entry(args[2], str(args[1]).encode())]
     if op == "snapshot_restore":

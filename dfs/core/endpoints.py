@@ -612,6 +612,10 @@ KEYS_VOLUMES: Endpoint[dict[str, Any]] = _declare(
 KEYS_STATUS: Endpoint[dict[str, Any]] = _declare("keys.status", site=_PRIMARY, read_only=True, callers=ADMINS)
 # A new master key; every data key rewrapped in one transaction: `dfs key rotate`.
 KEYS_ROTATE: Endpoint[dict[str, Any]] = _declare("keys.rotate", site=_PRIMARY, callers=ADMINS)
+# The master key itself, for a peer that serves the same metadata (daemon/service/master_key_sync.py):
+# ``want`` is a fingerprint, "current", or "" for none (just this daemon's fingerprint, for
+# `dfs key status`).  Peer daemons only: no mount, client, admin or S3 credential gets it.
+KEYS_MASTER: Endpoint[dict[str, Any]] = _declare("keys.master", "want:str", read_only=True, callers=NODES)
 
 # -- in-process only ----------------------------------------------------------------------------
 # An S3 key's secret: the S3 shim on the primary reads it; it never crosses the wire.

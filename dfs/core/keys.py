@@ -25,8 +25,8 @@ import base64
 import binascii
 import os
 import struct
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -43,10 +43,14 @@ __all__ = [
     "chunk_id_key",
     "codec_of_policy",
     "fingerprint",
+    "fingerprint_from_int",
+    "fingerprint_to_int",
+    "follow_plan",
     "new_key",
     "parse_master_key",
     "unwrap",
     "volume_of",
+    "wanted_fingerprint",
     "wrap",
 ]
 
@@ -90,6 +94,57 @@ def parse_master_key(text: str | bytes) -> bytes:
 def fingerprint(master: bytes) -> str:
     """A short public name of a master key (which key wrapped a row), revealing nothing of it."""
     return blake3.blake3(master, derive_key_context=_FINGERPRINT_CONTEXT).hexdigest(length=8)
+
+
+def fingerprint_to_int(fp: str) -> int:
+    """A fingerprint as the signed 64-bit integer a metadata ``config`` row holds."""
+    try:
+        raw = bytes.fromhex(fp)
+    except ValueError:
+        raw = b""
+    if len(raw) != 8:
+        raise InvalidArgument(f"a master key fingerprint is 16 hex digits, not {fp!r:.40}")
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def fingerprint_from_int(value: int) -> str:
+    """:func:`fingerprint_to_int` undone."""
+    return value.to_bytes(8, "big", signed=True).hex()
+
+
+def wanted_fingerprint(recorded: str | None, row_fingerprints: Iterable[str]) -> str | None:
+    """The master key every daemon serving this metadata must hold as its current key.
+
+    ``recorded``: what the metadata says (set with the first data key and by every rotation,
+    in their transactions); metadata from before that record names it only through its wrapped
+    rows, so if they all agree, theirs.  None: nothing says (no data key yet, or rows wrapped
+    under several keys and no record), so any key will do until one is recorded."""
+    if recorded is not None:
+        return recorded
+    found = set(row_fingerprints)
+    return found.pop() if len(found) == 1 else None
+
+
+FollowAction = Literal["in_sync", "adopt_held", "fetch", "fetch_any", "env_mismatch"]
+
+
+def follow_plan(
+    wanted: str | None, current: str | None, held: Iterable[str], *, from_env: bool
+) -> FollowAction:
+    """What a daemon serving shared metadata does to hold the cluster's master key.
+
+    ``wanted``: :func:`wanted_fingerprint`; ``current``: its own key's fingerprint (None: it
+    has none); ``held``: every key it holds (current, previous, a rotation's leftover).
+    ``env_mismatch``: its key comes from the environment and differs -- never overwritten,
+    only reported.  ``fetch_any``: nothing is recorded yet but it has no key at all (a new
+    peer): any peer's current key."""
+    if wanted is None:
+        return "fetch_any" if current is None and not from_env else "in_sync"
+    if wanted == current:
+        return "in_sync"
+    if from_env:
+        return "env_mismatch"
+    return "adopt_held" if wanted in set(held) else "fetch"
 
 
 def _aad(key_id: int, volume_ino: int) -> bytes:

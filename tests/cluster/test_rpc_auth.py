@@ -175,6 +175,23 @@ def test_each_class_calls_only_its_endpoints(node: Daemon, caller: CallerClass) 
         assert "s3.key_create" not in expected and "chunk.delete" in expected
     if caller is CallerClass.NODE:
         assert expected == set()
+    else:  # the master key goes to peer daemons only: not to mounts, the CLI, admins or S3
+        assert "keys.master" in expected
+
+
+def test_only_a_peer_gets_the_master_key(node: Daemon) -> None:
+    """keys.master answers a node credential with the key master.key holds, and a mount's
+    (client) or an admin's credential with a refusal before any handler runs."""
+    on_disk = (node.data_dir / "master.key").read_bytes()
+    answer = _call(node, node.credential(CallerClass.NODE), "keys.master", "current")
+    assert answer["key"] == on_disk and answer["serves_metadata"]
+    assert answer["fingerprint"] == answer["cluster_fingerprint"] or answer["cluster_fingerprint"] is None
+    bare = _call(node, node.credential(CallerClass.NODE), "keys.master", "")
+    assert bare["key"] is None and bare["previous"] is None and bare["fingerprint"] == answer["fingerprint"]
+    for caller in (CallerClass.CLIENT, CallerClass.ADMIN):
+        refused = _call(node, node.credential(caller), "keys.master", "current")
+        assert isinstance(refused, CallerNotAllowed), refused
+    assert on_disk.hex() not in node.log_path.read_text()
 
 
 def test_credential_files_are_private_and_stable(node: Daemon) -> None:

@@ -153,3 +153,49 @@ def test_scheduled_snapshots_are_taken_and_expired(tmp_path: Path) -> None:
         d.assert_clean()
     finally:
         d.stop()
+
+
+@pytest.mark.slow
+def test_snapshot_taken_while_writing_is_one_point_in_time(daemon: Daemon, mnt: Path) -> None:
+    """A snapshot of a tree bigger than a batch, taken while a writer keeps creating files in
+    sequence: its copy holds exactly the files created before some moment (a prefix of the
+    sequence, no gap), though it was copied in several transactions with writes in between."""
+    import threading
+
+    admin(daemon, "POST", "/storage/volumes", {"name": "data"})
+    vol = mnt / "data"
+    wait_for(vol.is_dir, timeout_s=10)
+    for d in range(3):
+        (vol / f"d{d}").mkdir()
+        for i in range(700):
+            (vol / f"d{d}" / f"f{i}").write_bytes(b"%d/%d\n" % (d, i))
+    seq = vol / "seq"
+    seq.mkdir()
+    stop = threading.Event()
+    made: list[int] = []
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            (seq / f"f{n:06d}").write_bytes(b"x")
+            made.append(n)
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        wait_for(lambda: len(made) > 50, timeout_s=30)
+        daemon.cli("snapshot", "create", "data", "s1")
+        count = len(made)
+        wait_for(lambda: len(made) > count + 50, timeout_s=30)  # and writing went on after
+    finally:
+        stop.set()
+        thread.join()
+    snap = mnt / ".snapshots" / "data" / "s1"
+    wait_for(snap.is_dir, timeout_s=10)
+    names = sorted(os.listdir(snap / "seq"))
+    assert names == [f"f{n:06d}" for n in range(len(names))]  # a prefix: one point in time
+    assert 50 < len(names) < len(made)
+    assert all(len(os.listdir(snap / f"d{d}")) == 700 for d in range(3))
+    listed = json.loads(daemon.cli("snapshot", "list", "data", "--json").stdout)
+    assert listed[0]["files"] == 2100 + len(names)

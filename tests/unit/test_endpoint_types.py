@@ -395,6 +395,10 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await c.keyring(0.0)
         await e.KEYS_STATUS.call(conn)
         await _attempt(e.KEYS_ROTATE.call(conn))
+        # A peer sharing the metadata (daemon/service/master_key_sync.py): "current", a
+        # fingerprint, or "" (just the fingerprint, for `dfs key status`).
+        for want in ("current", "0123456789abcdef", ""):
+            await e.KEYS_MASTER.call(conn, want)
         await _attempt(e.META_SNAPSHOT.call(conn, d.ino, ROOT_INO, b"snap", 0, 0))
         # `dfs snapshot` (dfs/cli/snapshot.py).
         await _attempt(e.SNAPSHOT_CREATE.call(conn, "bucket", "s1"))

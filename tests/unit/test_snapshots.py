@@ -14,6 +14,8 @@ import pytest
 
 from daemon.meta import MetaStore
 from daemon.meta.dump import load_dump, write_dump
+from daemon.meta.snapshots import BUILD_STALE_NS
+from daemon.service.snapshots import BATCH_ENTRIES, TreeWalk
 from dfs.core.errors import Exists, NotFound, ReadOnly
 from dfs.core.namespace import RENAME_EXCHANGE, ROOT_INO, BlockRef
 from tests.metastores import Clock, cid, engine, location, open_meta
@@ -377,3 +379,122 @@ def test_snapshot_of_100k_files_timing(store: MetaStore, chunks: set[bytes]) -> 
     t0 = time.monotonic()
     store.delete_snapshot("big", "s")
     print(f"delete of the 100k-file snapshot: {time.monotonic() - t0:.2f} s")
+    # As the daemon takes it: batches of BATCH_ENTRIES names, each its own short transaction.
+    t0 = time.monotonic()
+    src = store.snapshot_build_begin("big", "b")
+    reader = store.reader()
+    reader.snapshot_read_open()
+    walk = TreeWalk(reader, src)
+    longest = 0.0
+    while (batch := walk.next_batch(BATCH_ENTRIES)) is not None:
+        t1 = time.monotonic()
+        walk.copied(store.snapshot_build_batch("big", "b", *batch))
+        longest = max(longest, time.monotonic() - t1)
+    reader.snapshot_read_close()
+    reader.close()
+    assert store.snapshot_build_finish("big", "b")["files"] == 100_000
+    print(
+        f"batched snapshot of 100k files: {time.monotonic() - t0:.2f} s, "
+        f"longest transaction {longest * 1000:.1f} ms"
+    )
+
+
+# -- snapshots copied in bounded batches (daemon/service/snapshots.py drives them) ------------------
+
+
+def build(
+    store: MetaStore, name: str, limit: int, between: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Snapshot ``name`` of "data" as the daemon takes it: ``limit`` names a batch, read in one
+    read snapshot on a second connection; ``between(n)`` runs before batch n is written."""
+    src = store.snapshot_build_begin("data", name)
+    reader = store.reader()
+    reader.snapshot_read_open()
+    walk = TreeWalk(reader, src)
+    try:
+        n = 0
+        while (batch := walk.next_batch(limit)) is not None:
+            between(n)
+            walk.copied(store.snapshot_build_batch("data", name, *batch))
+            n += 1
+    finally:
+        reader.snapshot_read_close()
+        reader.close()
+    assert n > 3  # the tree really went in several batches
+    return store.snapshot_build_finish("data", name)
+
+
+def test_batched_snapshot_is_the_tree_as_it_began(store: MetaStore, chunks: set[bytes], clock: Clock) -> None:
+    v = volume(store, chunks)
+    for i in range(5):
+        write(store, chunks, new_file(store, v["b"], b"g%d" % i), cid(10 + i))
+    expected = tree(store, v["vol"])
+    one_shot = store.create_snapshot("data", "whole")
+    seen: list[Any] = []
+
+    def meanwhile(n: int) -> None:
+        # Other writers go on between batches: none of it may show in the snapshot, and no chunk
+        # the read snapshot names may be collected while the copy is under way.
+        if n == 0:
+            store.delete_snapshot("data", "whole")
+            store.remove_tree(v["vol"], b"a")  # f1 lives on at f1-link, f2 and g* in the snapshot only
+            write(store, chunks, v["top"], cid(20))  # cid(3) loses its last live reference
+            store.mkdir(v["vol"], b"late", 0o755, 0, 0)
+        seen.append(store.gc_collect(clock.t + 1, 100, lambda ids: None))
+        with pytest.raises(NotFound):  # the partial copy is nowhere in the namespace
+            store.lookup(store.lookup(store.lookup(ROOT_INO, b".snapshots").ino, b"data").ino, b"s")
+
+    doc = build(store, "s", 2, meanwhile)
+    assert all(ids == [] for ids in seen)  # GC waited
+    assert (doc["files"], doc["bytes"]) == (one_shot["files"], one_shot["bytes"])
+    s = snap_inos(store, "s")
+    assert doc["ino"] == s["top"] and tree(store, s["top"]) == expected
+    assert store.getattr(s["f1"]).nlink == 2 and store.lookup(s["top"], b"f1-link").ino == s["f1"]
+    assert store.getxattr(s["f2"], b"user.k") == b"v"
+    assert store.readlink(store.lookup(s["top"], b"sym").ino) == b"a/f1"
+    assert refcount(store, cid(3)) == 1 and refcount(store, cid(2)) == 1 and refcount(store, cid(12)) == 1
+    assert [(d["name"], d["files"]) for d in store.list_snapshots("data")] == [("s", 9)]
+    assert store.snapshot_builds() == []
+    with pytest.raises(ReadOnly):
+        store.unlink(s["b"], b"f2")
+    check(store, chunks)
+    store.delete_snapshot("data", "s")  # now GC may take what only the snapshot held
+    assert set(store.gc_collect(clock.t + 1, 100, lambda ids: None)) >= {cid(2), cid(3), cid(12)}
+    chunks.difference_update({cid(2), cid(3)} | {cid(10 + i) for i in range(5)})
+    check(store, chunks)
+
+
+def test_a_stalled_build_is_given_up(store: MetaStore, chunks: set[bytes], clock: Clock) -> None:
+    v = volume(store, chunks)
+    src = store.snapshot_build_begin("data", "s")
+    with pytest.raises(Exists):  # one build per name, and no snapshot of that name meanwhile
+        store.snapshot_build_begin("data", "s")
+    with pytest.raises(Exists):
+        store.create_snapshot("data", "s")
+    reader = store.reader()
+    reader.snapshot_read_open()
+    walk = TreeWalk(reader, src)
+    batch = walk.next_batch(2)
+    assert batch is not None
+    walk.copied(store.snapshot_build_batch("data", "s", *batch))
+    assert refcount(store, cid(3)) == 2  # top's block map was in the first batch
+    assert [b["name"] for b in store.snapshot_builds()] == ["s"]
+    check(store, chunks)  # the partial copy is sound where it sits
+    assert store.snapshot_build_expire() == []
+    clock.t += BUILD_STALE_NS + 1  # the builder died
+    store.unlink(v["vol"], b"top")
+    assert store.gc_collect(clock.t + 1, 100, lambda ids: None) == []  # the partial copy holds cid(3)
+    assert store.snapshot_build_expire() == [("data", "s")]
+    batch = walk.next_batch(2)
+    assert batch is not None
+    with pytest.raises(NotFound):  # a late builder finds its build gone
+        store.snapshot_build_batch("data", "s", *batch)
+    reader.snapshot_read_close()
+    reader.close()
+    assert store.snapshot_builds() == [] and refcount(store, cid(3)) == 0
+    assert store.gc_collect(clock.t + 1, 100, lambda ids: None) == [cid(3)]  # GC runs again
+    chunks.discard(cid(3))
+    check(store, chunks)
+    assert build(store, "s", 1)["files"] == 3  # the name is free again
+    assert store.snapshot_build_abort("data", "s") is False
+    check(store, chunks)
