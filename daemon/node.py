@@ -43,7 +43,7 @@ def _unix_group_gid(cfg: Config) -> int | None:
 async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED) -> None:
     group_gid = _unix_group_gid(cfg)  # before anything starts: a typo must stop the daemon
     service = Service(cfg)
-    metrics = Metrics(node_id=cfg.node_id, version=__version__)
+    metrics = Metrics(node_id=cfg.node_id, version=__version__, tls_cert_file=cfg.tls.cert_file)
     service.set_meta_observer(metrics.observe_meta)
     metrics.watch(service)
     try:
@@ -153,4 +153,5 @@ async def _serve_admin(
     listeners = await open_http_listeners(cfg.admin.listen)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
+        nursery.start_soon(api.run)  # the console's history sampler
         task_status.started()

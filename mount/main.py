@@ -272,6 +272,7 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
             except (OSError, ValueError) as exc:
                 raise UsageError(f"metrics={spec.values['metrics']}: {exc}") from None
             set_op_observer(mount_metrics.observe)
+            mount_metrics.watch_failover(meta)
         source = ",".join(spec.addresses) + ":/" + spec.subdir
         # libfuse splits options at commas; a backslash keeps the hosts' commas in the fsname.
         options = {

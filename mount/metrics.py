@@ -1,8 +1,9 @@
 """Metrics of one ``mount.dfs`` process, served for Prometheus on an optional address.
 
 ``-o metrics=HOST:PORT`` makes the mount serve ``/metrics`` with its FUSE
-operation latencies (``dfs_fuse_op_seconds{op}``) and errors by errno
-(``dfs_fuse_errors_total{op,errno}``).  The mount runs no HTTP server of its
+operation latencies (``dfs_fuse_op_seconds{op}``), errors by errno
+(``dfs_fuse_errors_total{op,errno}``) and the times its metadata calls moved to
+another daemon (``dfs_fuse_meta_failovers_total``).  The mount runs no HTTP server of its
 own, so prometheus_client's threaded one serves the registry.
 """
 
@@ -10,11 +11,39 @@ from __future__ import annotations
 
 import errno as errno_mod
 import threading
+from collections.abc import Iterable
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from dfs.core.metrics import LATENCY_BUCKETS
+
+
+class FailoverSource(Protocol):
+    """The mount's metadata caller (dfs/net/failover.py): how often it changed daemons."""
+
+    switches: int
+
+
+class _FailoverCollector:
+    """Reads the caller's switch count at scrape time (one int, no lock: a scrape that misses
+    the latest increment shows it at the next)."""
+
+    def __init__(self, source: FailoverSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "dfs_fuse_meta_failovers",
+            "Times the mount moved its metadata calls to another daemon (its daemon was unreachable)",
+        )
+        family.add_metric([], float(self._source.switches))
+        return [family]
 
 
 class MountMetrics:
@@ -41,6 +70,10 @@ class MountMetrics:
         )
         if process_metrics:
             ProcessCollector(namespace="dfs", registry=self.registry)
+
+    def watch_failover(self, source: FailoverSource) -> None:
+        """Export ``source.switches`` as ``dfs_fuse_meta_failovers_total`` (0 until one happens)."""
+        self.registry.register(_FailoverCollector(source))
 
     def observe(self, op: str, seconds: float, errno: int | None) -> None:
         """One answered operation; ``errno`` is None on success."""

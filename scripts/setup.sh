@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 
 # postgresql: only its binaries; the tests start a throwaway server of their own (tests/pg.py).
 # etcd-server, patroni: the failover tier starts its own etcd and Patroni (tests/patroni.py).
+# prometheus (its promtool too): the dashboard and alert tests start their own server.
+# chromium, chromium-driver: the console tests drive headless Chromium.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
               rsync fio attr sqlite3 git tar util-linux procps e2fsprogs kmod
-              iproute2 acl postgresql etcd-server patroni)
+              iproute2 acl postgresql etcd-server patroni
+              prometheus chromium chromium-driver)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -64,6 +64,20 @@ def admin_ok(d: Daemon, method: str, path: str, body: Any = None) -> Any:
     return doc
 
 
+# A loopback cluster whose nodes are never marked out (a stopped node comes back) and whose
+# repair and hints run often: for tests that watch a node go and return.
+STEADY_CLUSTER = """
+[cluster]
+replicas = 2
+consistency = "quorum"
+dead_grace_s = 300.0
+hint_interval_s = 0.5
+anti_entropy_interval_s = 1.0
+refresh_s = 0.5
+peer_timeout_s = 5.0
+"""
+
+
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.geteuid() == 0
 

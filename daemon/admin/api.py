@@ -11,6 +11,9 @@ Invariants:
 - Only ``GET /health`` answers without the bearer token (compared with
   :func:`hmac.compare_digest`).  An unauthenticated request gets 401 for
   every other path, known or not, so probing learns nothing about routes.
+- The web console (``/ui/``, daemon/admin/console.py) logs in with a token and then calls
+  this API with a session cookie instead of the header: same scope checks, and every
+  change so made needs the session's ``X-CSRF-Token`` (403 otherwise).
 - A token has a scope (daemon/admin/tokens.py): the first-run token is
   ``admin``; scoped tokens live hashed in metadata (a secondary has the
   primary check them).  :func:`daemon.admin.tokens.allowed` decides per
@@ -52,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import trio
 
 import daemon.admin.tokens as tokens
+from daemon.admin.console import Console, ConsoleRefused, Totals
 from daemon.admin.metrics import Metrics, MetricsSource, render
 from daemon.admin.openapi import DEFAULT_POLICY, OPENAPI
 from daemon.http import BodyError, Request, Response
@@ -78,6 +82,7 @@ from dfs.core.s3names import is_bucket_name
 from dfs.core.snapshot_schedule import format_schedule, parse_schedule
 
 if TYPE_CHECKING:
+    from daemon.cluster.membership import Membership
     from daemon.meta import MetaStore
     from dfs.client.cluster import Client
 
@@ -497,6 +502,11 @@ class AdminNode(MetricsSource, Protocol):
     @property
     def reads(self) -> MetaStore: ...
 
+    @property
+    def membership(self) -> Membership | None:
+        """The gossip runner (None: gossip off or not started yet): the console's node states."""
+        ...
+
     def local_client(self) -> Client:
         """A filesystem client calling this daemon in-process (a secondary's reaches the primary)."""
         ...
@@ -514,6 +524,10 @@ class AdminNode(MetricsSource, Protocol):
     def ensure_volume_key(self, meta: MetaStore, volume_ino: int) -> int:
         """An encrypted volume's data key id, made (wrapped under the master key) if it has none;
         metadata thread."""
+        ...
+
+    async def take_snapshot(self, volume: str, name: str) -> dict[str, Any]:
+        """Snapshot ``name`` of ``volume``, copied in bounded batches (daemon/service/snapshots.py)."""
         ...
 
     async def admin_token_scope(self, token: str) -> str | None:
@@ -541,6 +555,17 @@ class AdminApi:
         self._token = token.encode()
         # Disk probes of /storage/health: two at most in flight, so a hung disk strands two threads.
         self._probe_limiter = trio.CapacityLimiter(2)
+        # The web console under /ui/ (daemon/admin/console.py): pages over this same API.
+        self.console = Console(
+            node_id=cfg.node_id,
+            https=cfg.admin.https,
+            api_get=self._console_get,
+            scope_of=self._token_scope,
+            members=self._members,
+            repair_status=node.node_repair_status,
+            totals=self._totals,
+            loop_lag_s=lambda: self.metrics.last_loop_lag_s,
+        )
         self.routes: tuple[Route, ...] = (
             Route("/health", {"GET": self._health}, public=True),
             Route("/metrics", {"GET": self._prometheus}),
@@ -581,7 +606,56 @@ class AdminApi:
 
     # -- dispatch ---------------------------------------------------------------------
     async def handle(self, req: Request) -> Response:
+        if Console.owns(req.path):
+            return await self._console(req)
         return await self._dispatch(req, forwarded=False)
+
+    async def run(self) -> None:
+        """The API's background work (the console's history sampler); runs until cancelled."""
+        await self.console.run()
+
+    # -- the web console (daemon/admin/console.py) -------------------------------------------
+    async def _console(self, req: Request) -> Response:
+        try:
+            resp = await self.console.handle(req)
+        except Exception:
+            log.exception("console %s failed", req.method)
+            resp = Response(500, [("content-type", "text/plain"), ("cache-control", "no-store")], b"error\n")
+        self.metrics.observe_admin("/ui", resp.status)  # one label for every page: bounded
+        return resp
+
+    async def _console_get(self, target: str) -> tuple[int, Any]:
+        """GET ``target`` of this API in-process, as the first-run token (the console checked its
+        session's scope first): (status, parsed JSON or None).  A secondary forwards as usual."""
+        auth = [("authorization", "Bearer " + self._token.decode())]
+        resp = await self._dispatch(Request.buffered("GET", target, auth, b"", "console"), forwarded=False)
+        body = resp.body if isinstance(resp.body, bytes) else b""
+        return resp.status, json.loads(body) if body.startswith((b"{", b"[")) else None
+
+    async def _token_scope(self, presented: str) -> str | None:
+        """The scope of an admin token (the first-run one: admin), or None if it is none."""
+        if hmac.compare_digest(presented.encode(), self._token):
+            return "admin"
+        return await self.node.admin_token_scope(presented)
+
+    def _members(self) -> list[dict[str, Any]]:
+        membership = self.node.membership
+        if membership is not None:
+            return membership.members()
+        return [{"node_id": self.cfg.node_id, "status": "alive", "self": True, "zone": self.cfg.node.zone}]
+
+    async def _totals(self) -> Totals:
+        def counter(c: Any) -> int:
+            # Public prometheus API: a Counter's samples are <name>_total and <name>_created.
+            return int(sum(s.value for m in c.collect() for s in m.samples if s.name.endswith("_total")))
+
+        repair = await self.node.node_repair_status(self.cfg.node_id)
+        return Totals(
+            ops=sum(self.metrics.requests_served.values()),
+            s3_in_bytes=counter(self.metrics.s3_bytes_in),
+            s3_out_bytes=counter(self.metrics.s3_bytes_out),
+            repair_bytes=int((repair or {}).get("bytes_moved", 0) or 0),
+        )
 
     async def forwarded(
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, remote: str
@@ -660,6 +734,13 @@ class AdminApi:
         """The scope of the bearer token presented (``admin`` for the first-run token); 401 if none."""
         header = req.header("authorization")
         if header is None:
+            # The web console's pages call this API with their session cookie instead.
+            try:
+                session_scope = await self.console.session_scope(req)
+            except ConsoleRefused as exc:
+                raise ApiError(403, "Forbidden", str(exc)) from None
+            if session_scope is not None:
+                return session_scope
             raise ApiError(
                 401, "Unauthorized", "missing bearer token", [("www-authenticate", 'Bearer realm="dfs"')]
             )
@@ -1199,8 +1280,7 @@ class AdminApi:
         if name is None:
             name = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
         name = _snapshot_name(name)
-        meta = self.node.meta
-        doc = await self.node._m(lambda: meta.create_snapshot(volume, name))
+        doc = await self.node.take_snapshot(volume, name)
         return json_response(201, _snapshot_doc(doc))
 
     async def _list_snapshots(self, req: Request, params: dict[str, str]) -> Response:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
+from cryptography import x509
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -52,6 +54,8 @@ from dfs.core import endpoints
 from dfs.core.endpoints import declared
 from dfs.core.errors import DfsError, InvalidArgument
 from dfs.core.metrics import LATENCY_BUCKETS
+from dfs.core.placement import NodeState
+from dfs.core.replicas import DOWN_STATES
 
 if TYPE_CHECKING:
     # Type names only: the metrics read these objects off the node, they never build them.
@@ -79,6 +83,8 @@ except ImportError:  # prometheus_client < 0.21 only knows the one text format
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_PROBE_INTERVAL_S = 0.25
 REFRESH_INTERVAL_S = 5.0
+# A certificate chain file is a few KiB; anything past this is not one.
+_MAX_CERT_BYTES = 1 << 20
 
 # dfs_chunk_store_bytes{kind} <- ChunkStore.stats() keys.
 _STORE_KINDS = (
@@ -112,9 +118,26 @@ class RemarkSource(Protocol):
     def status(self) -> dict[str, Any] | None: ...
 
 
+class LeaderSource(Protocol):
+    """Who runs the cluster-wide duties (daemon/service/leadership.py)."""
+
+    @property
+    def leader(self) -> bool: ...
+
+    changes: int
+
+
 class ClusterSource(Protocol):
     """What :meth:`Metrics.watch` exports: the node's cluster figures, from live objects that
     stay None until (and unless) the daemon starts them."""
+
+    @property
+    def is_primary(self) -> bool: ...
+
+    @property
+    def leadership(self) -> LeaderSource: ...
+
+    def layout_states(self) -> Mapping[str, str]: ...
 
     @property
     def layout_epoch(self) -> int: ...
@@ -159,6 +182,8 @@ class Snapshot:
     # promised in all (thin provisioning): read off the accounting rows, never by a walk.
     volumes: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict)
     provisioned_bytes: int | None = None
+    # not_after of [tls] cert_file as a Unix time; None: no certificate configured (or unreadable).
+    tls_cert_expiry_s: float | None = None
     refreshed_at: float | None = None  # time.time() of the refresh; None: never refreshed
 
 
@@ -257,14 +282,22 @@ class _CachedCollector:
                 if value is not None:
                     family.add_metric([volume], float(value))
         out += families.values()
+        out.append(
+            _gauge(
+                "dfs_tls_certificate_expiry_timestamp_seconds",
+                "When the node's TLS certificate ([tls] cert_file) expires (absent: none configured)",
+                snap.tls_cert_expiry_s,
+            )
+        )
         return out
 
 
 class _ClusterCollector:
     """Membership, layout, repair and replication figures, read from live objects (no I/O)."""
 
-    def __init__(self, source: ClusterSource) -> None:
+    def __init__(self, source: ClusterSource, started_at: float) -> None:
         self._source = source
+        self._started_at = started_at
 
     def describe(self) -> Iterable[Metric]:
         return []  # collected lazily: the daemon's objects appear as it starts
@@ -299,6 +332,22 @@ class _ClusterCollector:
             for reason, n in sorted(svc.membership.packets_dropped.items()):
                 dropped.add_metric([reason], float(n))
         out += [members, events, dropped]
+        out += self._layout_families(svc)
+        # With SQLite only the primary can lead; a secondary's Leadership says "leader" (it has
+        # nothing to contend for), so the flag is ANDed with is_primary.
+        out += [
+            _gauge(
+                "dfs_meta_leader",
+                "1 while this daemon runs the cluster-wide duties (GC, marking dead nodes out...)",
+                1.0 if svc.is_primary and svc.leadership.leader else 0.0,
+            ),
+            _counter(
+                "dfs_meta_leader_changes",
+                "Times this daemon took over or lost the cluster-wide duties after its first attempt "
+                "(a metadata failover)",
+                svc.leadership.changes,
+            ),
+        ]
         if svc.repair is not None:
             st = svc.repair.stats
             out += [
@@ -318,6 +367,15 @@ class _ClusterCollector:
                     "Duration of the last anti-entropy round",
                     st.last_round_s,
                 ),
+                # Before the first round: the daemon's start, so "no round for an hour" also
+                # catches a repair loop that never finishes one (and a new daemon is not an hour late).
+                _gauge(
+                    "dfs_repair_last_round_timestamp_seconds",
+                    "When the last anti-entropy round ended (the daemon's start until one has)",
+                    st.last_round_at if st.rounds else self._started_at,
+                ),
+                _counter("dfs_repair_rounds", "Anti-entropy rounds completed", st.rounds),
+                _counter("dfs_repair_round_errors", "Anti-entropy rounds that failed", st.errors),
                 _counter("dfs_repair_copies", "Chunk copies made by repair", st.copies_made),
                 _counter("dfs_repair_bytes_moved", "Bytes sent by repair", st.bytes_moved),
                 _counter(
@@ -387,6 +445,32 @@ class _ClusterCollector:
             ]
         return out
 
+    @staticmethod
+    def _layout_families(svc: ClusterSource) -> list[Metric]:
+        """Layout nodes by state, and whether each node the layout counts on is up.
+
+        Both come from the layout this node last read (cached by the cluster runner) and its
+        gossip table: a few dozen entries at most, no I/O.  Every state is exported, 0
+        included, so a query for "draining" nodes has a series before any node drains.
+        """
+        states = svc.layout_states()
+        nodes = GaugeMetricFamily("dfs_layout_nodes", "Nodes in the layout, by state", labels=["state"])
+        for state in NodeState:
+            nodes.add_metric([state.value], float(sum(1 for s in states.values() if s == state.value)))
+        up = GaugeMetricFamily(
+            "dfs_cluster_member_up",
+            "Per layout node not marked out: 1 while this node's gossip sees it alive or suspect, "
+            "0 once dead or left",
+            labels=["member"],
+        )
+        members = svc.membership.members() if svc.membership is not None else []
+        seen = {str(m["node_id"]): str(m["status"]) for m in members}
+        for node_id, node_state in sorted(states.items()):
+            if node_state != NodeState.OUT.value:
+                # A member gossip has not heard of yet counts as up, as the replica view has it.
+                up.add_metric([node_id], 0.0 if seen.get(node_id) in DOWN_STATES else 1.0)
+        return [nodes, up]
+
 
 class _RpcCollector:
     """Who the RPC port turned away: read off the server's counters at scrape time."""
@@ -422,6 +506,40 @@ class _RpcCollector:
         ]
 
 
+class _CertExpiry:
+    """The ``not_after`` of a PEM certificate file, parsed again only when the file changes.
+
+    A renewal replaces the file (``dfs node cert`` renames a new one into place), so its
+    (inode, mtime, size) changes; between renewals a refresh costs one stat().
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._expiry_s: float | None = None
+        self._error = ""  # the last failure, logged once rather than at every refresh
+
+    def read(self) -> float | None:
+        """Worker thread: the certificate's expiry as a Unix time; None without a readable one."""
+        if not self._path:
+            return None
+        try:
+            st = os.stat(self._path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key != self._seen:
+                with open(self._path, "rb") as f:
+                    pem = f.read(_MAX_CERT_BYTES)
+                cert = x509.load_pem_x509_certificate(pem)
+                self._seen, self._expiry_s = key, cert.not_valid_after_utc.timestamp()
+        except (OSError, ValueError) as exc:
+            # The daemon loaded this file at start; a broken replacement shows as a missing series
+            # (and the next restart would fail loudly), not as a failed refresh.
+            if str(exc) != self._error:
+                log.warning("cannot read the TLS certificate %s: %s", self._path, exc)
+            self._seen, self._expiry_s, self._error = None, None, str(exc)
+        return self._expiry_s
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=[])
     family.add_metric([], float(value))
@@ -451,9 +569,11 @@ class Metrics:
         version: str,
         registry: CollectorRegistry | None = None,
         process_metrics: bool = True,
+        tls_cert_file: str = "",
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.started_at = time.time()
+        self._tls_cert = _CertExpiry(tls_cert_file)
         reg = self.registry
 
         self.rpc_requests = Counter(
@@ -518,7 +638,7 @@ class Metrics:
 
     def watch(self, source: ClusterSource) -> None:
         """Export the daemon's membership, layout, repair and replication figures."""
-        self.registry.register(_ClusterCollector(source))
+        self.registry.register(_ClusterCollector(source, self.started_at))
 
     def watch_rpc(self, stats: RpcStats) -> None:
         """Export the RPC server's refusals (connections and calls)."""
@@ -559,12 +679,14 @@ class Metrics:
             counts = await trio.to_thread.run_sync(self._counts, node)
             snaps = await trio.to_thread.run_sync(self._snapshot_stats, node)
             volumes, provisioned = await trio.to_thread.run_sync(self._quota_stats, node)
+            cert_expiry_s = await trio.to_thread.run_sync(self._tls_cert.read)
             self.snapshot = Snapshot(
                 store=store,
                 counts=counts,
                 snapshots=snaps,
                 volumes=volumes,
                 provisioned_bytes=provisioned,
+                tls_cert_expiry_s=cert_expiry_s,
                 refreshed_at=time.time(),
             )
             return self.snapshot

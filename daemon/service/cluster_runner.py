@@ -107,6 +107,11 @@ class ClusterRunner:
         wire = self._layout_wire
         return wire is not None and any(n["node_id"] != self.cfg.node_id for n in wire["nodes"])
 
+    def layout_states(self) -> dict[str, str]:
+        """Each layout node's state (active, draining, out) as last read: no I/O, for metrics."""
+        wire = self._layout_wire
+        return {} if wire is None else {str(n["node_id"]): str(n["state"]) for n in wire["nodes"]}
+
     def advertised_rpc(self) -> str:
         return self.cfg.rpc.advertise or self.cfg.rpc.listen
 

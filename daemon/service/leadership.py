@@ -45,6 +45,10 @@ class Leadership:
         self._db: PgDb | None = None
         self._guard = threading.Lock()
         self.epoch: int | None = None if dsn else 0
+        # Times leadership moved to or from this daemon after its first step (which only finds
+        # out how things stand): a metadata failover, for dfs_meta_leader_changes_total.
+        self.changes = 0
+        self._stepped = False
 
     @property
     def leader(self) -> bool:
@@ -59,6 +63,9 @@ class Leadership:
             return
         was = self.epoch
         self.epoch = await trio.to_thread.run_sync(self._hold)
+        if self.epoch != was and self._stepped:
+            self.changes += 1
+        self._stepped = True
         if self.epoch != was:
             log.warning(
                 "cluster duties: %s (epoch %s)",

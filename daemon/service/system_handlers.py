@@ -105,6 +105,9 @@ class SystemHandlers:
             "node_id": self.cfg.node_id,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
+            # This host's wall clock: `dfs doctor` compares the members' clocks (gossip drops
+            # packets stamped more than 60 s off).
+            "time_ns": time.time_ns(),
             "data_dir": str(self.data),
             "metadata": store.where if store is not None else f"via {self.cfg.cluster.meta}",
             "health": "ok",

@@ -14,7 +14,6 @@ command finds and fetches or reassembles the backup and hands it over.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO
 
 import click
 
+from dfs.cli import progress
 from dfs.cli.app import CliError, main, run
 from dfs.cli.connect import (
     Endpoint,
@@ -36,6 +36,7 @@ from dfs.cli.connect import (
     dir_option,
     endpoint_of,
 )
+from dfs.cli.output import emit_json, json_option
 from dfs.core import backup_format, codec
 from dfs.core.auth import CallerClass
 from dfs.core.config import Config
@@ -62,13 +63,13 @@ def _when(ns: int) -> str:
 @meta.command("backup")
 @dir_option
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def backup_now(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """Make a metadata backup now: stored as chunks in the cluster, listed by every node."""
     cfg = config_for(directory, config_path)
-    made: dict[str, Any] = run(functools.partial(call, timeout_s=3600), endpoint_of(cfg), SYS_BACKUP_NOW)
+    made = run(_backup_now, endpoint_of(cfg), as_json)
     if as_json:
-        click.echo(json.dumps(made, indent=2, sort_keys=True))
+        emit_json(made)
         return
     info = made["backup"]
     stored = f" in {len(info['chunks'])} chunk(s) of {info['replicas']} cop(ies)" if "chunks" in info else ""
@@ -80,13 +81,13 @@ def backup_now(directory: str | None, config_path: str | None, as_json: bool) ->
 @meta.command("backups")
 @dir_option
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def backups(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """The metadata backups this node holds, newest first."""
     cfg = config_for(directory, config_path)
     rows: list[dict[str, Any]] = run(call, endpoint_of(cfg), SYS_BACKUP_LIST)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        emit_json(rows)
         return
     click.echo(f"{'ID':<20}  {'CREATED (UTC)':<19}  {'ROWS':>9}  {'BYTES':>12}  {'COPIES':>6}  ORIGIN")
     for r in rows:
@@ -96,18 +97,29 @@ def backups(directory: str | None, config_path: str | None, as_json: bool) -> No
         click.echo(f"{r['id']:<20}  {_when(r['created_ns']):<19}  {size}  {r['origin']}")
 
 
-async def _download(endpoint: Endpoint, info: dict[str, Any], out: BinaryIO) -> None:
-    """Copy backup ``info`` from ``endpoint``'s node to ``out``, checking its SHA-256."""
+async def _backup_now(endpoint: Endpoint, as_json: bool = False) -> dict[str, Any]:
+    """A new backup (one long call that reports no progress: a spinner and the elapsed time)."""
+    async with progress.ticking(progress.reporter("making a backup", None, as_json=as_json)):
+        made: dict[str, Any] = await call(endpoint, SYS_BACKUP_NOW, timeout_s=3600)
+    return made
+
+
+async def _download(endpoint: Endpoint, info: dict[str, Any], out: BinaryIO, as_json: bool = False) -> None:
+    """Copy backup ``info`` from ``endpoint``'s node to ``out``, checking its SHA-256; its
+    bytes against the dump's size as progress on stderr."""
     digest = hashlib.sha256()
+    bar = progress.reporter("downloading the backup", info["dump_bytes"], unit="B", as_json=as_json)
     async with endpoint.client(timeout_s=600) as conn:
-        offset = 0
-        while offset < info["dump_bytes"]:
-            piece: bytes = await SYS_BACKUP_READ.call(conn, info["id"], offset, _PIECE_BYTES)
-            if not piece:
-                raise CliError(f"backup {info['id']} ended early at {offset} bytes")
-            digest.update(piece)
-            out.write(piece)
-            offset += len(piece)
+        with bar:
+            offset = 0
+            while offset < info["dump_bytes"]:
+                piece: bytes = await SYS_BACKUP_READ.call(conn, info["id"], offset, _PIECE_BYTES)
+                if not piece:
+                    raise CliError(f"backup {info['id']} ended early at {offset} bytes")
+                digest.update(piece)
+                out.write(piece)
+                offset += len(piece)
+                bar.advance(len(piece))
     if digest.hexdigest() != info["file_sha256"]:
         raise CliError(f"backup {info['id']} arrived damaged (checksum differs)")
 
@@ -116,30 +128,39 @@ async def _download(endpoint: Endpoint, info: dict[str, Any], out: BinaryIO) -> 
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="file to write (default: stdout)")
 @dir_option
 @config_option
-def dump(output: str | None, directory: str | None, config_path: str | None) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="the summary as JSON (on stderr when the dump is on stdout)"
+)
+def dump(output: str | None, directory: str | None, config_path: str | None, as_json: bool) -> None:
     """Write a consistent, portable dump of all metadata (a fresh backup) to a file."""
     cfg = config_for(directory, config_path)
     if output is None and sys.stdout.isatty():
         raise CliError("the dump is binary: name a file with --output, or redirect stdout")
     endpoint = endpoint_of(cfg)
-    made: dict[str, Any] = run(functools.partial(call, timeout_s=3600), endpoint, SYS_BACKUP_NOW)
-    info = made["backup"]
+    info = run(_backup_now, endpoint, as_json)["backup"]
     # The node this command talks to holds the backup: its own or the copy the primary sent.
     if output is None:
-        run(_download, endpoint, info, sys.stdout.buffer)
+        run(_download, endpoint, info, sys.stdout.buffer, as_json)
         sys.stdout.buffer.flush()
     else:
         path = Path(output)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as f:
-            run(_download, endpoint, info, f)
+            run(_download, endpoint, info, f, as_json)
             f.flush()
             os.fsync(f.fileno())
         tmp.rename(path)
-    click.echo(f"dumped {info['rows']} rows ({info['dump_bytes']} bytes), backup {info['id']}", err=True)
+    if as_json:
+        emit_json(
+            {"backup": info["id"], "rows": info["rows"], "dump_bytes": info["dump_bytes"]}, err=output is None
+        )
+    else:
+        click.echo(f"dumped {info['rows']} rows ({info['dump_bytes']} bytes), backup {info['id']}", err=True)
 
 
-def _load(config_file: Path | None, dump_path: Path, info: dict[str, Any] | None) -> None:
+def _load(
+    config_file: Path | None, dump_path: Path, info: dict[str, Any] | None, as_json: bool = False
+) -> None:
     """Have dfsd load ``dump_path`` into this host's (absent) meta.db, or its (empty) PostgreSQL database."""
     argv = [_dfsd(), "--load-meta", str(dump_path)]
     if config_file is not None:
@@ -151,7 +172,11 @@ def _load(config_file: Path | None, dump_path: Path, info: dict[str, Any] | None
     res = subprocess.run(argv, capture_output=True, text=True)
     if res.returncode != 0:
         raise CliError(res.stderr.strip().removeprefix("dfsd: ") or "dfsd --load-meta failed", res.returncode)
-    click.echo(res.stdout.strip())
+    said = res.stdout.strip()
+    if as_json:
+        emit_json({"backup": None if info is None else info["id"], "loaded": str(dump_path), "dfsd": said})
+    else:
+        click.echo(said)
 
 
 def _dfsd() -> str:
@@ -163,11 +188,12 @@ def _dfsd() -> str:
 @click.argument("dump_file", type=click.Path(exists=True, dir_okay=False))
 @dir_option
 @config_option
-def load(dump_file: str, directory: str | None, config_path: str | None) -> None:
+@json_option
+def load(dump_file: str, directory: str | None, config_path: str | None, as_json: bool) -> None:
     """Rebuild this host's metadata from a dump (dfsd stopped, no meta.db yet; with [meta] engine
     = "postgresql", into the empty database of [meta] dsn): e.g. moving a set-up to another host
     or from SQLite to PostgreSQL."""
-    _load(config_file_for(directory, config_path), Path(dump_file).resolve(), None)
+    _load(config_file_for(directory, config_path), Path(dump_file).resolve(), None, as_json)
 
 
 @meta.command("restore")
@@ -176,8 +202,14 @@ def load(dump_file: str, directory: str | None, config_path: str | None) -> None
 @click.option("--from", "source", metavar="HOST:PORT", help="fetch the backup from this daemon's node")
 @dir_option
 @config_option
+@json_option
 def restore(
-    backup_id: str | None, latest: bool, source: str | None, directory: str | None, config_path: str | None
+    backup_id: str | None,
+    latest: bool,
+    source: str | None,
+    directory: str | None,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
     """Rebuild this host's meta.db (or, with [meta] engine = "postgresql", fill the empty database
     of [meta] dsn) from a backup, dfsd stopped: one listed here in <data_dir>/backups whose
@@ -188,7 +220,7 @@ def restore(
     config_file = config_file_for(directory, config_path)
     local = cfg.data_path / "backups"
     if source:
-        info, dump_path = _fetch(cfg, source, backup_id, local)
+        info, dump_path = _fetch(cfg, source, backup_id, local, as_json)
     else:
         info = _pick(_local_backups(local), backup_id, str(local))
         dump_path = _part_path(local, info) if "chunks" in info else local / f"{info['id']}.dfsmeta"
@@ -196,7 +228,7 @@ def restore(
         if "chunks" in info and not source:
             with _private_file(dump_path) as f:
                 assemble_backup(info, cfg.data_path / "chunks", _chunk_key(cfg), f)
-        _load(config_file, dump_path, info)
+        _load(config_file, dump_path, info, as_json)
     finally:
         if "chunks" in info:  # the backup stays in the cluster's chunks: no dump file is kept
             dump_path.unlink(missing_ok=True)
@@ -295,7 +327,9 @@ def _pick(found: list[dict[str, Any]], backup_id: str | None, where: str) -> dic
     )
 
 
-def _fetch(cfg: Config, source: str, backup_id: str | None, local: Path) -> tuple[dict[str, Any], Path]:
+def _fetch(
+    cfg: Config, source: str, backup_id: str | None, local: Path, as_json: bool
+) -> tuple[dict[str, Any], Path]:
     """Fetch a backup from ``source``: its JSON into ``local`` (this host's backups directory,
     which lists it as every node does) and its dump into a file; (the JSON, the dump file).  The
     dump of a chunked backup is loaded and then deleted (its chunks stay in the cluster); an older
@@ -311,7 +345,7 @@ def _fetch(cfg: Config, source: str, backup_id: str | None, local: Path) -> tupl
     part = _part_path(local, info)
     try:
         with _private_file(part) as f:
-            run(_download, endpoint, info, f)
+            run(_download, endpoint, info, f, as_json)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:

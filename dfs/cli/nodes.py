@@ -4,15 +4,13 @@ the cluster's members and the layout that places data on them.
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 import click
 
 from dfs.cli.app import CliError, main, run
 from dfs.cli.connect import call, config_for, endpoint_of
-from dfs.cli.output import human
+from dfs.cli.output import emit_json, human, json_option
 from dfs.cli.repair import cluster_status, repair_line, wait_repaired
 from dfs.core.config import Config
 from dfs.core.endpoints import (
@@ -27,14 +25,14 @@ from dfs.core.node_removal import removal_refusal
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def nodes(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """The cluster's nodes: gossip's live view and each node's layout state."""
     cfg = config_for(directory, config_path)
     cluster: dict[str, Any] = run(call, endpoint_of(cfg), SYS_CLUSTER)
     rows = merge_nodes(cluster)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        emit_json(rows)
         return
     click.echo(
         f"{'NODE':<20} {'STATUS':<8} {'STATE':<9} {'ZONE':<10} {'WEIGHT':>6} {'RPC':<22} {'FREE':>10}  SINCE"
@@ -67,14 +65,14 @@ def merge_nodes(cluster: dict[str, Any]) -> list[dict[str, Any]]:
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def layout(directory: str | None, config_path: str | None, as_json: bool) -> None:
     """The authoritative layout: nodes, zones, weights, states and the epoch."""
     cfg = config_for(directory, config_path)
     cluster: dict[str, Any] = run(call, endpoint_of(cfg), SYS_CLUSTER)
     lay = cluster["layout"]
     if as_json:
-        click.echo(json.dumps(lay, indent=2, sort_keys=True))
+        emit_json(lay)
         return
     click.echo(
         f"layout epoch {lay['epoch']}, default R={cluster['policy']['replicas']} "
@@ -96,7 +94,8 @@ def _node_change(cfg: Config, node_id: str, changes: dict[str, Any]) -> dict[str
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
 @click.option("--wait", is_flag=True, help="return once repair has caught up")
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
-def rebalance(config_path: str | None, wait: bool, timeout_s: float) -> None:
+@json_option
+def rebalance(config_path: str | None, wait: bool, timeout_s: float, as_json: bool) -> None:
     """Weight every active node by its disk capacity, so usage converges; data moves as needed."""
     cfg = config_for(None, config_path)
     cluster: dict[str, Any] = run(call, endpoint_of(cfg), SYS_CLUSTER)
@@ -110,9 +109,12 @@ def rebalance(config_path: str | None, wait: bool, timeout_s: float) -> None:
         if abs(weight - float(n["capacity_weight"])) > 0.01 * weight:
             _node_change(cfg, n["node_id"], {"capacity_weight": weight})
             changed += 1
-    click.echo(f"{changed} node weight(s) changed")
-    if wait:
-        cs = run(wait_repaired, endpoint_of(cfg), timeout_s, sys.stderr.isatty())
+    if not as_json:
+        click.echo(f"{changed} node weight(s) changed")
+    cs = run(wait_repaired, endpoint_of(cfg), timeout_s, as_json) if wait else None
+    if as_json:
+        emit_json({"weights_changed": changed, "repair": cs})
+    elif cs is not None:
         click.echo(repair_line(cs))
 
 
@@ -127,11 +129,14 @@ def node() -> None:
 @click.option("--zone", default="default", show_default=True, help="failure domain")
 @click.option("--weight", type=float, default=1.0, show_default=True, help="capacity weight")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
-def node_add(node_id: str, address: str, zone: str, weight: float, config_path: str | None) -> None:
+@json_option
+def node_add(
+    node_id: str, address: str, zone: str, weight: float, config_path: str | None, as_json: bool
+) -> None:
     """Add a node to the layout (daemons with [cluster] auto_join add themselves)."""
     cfg = config_for(None, config_path)
     lay = run(call, endpoint_of(cfg), META_REGISTER_NODE, node_id, zone, address, weight)
-    click.echo(f"layout epoch {lay['epoch']}: {node_id} active")
+    _layout_said(lay, f"layout epoch {lay['epoch']}: {node_id} active", as_json)
 
 
 @node.command("set")
@@ -140,8 +145,14 @@ def node_add(node_id: str, address: str, zone: str, weight: float, config_path: 
 @click.option("--weight", type=float, help="capacity weight")
 @click.option("--state", type=click.Choice(["active", "draining", "out"]), help="layout state")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
+@json_option
 def node_set(
-    node_id: str, zone: str | None, weight: float | None, state: str | None, config_path: str | None
+    node_id: str,
+    zone: str | None,
+    weight: float | None,
+    state: str | None,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
     """Change a node's zone, weight or state in the layout (moves data as needed)."""
     changes: dict[str, Any] = {}
@@ -154,7 +165,7 @@ def node_set(
     if not changes:
         raise CliError("nothing to change: give --zone, --weight or --state")
     lay = _node_change(config_for(None, config_path), node_id, changes)
-    click.echo(f"layout epoch {lay['epoch']}")
+    _layout_said(lay, f"layout epoch {lay['epoch']}", as_json)
 
 
 @node.command("drain")
@@ -162,13 +173,18 @@ def node_set(
 @click.option("--wait", is_flag=True, help="return once its data has moved to the other nodes")
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
-def node_drain(node_id: str, wait: bool, timeout_s: float, config_path: str | None) -> None:
-    """Move a node's data away (it keeps serving reads meanwhile); then `dfs node remove`."""
+@json_option
+def node_drain(node_id: str, wait: bool, timeout_s: float, config_path: str | None, as_json: bool) -> None:
+    """Move a node's data away (it keeps serving reads meanwhile); then `dfs node remove`.
+    With --wait, a progress bar (stderr) follows the repair until its data has moved."""
     cfg = config_for(None, config_path)
     lay = _node_change(cfg, node_id, {"state": "draining"})
-    click.echo(f"layout epoch {lay['epoch']}: {node_id} draining")
-    if wait:
-        cs = run(wait_repaired, endpoint_of(cfg), timeout_s, sys.stderr.isatty())
+    if not as_json:
+        click.echo(f"layout epoch {lay['epoch']}: {node_id} draining")
+    cs = run(wait_repaired, endpoint_of(cfg), timeout_s, as_json) if wait else None
+    if as_json:
+        emit_json({"layout": lay, "repair": cs})
+    elif cs is not None:
         click.echo(f"drained: {repair_line(cs)}")
 
 
@@ -176,7 +192,8 @@ def node_drain(node_id: str, wait: bool, timeout_s: float, config_path: str | No
 @click.argument("node_id")
 @click.option("--force", is_flag=True, help="even if it still holds chunks (they may be the last copies)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of a daemon")
-def node_remove(node_id: str, force: bool, config_path: str | None) -> None:
+@json_option
+def node_remove(node_id: str, force: bool, config_path: str | None, as_json: bool) -> None:
     """Remove a drained (or out) node from the layout; refuses while it still holds chunks
     (the rule of dfs/core/node_removal.py, which the admin API's DELETE applies too)."""
     cfg = config_for(None, config_path)
@@ -189,4 +206,12 @@ def node_remove(node_id: str, force: bool, config_path: str | None) -> None:
         if why is not None:
             raise CliError(why)
     lay = run(call, endpoint_of(cfg), META_REMOVE_NODE, node_id)
-    click.echo(f"layout epoch {lay['epoch']}: {node_id} removed")
+    _layout_said(lay, f"layout epoch {lay['epoch']}: {node_id} removed", as_json)
+
+
+def _layout_said(lay: dict[str, Any], line: str, as_json: bool) -> None:
+    """A layout change's answer: the new layout as JSON, or ``line`` for people."""
+    if as_json:
+        emit_json(lay)
+    else:
+        click.echo(line)

@@ -4,13 +4,12 @@ report and wait for it: every live node's counters, gathered and summed.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
-import click
 import trio
 
+from dfs.cli import progress
 from dfs.cli.app import CliError
 from dfs.cli.connect import Endpoint, call
 from dfs.cli.output import human
@@ -109,26 +108,23 @@ def remark_line(cs: dict[str, Any]) -> str:
     )
 
 
-async def wait_repaired(endpoint: Endpoint, timeout_s: float, show: bool) -> dict[str, Any]:
-    """Poll until no node reports repair work left (after a round at the current epoch)."""
+async def wait_repaired(endpoint: Endpoint, timeout_s: float, as_json: bool) -> dict[str, Any]:
+    """Poll until no node reports repair work left (after a round at the current epoch), with
+    progress on stderr (dfs/cli/progress.py): the work pending at the start is the total; work
+    found meanwhile grows it."""
     start = time.monotonic()
     first = await cluster_status(endpoint)
-    total = max(1, first["pending"])
-    bar = click.progressbar(length=total, label="repairing", file=sys.stderr, show_eta=True)
-    if show:
-        bar.__enter__()
-    try:
+    total = first["pending"]
+    with progress.reporter("repairing", total, unit="chunks", as_json=as_json) as bar:
         while True:
             cs = await cluster_status(endpoint)
             current = all(n.get("round_epoch") == cs["layout_epoch"] for n in cs["nodes"])
-            done = total - min(total, cs["pending"])
-            if show:
-                bar.update(done - bar.pos)
+            # Work found since the start (a node's round at the new epoch) counts as more to do.
+            total = max(total, bar.progress.done + cs["pending"])
+            bar.set_total(total)
+            bar.update(total - cs["pending"])
             if current and cs["pending"] == 0 and not cs["unreachable"]:
                 return cs
             if time.monotonic() - start > timeout_s:
                 raise CliError(f"repair not finished after {timeout_s:g}s: {repair_line(cs)}")
             await trio.sleep(1.0)
-    finally:
-        if show:
-            bar.__exit__(None, None, None)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
+import os
 import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +32,10 @@ import click
 import msgpack
 import trio
 
+from dfs.cli import progress
 from dfs.cli.app import CliError, main, run
 from dfs.cli.connect import config_for, config_option, dir_option, endpoint_of
+from dfs.cli.output import emit_json, json_option
 from dfs.client.cluster import Client, fetch_info, open_chunkio
 from dfs.core import endpoints
 from dfs.core import sendstream as ss
@@ -288,13 +292,18 @@ async def _snapshot_top(client: Client, volume: str, name: str) -> Attr:
     return await client.resolve(ROOT_INO, [SNAPSHOTS, volume.encode(), name.encode()])
 
 
-async def send(cfg: Config, volume: str, snap: str, base: str | None, out: IO[bytes]) -> dict[str, int]:
-    """Write the stream of ``volume@snap`` (incremental from ``base``) to ``out``; counts."""
+async def send(
+    cfg: Config, volume: str, snap: str, base: str | None, out: IO[bytes], *, as_json: bool = False
+) -> dict[str, int]:
+    """Write the stream of ``volume@snap`` (incremental from ``base``) to ``out``; counts.
+    Progress on stderr (dfs/cli/progress.py): a spinner while the trees are read, then the
+    file bytes written against the total the plan makes travel as data."""
     async with open_cluster_client(cfg) as client:
         row = await _snapshot_row(client, volume, snap)
         base_row = None if base is None else await _snapshot_row(client, volume, base)
-        new = await walk(client, await _snapshot_top(client, volume, snap))
-        old = None if base is None else await walk(client, await _snapshot_top(client, volume, base))
+        async with progress.ticking(progress.reporter("reading the snapshot", None, as_json=as_json)):
+            new = await walk(client, await _snapshot_top(client, volume, snap))
+            old = None if base is None else await walk(client, await _snapshot_top(client, volume, base))
         deletes, entries = plan(new, old)
         # Any block the base holds can be referenced, wherever it is there: chunk id -> (path, index, length).
         held: dict[bytes, tuple[bytes, int, int]] = {}
@@ -302,6 +311,7 @@ async def send(cfg: Config, volume: str, snap: str, base: str | None, out: IO[by
             if n.fmap is not None:
                 for r in n.fmap.blocks:
                     held.setdefault(r.chunk_id, (n.path, r.index, r.length))
+        total = data_bytes(entries, held, client.block_size)
         w = _Out(out)
         enc = ss.Encoder()
         base_digest = None if old is None else ss.tree_digest(tree_entry(n, client.block_size) for n in old)
@@ -313,22 +323,23 @@ async def send(cfg: Config, volume: str, snap: str, base: str | None, out: IO[by
         for p in deletes:
             await w.write(enc.record(ss.Delete(p)))
         first_path: dict[int, bytes] = {}  # inode -> its first path in this stream (hard links)
-        for n in entries:
-            a = n.attr
-            if a.is_dir:
-                await w.write(enc.record(ss.Dir(n.path, _meta(a), n.xattrs)))
-            elif stat.S_ISLNK(a.mode):
-                await w.write(enc.record(ss.Symlink(n.path, _meta(a), n.target)))
-            elif n.fmap is None:
-                await w.write(enc.record(ss.Special(n.path, _meta(a), n.xattrs)))
-            elif a.nlink > 1 and a.ino in first_path:
-                await w.write(enc.record(ss.Link(n.path, first_path[a.ino])))
-            else:
-                if a.nlink > 1:
-                    first_path[a.ino] = n.path
-                await _send_file(client, w, enc, n, held, counts)
-        await w.write(enc.finish(ss.tree_digest(tree_entry(n, client.block_size) for n in new)))
-        await w.flush()
+        with progress.reporter("sending", total, unit="B", as_json=as_json) as bar:
+            for n in entries:
+                a = n.attr
+                if a.is_dir:
+                    await w.write(enc.record(ss.Dir(n.path, _meta(a), n.xattrs)))
+                elif stat.S_ISLNK(a.mode):
+                    await w.write(enc.record(ss.Symlink(n.path, _meta(a), n.target)))
+                elif n.fmap is None:
+                    await w.write(enc.record(ss.Special(n.path, _meta(a), n.xattrs)))
+                elif a.nlink > 1 and a.ino in first_path:
+                    await w.write(enc.record(ss.Link(n.path, first_path[a.ino])))
+                else:
+                    if a.nlink > 1:
+                        first_path[a.ino] = n.path
+                    await _send_file(client, w, enc, n, held, counts, bar)
+            await w.write(enc.finish(ss.tree_digest(tree_entry(n, client.block_size) for n in new)))
+            await w.flush()
         counts["bytes"] = w.bytes
         counts["records"] = enc.records
         return counts
@@ -341,37 +352,74 @@ async def _send_file(
     n: Node,
     held: dict[bytes, tuple[bytes, int, int]],
     counts: dict[str, int],
+    bar: progress.Reporter,
 ) -> None:
-    fmap = n.fmap
-    assert fmap is not None
-    bs = client.block_size
-    blocks = [r for r in fmap.blocks if r.length > 0 and r.chunk_id and r.index * bs < n.attr.size]
-    inline = fmap.inline if fmap.inline is not None and not blocks else None
-    if inline is not None and len(inline) != n.attr.size:
-        inline = inline[: n.attr.size].ljust(n.attr.size, b"\0")
+    inline, blocks = _file_parts(n, client.block_size)
     nblocks = 0 if inline is not None else len(blocks)
     await w.write(enc.record(ss.File(n.path, _meta(n.attr), n.xattrs, n.attr.size, inline, nblocks)))
     if inline is not None:
+        bar.advance(len(inline))
         return
-    for r in blocks:
-        # A block's valid bytes end at the file's size too (a truncate may leave a longer length).
-        length = min(r.length, n.attr.size - r.index * bs)
-        base = held.get(r.chunk_id)
-        if base is not None and length <= base[2]:
+    for r, length in blocks:
+        base = _held_base(held, r, length)
+        if base is not None:
             await w.write(enc.record(ss.Same(r.index, length, base[0], base[1])))
             counts["same_blocks"] += 1
             continue
         data = await client.read_chunk(r.chunk_id)
         await w.write(enc.record(ss.Data(r.index, data[:length].ljust(length, b"\0"))))
         counts["data_blocks"] += 1
+        bar.advance(length)
+
+
+def _file_parts(n: Node, block_size: int) -> tuple[bytes | None, list[tuple[BlockRef, int]]]:
+    """A file's content as a stream carries it: its inline bytes (None: blocks), or its blocks
+    with the length of each that is valid (a truncate may leave a longer block length)."""
+    fmap = n.fmap
+    assert fmap is not None
+    size = n.attr.size
+    blocks = [r for r in fmap.blocks if r.length > 0 and r.chunk_id and r.index * block_size < size]
+    if fmap.inline is not None and not blocks:
+        return fmap.inline[:size].ljust(size, b"\0"), []
+    return None, [(r, min(r.length, size - r.index * block_size)) for r in blocks]
+
+
+def _held_base(
+    held: dict[bytes, tuple[bytes, int, int]], r: BlockRef, length: int
+) -> tuple[bytes, int, int] | None:
+    """Where the base holds block ``r`` (sent as a reference, not data), if it does."""
+    base = held.get(r.chunk_id)
+    return base if base is not None and length <= base[2] else None
+
+
+def data_bytes(entries: list[Node], held: dict[bytes, tuple[bytes, int, int]], block_size: int) -> int:
+    """The file bytes a send of ``entries`` writes as data (inline or blocks; not the blocks it
+    references in the base, nor a hard link's later paths): the total of its progress."""
+    total = 0
+    linked: set[int] = set()
+    for n in entries:
+        if n.fmap is None or n.attr.is_dir:
+            continue
+        if n.attr.nlink > 1:
+            if n.attr.ino in linked:
+                continue
+            linked.add(n.attr.ino)
+        inline, blocks = _file_parts(n, block_size)
+        total += (
+            len(inline)
+            if inline is not None
+            else sum(length for r, length in blocks if _held_base(held, r, length) is None)
+        )
+    return total
 
 
 # -- receive -----------------------------------------------------------------------------------------
 
 
 class _In:
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], bar: progress.Reporter) -> None:
         self.f = f
+        self.bar = bar
 
     async def read(self) -> bytes:
         read1 = getattr(self.f, "read1", self.f.read)
@@ -379,7 +427,17 @@ class _In:
             data: bytes = await trio.to_thread.run_sync(read1, IN_READ_BYTES)
         except OSError as exc:
             raise Unavailable(f"cannot read the stream: {exc.strerror or exc}") from None
+        self.bar.advance(len(data))
         return data
+
+
+def _size_of(f: IO[bytes]) -> int | None:
+    """The size of a stream in a regular file (the total of a receive's progress); None for a pipe."""
+    try:
+        st = os.fstat(f.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 class _PendingFile:
@@ -645,10 +703,17 @@ async def _volume_top(client: Client, volume: str) -> Attr | None:
 
 
 async def receive(
-    cfg: Config, volume: str, inp: IO[bytes], *, resume: bool, say: Any = None
+    cfg: Config, volume: str, inp: IO[bytes], *, resume: bool, say: Any = None, as_json: bool = False
 ) -> dict[str, Any]:
-    """Read a stream from ``inp`` into ``volume``; what was done."""
-    src = _In(inp)
+    """Read a stream from ``inp`` into ``volume``; what was done.  Progress on stderr: the
+    stream's bytes read (of its size when it is a file)."""
+    with progress.reporter("receiving", _size_of(inp), unit="B", as_json=as_json) as bar:
+        # Messages go through the bar, which keeps them off its own line on a terminal.
+        note = None if say is None else bar.note
+        return await _receive(cfg, volume, _In(inp, bar), resume=resume, say=note)
+
+
+async def _receive(cfg: Config, volume: str, src: _In, *, resume: bool, say: Any) -> dict[str, Any]:
     dec = ss.Decoder()
     pending: list[tuple[int, ss.Frame]] = []
     while dec.header is None:
@@ -803,12 +868,21 @@ def _split_spec(spec: str) -> tuple[str, str]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="write here, not stdout")
 @dir_option
 @config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="the summary as JSON (on stderr when the stream is on stdout)"
+)
 def send_command(
-    spec: str, base: str | None, output: str | None, directory: str | None, config_path: str | None
+    spec: str,
+    base: str | None,
+    output: str | None,
+    directory: str | None,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
     """Write snapshot SNAPSHOT of VOLUME as a stream to stdout (or --output), for `dfs snapshot
     receive`: all of it, or with --from OLD what changed since snapshot OLD.  The stream holds
-    plaintext even from an encrypted volume: pipe it through age or gpg to keep it secret."""
+    plaintext even from an encrypted volume: pipe it through age or gpg to keep it secret.
+    Progress (bytes, rate, ETA) goes to stderr."""
     volume, snap = _split_spec(spec)
     if base is not None and NAME_RE.fullmatch(base) is None:
         raise click.BadParameter("a snapshot name", param_hint="--from")
@@ -817,7 +891,11 @@ def send_command(
     cfg = config_for(directory, config_path)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(output, "wb")) if output else sys.stdout.buffer
-        counts = run(send, cfg, volume, snap, base, out)
+        counts = run(functools.partial(send, as_json=as_json), cfg, volume, snap, base, out)
+    if as_json:
+        doc = {"volume": volume, "snapshot": snap, "base": base, **counts}
+        emit_json(doc, err=output is None)  # stdout is the stream unless --output took it
+        return
     click.echo(
         f"sent {volume}@{snap}" + (f" from {base}" if base else "") + f": {counts['records']} records, "
         f"{counts['data_blocks']} data blocks, {counts['same_blocks']} base blocks, {counts['bytes']} bytes",
@@ -833,13 +911,20 @@ def send_command(
 )
 @dir_option
 @config_option
+@json_option
 def receive_command(
-    volume: str, resume: bool, input_path: str | None, directory: str | None, config_path: str | None
+    volume: str,
+    resume: bool,
+    input_path: str | None,
+    directory: str | None,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
     """Read a `dfs snapshot send` stream from stdin (or --input) into VOLUME and take its
     snapshot there.  A full stream needs VOLUME new or empty; an incremental one rolls VOLUME
     back to the stream's base snapshot first (changes made since are lost).  After an
-    interruption, run it again with --resume and the same stream."""
+    interruption, run it again with --resume and the same stream.  Progress goes to stderr
+    (against the stream's size when it is a file, else the bytes read and the rate)."""
     cfg = config_for(directory, config_path)
 
     def say(msg: str) -> None:
@@ -849,6 +934,9 @@ def receive_command(
         raise CliError("snapshot receive: stdin is a terminal; redirect a stream to it (or use --input)")
     with contextlib.ExitStack() as stack:
         inp = stack.enter_context(open(input_path, "rb")) if input_path else sys.stdin.buffer
-        doc = run(functools.partial(receive, resume=resume, say=say), cfg, volume, inp)
+        doc = run(functools.partial(receive, resume=resume, say=say, as_json=as_json), cfg, volume, inp)
+    if as_json:
+        emit_json(doc)
+        return
     base = f" (incremental from {doc['base']})" if doc["base"] else ""
     click.echo(f"received {volume}@{doc['snapshot']}{base}: {doc['records']} records applied", err=True)

@@ -5,15 +5,15 @@ garbage collection.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from typing import Any
 
 import click
 
+from dfs.cli import progress
 from dfs.cli.app import main, run
 from dfs.cli.connect import Endpoint, call, config_for, endpoint_of
-from dfs.cli.output import human
+from dfs.cli.output import emit_json, human, json_option
 from dfs.cli.quota import format_size, overcommit_warning, provisioned_bytes
 from dfs.cli.repair import cluster_status, live_nodes, remark_line, repair_line, wait_repaired
 from dfs.cli.snapshot import snapshot_line, snapshot_status
@@ -37,11 +37,17 @@ from dfs.core.errors import DfsError
 from dfs.core.namespace import StatFs
 from dfs.net.rpc import RpcClient
 
+#: Chunk ids verified per call (the daemon's limit, SCRUB_BATCH_MAX, is larger): small enough
+#: for the progress bar to move, large enough that round trips do not dominate.
+SCRUB_BATCH = 256
+#: A sweep of a large store takes a while; the default 60 s call timeout would cut it short.
+GC_TIMEOUT_S = 3600.0
+
 
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 @click.option("--wait", is_flag=True, help="wait (with a progress bar) until repair has caught up")
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True, help="for --wait")
 def status(
@@ -50,7 +56,7 @@ def status(
     """Capacity, usage, files, chunks, daemon health and repair progress."""
     cfg = config_for(directory, config_path)
     if wait:
-        run(wait_repaired, endpoint_of(cfg), timeout_s, sys.stderr.isatty() and not as_json)
+        run(wait_repaired, endpoint_of(cfg), timeout_s, as_json)
     st = run(call, endpoint_of(cfg), SYS_STATUS)
     st["cluster"] = run(cluster_status, endpoint_of(cfg))
     vols = run(call, endpoint_of(cfg), META_LIST_VOLUMES)
@@ -62,7 +68,7 @@ def status(
     # Per volume with trash entries (outside its quota usage): entries, bytes.
     st["trash"] = run(call, endpoint_of(cfg), TRASH_USAGE)
     if as_json:
-        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        emit_json(st)
         return
     cap, ns = st["capacity"], st["namespace"]
     used_pct = 100.0 * (cap["total_bytes"] - cap["free_bytes"]) / max(1, cap["total_bytes"])
@@ -162,7 +168,7 @@ def volume_codec_line(v: dict[str, Any]) -> str:
     return f"{compression}, encryption {'on' if v['encryption'] else 'off'}"
 
 
-async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[str, Any]:
+async def _fsck(endpoint: Endpoint, repair: bool, as_json: bool) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def connect(ep: Endpoint) -> RpcClient:
@@ -182,28 +188,23 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
                 problems.append(f"node {node}: chunks not verified: {exc.message}")
         bad: list[tuple[str, bytes]] = []
         total = sum(len(v) for v in ids.values())
-        bar = click.progressbar(length=total, label="verifying chunks", file=sys.stderr)
-        if show_progress:
-            bar.__enter__()
-        try:
+        with progress.reporter("verifying chunks", total, unit="chunks", as_json=as_json) as bar:
             for node, node_ids in ids.items():
                 try:
-                    for i in range(0, len(node_ids), 256):
-                        batch = node_ids[i : i + 256]
+                    for i in range(0, len(node_ids), SCRUB_BATCH):
+                        batch = node_ids[i : i + SCRUB_BATCH]
                         bad.extend((node, cid) for cid in await SYS_SCRUB_BATCH.call(conns[node], batch))
-                        if show_progress:
-                            bar.update(len(batch))
+                        bar.advance(len(batch))
                 except DfsError as exc:
                     problems.append(f"node {node}: chunk verification stopped: {exc.message}")
-        finally:
-            if show_progress:
-                bar.__exit__(None, None, None)
         if repair and len(conns) > 1:
             # A corrupt copy in a cluster is quarantined on its node and fetched again from a replica.
             for node, cid in bad:
                 with contextlib.suppress(DfsError):
                     await CHUNK_VERIFY.call(conns[node], cid)
-        report = await SYS_FSCK_META.call(local, repair)
+        # One call with no progress report of its own: a spinner and the elapsed time.
+        async with progress.ticking(progress.reporter("checking metadata", None, as_json=as_json)):
+            report = await SYS_FSCK_META.call(local, repair)
     report["chunks_checked"] = total
     report["corrupt_chunks"] = [cid.hex() for _, cid in bad]
     report["problems"][:0] = problems
@@ -217,13 +218,13 @@ async def _fsck(endpoint: Endpoint, repair: bool, show_progress: bool) -> dict[s
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
 @click.option("--repair", is_flag=True, help="fix what can be fixed (counts, dangling entries, orphans)")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def fsck(directory: str | None, config_path: str | None, repair: bool, as_json: bool) -> None:
     """Check metadata and chunks agree; verify every chunk's checksum."""
     cfg = config_for(directory, config_path)
-    report = run(_fsck, endpoint_of(cfg), repair, not as_json and sys.stderr.isatty())
+    report = run(_fsck, endpoint_of(cfg), repair, as_json)
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        emit_json(report)
     else:
         click.echo(f"checked {report['chunks_checked']} chunks")
         for line in report["problems"]:
@@ -242,7 +243,8 @@ def fsck(directory: str | None, config_path: str | None, repair: bool, as_json: 
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="dfs.conf of the daemon")
 @click.option("--now", is_flag=True, help="collect unreferenced chunks at once, without the safety delay")
 @click.option("--orphans", is_flag=True, help="also sweep chunks of writes that never committed")
-def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool) -> None:
+@json_option
+def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool, as_json: bool) -> None:
     """Delete chunks no file references any more (after [storage] gc_delay_s unless --now).
 
     With --orphans, also delete stored chunks that no metadata knows (left by
@@ -250,8 +252,22 @@ def gc(directory: str | None, config_path: str | None, now: bool, orphans: bool)
     [storage] orphan_delay_s, or at once with --now.
     """
     cfg = config_for(directory, config_path)
-    n = run(call, endpoint_of(cfg), SYS_GC, 0.0 if now else None)
-    click.echo(f"collected {n} chunk(s)")
+    doc = run(_gc, endpoint_of(cfg), now, orphans, as_json)
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"collected {doc['collected']} chunk(s)")
     if orphans:
-        n = run(call, endpoint_of(cfg), SYS_SWEEP_ORPHANS, 0.0 if now else None)
-        click.echo(f"swept {n} orphan chunk(s)")
+        click.echo(f"swept {doc['orphans_swept']} orphan chunk(s)")
+
+
+async def _gc(endpoint: Endpoint, now: bool, orphans: bool, as_json: bool) -> dict[str, int]:
+    """Each sweep is one call that reports no progress: a spinner and the elapsed time meanwhile."""
+    delay = 0.0 if now else None
+    doc: dict[str, int] = {}
+    async with progress.ticking(progress.reporter("collecting garbage", None, as_json=as_json)):
+        doc["collected"] = await call(endpoint, SYS_GC, delay, timeout_s=GC_TIMEOUT_S)
+    if orphans:
+        async with progress.ticking(progress.reporter("sweeping orphans", None, as_json=as_json)):
+            doc["orphans_swept"] = await call(endpoint, SYS_SWEEP_ORPHANS, delay, timeout_s=GC_TIMEOUT_S)
+    return doc
