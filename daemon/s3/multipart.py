@@ -22,6 +22,7 @@ from daemon.http import Response
 from daemon.s3.body import copy_range
 from daemon.s3.call import MAX_XML_BYTES, OWNER, Call, xml
 from daemon.s3.objects import Objects
+from daemon.s3.tagging import header_xattrs
 from daemon.s3.tree import XA_CHECKSUM, XA_ETAG, ObjectTree, replicas, request_xattrs, stamp
 from dfs.core import s3names, s3xml
 from dfs.core.errors import DfsError, NotADirectory, NotFound, S3Error
@@ -75,7 +76,8 @@ class Multipart:
             "bucket": c.bucket,
             "key": c.key,
             "initiated_ns": time.time_ns(),
-            "xattrs": request_xattrs(c.headers),
+            # Tags are checked now and stored with the object at completion.
+            "xattrs": request_xattrs(c.headers) | header_xattrs(c.headers),
             "checksum_algorithm": algorithm,
         }
         blob = msgpack.packb(info, use_bin_type=True)

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator
 from daemon.http import Response
 from daemon.s3.body import copy_range, prefetched_range, read_range
 from daemon.s3.call import MAX_XML_BYTES, Call, authorize, xml
+from daemon.s3.tagging import XA_TAGGING, copy_xattrs, count_header, header_xattrs
 from daemon.s3.tree import (
     EMPTY_MD5,
     XA_CHECKSUM,
@@ -82,6 +83,7 @@ class Objects:
         headers = base + [("Content-Type", info.content_type)]
         headers += [(f"x-amz-meta-{k}", v) for k, v in info.meta.items()]
         headers += list(info.headers.items())
+        headers += count_header(info)
         for name, value in c.query.items():
             if name.startswith("response-") and name[9:] in _RESPONSE_OVERRIDES:
                 headers = [(k, v) for k, v in headers if k.lower() != name[9:]]
@@ -125,6 +127,7 @@ class Objects:
         bucket_ino = await tree.bucket_ino(c.bucket)
         names, is_dir = s3names.key_to_names(c.key)
         xattrs = request_xattrs(c.headers)
+        xattrs.update(header_xattrs(c.headers))  # checked before the body is read
         if is_dir:
             blocks, inline, size, checks = await tree.store_body(c)
             if size:
@@ -198,7 +201,9 @@ class Objects:
         if directive == "REPLACE":
             xattrs = request_xattrs(c.headers)
         else:
-            xattrs = {k: v for k, v in info.xattrs.items() if k not in (XA_ETAG, XA_CHECKSUM)}
+            xattrs = {k: v for k, v in info.xattrs.items() if k not in (XA_ETAG, XA_CHECKSUM, XA_TAGGING)}
+        # Tags follow their own directive (x-amz-tagging-directive), whatever the metadata's.
+        xattrs.update(copy_xattrs(c.headers, info))
         if_match = await tree.write_conditions(c, bucket_ino, names)
         size = fmap.attr.size
         async with await tree.writer(c) as writer:

@@ -23,9 +23,12 @@ from daemon.http import BodyError, Request, Response
 from daemon.s3.auth import KeyRing
 from daemon.s3.buckets import Buckets
 from daemon.s3.call import OWNER, Call, authorize, xml
+from daemon.s3.cors import BucketCors
 from daemon.s3.listing import Listing
 from daemon.s3.multipart import Multipart
 from daemon.s3.objects import Objects
+from daemon.s3.post import PostUploads, is_form_upload
+from daemon.s3.tagging import Tagging
 from daemon.s3.tree import ObjectTree
 from dfs.client.cluster import Client
 from dfs.core import s3xml, sigv4
@@ -39,8 +42,6 @@ log = logging.getLogger("dfs.s3")
 _BUCKET_STUB_404 = {
     "policy": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
     "lifecycle": ("NoSuchLifecycleConfiguration", "The lifecycle configuration does not exist"),
-    "cors": ("NoSuchCORSConfiguration", "The CORS configuration does not exist"),
-    "tagging": ("NoSuchTagSet", "The TagSet does not exist"),
     "object-lock": ("ObjectLockConfigurationNotFoundError", "Object Lock configuration does not exist"),
     "encryption": (
         "ServerSideEncryptionConfigurationNotFoundError",
@@ -58,6 +59,8 @@ _BUCKET_STUB_404 = {
 _SUBRESOURCES = frozenset(
     {
         *_BUCKET_STUB_404,
+        "tagging",
+        "cors",
         "acl",
         "location",
         "versioning",
@@ -103,6 +106,9 @@ class S3Api:
         self.objects = Objects(self.tree)
         self.listing = Listing(self.tree)
         self.multipart = Multipart(self.tree, self.objects)
+        self.tagging = Tagging(self.tree)
+        self.cors = BucketCors(self.tree)
+        self.post = PostUploads(self.tree, keys)
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -124,6 +130,12 @@ class S3Api:
         call: Call | None = None
         try:
             call = self._parse(req, request_id)
+            if req.method == "OPTIONS":
+                # A CORS preflight: browsers send it without credentials, and AWS answers it so.
+                return await self._finish(req, call, request_id, started, await self.cors.preflight(call))
+            if is_form_upload(call):
+                # A browser upload (POST Object): the signature is in the form, not the headers.
+                return await self._finish(req, call, request_id, started, await self.post.upload(call))
             view = sigv4.RequestView(req.method, req.path, req.query, call.headers)
             vhost_bucket = call.bucket if self._vhost(call.headers) else None
             call.auth, call.principal = await self.keys.authenticate(
@@ -132,6 +144,14 @@ class S3Api:
             resp = await self._route(call)
         except Exception as exc:
             resp = self._failure(req, call, request_id, _leaf(exc))
+        return await self._finish(req, call, request_id, started, resp)
+
+    async def _finish(
+        self, req: Request, call: Call | None, request_id: str, started: float, resp: Response
+    ) -> Response:
+        """Add the headers every answer carries (CORS ones too), and report the request."""
+        if call is not None:
+            await self.cors.decorate(call, resp)
         resp.headers.append(("x-amz-request-id", request_id))
         resp.headers.append(("x-amz-id-2", request_id))
         if call is not None:
@@ -258,6 +278,13 @@ class S3Api:
             return "HeadBucket", lambda: self._head_bucket(c)
         if m == "POST" and "delete" in q:
             return "DeleteObjects", lambda: self.objects.delete_many(c)
+        if sub == ["tagging"] and m in ("GET", "PUT", "DELETE"):
+            t = self.tagging
+            serve = {"GET": t.get_bucket, "PUT": t.put_bucket, "DELETE": t.delete_bucket}[m]
+            return f"{m.title()}BucketTagging", lambda: serve(c)
+        if sub == ["cors"] and m in ("GET", "PUT", "DELETE"):
+            serve = {"GET": self.cors.get, "PUT": self.cors.put, "DELETE": self.cors.delete}[m]
+            return f"{m.title()}BucketCors", lambda: serve(c)
         if m == "GET":
             if not sub:
                 if q.get("list-type") == "2":
@@ -322,8 +349,10 @@ class S3Api:
                 return "CompleteMultipartUpload", lambda: self.multipart.complete(c, upload)
         if m == "GET" and sub == ["acl"]:
             return "GetObjectAcl", lambda: self._object_sub(c, s3xml.acl(*OWNER))
-        if m == "GET" and sub == ["tagging"]:
-            return "GetObjectTagging", lambda: self._object_sub(c, s3xml.tagging())
+        if sub == ["tagging"] and m in ("GET", "PUT", "DELETE"):
+            t = self.tagging
+            serve = {"GET": t.get_object, "PUT": t.put_object, "DELETE": t.delete_object}[m]
+            return f"{m.title()}ObjectTagging", lambda: serve(c)
         raise S3Error(
             "NotImplemented", "A header or query you provided implies functionality not implemented", 501
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import daemon.admin.tokens as tokens
@@ -21,7 +22,7 @@ from daemon.http import Response
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.keys import new_s3_key
 from daemon.service.meta_calls import MetaCalls
-from dfs.core import endpoints, sigv4
+from dfs.core import endpoints, s3post, sigv4
 from dfs.core.config import Config
 from dfs.core.errors import InvalidArgument, S3Error, Unavailable
 
@@ -103,6 +104,37 @@ class Frontends:
             raise InvalidArgument(f"s3.authenticate: malformed request: {exc}") from None
         # The key's grants come along: a secondary needs no second round trip to authorize.
         return {"auth": dataclasses.asdict(ctx), "grants": self._metacalls.reads.s3_access(ctx.access_key)}
+
+    async def s3_authenticate_post(self, fields: dict[str, Any], region: str) -> dict[str, Any]:
+        """Verify a browser upload's policy signed with a key made by `dfs s3 key create`, for a
+        secondary's S3 endpoint."""
+        try:
+            form = {str(k): str(v) for k, v in fields.items()}
+            access_key, method = s3post.verify_signature(
+                form, self._metacalls.reads.s3_key_get, region=str(region)
+            )
+        except S3Error as exc:
+            return {"error": [exc.s3_code, exc.message, exc.status, dict(exc.extra)]}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"s3.authenticate_post: malformed form: {exc}") from None
+        return {
+            "access_key": access_key,
+            "method": method,
+            "grants": self._metacalls.reads.s3_access(access_key),
+        }
+
+    async def s3_authenticate_post_remote(self, fields: Mapping[str, str]) -> tuple[str, str, dict[str, str]]:
+        """A secondary's S3 endpoint asks the primary to verify a form signed with a key it does
+        not hold: (access key, method, the key's grants)."""
+        assert self._cluster.primary is not None
+        answer = await endpoints.S3_AUTHENTICATE_POST.call(
+            self._cluster.primary, dict(fields), self.cfg.s3.region
+        )
+        if "error" in answer:
+            code, message, status, extra = answer["error"]
+            raise S3Error(str(code), str(message), int(status), **{str(k): str(v) for k, v in extra.items()})
+        grants = answer.get("grants") or {}
+        return str(answer["access_key"]), str(answer["method"]), {str(b): str(p) for b, p in grants.items()}
 
     async def s3_authenticate_remote(
         self, view: sigv4.RequestView, vhost_bucket: str | None

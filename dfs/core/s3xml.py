@@ -41,7 +41,7 @@ from typing import NamedTuple
 import defusedxml
 import defusedxml.ElementTree as DET
 
-from dfs.core import s3names
+from dfs.core import s3cors, s3names
 from dfs.core.errors import S3Error
 from dfs.core.s3names import ListPage as ListPage  # re-exported: callers render pages from here
 from dfs.core.s3names import ObjectEntry as ObjectEntry
@@ -200,9 +200,27 @@ def acl(owner_id: str, owner_name: str) -> bytes:
     )
 
 
-def tagging() -> bytes:
-    """GetObjectTagging stub: an empty TagSet."""
-    return _doc("Tagging", ["<TagSet></TagSet>"])
+def tagging(tags: Sequence[tuple[str, str]] = ()) -> bytes:
+    """Get{Object,Bucket}Tagging: the TagSet (empty when there are no tags)."""
+    items = [f"<Tag>{_el('Key', k)}{_el('Value', v)}</Tag>" for k, v in tags]
+    return _doc("Tagging", ["<TagSet>", *items, "</TagSet>"])
+
+
+def cors(rules: Sequence[s3cors.CorsRule]) -> bytes:
+    """GetBucketCors: the CORSConfiguration, one CORSRule per rule in order."""
+    body: list[str] = []
+    for r in rules:
+        body.append("<CORSRule>")
+        if r.rule_id is not None:
+            body.append(_el("ID", r.rule_id))
+        body += [_el("AllowedHeader", h) for h in r.allowed_headers]
+        body += [_el("AllowedMethod", m) for m in r.allowed_methods]
+        body += [_el("AllowedOrigin", o) for o in r.allowed_origins]
+        body += [_el("ExposeHeader", h) for h in r.expose_headers]
+        if r.max_age_s is not None:
+            body.append(_el("MaxAgeSeconds", r.max_age_s))
+        body.append("</CORSRule>")
+    return _doc("CORSConfiguration", body)
 
 
 def _contents(entry: ObjectEntry, encoding_url: bool, owner: tuple[str, str] | None) -> str:
@@ -415,6 +433,14 @@ def copy_object_result(etag: str, last_modified_ns: int) -> bytes:
     return _doc(
         "CopyObjectResult",
         [_el("ETag", _quoted(etag)), _el("LastModified", s3names.iso8601(last_modified_ns))],
+    )
+
+
+def post_response(location: str, bucket: str, key: str, etag: str) -> bytes:
+    """PostResponse: the answer to a browser (POST Object) upload asking for status 201."""
+    return _doc(
+        "PostResponse",
+        [_el("Location", location), _el("Bucket", bucket), _el("Key", key), _el("ETag", _quoted(etag))],
     )
 
 
@@ -679,3 +705,60 @@ def parse_create_bucket(body: bytes) -> str | None:
     if value is None or not value.strip():
         return None
     return value.strip()
+
+
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """The (key, value) pairs of a Put{Object,Bucket}Tagging body, in document order.
+
+    A Tagging without a TagSet, or a Tag without its Key or Value, is
+    MalformedXML; the limits (count, lengths, duplicates) are s3tags.check's.
+    """
+    root = _parse(body, "Tagging")
+    sets = _children(root, "TagSet")
+    if len(sets) != 1:
+        raise _malformed("Tagging needs exactly one TagSet")
+    tags: list[tuple[str, str]] = []
+    for tag in _children(sets[0], "Tag"):
+        key = _one_text(tag, "Key", required=True)
+        value = _one_text(tag, "Value", required=True)
+        assert key is not None and value is not None
+        tags.append((key, value))
+    return tags
+
+
+def parse_cors(body: bytes) -> list[s3cors.CorsRule]:
+    """The rules of a PutBucketCors body, checked (s3cors.check), in document order."""
+    if len(body) > s3cors.MAX_CONFIG_BYTES:
+        raise _malformed(f"CORS configuration over {s3cors.MAX_CONFIG_BYTES} bytes")
+    root = _parse(body, "CORSConfiguration")
+    rules: list[s3cors.CorsRule] = []
+    for rule in _children(root, "CORSRule"):
+
+        def texts(name: str, rule: ET.Element = rule) -> tuple[str, ...]:
+            out = []
+            for child in _children(rule, name):
+                if len(child):
+                    raise _malformed(f"{name} has child elements")
+                out.append((child.text or "").strip())
+            return tuple(out)
+
+        max_age_text = _one_text(rule, "MaxAgeSeconds", required=False)
+        max_age: int | None = None
+        if max_age_text is not None:
+            text = max_age_text.strip()
+            if not (text.isascii() and text.isdigit()):
+                raise _malformed("MaxAgeSeconds is not an integer")
+            max_age = int(text)
+        rule_id = _one_text(rule, "ID", required=False)
+        rules.append(
+            s3cors.CorsRule(
+                allowed_methods=texts("AllowedMethod"),
+                allowed_origins=texts("AllowedOrigin"),
+                allowed_headers=texts("AllowedHeader"),
+                expose_headers=texts("ExposeHeader"),
+                max_age_s=max_age,
+                rule_id=rule_id,
+            )
+        )
+    s3cors.check(rules)
+    return rules

@@ -231,6 +231,15 @@ def test_directory_policy_s3_on_a_secondary_mount_failover_and_metrics(
     with pytest.raises(ClientError) as err:
         keyed(n3, secret="x" * 40).get_object(Bucket="bkt", Key="k/by-key")
     assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    # A browser upload form signed with the key: the secondary has the primary verify the policy.
+    from tests.s3.forms import post_form
+
+    form = keyed(n3).generate_presigned_post(Bucket="bkt", Key="k/by-form")
+    answer = post_form(n3, "/bkt", form["fields"].items(), b"form body")
+    assert answer.status == 204, answer
+    assert keyed(n2).get_object(Bucket="bkt", Key="k/by-form")["Body"].read() == b"form body"
+    form["fields"]["key"] = "k/other"  # not what the policy allows
+    assert post_form(n3, "/bkt", form["fields"].items(), b"x").status == 403
     n1.cli("s3", "key", "revoke", ak)
     with pytest.raises(ClientError) as err:
         keyed(n3).get_object(Bucket="bkt", Key="k/by-key")

@@ -42,6 +42,8 @@ READS = [
     "GetObjectAcl",
     "GetObjectTagging",
     "ListParts",
+    "GetBucketTagging",
+    "GetBucketCors",
     "GetBucket.location",
 ]
 WRITES = [
@@ -54,8 +56,18 @@ WRITES = [
     "UploadPartCopy",
     "CompleteMultipartUpload",
     "AbortMultipartUpload",
+    "PutObjectTagging",
+    "DeleteObjectTagging",
 ]
-OWNERS = ["DeleteBucket", "PutBucketVersioning", "SomethingNew"]
+OWNERS = [
+    "DeleteBucket",
+    "PutBucketVersioning",
+    "PutBucketTagging",
+    "DeleteBucketTagging",
+    "PutBucketCors",
+    "DeleteBucketCors",
+    "SomethingNew",
+]
 
 
 @pytest.mark.parametrize("op", READS + WRITES + OWNERS)
