@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -565,6 +566,26 @@ class ChunkStore:
             return dict(self._present)
 
     # -- accounting -------------------------------------------------------------
+    def disk_report(self) -> list[dict[str, Any]]:
+        """Per data disk, what ``dfs disks`` shows: one disk here (a DiskSet reports several)."""
+        st = self.stats()
+        return [
+            {
+                "path": str(self.root),
+                "weight": 1.0,
+                "state": "ok",
+                "reason": "",
+                "used_bytes": st["used_bytes"],
+                "free_bytes": st["avail_bytes"],
+                "total_bytes": st["total_bytes"],
+                "chunk_count": st["chunk_count"],
+                "io_errors": 0,
+                "io_errors_recent": 0,
+                "checksum_errors": st["checksum_failures"],
+                "drain_moved": 0,
+            }
+        ]
+
     def stats(self) -> dict[str, int]:
         """Capacity of the filesystem holding the store, and what the store uses."""
         try:

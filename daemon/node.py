@@ -120,6 +120,7 @@ async def _serve_s3(
         front.s3_secret,
         None if service.is_primary else front.s3_authenticate_remote,
         front.s3_access if service.is_primary else None,
+        None if service.is_primary else front.s3_authenticate_post_remote,
     )
     api = S3Api(service.local_client(), cfg, keys, observe=metrics.observe_s3)
     server = HttpServer(

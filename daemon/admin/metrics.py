@@ -185,6 +185,8 @@ class Snapshot:
     # not_after of [tls] cert_file as a Unix time; None: no certificate configured (or unreadable).
     tls_cert_expiry_s: float | None = None
     refreshed_at: float | None = None  # time.time() of the refresh; None: never refreshed
+    # Per data disk (daemon/disks.py DiskSet.disk_report): path, state, free bytes, error counts.
+    disks: tuple[Mapping[str, Any], ...] = ()
 
 
 class _CachedCollector:
@@ -222,6 +224,7 @@ class _CachedCollector:
         if "checksum_failures" in store:
             failures.add_metric([], float(store["checksum_failures"]))
         out.append(failures)
+        out.extend(_disk_families(snap.disks))
         out.append(
             _gauge(
                 "dfs_meta_inodes", "Inodes in the namespace (live and open-unlinked)", counts.get("inodes")
@@ -546,6 +549,34 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return family
 
 
+_DISK_STATES = ("ok", "draining", "drained", "failed")
+
+
+def _disk_families(disks: Iterable[Mapping[str, Any]]) -> list[Metric]:
+    """Per data disk (few per host, so the series stay few): state one-hot, errors, free bytes."""
+    state = GaugeMetricFamily(
+        "dfs_disk_state",
+        "1 for the data disk's current state (ok, draining, drained, failed)",
+        labels=["disk", "state"],
+    )
+    errors = CounterMetricFamily(
+        "dfs_disk_errors",
+        "Errors a data disk gave since start, by kind (io, checksum)",
+        labels=["disk", "kind"],
+    )
+    free = GaugeMetricFamily(
+        "dfs_disk_free_bytes", "Bytes free to the daemon on a data disk", labels=["disk"]
+    )
+    for d in disks:
+        path = str(d["path"])
+        for name in _DISK_STATES:
+            state.add_metric([path, name], 1.0 if d["state"] == name else 0.0)
+        errors.add_metric([path, "io"], float(d["io_errors"]))
+        errors.add_metric([path, "checksum"], float(d["checksum_errors"]))
+        free.add_metric([path], float(d["free_bytes"]))
+    return [state, errors, free]
+
+
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=[])
     if value is not None:
@@ -680,6 +711,7 @@ class Metrics:
             snaps = await trio.to_thread.run_sync(self._snapshot_stats, node)
             volumes, provisioned = await trio.to_thread.run_sync(self._quota_stats, node)
             cert_expiry_s = await trio.to_thread.run_sync(self._tls_cert.read)
+            disks = await trio.to_thread.run_sync(node.chunks.disk_report)
             self.snapshot = Snapshot(
                 store=store,
                 counts=counts,
@@ -688,6 +720,7 @@ class Metrics:
                 provisioned_bytes=provisioned,
                 tls_cert_expiry_s=cert_expiry_s,
                 refreshed_at=time.time(),
+                disks=tuple(disks),
             )
             return self.snapshot
 

@@ -220,7 +220,11 @@ def _config_schema() -> dict[str, Any]:
         hints = get_type_hints(cls)
         options: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            options[f.name] = {"type": _JSON_TYPES[hints[f.name]]}
+            hint = hints[f.name]
+            if hint == tuple[str, ...]:  # a list option ([storage] disks)
+                options[f.name] = {"type": "array", "items": {"type": "string"}}
+            else:
+                options[f.name] = {"type": _JSON_TYPES[hint]}
         sections[name] = _obj(options)
     schema = _obj(sections)
     schema["description"] = (

@@ -370,4 +370,7 @@ def node_meta(
         "cpu_percent": round(psutil.cpu_percent(interval=None), 1),
         "mem_percent": round(vm.percent, 1),
         "layout_epoch": layout_epoch(),
+        # Data disks (daemon/disks.py): `dfs status` names the nodes with one not ok.
+        "disks": st.get("disks", 1),
+        "disks_not_ok": st.get("disks_not_ok", 0),
     }

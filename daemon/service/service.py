@@ -17,12 +17,12 @@ import trio
 
 from daemon.admin import load_or_create_token
 from daemon.changefeed import ChangeFeed
-from daemon.chunks import ChunkStore
 from daemon.cluster.deletions import AnyDeletionLog, DeletionLog, SharedDeletionLog
 from daemon.cluster.hints import HintQueue
 from daemon.cluster.hot import HotChunks
 from daemon.cluster.membership import Membership
 from daemon.cluster.repair import Repair
+from daemon.disks import STATE_FILE, DiskSet
 from daemon.meta import MetaStore
 from daemon.service.backups import BackupHandlers, Backups, MetaDb
 from daemon.service.chunk_handlers import ChunkHandlers
@@ -45,7 +45,7 @@ from daemon.workers import Periodic, Retrying
 from dfs.client.chunks import ChunkIO
 from dfs.client.cluster import Client, ClusterInfo
 from dfs.core.auth import Credential
-from dfs.core.config import Config
+from dfs.core.config import Config, disk_specs
 from dfs.net import credentials
 
 T = TypeVar("T")
@@ -97,7 +97,13 @@ class Service:
             primary_address=cfg.cluster.meta,
             failover_timeout_s=cfg.meta.failover_timeout_s,
         )
-        self.chunks = ChunkStore(self.data, fsync=cfg.storage.fsync, reserve_bytes=cfg.storage.reserve_bytes)
+        # One disk (the data dir, today's layout) unless [storage] disks lists several.
+        self.chunks = DiskSet(
+            disk_specs(cfg.storage) or [(self.data, 1.0)],
+            fsync=cfg.storage.fsync,
+            reserve_bytes=cfg.storage.reserve_bytes,
+            state_path=self.data / STATE_FILE,
+        )
         self.hints = HintQueue(self.data / "hints.db")
         self.threads = ChunkThreads()
         self.started_at = time.time()
@@ -231,6 +237,7 @@ class Service:
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
 
     def close(self) -> None:
+        self.chunks.close()  # stops a running disk drain
         self.leadership.close()
         self.metacalls.close()
         self.hints.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.changefeed import ChangeFeed
-from daemon.chunks import ChunkStore
+from daemon.disks import DiskSet
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.keys import ClusterKey
 from daemon.service.meta_calls import MetaCalls
@@ -32,7 +32,7 @@ class SystemHandlers:
         cfg: Config,
         key: ClusterKey,
         metacalls: MetaCalls,
-        chunks: ChunkStore,
+        chunks: DiskSet,
         threads: ChunkThreads,
         cluster: ClusterRunner,
         changes: ChangeFeed,
@@ -92,6 +92,7 @@ class SystemHandlers:
 
     async def status(self) -> dict[str, Any]:
         cs = await self._c(self.chunks.stats)
+        disks = await self._c(self.chunks.disk_report)
         store = self._metacalls.store
         if store is not None:
             counts = await self._metacalls.run(store.counts)
@@ -120,8 +121,21 @@ class SystemHandlers:
             ),
             "layout_epoch": self._cluster.layout_epoch,
             "capacity": cs,
+            "disks": disks,
             "namespace": counts,
         }
+
+    async def disks(self, op: str, path: str = "") -> list[dict[str, Any]]:
+        """``dfs disks``: list this node's data disks, or drain, undrain or reset one first."""
+        actions = {"drain": self.chunks.drain, "undrain": self.chunks.undrain, "reset": self.chunks.reset}
+        if op != "list":
+            if op not in actions:
+                raise InvalidArgument(f"sys.disks: op must be list, {', '.join(actions)}; got {op!r:.40}")
+            if not path:
+                raise InvalidArgument(f"sys.disks: {op} needs the disk's path")
+            await self._c(actions[op], path)
+        report: list[dict[str, Any]] = await self._c(self.chunks.disk_report)
+        return report
 
     async def scrub_list(self) -> list[bytes]:
         """Every stored chunk id, sorted: the CLI scrubs them in batches for a progress bar."""

@@ -11,6 +11,7 @@ from dfs.cli import (  # noqa: F401
     admintokens,
     bench,
     cluster,
+    disks,
     doctor,
     key,
     meta,

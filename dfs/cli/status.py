@@ -13,6 +13,7 @@ import click
 from dfs.cli import progress
 from dfs.cli.app import main, run
 from dfs.cli.connect import Endpoint, call, config_for, endpoint_of
+from dfs.cli.disks import disk_lines
 from dfs.cli.output import emit_json, human, json_option
 from dfs.cli.quota import format_size, overcommit_warning, provisioned_bytes
 from dfs.cli.repair import cluster_status, live_nodes, remark_line, repair_line, wait_repaired
@@ -67,6 +68,7 @@ def status(
     st["snapshots"] = snapshot_status(vols, run(call, endpoint_of(cfg), SNAPSHOT_LIST))
     # Per volume with trash entries (outside its quota usage): entries, bytes.
     st["trash"] = run(call, endpoint_of(cfg), TRASH_USAGE)
+    st["disk_warnings"] = disk_warnings(st, run(call, endpoint_of(cfg), SYS_CLUSTER).get("members", []))
     if as_json:
         emit_json(st)
         return
@@ -98,9 +100,26 @@ def status(
     rows.append(("provisioned", provisioned_line(st["provisioning"])))
     rows += [(f"snapshots {s['volume']}", snapshot_line(s)) for s in st["snapshots"]]
     rows += [(f"trash {u['volume']}", trash_usage_line(u)) for u in st["trash"]]
+    rows += [(w["where"], w["text"]) for w in st["disk_warnings"]]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def disk_warnings(st: dict[str, Any], members: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """A row per node with a data disk not ok: from gossip, this node from its own report."""
+    here = st["node_id"]
+    bad = [d for d in st.get("disks", []) if d["state"] != "ok"]
+    own = {
+        "node_id": here,
+        "disks": len(st.get("disks", [])),
+        "disks_not_ok": len(bad),
+    }
+    others = [m for m in members if m.get("node_id") != here and m.get("status") in ("alive", "suspect")]
+    rows = [{"where": where, "text": text} for where, text in disk_lines([own, *others])]
+    for d in bad:
+        rows.append({"where": f"disk {d['path']}", "text": f"{d['state']}: {d['reason'] or '-'}"})
+    return rows
 
 
 def quota_status(

@@ -17,6 +17,7 @@ keeps it in step with the dataclasses below.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -69,6 +70,9 @@ class StorageConfig:
     master_key_file: str = ""
     fsync: bool = True
     reserve_bytes: int = 64 * MiB
+    # Data directories, one per physical disk: "PATH" or "PATH:WEIGHT" (weight > 0, default 1.0).
+    # Empty: one disk, the data dir itself (its chunks/ directory).  See disk_specs().
+    disks: tuple[str, ...] = ()
     gc_delay_s: float = 3600.0
     gc_interval_s: float = 60.0
     # Stored chunks no metadata knows (uncommitted writes) are deleted once untouched this long.
@@ -286,6 +290,12 @@ def _coerce(section: str, key: str, kind: type[Any], value: Any, origin: str) ->
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if kind == tuple[str, ...]:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
     raise ConfigError(f"{where}: unsupported option type {kind!r}")
 
 
@@ -339,8 +349,40 @@ def parse(text: str, *, origin: str = "dfs.conf", env: Mapping[str, str] | None 
     return cfg
 
 
+def disk_specs(storage: StorageConfig, origin: str = "dfs.conf") -> list[tuple[str, float]]:
+    """``[storage] disks`` as (absolute path, weight) pairs; ConfigError names a bad entry.
+
+    An entry is ``PATH`` or ``PATH:WEIGHT``: the text after the last colon is a weight only when
+    it parses as a number, so a path that itself contains a colon still works.
+    """
+    out: list[tuple[str, float]] = []
+    seen: set[str] = set()
+    for entry in storage.disks:
+        path, weight = entry, 1.0
+        head, sep, tail = entry.rpartition(":")
+        if sep:
+            try:
+                weight = float(tail)
+            except ValueError:
+                pass
+            else:
+                path = head
+        where = f"{origin}: [storage] disks entry {entry!r}"
+        if not path or not os.path.isabs(path):
+            raise ConfigError(f"{where}: the path must be absolute")
+        if not 0 < weight < float("inf"):
+            raise ConfigError(f"{where}: the weight must be a number > 0")
+        norm = os.path.normpath(path)
+        if norm in seen:
+            raise ConfigError(f"{where}: {norm} is listed twice")
+        seen.add(norm)
+        out.append((norm, weight))
+    return out
+
+
 def validate(cfg: Config, origin: str = "dfs.conf") -> None:
     st = cfg.storage
+    disk_specs(st, origin)
     if st.block_size < 64 * 1024 or st.block_size > 64 * MiB or st.block_size & (st.block_size - 1):
         raise ConfigError(f"{origin}: [storage] block_size must be a power of two in 64 KiB..64 MiB")
     if not 0 <= st.inline_max <= min(64 * 1024, st.block_size):
@@ -424,6 +466,8 @@ def render(cfg: Config) -> str:
                 text = "true" if value else "false"
             elif isinstance(value, str):
                 text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            elif isinstance(value, tuple):
+                text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
             else:
                 text = repr(value)
             lines.append(f"{field.name} = {text}")

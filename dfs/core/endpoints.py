@@ -359,6 +359,9 @@ SYS_SCRUB_BATCH: Endpoint[list[bytes]] = _declare(
 SYS_SWEEP_ORPHANS: Endpoint[int] = _declare(
     "sys.sweep_orphans", "older_than_s:float|None?", timeout=Timeout.LONG, callers=ADMINS
 )
+# This node's data disks (daemon/disks.py), after ``op``: "list", or "drain", "undrain" or
+# "reset" of the disk at ``path``; answers every disk's path, weight, state, usage and errors.
+SYS_DISKS: Endpoint[list[dict[str, Any]]] = _declare("sys.disks", "op:str path:str?", callers=ADMINS)
 SYS_MEMBERS: Endpoint[list[dict[str, Any]]] = _declare("sys.members", read_only=True, callers=ANYONE)
 SYS_CLUSTER: Endpoint[dict[str, Any]] = _declare("sys.cluster", read_only=True, callers=ANYONE)
 SYS_REPAIR_STATUS: Endpoint[dict[str, Any]] = _declare("sys.repair_status", read_only=True, callers=ANYONE)
@@ -421,6 +424,11 @@ S3_AUTHENTICATE: Endpoint[dict[str, Any]] = _declare(
     "request:list vhost_bucket:str|None region:str max_skew_s:float",
     site=_PRIMARY,
     read_only=True,
+)
+# The same for a browser upload's signed policy (form fields, names lower-cased): {"access_key",
+# "method", "grants"} or {"error": ...}.
+S3_AUTHENTICATE_POST: Endpoint[dict[str, Any]] = _declare(
+    "s3.authenticate_post", "fields:dict region:str", site=_PRIMARY, read_only=True
 )
 # Directory quotas (daemon/meta/quotas.py) by namespace path ("/vol/dir"): `dfs quota`.
 # limits: {"max_bytes": int|None, "max_inodes": int|None}, the ones named change.

@@ -381,6 +381,8 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
             await e.SYS_SWEEP_ORPHANS.call(conn, 0.0 if now_flag else None)
         ids = await e.SYS_SCRUB_LIST.call(conn)
         await e.SYS_SCRUB_BATCH.call(conn, ids[:10])
+        await e.SYS_DISKS.call(conn, "list")  # dfs/cli/disks.py
+        await _attempt(e.SYS_DISKS.call(conn, "drain", "/nowhere"))
         for read in (e.SYS_STATUS, e.SYS_MEMBERS, e.SYS_CLUSTER, e.SYS_REPAIR_STATUS, e.SYS_PING):
             await read.call(conn)
         await e.SYS_REPAIR_NOW.call(conn)
@@ -444,6 +446,7 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         )
         await _attempt(front.s3_authenticate_remote(view, None))
         await _attempt(front.s3_authenticate_remote(view, "bucket"))
+        await _attempt(front.s3_authenticate_post_remote({"policy": "e30=", "x-amz-signature": "00"}))
         await _attempt(front.forward_admin("GET", "/health", [("content-type", "x")], b"{}", "127.0.0.1:1"))
         await front.admin_token_scope(tokens.new_token()[1])
         # Metadata backups: `dfs meta backup` and friends (dfs/cli/meta.py), and the manifest the
