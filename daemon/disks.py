@@ -31,6 +31,15 @@ Health, per disk (state ``ok``, ``failed``, ``draining``, ``drained``):
   ``[storage] disks``.  Drained paths are remembered in ``<data dir>/disks.json``
   so a restart does not write to them again; ``dfs disks undrain PATH`` undoes it.
 
+Identity (several disks only): each disk directory holds a marker file
+:data:`MARKER` with a random id, made when the disk is first used, and the
+ids are remembered in ``disks.json``.  A disk whose marker is missing although
+its id is remembered is failed at open instead of used: an unmounted mount
+point (an empty directory on the root filesystem) or a replaced disk never
+takes chunks silently.  A marker naming another disk's id (disks swapped) is
+failed too.  ``dfs disks reset PATH`` is the operator's word that the
+directory is the right one: it takes a missing or other marker as a new disk.
+
 Thread-safety: like ChunkStore, called from several worker threads; ``_lock``
 guards the per-disk state only and is never held during I/O.
 """
@@ -45,6 +54,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 from collections import deque
@@ -76,6 +86,8 @@ DRAIN_BYTES_PER_S = 64 * 1024 * 1024
 #: A drain passes over the disk again for chunks written while it started; this many at most.
 _DRAIN_PASSES = 3
 STATE_FILE = "disks.json"
+#: The disk identity marker in each disk directory of a set of several.
+MARKER = "dfs-disk.id"
 
 
 class DiskState(enum.StrEnum):
@@ -171,7 +183,8 @@ class DiskSet(ChunkStore):
         self._checked_at = time.monotonic()
         self._drains: dict[str, threading.Thread] = {}
         self._stop = threading.Event()
-        drained = self._load_drained()
+        drained, self._ids = self._load_state()
+        self._drained_at_start = drained  # for disks not opened yet when the state is saved
         self._disks: list[Disk] = []
         for path, weight in entries:
             if not weight > 0:
@@ -187,15 +200,21 @@ class DiskSet(ChunkStore):
             self._disks.append(disk)
 
     # -- opening and state ----------------------------------------------------------------------
-    def _open(self, disk: Disk, *, fatal: bool = False) -> None:
+    def _open(self, disk: Disk, *, fatal: bool = False, adopt: bool = False) -> None:
         """Open (or re-open) the disk's store; unless ``fatal``, a disk that cannot be opened is
-        failed, not an error: one dead disk must not keep the node's other disks offline."""
+        failed, not an error: one dead disk must not keep the node's other disks offline.
+        ``adopt``: a missing or foreign identity marker makes it a new disk (an operator's reset)."""
         if fatal:
             disk.store, disk.state, disk.reason = self._store(disk.path), DiskState.OK, ""
             return
         if not os.path.isdir(disk.path):
             disk.store, disk.state, disk.reason = None, DiskState.FAILED, "directory missing"
             log.error("disk %s: directory missing; marked failed", disk.path)
+            return
+        wrong = self._check_marker(disk.path, adopt=adopt)
+        if wrong:
+            disk.store, disk.state, disk.reason = None, DiskState.FAILED, wrong
+            log.error("disk %s: %s; marked failed", disk.path, wrong)
             return
         try:
             disk.store = self._store(disk.path)
@@ -208,30 +227,85 @@ class DiskSet(ChunkStore):
     def _store(self, path: str) -> ChunkStore:
         return ChunkStore(path, fsync=self.fsync, reserve_bytes=self.reserve_bytes)
 
-    def _load_drained(self) -> set[str]:
+    def _load_state(self) -> tuple[set[str], dict[str, str]]:
+        """(drained paths, disk path -> identity id) as ``disks.json`` remembers them."""
         if self._state_path is None:
-            return set()
+            return set(), {}
         try:
             raw = json.loads(self._state_path.read_text())
         except FileNotFoundError:
-            return set()
+            return set(), {}
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s: %s", self._state_path, exc)
-            return set()
-        drained = raw.get("drained", []) if isinstance(raw, dict) else []
-        return {p for p in drained if isinstance(p, str)}
+            return set(), {}
+        if not isinstance(raw, dict):
+            return set(), {}
+        drained = {p for p in raw.get("drained", []) if isinstance(p, str)}
+        ids = raw.get("ids", {})
+        known = (
+            {p: i for p, i in ids.items() if isinstance(p, str) and isinstance(i, str)}
+            if isinstance(ids, dict)
+            else {}
+        )
+        return drained, known
 
     def _save_drained(self) -> None:
         if self._state_path is None:
             return
         with self._lock:
-            drained = sorted(d.path for d in self._disks if d.state is DiskState.DRAINED)
+            opened = {d.path for d in self._disks}
+            drained = sorted(
+                {d.path for d in self._disks if d.state is DiskState.DRAINED}
+                | {p for p in self._drained_at_start if p not in opened}
+            )
+            ids = dict(self._ids)
         tmp = self._state_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"drained": drained}))
+            with open(tmp, "w") as f:
+                f.write(json.dumps({"drained": drained, "ids": ids}))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._state_path)
         except OSError as exc:  # the drain itself stands; only its memory across restarts is lost
-            log.error("cannot record drained disks in %s: %s", self._state_path, exc)
+            log.error("cannot record the disks' state in %s: %s", self._state_path, exc)
+
+    def _check_marker(self, path: str, *, adopt: bool) -> str:
+        """Why the directory at ``path`` is not the disk remembered there ("" if it is, or it
+        is new: then it gets a marker and its id is remembered)."""
+        marker = os.path.join(path, MARKER)
+        try:
+            with open(marker) as f:
+                found: str | None = f.read().strip()
+        except FileNotFoundError:
+            found = None
+        except OSError as exc:
+            return f"identity marker unreadable: {exc.strerror}"
+        known = self._ids.get(path)
+        if found is not None and (known is None or found == known):
+            if known is None:
+                self._ids[path] = found
+                self._save_drained()
+            return ""
+        if known is not None and not adopt:
+            if found is None:
+                return (
+                    f"identity marker {MARKER} missing (an unmounted mount point, or a new disk): "
+                    "mount the disk, or `dfs disks reset PATH` to take the directory as a new disk"
+                )
+            return f"holds disk {found}, not {known} (disks swapped?): `dfs disks reset PATH` to take it"
+        new = secrets.token_hex(16)
+        tmp = marker + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(new + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+        except OSError as exc:
+            return f"cannot write identity marker: {exc.strerror}"
+        self._ids[path] = new
+        self._save_drained()
+        return ""
 
     def _fail(self, disk: Disk, reason: str) -> None:
         with self._lock:
@@ -568,7 +642,7 @@ class DiskSet(ChunkStore):
         with self._lock:
             if disk.state is not DiskState.FAILED:
                 raise InvalidArgument(f"disk {disk.path} is {disk.state}, not failed")
-        self._open(disk)
+        self._open(disk, adopt=True)
         with self._lock:
             disk.io_error_times.clear()
             disk.checksum_error_times.clear()

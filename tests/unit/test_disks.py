@@ -203,6 +203,53 @@ def test_drain_moves_everything_and_keeps_it_readable(tmp_path: Path) -> None:
         again.drain("/not/a/disk")
 
 
+def test_an_unmounted_or_swapped_disk_is_not_taken_for_its_mount_point(tmp_path: Path) -> None:
+    d = dirs(tmp_path, 2)
+    state = tmp_path / STATE_FILE
+
+    def disk_set() -> DiskSet:
+        return DiskSet([(p, 1.0) for p in d], fsync=False, state_path=state)
+
+    def states(ds: DiskSet) -> dict[str, tuple[str, str]]:
+        return {r["path"]: (r["state"], r["reason"]) for r in ds.disk_report()}
+
+    first = disk_set()
+    chunks = [make(i) for i in range(40)]
+    for cid, blob in chunks:
+        first.put(cid, blob)
+    first.close()
+    # The second disk's filesystem is not mounted at restart: its mount point is an empty directory.
+    mounted = tmp_path / "mounted"
+    d[1].rename(mounted)
+    d[1].mkdir()
+    unmounted = disk_set()
+    state1, reason = states(unmounted)[str(d[1])]
+    assert state1 == "failed" and "marker" in reason, reason
+    new, blob = make(500)
+    unmounted.put(new, blob)
+    assert held_by(d, new) == [0] and not (d[1] / "chunks").exists()  # nothing on the "root fs"
+    unmounted.close()
+    # Mounted again: the same disk, served as before.
+    d[1].rmdir()
+    mounted.rename(d[1])
+    back = disk_set()
+    assert {s for s, _ in states(back).values()} == {"ok"}
+    assert all(back.get(cid) == blob for cid, blob in chunks)
+    back.close()
+    # Two disks swapped: neither is taken for the other.
+    d[0].rename(tmp_path / "x")
+    d[1].rename(d[0])
+    (tmp_path / "x").rename(d[1])
+    swapped = disk_set()
+    assert all(s == "failed" and "swapped" in r for s, r in states(swapped).values())
+    # The operator's reset takes a directory as it is.
+    assert swapped.reset(str(d[0]))["state"] == "ok"
+    assert swapped.reset(str(d[1]))["state"] == "ok"
+    assert all(swapped.get(cid) == blob for cid, blob in chunks)
+    swapped.close()
+    assert {s for s, _ in states(disk_set()).values()} == {"ok"}  # remembered
+
+
 def test_stats_are_sums_and_digests_unions(tmp_path: Path) -> None:
     d = dirs(tmp_path, 2)
     ds = DiskSet([(d[0], 1.0), (d[1], 3.0)], fsync=False)
