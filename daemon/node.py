@@ -79,6 +79,15 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
                 expiry = Periodic("multipart upload expiry", every_s, s3.expire_uploads)
                 service.workers.append(expiry)
                 nursery.start_soon(expiry.run)
+                if service.is_primary:
+                    # Once per cluster: on the daemon leading the cluster-wide duties.
+                    lifecycle = Periodic(
+                        "s3 lifecycle",
+                        cfg.s3.lifecycle_interval_s,
+                        service.leadership.only(s3.apply_lifecycle),
+                    )
+                    service.workers.append(lifecycle)
+                    nursery.start_soon(lifecycle.run)
             if cfg.admin.enabled:
                 await nursery.start(_serve_admin, cfg, service, metrics)
             task_status.started(service)

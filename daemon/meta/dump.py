@@ -154,6 +154,9 @@ DUMPED_TABLES = (
     "admin_tokens",
     "policy_remarks",
     "trash",
+    "s3_versioning",
+    # Version inodes keep their names at versions/<ino>, so they are dumped with their rows.
+    "s3_versions",
     # After inodes: loading inodes charges no domain then, and the usage loaded is recomputed
     # at the end (the dump leaves out nameless inodes that were still charged).
     "quotas",

@@ -18,6 +18,8 @@ Invariants (all checked, and where possible repaired, by :meth:`Checks.fsck`):
 - a volume row names a live top-level directory whose name is the row's name;
 - a trash row names a non-directory at ``trash/<volume>/<ino>``, and every file
   there has a row;
+- an ``s3_versions`` row with an inode names a regular file at ``versions/<ino>``,
+  and every file there has a row;
 - every inode's quota domain exists, and each domain's recorded usage equals
   the sum over the inodes charged to it and to the domains nested in it.
 
@@ -443,6 +445,44 @@ class _Fsck:
             (vol, self.now, ino),
         )
 
+    def find_versions(self) -> list[Finding[tuple[str, int]]]:
+        """Each ``s3_versions`` row with an inode names a regular file at versions/<ino>, and each
+        file at versions/ has a row (daemon/meta/versions.py)."""
+        row = self.db.execute(
+            "SELECT value FROM config WHERE key = ?", (_INTERNAL_KEY + "versions",)
+        ).fetchone()
+        if row is None:
+            return []  # the internal_roots check reports (and makes) it
+        root = int(row[0])
+        found: list[Finding[tuple[str, int]]] = []
+        for ino, key in self.db.execute(
+            "SELECT s.ino, s.key FROM s3_versions s WHERE s.ino IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.ino = s.ino "
+            "AND d.is_dir = 0 AND i.mode & ? = ?) LIMIT 1000",
+            (root, _IFMT, _IFREG),
+        ).fetchall():
+            text = bytes(key).decode("utf-8", "replace")
+            found.append((f"version {ino} of key {text!r} is not in versions/", ("drop", int(ino))))
+        for (ino,) in self.db.execute(
+            "SELECT d.ino FROM dentries d WHERE d.parent = ? "
+            "AND NOT EXISTS (SELECT 1 FROM s3_versions s WHERE s.ino = d.ino) LIMIT 1000",
+            (root,),
+        ).fetchall():
+            found.append((f"{self.path(int(ino))}: in versions/ without a version row", ("unlink", int(ino))))
+        return found
+
+    def fix_versions(self, finding: tuple[str, int]) -> None:
+        """Drop a row whose inode is gone from versions/; a file there without a row loses that
+        name (the nlink check then purges or keeps it)."""
+        what, ino = finding
+        if what == "drop":
+            self.db.execute("DELETE FROM s3_versions WHERE ino = ?", (ino,))
+            return
+        root = self.db.execute(
+            "SELECT value FROM config WHERE key = ?", (_INTERNAL_KEY + "versions",)
+        ).fetchone()
+        self.db.execute("DELETE FROM dentries WHERE parent = ? AND ino = ?", (int(root[0]), ino))
+
     # -- data -----------------------------------------------------------------------------
 
     def find_stray_blocks(self) -> list[Finding[int]]:
@@ -709,6 +749,7 @@ _CHECKS: tuple[_Check[Any], ...] = (
     _Check("leaks", _Fsck.find_leaks, _Fsck.fix_leak),
     _Check("volumes", _Fsck.find_volumes, _Fsck.fix_volume),
     _Check("trash", _Fsck.find_trash, _Fsck.fix_trash),
+    _Check("versions", _Fsck.find_versions, _Fsck.fix_versions),
     _Check("snapshots", _Fsck.find_snapshots, _Fsck.fix_snapshot),
     _Check("stray_blocks", _Fsck.find_stray_blocks, _Fsck.fix_stray_blocks),
     _Check("blocks_beyond_size", _Fsck.find_blocks_beyond_size, _Fsck.fix_block),

@@ -234,6 +234,10 @@ class Inodes(MetaBase):
         if row is not None and row[0] == 0 and not self._is_open(ino):
             self._purge(ino, now)
 
+    def _before_truncate(self, ino: int, now: int) -> None:
+        """Called by open(O_TRUNC) before a regular file in a bucket with versioning Enabled loses
+        its data: daemon/meta/versions.py keeps a copy."""
+
     def _purge(self, ino: int, now: int) -> None:
         """Delete an inode and everything it owns; its chunks lose one reference per block."""
         self._drop_blocks(ino, 0, now, adjust_inode=False)

@@ -20,7 +20,7 @@ from daemon.meta.inodes import (
 )
 from daemon.meta.schema import _ATTR, _ATTR_I
 from daemon.meta.sessions import Sessions
-from daemon.meta.trash import Trash
+from daemon.meta.versions import Versions
 from daemon.meta.xattrs import Xattrs
 from dfs.core.errors import (
     Exists,
@@ -47,7 +47,7 @@ from dfs.core.namespace import (
 T = TypeVar("T")
 
 
-class Namespace(Sessions, Trash, Xattrs):
+class Namespace(Sessions, Versions, Xattrs):
     """Name-level operations; ``create`` registers its open, removals in the root keep volumes in step."""
 
     # -- lookups -------------------------------------------------------------------------
@@ -233,8 +233,8 @@ class Namespace(Sessions, Trash, Xattrs):
                 raise IsADirectory(f"{name!r} is a directory")
             self._del_dentry(dentry_id)
             self._touch_dir(parent, now)
-            # The last name: maybe to its volume's trash.
-            self._drop_name(ino, mode, nlink - 1, (parent, name), now, volume)
+            # The last name: maybe to its volume's trash, or a version (and a delete marker).
+            self._drop_name(ino, mode, nlink - 1, (parent, name), now, volume, marker=True)
             self._log(now, "unlink", [parent, name])
 
     @_api

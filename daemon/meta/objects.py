@@ -22,7 +22,7 @@ from daemon.meta.inodes import (
 )
 from daemon.meta.policy import _check_policy_xattr, _check_replicas
 from daemon.meta.schema import _ATTR_I, _INTERNAL_KEY, INTERNAL_DIRS
-from daemon.meta.trash import Trash
+from daemon.meta.versions import Versions
 from dfs.core.errors import (
     InvalidArgument,
     IsADirectory,
@@ -41,7 +41,7 @@ _SLASH = 0x2F
 _LIST_DIR_SLACK = 16
 
 
-class Objects(Files, Trash):
+class Objects(Files, Versions):
     """Path-level operations for the S3 shim, each in one transaction."""
 
     @_api

@@ -57,6 +57,11 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
   name, origin, source and copy top, progress, files and bytes so far); the
   partial copy sits at ``snapshot-builds/<top>`` until it is complete
   (daemon/meta/snapshots.py).
+- ``s3_versioning``: a bucket's versioning status (``Enabled`` or ``Suspended``; no row: never
+  enabled), by the bucket (volume) directory's inode.
+- ``s3_versions``: the non-current versions and delete markers of versioned buckets (bucket,
+  key, version id, the inode or NULL for a marker, a per-key sequence that orders them newest
+  last); a version's inode sits at ``versions/<ino>`` outside every quota domain (daemon/meta/versions.py).
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
@@ -195,11 +200,21 @@ _SCHEMA = (
         volume TEXT NOT NULL, name TEXT NOT NULL, origin TEXT NOT NULL, src INTEGER NOT NULL,
         top INTEGER, started_ns INTEGER NOT NULL, progress_ns INTEGER NOT NULL,
         files INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (volume, name)) WITHOUT ROWID""",
+    # S3 bucket versioning (daemon/meta/versions.py): the status, read in the statement that finds
+    # a removed file's volume, and the versions that are not the file at the key's path.
+    """CREATE TABLE IF NOT EXISTS s3_versioning (
+        ino INTEGER PRIMARY KEY, status TEXT NOT NULL, changed_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS s3_versions (
+        bucket INTEGER NOT NULL, key BLOB NOT NULL, version_id TEXT NOT NULL, ino INTEGER,
+        seq INTEGER NOT NULL, created_ns INTEGER NOT NULL,
+        PRIMARY KEY (bucket, key, version_id)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS s3_versions_by_seq ON s3_versions (bucket, key, seq)",
+    "CREATE INDEX IF NOT EXISTS s3_versions_by_ino ON s3_versions (ino) WHERE ino IS NOT NULL",
 )
 # The AUTOINCREMENT (PostgreSQL: identity) columns, whose counters never hand out a number twice.
 COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}
 # Directories outside the namespace (no dentry, unreachable from ROOT_INO), created at open.
-INTERNAL_DIRS = ("uploads", "trash", "snapshot-builds")
+INTERNAL_DIRS = ("uploads", "trash", "snapshot-builds", "versions")
 _INTERNAL_KEY = "internal:"
 # The SQL list of their config keys, for queries that treat internal roots as roots.
 _INTERNAL_KEYS_SQL = ", ".join(f"'{_INTERNAL_KEY}{name}'" for name in INTERNAL_DIRS)

@@ -42,12 +42,17 @@ class Sessions(Inodes):
     @_api
     def open(self, ino: int, session: str, *, truncate: bool = False, read: bool = False) -> Attr:
         with self._write() as now:
+            # Whether the file lies in a bucket with versioning Enabled (daemon/meta/versions.py),
+            # in the same statement: a truncating open elsewhere pays nothing for it.
             row = self._db.execute(
-                "SELECT mode, atime_ns, mtime_ns, ctime_ns FROM inodes WHERE ino = ?", (ino,)
+                "SELECT mode, atime_ns, mtime_ns, ctime_ns, EXISTS (SELECT 1 FROM quota_chain c "
+                "JOIN s3_versioning sv ON sv.ino = c.a WHERE c.q = inodes.quota AND sv.status = 'Enabled') "
+                "FROM inodes WHERE ino = ?",
+                (ino,),
             ).fetchone()
             if row is None:
                 raise NotFound(f"inode {ino} not found")
-            mode, atime, mtime, ctime = row
+            mode, atime, mtime, ctime, versioned = row
             if truncate and _is_dir(mode):
                 raise IsADirectory(f"inode {ino} is a directory")
             if not _is_dir(mode):
@@ -56,6 +61,8 @@ class Sessions(Inodes):
             self._add_open(session, ino, now)
             if truncate and mode & _IFMT == _IFREG:
                 # open(O_TRUNC) marks mtime and ctime even when the file was already empty.
+                if versioned:
+                    self._before_truncate(ino, now)  # the old content becomes a version
                 self._shrink(ino, 0, now)
                 self._db.execute(
                     "UPDATE inodes SET size = 0, mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, ino)

@@ -50,8 +50,9 @@ def trash_days_of(policy: dict[str, Any], default: float) -> float:
     return float(days)
 
 
-# (volume directory ino, its packed policy, the file's st_size); None for a file in no volume.
-_VolumeRow = tuple[int | None, bytes | None, int]
+# (volume directory ino, its packed policy, the file's st_size, the volume's S3 versioning status
+# or None: daemon/meta/versions.py); None for a file in no volume.
+_VolumeRow = tuple[int | None, bytes | None, int, str | None]
 
 
 class Trash(Volumes):
@@ -83,27 +84,29 @@ class Trash(Volumes):
         """:meth:`_dentry` of ``name`` in ``parent`` together with its inode's volume row, in
         one statement: an unlink pays nothing for the trash lookup (a round trip on PostgreSQL)."""
         row = self._db.execute(
-            "SELECT d.id, d.ino, i.mode, i.nlink, v.ino, v.policy, i.size FROM dentries d "
+            "SELECT d.id, d.ino, i.mode, i.nlink, v.ino, v.policy, i.size, sv.status FROM dentries d "
             "JOIN inodes i ON i.ino = d.ino LEFT JOIN quota_chain c ON c.q = i.quota "
-            "LEFT JOIN volumes v ON v.ino = c.a WHERE d.parent = ? AND d.name = ? "
+            "LEFT JOIN volumes v ON v.ino = c.a LEFT JOIN s3_versioning sv ON sv.ino = v.ino "
+            "WHERE d.parent = ? AND d.name = ? "
             "ORDER BY v.ino IS NULL LIMIT 1",
             (parent, name),
         ).fetchone()
         if row is None:
             return None
-        return (row[0], row[1], row[2], row[3]), (row[4], row[5], row[6])
+        return (row[0], row[1], row[2], row[3]), (row[4], row[5], row[6], row[7])
 
     def _volume_of_inode(self, ino: int) -> _VolumeRow:
         row = self._db.execute(
-            "SELECT v.ino, v.policy, i.size FROM inodes i LEFT JOIN quota_chain c ON c.q = i.quota "
-            "LEFT JOIN volumes v ON v.ino = c.a WHERE i.ino = ? ORDER BY v.ino IS NULL LIMIT 1",
+            "SELECT v.ino, v.policy, i.size, sv.status FROM inodes i "
+            "LEFT JOIN quota_chain c ON c.q = i.quota LEFT JOIN volumes v ON v.ino = c.a "
+            "LEFT JOIN s3_versioning sv ON sv.ino = v.ino WHERE i.ino = ? ORDER BY v.ino IS NULL LIMIT 1",
             (ino,),
         ).fetchone()
-        return (None, None, 0) if row is None else (row[0], row[1], row[2])
+        return (None, None, 0, None) if row is None else (row[0], row[1], row[2], row[3])
 
     def _trash_of(self, volume: _VolumeRow) -> tuple[int, int] | None:
         """(volume directory, st_size) if the file's volume keeps a trash, else None."""
-        vol, policy, size = volume
+        vol, policy, size, _ = volume
         if vol is None or policy is None:
             return None
         if trash_days_of(_unpack_dict(policy), self._trash_days_default) > 0:

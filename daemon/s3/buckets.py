@@ -4,13 +4,14 @@ A bucket is a top-level directory, created as a volume (so it can carry a
 policy of its own); listing the buckets lists the root's directories whose
 names are valid bucket names and the request's key may see (its own, those
 it was granted; all of them for the root key).  A bucket a key creates is
-recorded as that key's (dfs/core/s3grants.py).  PutBucketVersioning with Enabled is refused
-(501): every object has the single version ``null``.
+recorded as that key's (dfs/core/s3grants.py).  PutBucketVersioning sets Enabled or
+Suspended (daemon/meta/versions.py); MFA Delete is refused (501).
 """
 
 from __future__ import annotations
 
 from daemon.http import Response
+from daemon.s3.acl import who
 from daemon.s3.call import OWNER, Call, authorize, xml
 from daemon.s3.tree import ObjectTree
 from dfs.core import endpoints, s3names, s3xml, sigv4
@@ -37,7 +38,9 @@ class Buckets:
                 volume = await endpoints.META_GET_VOLUME.call(self.client, name)
                 created = volume["created_ns"] if volume else entry.attr.mtime_ns
                 buckets.append((name, created))
-        return xml(s3xml.list_buckets(buckets, owner_id=OWNER[0], owner_name=OWNER[1]))
+        # The caller's canonical id: ListBuckets shows what the caller owns or was granted.
+        owner = who(principal) or OWNER[0]
+        return xml(s3xml.list_buckets(buckets, owner_id=owner, owner_name=owner))
 
     async def create(self, c: Call) -> Response:
         s3names.check_bucket(c.bucket)
@@ -66,10 +69,15 @@ class Buckets:
         principal = c.principal
         if principal is not None and not principal.root:
             await endpoints.S3_BUCKET_OWN.call(self.client, c.bucket, principal.access_key)
+        for name, value in c.acl_xattrs.items():  # its ACL, recording its owner (daemon/s3/acl.py)
+            await self.client.setxattr(await self.tree.bucket_ino(c.bucket), name, value, 0)
         return Response(200, [("Location", "/" + c.bucket)])
 
     async def delete(self, c: Call) -> Response:
-        await self.tree.bucket_ino(c.bucket)
+        bucket_ino = await self.tree.bucket_ino(c.bucket)
+        if await endpoints.S3_VERSIONS_LIST.call(self.client, bucket_ino, b"", b"", 0, 1):
+            # As on AWS: non-current versions and delete markers keep a bucket from going.
+            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409)
         try:
             await self.client.rmdir(ROOT_INO, c.bucket.encode())
         except NotEmpty:
@@ -79,13 +87,9 @@ class Buckets:
         return Response(204)
 
     async def put_versioning(self, c: Call) -> Response:
-        """PutBucketVersioning: objects here have one version each, so Enabled is refused.
-
-        Suspended is accepted and changes nothing: in a suspended bucket every
-        write replaces the object's ``null`` version, which is what happens
-        here anyway.
-        """
-        await self.tree.bucket_ino(c.bucket)
+        """PutBucketVersioning: Enabled or Suspended (once set, never back to "never enabled",
+        as on AWS); MfaDelete Enabled is refused: there are no MFA devices here."""
+        bucket_ino = await self.tree.bucket_ino(c.bucket)
         body = await c.req.read_body(64 * 1024)
         c.bytes_in = len(body)
         assert c.auth is not None
@@ -93,10 +97,18 @@ class Buckets:
         checks.update(body)
         checks.finish(None)
         status, mfa_delete = s3xml.parse_versioning(body)
-        if status == "Enabled" or mfa_delete == "Enabled":
+        if mfa_delete == "Enabled":
             raise S3Error(
                 "NotImplemented",
-                "Bucket versioning is not supported: every object has the single version null",
+                "MFA Delete is not supported: there are no MFA devices to require; "
+                "restrict DeleteObject with grants instead",
                 501,
             )
+        if status is not None:
+            await endpoints.S3_VERSIONING_SET.call(self.client, bucket_ino, status)
         return Response(200)
+
+    async def get_versioning(self, c: Call) -> Response:
+        """GetBucketVersioning: the status, or no Status element if it was never enabled."""
+        bucket_ino = await self.tree.bucket_ino(c.bucket)
+        return xml(s3xml.versioning(await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino)))

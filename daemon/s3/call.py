@@ -8,6 +8,7 @@ extra response headers).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from daemon.http import Request, Response
@@ -42,6 +43,12 @@ class Call:
     # Replication factor and consistency level of the bucket (None: one node, nothing to choose).
     policy: Policy | None = None
     policy_known: bool = False
+    # The full access decision (grants, bucket policy) as (bucket, key, operation) -> None or
+    # AccessDenied, for what an operation touches beyond its own bucket and key (a copy's
+    # source, each key of DeleteObjects).  None: the grants alone decide (authorize()).
+    check: Callable[[str, str, str], Awaitable[None]] | None = None
+    # The ACL xattr x-amz-acl / x-amz-grant-* ask the object or bucket being made to carry.
+    acl_xattrs: dict[bytes, bytes] = field(default_factory=dict)
 
 
 def xml(body: bytes) -> Response:

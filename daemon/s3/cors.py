@@ -16,9 +16,9 @@ daemon changes the configuration.
 from __future__ import annotations
 
 import logging
-import time
 
 from daemon.http import Response
+from daemon.s3.bucket_cache import BucketCache
 from daemon.s3.call import Call, xml
 from daemon.s3.tagging import read_checked_body
 from daemon.s3.tree import ObjectTree
@@ -28,8 +28,6 @@ from dfs.core.errors import DfsError, NoAttribute, S3Error
 log = logging.getLogger("dfs.s3")
 
 XA_CORS = b"user.s3.cors"
-CACHE_TTL_S = 5.0
-CACHE_MAX_BUCKETS = 1024
 _NOT_ALLOWED = (
     "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, "
     "request method / Access-Control-Request-Method or Access-Control-Request-Headers are not "
@@ -44,15 +42,14 @@ class BucketCors:
         self.tree = tree
         self.client = tree.client
         # bucket -> (expiry on the monotonic clock, its rules or None for no configuration)
-        self._cache: dict[str, tuple[float, list[s3cors.CorsRule] | None]] = {}
+        self._cache: BucketCache[list[s3cors.CorsRule] | None] = BucketCache()
 
     # -- the configuration ----------
     async def rules(self, bucket: str) -> list[s3cors.CorsRule] | None:
         """The bucket's rules (None: no configuration); NoSuchBucket if it does not exist."""
-        now = time.monotonic()
-        hit = self._cache.get(bucket)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        fresh, cached = self._cache.get(bucket)
+        if fresh:
+            return cached
         ino = await self.tree.bucket_ino(bucket)
         try:
             raw: bytes | None = await self.client.getxattr(ino, XA_CORS)
@@ -64,15 +61,11 @@ class BucketCors:
                 rules = s3cors.decode(raw)
             except ValueError as exc:
                 log.warning("bucket %s: ignoring a malformed CORS configuration: %s", bucket, exc)
-        if len(self._cache) >= CACHE_MAX_BUCKETS:
-            self._cache = {b: e for b, e in self._cache.items() if e[0] > now}
-            if len(self._cache) >= CACHE_MAX_BUCKETS:
-                self._cache.clear()  # all fresh: a burst over many buckets; start again
-        self._cache[bucket] = (now + CACHE_TTL_S, rules)
+        self._cache.put(bucket, rules)
         return rules
 
     async def get(self, c: Call) -> Response:
-        self._cache.pop(c.bucket, None)  # a GET of the configuration reads it afresh
+        self._cache.drop(c.bucket)  # a GET of the configuration reads it afresh
         rules = await self.rules(c.bucket)
         if not rules:
             raise S3Error(
@@ -84,7 +77,7 @@ class BucketCors:
         ino = await self.tree.bucket_ino(c.bucket)
         rules = s3xml.parse_cors(await read_checked_body(c, s3cors.MAX_CONFIG_BYTES))
         await self.client.setxattr(ino, XA_CORS, s3cors.encode(rules), 0)
-        self._cache.pop(c.bucket, None)
+        self._cache.drop(c.bucket)
         return Response(200)
 
     async def delete(self, c: Call) -> Response:
@@ -93,7 +86,7 @@ class BucketCors:
             await self.client.removexattr(ino, XA_CORS)
         except NoAttribute:
             pass
-        self._cache.pop(c.bucket, None)
+        self._cache.drop(c.bucket)
         return Response(204)
 
     # -- browsers ----------

@@ -5,7 +5,8 @@ byte order, resumed at the page's marker rather than started over, so a page
 costs about its own size whatever the bucket holds.  Directories are listed as
 CommonPrefixes; an empty directory is also a zero-byte ``d/`` object.  Without
 versioning, ListObjectVersions is a ListObjects page with VersionId ``null``
-on every entry.
+on every entry; with it, daemon/s3/versioning.py merges this walk with the
+non-current versions.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 from daemon.http import Response
 from daemon.s3.call import OWNER, Call, xml
-from daemon.s3.tree import EMPTY_MD5, PAGE, ObjectTree
-from dfs.core import s3names, s3xml
+from daemon.s3.tree import EMPTY_MD5, PAGE, XA_VERSION_ID, ObjectTree
+from daemon.s3.versioning import VersionLister
+from dfs.core import endpoints, s3names, s3xml
 from dfs.core.errors import NotADirectory, NotFound, S3Error
 from dfs.core.s3xml import ObjectEntry
 
@@ -86,6 +88,17 @@ class Listing:
         encoding_url = _encoding_url(q)
         key_marker = q.get("key-marker", "")
         id_marker = q.get("version-id-marker", "")
+        if id_marker and not key_marker:
+            raise S3Error(
+                "InvalidArgument",
+                "A version-id marker cannot be specified without a key marker.",
+                400,
+                ArgumentName="version-id-marker",
+                ArgumentValue=id_marker,
+            )
+        if await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino) is not None:
+            lister = VersionLister(self.tree, self._walk, c, bucket_ino)
+            return xml(await lister.page(key_marker, id_marker, max_keys))
         if id_marker:
             if not key_marker:
                 raise S3Error(
@@ -139,7 +152,7 @@ class Listing:
         )
 
     async def _walk(
-        self, bucket_ino: int, prefix: str, delimiter: str, start: str
+        self, bucket_ino: int, prefix: str, delimiter: str, start: str, ids: dict[str, str] | None = None
     ) -> AsyncIterator[s3names.Listed]:
         """Keys under ``prefix`` after ``start``, in UTF-8 byte order, from a depth-first walk."""
         base, _, partial = prefix.rpartition("/")
@@ -152,14 +165,15 @@ class Listing:
             return
         if not top.is_dir:
             return
-        async for item in self._walk_dir(top.ino, base, partial.encode(), delimiter == "/", start):
+        async for item in self._walk_dir(top.ino, base, partial.encode(), delimiter == "/", start, ids):
             yield item
 
     async def _walk_dir(
-        self, ino: int, base: str, partial: bytes, roll_dirs: bool, start: str
+        self, ino: int, base: str, partial: bytes, roll_dirs: bool, start: str, ids: dict[str, str] | None
     ) -> AsyncIterator[s3names.Listed]:
         """Depth-first over ``ino``'s subtree in key order, with an explicit stack: keys may be
-        512 directories deep, more than Python's recursion allows."""
+        512 directories deep, more than Python's recursion allows.  ``ids`` collects the
+        version id of each object yielded that has one."""
         start_b = start.encode()
         stack = [_WalkFrame.at(ino, base.encode(), partial, start_b)]
         while stack:
@@ -206,6 +220,8 @@ class Listing:
                     yield s3names.Listed(key + "/", None)
             elif entry.attr.is_reg and key_b > start_b:
                 info = await self.tree.info(entry.attr, key)
+                if ids is not None and XA_VERSION_ID in info.xattrs:
+                    ids[key] = info.xattrs[XA_VERSION_ID].decode(errors="replace")
                 yield s3names.Listed(key, ObjectEntry(key, entry.attr.size, entry.attr.mtime_ns, info.etag))
 
 

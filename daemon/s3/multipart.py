@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -77,7 +78,7 @@ class Multipart:
             "key": c.key,
             "initiated_ns": time.time_ns(),
             # Tags are checked now and stored with the object at completion.
-            "xattrs": request_xattrs(c.headers) | header_xattrs(c.headers),
+            "xattrs": request_xattrs(c.headers) | header_xattrs(c.headers) | c.acl_xattrs,
             "checksum_algorithm": algorithm,
         }
         blob = msgpack.packb(info, use_bin_type=True)
@@ -308,6 +309,23 @@ class Multipart:
                 owner=OWNER,
             )
         )
+
+    async def each(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(upload id, info) of every upload in progress (the lifecycle worker's walk)."""
+        async for entry in self.tree.entries(await self._uploads()):
+            try:
+                fmap = await self.client.read_map((await self.client.lookup(entry.attr.ino, _INFO)).ino)
+            except DfsError:
+                continue  # being created or removed
+            yield entry.name.decode("utf-8", "replace"), msgpack.unpackb(fmap.inline or b"", raw=False)
+
+    async def remove(self, upload_id: str) -> bool:
+        """Abort an upload without a request (a lifecycle rule): False if it was already gone."""
+        try:
+            await self.client.remove_tree(await self._uploads(), upload_id.encode())
+        except NotFound:
+            return False
+        return True
 
     async def expire(self) -> int:
         """Remove multipart uploads older than ``upload_expiry_s``; returns how many."""

@@ -4,9 +4,11 @@ A key ending in ``/`` names a directory: a zero-byte PUT of ``d/`` makes one
 (an empty directory is also listed as the zero-byte object ``d/``).  A write
 whose path clashes with the tree (``a`` is a file and ``a/b`` is written, or
 the key names a directory) is refused with **409 PathConflict** before
-anything is written.  ``versionId=null`` names the object itself; deleting
-any other well-formed version id succeeds and deletes nothing, as AWS does
-for a version that does not exist.
+anything is written.  In a bucket that never had versioning ``versionId=null``
+names the object itself; deleting any other well-formed version id succeeds
+and deletes nothing, as AWS does for a version that does not exist.  With
+versioning, deletes go through ``s3.versions_delete`` (daemon/meta/versions.py):
+delete markers, and versions removed for good.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import urllib.parse
 from collections.abc import AsyncGenerator
 
 from daemon.http import Response
+from daemon.s3.acl import XA_ACL
 from daemon.s3.body import copy_range, prefetched_range, read_range
 from daemon.s3.call import MAX_XML_BYTES, Call, authorize, xml
 from daemon.s3.tagging import XA_TAGGING, copy_xattrs, count_header, header_xattrs
 from daemon.s3.tree import (
     EMPTY_MD5,
+    VERSION_ID_RE,
     XA_CHECKSUM,
     XA_ETAG,
+    XA_VERSION_ID,
     ObjectInfo,
     ObjectTree,
     conflict,
@@ -31,7 +36,7 @@ from daemon.s3.tree import (
     stamp,
     version_error,
 )
-from dfs.core import s3names, s3xml, sigv4
+from dfs.core import endpoints, s3names, s3xml, sigv4
 from dfs.core.errors import DfsError, IsADirectory, NotADirectory, NotEmpty, NotFound, S3Error, s3_code
 from dfs.core.namespace import FileMap
 from dfs.core.s3grants import COPY_SOURCE
@@ -81,6 +86,8 @@ class Objects:
             return Response(304, base)
         size = 0 if is_dir else attr.size
         headers = base + [("Content-Type", info.content_type)]
+        if XA_VERSION_ID in info.xattrs:
+            headers.append(("x-amz-version-id", info.xattrs[XA_VERSION_ID].decode(errors="replace")))
         headers += [(f"x-amz-meta-{k}", v) for k, v in info.meta.items()]
         headers += list(info.headers.items())
         headers += count_header(info)
@@ -128,6 +135,7 @@ class Objects:
         names, is_dir = s3names.key_to_names(c.key)
         xattrs = request_xattrs(c.headers)
         xattrs.update(header_xattrs(c.headers))  # checked before the body is read
+        xattrs.update(c.acl_xattrs)  # x-amz-acl / x-amz-grant-*, checked by the router
         if is_dir:
             blocks, inline, size, checks = await tree.store_body(c)
             if size:
@@ -157,16 +165,18 @@ class Objects:
         source = urllib.parse.unquote(raw.split("?", 1)[0])
         version = urllib.parse.parse_qs(raw.partition("?")[2]).get("versionId")
         bucket, _, key = source.lstrip("/").partition("/")
-        if version and version[0] != s3xml.NULL_VERSION:
-            raise version_error(version[0], key)
         if not bucket or not key:
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key")
         try:
-            authorize(c, bucket, COPY_SOURCE)  # the source bucket must be readable too
+            if c.check is not None:
+                await c.check(bucket, key, "GetObject")  # the source must be readable too
+            else:
+                authorize(c, bucket, COPY_SOURCE)
         except S3Error:
             await self.tree.bucket_ino(bucket)  # NoSuchBucket first, as for any request
             raise
-        src = Call(c.req, c.request_id, bucket, key, {}, c.headers, "/" + source.lstrip("/"))
+        query = {"versionId": version[0]} if version else {}
+        src = Call(c.req, c.request_id, bucket, key, query, c.headers, "/" + source.lstrip("/"))
         info, is_dir = await self.tree.object(src)
         if is_dir:
             raise S3Error("InvalidRequest", "The source names a directory")
@@ -187,6 +197,9 @@ class Objects:
         if is_dir:
             raise S3Error("InvalidArgument", "A key ending in '/' names a directory")
         info, fmap = await self.copy_source(c)
+        if XA_VERSION_ID in info.xattrs:
+            source_id = info.xattrs[XA_VERSION_ID].decode(errors="replace")
+            c.extra_headers.append(("x-amz-copy-source-version-id", source_id))
         directive = c.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
@@ -201,9 +214,12 @@ class Objects:
         if directive == "REPLACE":
             xattrs = request_xattrs(c.headers)
         else:
-            xattrs = {k: v for k, v in info.xattrs.items() if k not in (XA_ETAG, XA_CHECKSUM, XA_TAGGING)}
+            # A copy never takes its source's ACL: it gets the one its headers ask (or none).
+            dropped = (XA_ETAG, XA_CHECKSUM, XA_TAGGING, XA_VERSION_ID, XA_ACL)
+            xattrs = {k: v for k, v in info.xattrs.items() if k not in dropped}
         # Tags follow their own directive (x-amz-tagging-directive), whatever the metadata's.
         xattrs.update(copy_xattrs(c.headers, info))
+        xattrs.update(c.acl_xattrs)
         if_match = await tree.write_conditions(c, bucket_ino, names)
         size = fmap.attr.size
         async with await tree.writer(c) as writer:
@@ -221,11 +237,28 @@ class Objects:
     async def delete(self, c: Call) -> Response:
         bucket_ino = await self.tree.bucket_ino(c.bucket)
         version = c.query.get("versionId")
+        status = await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino)
+        if status is not None and not c.key.endswith("/"):
+            vid, marker = await self._delete_versioned(bucket_ino, c.key, version)
+            headers = [("x-amz-version-id", vid)]
+            if marker:
+                headers.append(("x-amz-delete-marker", "true"))
+            return Response(204, headers)
         if version is None:
             await self._delete_key(bucket_ino, c.key)
             return Response(204)
         await self._delete_version(bucket_ino, c.key, version)
         return Response(204, [("x-amz-version-id", version)])
+
+    async def _delete_versioned(self, bucket_ino: int, key: str, version: str | None) -> tuple[str, bool]:
+        """DeleteObject in a bucket with versioning: (the version id, whether it is a marker)."""
+        if version is not None and version != s3xml.NULL_VERSION and VERSION_ID_RE.fullmatch(version) is None:
+            raise version_error(version, key)
+        names, _ = s3names.key_to_names(key)  # a malformed key is refused before the metadata sees it
+        done = await endpoints.S3_VERSIONS_DELETE.call(self.client, bucket_ino, key.encode(), version)
+        if len(names) > 1:
+            await self.client.remove_empty_parents(bucket_ino, names[:-1])
+        return str(done["version_id"]), bool(done["delete_marker"])
 
     async def _delete_version(self, bucket_ino: int, key: str, version: str) -> None:
         """Delete one version of ``key``: ``null`` is the object itself.
@@ -269,9 +302,16 @@ class Objects:
         quiet, targets = s3xml.parse_delete(body)
         deleted: list[s3xml.DeleteTarget] = []
         errors: list[tuple[s3xml.DeleteTarget, str, str]] = []
+        status = await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino)
         for target in targets:
             try:
-                if target.version_id is None:
+                if c.check is not None:
+                    await c.check(c.bucket, target.key, "DeleteObject")
+                if status is not None and not target.key.endswith("/"):
+                    vid, marker = await self._delete_versioned(bucket_ino, target.key, target.version_id)
+                    if marker:
+                        target = target._replace(marker_id=vid)
+                elif target.version_id is None:
                     await self._delete_key(bucket_ino, target.key)
                 else:
                     await self._delete_version(bucket_ino, target.key, target.version_id)

@@ -22,9 +22,10 @@ import urllib.parse
 from daemon.http import Response
 from daemon.s3.auth import KeyRing
 from daemon.s3.call import Call, authorize
+from daemon.s3.policy import BucketPolicies
 from daemon.s3.tagging import XA_TAGGING
 from daemon.s3.tree import XA_CHECKSUM, XA_ETAG, ObjectTree, request_xattrs, stamp
-from dfs.core import s3names, s3tags, s3xml, sigv4
+from dfs.core import s3acl, s3names, s3tags, s3xml, sigv4
 from dfs.core.checksums import algorithm_from_header
 from dfs.core.errors import S3Error
 from dfs.core.s3grants import need_of
@@ -59,9 +60,11 @@ def is_form_upload(c: Call) -> bool:
 class PostUploads:
     """Browser uploads into one filesystem's buckets."""
 
-    def __init__(self, tree: ObjectTree, keys: KeyRing) -> None:
+    def __init__(self, tree: ObjectTree, keys: KeyRing, policies: BucketPolicies | None = None) -> None:
         self.tree = tree
         self.keys = keys
+        # The form's canned `acl` field needs the bucket's owner and public access block.
+        self.policies = policies
 
     async def upload(self, c: Call) -> Response:
         c.operation = "PostObject"
@@ -75,8 +78,12 @@ class PostUploads:
         method, c.principal = await self.keys.authenticate_post(fields, region=self.tree.s3.region)
         policy = PostPolicy.parse(fields["policy"])  # present: the signature covered it
         policy.check(fields, bucket=c.bucket, now_s=time.time())
-        authorize(c, c.bucket, need_of("PutObject"))
-        _check_unsupported(fields)
+        if c.check is not None:
+            key_named = fields.get("key", "").replace("${filename}", start.filename)
+            await c.check(c.bucket, key_named, "PutObject")
+        else:
+            authorize(c, c.bucket, need_of("PutObject"))
+        _check_unsupported(fields, acls=self.policies is not None)
         if "key" not in fields:
             raise S3Error(
                 "InvalidArgument", "Bucket POST must contain a field named 'key'.", 400, ArgumentName="key"
@@ -94,6 +101,8 @@ class PostUploads:
             s3tags.check(tags, max_tags=s3tags.MAX_OBJECT_TAGS)
             if tags:
                 xattrs[XA_TAGGING] = s3tags.encode(tags)
+        if self.policies is not None and "acl" in fields:
+            xattrs.update(await self.policies.form_acl(c, fields["acl"].strip()))
         c.auth = sigv4.AuthContext(c.principal.access_key, method, sigv4.UNSIGNED_PAYLOAD, "", "")
         # Content-MD5 and x-amz-checksum-<alg> as form fields are checked like the headers of a PUT.
         digests = {
@@ -211,10 +220,14 @@ def _redirectable(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def _check_unsupported(fields: dict[str, str]) -> None:
+def _check_unsupported(fields: dict[str, str], *, acls: bool) -> None:
     """Refuse what a form asks for that dfs cannot honour, rather than silently dropping it."""
     acl = fields.get("acl", "private").strip()
-    if acl != "private":
+    if acls and acl not in s3acl.CANNED:
+        raise S3Error(
+            "InvalidArgument", f"Unknown canned ACL {acl[:64]!r}: use one of {', '.join(s3acl.CANNED)}"
+        )
+    if not acls and acl != "private":
         raise S3Error(
             "NotImplemented", f"dfs has no ACLs: only acl=private is accepted, not {acl[:64]!r}", 501
         )

@@ -20,13 +20,16 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from daemon.http import BodyError, Request, Response
+from daemon.s3.acl import CREATING
 from daemon.s3.auth import KeyRing
 from daemon.s3.buckets import Buckets
-from daemon.s3.call import OWNER, Call, authorize, xml
+from daemon.s3.call import OWNER, Call, xml
 from daemon.s3.cors import BucketCors
+from daemon.s3.lifecycle import BucketLifecycle
 from daemon.s3.listing import Listing
 from daemon.s3.multipart import Multipart
 from daemon.s3.objects import Objects
+from daemon.s3.policy import BucketPolicies
 from daemon.s3.post import PostUploads, is_form_upload
 from daemon.s3.tagging import Tagging
 from daemon.s3.tree import ObjectTree
@@ -34,14 +37,13 @@ from dfs.client.cluster import Client
 from dfs.core import s3xml, sigv4
 from dfs.core.config import Config
 from dfs.core.errors import DfsError, S3Error, s3_code
-from dfs.core.s3grants import need_of
+from dfs.core.s3grants import ANONYMOUS
 
 log = logging.getLogger("dfs.s3")
 
 # Sub-resources answered with a fixed "nothing configured" reply: GET only.
 _BUCKET_STUB_404 = {
     "policy": ("NoSuchBucketPolicy", "The bucket policy does not exist"),
-    "lifecycle": ("NoSuchLifecycleConfiguration", "The lifecycle configuration does not exist"),
     "object-lock": ("ObjectLockConfigurationNotFoundError", "Object Lock configuration does not exist"),
     "encryption": (
         "ServerSideEncryptionConfigurationNotFoundError",
@@ -61,6 +63,7 @@ _SUBRESOURCES = frozenset(
         *_BUCKET_STUB_404,
         "tagging",
         "cors",
+        "lifecycle",
         "acl",
         "location",
         "versioning",
@@ -108,7 +111,9 @@ class S3Api:
         self.multipart = Multipart(self.tree, self.objects)
         self.tagging = Tagging(self.tree)
         self.cors = BucketCors(self.tree)
-        self.post = PostUploads(self.tree, keys)
+        self.lifecycle = BucketLifecycle(self.tree, self.objects, self.multipart, self.listing)
+        self.policies = BucketPolicies(self.tree)
+        self.post = PostUploads(self.tree, keys, self.policies)
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -118,6 +123,10 @@ class S3Api:
     @nursery.setter
     def nursery(self, nursery: trio.Nursery | None) -> None:
         self.tree.nursery = nursery
+
+    async def apply_lifecycle(self) -> int:
+        """One run of the bucket lifecycle worker; returns how many objects and uploads it removed."""
+        return await self.lifecycle.step()
 
     async def expire_uploads(self) -> int:
         """Remove multipart uploads older than ``upload_expiry_s``; returns how many."""
@@ -130,6 +139,7 @@ class S3Api:
         call: Call | None = None
         try:
             call = self._parse(req, request_id)
+            call.check = self._checker(call)
             if req.method == "OPTIONS":
                 # A CORS preflight: browsers send it without credentials, and AWS answers it so.
                 return await self._finish(req, call, request_id, started, await self.cors.preflight(call))
@@ -138,9 +148,14 @@ class S3Api:
                 return await self._finish(req, call, request_id, started, await self.post.upload(call))
             view = sigv4.RequestView(req.method, req.path, req.query, call.headers)
             vhost_bucket = call.bucket if self._vhost(call.headers) else None
-            call.auth, call.principal = await self.keys.authenticate(
-                view, vhost_bucket, region=self.s3.region, max_skew_s=self.s3.max_clock_skew_s
-            )
+            if sigv4.is_signed(view):
+                call.auth, call.principal = await self.keys.authenticate(
+                    view, vhost_bucket, region=self.s3.region, max_skew_s=self.s3.max_clock_skew_s
+                )
+            else:
+                # Anonymous: nothing to verify, its payload unsigned; only a bucket policy lets it in.
+                call.auth = sigv4.AuthContext("", "anonymous", sigv4.UNSIGNED_PAYLOAD, "", "")
+                call.principal = ANONYMOUS
             resp = await self._route(call)
         except Exception as exc:
             resp = self._failure(req, call, request_id, _leaf(exc))
@@ -252,18 +267,26 @@ class S3Api:
         if not c.bucket:
             if c.req.method == "GET":
                 c.operation = "ListBuckets"
+                if c.principal is None or c.principal.anonymous:
+                    raise S3Error("AccessDenied", "anonymous access is not allowed", 403)
                 return await self.buckets.list_all(c)
             raise S3Error(
                 "MethodNotAllowed", "The specified method is not allowed against this resource", 405
             )
         c.operation, serve = self._bucket_route(c) if not c.key else self._object_route(c)
         try:
-            authorize(c, c.bucket, need_of(c.operation))
+            await self.policies.authorize(c, c.bucket, c.key, c.operation)
+            if c.operation in CREATING:
+                c.acl_xattrs = await self.policies.creating_acl(c)
         except S3Error:
-            # A bucket that does not exist is NoSuchBucket to anyone, as on AWS.
-            await self.tree.bucket_ino(c.bucket)
+            # A bucket that does not exist is NoSuchBucket to anyone, as on AWS (but one an
+            # anonymous caller may not create is simply refused).
+            if c.operation != "CreateBucket":
+                await self.tree.bucket_ino(c.bucket)
             raise
-        return await serve()
+        resp = await serve()
+        await self.lifecycle.decorate(c, resp)
+        return resp
 
     def _bucket_route(self, c: Call) -> Plan:
         m, q = c.req.method, c.query
@@ -285,6 +308,30 @@ class S3Api:
         if sub == ["cors"] and m in ("GET", "PUT", "DELETE"):
             serve = {"GET": self.cors.get, "PUT": self.cors.put, "DELETE": self.cors.delete}[m]
             return f"{m.title()}BucketCors", lambda: serve(c)
+        if sub == ["lifecycle"] and m in ("GET", "PUT", "DELETE"):
+            lc = self.lifecycle
+            op, serve = {
+                "GET": ("GetBucketLifecycleConfiguration", lc.get),
+                "PUT": ("PutBucketLifecycleConfiguration", lc.put),
+                "DELETE": ("DeleteBucketLifecycle", lc.delete),
+            }[m]
+            return op, lambda: serve(c)
+        if sub == ["acl"] and m in ("GET", "PUT"):
+            if m == "GET":  # the name (and what it needs of grants) it had as a stub
+                return "GetBucket.acl", lambda: self.policies.get_bucket_acl(c)
+            return "PutBucketAcl", lambda: self.policies.put_bucket_acl(c)
+        if sub == ["policy"] and m in ("GET", "PUT", "DELETE"):
+            p = self.policies
+            serve = {"GET": p.get_policy, "PUT": p.put_policy, "DELETE": p.delete_policy}[m]
+            return f"{m.title()}BucketPolicy", lambda: serve(c)
+        if sub == ["publicAccessBlock"] and m in ("GET", "PUT", "DELETE"):
+            p = self.policies
+            serve = {
+                "GET": p.get_public_access,
+                "PUT": p.put_public_access,
+                "DELETE": p.delete_public_access,
+            }[m]
+            return f"{m.title()}PublicAccessBlock", lambda: serve(c)
         if m == "GET":
             if not sub:
                 if q.get("list-type") == "2":
@@ -301,6 +348,12 @@ class S3Api:
             "NotImplemented", "A header or query you provided implies functionality not implemented", 501
         )
 
+    def _checker(self, c: Call) -> Callable[[str, str, str], Awaitable[None]]:
+        async def check(bucket: str, key: str, operation: str) -> None:
+            await self.policies.authorize(c, bucket, key, operation)
+
+        return check
+
     async def _head_bucket(self, c: Call) -> Response:
         await self.tree.bucket_ino(c.bucket)
         return Response(200, [("x-amz-bucket-region", self.s3.region)])
@@ -315,7 +368,7 @@ class S3Api:
         if name == "location":
             return xml(s3xml.location(self.s3.region))
         if name == "versioning":
-            return xml(s3xml.versioning())
+            return await self.buckets.get_versioning(c)
         if name == "acl":
             return xml(s3xml.acl(*OWNER))
         code, message = _BUCKET_STUB_404[name]
@@ -348,7 +401,9 @@ class S3Api:
             if upload is not None and not sub:
                 return "CompleteMultipartUpload", lambda: self.multipart.complete(c, upload)
         if m == "GET" and sub == ["acl"]:
-            return "GetObjectAcl", lambda: self._object_sub(c, s3xml.acl(*OWNER))
+            return "GetObjectAcl", lambda: self.policies.get_object_acl(c)
+        if m == "PUT" and sub == ["acl"]:
+            return "PutObjectAcl", lambda: self.policies.put_object_acl(c)
         if sub == ["tagging"] and m in ("GET", "PUT", "DELETE"):
             t = self.tagging
             serve = {"GET": t.get_object, "PUT": t.put_object, "DELETE": t.delete_object}[m]

@@ -17,8 +17,10 @@ name in one metadata transaction.  A reader sees the old object or the new
 one, never a mixture; a crash before the commit leaves only unreferenced
 chunks, which the orphan sweep collects.
 
-There is no versioning: every object is its one version, ``null``
-(:func:`version_error` is AWS's answer for any other version id).
+Versioning (daemon/s3/versioning.py, daemon/meta/versions.py): the current
+version of a key is the file at its path, its id in ``user.s3.version-id``
+(set by :meth:`ObjectTree.commit` when the bucket has versioning; none: ``null``);
+``?versionId=`` reads any version (:meth:`ObjectTree.object`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import re
+import secrets
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -36,7 +40,7 @@ import trio
 from daemon.s3.body import BlockWriter, open_block_writer, payload
 from daemon.s3.call import Call
 from dfs.client.cluster import Client
-from dfs.core import s3names, s3xml, sigv4
+from dfs.core import endpoints, s3names, s3xml, sigv4
 from dfs.core.config import Config
 from dfs.core.errors import DfsError, IsADirectory, NotADirectory, NotFound, S3Error
 from dfs.core.namespace import ROOT_INO, Attr, DirEntry
@@ -47,6 +51,7 @@ XA_TYPE = b"user.s3.content-type"
 XA_META = b"user.s3.meta."
 XA_HEADER = b"user.s3.header."
 XA_CHECKSUM = b"user.s3.checksum"
+XA_VERSION_ID = b"user.s3.version-id"
 _S3_PREFIX = b"user.s3."
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 _DEFAULT_TYPE = "binary/octet-stream"
@@ -106,16 +111,55 @@ class ObjectTree:
         """The object named by the call's key, and whether the key named a directory marker."""
         bucket_ino = await self.bucket_ino(c.bucket)
         version = c.query.get("versionId")
+        names, is_dir = s3names.key_to_names(c.key)
+        if version is not None and not is_dir:
+            return await self._version(c, bucket_ino, version), False
         if version is not None and version != s3xml.NULL_VERSION:
             raise version_error(version, c.key)
-        names, is_dir = s3names.key_to_names(c.key)
         try:
             attr = await self.client.resolve(bucket_ino, names)
         except (NotFound, NotADirectory):
+            await self._deleted(c, bucket_ino, is_dir)
             raise S3Error("NoSuchKey", "The specified key does not exist.", 404, Key=c.key) from None
         if is_dir != attr.is_dir or not (attr.is_dir or attr.is_reg):
             raise S3Error("NoSuchKey", "The specified key does not exist.", 404, Key=c.key)
         return await self.info(attr, c.key), is_dir
+
+    async def _version(self, c: Call, bucket_ino: int, version: str) -> ObjectInfo:
+        """Version ``version`` of the call's key: NoSuchVersion if there is none, 405 for a
+        delete marker (x-amz-delete-marker), as AWS answers a GET or HEAD of one."""
+        if version != s3xml.NULL_VERSION and VERSION_ID_RE.fullmatch(version) is None:
+            raise version_error(version, c.key)
+        try:
+            got = await endpoints.S3_VERSIONS_GET.call(self.client, bucket_ino, c.key.encode(), version)
+        except NotFound:
+            if version == s3xml.NULL_VERSION:
+                raise S3Error("NoSuchKey", "The specified key does not exist.", 404, Key=c.key) from None
+            raise version_error(version, c.key) from None
+        if got["delete_marker"]:
+            c.extra_headers += [("x-amz-delete-marker", "true"), ("x-amz-version-id", version)]
+            raise S3Error(
+                "MethodNotAllowed",
+                "The specified method is not allowed against this resource.",
+                405,
+                Method=c.req.method,
+                ResourceType="DeleteMarker",
+            )
+        info = await self.info(await self.client.getattr(int(got["ino"])), c.key)
+        if XA_VERSION_ID not in info.xattrs:
+            c.extra_headers.append(("x-amz-version-id", str(got["version_id"])))
+        return info
+
+    async def _deleted(self, c: Call, bucket_ino: int, is_dir: bool) -> None:
+        """On a 404: if the key's latest version is a delete marker, say so in the headers."""
+        if is_dir or await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino) is None:
+            return
+        try:
+            got = await endpoints.S3_VERSIONS_GET.call(self.client, bucket_ino, c.key.encode(), None)
+        except DfsError:
+            return
+        if got["delete_marker"]:
+            c.extra_headers += [("x-amz-delete-marker", "true"), ("x-amz-version-id", str(got["version_id"]))]
 
     async def info(self, attr: Attr, key: str) -> ObjectInfo:
         xattrs: dict[bytes, bytes] = {}
@@ -199,6 +243,13 @@ class ObjectTree:
         xattrs: dict[bytes, bytes],
         if_match: tuple[bytes, bytes] | None,
     ) -> Attr:
+        """Link the new object at its key; in a bucket with versioning it gets a version id
+        (Enabled: a new one; Suspended: ``null``), answered in ``x-amz-version-id``."""
+        status = await endpoints.S3_VERSIONING_GET.call(self.client, parent)
+        if status is not None:
+            vid = new_version_id() if status == "Enabled" else s3xml.NULL_VERSION
+            xattrs[XA_VERSION_ID] = vid.encode()
+            c.extra_headers.append(("x-amz-version-id", vid))
         try:
             return await self.client.put_object(
                 parent,
@@ -219,7 +270,13 @@ class ObjectTree:
 
 # The shape of the version ids AWS issues: 32 characters of letters, digits, "." and "_".  Any
 # other id (but "null") is malformed, which AWS answers with 400 rather than 404.
-_VERSION_ID_RE = re.compile(r"[A-Za-z0-9._]{32}")
+VERSION_ID_RE = re.compile(r"[A-Za-z0-9._]{32}")
+
+
+def new_version_id() -> str:
+    """32 hex digits, time first: ids of one key sort by age (daemon/meta/versions.py makes the
+    same kind for delete markers)."""
+    return f"{time.time_ns():016x}{secrets.randbits(64):016x}"
 
 
 def version_error(version_id: str, key: str) -> S3Error:
@@ -232,7 +289,7 @@ def version_error(version_id: str, key: str) -> S3Error:
             ArgumentName="versionId",
             ArgumentValue=version_id,
         )
-    if _VERSION_ID_RE.fullmatch(version_id) is None:
+    if VERSION_ID_RE.fullmatch(version_id) is None:
         return S3Error(
             "InvalidArgument",
             "Invalid version id specified",

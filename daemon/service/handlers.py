@@ -228,6 +228,12 @@ class HandlerTable:
             e.TRASH_USAGE: m.trash_usage,
             e.TRASH_RESTORE: m.trash_restore,
             e.TRASH_EMPTY: m.trash_empty,
+            e.S3_VERSIONING_SET: m.versioning_set,
+            e.S3_VERSIONING_GET: m.versioning_get,
+            e.S3_VERSIONS_GET: m.versions_get,
+            e.S3_VERSIONS_DELETE: m.versions_delete,
+            e.S3_VERSIONS_LIST: m.versions_list,
+            e.S3_VERSIONS_USAGE: m.versions_usage,
             e.ADMIN_TOKEN_REVOKE: m.admin_token_delete,
             e.KEYS_VOLUMES: self._volume_keys.volumes,
         }

@@ -23,6 +23,7 @@ from dfs.core.endpoints import (
     CHUNK_VERIFY,
     META_LIST_VOLUMES,
     QUOTA_LIST,
+    S3_VERSIONS_USAGE,
     SNAPSHOT_LIST,
     SYS_CLUSTER,
     SYS_FSCK_META,
@@ -68,6 +69,8 @@ def status(
     st["snapshots"] = snapshot_status(vols, run(call, endpoint_of(cfg), SNAPSHOT_LIST))
     # Per volume with trash entries (outside its quota usage): entries, bytes.
     st["trash"] = run(call, endpoint_of(cfg), TRASH_USAGE)
+    # Per versioned bucket with non-current versions (outside its quota usage): versions, bytes.
+    st["versions"] = run(call, endpoint_of(cfg), S3_VERSIONS_USAGE)
     st["disk_warnings"] = disk_warnings(st, run(call, endpoint_of(cfg), SYS_CLUSTER).get("members", []))
     if as_json:
         emit_json(st)
@@ -100,10 +103,19 @@ def status(
     rows.append(("provisioned", provisioned_line(st["provisioning"])))
     rows += [(f"snapshots {s['volume']}", snapshot_line(s)) for s in st["snapshots"]]
     rows += [(f"trash {u['volume']}", trash_usage_line(u)) for u in st["trash"]]
+    rows += [(f"versions {u['bucket']}", versions_usage_line(u)) for u in st["versions"]]
     rows += [(w["where"], w["text"]) for w in st["disk_warnings"]]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def versions_usage_line(u: dict[str, Any]) -> str:
+    """``4 non-current versions, 1.5M, 2 delete markers`` for ``dfs status``."""
+    return (
+        f"{u['versions']} non-current versions, {format_size(u['bytes'])}, "
+        f"{u['delete_markers']} delete markers"
+    )
 
 
 def disk_warnings(st: dict[str, Any], members: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -117,6 +117,7 @@ _NO_EFFECT = frozenset(
         # logged as the unlink, rename or put_object that made them).
         "trash_empty",
         "trash_expire",
+        "versioning_set",  # a bucket's versioning status: nothing a mount caches
         # A snapshot copied in batches grows outside the namespace (snapshot-builds/) until
         # snapshot_create publishes it.
         "snapshot_build_batch",
@@ -152,6 +153,7 @@ _OTHER_OPS = frozenset(
         "delete_volume",
         "fsck_repair",
         "trash_restore",
+        "versions_delete",
         "once",
     }
 )
@@ -243,6 +245,8 @@ def _changes_of(op: str, args: Sequence[Any], resolve: Resolver | None) -> list[
         return [_entry(ROOT_INO, str(args[2]).encode(), NEW)]
     if op == "trash_restore":  # [volume, id, parent, name, ino]: the file is back under a name
         return [_entry(args[2], args[3], NEW)]
+    if op == "versions_delete":  # [bucket, key, version id]: the key's file may go or come back
+        return _path(int(args[0]), bytes(args[1]).split(b"/"), resolve, ENTRY, ENTRY)
     if op == "create_volume":
         return [_entry(ROOT_INO, str(args[0]).encode(), NEW)]
     if op == "delete_volume":

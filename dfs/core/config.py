@@ -183,6 +183,10 @@ class S3Config:
     body_timeout_s: float = 60.0
     # Multipart uploads neither completed nor aborted are removed after this long.
     upload_expiry_s: float = 7 * 86400.0
+    # How often the leader applies the buckets' lifecycle rules (expirations, upload aborts).
+    lifecycle_interval_s: float = 600.0
+    # The length of a lifecycle "day"; a testing knob: shorter makes a 1-day rule fire sooner.
+    lifecycle_day_s: float = 86400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +401,8 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [s3] access_key and secret_key go together")
     if cfg.s3.access_key and (len(cfg.s3.access_key) < 3 or len(cfg.s3.secret_key) < 8):
         raise ConfigError(f"{origin}: [s3] access_key needs 3+ characters and secret_key 8+")
+    if not (cfg.s3.lifecycle_interval_s > 0 and cfg.s3.lifecycle_day_s > 0):
+        raise ConfigError(f"{origin}: [s3] lifecycle_interval_s and lifecycle_day_s must be > 0")
     if (cfg.s3.https or cfg.admin.https) and not (cfg.tls.cert_file and cfg.tls.key_file):
         raise ConfigError(f"{origin}: https needs [tls] cert_file and key_file")
     if cfg.gossip.preset not in ("lan", "local", "wan", "fast_test"):

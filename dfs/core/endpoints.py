@@ -479,6 +479,32 @@ TRASH_RESTORE: Endpoint[dict[str, Any]] = _declare(
 TRASH_EMPTY: Endpoint[dict[str, Any]] = _declare(
     "trash.empty", "volume:str|None? older_than_days:float|None?", site=_PRIMARY, callers=ADMINS
 )
+# S3 bucket versioning (daemon/meta/versions.py), called by the S3 shim; keys are bytes, a
+# None version id is the latest (get) or a new delete marker (delete).  versions_list rows:
+# [key, version_id, seq, created_ns, attr row or None for a marker, etag xattr or None].
+S3_VERSIONING_SET: Endpoint[None] = _declare(
+    "s3.versioning_set", "bucket:int status:str", site=_PRIMARY, idempotent=True
+)
+S3_VERSIONING_GET: Endpoint[str | None] = _declare(
+    "s3.versioning_get", "bucket:int", site=_PRIMARY, read_only=True
+)
+S3_VERSIONS_GET: Endpoint[dict[str, Any]] = _declare(
+    "s3.versions_get", "bucket:int key:bytes version_id:str|None", site=_PRIMARY, read_only=True
+)
+S3_VERSIONS_DELETE: Endpoint[dict[str, Any]] = _declare(
+    "s3.versions_delete", "bucket:int key:bytes version_id:str|None", site=_PRIMARY
+)
+S3_VERSIONS_LIST: Endpoint[list[Any]] = _declare(
+    "s3.versions_list",
+    "bucket:int prefix:bytes after_key:bytes after_seq:int limit:int",
+    site=_PRIMARY,
+    read_only=True,
+)
+# `dfs status`: per bucket with non-current versions {bucket, bucket_ino, versions,
+# delete_markers, bytes, stored_bytes}.
+S3_VERSIONS_USAGE: Endpoint[list[dict[str, Any]]] = _declare(
+    "s3.versions_usage", site=_PRIMARY, read_only=True, callers=ADMINS
+)
 # Scoped admin tokens (daemon/admin/tokens.py): create answers the token once; metadata keeps its hash.
 ADMIN_TOKEN_CREATE: Endpoint[dict[str, Any]] = _declare(
     "admin.token_create", "scope:str name:str?", site=_PRIMARY, callers=ADMINS

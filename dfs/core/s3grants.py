@@ -81,8 +81,11 @@ NEEDS: Mapping[str, Perm] = MappingProxyType(
         "DeleteBucketTagging": Perm.OWNER,
         "PutBucketCors": Perm.OWNER,
         "DeleteBucketCors": Perm.OWNER,
+        "PutBucketLifecycleConfiguration": Perm.OWNER,
+        "DeleteBucketLifecycle": Perm.OWNER,
         "GetBucketTagging": Perm.READ,
         "GetBucketCors": Perm.READ,
+        "GetBucketLifecycleConfiguration": Perm.READ,
         "HeadBucket": Perm.READ,
         "ListObjects": Perm.READ,
         "ListObjectsV2": Perm.READ,
@@ -123,11 +126,13 @@ def need_of(operation: str) -> Perm:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who signed a request: a root key, or a key with its grants (owned buckets as OWNER)."""
+    """Who signed a request: a root key, or a key with its grants (owned buckets as OWNER); or
+    nobody (:data:`ANONYMOUS`, an unsigned request: only a bucket policy may let it in)."""
 
     access_key: str
     root: bool = False
     grants: Mapping[str, Perm] = field(default_factory=dict)
+    anonymous: bool = False
 
     @classmethod
     def from_wire(cls, access_key: str, grants: Mapping[str, str]) -> Principal:
@@ -135,8 +140,16 @@ class Principal:
         return cls(access_key, False, {str(b): parse_perm(str(p)) for b, p in grants.items()})
 
 
+#: Who made an unsigned request: no grants, not even for what needs nothing (ListBuckets,
+#: CreateBucket).  Bucket policies (daemon/s3/policy.py) are what may let it in.
+ANONYMOUS = Principal("", anonymous=True)
+
+
 def allowed(principal: Principal, bucket: str, need: Perm) -> bool:
-    """May ``principal`` do what needs ``need`` on ``bucket``?  The one authorization decision."""
+    """May ``principal`` do what needs ``need`` on ``bucket``, by its grants alone?  (Bucket
+    policies may refuse it still, or let in more: daemon/s3/policy.py.)"""
+    if principal.anonymous:
+        return False
     if principal.root or need == Perm.NONE:
         return True
     have = principal.grants.get(bucket, Perm.NONE)
@@ -150,4 +163,6 @@ def allowed_op(principal: Principal, bucket: str, operation: str) -> bool:
 
 def visible(principal: Principal, bucket: str) -> bool:
     """Does ListBuckets show ``bucket`` to ``principal``?  Any grant (or ownership) shows it."""
+    if principal.anonymous:
+        return False
     return principal.root or principal.grants.get(bucket, Perm.NONE) != Perm.NONE

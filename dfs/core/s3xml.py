@@ -41,7 +41,7 @@ from typing import NamedTuple
 import defusedxml
 import defusedxml.ElementTree as DET
 
-from dfs.core import s3cors, s3names
+from dfs.core import s3cors, s3lifecycle, s3names
 from dfs.core.errors import S3Error
 from dfs.core.s3names import ListPage as ListPage  # re-exported: callers render pages from here
 from dfs.core.s3names import ObjectEntry as ObjectEntry
@@ -83,11 +83,25 @@ class DeleteTarget(NamedTuple):
     """One ``<Object>`` of a DeleteObjects body, or one entry of its DeleteResult.
 
     ``version_id`` is None when the client named no version (and then none is
-    echoed back); ``"null"`` is the only version an object here has.
+    echoed back).  ``marker_id``: in a result, the delete marker the deletion
+    made or removed (DeleteMarker, DeleteMarkerVersionId).
     """
 
     key: str
     version_id: str | None = None
+    marker_id: str | None = None
+
+
+class VersionEntry(NamedTuple):
+    """One ``<Version>`` or ``<DeleteMarker>`` of a ListObjectVersions answer."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    mtime_ns: int
+    etag: str  # unquoted; unused for a marker
+    size: int
+    marker: bool
 
 
 class CompletedPart(NamedTuple):
@@ -177,9 +191,9 @@ def location(region: str) -> bytes:
     return _doc("LocationConstraint", [] if region == "us-east-1" else [_esc(region)])
 
 
-def versioning() -> bytes:
-    """GetBucketVersioning: no Status element, meaning versioning was never enabled."""
-    return _doc("VersioningConfiguration", [])
+def versioning(status: str | None = None) -> bytes:
+    """GetBucketVersioning: Enabled or Suspended; no Status element: versioning was never enabled."""
+    return _doc("VersioningConfiguration", [] if status is None else [_el("Status", status)])
 
 
 def acl(owner_id: str, owner_name: str) -> bytes:
@@ -333,6 +347,63 @@ def list_objects_v2(
     body += [_contents(e, enc, owner) for e in page.contents]
     body += _common_prefixes(page.prefixes, enc)
     return _doc("ListBucketResult", body)
+
+
+def list_versions_result(
+    entries: Sequence[VersionEntry],
+    prefixes: Sequence[str],
+    *,
+    bucket: str,
+    prefix: str,
+    key_marker: str,
+    version_id_marker: str,
+    next_markers: tuple[str, str | None] | None,
+    delimiter: str,
+    max_keys: int,
+    encoding_url: bool,
+    owner: tuple[str, str] | None,
+) -> bytes:
+    """ListVersionsResult of a versioned bucket: Versions and DeleteMarkers in listing order
+    (key, then newest first), CommonPrefixes after; ``next_markers`` (NextKeyMarker,
+    NextVersionIdMarker or None after a common prefix) when the page is truncated."""
+    enc = encoding_url
+    body = [
+        _el("Name", bucket),
+        _el("Prefix", _maybe_encode(prefix, enc)),
+        _el("KeyMarker", _maybe_encode(key_marker, enc)),
+        _el("VersionIdMarker", version_id_marker),
+    ]
+    if next_markers is not None:
+        body.append(_el("NextKeyMarker", _maybe_encode(next_markers[0], enc)))
+        if next_markers[1] is not None:
+            body.append(_el("NextVersionIdMarker", next_markers[1]))
+    body.append(_el("MaxKeys", max_keys))
+    if delimiter:
+        body.append(_el("Delimiter", _maybe_encode(delimiter, enc)))
+    body.append(_el("IsTruncated", _bool(next_markers is not None)))
+    if enc:
+        body.append(_el("EncodingType", "url"))
+    for e in entries:
+        common = (
+            _el("Key", _maybe_encode(e.key, enc))
+            + _el("VersionId", e.version_id)
+            + _el("IsLatest", _bool(e.is_latest))
+            + _el("LastModified", s3names.iso8601(e.mtime_ns))
+        )
+        if e.marker:
+            body.append("<DeleteMarker>" + common + (_owner(owner) if owner else "") + "</DeleteMarker>")
+        else:
+            body.append(
+                "<Version>"
+                + common
+                + _el("ETag", _quoted(e.etag))
+                + _el("Size", e.size)
+                + (_owner(owner) if owner else "")
+                + _el("StorageClass", "STANDARD")
+                + "</Version>"
+            )
+    body += _common_prefixes(prefixes, enc)
+    return _doc("ListVersionsResult", body)
 
 
 def _version(entry: ObjectEntry, encoding_url: bool, owner: tuple[str, str] | None) -> str:
@@ -554,7 +625,16 @@ def delete_result(
     echoes it).  DeleteResult has no EncodingType element; ``encoding_url``
     only encodes the keys, for a caller that knows its client decodes them.
     """
-    body = [f"<Deleted>{_target(t, encoding_url)}</Deleted>" for t in deleted]
+    body = [
+        f"<Deleted>{_target(t, encoding_url)}"
+        + (
+            ""
+            if t.marker_id is None
+            else _el("DeleteMarker", "true") + _el("DeleteMarkerVersionId", t.marker_id)
+        )
+        + "</Deleted>"
+        for t in deleted
+    ]
     body += [
         f"<Error>{_target(t, encoding_url)}{_el('Code', code)}{_el('Message', msg)}</Error>"
         for t, code, msg in errors
@@ -762,3 +842,251 @@ def parse_cors(body: bytes) -> list[s3cors.CorsRule]:
         )
     s3cors.check(rules)
     return rules
+
+
+# ----------------------------------------------------------------------------- public access block
+#: The four settings of a PublicAccessBlockConfiguration, in their XML order.
+PUBLIC_ACCESS_FIELDS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+
+
+def public_access_block(settings: Mapping[str, bool]) -> bytes:
+    """GetPublicAccessBlock: each of :data:`PUBLIC_ACCESS_FIELDS` as true/false."""
+    return _doc(
+        "PublicAccessBlockConfiguration",
+        [_el(name, _bool(settings.get(name, False))) for name in PUBLIC_ACCESS_FIELDS],
+    )
+
+
+def parse_public_access_block(body: bytes) -> dict[str, bool]:
+    """PutPublicAccessBlock's body -> {field: bool} (a field left out is false)."""
+    root = _parse(body, "PublicAccessBlockConfiguration")
+    known = set(PUBLIC_ACCESS_FIELDS)
+    for child in root:
+        if _local(child.tag) not in known:
+            raise _malformed(f"unknown element {_local(child.tag)}")
+    out: dict[str, bool] = {}
+    for name in PUBLIC_ACCESS_FIELDS:
+        text = _one_text(root, name, required=False)
+        if text is None:
+            out[name] = False
+            continue
+        value = text.strip().lower()
+        if value not in ("true", "false"):
+            raise _malformed(f"{name} must be true or false")
+        out[name] = value == "true"
+    return out
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+_INT_RE = re.compile(r"-?\d{1,18}")
+_FILTER_PARTS = frozenset({"Prefix", "Tag", "And", "ObjectSizeGreaterThan", "ObjectSizeLessThan"})
+
+
+def _int_of(elem: ET.Element, name: str, *, required: bool = False) -> int | None:
+    text = _one_text(elem, name, required=required)
+    if text is None:
+        return None
+    if not (text.strip().isascii() and _INT_RE.fullmatch(text.strip())):
+        raise _malformed(f"{name} is not an integer")
+    return int(text.strip())
+
+
+def _lifecycle_tag(elem: ET.Element) -> tuple[str, str]:
+    key = _one_text(elem, "Key", required=True)
+    value = _one_text(elem, "Value", required=True)
+    assert key is not None and value is not None
+    return key, value
+
+
+def _lifecycle_filter(rule: ET.Element) -> s3lifecycle.RuleFilter:
+    """A rule's filter: its legacy <Prefix> or its <Filter> (exactly one of the two, as AWS)."""
+    legacy = _one_text(rule, "Prefix", required=False)
+    filters = _children(rule, "Filter")
+    if len(filters) > 1 or (filters and legacy is not None):
+        raise _malformed("a Rule takes one Filter or one Prefix")
+    if legacy is not None:
+        return s3lifecycle.RuleFilter(prefix=legacy, form="prefix")
+    if not filters:
+        raise _malformed("a Rule needs a Filter or a Prefix")
+    f = filters[0]
+    parts = [_local(child.tag) for child in f]
+    if any(p not in _FILTER_PARTS for p in parts) or len(parts) > 1:
+        raise _malformed("a Filter takes one of Prefix, Tag, And, ObjectSizeGreaterThan, ObjectSizeLessThan")
+    body, form = f, "filter"
+    if parts == ["And"]:
+        body, form = _children(f, "And")[0], "and"
+        if any(_local(child.tag) not in _FILTER_PARTS - {"And"} for child in body):
+            raise _malformed("And takes Prefix, Tag, ObjectSizeGreaterThan and ObjectSizeLessThan")
+    result = s3lifecycle.RuleFilter(
+        prefix=_one_text(body, "Prefix", required=False) or "",
+        tags=tuple(_lifecycle_tag(t) for t in _children(body, "Tag")),
+        size_greater_than=_int_of(body, "ObjectSizeGreaterThan"),
+        size_less_than=_int_of(body, "ObjectSizeLessThan"),
+        form=form,
+    )
+    if form == "and" and result.conditions() == 0:
+        raise _malformed("And needs at least one condition")
+    return result
+
+
+def _lifecycle_rule(rule: ET.Element, rule_id: str) -> s3lifecycle.LifecycleRule:
+    if _children(rule, "Transition") or _children(rule, "NoncurrentVersionTransition"):
+        raise s3lifecycle.refuse_transition()
+    status = (_one_text(rule, "Status", required=True) or "").strip()
+    if status not in ("Enabled", "Disabled"):
+        raise _malformed("Status is not Enabled or Disabled")
+    days: int | None = None
+    date_s: int | None = None
+    marker: bool | None = None
+    expirations = _children(rule, "Expiration")
+    if len(expirations) > 1:
+        raise _malformed("more than one Expiration")
+    if expirations:
+        e = expirations[0]
+        days = _int_of(e, "Days")
+        date_text = _one_text(e, "Date", required=False)
+        date_s = None if date_text is None else s3lifecycle.parse_date(date_text)
+        marker_text = _one_text(e, "ExpiredObjectDeleteMarker", required=False)
+        if marker_text is not None:
+            if marker_text.strip().lower() not in ("true", "false"):
+                raise _malformed("ExpiredObjectDeleteMarker is not a boolean")
+            marker = marker_text.strip().lower() == "true"
+        if days is None and date_s is None and marker is None:
+            raise _malformed("Expiration needs Days, Date or ExpiredObjectDeleteMarker")
+    noncurrent_days: int | None = None
+    newer: int | None = None
+    noncurrent = _children(rule, "NoncurrentVersionExpiration")
+    if len(noncurrent) > 1:
+        raise _malformed("more than one NoncurrentVersionExpiration")
+    if noncurrent:
+        noncurrent_days = _int_of(noncurrent[0], "NoncurrentDays", required=True)
+        newer = _int_of(noncurrent[0], "NewerNoncurrentVersions")
+    abort_days: int | None = None
+    aborts = _children(rule, "AbortIncompleteMultipartUpload")
+    if len(aborts) > 1:
+        raise _malformed("more than one AbortIncompleteMultipartUpload")
+    if aborts:
+        abort_days = _int_of(aborts[0], "DaysAfterInitiation", required=True)
+    return s3lifecycle.LifecycleRule(
+        rule_id=rule_id,
+        enabled=status == "Enabled",
+        filter=_lifecycle_filter(rule),
+        expiration_days=days,
+        expiration_date_s=date_s,
+        expired_object_delete_marker=marker,
+        noncurrent_days=noncurrent_days,
+        newer_noncurrent_versions=newer,
+        abort_upload_days=abort_days,
+    )
+
+
+def parse_lifecycle(body: bytes) -> list[s3lifecycle.LifecycleRule]:
+    """The rules of a PutBucketLifecycleConfiguration body, checked (s3lifecycle.check), in
+    document order; a rule without an ID gets a generated one.  A Transition is refused (501)."""
+    if len(body) > s3lifecycle.MAX_CONFIG_BYTES:
+        raise _malformed(f"lifecycle configuration over {s3lifecycle.MAX_CONFIG_BYTES} bytes")
+    root = _parse(body, "LifecycleConfiguration")
+    elems = _children(root, "Rule")
+    if len(elems) > s3lifecycle.MAX_RULES:
+        raise _malformed(f"more than {s3lifecycle.MAX_RULES} rules")
+    ids = s3lifecycle.assign_ids([_one_text(e, "ID", required=False) for e in elems])
+    rules = [_lifecycle_rule(e, rule_id) for e, rule_id in zip(elems, ids, strict=True)]
+    s3lifecycle.check(rules)
+    return rules
+
+
+def _lifecycle_filter_xml(f: s3lifecycle.RuleFilter) -> str:
+    if f.form == "prefix":
+        return _el("Prefix", f.prefix)
+    parts: list[str] = []
+    if f.prefix:
+        parts.append(_el("Prefix", f.prefix))
+    parts += [f"<Tag>{_el('Key', k)}{_el('Value', v)}</Tag>" for k, v in f.tags]
+    if f.size_greater_than is not None:
+        parts.append(_el("ObjectSizeGreaterThan", f.size_greater_than))
+    if f.size_less_than is not None:
+        parts.append(_el("ObjectSizeLessThan", f.size_less_than))
+    if f.form == "and" or len(parts) > 1:
+        return "<Filter><And>" + "".join(parts) + "</And></Filter>"
+    return "<Filter>" + "".join(parts) + "</Filter>"
+
+
+def lifecycle(rules: Sequence[s3lifecycle.LifecycleRule]) -> bytes:
+    """GetBucketLifecycleConfiguration: the LifecycleConfiguration, one Rule per rule in order."""
+    body: list[str] = []
+    for r in rules:
+        body += ["<Rule>", _el("ID", r.rule_id), _lifecycle_filter_xml(r.filter)]
+        body.append(_el("Status", "Enabled" if r.enabled else "Disabled"))
+        if r.expiration_days is not None:
+            body.append(f"<Expiration>{_el('Days', r.expiration_days)}</Expiration>")
+        elif r.expiration_date_s is not None:
+            date = s3names.iso8601(r.expiration_date_s * 1_000_000_000)
+            body.append(f"<Expiration>{_el('Date', date)}</Expiration>")
+        elif r.expired_object_delete_marker is not None:
+            marker = _bool(r.expired_object_delete_marker)
+            body.append(f"<Expiration>{_el('ExpiredObjectDeleteMarker', marker)}</Expiration>")
+        if r.noncurrent_days is not None:
+            newer = r.newer_noncurrent_versions
+            body.append(
+                "<NoncurrentVersionExpiration>"
+                + _el("NoncurrentDays", r.noncurrent_days)
+                + (_el("NewerNoncurrentVersions", newer) if newer is not None else "")
+                + "</NoncurrentVersionExpiration>"
+            )
+        if r.abort_upload_days is not None:
+            body.append(
+                "<AbortIncompleteMultipartUpload>"
+                + _el("DaysAfterInitiation", r.abort_upload_days)
+                + "</AbortIncompleteMultipartUpload>"
+            )
+        body.append("</Rule>")
+    return _doc("LifecycleConfiguration", body)
+
+
+# ----------------------------------------------------------------------------- access control lists
+def access_control_policy(owner_id: str, grants: Sequence[tuple[bool, str, str]]) -> bytes:
+    """Get{Bucket,Object}Acl: the owner and each (is-group, canonical id or group URI, permission)."""
+    body = [_owner((owner_id, owner_id)), "<AccessControlList>"]
+    for group, grantee, permission in grants:
+        if group:
+            who = f'<Grantee xmlns:xsi="{XSI_NS}" xsi:type="Group">{_el("URI", grantee)}</Grantee>'
+        else:
+            who = (
+                f'<Grantee xmlns:xsi="{XSI_NS}" xsi:type="CanonicalUser">'
+                f"{_el('ID', grantee)}{_el('DisplayName', grantee)}</Grantee>"
+            )
+        body.append(f"<Grant>{who}{_el('Permission', permission)}</Grant>")
+    body.append("</AccessControlList>")
+    return _doc("AccessControlPolicy", body)
+
+
+_XSI_TYPE = f"{{{XSI_NS}}}type"
+
+
+def parse_access_control_policy(body: bytes) -> tuple[str | None, list[tuple[str, str, str]]]:
+    """Put{Bucket,Object}Acl's body -> (owner id if given, [(grantee type, id/URI/e-mail, permission)])."""
+    root = _parse(body, "AccessControlPolicy")
+    owner_id: str | None = None
+    owners = _children(root, "Owner")
+    if len(owners) > 1:
+        raise _malformed("more than one Owner")
+    if owners:
+        owner_id = _one_text(owners[0], "ID", required=True)
+    lists = _children(root, "AccessControlList")
+    if len(lists) != 1:
+        raise _malformed("exactly one AccessControlList needed")
+    grants: list[tuple[str, str, str]] = []
+    for grant in _children(lists[0], "Grant"):
+        grantees = _children(grant, "Grantee")
+        if len(grantees) != 1:
+            raise _malformed("each Grant needs one Grantee")
+        grantee = grantees[0]
+        kind = grantee.get(_XSI_TYPE) or grantee.get("type") or ""
+        field = {"CanonicalUser": "ID", "Group": "URI", "AmazonCustomerByEmail": "EmailAddress"}.get(kind)
+        if field is None:
+            raise _malformed(f"unknown Grantee type {kind[:32]!r}")
+        value = (_one_text(grantee, field, required=True) or "").strip()
+        permission = (_one_text(grant, "Permission", required=True) or "").strip()
+        grants.append((kind, value, permission))
+    return owner_id, grants

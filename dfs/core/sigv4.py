@@ -658,6 +658,18 @@ def _auth_v2_presigned(
     )
 
 
+def is_signed(req: RequestView) -> bool:
+    """Does the request carry any credentials at all (an Authorization header, or a presigned
+    URL's query)?  One that does not is anonymous: no signature to check, its payload unsigned."""
+    auth = req.headers.get("authorization")
+    if auth is not None and auth.strip():
+        return True
+    names = {k for k, _ in _query_params(req.query)}
+    return bool(
+        names & {"X-Amz-Algorithm", "X-Amz-Signature", "X-Amz-Credential", "AWSAccessKeyId", "Signature"}
+    )
+
+
 def authenticate(
     req: RequestView,
     secret_for: Callable[[str], str | None],

@@ -507,10 +507,15 @@ def test_stubs_and_not_implemented(s3: Any, bucket: str) -> None:
         (lambda: s3.get_bucket_cors(Bucket=bucket), "NoSuchCORSConfiguration"),
         (lambda: s3.get_object_lock_configuration(Bucket=bucket), "ObjectLockConfigurationNotFoundError"),
         (
-            lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
+            # Versioning works (tests/s3/test_s3_versioning.py); MFA Delete does not.
+            lambda: s3.put_bucket_versioning(
+                Bucket=bucket,
+                VersioningConfiguration={"Status": "Enabled", "MFADelete": "Enabled"},
+                MFA="arn:aws:iam::1:mfa/x 123456",
+            ),
             "NotImplemented",
         ),
-        (lambda: s3.put_bucket_policy(Bucket=bucket, Policy="{}"), "NotImplemented"),
+        (lambda: s3.put_bucket_policy(Bucket=bucket, Policy="{}"), "MalformedPolicy"),
     ]:
         with pytest.raises(ClientError) as err:
             call()

@@ -219,12 +219,12 @@ def test_refusals(s3d: Daemon, s3: Any, v4: Any, bucket: str) -> None:
     ans = post_form(s3d, f"/{bucket}", [*form, ("x-ignore-note", "hi")], b"x" * 15)
     assert ans.status == 204, ans
     s3.delete_object(Bucket=bucket, Key="refused")
-    # Anonymous (no signature fields at all), an ACL dfs cannot honour, no file part.
+    # Anonymous (no signature fields at all), an ACL that is not a canned one, no file part.
     refused([("key", "refused")], b"x", 403, "AccessDenied")
     _, form = presigned(
-        s3, bucket, "refused", Fields={"acl": "public-read"}, Conditions=[{"acl": "public-read"}]
+        s3, bucket, "refused", Fields={"acl": "world-writable"}, Conditions=[{"acl": "world-writable"}]
     )
-    refused(form, b"x", 501, "NotImplemented", "acl")
+    refused(form, b"x", 400, "InvalidArgument", "ACL")
     # No file part; a body cut short before the closing delimiter.
     field = b'--b\r\nContent-Disposition: form-data; name="key"\r\n\r\nrefused'
     for body, code in ((field + b"\r\n--b--\r\n", b"InvalidArgument"), (field, b"MalformedPOSTRequest")):

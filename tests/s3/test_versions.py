@@ -295,15 +295,17 @@ def test_empty_bucket_by_listing_versions(s3d: Daemon, s3: Any, bucket: str) -> 
     s3d.assert_clean()
 
 
-def test_bucket_versioning_is_refused(s3: Any, bucket: str) -> None:
+def test_bucket_versioning_never_enabled_and_mfa_delete_refused(s3: Any, bucket: str) -> None:
     assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
     with pytest.raises(ClientError) as err:
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_versioning(
+            Bucket=bucket,
+            VersioningConfiguration={"Status": "Enabled", "MFADelete": "Enabled"},
+            MFA="arn:aws:iam::1:mfa/x 123456",
+        )
     assert (code(err.value), status(err.value)) == ("NotImplemented", 501)
-    assert "versioning is not supported" in err.value.response["Error"]["Message"]
-    # Suspended asks for what a bucket here always does: each write replaces the null version.
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
-    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+    assert "MFA Delete is not supported" in err.value.response["Error"]["Message"]
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)  # nothing changed
     with pytest.raises(ClientError) as err:
         s3.put_bucket_versioning(Bucket="no-such-bucket", VersioningConfiguration={"Status": "Enabled"})
     assert code(err.value) == "NoSuchBucket"

@@ -420,6 +420,15 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await _attempt(e.TRASH_RESTORE.call(conn, "bucket", 12345, "/bucket/x"))
         await e.TRASH_EMPTY.call(conn, "bucket", 1.5)
         await e.TRASH_EMPTY.call(conn, None, None)
+        # S3 versioning (daemon/s3/tree.py, objects.py, buckets.py, versioning.py; dfs status).
+        await _attempt(e.S3_VERSIONING_SET.call(conn, d.ino, "Enabled"))
+        await e.S3_VERSIONING_GET.call(conn, d.ino)
+        await _attempt(e.S3_VERSIONS_GET.call(conn, d.ino, b"k", None))
+        await _attempt(e.S3_VERSIONS_GET.call(conn, d.ino, b"k", "null"))
+        await _attempt(e.S3_VERSIONS_DELETE.call(conn, d.ino, b"k", None))
+        await _attempt(e.S3_VERSIONS_DELETE.call(conn, d.ino, b"k", "0" * 32))
+        await e.S3_VERSIONS_LIST.call(conn, d.ino, b"", b"", 0, 1000)
+        await e.S3_VERSIONS_USAGE.call(conn)
         await _attempt(e.META_DELETE_VOLUME.call(conn, "bucket", True))
 
         # What daemons ask each other (daemon/cluster, daemon/service): a secondary's calls to

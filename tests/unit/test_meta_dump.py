@@ -144,6 +144,10 @@ def build_rich(store: MetaStore, chunks: set[bytes]) -> dict[str, int]:
     binned = store.create_volume("binned", {"trash_days": 1}, mode=0o755, uid=0, gid=0).ino
     write(store, chunks, new_file(store, b"old", binned), [ref(0, cid(5))])
     store.unlink(binned, b"old")
+    # A versioned bucket (daemon/meta/versions.py): its status, a version's inode and row, a marker.
+    store.versioning_set(binned, "Enabled")
+    write(store, chunks, new_file(store, b"kept", binned), [ref(0, cid(5))])
+    store.unlink(binned, b"kept")
     snap = store.snapshot(d, ROOT, b"snap", uid=7, gid=8).ino
     store.register_node("n1", "zone-a", "10.0.0.1:7000")
     store.register_node("n2", "zone-b", "10.0.0.2:7000", 2.0)

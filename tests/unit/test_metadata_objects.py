@@ -653,7 +653,7 @@ def test_internal_dirs_are_hidden_roots_that_persist(
 ) -> None:
     s = open_store(tmp_path, clock)
     inos = {name: s.internal_dir(name) for name in INTERNAL_DIRS}
-    assert set(inos) == {"uploads", "trash", "snapshot-builds"} and len(set(inos.values())) == 3
+    assert set(inos) == {"uploads", "trash", "snapshot-builds", "versions"} and len(set(inos.values())) == 4
     for ino in inos.values():
         attr = s.getattr(ino)
         assert attr.is_dir and attr.nlink == 2 and attr.mode == stat.S_IFDIR | 0o700

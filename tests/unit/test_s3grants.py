@@ -44,6 +44,7 @@ READS = [
     "ListParts",
     "GetBucketTagging",
     "GetBucketCors",
+    "GetBucketLifecycleConfiguration",
     "GetBucket.location",
 ]
 WRITES = [
@@ -66,6 +67,8 @@ OWNERS = [
     "DeleteBucketTagging",
     "PutBucketCors",
     "DeleteBucketCors",
+    "PutBucketLifecycleConfiguration",
+    "DeleteBucketLifecycle",
     "SomethingNew",
 ]
 
