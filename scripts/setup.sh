@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 # etcd-server, patroni: the failover tier starts its own etcd and Patroni (tests/patroni.py).
 # prometheus (its promtool too): the dashboard and alert tests start their own server.
 # chromium, chromium-driver: the console tests drive headless Chromium.
+# restic: the S3 tests back up to dfs with it.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
               rsync fio attr sqlite3 git tar util-linux procps e2fsprogs kmod
               iproute2 acl postgresql etcd-server patroni
-              prometheus chromium chromium-driver)
+              prometheus chromium chromium-driver restic)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

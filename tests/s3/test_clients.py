@@ -1,4 +1,4 @@
-"""Real object clients, unchanged, against a real dfsd: the aws CLI, s3cmd and rclone."""
+"""Real object clients, unchanged, against a real dfsd: the aws CLI, s3cmd, rclone and restic."""
 
 from __future__ import annotations
 
@@ -156,3 +156,30 @@ def test_rclone(s3d: Daemon, tmp_path: Path) -> None:
     assert (tmp_path / "ss.bin").read_bytes() == files["big.bin"]
     run([*rclone, "purge", "dfs:rclone-bucket"], env)
     assert "rclone-bucket" not in run([*rclone, "lsd", "dfs:"], env)
+
+
+def test_restic(s3d: Daemon, tmp_path: Path) -> None:
+    """A restic repository on dfs: init, two backups (the second only sends what changed), check
+    with every pack read back, restore identical, forget and prune (deletes and rewrites)."""
+    env = base_env(tmp_path, s3d)
+    env.update(
+        RESTIC_PASSWORD="correct horse",
+        RESTIC_CACHE_DIR=str(tmp_path / "cache"),
+        RESTIC_REPOSITORY=f"s3:{s3d.s3_endpoint}/restic-repo",
+    )
+    repo = ["restic"]
+    src = tmp_path / "src"
+    files = make_tree(src)
+    run([*repo, "init"], env)
+    run([*repo, "backup", str(src)], env)
+    (src / "later.txt").write_bytes(os.urandom(5000))
+    files["later.txt"] = (src / "later.txt").read_bytes()
+    second = run([*repo, "backup", str(src)], env)
+    assert "Added to the repository" in second or "Added to the repo" in second, second
+    run([*repo, "check", "--read-data"], env)
+    dst = tmp_path / "dst"
+    run([*repo, "restore", "latest", "--target", str(dst)], env)
+    check_tree(dst / src.relative_to("/"), files)
+    run([*repo, "forget", "--keep-last", "1", "--prune"], env)
+    run([*repo, "check"], env)
+    assert run([*repo, "snapshots", "--json"], env).count('"id"') == 1
