@@ -150,7 +150,8 @@ class DiskSet(ChunkStore):
     """Chunks spread over several disks by weighted rendezvous hashing (see the module docstring).
 
     A ChunkStore subclass so every caller typed on ChunkStore takes it as is; it shares no
-    state with the base class and overrides every public operation.
+    state with the base class and overrides every public operation but ``has``, which
+    it takes as is (``exists`` and ``touch`` there are this class's).
     """
 
     def __init__(  # thresholds are arguments so tests can use small ones
@@ -464,13 +465,6 @@ class DiskSet(ChunkStore):
     def exists(self, chunk_id: bytes) -> bool:
         self._hex(chunk_id)
         return any(self._held(d, chunk_id) for d in self._ranked(chunk_id, self._readable()))
-
-    def has(self, chunk_ids: list[bytes]) -> list[bool]:
-        found = [self.exists(cid) for cid in chunk_ids]
-        for cid, there in zip(chunk_ids, found, strict=True):
-            if there:
-                self.touch(cid)
-        return found
 
     def touch(self, chunk_id: bytes) -> None:
         for disk in self._readable():

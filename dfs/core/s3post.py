@@ -460,18 +460,6 @@ def verify_signature(
     raise S3Error("AccessDenied", "Anonymous POST uploads are not allowed", 403)
 
 
-def _secret(secret_for: Callable[[str], str | None], access_key: str) -> str:
-    secret = secret_for(access_key)
-    if secret is None:
-        raise S3Error(
-            "InvalidAccessKeyId",
-            "The AWS Access Key Id you provided does not exist in our records.",
-            403,
-            AWSAccessKeyId=access_key,
-        )
-    return secret
-
-
 def _mismatch(access_key: str) -> S3Error:
     return S3Error(
         "SignatureDoesNotMatch",
@@ -512,7 +500,7 @@ def _verify_v4(fields: Mapping[str, str], secret_for: Callable[[str], str | None
             400,
             ArgumentName="x-amz-date",
         )
-    key = sigv4.signing_key(_secret(secret_for, access_key), date, scope_region)
+    key = sigv4.signing_key(sigv4.secret_of(secret_for, access_key), date, scope_region)
     ours = hmac.new(key, policy_b64.encode("utf-8"), "sha256").hexdigest()
     if not hmac.compare_digest(ours, provided.strip().lower()):
         raise _mismatch(access_key)
@@ -523,7 +511,9 @@ def _verify_v2(fields: Mapping[str, str], secret_for: Callable[[str], str | None
     access_key = _field(fields, "awsaccesskeyid")
     provided = _field(fields, "signature")
     policy_b64 = _field(fields, "policy")
-    digest = hmac.digest(_secret(secret_for, access_key).encode("utf-8"), policy_b64.encode("utf-8"), "sha1")
+    digest = hmac.digest(
+        sigv4.secret_of(secret_for, access_key).encode("utf-8"), policy_b64.encode("utf-8"), "sha1"
+    )
     # A "+" decoded as a space somewhere upstream is still base64 "+".
     if not hmac.compare_digest(base64.b64encode(digest).decode("ascii"), provided.strip().replace(" ", "+")):
         raise _mismatch(access_key)

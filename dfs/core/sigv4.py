@@ -372,7 +372,8 @@ def _check_payload(payload: str) -> str:
     )
 
 
-def _secret(secret_for: Callable[[str], str | None], access_key: str) -> str:
+def secret_of(secret_for: Callable[[str], str | None], access_key: str) -> str:
+    """The secret of ``access_key``; InvalidAccessKeyId (403) if no key has that id."""
     secret = secret_for(access_key)
     if secret is None:
         raise S3Error(
@@ -440,7 +441,7 @@ def _auth_v4_header(
     access_key, date, scope_region = _parse_credential(cred, presigned=False, region=region)
     signed = _check_signed_headers(signed_raw, False)
     provided = _check_signature_format(sig_raw, False)
-    secret = _secret(secret_for, access_key)
+    secret = secret_of(secret_for, access_key)
     amz_date, epoch, raw_date = _request_date(req.headers)
     if amz_date[:8] != date:
         raise _malformed(
@@ -558,7 +559,7 @@ def _auth_v4_presigned(
     expires = int(expires_s)
     if expires > MAX_EXPIRES_S:
         raise _malformed(True, "X-Amz-Expires must be less than a week (in seconds) that is 604800")
-    secret = _secret(secret_for, access_key)
+    secret = secret_of(secret_for, access_key)
     if epoch - now_s > max_skew_s:
         raise S3Error("AccessDenied", "Request is not valid yet", 403)
     if now_s > epoch + expires:
@@ -614,7 +615,7 @@ def _auth_v2_presigned(
         )
     if not expires_s.isdigit() or len(expires_s) > 12:
         raise S3Error("AccessDenied", f"Invalid date (should be seconds since epoch): {expires_s[:32]}", 403)
-    secret = _secret(secret_for, access_key)
+    secret = secret_of(secret_for, access_key)
     if now_s > int(expires_s):
         raise S3Error(
             "AccessDenied", "Request has expired", 403, Expires=_iso(int(expires_s)), ServerTime=_iso(now_s)
