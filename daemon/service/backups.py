@@ -117,6 +117,9 @@ DEFAULT_PIECE_BYTES = 4 << 20
 _KEY_PURPOSE = "backup-cluster-key"
 # A temporary dump older than this was left by a crash (a dump takes minutes, not hours).
 _STALE_PART_S = 3600.0
+#: How long a backup whose caller went away still spends sending its manifest and deleting the
+#: pruned backups' chunks on other nodes; what is left then goes to their orphan sweeps.
+_AFTER_PRUNE_S = 60.0
 # Chunk ids per chunk.delete call when the maker deletes pruned backups' chunks.
 _DELETE_BATCH = 1000
 # Times the manifests are read again when a prune removed one while they were read.
@@ -516,8 +519,12 @@ class BackupHandlers:
                 copies: dict[str, str] = {}
             else:
                 info, freed = await self._make_replicated(chunkio)
-                copies = await self._push(info)
-                await self._delete_everywhere(chunkio, freed)
+                copies = {}
+                # Shielded (and bounded): the pruned manifests are gone, so copies left behind by
+                # a cancelled request would wait for the orphan sweep on every node.
+                with trio.CancelScope(shield=True), trio.move_on_after(_AFTER_PRUNE_S):
+                    copies = await self._push(info)
+                    await self._delete_everywhere(chunkio, freed)
         ctx = {"id": info["id"], "rows": info["rows"], "chunks": len(info["chunks"]), **copies}
         log.info("metadata backup made", extra={"ctx": ctx})
         return {"backup": info, "copies": copies}
@@ -543,13 +550,20 @@ class BackupHandlers:
                 ids.append(chunk_id)
                 await chunkio.put(chunk_id, blob, policy)
             info = dumped.manifest(ids, view.replica_count(self._replicas))
-            # A failure before here leaves the pieces stored so far to the orphan sweep.
-            freed = await self._c(self._backups.add, info)
+            # A failure before here leaves the pieces stored so far to the orphan sweep.  From
+            # here on no manifest lists the pruned backups' chunks: this node's copies go in the
+            # same thread call, so a cancelled request (its caller gone) cannot leak them.
+            freed = await self._c(self._add_and_free, info)
         finally:
             with trio.CancelScope(shield=True):
                 await self._c(self._backups.discard, dumped)
             self._backups.release(ids)
         return info, freed
+
+    def _add_and_free(self, info: dict[str, Any]) -> list[bytes]:
+        freed = self._backups.add(info)
+        self._chunks.delete(freed)
+        return freed
 
     async def _push(self, info: dict[str, Any]) -> dict[str, str]:
         """Send manifest ``info`` to every other active node; each node's outcome in a word or line."""
