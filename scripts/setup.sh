@@ -46,3 +46,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# Azurite, the Azure Blob emulator the cloud-tier tests start (tests/emulators.py), pinned by
+# tests/azurite/package-lock.json.  npm writes node_modules/.package-lock.json last, so it is
+# the stamp of a complete install.
+azurite=tests/azurite
+if [ ! -f "$azurite/node_modules/.package-lock.json" ] \
+   || [ "$azurite/package-lock.json" -nt "$azurite/node_modules/.package-lock.json" ]; then
+  if ! command -v npm >/dev/null; then
+    echo "setup: installing nodejs npm" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  npm ci --prefix "$azurite" --no-audit --no-fund --loglevel=error >/dev/null
+fi

@@ -60,6 +60,7 @@ from daemon.admin.metrics import Metrics, MetricsSource, render
 from daemon.admin.openapi import DEFAULT_POLICY, OPENAPI
 from daemon.http import BodyError, Request, Response
 from daemon.meta import CONSISTENCY_XATTR, REPLICAS_XATTR
+from daemon.meta.tiers import TIER_MODES
 from dfs import __version__
 from dfs.core import config as config_mod
 from dfs.core import s3grants
@@ -110,6 +111,7 @@ CLUSTER_DEFAULTED = ("replication", "consistency")
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ZONE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_TIER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
 _SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 
@@ -354,6 +356,23 @@ def _policy_value(key: str, value: Any) -> Any:
             raise InvalidArgument(
                 f"snapshot_schedule: {exc} (e.g. 'hourly=24,daily=7'; null: none)"
             ) from None
+    if key == "tiers":  # that each exists is checked by metadata (daemon/meta/tiers.py)
+        if not isinstance(value, list) or not 1 <= len(value) <= 4 or len(set(value)) != len(value):
+            raise InvalidArgument("tiers must be a list of 1..4 distinct tier names (null: none)")
+        return [_matching(key, v, _TIER_NAME_RE, "tier names (a-z 0-9 -)") for v in value]
+    if key == "tier_mode":
+        return _enum(key, value, TIER_MODES)
+    if key == "tier_paths":
+        if not isinstance(value, list) or not 1 <= len(value) <= 16:
+            raise InvalidArgument("tier_paths must be a list of 1..16 paths inside the volume (null: all)")
+        for v in value:
+            if not isinstance(v, str) or not v.startswith("/") or len(v) > 4096 or "/../" in v + "/":
+                raise InvalidArgument("tier_paths entries must be paths inside the volume such as /logs")
+        return value
+    if key == "tier_after_days":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 36500:
+            raise InvalidArgument("tier_after_days must be a number of days 0..36500 (null: 0)")
+        return value
     if key == "snapshot_retention":
         # Retention is per tier, in snapshot_schedule; manual snapshots stay until deleted.
         raise InvalidArgument(

@@ -160,6 +160,8 @@ class ClusterSource(Protocol):
     @property
     def remark(self) -> RemarkSource: ...
 
+    def tier_figures(self) -> Mapping[str, float]: ...
+
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The registry in Prometheus text format, and its Content-Type.
@@ -414,6 +416,41 @@ class _ClusterCollector:
                 ),
                 _counter(
                     "dfs_hot_promotions", "Extra copies of hot chunks made or renewed", hot["hot_promotions"]
+                ),
+            ]
+        tiers = svc.tier_figures()
+        if tiers:  # cloud tiers (daemon/service/tiering.py): reads here, moves by the leader
+            out += [
+                _counter("dfs_tier_cold_reads", "Chunk reads served from a cloud tier", tiers["cold_reads"]),
+                _counter(
+                    "dfs_tier_cold_read_bytes",
+                    "Bytes of chunks read from cloud tiers",
+                    tiers["cold_read_bytes"],
+                ),
+                _counter(
+                    "dfs_tier_cold_read_seconds",
+                    "Seconds spent reading chunks from cloud tiers (divide by reads for latency)",
+                    tiers["cold_read_seconds"],
+                ),
+                _counter(
+                    "dfs_tier_cold_read_failures",
+                    "Chunk reads no tier could serve",
+                    tiers["cold_read_failures"],
+                ),
+                _counter(
+                    "dfs_tier_moved_bytes",
+                    "Bytes copied to cloud tiers by tiering passes",
+                    tiers["moved_bytes"],
+                ),
+                _counter(
+                    "dfs_tier_chunks_made_cold",
+                    "Chunks whose local copies left for tiers",
+                    tiers["made_cold"],
+                ),
+                _counter(
+                    "dfs_tier_errors",
+                    "Errors tiering passes met (a tier down, a chunk unreadable)",
+                    tiers["errors"],
                 ),
             ]
         remark = svc.remark.status()

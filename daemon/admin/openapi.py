@@ -177,6 +177,33 @@ _POLICY_FIELDS: dict[str, Any] = {
         "description": "automatic snapshots: comma-separated tier=N (tiers minutely, hourly, daily, "
         "weekly, monthly; N: how many of that tier to keep), e.g. 'hourly=24,daily=7'; null: none",
     },
+    "tiers": {
+        "type": ["array", "null"],
+        "items": {"type": "string"},
+        "description": "1..4 cloud tiers (`dfs tier add`) that hold a copy of each of the volume's chunks "
+        "(two: cross-cloud replication; a read falls back to the other when one is down); null: none",
+    },
+    "tier_mode": {
+        "type": ["string", "null"],
+        "enum": ["copy", "tiered", "cloud", None],
+        "description": "copy: local copies stay and the tiers hold one more (off-site backup); tiered: "
+        "chunks of files untouched for tier_after_days leave the local disks once every tier holds "
+        "them, and reads fetch them from a tier; cloud: the tiers are the volume's home, every chunk "
+        "leaves the local disks at the next pass and reads go through the daemons' bounded tier "
+        "cache ([tiers] cache_bytes); null: copy",
+    },
+    "tier_after_days": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": "days since a file was last modified or read before its chunks are copied "
+        "(copy) or moved (tiered) to the tiers; null: 0 (at the next pass)",
+    },
+    "tier_paths": {
+        "type": ["array", "null"],
+        "items": {"type": "string"},
+        "description": "1..16 subtrees of the volume (paths inside it, e.g. '/logs') whose files "
+        "alone are copied or moved to the tiers; null: the whole volume",
+    },
     "snapshot_retention": {
         "type": "null",
         "description": "not used (always null; a value is refused): retention is per tier, "
@@ -201,6 +228,10 @@ DEFAULT_POLICY: dict[str, Any] = {
     "quota_inodes": None,
     "trash_days": None,  # null: the cluster's [storage] trash_days
     "snapshot_schedule": None,
+    "tiers": None,
+    "tier_mode": None,
+    "tier_after_days": None,
+    "tier_paths": None,
     "snapshot_retention": None,
 }
 

@@ -52,8 +52,10 @@ refuse, and a test fail):
 - every row of ``config``, ``dentries``, ``volumes``, ``snapshots``, ``volume_keys`` (wrapped
   data keys: the master key never enters a dump), ``nodes``, ``s3_keys``,
   ``s3_bucket_owners``, ``s3_grants``, ``admin_tokens``, ``policy_remarks``
-  (a restored store continues its re-marks) and ``trash`` (its files keep their names in
-  the trash, so they are dumped too) as it is, but for
+  (a restored store continues its re-marks), ``trash`` (its files keep their names in
+  the trash, so they are dumped too) and the cloud tiers' tables (``tiers``, ``tier_copies``,
+  ``tier_cold``, ``tier_deletions``, ``tier_pins``: without them a restored store would not
+  know which chunks live only in a tier) as it is, but for
   the engine's own bookkeeping in ``config`` (:data:`_ENGINE_CONFIG`:
   PostgreSQL's ``schema_version``, which SQLite keeps as ``PRAGMA
   user_version``; the header carries the version);
@@ -161,6 +163,12 @@ DUMPED_TABLES = (
     # at the end (the dump leaves out nameless inodes that were still charged).
     "quotas",
     "quota_chain",
+    # Cloud tiers: which chunks live in which object store, and which are on no local disk.
+    "tiers",
+    "tier_copies",
+    "tier_cold",
+    "tier_deletions",
+    "tier_pins",
 )
 EXCLUDED_TABLES = frozenset({"sessions", "opens", "oplog", "requests", "chunk_deletions"})
 # The AUTOINCREMENT tables and their counted column (their sqlite_sequence rows, or on PostgreSQL

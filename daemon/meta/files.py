@@ -150,7 +150,11 @@ class Files(Inodes):
             marks = ",".join("?" * len(batch))
             found.update(
                 self._db.execute(
-                    f"SELECT chunk_id, coalesce(replicas, 0) FROM chunks WHERE chunk_id IN ({marks})", batch
+                    # Cold chunks (daemon/meta/tiers.py) are not repair's: their copies are cloud
+                    # copies, and a local one left over or fetched back is a cache.
+                    f"SELECT chunk_id, coalesce(replicas, 0) FROM chunks c WHERE chunk_id IN ({marks}) "
+                    "AND NOT EXISTS (SELECT 1 FROM tier_cold t WHERE t.chunk_id = c.chunk_id)",
+                    batch,
                 )
             )
         return [found.get(chunk_id) for chunk_id in chunk_ids]

@@ -104,9 +104,18 @@ class _Fsck:
     def report(self, line: str) -> None:
         self.problems.append(line)
 
+    def _cold_copy(self, chunk_id: bytes) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM tier_cold c JOIN tier_copies t ON t.chunk_id = c.chunk_id "
+            "WHERE c.chunk_id = ? LIMIT 1",
+            (chunk_id,),
+        ).fetchone()
+        return row is not None
+
     def is_stored(self, chunk_id: bytes) -> bool:
         if chunk_id not in self._stored_memo:
-            self._stored_memo[chunk_id] = bool(self.stored_fn(chunk_id))
+            # A cold chunk (daemon/meta/tiers.py) is stored when a tier holds a copy of it.
+            self._stored_memo[chunk_id] = bool(self.stored_fn(chunk_id)) or self._cold_copy(chunk_id)
         return self._stored_memo[chunk_id]
 
     def path(self, ino: int) -> str:
@@ -725,6 +734,38 @@ class _Fsck:
     def fix_quota_usage(self, finding: tuple[int, tuple[int, int, int]]) -> None:
         set_usage(self.db, *finding)
 
+    def find_tier_rows(self) -> list[Finding[tuple[str, bytes, str]]]:
+        """Cloud-tier bookkeeping (daemon/meta/tiers.py): a cold chunk has a copy in some tier,
+        copies name defined tiers and chunks metadata knows."""
+        out: list[Finding[tuple[str, bytes, str]]] = []
+        for (cid,) in self.db.execute(
+            "SELECT c.chunk_id FROM tier_cold c WHERE NOT EXISTS "
+            "(SELECT 1 FROM tier_copies t WHERE t.chunk_id = c.chunk_id)"
+        ).fetchall():
+            out.append((f"cold chunk {bytes(cid).hex()} has no copy in any tier", ("cold", bytes(cid), "")))
+        for cid, tier in self.db.execute(
+            "SELECT chunk_id, tier FROM tier_copies t "
+            "WHERE NOT EXISTS (SELECT 1 FROM tiers d WHERE d.name = t.tier) "
+            "OR NOT EXISTS (SELECT 1 FROM chunks c WHERE c.chunk_id = t.chunk_id)"
+        ).fetchall():
+            line = f"copy of chunk {bytes(cid).hex()} in tier {tier!r}: unknown tier or chunk"
+            out.append((line, ("copy", bytes(cid), str(tier))))
+        return out
+
+    def fix_tier_row(self, finding: tuple[str, bytes, str]) -> None:
+        kind, cid, tier = finding
+        if kind == "cold":
+            # Whatever copies survive locally are all there is: make it an ordinary chunk again.
+            self.db.execute("DELETE FROM tier_cold WHERE chunk_id = ?", (cid,))
+        else:
+            self.db.execute("DELETE FROM tier_copies WHERE chunk_id = ? AND tier = ?", (cid, tier))
+            if self.db.execute("SELECT 1 FROM tiers WHERE name = ?", (tier,)).fetchone() is not None:
+                self.db.execute(
+                    "INSERT INTO tier_deletions (chunk_id, tier, queued_ns) VALUES (?, ?, ?) "
+                    "ON CONFLICT (chunk_id, tier) DO NOTHING",
+                    (cid, tier, self.now),
+                )
+
     def fix_refcount(self, finding: tuple[bytes, int]) -> None:
         chunk_id, actual = finding
         self.db.execute(
@@ -759,6 +800,7 @@ _CHECKS: tuple[_Check[Any], ...] = (
     _Check("inline", _Fsck.find_inline, _Fsck.fix_inline),
     _Check("stored_totals", _Fsck.find_stored_totals, _Fsck.fix_stored_total),
     _Check("refcounts", _Fsck.find_refcounts, _Fsck.fix_refcount),
+    _Check("tier_rows", _Fsck.find_tier_rows, _Fsck.fix_tier_row),
     # Last: every repair above that purged or changed an inode moved its usage already.
     _Check("quota_chains", _Fsck.find_quota_chains, _Fsck.fix_quota_chains),
     _Check("quota_domains", _Fsck.find_quota_domains, _Fsck.fix_quota_domain),

@@ -14,6 +14,10 @@ class Gc(MetaBase):
         """Whether a volume snapshot is being copied in batches (daemon/meta/snapshots.py)."""
         raise NotImplementedError
 
+    def _tier_forget(self, chunk_ids: list[bytes]) -> None:
+        """Queue the collected chunks' cloud copies for deletion (daemon/meta/tiers.py)."""
+        raise NotImplementedError
+
     @_api
     def gc_collect(
         self, older_than_ns: int, limit: int, delete: Callable[[list[bytes]], None]
@@ -38,6 +42,7 @@ class Gc(MetaBase):
             self._db.executemany(
                 "DELETE FROM chunks WHERE chunk_id = ? AND refcount = 0", [(i,) for i in ids]
             )
+            self._tier_forget(ids)
             self._log(now, "gc_collect", [ids])
         return ids
 

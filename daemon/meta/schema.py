@@ -210,6 +210,22 @@ _SCHEMA = (
         PRIMARY KEY (bucket, key, version_id)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS s3_versions_by_seq ON s3_versions (bucket, key, seq)",
     "CREATE INDEX IF NOT EXISTS s3_versions_by_ino ON s3_versions (ino) WHERE ino IS NOT NULL",
+    # Cloud tiers (daemon/meta/tiers.py): their definitions (a TierSpec, never a secret), the
+    # copies each holds, the chunks whose local copies are given up (cold), copies of collected
+    # chunks still to delete from their tier, and the trees pinned to local disks.
+    """CREATE TABLE IF NOT EXISTS tiers (
+        name TEXT PRIMARY KEY, spec BLOB NOT NULL, created_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tier_copies (
+        chunk_id BLOB NOT NULL, tier TEXT NOT NULL, stored_bytes INTEGER NOT NULL,
+        stored_ns INTEGER NOT NULL, PRIMARY KEY (chunk_id, tier)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS tier_copies_by_tier ON tier_copies (tier, chunk_id)",
+    """CREATE TABLE IF NOT EXISTS tier_cold (
+        chunk_id BLOB PRIMARY KEY, since_ns INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tier_deletions (
+        chunk_id BLOB NOT NULL, tier TEXT NOT NULL, queued_ns INTEGER NOT NULL,
+        PRIMARY KEY (chunk_id, tier)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tier_pins (
+        ino INTEGER PRIMARY KEY, pinned_ns INTEGER NOT NULL)""",
 )
 # The AUTOINCREMENT (PostgreSQL: identity) columns, whose counters never hand out a number twice.
 COUNTER_COLUMNS = {"inodes": "ino", "dentries": "id"}

@@ -29,6 +29,7 @@ from daemon.meta.requests import Requests
 from daemon.meta.schema import _INTERNAL_KEY, _SCHEMA, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.snapshots import Snapshots
 from daemon.meta.stats import Stats
+from daemon.meta.tiers import Tiers
 from daemon.meta.tokens import Tokens
 from daemon.meta.volume_keys import VolumeKeys
 from dfs.core.errors import ConfigError, InternalError, Unavailable
@@ -45,6 +46,7 @@ class MetaStore(
     Registry,
     Keys,
     Tokens,
+    Tiers,  # before Gc, which calls it
     Gc,
     Oplog,
     Stats,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from daemon.meta.base import _api, _pack_dict, _unpack_dict
@@ -20,6 +20,16 @@ _PUT_VOLUME = (
 
 class Volumes(Quotas):
     """The volumes table; ``_follow_volumes`` keeps it on its directories after renames and removals."""
+
+    # daemon/meta/tiers.py: a policy names only defined tiers (declared, not defined, here: the
+    # Tiers concern comes later in MetaStore's bases).
+    _check_tier_policy: Callable[[dict[str, Any]], None]
+
+    def _volume_policy(self, policy: dict[str, Any]) -> bytes:
+        """A volume policy checked and packed for its row."""
+        packed = _pack_dict(policy, "volume policy")  # refuses what is not a dict first
+        self._check_tier_policy(policy)
+        return packed
 
     def _follow_volumes(self, inos: Iterable[int]) -> None:
         """Keep the volume rows of directories ``inos`` on their directories after a namespace change.
@@ -68,7 +78,7 @@ class Volumes(Quotas):
     def create_volume(self, name: str, policy: dict[str, Any], *, mode: int, uid: int, gid: int) -> Attr:
         """A new top-level directory ``name`` registered as a volume with ``policy``."""
         encoded = self._volume_name(name)
-        packed = _pack_dict(policy, "volume policy")
+        packed = self._volume_policy(policy)
         mode = self._dir_mode(mode)
         with self._write() as now:
             attr = self._make(now, ROOT_INO, encoded, mode, uid, gid, size=DIR_SIZE)
@@ -82,7 +92,7 @@ class Volumes(Quotas):
     def adopt_volume(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Register the existing top-level directory ``name`` as a volume with ``policy``."""
         encoded = self._volume_name(name)
-        packed = _pack_dict(policy, "volume policy")
+        packed = self._volume_policy(policy)
         with self._write() as now:
             entry = self._dentry(ROOT_INO, encoded)
             if entry is None:
@@ -112,7 +122,7 @@ class Volumes(Quotas):
 
     @_api
     def update_volume(self, name: str, policy: dict[str, Any]) -> dict[str, Any]:
-        packed = _pack_dict(policy, "volume policy")
+        packed = self._volume_policy(policy)
         with self._write() as now:
             old = self._volume_row(name)
             row = self._db.execute(

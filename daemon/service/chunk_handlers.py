@@ -11,15 +11,22 @@ from daemon.chunks import ChunkStore
 from daemon.cluster.hints import HintQueue
 from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.threads import ChunkThreads
-from dfs.core.errors import CorruptChunk, InvalidArgument, Unavailable
+from daemon.service.tiering import TierSet
+from dfs.core.errors import ChunkMissing, CorruptChunk, InvalidArgument, Unavailable
 
 
 class ChunkHandlers:
     """``chunk.put``, ``chunk.get`` and the rest, over this node's chunk store and hint queue."""
 
     def __init__(
-        self, chunks: ChunkStore, hints: HintQueue, threads: ChunkThreads, cluster: ClusterRunner
+        self,
+        chunks: ChunkStore,
+        hints: HintQueue,
+        threads: ChunkThreads,
+        cluster: ClusterRunner,
+        tiers: TierSet | None = None,
     ) -> None:
+        self.tiers = tiers  # where chunks no local disk holds may be (cloud tiers)
         self.chunks = chunks
         self.hints = hints
         self._c = threads.run
@@ -41,7 +48,17 @@ class ChunkHandlers:
         return blob
 
     async def chunk_get(self, chunk_id: bytes) -> bytes:
-        blob = await self._read_verified(chunk_id)
+        try:
+            blob = await self._read_verified(chunk_id)
+        except ChunkMissing:
+            # A cold chunk (daemon/service/tiering.py) lives only in tiers; a missing local copy
+            # of any chunk with a cloud copy is served from there too.
+            if self.tiers is None:
+                raise
+            await self.tiers.refresh()
+            if not self.tiers.names():
+                raise
+            return await self.tiers.fetch(chunk_id)
         if self._cluster.hot is not None:
             self._cluster.hot.on_read(chunk_id, self._cluster.nursery)
         return blob

@@ -37,6 +37,7 @@ from daemon.service.meta_calls import MetaCalls
 from daemon.service.metadata_handlers import MetaHandlers
 from daemon.service.snapshots import SnapshotTaker
 from daemon.service.system_handlers import SystemHandlers
+from daemon.service.tiering import TierHandlers
 from daemon.service.upkeep import Upkeep
 from daemon.service.volume_keys import VolumeKeyService
 from dfs.core import endpoints
@@ -74,7 +75,9 @@ class HandlerTable:
         volume_keys: VolumeKeyService,
         key_sync: MasterKeySync,
         snapshots: SnapshotTaker,
+        tiers: TierHandlers,
     ) -> None:
+        self._tiers = tiers
         self._volume_keys = volume_keys
         self._key_sync = key_sync
         self._snapshots = snapshots
@@ -264,6 +267,14 @@ class HandlerTable:
                     e.KEYS_ROTATE: self._key_sync.rotate,
                     # Batches in read snapshot order: a retry checks what the first attempt left.
                     e.SNAPSHOT_CREATE: self._snapshots.create,
+                    # Tier definitions are checked against their store; passes move data.
+                    e.TIER_PUT: self._tiers.put,
+                    e.TIER_DELETE: self._tiers.delete,
+                    e.TIER_LIST: self._tiers.specs,
+                    e.TIER_STATUS: self._tiers.status,
+                    e.TIER_PIN: self._tiers.pin,
+                    e.TIER_RUN: self._tiers.run,
+                    e.TIER_WARM: self._tiers.warm,
                 }
             )
         )

@@ -39,13 +39,17 @@ from daemon.service.remarker import Remarker
 from daemon.service.snapshots import SnapshotDuty, SnapshotTaker
 from daemon.service.system_handlers import SystemHandlers
 from daemon.service.threads import ChunkThreads
+from daemon.service.tiering import TierHandlers, TierSet, TierWorker
 from daemon.service.upkeep import Upkeep
 from daemon.service.volume_keys import VolumeKeyService, open_master_keys
+from daemon.tiers.cache import TierCache
 from daemon.workers import Periodic, Retrying
 from dfs.client.chunks import ChunkIO
 from dfs.client.cluster import Client, ClusterInfo
+from dfs.core import endpoints
 from dfs.core.auth import Credential
 from dfs.core.config import Config, disk_specs
+from dfs.core.errors import Unavailable
 from dfs.net import credentials
 
 T = TypeVar("T")
@@ -176,11 +180,21 @@ class Service:
             Credential.of_secret(self.secret),
             shared=self.shared_meta,
         )
+        # Cloud tiers (daemon/service/tiering.py): every daemon reads cold chunks from them; the
+        # leader's worker copies and moves chunks there.
+        self.tiers = TierSet(
+            self._tier_specs,
+            cfg.tiers.max_in_flight,
+            TierCache(self.data / "tier-cache", cfg.tiers.cache_bytes),
+        )
+        self.tier_worker = TierWorker(cfg, self.metacalls, self.tiers, self.chunks, self.threads, runner)
+        self.tier_worker.fence = self.leadership.fence
+        self.upkeep.tier_fsck = self.tier_worker.fsck
         self.table = HandlerTable(
             self.metacalls,
             self.changes,
             runner,
-            ChunkHandlers(self.chunks, self.hints, self.threads, runner),
+            ChunkHandlers(self.chunks, self.hints, self.threads, runner, self.tiers),
             SystemHandlers(
                 cfg,
                 self.key,
@@ -198,6 +212,7 @@ class Service:
             volume_keys=self.volume_keys,
             key_sync=self.key_sync,
             snapshots=self.snapshots,
+            tiers=TierHandlers(self.metacalls, self.tiers, self.tier_worker),
         )
         self.handlers: dict[str, Handler] = self.table.tasks()
         # The background loops; the node starts each once run_cluster has started.
@@ -219,6 +234,8 @@ class Service:
                 self.workers.append(
                     Periodic("snapshots", cfg.snapshots.check_interval_s, only(self.snapshot_duty.step))
                 )
+            if cfg.tiers.interval_s > 0:
+                self.workers.append(Periodic("tiering", cfg.tiers.interval_s, only(self.tier_worker.step)))
             if cfg.meta.backup_interval_s > 0:
                 self.workers.append(
                     Periodic("metadata backup", cfg.meta.backup_interval_s, only(self.backups.periodic))
@@ -235,6 +252,16 @@ class Service:
                 Periodic("master key sync", CHECK_INTERVAL_S, self.key_sync.step),
             ]
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
+
+    async def _tier_specs(self) -> list[dict[str, Any]]:
+        """The tier definitions: from metadata here, else from the primary."""
+        if self.metacalls.store is not None:
+            specs: list[dict[str, Any]] = await self.metacalls.read(self.metacalls.meta.tier_specs)
+            return specs
+        primary = self.cluster_runner.primary
+        if primary is None:
+            raise Unavailable("not connected to the metadata primary yet")
+        return await endpoints.TIER_LIST.call(primary)
 
     def close(self) -> None:
         self.chunks.close()  # stops a running disk drain
@@ -347,6 +374,16 @@ class Service:
     @property
     def repair(self) -> Repair | None:
         return self.cluster_runner.repair
+
+    def tier_figures(self) -> dict[str, float]:
+        """Cold reads on this daemon and the tiering passes it ran (metrics)."""
+        w = self.tier_worker
+        return {
+            **self.tiers.read_stats(),
+            "moved_bytes": w.total_moved_bytes,
+            "made_cold": w.total_made_cold,
+            "errors": w.total_errors,
+        }
 
     @property
     def remark(self) -> Remarker:

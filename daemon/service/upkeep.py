@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -72,12 +72,20 @@ class Upkeep:
         # worker thread): referenced by no metadata, yet no orphans.  Backup chunk ids are keyed
         # apart from files' chunks, so GC never meets them; only the orphan checks must skip them.
         self._backup_chunks = backup_chunks
+        # Cloud tiers' own fsck (daemon/service/tiering.py TierWorker.fsck); set by the service.
+        self.tier_fsck: Callable[[bool], Awaitable[list[str]]] | None = None
         # Wraps the metadata-thread calls of cluster-wide duties in the leader's fencing check
         # (daemon/service/leadership.py); set by the service.
         self.fence: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda fn: fn
 
     # -- fsck ------------------------------------------------------------------------------------
     async def fsck_meta(self, repair: bool) -> dict[str, Any]:
+        doc = await self._fsck_chunks(repair)
+        if self.tier_fsck is not None:
+            doc["problems"] += await self.tier_fsck(repair)
+        return doc
+
+    async def _fsck_chunks(self, repair: bool) -> dict[str, Any]:
         if self._cluster.clustered():
             return await self._fsck_cluster(repair)
         meta = self._metacalls.meta
@@ -130,6 +138,8 @@ class Upkeep:
         view = await self._cluster.chunkio.view()
         under = 0
         for cid, r in zip(live, wanted, strict=True):
+            if r is None:
+                continue  # cold (daemon/meta/tiers.py): its copies are in tiers, checked there
             copies = sum(1 for ids in inventories.values() if cid in ids)
             if copies < view.replica_count(r or self.cfg.cluster.replicas):
                 under += 1

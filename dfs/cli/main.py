@@ -20,6 +20,7 @@ from dfs.cli import (  # noqa: F401
     s3keys,
     snapshot,
     status,
+    tier,
     trash,
     updown,
 )

@@ -33,6 +33,7 @@ from dfs.core.endpoints import (
     SYS_STATFS,
     SYS_STATUS,
     SYS_SWEEP_ORPHANS,
+    TIER_STATUS,
     TRASH_USAGE,
 )
 from dfs.core.errors import DfsError
@@ -71,6 +72,8 @@ def status(
     st["trash"] = run(call, endpoint_of(cfg), TRASH_USAGE)
     # Per versioned bucket with non-current versions (outside its quota usage): versions, bytes.
     st["versions"] = run(call, endpoint_of(cfg), S3_VERSIONS_USAGE)
+    # Cloud tiers: copies and bytes per tier, cold data (daemon/service/tiering.py).
+    st["tiers"] = run(call, endpoint_of(cfg), TIER_STATUS)
     st["disk_warnings"] = disk_warnings(st, run(call, endpoint_of(cfg), SYS_CLUSTER).get("members", []))
     if as_json:
         emit_json(st)
@@ -104,10 +107,31 @@ def status(
     rows += [(f"snapshots {s['volume']}", snapshot_line(s)) for s in st["snapshots"]]
     rows += [(f"trash {u['volume']}", trash_usage_line(u)) for u in st["trash"]]
     rows += [(f"versions {u['bucket']}", versions_usage_line(u)) for u in st["versions"]]
+    rows += tier_rows(st["tiers"])
     rows += [(w["where"], w["text"]) for w in st["disk_warnings"]]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def tier_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per tier its copies, per tiered volume how many copies its chunks have: a cloud copy
+    counts as one replica (a cold chunk's only ones are its cloud copies)."""
+    rows = [
+        (f"tier {t['name']}", f"{t['kind']} {t['bucket']}: {t['copies']} copies, {format_size(t['bytes'])}")
+        for t in doc["tiers"]
+    ]
+    for v in doc["volumes"]:
+        n = len(v["tiers"])
+        extra = f"local copies + {n} cloud cop{'y' if n == 1 else 'ies'}"
+        if v["mode"] != "copy":
+            extra += f"; cold chunks: {n} cloud cop{'y' if n == 1 else 'ies'} only"
+        rows.append((f"volume {v['name']} tiers", f"{v['mode']} to {', '.join(v['tiers'])}: {extra}"))
+    if doc["tiers"]:
+        rows.append(
+            ("cold data", f"{doc['cold_chunks']} chunks, {format_size(doc['cold_bytes'])} on no local disk")
+        )
+    return rows
 
 
 def versions_usage_line(u: dict[str, Any]) -> str:

@@ -204,6 +204,25 @@ class SnapshotsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TiersConfig:
+    # How often the leader's tiering worker runs a pass (copies, cold moves, deletions of
+    # collected chunks' cloud copies); 0: never (tiers still serve reads).
+    interval_s: float = 60.0
+    # How often each tier's objects are listed and compared with metadata (missing copies are
+    # stored again, stray objects deleted); 0: only by `dfs fsck`.
+    verify_interval_s: float = 3600.0
+    # The length of a "day" in volumes' tier_after_days: tests shorten it.
+    day_s: float = 86400.0
+    # Chunk objects stored or fetched at once by one daemon (each up to a block in memory).
+    max_in_flight: int = 8
+    # Bytes a pass moves at most (the rest waits for the next pass).
+    max_bytes_per_pass: int = 64 * 1024**3
+    # Bytes of chunks read from tiers kept under <data dir>/tier-cache (least recently read
+    # evicted first); 0: no cache, every read of a cold chunk asks a tier.
+    cache_bytes: int = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsConfig:
     # PEM files; the S3 and admin endpoints use them when https = true.
     cert_file: str = ""
@@ -229,6 +248,7 @@ class Config:
     s3: S3Config = dataclasses.field(default_factory=S3Config)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
     snapshots: SnapshotsConfig = dataclasses.field(default_factory=SnapshotsConfig)
+    tiers: TiersConfig = dataclasses.field(default_factory=TiersConfig)
     tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
@@ -440,6 +460,14 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [meta] backup_interval_s must be >= 0 (0: off), backup_keep >= 1")
     if cfg.rpc.max_connections < 1:
         raise ConfigError(f"{origin}: [rpc] max_connections must be >= 1")
+    t = cfg.tiers
+    if t.interval_s < 0 or t.verify_interval_s < 0:
+        raise ConfigError(f"{origin}: [tiers] interval_s and verify_interval_s must be >= 0")
+    if t.day_s <= 0 or not 1 <= t.max_in_flight <= 256 or t.max_bytes_per_pass < 1 or t.cache_bytes < 0:
+        raise ConfigError(
+            f"{origin}: [tiers] day_s must be > 0, max_in_flight 1..256, max_bytes_per_pass >= 1, "
+            "cache_bytes >= 0"
+        )
     if cfg.snapshots.check_interval_s < 0:
         raise ConfigError(f"{origin}: [snapshots] check_interval_s must be >= 0 (0: off)")
 

@@ -479,6 +479,28 @@ TRASH_RESTORE: Endpoint[dict[str, Any]] = _declare(
 TRASH_EMPTY: Endpoint[dict[str, Any]] = _declare(
     "trash.empty", "volume:str|None? older_than_days:float|None?", site=_PRIMARY, callers=ADMINS
 )
+# Cloud tiers (daemon/meta/tiers.py, daemon/service/tiering.py): `dfs tier`.  A spec is a
+# dfs.core.tiers.TierSpec as a dict (never a secret); put checks the store is reachable first.
+TIER_PUT: Endpoint[dict[str, Any]] = _declare(
+    "tier.put", "name:str spec:dict", site=_PRIMARY, idempotent=True, callers=ADMINS
+)
+TIER_DELETE: Endpoint[None] = _declare("tier.delete", "name:str", site=_PRIMARY, callers=ADMINS)
+# Every tier {name, spec, created_ns}: also how daemons learn the tiers they read cold chunks from.
+TIER_LIST: Endpoint[list[dict[str, Any]]] = _declare(
+    "tier.list", site=_PRIMARY, read_only=True, callers=ADMINS
+)
+# Bytes per tier, cold chunks, the worker's progress (moves in flight, rate, ETA).
+TIER_STATUS: Endpoint[dict[str, Any]] = _declare("tier.status", site=_PRIMARY, read_only=True, callers=ADMINS)
+# Pin (keep on local disks, bringing cold chunks back) or unpin the tree at a namespace path.
+TIER_PIN: Endpoint[dict[str, Any]] = _declare(
+    "tier.pin", "path:str pinned:bool", site=_PRIMARY, idempotent=True, callers=ADMINS
+)
+# Run a tiering pass now (verify: also list and compare every tier); its summary.
+TIER_RUN: Endpoint[dict[str, Any]] = _declare(
+    "tier.run", "verify:bool?", site=_PRIMARY, timeout=Timeout.LONG, callers=ADMINS
+)
+# A daemon that brought cold chunks back to its disk (re-warming): make them warm again.
+TIER_WARM: Endpoint[int] = _declare("tier.warm", "chunk_ids:list[bytes]", site=_PRIMARY, idempotent=True)
 # S3 bucket versioning (daemon/meta/versions.py), called by the S3 shim; keys are bytes, a
 # None version id is the latest (get) or a new delete marker (delete).  versions_list rows:
 # [key, version_id, seq, created_ns, attr row or None for a marker, etag xattr or None].

@@ -684,6 +684,10 @@ async def test_volumes(env: Env) -> None:
         "quota_inodes": None,
         "trash_days": None,
         "snapshot_schedule": None,
+        "tiers": None,
+        "tier_mode": None,
+        "tier_after_days": None,
+        "tier_paths": None,
         "snapshot_retention": None,
     }
     assert env.service.reads.lookup(ROOT_INO, b"photos").is_dir
@@ -705,6 +709,10 @@ async def test_volumes(env: Env) -> None:
         **{k: v for k, v in full.items() if k != "name"},
         "snapshot_schedule": "hourly=24,daily=7",  # stored in canonical form
         "quota_inodes": None,
+        "tiers": None,
+        "tier_mode": None,
+        "tier_after_days": None,
+        "tier_paths": None,
         "replication_source": "volume",
         "consistency_source": "volume",
     }
@@ -740,11 +748,22 @@ async def test_volumes(env: Env) -> None:
         {"name": "okname", "snapshot_schedule": "yearly=3"},
         {"name": "okname", "snapshot_schedule": "daily=0"},
         {"name": "okname", "colour": "red"},
+        {"name": "okname", "tiers": "cold"},
+        {"name": "okname", "tiers": []},
+        {"name": "okname", "tiers": ["Cold!"]},
+        {"name": "okname", "tier_mode": "hot"},
+        {"name": "okname", "tier_mode": "tiered"},  # tiered needs tiers
+        {"name": "okname", "tier_after_days": -1},
+        {"name": "okname", "tier_paths": ["logs"]},
         {"replication": 2},
     ):
         r = await env.call("POST", "/storage/volumes", bad)
         assert r.status == 400, bad
         assert r.json["error"]["code"] == "InvalidArgument"
+
+    # A volume may name only tiers that are defined (`dfs tier add`).
+    r = await env.call("POST", "/storage/volumes", {"name": "okname", "tiers": ["nope"]})
+    assert r.status == 400 and "no tier 'nope'" in r.json["error"]["message"]
 
     r = await env.call("GET", "/storage/volumes")
     assert [v["name"] for v in r.json["volumes"]] == ["backups.2026", "photos"]

@@ -420,6 +420,16 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await _attempt(e.TRASH_RESTORE.call(conn, "bucket", 12345, "/bucket/x"))
         await e.TRASH_EMPTY.call(conn, "bucket", 1.5)
         await e.TRASH_EMPTY.call(conn, None, None)
+        # `dfs tier` (dfs/cli/tier.py) and the daemons' tier reads (daemon/service/tiering.py).
+        await _attempt(e.TIER_PUT.call(conn, "cold", {"name": "cold", "kind": "dir", "bucket": "/nowhere"}))
+        await e.TIER_LIST.call(conn)
+        await e.TIER_STATUS.call(conn)
+        await _attempt(e.TIER_PIN.call(conn, "/bucket", True))
+        await _attempt(e.TIER_PIN.call(conn, "/bucket", False))
+        await e.TIER_RUN.call(conn, False)
+        await e.TIER_RUN.call(conn, True)
+        await e.TIER_WARM.call(conn, [b"\x00" * 32])
+        await _attempt(e.TIER_DELETE.call(conn, "cold"))
         # S3 versioning (daemon/s3/tree.py, objects.py, buckets.py, versioning.py; dfs status).
         await _attempt(e.S3_VERSIONING_SET.call(conn, d.ino, "Enabled"))
         await e.S3_VERSIONING_GET.call(conn, d.ino)

@@ -152,6 +152,12 @@ def build_rich(store: MetaStore, chunks: set[bytes]) -> dict[str, int]:
     store.register_node("n1", "zone-a", "10.0.0.1:7000")
     store.register_node("n2", "zone-b", "10.0.0.2:7000", 2.0)
     store.set_node("n2", state="draining")
+    # Cloud tiers (daemon/meta/tiers.py): a tier, a copy of a chunk that is then cold, a copy of
+    # a chunk metadata does not know (queued for deletion), a pinned tree.
+    store.tier_put("cold", {"name": "cold", "kind": "dir", "bucket": "/srv/cold"})
+    store.tier_copies_add([(cid(2), "cold", 100), (cid(9), "cold", 50)])
+    assert store.tier_make_cold([cid(2)], ["cold"]) == [cid(2)]
+    store.tier_pin("/d", True)
     bucket = store.mkdir(ROOT, b"bucket", 0o755, 0, 0).ino
     store.s3_key_put("AKROOT", S3_SECRET, "main key")
     store.s3_key_put("AKGUEST", OTHER_S3_SECRET, "guest")

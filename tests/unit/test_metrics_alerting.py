@@ -74,6 +74,9 @@ class FakeCluster:
     def layout_states(self) -> dict[str, str]:
         return self.states
 
+    def tier_figures(self) -> dict[str, float]:
+        return {}
+
 
 def samples(metrics: Metrics) -> Samples:
     text, _ = render(metrics.registry)

@@ -106,6 +106,7 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
             "trash expiry",
             "metadata backup",
             "snapshots",
+            "tiering",
             "orphan sweep",
             "registering in the layout",
             "layout controller",
@@ -115,5 +116,7 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
     assert "metadata backup" not in names("[meta]\nbackup_interval_s = 0\n")
     # [snapshots] check_interval_s = 0: schedules are not run.
     assert "snapshots" not in names("[snapshots]\ncheck_interval_s = 0\n")
+    # [tiers] interval_s = 0: no tiering passes (tiers still serve reads).
+    assert "tiering" not in names("[tiers]\ninterval_s = 0\n")
     # A secondary keeps no metadata: it only sweeps its own chunks and registers.
     assert names('[cluster]\nmeta = "127.0.0.1:1"\n') == ["orphan sweep", "registering in the layout"]
