@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
               rsync fio attr sqlite3 git tar util-linux procps e2fsprogs kmod
               iproute2 acl postgresql etcd-server patroni
-              prometheus chromium chromium-driver restic)
+              prometheus chromium chromium-driver restic curl)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -159,6 +159,9 @@ DUMPED_TABLES = (
     "s3_versioning",
     # Version inodes keep their names at versions/<ino>, so they are dumped with their rows.
     "s3_versions",
+    # Object lock: the bucket configurations, and the locks of the (named) inodes they belong to.
+    "s3_object_lock_config",
+    "s3_object_locks",
     # After inodes: loading inodes charges no domain then, and the usage loaded is recomputed
     # at the end (the dump leaves out nameless inodes that were still charged).
     "quotas",
@@ -208,6 +211,7 @@ _SOURCES: dict[str, str] = {
     "inodes": "SELECT * FROM inodes WHERE nlink != 0",
     "xattrs": f"SELECT * FROM xattrs WHERE ino NOT IN ({_DETACHED})",
     "blocks": f"SELECT * FROM blocks WHERE ino NOT IN ({_DETACHED})",
+    "s3_object_locks": f"SELECT * FROM s3_object_locks WHERE ino NOT IN ({_DETACHED})",
     "chunks": (
         "SELECT c.*, COALESCE(d.n, 0) AS dump_detached FROM chunks c LEFT JOIN "
         "(SELECT b.chunk_id, COUNT(*) AS n FROM blocks b JOIN inodes i ON i.ino = b.ino "

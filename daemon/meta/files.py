@@ -7,6 +7,7 @@ from typing import Any
 
 from daemon.meta.base import _IN_BATCH, _api
 from daemon.meta.inodes import _IFMT, _IFREG, Inodes, _check_writable, _is_dir
+from daemon.meta.objlock import check_unlocked
 from daemon.meta.policy import _check_replicas
 from daemon.meta.schema import _ATTR
 from dfs.core.errors import InvalidArgument, IsADirectory
@@ -20,6 +21,8 @@ class Files(Inodes):
         mode = self._inode(ino)[0]
         if write:
             _check_writable(ino, mode)
+            now = self._txn_now if self._txn_now is not None else self._now()
+            check_unlocked(self._db, ino, mode, now)  # S3 object lock (daemon/meta/objlock.py)
         if _is_dir(mode):
             raise IsADirectory(f"inode {ino} is a directory")
         if mode & _IFMT != _IFREG:

@@ -20,6 +20,7 @@ Invariants (all checked, and where possible repaired, by :meth:`Checks.fsck`):
   there has a row;
 - an ``s3_versions`` row with an inode names a regular file at ``versions/<ino>``,
   and every file there has a row;
+- an ``s3_object_locks`` row belongs to a regular file flagged LOCKED;
 - every inode's quota domain exists, and each domain's recorded usage equals
   the sum over the inodes charged to it and to the domains nested in it.
 
@@ -37,6 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from daemon.meta.base import _api
 from daemon.meta.inodes import _IFDIR, _IFMT, _IFREG, DIR_SIZE, READ_ONLY, Inodes, _is_dir
+from daemon.meta.objlock import LOCKED
 from daemon.meta.quotas import set_usage, usage_mismatches
 from daemon.meta.schema import _INTERNAL_INOS_SQL, _INTERNAL_KEY, INTERNAL_DIRS
 from dfs.core.errors import InternalError
@@ -480,6 +482,29 @@ class _Fsck:
             found.append((f"{self.path(int(ino))}: in versions/ without a version row", ("unlink", int(ino))))
         return found
 
+    def find_object_locks(self) -> list[Finding[tuple[str, int]]]:
+        """Each ``s3_object_locks`` row belongs to a regular file that carries the LOCKED flag
+        (daemon/meta/objlock.py; a flag without a row locks nothing and is no finding)."""
+        found: list[Finding[tuple[str, int]]] = []
+        for ino, mode in self.db.execute(
+            "SELECT o.ino, i.mode FROM s3_object_locks o LEFT JOIN inodes i ON i.ino = o.ino "
+            "WHERE i.ino IS NULL OR i.mode & ? != ? OR i.mode & ? = 0 LIMIT 1000",
+            (_IFMT, _IFREG, LOCKED),
+        ).fetchall():
+            if mode is None or int(mode) & _IFMT != _IFREG:
+                found.append((f"object lock of inode {ino}, which is no regular file", ("drop", int(ino))))
+            else:
+                found.append((f"{self.path(int(ino))}: object lock without its flag", ("flag", int(ino))))
+        return found
+
+    def fix_object_locks(self, finding: tuple[str, int]) -> None:
+        """Drop a lock whose file is gone; flag a locked file (the lock holds, as recorded)."""
+        what, ino = finding
+        if what == "drop":
+            self.db.execute("DELETE FROM s3_object_locks WHERE ino = ?", (ino,))
+        else:
+            self.db.execute("UPDATE inodes SET mode = mode | ? WHERE ino = ?", (LOCKED, ino))
+
     def fix_versions(self, finding: tuple[str, int]) -> None:
         """Drop a row whose inode is gone from versions/; a file there without a row loses that
         name (the nlink check then purges or keeps it)."""
@@ -791,6 +816,7 @@ _CHECKS: tuple[_Check[Any], ...] = (
     _Check("volumes", _Fsck.find_volumes, _Fsck.fix_volume),
     _Check("trash", _Fsck.find_trash, _Fsck.fix_trash),
     _Check("versions", _Fsck.find_versions, _Fsck.fix_versions),
+    _Check("object_locks", _Fsck.find_object_locks, _Fsck.fix_object_locks),
     _Check("snapshots", _Fsck.find_snapshots, _Fsck.fix_snapshot),
     _Check("stray_blocks", _Fsck.find_stray_blocks, _Fsck.fix_stray_blocks),
     _Check("blocks_beyond_size", _Fsck.find_blocks_beyond_size, _Fsck.fix_block),

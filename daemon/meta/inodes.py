@@ -242,6 +242,7 @@ class Inodes(MetaBase):
         """Delete an inode and everything it owns; its chunks lose one reference per block."""
         self._drop_blocks(ino, 0, now, adjust_inode=False)
         self._db.execute_later("DELETE FROM xattrs WHERE ino = ?", (ino,))
+        self._db.execute_later("DELETE FROM s3_object_locks WHERE ino = ?", (ino,))  # objlock.py
         self._db.execute_later("DELETE FROM inodes WHERE ino = ?", (ino,))
 
     def _is_ancestor(self, dir_ino: int, start: int) -> bool:

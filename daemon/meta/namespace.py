@@ -18,6 +18,7 @@ from daemon.meta.inodes import (
     _check_writable,
     _is_dir,
 )
+from daemon.meta.objlock import check_unlocked
 from daemon.meta.schema import _ATTR, _ATTR_I
 from daemon.meta.sessions import Sessions
 from daemon.meta.versions import Versions
@@ -201,6 +202,7 @@ class Namespace(Sessions, Versions, Xattrs):
         with self._write() as now:
             mode, nlink = self._inode(ino)
             _check_writable(ino, mode)  # a new name raises the snapshot inode's nlink
+            check_unlocked(self._db, ino, mode, now)  # an S3-locked file is immutable (objlock.py)
             if _is_dir(mode):
                 raise NotPermitted(f"cannot hard-link directory {ino}")
             if nlink == 0:
@@ -231,6 +233,7 @@ class Namespace(Sessions, Versions, Xattrs):
             (dentry_id, ino, mode, nlink), volume = found
             if _is_dir(mode):
                 raise IsADirectory(f"{name!r} is a directory")
+            check_unlocked(self._db, ino, mode, now)
             self._del_dentry(dentry_id)
             self._touch_dir(parent, now)
             # The last name: maybe to its volume's trash, or a version (and a delete marker).
@@ -277,11 +280,13 @@ class Namespace(Sessions, Versions, Xattrs):
             if src is None:
                 raise NotFound(f"{name!r} not found in directory {parent}")
             _check_writable(src[1], src[2])  # a snapshot's top (or /.snapshots) moved away
+            check_unlocked(self._db, src[1], src[2], now)
             new_pmode, new_pnlink = self._dir(new_parent, live=True)[:2]
             _check_writable(new_parent, new_pmode)
             dst = self._dentry(new_parent, new_name)
             if dst is not None:
                 _check_writable(dst[1], dst[2])
+                check_unlocked(self._db, dst[1], dst[2], now)
             if flags & RENAME_NOREPLACE and dst is not None:
                 raise Exists(f"{new_name!r} exists in directory {new_parent}")
             if flags & RENAME_EXCHANGE:
@@ -404,6 +409,7 @@ class Namespace(Sessions, Versions, Xattrs):
                 raise NotFound(f"inode {ino} not found")
             cur_mode, cur_size, ctime_ns = row
             _check_writable(ino, cur_mode)
+            check_unlocked(self._db, ino, cur_mode, now)  # truncate, chmod, chown, utimes alike
             self._seen(ino, ctime_ns)
             new_mode = cur_mode if mode is None else (cur_mode & _IFMT) | (mode & _PERM_BITS)
             if (uid is not None or gid is not None) and mode is None and not _is_dir(cur_mode):

@@ -20,9 +20,10 @@ from daemon.meta.inodes import (
     _check_xattr_name,
     _is_dir,
 )
+from daemon.meta.objlock import LOCKED, ObjectLocks, check_unlocked
 from daemon.meta.policy import _check_policy_xattr, _check_replicas
 from daemon.meta.schema import _ATTR_I, _INTERNAL_KEY, INTERNAL_DIRS
-from daemon.meta.versions import Versions
+from daemon.meta.versions import ENABLED, Versions
 from dfs.core.errors import (
     InvalidArgument,
     IsADirectory,
@@ -32,6 +33,7 @@ from dfs.core.errors import (
     RangeError,
 )
 from dfs.core.namespace import NAME_MAX, ROOT_INO, XATTR_SIZE_MAX, Attr, BlockRef, DirEntry, check_name
+from dfs.core.s3objlock import XA_LOCK, XA_LOCK_REQUEST
 
 # Marks a directory put_object created only to hold an object (see MetaStore.remove_empty_parents).
 IMPLICIT_XATTR = b"user.s3.implicit"
@@ -41,7 +43,7 @@ _SLASH = 0x2F
 _LIST_DIR_SLACK = 16
 
 
-class Objects(Files, Versions):
+class Objects(Files, Versions, ObjectLocks):
     """Path-level operations for the S3 shim, each in one transaction."""
 
     @_api
@@ -182,7 +184,13 @@ class Objects(Files, Versions):
         whose xattr has that value (NotFound / PreconditionFailed otherwise).
         Readers never see a partial object: the inode, its data and xattrs and
         its name appear in one transaction.  ``replicas`` as for :meth:`commit_write`.
+
+        The pseudo-xattr ``dfs.object-lock-request`` (dfs/core/s3objlock.py) is not stored: it
+        asks for the new inode's S3 object lock, ``parent`` being the bucket
+        (daemon/meta/objlock.py); a locked file is replaced only where it is kept as a version.
         """
+        lock_request = xattrs.get(XA_LOCK_REQUEST)
+        xattrs = {k: v for k, v in xattrs.items() if k not in (XA_LOCK, XA_LOCK_REQUEST)}
         if mode & _IFMT not in (0, _IFREG):
             raise InvalidArgument(f"put_object with file type {mode & _IFMT:o}")
         mode = _IFREG | (mode & _PERM_BITS)
@@ -211,6 +219,8 @@ class Objects(Files, Versions):
                 if row is None or row[0] != if_match[1]:
                     raise PreconditionFailed(f"{name!r} in directory {final} does not match {if_match[0]!r}")
             if old is not None:
+                if old[2] & LOCKED and self._volume_of_inode(old[1])[3] != ENABLED:
+                    check_unlocked(self._db, old[1], old[2], now)  # it would not be kept
                 self._del_dentry(old[0])
             # The new data takes its references before the old inode drops its own, so a chunk both
             # share never passes through refcount 0 (which would demand chunk_exists).
@@ -235,6 +245,8 @@ class Objects(Files, Versions):
             self._db.executemany(
                 "INSERT INTO xattrs VALUES (?, ?, ?)", [(ino, k, v) for k, v in xattrs.items()]
             )
+            if lock_request is not None:
+                self._apply_lock_request(parent, ino, lock_request, now)
             self._log(
                 now,
                 "put_object",
@@ -249,7 +261,8 @@ class Objects(Files, Versions):
                     mtime_ns,
                     [list(r) for r in refs],
                     inline,
-                    sorted(xattrs.items()),
+                    sorted(xattrs.items())
+                    + ([] if lock_request is None else [(XA_LOCK_REQUEST, lock_request)]),
                     if_none_match,
                     None if if_match is None else list(if_match),
                     dir_mode,
@@ -301,6 +314,7 @@ class Objects(Files, Versions):
                 raise NotFound(f"{name!r} not found in directory {parent}")
             dentry_id, ino, mode, nlink = entry
             _check_writable(ino, mode)
+            check_unlocked(self._db, ino, mode, now)
             self._del_dentry(dentry_id)
             if _is_dir(mode):
                 removed = self._remove_subtree(ino, now)
@@ -337,6 +351,7 @@ class Objects(Files, Versions):
             f"INSERT INTO {links} SELECT d.ino, COUNT(*) FROM {dirs} s "
             "CROSS JOIN dentries d ON d.parent = s.ino WHERE d.is_dir = 0 GROUP BY d.ino"
         )
+        self._check_tree_unlocked(links, now)  # a locked file refuses to go (daemon/meta/objlock.py)
         db.execute(f"DELETE FROM dentries WHERE parent IN (SELECT ino FROM {dirs})")
         db.execute(
             f"UPDATE inodes SET nlink = nlink - (SELECT l.n FROM {links} l WHERE l.ino = inodes.ino), "
@@ -367,7 +382,7 @@ class Objects(Files, Versions):
             "GROUP BY b.chunk_id) d WHERE chunks.chunk_id = d.chunk_id",
             (now,),
         )
-        for owned in ("blocks", "xattrs", "inodes"):
+        for owned in ("blocks", "xattrs", "s3_object_locks", "inodes"):
             db.execute(f"DELETE FROM {owned} WHERE ino IN (SELECT ino FROM {table})")
 
     @_api

@@ -62,6 +62,9 @@ Tables (created by :class:`daemon.meta.store.MetaStore` at open):
 - ``s3_versions``: the non-current versions and delete markers of versioned buckets (bucket,
   key, version id, the inode or NULL for a marker, a per-key sequence that orders them newest
   last); a version's inode sits at ``versions/<ino>`` outside every quota domain (daemon/meta/versions.py).
+- ``s3_object_lock_config``: the buckets with S3 object lock and their default retention;
+  ``s3_object_locks``: each locked object version's retention and legal hold, by inode, with
+  the ``LOCKED`` flag in its ``inodes.mode`` (daemon/meta/objlock.py).
 
 Added tables are created with ``CREATE TABLE IF NOT EXISTS``, so an existing
 database simply gains them on open; ``SCHEMA_VERSION`` changes only for
@@ -210,6 +213,14 @@ _SCHEMA = (
         PRIMARY KEY (bucket, key, version_id)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS s3_versions_by_seq ON s3_versions (bucket, key, seq)",
     "CREATE INDEX IF NOT EXISTS s3_versions_by_ino ON s3_versions (ino) WHERE ino IS NOT NULL",
+    # S3 object lock (daemon/meta/objlock.py): a bucket's configuration (its default retention;
+    # mode NULL: none), and each locked version's retention (mode NULL: none) and legal hold, by
+    # inode (the file at the key's path or a version at versions/<ino>: both keep their inode).
+    """CREATE TABLE IF NOT EXISTS s3_object_lock_config (
+        ino INTEGER PRIMARY KEY, mode TEXT, days INTEGER, years INTEGER, changed_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS s3_object_locks (
+        ino INTEGER PRIMARY KEY, mode TEXT, retain_until_ns INTEGER, legal_hold INTEGER NOT NULL,
+        changed_ns INTEGER NOT NULL)""",
     # Cloud tiers (daemon/meta/tiers.py): their definitions (a TierSpec, never a secret), the
     # copies each holds, the chunks whose local copies are given up (cold), copies of collected
     # chunks still to delete from their tier, and the trees pinned to local disks.

@@ -12,6 +12,7 @@ from typing import Any
 
 from daemon.meta.base import _api
 from daemon.meta.inodes import _IFMT, _IFREG, READ_ONLY, Inodes, _check_writable, _is_dir
+from daemon.meta.objlock import check_unlocked
 from dfs.core.errors import InvalidArgument, IsADirectory, NotFound
 from dfs.core.namespace import Attr
 
@@ -58,6 +59,7 @@ class Sessions(Inodes):
             if not _is_dir(mode):
                 # Mounts register read-only opens with open_events: this open is for writing.
                 _check_writable(ino, mode)
+                check_unlocked(self._db, ino, mode, now)  # S3 object lock (daemon/meta/objlock.py)
             self._add_open(session, ino, now)
             if truncate and mode & _IFMT == _IFREG:
                 # open(O_TRUNC) marks mtime and ctime even when the file was already empty.

@@ -3,7 +3,8 @@
 A bucket (a volume directory) has a versioning status in ``s3_versioning``:
 no row (never enabled), ``Enabled`` or ``Suspended``.  The *current* version
 of a key is the file at its path; its version id is its ``user.s3.version-id``
-xattr (set by the S3 shim at commit), or ``null`` without one.  Every other
+xattr (set by the S3 shim at commit; refused to setxattr and removexattr,
+daemon/meta/xattrs.py, so a mount cannot forge it), or ``null`` without one.  Every other
 version is a row of ``s3_versions``: (bucket, key, version id, inode, seq),
 where a NULL inode is a delete marker and ``seq`` orders the rows of one key
 (higher: newer; the current file, when there is one, is newer than all).
@@ -38,6 +39,7 @@ from typing import Any
 
 from daemon.meta.base import _api
 from daemon.meta.inodes import _IFMT, _is_dir
+from daemon.meta.objlock import check_unlocked, lock_config
 from daemon.meta.schema import _ATTR_I, _INTERNAL_KEY
 from daemon.meta.trash import Trash, _VolumeRow
 from dfs.core.errors import InvalidArgument, NotFound
@@ -324,6 +326,8 @@ class Versions(Trash):
                     "versioning needs the bucket to be a volume (a bucket made by mkdir is not one): "
                     "register it with `dfs volume adopt NAME` first"
                 )
+            if status != ENABLED and lock_config(self._db, bucket) is not None:
+                raise InvalidArgument(f"bucket {bucket} has object lock: its versioning stays Enabled")
             self._db.execute(
                 "INSERT INTO s3_versioning (ino, status, changed_ns) VALUES (?, ?, ?) "
                 "ON CONFLICT (ino) DO UPDATE SET status = excluded.status, changed_ns = excluded.changed_ns",
@@ -361,11 +365,15 @@ class Versions(Trash):
             return {"ino": found[0], "version_id": version_id, "delete_marker": marker, "latest": latest}
 
     @_api
-    def versions_delete(self, bucket: int, key: bytes, version_id: str | None) -> dict[str, Any]:
+    def versions_delete(
+        self, bucket: int, key: bytes, version_id: str | None, bypass: bool = False
+    ) -> dict[str, Any]:
         """S3 DeleteObject in a bucket that has (had) versioning: without ``version_id``, the
         key gets a delete marker (the current file, if any, becomes a version); with one, that
         version goes for good, and if it was the latest the next one becomes current.
-        {"version_id", "delete_marker": whether the id names a marker, "found"}."""
+        {"version_id", "delete_marker": whether the id names a marker, "found"}.  A version
+        under an S3 object lock refuses to go for good (NotPermitted); ``bypass`` lifts a
+        GOVERNANCE retention (daemon/meta/objlock.py)."""
         names = key_names(key)
         with self._write() as now:
             status = self._status(bucket)
@@ -389,7 +397,8 @@ class Versions(Trash):
                 self._log(now, "versions_delete", [bucket, key, None])
                 return {"version_id": newest[0], "delete_marker": True, "found": True}
             if cur is not None and self._current_id(bucket, key, cur[1][1]) == version_id:
-                parent, (dentry_id, ino, _, nlink) = cur
+                parent, (dentry_id, ino, mode, nlink) = cur
+                check_unlocked(self._db, ino, mode, now, bypass=bypass)
                 self._del_dentry(dentry_id)
                 self._touch_dir(parent, now)
                 self._set_nlink(ino, nlink - 1, now)  # for good: neither a version nor trash
@@ -397,6 +406,9 @@ class Versions(Trash):
                 self._log(now, "versions_delete", [bucket, key, version_id])
                 return {"version_id": version_id, "delete_marker": False, "found": True}
             newest = self._newest(bucket, key)
+            row = self._row(bucket, key, version_id)
+            if row is not None and row[0] is not None:
+                check_unlocked(self._db, row[0], self._inode(row[0])[0], now, bypass=bypass)
             found = self._drop_version(bucket, key, version_id, now)
             if found is not None and cur is None and newest is not None and newest[2] == found[1]:
                 self._promote(bucket, names, now)  # the latest went: the next one is current

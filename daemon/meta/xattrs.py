@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from daemon.meta.base import _api
 from daemon.meta.inodes import _check_writable, _check_xattr_name, _is_dir
+from daemon.meta.objlock import check_lock_xattr
 from daemon.meta.policy import REPLICAS_XATTR, _check_policy_xattr
 from daemon.meta.quotas import Quotas
 from daemon.meta.remark import queue_remark
+from daemon.meta.versions import XA_VERSION_ID
 from dfs.core import acl
 from dfs.core.errors import Exists, InvalidArgument, NoAttribute, NotPermitted, PermissionDenied, RangeError
 from dfs.core.namespace import XATTR_CREATE, XATTR_REPLACE, XATTR_SIZE_MAX
@@ -20,6 +22,14 @@ _PUT_XATTR = (
 def _check_quota_xattr(name: bytes) -> None:
     if name.startswith(QUOTA_XATTR_PREFIX):
         raise NotPermitted(f"{name!r} is a read-only view of a directory quota: use `dfs quota set`")
+
+
+def _check_version_xattr(name: bytes) -> None:
+    """The version id names which version of a key is current (daemon/meta/versions.py): only
+    the S3 write path (put_object's xattrs) and the versioning code set it, in their own
+    transactions; a mount or an xattr call could otherwise forge or drop it."""
+    if name == XA_VERSION_ID:
+        raise NotPermitted(f"{name!r} is the read-only S3 version id of the file: use the S3 API")
 
 
 class Xattrs(Quotas):
@@ -58,8 +68,11 @@ class Xattrs(Quotas):
             raise InvalidArgument(f"bad xattr flags {flags:#x}")
         _check_policy_xattr(name, value)
         _check_quota_xattr(name)
+        _check_version_xattr(name)
         with self._write() as now:
-            _check_writable(ino, self._inode(ino)[0])
+            mode = self._inode(ino)[0]
+            _check_writable(ino, mode)
+            check_lock_xattr(self._db, ino, mode, name, now)
             exists = self._db.execute(
                 "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)
             ).fetchone()
@@ -96,8 +109,11 @@ class Xattrs(Quotas):
     def removexattr(self, ino: int, name: bytes) -> None:
         _check_xattr_name(name)
         _check_quota_xattr(name)
+        _check_version_xattr(name)
         with self._write() as now:
-            _check_writable(ino, self._inode(ino)[0])
+            mode = self._inode(ino)[0]
+            _check_writable(ino, mode)
+            check_lock_xattr(self._db, ino, mode, name, now)
             if self._db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).rowcount == 0:
                 raise NoAttribute(f"no xattr {name!r} on inode {ino}")
             self._db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))

@@ -71,6 +71,8 @@ class BlockWriter:
         parallel: int = 2,
         policy: Policy | None = None,
         volume_codec: VolumeCodec | None = None,
+        sse_c: tuple[bytes, bytes] | None = None,
+        share: bool | None = None,
     ) -> None:
         self._client = client
         self._policy = policy
@@ -79,6 +81,11 @@ class BlockWriter:
         # volume still stores nothing twice).
         self._volume_codec = volume_codec
         self._by_reference = volume_codec is None or not volume_codec.key_id
+        # S3 server-side encryption (daemon/s3/sse.py): SSE-C keys, and whether blocks already
+        # encrypted as this object wants may be shared (parts at a multipart completion).
+        self._sse_c = sse_c
+        if share is not None:
+            self._by_reference = share
         self._nursery = nursery
         self.block_size = client.block_size
         self._buf = bytearray()
@@ -130,14 +137,14 @@ class BlockWriter:
                 self._refs[index] = BlockRef(index, b"", len(data), 0)
             else:
                 self._refs[index] = await self._client.write_block(
-                    index, data, self._policy, volume_codec=self._volume_codec
+                    index, data, self._policy, volume_codec=self._volume_codec, sse_c=self._sse_c
                 )
         finally:
             self._slots.release()
 
     async def finish(self, inline_max: int) -> tuple[list[BlockRef], bytes | None]:
         """Store the tail and wait for every block: (block refs, or the bytes of a small object)."""
-        if self._volume_codec is not None and self._volume_codec.key_id:
+        if (self._volume_codec is not None and self._volume_codec.key_id) or self._sse_c is not None:
             inline_max = 0  # an encrypted volume's objects never live inline: metadata is not encrypted
         if self._offset == 0 and len(self._buf) <= inline_max:
             return [], bytes(self._buf)
@@ -158,19 +165,30 @@ async def open_block_writer(
     parallel: int = 2,
     policy: Policy | None = None,
     volume_codec: VolumeCodec | None = None,
+    sse_c: tuple[bytes, bytes] | None = None,
+    share: bool | None = None,
 ) -> AsyncIterator[BlockWriter]:
     async with trio.open_nursery() as nursery:
-        yield BlockWriter(client, nursery, parallel=parallel, policy=policy, volume_codec=volume_codec)
+        yield BlockWriter(
+            client,
+            nursery,
+            parallel=parallel,
+            policy=policy,
+            volume_codec=volume_codec,
+            sse_c=sse_c,
+            share=share,
+        )
 
 
-async def _block_bytes(client: Client, fmap: FileMap, index: int) -> bytes:
-    """Block ``index`` of a file, ``min(block_size, size - start)`` bytes, holes as zeros."""
+async def _block_bytes(client: Client, fmap: FileMap, index: int, customer_key: bytes | None = None) -> bytes:
+    """Block ``index`` of a file, ``min(block_size, size - start)`` bytes, holes as zeros
+    (``customer_key``: what opens an SSE-C object's chunks)."""
     bs = client.block_size
     want = max(0, min(bs, fmap.attr.size - index * bs))
     ref = _ref_at(fmap, index)
     if ref is None or not ref.chunk_id:
         return bytes(want)
-    data = await client.read_chunk(ref.chunk_id)
+    data = await client.read_chunk(ref.chunk_id, customer_key)
     valid = data[: min(ref.length, want)]
     return valid if len(valid) == want else valid + bytes(want - len(valid))
 
@@ -189,7 +207,9 @@ def _ref_at(fmap: FileMap, index: int) -> BlockRef | None:
     return None
 
 
-async def read_range(client: Client, fmap: FileMap, start: int, end: int) -> AsyncGenerator[bytes, None]:
+async def read_range(
+    client: Client, fmap: FileMap, start: int, end: int, customer_key: bytes | None = None
+) -> AsyncGenerator[bytes, None]:
     """Bytes ``start..end`` (exclusive) of a file as verified pieces, one block at a time."""
     if start >= end:
         return
@@ -200,7 +220,7 @@ async def read_range(client: Client, fmap: FileMap, start: int, end: int) -> Asy
         return
     bs = client.block_size
     for index in range(start // bs, (end - 1) // bs + 1):
-        yield _cut(await _block_bytes(client, fmap, index), index * bs, start, end)
+        yield _cut(await _block_bytes(client, fmap, index, customer_key), index * bs, start, end)
 
 
 def _cut(data: bytes, base: int, start: int, end: int) -> bytes:
@@ -209,7 +229,12 @@ def _cut(data: bytes, base: int, start: int, end: int) -> bytes:
 
 
 async def prefetched_range(
-    client: Client, fmap: FileMap, start: int, end: int, nursery: trio.Nursery
+    client: Client,
+    fmap: FileMap,
+    start: int,
+    end: int,
+    nursery: trio.Nursery,
+    customer_key: bytes | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """:func:`read_range`, with the next block read and verified while this one is sent.
 
@@ -219,7 +244,7 @@ async def prefetched_range(
     """
     bs = client.block_size
     if fmap.inline is not None or (end - start) <= bs:
-        async for piece in read_range(client, fmap, start, end):
+        async for piece in read_range(client, fmap, start, end, customer_key):
             yield piece
         return
     send, receive = trio.open_memory_channel[tuple[bytes, BaseException | None]](1)
@@ -230,7 +255,8 @@ async def prefetched_range(
             for index in range(start // bs, (end - 1) // bs + 1):
                 item: tuple[bytes, BaseException | None]
                 try:
-                    item = (_cut(await _block_bytes(client, fmap, index), index * bs, start, end), None)
+                    block = await _block_bytes(client, fmap, index, customer_key)
+                    item = (_cut(block, index * bs, start, end), None)
                 except Exception as exc:  # handed to the consumer, which fails the response
                     item = (b"", exc)
                 try:
@@ -249,7 +275,14 @@ async def prefetched_range(
 
 
 async def copy_range(
-    writer: BlockWriter, client: Client, fmap: FileMap, start: int, end: int, *, final: bool
+    writer: BlockWriter,
+    client: Client,
+    fmap: FileMap,
+    start: int,
+    end: int,
+    *,
+    final: bool,
+    customer_key: bytes | None = None,
 ) -> None:
     """Append bytes ``start..end`` of a file to ``writer``, sharing whole blocks where alignment allows.
 
@@ -275,6 +308,6 @@ async def copy_range(
             pos = block_end
             continue
         stop = min(end, (index + 1) * bs)
-        async for piece in read_range(client, fmap, pos, stop):
+        async for piece in read_range(client, fmap, pos, stop, customer_key):
             await writer.write(piece)
         pos = stop

@@ -13,8 +13,9 @@ from __future__ import annotations
 from daemon.http import Response
 from daemon.s3.acl import who
 from daemon.s3.call import OWNER, Call, authorize, xml
+from daemon.s3.objlock import ObjectLocking
 from daemon.s3.tree import ObjectTree
-from dfs.core import endpoints, s3names, s3xml, sigv4
+from dfs.core import endpoints, s3acl, s3names, s3xml, sigv4
 from dfs.core.errors import DfsError, NotEmpty, NotFound, S3Error
 from dfs.core.namespace import ROOT_INO
 from dfs.core.s3grants import Perm, visible
@@ -40,7 +41,7 @@ class Buckets:
                 buckets.append((name, created))
         # The caller's canonical id: ListBuckets shows what the caller owns or was granted.
         owner = who(principal) or OWNER[0]
-        return xml(s3xml.list_buckets(buckets, owner_id=owner, owner_name=owner))
+        return xml(s3xml.list_buckets(buckets, owner_id=owner, owner_name=s3acl.display_name(owner)))
 
     async def create(self, c: Call) -> Response:
         s3names.check_bucket(c.bucket)
@@ -71,6 +72,8 @@ class Buckets:
             await endpoints.S3_BUCKET_OWN.call(self.client, c.bucket, principal.access_key)
         for name, value in c.acl_xattrs.items():  # its ACL, recording its owner (daemon/s3/acl.py)
             await self.client.setxattr(await self.tree.bucket_ino(c.bucket), name, value, 0)
+        if c.headers.get("x-amz-bucket-object-lock-enabled", "").strip().lower() == "true":
+            await ObjectLocking(self.tree).enable_at_creation(c)  # with versioning, as on AWS
         return Response(200, [("Location", "/" + c.bucket)])
 
     async def delete(self, c: Call) -> Response:
@@ -104,6 +107,7 @@ class Buckets:
                 "restrict DeleteObject with grants instead",
                 501,
             )
+        await ObjectLocking(self.tree).check_versioning_change(c, bucket_ino, status)
         if status is not None:
             await endpoints.S3_VERSIONING_SET.call(self.client, bucket_ino, status)
         return Response(200)

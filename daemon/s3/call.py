@@ -8,19 +8,30 @@ extra response headers).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from daemon.http import Request, Response
-from dfs.core import sigv4
+from dfs.core import s3acl, sigv4
 from dfs.core.errors import S3Error
 from dfs.core.replicas import Policy
 from dfs.core.s3grants import Perm, Principal, allowed
+from dfs.core.s3sse import WriteSse
 
-# The owner every bucket, object and upload is reported with: dfs has no per-object ownership.
-OWNER = ("dfs", "dfs")
+# The owner a bucket, object or upload is reported with when nothing better is known: the root's.
+OWNER = s3acl.owner_of(s3acl.ROOT_ID)
 # Bound on XML request bodies (DeleteObjects, CompleteMultipartUpload): they are read whole.
 MAX_XML_BYTES = 4 * 1024 * 1024
+
+
+class AccessCheck(Protocol):
+    """The router's full access decision for ``operation`` on ``bucket``/``key`` (``versioned``:
+    on one version of it, judged as the *Version action); AccessDenied if refused."""
+
+    def __call__(
+        self, bucket: str, key: str, operation: str, *, versioned: bool = False
+    ) -> Awaitable[None]: ...
 
 
 @dataclass
@@ -46,9 +57,13 @@ class Call:
     # The full access decision (grants, bucket policy) as (bucket, key, operation) -> None or
     # AccessDenied, for what an operation touches beyond its own bucket and key (a copy's
     # source, each key of DeleteObjects).  None: the grants alone decide (authorize()).
-    check: Callable[[str, str, str], Awaitable[None]] | None = None
+    check: AccessCheck | None = None
     # The ACL xattr x-amz-acl / x-amz-grant-* ask the object or bucket being made to carry.
     acl_xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    # (ID, DisplayName) of the bucket's owner, for the listings that show it (set by the router).
+    owner: tuple[str, str] = OWNER
+    # How this request's blocks are encrypted (S3 SSE, daemon/s3/sse.py); None: as the volume says.
+    sse: WriteSse | None = None
 
 
 def xml(body: bytes) -> Response:

@@ -38,7 +38,7 @@ from daemon.s3.objects import Objects
 from daemon.s3.tagging import XA_TAGGING, read_checked_body
 from daemon.s3.tree import ObjectInfo, ObjectTree
 from dfs.core import endpoints, s3lifecycle, s3names, s3tags, s3xml
-from dfs.core.errors import DfsError, NoAttribute, NotADirectory, NotFound, S3Error
+from dfs.core.errors import DfsError, NoAttribute, NotADirectory, NotFound, NotPermitted, S3Error
 from dfs.core.namespace import ROOT_INO, Attr
 from dfs.core.s3lifecycle import LifecycleRule
 
@@ -337,7 +337,10 @@ class BucketLifecycle:
         for vid in doomed:
             if report.expired >= MAX_EXPIRED_PER_RUN:
                 return
-            done = await endpoints.S3_VERSIONS_DELETE.call(self.client, ino, rows[0].key, vid)
+            try:
+                done = await endpoints.S3_VERSIONS_DELETE.call(self.client, ino, rows[0].key, vid)
+            except NotPermitted:
+                continue  # under an S3 object lock (daemon/meta/objlock.py): it stays
             if done.get("found"):
                 report.expired += 1
 

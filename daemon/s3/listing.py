@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.http import Response
-from daemon.s3.call import OWNER, Call, xml
+from daemon.s3.call import Call, xml
 from daemon.s3.tree import EMPTY_MD5, PAGE, XA_VERSION_ID, ObjectTree
 from daemon.s3.versioning import VersionLister
 from dfs.core import endpoints, s3names, s3xml
@@ -61,7 +61,7 @@ class Listing:
                 start_after=start_after,
                 continuation_token=token,
                 next_token=next_token,
-                owner=OWNER if q.get("fetch-owner") == "true" else None,
+                owner=c.owner if q.get("fetch-owner") == "true" else None,
             )
         else:
             body = s3xml.list_objects_v1(
@@ -72,7 +72,7 @@ class Listing:
                 delimiter=delimiter,
                 max_keys=max_keys,
                 encoding_url=encoding_url,
-                owner=OWNER,
+                owner=c.owner,
             )
         return xml(body)
 
@@ -127,7 +127,7 @@ class Listing:
                 delimiter=delimiter,
                 max_keys=max_keys,
                 encoding_url=encoding_url,
-                owner=OWNER,
+                owner=c.owner,
             )
         )
 

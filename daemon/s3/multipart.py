@@ -21,13 +21,15 @@ import msgpack
 
 from daemon.http import Response
 from daemon.s3.body import copy_range
-from daemon.s3.call import MAX_XML_BYTES, OWNER, Call, xml
+from daemon.s3.call import MAX_XML_BYTES, Call, xml
 from daemon.s3.objects import Objects
+from daemon.s3.objlock import upload_request
 from daemon.s3.tagging import header_xattrs
 from daemon.s3.tree import XA_CHECKSUM, XA_ETAG, ObjectTree, replicas, request_xattrs, stamp
 from dfs.core import s3names, s3xml
 from dfs.core.errors import DfsError, NotADirectory, NotFound, S3Error
 from dfs.core.namespace import Attr
+from dfs.core.s3sse import WriteSse
 
 _MIN_PART_BYTES = 5 * 1024 * 1024
 _MAX_PARTS = 10000
@@ -67,10 +69,14 @@ class Multipart:
         return d.ino, info
 
     async def create(self, c: Call) -> Response:
-        await self.tree.bucket_ino(c.bucket)
+        bucket_ino = await self.tree.bucket_ino(c.bucket)
         names, is_dir = s3names.key_to_names(c.key)
         if is_dir:
             raise S3Error("InvalidArgument", "A key ending in '/' names a directory")
+        # SSE (daemon/s3/sse.py): the marker goes with the object's xattrs; every part follows it.
+        sse_xattrs = await self.tree.sse.for_write(c, bucket_ino)
+        # Object lock headers are checked now and applied at completion (daemon/s3/objlock.py).
+        sse_xattrs = sse_xattrs | await upload_request(self.client, c, bucket_ino, self.s3.lifecycle_day_s)
         upload_id = secrets.token_urlsafe(24)
         algorithm = c.headers.get("x-amz-checksum-algorithm", "").upper() or None
         info = {
@@ -78,7 +84,7 @@ class Multipart:
             "key": c.key,
             "initiated_ns": time.time_ns(),
             # Tags are checked now and stored with the object at completion.
-            "xattrs": request_xattrs(c.headers) | header_xattrs(c.headers) | c.acl_xattrs,
+            "xattrs": request_xattrs(c.headers) | header_xattrs(c.headers) | c.acl_xattrs | sse_xattrs,
             "checksum_algorithm": algorithm,
         }
         blob = msgpack.packb(info, use_bin_type=True)
@@ -109,14 +115,20 @@ class Multipart:
 
     async def upload_part(self, c: Call, upload_id: str) -> Response:
         n = self._part_number(c)
-        upload_ino, _ = await self._upload(c, upload_id)
+        upload_ino, upload = await self._upload(c, upload_id)
+        await self.tree.sse.for_part(c, await self.tree.bucket_ino(c.bucket), upload.get("xattrs") or {})
         mtime = time.time_ns()
         if "x-amz-copy-source" in c.headers:
             info, fmap = await self.objects.copy_source(c)
+            source_sse, source_key = self.tree.sse.source_key(c, info.xattrs)
+            if c.sse is None and source_sse is not None and source_sse.kind == "C":
+                c.sse = WriteSse(share=False)  # never share a customer-encrypted block into a plain part
             rng = c.headers.get("x-amz-copy-source-range")
             start, end = s3names.parse_copy_range(rng, fmap.attr.size) if rng else (0, fmap.attr.size - 1)
             async with await self.tree.writer(c) as writer:
-                await copy_range(writer, self.client, fmap, start, end + 1, final=True)
+                await copy_range(
+                    writer, self.client, fmap, start, end + 1, final=True, customer_key=source_key
+                )
                 blocks, inline = await writer.finish(self.client.inline_max)
                 size = writer.size
             # Not the MD5 of the bytes (they were shared, not read), but stable and in MD5 form,
@@ -184,7 +196,7 @@ class Multipart:
                 next_marker=shown[-1][0] if truncated and shown else None,
                 max_parts=max_parts,
                 truncated=truncated,
-                owner=OWNER,
+                owner=c.owner,
             )
         )
 
@@ -229,10 +241,12 @@ class Multipart:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
         names, _ = s3names.key_to_names(c.key)
         if_match = await self.tree.write_conditions(c, bucket_ino, names)
+        parts_key = await self.tree.sse.for_complete(c, bucket_ino, info.get("xattrs") or {})
         async with await self.tree.writer(c) as writer:
             for i, attr in enumerate(chosen):
                 fmap = await self.client.read_map(attr.ino)
-                await copy_range(writer, self.client, fmap, 0, attr.size, final=i == len(chosen) - 1)
+                last = i == len(chosen) - 1
+                await copy_range(writer, self.client, fmap, 0, attr.size, final=last, customer_key=parts_key)
             blocks, inline = await writer.finish(self.client.inline_max)
         digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in wanted)).hexdigest()
         etag = f"{digest}-{len(wanted)}"
@@ -306,7 +320,7 @@ class Multipart:
                 truncated=truncated,
                 common_prefixes=prefixes,
                 encoding_url=encoding_url,
-                owner=OWNER,
+                owner=c.owner,
             )
         )
 

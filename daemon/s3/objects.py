@@ -21,6 +21,8 @@ from daemon.http import Response
 from daemon.s3.acl import XA_ACL
 from daemon.s3.body import copy_range, prefetched_range, read_range
 from daemon.s3.call import MAX_XML_BYTES, Call, authorize, xml
+from daemon.s3.objlock import bypass_allowed, response_headers
+from daemon.s3.sse import XA_SSE
 from daemon.s3.tagging import XA_TAGGING, copy_xattrs, count_header, header_xattrs
 from daemon.s3.tree import (
     EMPTY_MD5,
@@ -36,7 +38,7 @@ from daemon.s3.tree import (
     stamp,
     version_error,
 )
-from dfs.core import endpoints, s3names, s3xml, sigv4
+from dfs.core import endpoints, s3names, s3sse, s3xml, sigv4
 from dfs.core.errors import DfsError, IsADirectory, NotADirectory, NotEmpty, NotFound, S3Error, s3_code
 from dfs.core.namespace import FileMap
 from dfs.core.s3grants import COPY_SOURCE
@@ -64,6 +66,7 @@ class Objects:
     # -- GET / HEAD ----------
     async def get(self, c: Call, *, head: bool) -> Response:
         info, is_dir = await self.tree.object(c)
+        customer_key = None if is_dir else self.tree.sse.for_read(c, info.xattrs)  # SSE-C: 400/403 here
         fmap: FileMap | None = None
         if not head and not is_dir and info.attr.size:
             # The block map and the headers must describe the same version of a file that
@@ -91,6 +94,7 @@ class Objects:
         headers += [(f"x-amz-meta-{k}", v) for k, v in info.meta.items()]
         headers += list(info.headers.items())
         headers += count_header(info)
+        headers += response_headers(info.xattrs)  # x-amz-object-lock-* (daemon/s3/objlock.py)
         for name, value in c.query.items():
             if name.startswith("response-") and name[9:] in _RESPONSE_OVERRIDES:
                 headers = [(k, v) for k, v in headers if k.lower() != name[9:]]
@@ -115,9 +119,9 @@ class Objects:
         assert fmap is not None
         nursery = self.tree.nursery
         pieces = (
-            prefetched_range(self.client, fmap, start, end, nursery)
+            prefetched_range(self.client, fmap, start, end, nursery, customer_key)
             if nursery is not None
-            else read_range(self.client, fmap, start, end)
+            else read_range(self.client, fmap, start, end, customer_key)
         )
         # The first block is read before answering, so a failure there (a corrupt or missing
         # chunk) is a clean S3 error; a later one can only cut the body short.
@@ -147,6 +151,7 @@ class Objects:
             await self.client.sync()
             return Response(200, [("ETag", f'"{EMPTY_MD5}"')])
         if_match = await tree.write_conditions(c, bucket_ino, names)
+        xattrs.update(await tree.sse.for_write(c, bucket_ino))
         blocks, inline, size, checks = await tree.store_body(c)
         mtime = time.time_ns()
         xattrs[XA_ETAG] = stamp(checks.md5_hex, size, mtime)
@@ -160,7 +165,9 @@ class Objects:
 
     # -- copy ----------
     async def copy_source(self, c: Call) -> tuple[ObjectInfo, FileMap]:
-        """The object ``x-amz-copy-source`` names (its conditions checked) and its block map."""
+        """The object ``x-amz-copy-source`` names (its conditions checked) and its block map: the
+        current one, or the version ``?versionId=`` names; CopyObject and UploadPartCopy answer
+        its id in ``x-amz-copy-source-version-id``."""
         raw = c.headers["x-amz-copy-source"]
         source = urllib.parse.unquote(raw.split("?", 1)[0])
         version = urllib.parse.parse_qs(raw.partition("?")[2]).get("versionId")
@@ -169,7 +176,8 @@ class Objects:
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key")
         try:
             if c.check is not None:
-                await c.check(bucket, key, "GetObject")  # the source must be readable too
+                # The source must be readable too (one version of it: s3:GetObjectVersion).
+                await c.check(bucket, key, "GetObject", versioned=bool(version))
             else:
                 authorize(c, bucket, COPY_SOURCE)
         except S3Error:
@@ -188,6 +196,12 @@ class Objects:
                 "PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412
             )
         fmap = await self.client.read_map(info.attr.ino)
+        if XA_VERSION_ID in info.xattrs:
+            source_id: str | None = info.xattrs[XA_VERSION_ID].decode(errors="replace")
+        else:  # a version without an id of its own (null, or one derived by the metadata)
+            source_id = version[0] if version else None
+        if source_id is not None:
+            c.extra_headers.append(("x-amz-copy-source-version-id", source_id))
         return object_info(fmap.attr, info.xattrs, key), fmap
 
     async def copy(self, c: Call) -> Response:
@@ -197,14 +211,12 @@ class Objects:
         if is_dir:
             raise S3Error("InvalidArgument", "A key ending in '/' names a directory")
         info, fmap = await self.copy_source(c)
-        if XA_VERSION_ID in info.xattrs:
-            source_id = info.xattrs[XA_VERSION_ID].decode(errors="replace")
-            c.extra_headers.append(("x-amz-copy-source-version-id", source_id))
+        source_sse, source_key = tree.sse.source_key(c, info.xattrs)
         directive = c.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
         same = info.attr.ino == (await tree.maybe_resolve(bucket_ino, names))
-        if same and directive != "REPLACE":
+        if same and directive != "REPLACE" and not s3sse.requested_any(c.headers):
             raise S3Error(
                 "InvalidRequest",
                 "This copy request is illegal because it is trying to copy an object to itself without "
@@ -215,15 +227,16 @@ class Objects:
             xattrs = request_xattrs(c.headers)
         else:
             # A copy never takes its source's ACL: it gets the one its headers ask (or none).
-            dropped = (XA_ETAG, XA_CHECKSUM, XA_TAGGING, XA_VERSION_ID, XA_ACL)
+            dropped = (XA_ETAG, XA_CHECKSUM, XA_TAGGING, XA_VERSION_ID, XA_ACL, XA_SSE)
             xattrs = {k: v for k, v in info.xattrs.items() if k not in dropped}
         # Tags follow their own directive (x-amz-tagging-directive), whatever the metadata's.
         xattrs.update(copy_xattrs(c.headers, info))
         xattrs.update(c.acl_xattrs)
+        xattrs.update(await tree.sse.for_write(c, bucket_ino, source=source_sse))
         if_match = await tree.write_conditions(c, bucket_ino, names)
         size = fmap.attr.size
         async with await tree.writer(c) as writer:
-            await copy_range(writer, self.client, fmap, 0, size, final=True)
+            await copy_range(writer, self.client, fmap, 0, size, final=True, customer_key=source_key)
             blocks, inline = await writer.finish(self.client.inline_max)
         mtime = time.time_ns()
         etag = info.etag
@@ -239,7 +252,8 @@ class Objects:
         version = c.query.get("versionId")
         status = await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino)
         if status is not None and not c.key.endswith("/"):
-            vid, marker = await self._delete_versioned(bucket_ino, c.key, version)
+            bypass = version is not None and await bypass_allowed(c)  # object lock (objlock.py)
+            vid, marker = await self._delete_versioned(bucket_ino, c.key, version, bypass)
             headers = [("x-amz-version-id", vid)]
             if marker:
                 headers.append(("x-amz-delete-marker", "true"))
@@ -250,12 +264,14 @@ class Objects:
         await self._delete_version(bucket_ino, c.key, version)
         return Response(204, [("x-amz-version-id", version)])
 
-    async def _delete_versioned(self, bucket_ino: int, key: str, version: str | None) -> tuple[str, bool]:
+    async def _delete_versioned(
+        self, bucket_ino: int, key: str, version: str | None, bypass: bool = False
+    ) -> tuple[str, bool]:
         """DeleteObject in a bucket with versioning: (the version id, whether it is a marker)."""
         if version is not None and version != s3xml.NULL_VERSION and VERSION_ID_RE.fullmatch(version) is None:
             raise version_error(version, key)
         names, _ = s3names.key_to_names(key)  # a malformed key is refused before the metadata sees it
-        done = await endpoints.S3_VERSIONS_DELETE.call(self.client, bucket_ino, key.encode(), version)
+        done = await endpoints.S3_VERSIONS_DELETE.call(self.client, bucket_ino, key.encode(), version, bypass)
         if len(names) > 1:
             await self.client.remove_empty_parents(bucket_ino, names[:-1])
         return str(done["version_id"]), bool(done["delete_marker"])
@@ -303,12 +319,16 @@ class Objects:
         deleted: list[s3xml.DeleteTarget] = []
         errors: list[tuple[s3xml.DeleteTarget, str, str]] = []
         status = await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino)
+        bypass = await bypass_allowed(c)  # object lock: for every version named (objlock.py)
         for target in targets:
             try:
                 if c.check is not None:
-                    await c.check(c.bucket, target.key, "DeleteObject")
+                    versioned = target.version_id is not None  # s3:DeleteObjectVersion
+                    await c.check(c.bucket, target.key, "DeleteObject", versioned=versioned)
                 if status is not None and not target.key.endswith("/"):
-                    vid, marker = await self._delete_versioned(bucket_ino, target.key, target.version_id)
+                    vid, marker = await self._delete_versioned(
+                        bucket_ino, target.key, target.version_id, bypass
+                    )
                     if marker:
                         target = target._replace(marker_id=vid)
                 elif target.version_id is None:

@@ -124,9 +124,11 @@ class BucketPolicies:
         return found
 
     # -- the decision ----------
-    def context(self, c: Call, bucket: str, key: str, operation: str) -> s3policy.RequestContext:
-        """The request as a policy sees it."""
-        action = s3policy.action_of(operation)
+    def context(
+        self, c: Call, bucket: str, key: str, operation: str, *, versioned: bool = False
+    ) -> s3policy.RequestContext:
+        """The request as a policy sees it (``versioned``: it acts on one version of the key)."""
+        action = s3policy.action_of(operation, versioned=versioned)
         principal = c.principal
         assert principal is not None
         now_s = time.time()
@@ -160,9 +162,12 @@ class BucketPolicies:
             values,
         )
 
-    async def authorize(self, c: Call, bucket: str, key: str, operation: str) -> None:
+    async def authorize(
+        self, c: Call, bucket: str, key: str, operation: str, *, versioned: bool = False
+    ) -> None:
         """Refuse with AccessDenied (403) unless the request may do ``operation`` on ``bucket``
-        (and ``key``): the decision of the module docstring."""
+        (and ``key``; ``versioned``: on one version of it, which a policy judges as the
+        *Version action, s3policy.VERSION_ACTIONS): the decision of the module docstring."""
         principal = c.principal
         if principal is None:
             raise S3Error("AccessDenied", "Access Denied", 403)
@@ -191,7 +196,7 @@ class BucketPolicies:
         decision = s3policy.Decision.NONE
         if policy is not None:
             ignore = principal.anonymous and found.flag("RestrictPublicBuckets") and policy.public
-            ctx = self.context(c, bucket, key, operation)
+            ctx = self.context(c, bucket, key, operation, versioned=versioned)
             decision = s3policy.evaluate(policy, ctx, ignore_everyone=ignore)
         if decision is s3policy.Decision.DENY:
             raise denied

@@ -111,6 +111,7 @@ class PostUploads:
         checks = sigv4.BodyChecks(digests, c.auth)
         limit = self.tree.s3.max_object_bytes
         size = 0
+        xattrs.update(await self.tree.sse.for_write(c, bucket_ino, headers=fields))  # daemon/s3/sse.py
         async with await self.tree.writer(c) as writer:
             events = pending
             ended = False

@@ -23,18 +23,19 @@ from daemon.http import BodyError, Request, Response
 from daemon.s3.acl import CREATING
 from daemon.s3.auth import KeyRing
 from daemon.s3.buckets import Buckets
-from daemon.s3.call import OWNER, Call, xml
+from daemon.s3.call import OWNER, AccessCheck, Call, xml
 from daemon.s3.cors import BucketCors
 from daemon.s3.lifecycle import BucketLifecycle
 from daemon.s3.listing import Listing
 from daemon.s3.multipart import Multipart
 from daemon.s3.objects import Objects
+from daemon.s3.objlock import ObjectLocking
 from daemon.s3.policy import BucketPolicies
 from daemon.s3.post import PostUploads, is_form_upload
 from daemon.s3.tagging import Tagging
 from daemon.s3.tree import ObjectTree
 from dfs.client.cluster import Client
-from dfs.core import s3xml, sigv4
+from dfs.core import s3acl, s3xml, sigv4
 from dfs.core.config import Config
 from dfs.core.errors import DfsError, S3Error, s3_code
 from dfs.core.s3grants import ANONYMOUS
@@ -90,6 +91,11 @@ _SUBRESOURCES = frozenset(
 )
 
 
+# Operations whose answer names the bucket's owner (as every object's and upload's).
+_SHOWS_OWNER = frozenset(
+    {"ListObjects", "ListObjectsV2", "ListObjectVersions", "ListParts", "ListMultipartUploads"}
+)
+
 Observer = Callable[[str, int, float, int, int], None]
 # What routing a request yields: the operation's name and what serves it once authorized.
 Plan = tuple[str, Callable[[], Awaitable[Response]]]
@@ -113,6 +119,7 @@ class S3Api:
         self.cors = BucketCors(self.tree)
         self.lifecycle = BucketLifecycle(self.tree, self.objects, self.multipart, self.listing)
         self.policies = BucketPolicies(self.tree)
+        self.objlock = ObjectLocking(self.tree)
         self.post = PostUploads(self.tree, keys, self.policies)
 
     @property
@@ -275,9 +282,13 @@ class S3Api:
             )
         c.operation, serve = self._bucket_route(c) if not c.key else self._object_route(c)
         try:
-            await self.policies.authorize(c, c.bucket, c.key, c.operation)
+            # ``?versionId=`` acts on one version: a policy judges s3:GetObjectVersion and the like.
+            versioned = "versionId" in c.query
+            await self.policies.authorize(c, c.bucket, c.key, c.operation, versioned=versioned)
             if c.operation in CREATING:
                 c.acl_xattrs = await self.policies.creating_acl(c)
+            if c.operation in _SHOWS_OWNER:  # the bucket's owner, from its ACL (cached)
+                c.owner = s3acl.owner_of((await self.policies.access(c.bucket)).owner)
         except S3Error:
             # A bucket that does not exist is NoSuchBucket to anyone, as on AWS (but one an
             # anonymous caller may not create is simply refused).
@@ -316,6 +327,13 @@ class S3Api:
                 "DELETE": ("DeleteBucketLifecycle", lc.delete),
             }[m]
             return op, lambda: serve(c)
+        if sub == ["object-lock"] and m in ("GET", "PUT"):
+            lock = self.objlock
+            op, serve = {
+                "GET": ("GetObjectLockConfiguration", lock.get_config),
+                "PUT": ("PutObjectLockConfiguration", lock.put_config),
+            }[m]
+            return op, lambda: serve(c)
         if sub == ["acl"] and m in ("GET", "PUT"):
             if m == "GET":  # the name (and what it needs of grants) it had as a stub
                 return "GetBucket.acl", lambda: self.policies.get_bucket_acl(c)
@@ -332,6 +350,14 @@ class S3Api:
                 "DELETE": p.delete_public_access,
             }[m]
             return f"{m.title()}PublicAccessBlock", lambda: serve(c)
+        if sub == ["encryption"] and m in ("GET", "PUT", "DELETE"):
+            sse = self.tree.sse  # daemon/s3/sse.py; GET keeps the name (and grants) of its stub
+            op, serve = {
+                "GET": ("GetBucket.encryption", sse.get_config),
+                "PUT": ("PutBucketEncryption", sse.put_config),
+                "DELETE": ("DeleteBucketEncryption", sse.delete_config),
+            }[m]
+            return op, lambda: serve(c)
         if m == "GET":
             if not sub:
                 if q.get("list-type") == "2":
@@ -348,9 +374,9 @@ class S3Api:
             "NotImplemented", "A header or query you provided implies functionality not implemented", 501
         )
 
-    def _checker(self, c: Call) -> Callable[[str, str, str], Awaitable[None]]:
-        async def check(bucket: str, key: str, operation: str) -> None:
-            await self.policies.authorize(c, bucket, key, operation)
+    def _checker(self, c: Call) -> AccessCheck:
+        async def check(bucket: str, key: str, operation: str, *, versioned: bool = False) -> None:
+            await self.policies.authorize(c, bucket, key, operation, versioned=versioned)
 
         return check
 
@@ -408,6 +434,15 @@ class S3Api:
             t = self.tagging
             serve = {"GET": t.get_object, "PUT": t.put_object, "DELETE": t.delete_object}[m]
             return f"{m.title()}ObjectTagging", lambda: serve(c)
+        if sub in (["retention"], ["legal-hold"]) and m in ("GET", "PUT"):
+            lock = self.objlock
+            op, serve = {
+                ("GET", "retention"): ("GetObjectRetention", lock.get_retention),
+                ("PUT", "retention"): ("PutObjectRetention", lock.put_retention),
+                ("GET", "legal-hold"): ("GetObjectLegalHold", lock.get_legal_hold),
+                ("PUT", "legal-hold"): ("PutObjectLegalHold", lock.put_legal_hold),
+            }[(m, sub[0])]
+            return op, lambda: serve(c)
         raise S3Error(
             "NotImplemented", "A header or query you provided implies functionality not implemented", 501
         )

@@ -39,10 +39,13 @@ import trio
 
 from daemon.s3.body import BlockWriter, open_block_writer, payload
 from daemon.s3.call import Call
+from daemon.s3.objlock import stamp_request
+from daemon.s3.sse import ServerSideEncryption
 from dfs.client.cluster import Client
 from dfs.core import endpoints, s3names, s3xml, sigv4
 from dfs.core.config import Config
 from dfs.core.errors import DfsError, IsADirectory, NotADirectory, NotFound, S3Error
+from dfs.core.keys import VolumeCodec
 from dfs.core.namespace import ROOT_INO, Attr, DirEntry
 from dfs.core.replicas import Policy
 
@@ -77,6 +80,7 @@ class ObjectTree:
         self.s3 = cfg.s3
         # Where GET read-ahead tasks run (the server's nursery); None reads without read-ahead.
         self.nursery: trio.Nursery | None = None
+        self.sse = ServerSideEncryption(client, self.bucket_ino)  # S3 server-side encryption
 
     # -- policy and block writers ----------
     async def policy(self, c: Call) -> Policy | None:
@@ -91,7 +95,14 @@ class ObjectTree:
     async def writer(self, c: Call) -> AbstractAsyncContextManager[BlockWriter]:
         # The bucket is the volume: its codec comes from the client's ring (no call per request).
         codec = await self.client.volume_codec(await self.bucket_ino(c.bucket))
-        return open_block_writer(self.client, policy=await self.policy(c), volume_codec=codec)
+        sse = c.sse
+        if sse is None:
+            return open_block_writer(self.client, policy=await self.policy(c), volume_codec=codec)
+        if sse.key_id:  # SSE-S3 in a volume that is not encrypted itself: the bucket's dfs-managed key
+            codec = VolumeCodec(codec.level, sse.key_id)
+        return open_block_writer(
+            self.client, policy=await self.policy(c), volume_codec=codec, sse_c=sse.cipher, share=sse.share
+        )
 
     # -- lookups ----------
     async def bucket_ino(self, bucket: str) -> int:
@@ -250,6 +261,8 @@ class ObjectTree:
             vid = new_version_id() if status == "Enabled" else s3xml.NULL_VERSION
             xattrs[XA_VERSION_ID] = vid.encode()
             c.extra_headers.append(("x-amz-version-id", vid))
+        # S3 object lock: what the headers ask, else the bucket's default (daemon/s3/objlock.py).
+        await stamp_request(self.client, c, parent, status, xattrs, self.s3.lifecycle_day_s)
         try:
             return await self.client.put_object(
                 parent,

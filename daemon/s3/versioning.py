@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from daemon.s3.call import OWNER, Call
+from daemon.s3.call import Call
 from daemon.s3.tree import PAGE, XA_ETAG, ObjectTree, object_info
 from dfs.core import endpoints, s3names, s3xml
 from dfs.core.errors import DfsError
@@ -79,7 +79,7 @@ class VersionLister:
             delimiter=self.delimiter,
             max_keys=max_keys,
             encoding_url=self.encoding_url,
-            owner=OWNER,
+            owner=self.c.owner,
         )
 
     def _common_prefix(self, key: str) -> str | None:

@@ -235,10 +235,16 @@ class HandlerTable:
             e.S3_VERSIONING_GET: m.versioning_get,
             e.S3_VERSIONS_GET: m.versions_get,
             e.S3_VERSIONS_DELETE: m.versions_delete,
+            e.S3_OBJLOCK_CONFIG_SET: m.objlock_config_set,
+            e.S3_OBJLOCK_CONFIG_GET: m.objlock_config_get,
+            e.S3_OBJLOCK_GET: m.objlock_get,
+            e.S3_OBJLOCK_RETENTION_SET: m.objlock_retention_set,
+            e.S3_OBJLOCK_HOLD_SET: m.objlock_hold_set,
             e.S3_VERSIONS_LIST: m.versions_list,
             e.S3_VERSIONS_USAGE: m.versions_usage,
             e.ADMIN_TOKEN_REVOKE: m.admin_token_delete,
             e.KEYS_VOLUMES: self._volume_keys.volumes,
+            e.KEYS_VOLUME_KEY: self._volume_keys.volume_key,
         }
         table: dict[str, Handler] = {
             ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)

@@ -214,6 +214,11 @@ class VolumeKeyService:
                 return key_id
         return meta.volume_key_create(volume_ino, self.seal_new(volume_ino))
 
+    def volume_key(self, volume: int) -> int:
+        """keys.volume_key: the volume's newest data key id, made now if it has none (S3 SSE-S3;
+        the volume's encryption policy is left alone)."""
+        return self.ensure(self._meta(), volume)
+
     def _unwrap(self, row: KeyRow) -> bytes:
         key_id, volume_ino, wrapped, master_fp, _created = row
         cached = self._plain.get(key_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
@@ -28,7 +29,7 @@ from dfs.core import codec, endpoints
 from dfs.core.auth import Credential
 from dfs.core.changes import Answer
 from dfs.core.endpoints import Caller
-from dfs.core.errors import CorruptChunk, DfsError, Unavailable
+from dfs.core.errors import CorruptChunk, DfsError, PermissionDenied, Unavailable
 from dfs.core.keys import KeyRing, VolumeCodec
 from dfs.core.namespace import Attr, BlockRef, DirEntry, FileMap, StatFs
 from dfs.core.replicas import ClusterView, Policy, view_from_wire
@@ -41,6 +42,7 @@ RING_REFRESH_S = 2.0
 # A write to a top-level directory the ring does not know (a volume made since) asks again
 # after this; a read of a chunk under an unknown key id too.
 RING_MISS_S = 0.25
+log = logging.getLogger("dfs.client")
 # Directory -> volume answers kept (cleared with every ring refresh: a rename may move them).
 _DIR_VOLUMES_MAX = 4096
 
@@ -372,10 +374,21 @@ class Client:
             )
         return key
 
-    async def _decode(self, blob: bytes) -> bytes:
-        """Verify and decode a blob; an encrypted one with its volume's data key."""
+    async def _decode(self, blob: bytes, customer_key: bytes | None = None) -> bytes:
+        """Verify and decode a blob; an encrypted one with its volume's data key, or (key id 0:
+        S3 SSE-C, dfs/core/s3sse.py) with ``customer_key``, the key derived from the customer's."""
         header = codec.header_info(blob)
-        key = await self._data_key(header.key_id) if header.encrypted else None
+        key: bytes | None = None
+        if header.encrypted and header.key_id == 0:
+            if customer_key is None:
+                # Never garbage and never EIO: the data exists but only the customer can read it.
+                raise PermissionDenied(
+                    "the object is encrypted with an S3 customer-provided key (SSE-C): it can only be "
+                    "read through S3, with that key"
+                )
+            key = customer_key
+        elif header.encrypted:
+            key = await self._data_key(header.key_id)
         plain: bytes = await trio.to_thread.run_sync(
             lambda: codec.decode(blob, cipher_key=key), limiter=self._codec_limiter
         )
@@ -402,13 +415,19 @@ class Client:
         *,
         force: bool = False,
         volume_codec: VolumeCodec | None = None,
+        sse_c: tuple[bytes, bytes] | None = None,
     ) -> BlockRef:
         """Store one block durably (as ``policy`` requires) and return its reference (not yet
         committed).  ``force`` stores it even where a copy is said to exist already.
-        ``volume_codec``: the volume's (see :meth:`volume_codec`); None: the cluster default."""
+        ``volume_codec``: the volume's (see :meth:`volume_codec`); None: the cluster default.
+        ``sse_c``: (data key, chunk-id key) of an S3 SSE-C object, which wins over the volume's
+        key (its chunks carry key id 0: only the customer's key opens them)."""
         vc = volume_codec or VolumeCodec(self.info.compression_level, 0)
         key = id_key = None
-        if vc.key_id:
+        if sse_c is not None:
+            key, id_key = sse_c
+            vc = VolumeCodec(vc.level, 0)
+        elif vc.key_id:
             ring = await self.keyring()
             key, id_key = ring.key(vc.key_id), ring.id_key(vc.key_id)
             if key is None:
@@ -429,21 +448,35 @@ class Client:
                 await endpoints.CHUNK_PUT.call(self.rpc, cid, blob)
         return BlockRef(index, cid, len(data), len(blob))
 
-    async def read_chunk(self, chunk_id: bytes) -> bytes:
-        """The plaintext of one chunk, verified (checksum and length)."""
+    async def read_chunk(self, chunk_id: bytes, customer_key: bytes | None = None) -> bytes:
+        """The plaintext of one chunk, verified (checksum and length).  ``customer_key``: what
+        opens an S3 SSE-C chunk (see :meth:`_decode`); without it such a chunk is
+        PermissionDenied."""
+
+        async def decode(blob: bytes) -> bytes:
+            try:
+                return await self._decode(blob, customer_key)
+            except PermissionDenied:
+                log.warning(
+                    "chunk %s is encrypted with an S3 customer key (SSE-C): refused (EACCES); its "
+                    "object can only be read through S3, with that key",
+                    chunk_id.hex()[:16],
+                )
+                raise
+
         if self.local_chunks is not None:
             try:
                 local: bytes = await trio.to_thread.run_sync(
                     self._read_local, chunk_id, limiter=self._codec_limiter
                 )
-                return await self._decode(local)
+                return await decode(local)
             except (OSError, CorruptChunk):
                 pass  # ask the daemon: it has the authoritative view and reports damage
         if self.chunkio is not None:
-            plain_bytes: bytes = await self.chunkio.get_plain(chunk_id, self._decode)
+            plain_bytes: bytes = await self.chunkio.get_plain(chunk_id, decode)
             return plain_bytes
         blob = await endpoints.CHUNK_GET.call(self.rpc, chunk_id)
-        return await self._decode(blob)
+        return await decode(blob)
 
     def _read_local(self, chunk_id: bytes) -> bytes:
         assert self.local_chunks is not None

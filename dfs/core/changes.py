@@ -118,6 +118,7 @@ _NO_EFFECT = frozenset(
         "trash_empty",
         "trash_expire",
         "versioning_set",  # a bucket's versioning status: nothing a mount caches
+        "objlock_config_set",  # a bucket's object lock defaults: nothing a mount caches either
         # A snapshot copied in batches grows outside the namespace (snapshot-builds/) until
         # snapshot_create publishes it.
         "snapshot_build_batch",
@@ -139,6 +140,8 @@ _OTHER_OPS = frozenset(
         "open",
         "setxattr",
         "removexattr",
+        "objlock_retention_set",
+        "objlock_hold_set",
         "make_dirs",
         "remove_empty_parents",
         "put_object",
@@ -221,6 +224,8 @@ def _changes_of(op: str, args: Sequence[Any], resolve: Resolver | None) -> list[
         return [Change(DATA, int(args[0]))] if args[2] else []  # (ino, session, truncate, read)
     if op in ("setxattr", "removexattr"):
         return [Change(ATTR, int(args[0]))]
+    if op in ("objlock_retention_set", "objlock_hold_set"):  # [bucket, ino, ...]: its lock xattr
+        return [Change(ATTR, int(args[1]))]
     if op == "make_dirs":  # every step existed already or is new
         return _path(int(args[0]), [bytes(n) for n in args[1]], resolve, NEW, NEW)
     if op == "remove_empty_parents":

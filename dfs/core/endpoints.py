@@ -513,8 +513,29 @@ S3_VERSIONING_GET: Endpoint[str | None] = _declare(
 S3_VERSIONS_GET: Endpoint[dict[str, Any]] = _declare(
     "s3.versions_get", "bucket:int key:bytes version_id:str|None", site=_PRIMARY, read_only=True
 )
+# ``bypass``: x-amz-bypass-governance-retention, allowed (daemon/meta/objlock.py).
 S3_VERSIONS_DELETE: Endpoint[dict[str, Any]] = _declare(
-    "s3.versions_delete", "bucket:int key:bytes version_id:str|None", site=_PRIMARY
+    "s3.versions_delete", "bucket:int key:bytes version_id:str|None bypass:bool?", site=_PRIMARY
+)
+# S3 object lock (daemon/meta/objlock.py): a bucket's configuration {mode, days, years} (None:
+# no object lock) and a version's (by inode) lock {mode, until_ns, hold} (None: none).
+S3_OBJLOCK_CONFIG_SET: Endpoint[None] = _declare(
+    "s3.objlock_config_set", "bucket:int config:dict", site=_PRIMARY, idempotent=True
+)
+S3_OBJLOCK_CONFIG_GET: Endpoint[dict[str, Any] | None] = _declare(
+    "s3.objlock_config_get", "bucket:int", site=_PRIMARY, read_only=True
+)
+S3_OBJLOCK_GET: Endpoint[dict[str, Any] | None] = _declare(
+    "s3.objlock_get", "ino:int", site=_PRIMARY, read_only=True
+)
+S3_OBJLOCK_RETENTION_SET: Endpoint[None] = _declare(
+    "s3.objlock_retention_set",
+    "bucket:int ino:int mode:str|None until_ns:int|None bypass:bool",
+    site=_PRIMARY,
+    idempotent=True,
+)
+S3_OBJLOCK_HOLD_SET: Endpoint[None] = _declare(
+    "s3.objlock_hold_set", "bucket:int ino:int hold:bool", site=_PRIMARY, idempotent=True
 )
 S3_VERSIONS_LIST: Endpoint[list[Any]] = _declare(
     "s3.versions_list",
@@ -664,6 +685,10 @@ REQUEST_ID_BYTES = (16, 32)
 KEYS_VOLUMES: Endpoint[dict[str, Any]] = _declare(
     "keys.volumes", site=_PRIMARY, idempotent=True, callers=ANYONE
 )
+# A volume's newest data key id, made now if it has none, whatever its encryption policy: the
+# dfs-managed key of S3 SSE-S3 objects in a bucket that is not encrypted as a whole
+# (daemon/s3/sse.py).  The S3 shims (peer daemons) only; idempotent.
+KEYS_VOLUME_KEY: Endpoint[int] = _declare("keys.volume_key", "volume:int", site=_PRIMARY, idempotent=True)
 # The master key's fingerprint and the data keys' rows (no key bytes): `dfs key status`.
 KEYS_STATUS: Endpoint[dict[str, Any]] = _declare("keys.status", site=_PRIMARY, read_only=True, callers=ADMINS)
 # A new master key; every data key rewrapped in one transaction: `dfs key rotate`.

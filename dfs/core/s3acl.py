@@ -44,6 +44,8 @@ _ID_LABEL = b"dfs-s3-canonical-user\x00"
 ROOT_ID = hashlib.sha256(_ID_LABEL + b"\x00root").hexdigest()
 #: AWS's canonical id for an anonymous writer.
 ANONYMOUS_ID = "65a011a29cdf8ec533ec3d1ccaae921c"
+# The display name of the root id: what every Owner was called before owners were per key.
+ROOT_NAME = "dfs"
 # x-amz-grant-* headers -> the permission each grants.
 GRANT_HEADERS: Mapping[str, str] = MappingProxyType(
     {
@@ -61,6 +63,23 @@ def canonical_id(access_key: str, *, root: bool = False) -> str:
     if root:
         return ROOT_ID
     return hashlib.sha256(_ID_LABEL + access_key.encode()).hexdigest()
+
+
+def display_name(canonical: str) -> str:
+    """The DisplayName answered with a canonical id: ``dfs`` for the root id, ``anonymous`` for
+    an anonymous writer, else ``dfs-`` and the id's first 16 digits.  Made from the id alone, so
+    every answer naming one owner (ListBuckets, ACLs, listings, uploads) gives it the same name,
+    and distinct owners distinct names."""
+    if canonical == ROOT_ID:
+        return ROOT_NAME
+    if canonical == ANONYMOUS_ID:
+        return "anonymous"
+    return "dfs-" + canonical[:16]
+
+
+def owner_of(canonical: str) -> tuple[str, str]:
+    """(ID, DisplayName) of an Owner element."""
+    return canonical, display_name(canonical)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,14 @@ NEEDS: Mapping[str, Perm] = MappingProxyType(
         "UploadPartCopy": Perm.WRITE,
         "CompleteMultipartUpload": Perm.WRITE,
         "AbortMultipartUpload": Perm.WRITE,
+        # S3 object lock (daemon/s3/objlock.py); bypassing GOVERNANCE retention needs OWNER.
+        "GetObjectLockConfiguration": Perm.READ,
+        "PutObjectLockConfiguration": Perm.OWNER,
+        "GetObjectRetention": Perm.READ,
+        "PutObjectRetention": Perm.WRITE,
+        "GetObjectLegalHold": Perm.READ,
+        "PutObjectLegalHold": Perm.WRITE,
+        "BypassGovernanceRetention": Perm.OWNER,
     }
 )
 #: What the source bucket of CopyObject and UploadPartCopy needs.

@@ -94,12 +94,38 @@ ACTIONS: Mapping[str, str] = MappingProxyType(
         "GetBucket.location": "s3:GetBucketLocation",
         "GetBucket.acl": "s3:GetBucketAcl",
         "GetBucket.policy": "s3:GetBucketPolicy",
+        "GetObjectLockConfiguration": "s3:GetBucketObjectLockConfiguration",
+        "PutObjectLockConfiguration": "s3:PutBucketObjectLockConfiguration",
+    }
+)
+# The action of an operation on one version (a request with ``versionId``), as AWS names it: a
+# policy may let a caller read the current object but not old versions, or delete objects (a
+# delete marker) but never a version for good.  A copy's source named with ``?versionId=`` and
+# each key of DeleteObjects with a VersionId are judged as GetObject / DeleteObject on that
+# version (daemon/s3/objects.py).  Operations missing here keep their action.
+VERSION_ACTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "GetObject": "s3:GetObjectVersion",
+        "HeadObject": "s3:GetObjectVersion",
+        "DeleteObject": "s3:DeleteObjectVersion",
+        "GetObjectAcl": "s3:GetObjectVersionAcl",
+        "PutObjectAcl": "s3:PutObjectVersionAcl",
+        "GetObjectTagging": "s3:GetObjectVersionTagging",
+        "PutObjectTagging": "s3:PutObjectVersionTagging",
+        "DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
     }
 )
 # Operations whose resource is the object (arn:aws:s3:::bucket/key), not the bucket.
 OBJECT_ACTIONS = frozenset(
     {
         "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:DeleteObjectVersion",
+        "s3:GetObjectVersionAcl",
+        "s3:PutObjectVersionAcl",
+        "s3:GetObjectVersionTagging",
+        "s3:PutObjectVersionTagging",
+        "s3:DeleteObjectVersionTagging",
         "s3:PutObject",
         "s3:DeleteObject",
         "s3:AbortMultipartUpload",
@@ -109,12 +135,20 @@ OBJECT_ACTIONS = frozenset(
         "s3:GetObjectTagging",
         "s3:PutObjectTagging",
         "s3:DeleteObjectTagging",
+        "s3:GetObjectRetention",
+        "s3:PutObjectRetention",
+        "s3:GetObjectLegalHold",
+        "s3:PutObjectLegalHold",
+        "s3:BypassGovernanceRetention",
     }
 )
 
 
-def action_of(operation: str) -> str:
-    """The AWS action a policy names for a dfs operation."""
+def action_of(operation: str, *, versioned: bool = False) -> str:
+    """The AWS action a policy names for a dfs operation; ``versioned``: on one version of the
+    object (the request names a ``versionId``), e.g. s3:GetObjectVersion for GetObject."""
+    if versioned and operation in VERSION_ACTIONS:
+        return VERSION_ACTIONS[operation]
     return ACTIONS.get(operation, "s3:" + operation)
 
 

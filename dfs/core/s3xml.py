@@ -41,7 +41,7 @@ from typing import NamedTuple
 import defusedxml
 import defusedxml.ElementTree as DET
 
-from dfs.core import s3cors, s3lifecycle, s3names
+from dfs.core import s3acl, s3cors, s3lifecycle, s3names
 from dfs.core.errors import S3Error
 from dfs.core.s3names import ListPage as ListPage  # re-exported: callers render pages from here
 from dfs.core.s3names import ObjectEntry as ObjectEntry
@@ -1047,14 +1047,14 @@ def lifecycle(rules: Sequence[s3lifecycle.LifecycleRule]) -> bytes:
 # ----------------------------------------------------------------------------- access control lists
 def access_control_policy(owner_id: str, grants: Sequence[tuple[bool, str, str]]) -> bytes:
     """Get{Bucket,Object}Acl: the owner and each (is-group, canonical id or group URI, permission)."""
-    body = [_owner((owner_id, owner_id)), "<AccessControlList>"]
+    body = [_owner(s3acl.owner_of(owner_id)), "<AccessControlList>"]
     for group, grantee, permission in grants:
         if group:
             who = f'<Grantee xmlns:xsi="{XSI_NS}" xsi:type="Group">{_el("URI", grantee)}</Grantee>'
         else:
             who = (
                 f'<Grantee xmlns:xsi="{XSI_NS}" xsi:type="CanonicalUser">'
-                f"{_el('ID', grantee)}{_el('DisplayName', grantee)}</Grantee>"
+                f"{_el('ID', grantee)}{_el('DisplayName', s3acl.display_name(grantee))}</Grantee>"
             )
         body.append(f"<Grant>{who}{_el('Permission', permission)}</Grant>")
     body.append("</AccessControlList>")

@@ -395,6 +395,7 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await c.volume_of(d.ino, None)
         await c.volume_of(ROOT_INO, ROOT_INO)
         await c.keyring(0.0)
+        await _attempt(e.KEYS_VOLUME_KEY.call(conn, d.ino))  # S3 SSE-S3 (daemon/s3/sse.py)
         await e.KEYS_STATUS.call(conn)
         await _attempt(e.KEYS_ROTATE.call(conn))
         # A peer sharing the metadata (daemon/service/master_key_sync.py): "current", a
@@ -437,6 +438,16 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await _attempt(e.S3_VERSIONS_GET.call(conn, d.ino, b"k", "null"))
         await _attempt(e.S3_VERSIONS_DELETE.call(conn, d.ino, b"k", None))
         await _attempt(e.S3_VERSIONS_DELETE.call(conn, d.ino, b"k", "0" * 32))
+        await _attempt(e.S3_VERSIONS_DELETE.call(conn, d.ino, b"k", "0" * 32, True))
+        # S3 object lock (daemon/s3/objlock.py).
+        await _attempt(
+            e.S3_OBJLOCK_CONFIG_SET.call(conn, d.ino, {"mode": "GOVERNANCE", "days": 1, "years": None})
+        )
+        await e.S3_OBJLOCK_CONFIG_GET.call(conn, d.ino)
+        await _attempt(e.S3_OBJLOCK_GET.call(conn, d.ino))
+        await _attempt(e.S3_OBJLOCK_RETENTION_SET.call(conn, d.ino, d.ino, "GOVERNANCE", 2**62, False))
+        await _attempt(e.S3_OBJLOCK_RETENTION_SET.call(conn, d.ino, d.ino, None, None, True))
+        await _attempt(e.S3_OBJLOCK_HOLD_SET.call(conn, d.ino, d.ino, True))
         await e.S3_VERSIONS_LIST.call(conn, d.ino, b"", b"", 0, 1000)
         await e.S3_VERSIONS_USAGE.call(conn)
         await _attempt(e.META_DELETE_VOLUME.call(conn, "bucket", True))

@@ -148,6 +148,12 @@ def build_rich(store: MetaStore, chunks: set[bytes]) -> dict[str, int]:
     store.versioning_set(binned, "Enabled")
     write(store, chunks, new_file(store, b"kept", binned), [ref(0, cid(5))])
     store.unlink(binned, b"kept")
+    # S3 object lock (daemon/meta/objlock.py): the bucket's default retention, and a version's
+    # retention row (already run out, so nothing stays locked).
+    store.objlock_config_set(binned, {"mode": "GOVERNANCE", "days": 1, "years": None})
+    held = new_file(store, b"held", binned)
+    write(store, chunks, held, [ref(0, cid(8))])
+    store.objlock_retention_set(binned, held, "GOVERNANCE", 1, False)
     snap = store.snapshot(d, ROOT, b"snap", uid=7, gid=8).ino
     store.register_node("n1", "zone-a", "10.0.0.1:7000")
     store.register_node("n2", "zone-b", "10.0.0.2:7000", 2.0)

@@ -45,6 +45,9 @@ READS = [
     "GetBucketTagging",
     "GetBucketCors",
     "GetBucketLifecycleConfiguration",
+    "GetObjectLockConfiguration",
+    "GetObjectRetention",
+    "GetObjectLegalHold",
     "GetBucket.location",
 ]
 WRITES = [
@@ -59,6 +62,8 @@ WRITES = [
     "AbortMultipartUpload",
     "PutObjectTagging",
     "DeleteObjectTagging",
+    "PutObjectRetention",
+    "PutObjectLegalHold",
 ]
 OWNERS = [
     "DeleteBucket",
@@ -69,6 +74,8 @@ OWNERS = [
     "DeleteBucketCors",
     "PutBucketLifecycleConfiguration",
     "DeleteBucketLifecycle",
+    "PutObjectLockConfiguration",
+    "BypassGovernanceRetention",
     "SomethingNew",
 ]
 
