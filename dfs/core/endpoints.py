@@ -654,8 +654,10 @@ META_COMMIT_WRITE: Endpoint[Record] = _meta(
     "meta.commit_write",
     "ino:int size:int mtime_ns:int blocks:list[list] inline:bytes|None attrs:dict|None? replicas:int|None?",
 )
+# A whole object with its xattrs as given (S3 version ids, ETags, locks among them): the S3 shims
+# and `dfs receive` only, never a mount's client credential, which could forge them.
 META_PUT_OBJECT: Endpoint[Record] = _meta(
-    "meta.put_object", "parent:int dirs:list[bytes] name:bytes opts:dict"
+    "meta.put_object", "parent:int dirs:list[bytes] name:bytes opts:dict", callers=ADMINS
 )
 # A secondary's orphan sweep: which of these unknown chunks it may delete now.
 META_CLAIM_ORPHANS: Endpoint[list[bytes]] = _meta(
