@@ -7,7 +7,14 @@ One :class:`OpenFile` exists per inode while any handle on it is open
 to the inode, not the handle).  Writes land in per-block ``bytearray``
 buffers and are acknowledged at once; a block that fills up is snapshotted
 and uploaded in the background, so a sequential writer keeps the codec
-threads and the daemon busy.  ``flush`` (close), ``fsync`` and ``release``
+threads and the daemon busy.
+
+A new block written from its start in order (a sequential writer past the
+end of the file) is not copied at all: its writes are kept as the kernel
+handed them over (:class:`_Appends`) and the codec thread reads them in
+place, copying the bytes once, into the encoded chunk.  Anything else that
+touches such a block (a read, an overwrite, a gap) first turns it into an
+ordinary buffer.  ``flush`` (close), ``fsync`` and ``release``
 upload what is left and commit the block map in one metadata transaction;
 nothing is referenced before its chunk is durable.
 
@@ -87,10 +94,29 @@ class BlockCache:
             done.set()
 
 
+# A block's bytes: one buffer, or the pieces a sequential writer appended.
+_BlockData = bytes | bytearray | tuple[bytes | memoryview, ...]
+
+
+def _as_bytes(data: _BlockData) -> bytes | bytearray:
+    return b"".join(data) if isinstance(data, tuple) else data
+
+
+class _Appends:
+    """The writes appended to a new block so far, uncopied (the kernel's ``bytes`` are immutable)."""
+
+    __slots__ = ("length", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes | memoryview] = []
+        self.length = 0
+
+
 @dataclass
 class _Upload:
     version: int
-    data: bytes | bytearray
+    data: _BlockData
+    size: int
     ref: BlockRef | None = None
     error: DfsError | None = None
     done: trio.Event = field(default_factory=trio.Event)
@@ -118,6 +144,7 @@ class OpenFile:
         self.handles = 0
         self._load_map(fmap)
         self.dirty: dict[int, bytearray] = {}
+        self.appends: dict[int, _Appends] = {}  # blocks without a buffer yet (see the design note)
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, _Upload] = {}
         self.mtime_ns = fmap.attr.mtime_ns
@@ -153,7 +180,7 @@ class OpenFile:
     def mtime_set(self, attr: Attr) -> None:
         """The daemon applied an explicit utime: its mtime now beats our last write's."""
         self.set_attr(attr)
-        if not (self.dirty or self.uploads):
+        if not (self.dirty or self.appends or self.uploads):
             self.write_mtime_ns = None
             self.mtime_ns = attr.mtime_ns
 
@@ -166,7 +193,7 @@ class OpenFile:
 
     @property
     def is_dirty(self) -> bool:
-        return bool(self.dirty or self.uploads or self.pending_attrs)
+        return bool(self.dirty or self.appends or self.uploads or self.pending_attrs)
 
     def hold_attrs(self, changes: dict[str, int], now_ns: int) -> Attr:
         """Apply chmod/chown/utime locally, to be sent with the commit at close.
@@ -224,11 +251,14 @@ class OpenFile:
         return data[: ref.length]
 
     async def _block_view(self, index: int) -> bytes | bytearray:
+        self._to_buffer(index)
         buf = self.dirty.get(index)
         if buf is not None:
             return buf
         up = self.uploads.get(index)
         if up is not None:
+            if isinstance(up.data, tuple):
+                up.data = _as_bytes(up.data)  # read back while uploading: join once
             return up.data
         return await self._committed_block(index)
 
@@ -260,7 +290,7 @@ class OpenFile:
         depth = max(1, min(_PREFETCH_BLOCKS, self.cache.capacity_bytes // (4 * self.block_size)))
         for index in range(first, first + depth):
             ref = self.blocks.get(index)
-            if ref is None or index in self.dirty:
+            if ref is None or index in self.dirty or index in self.appends:
                 return
             if self.cache.get_nowait(ref.chunk_id) is not None or self.cache.is_loading(ref.chunk_id):
                 continue
@@ -280,20 +310,49 @@ class OpenFile:
         while pos < len(data):
             index, start = divmod(offset + pos, bs)
             take = min(bs - start, len(data) - pos)
-            buf = await self._dirty_buffer(index, covers_all=(start == 0 and take == bs))
-            if len(buf) < start:
-                buf.extend(bytes(start - len(buf)))
-            buf[start : start + take] = view[pos : pos + take]
+            piece = data if take == len(data) else view[pos : pos + take]
+            if self._append(index, start, piece):
+                full = self.appends[index].length == bs
+            else:
+                buf = await self._dirty_buffer(index, covers_all=(start == 0 and take == bs))
+                if len(buf) < start:
+                    buf.extend(bytes(start - len(buf)))
+                buf[start : start + take] = piece
+                full = len(buf) == bs and start + take == bs
             # Every change bumps the version, so a commit racing this write keeps it dirty.
             self.versions[index] += 1
             pos += take
-            if len(buf) == bs and start + take == bs:
+            if full:
                 await self._start_upload(index, nursery)
         self.size = max(self.size, offset + len(data))
         self.mtime_ns = self.write_mtime_ns = time.time_ns()
         self.pending_attrs.pop("mtime_ns", None)  # a write after utime sets mtime to now
 
+    def _append(self, index: int, start: int, piece: bytes | memoryview) -> bool:
+        """Keep ``piece`` uncopied if it continues a new block written in order; False: it does not."""
+        app = self.appends.get(index)
+        if app is None:
+            # Only a block with nothing before it: past the end of the file (so nothing
+            # committed counts), no buffer, no upload of an older version.
+            if start or index * self.block_size < self.size or index in self.dirty or index in self.uploads:
+                return False
+            app = self.appends[index] = _Appends()
+            self.versions.setdefault(index, 0)
+        elif start != app.length:
+            self._to_buffer(index)
+            return False
+        app.pieces.append(piece)
+        app.length += len(piece)
+        return True
+
+    def _to_buffer(self, index: int) -> None:
+        """Turn a block's appended pieces into an ordinary buffer (one copy)."""
+        app = self.appends.pop(index, None)
+        if app is not None:
+            self.dirty[index] = bytearray().join(app.pieces)
+
     async def _dirty_buffer(self, index: int, *, covers_all: bool) -> bytearray:
+        self._to_buffer(index)
         buf = self.dirty.get(index)
         if buf is not None:
             return buf
@@ -314,9 +373,11 @@ class OpenFile:
     async def _start_upload(self, index: int, nursery: trio.Nursery) -> None:
         # The buffer itself becomes the upload (no copy): it is never written again,
         # a later write to this block starts a new buffer from it.
-        data = self.dirty.pop(index)
-        await self.budget.acquire(len(data))
-        up = _Upload(self.versions[index], data)
+        app = self.appends.pop(index, None)
+        data: _BlockData = tuple(app.pieces) if app is not None else self.dirty.pop(index)
+        size = app.length if app is not None else len(data)
+        await self.budget.acquire(size)
+        up = _Upload(self.versions[index], data, size)
         self.uploads[index] = up
         nursery.start_soon(self._upload, index, up)
 
@@ -344,7 +405,7 @@ class OpenFile:
             log.exception("block upload failed", extra={"ctx": {"ino": self.ino, "block": index}})
             up.error = InternalError(f"block upload failed: {exc}")
         finally:
-            self.budget.release(len(up.data))
+            self.budget.release(up.size)
             up.done.set()
 
     # -- committing -------------------------------------------------------------
@@ -354,7 +415,7 @@ class OpenFile:
             if not self.is_dirty:
                 return None
             attrs = dict(self.pending_attrs)
-            if not self.dirty and not self.uploads:
+            if not (self.dirty or self.appends or self.uploads):
                 attr, _ = await self.client.setattr(self.ino, **attrs)
                 self._attrs_sent(attrs)
                 self.set_attr(attr)
@@ -363,6 +424,8 @@ class OpenFile:
             mtime_ns = self.mtime_ns
             # An encrypted volume's files never live inline: metadata is not encrypted.
             if self.inline_candidate(size) and (size == 0 or not (await self._codec()).key_id):
+                for index in list(self.appends):
+                    self._to_buffer(index)
                 # Snapshot versions before reading: a write racing the read stays dirty.
                 versions = {i: self.versions[i] for i in self.dirty}
                 inline = bytes(await self.read(0, size))
@@ -372,12 +435,15 @@ class OpenFile:
                 self._attrs_sent(attrs)
                 self._after_commit(versions, size, [], inline, attr)
                 return attr
-            if self.inline is not None and 0 not in self.dirty and 0 not in self.uploads:
+            if self.inline is not None and not {0} & (
+                self.dirty.keys() | self.appends.keys() | self.uploads.keys()
+            ):
                 # An inline file growing into blocks: block 0 must carry the old bytes.
                 self.dirty[0] = bytearray(self.inline)
                 self.versions.setdefault(0, 0)
-            for index in list(self.dirty):
-                await self._start_upload(index, nursery)
+            for index in [*self.dirty, *self.appends]:
+                if index in self.dirty or index in self.appends:  # not uploaded while we awaited
+                    await self._start_upload(index, nursery)
             uploads = dict(self.uploads)
             versions = {i: up.version for i, up in uploads.items()}
             for up in uploads.values():
@@ -388,7 +454,8 @@ class OpenFile:
                 for index, up in uploads.items():
                     if self.uploads.get(index) is up and up.error is not None:
                         del self.uploads[index]
-                        self.dirty.setdefault(index, bytearray(up.data))
+                        if index not in self.appends:
+                            self.dirty.setdefault(index, bytearray(_as_bytes(up.data)))
                 raise errors[0]
             refs = [up.ref for up in uploads.values() if up.ref is not None]
             policy = await self._policy()

@@ -396,7 +396,7 @@ class Client:
 
     # -- data -------------------------------------------------------------------
     def _prepare(
-        self, data: bytes | bytearray, vc: VolumeCodec, key: bytes | None, id_key: bytes | None
+        self, data: codec.Plain, vc: VolumeCodec, key: bytes | None, id_key: bytes | None
     ) -> tuple[bytes, bytes]:
         if key is not None and id_key is not None:
             # An encrypted volume names its chunks with its own key: equal plaintext elsewhere
@@ -410,7 +410,7 @@ class Client:
     async def write_block(
         self,
         index: int,
-        data: bytes | bytearray,
+        data: codec.Plain,
         policy: Policy | None = None,
         *,
         force: bool = False,
@@ -418,7 +418,8 @@ class Client:
         sse_c: tuple[bytes, bytes] | None = None,
     ) -> BlockRef:
         """Store one block durably (as ``policy`` requires) and return its reference (not yet
-        committed).  ``force`` stores it even where a copy is said to exist already.
+        committed).  ``data``: the block, whole or in pieces (see :data:`codec.Plain`).
+        ``force`` stores it even where a copy is said to exist already.
         ``volume_codec``: the volume's (see :meth:`volume_codec`); None: the cluster default.
         ``sse_c``: (data key, chunk-id key) of an S3 SSE-C object, which wins over the volume's
         key (its chunks carry key id 0: only the customer's key opens them)."""
@@ -446,7 +447,7 @@ class Client:
                 (held,) = await endpoints.CHUNK_HAS.call(self.rpc, [cid])
             if not held:
                 await endpoints.CHUNK_PUT.call(self.rpc, cid, blob)
-        return BlockRef(index, cid, len(data), len(blob))
+        return BlockRef(index, cid, codec.plain_length(data), len(blob))
 
     async def read_chunk(self, chunk_id: bytes, customer_key: bytes | None = None) -> bytes:
         """The plaintext of one chunk, verified (checksum and length).  ``customer_key``: what

@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import blake3
@@ -53,6 +54,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from dfs.core.errors import CorruptChunk, InvalidArgument
 
 BytesLike = bytes | bytearray | memoryview
+# A chunk's plaintext, whole or as the pieces it arrived in (a mount's block is the
+# writes the kernel handed over): hashing and encoding read the pieces in place,
+# so the plaintext is never assembled apart from the blob.
+Plain = BytesLike | Sequence[BytesLike]
 
 MAGIC = b"DFSC"
 FORMAT_VERSION = 1
@@ -111,7 +116,18 @@ class _ThreadState(threading.local):
 _local = _ThreadState()
 
 
-def chunk_id(key: bytes, data: BytesLike) -> bytes:
+def plain_length(data: Plain) -> int:
+    """Bytes of plaintext in ``data`` (whole or in pieces)."""
+    return sum(len(v) for v in _pieces(data))
+
+
+def _pieces(data: Plain) -> list[memoryview]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return [_byte_view(data)]
+    return [_byte_view(p) for p in data]
+
+
+def chunk_id(key: bytes, data: Plain) -> bytes:
     """The content address of ``data``: keyed BLAKE3-256 of the plaintext.
 
     BLAKE3 rather than BLAKE2b: it hashes 4 MiB blocks about four times
@@ -121,7 +137,10 @@ def chunk_id(key: bytes, data: BytesLike) -> bytes:
     """
     if len(key) != KEY_SIZE:
         raise InvalidArgument(f"chunk id key must be {KEY_SIZE} bytes, got {len(key)}")
-    return blake3.blake3(data, key=key).digest(length=ID_SIZE)
+    hasher = blake3.blake3(key=key)
+    for piece in _pieces(data):
+        hasher.update(piece)
+    return hasher.digest(length=ID_SIZE)
 
 
 def chunk_relpath(hexid: str) -> str:
@@ -163,17 +182,22 @@ def _byte_view(data: BytesLike) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def _maybe_compress(view: memoryview, level: int) -> bytes | None:
-    """The zstd frame of ``view``, or None when compression is not worth it."""
-    if level <= 0 or not view:
+def _joined(pieces: list[memoryview]) -> memoryview:
+    return pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+
+
+def _maybe_compress(pieces: list[memoryview], plain_len: int, level: int) -> bytes | None:
+    """The zstd frame of the plaintext, or None when compression is not worth it."""
+    if level <= 0 or not plain_len:
         return None
     comp = _compressor(min(level, zstandard.MAX_COMPRESSION_LEVEL))
-    if len(view) > _SAMPLE_SIZE:
-        sample = view[:_SAMPLE_SIZE]
+    if plain_len > _SAMPLE_SIZE:
+        head = pieces[0] if len(pieces[0]) >= _SAMPLE_SIZE else _joined(pieces)
+        sample = head[:_SAMPLE_SIZE]
         if not _shrinks_enough(len(sample), len(comp.compress(sample))):
             return None
-    frame: bytes = comp.compress(view)
-    return frame if _shrinks_enough(len(view), len(frame)) else None
+    frame: bytes = comp.compress(_joined(pieces))
+    return frame if _shrinks_enough(plain_len, len(frame)) else None
 
 
 def _pack_header(
@@ -185,29 +209,41 @@ def _pack_header(
 
 
 def encode(
-    data: BytesLike,
+    data: Plain,
     *,
     level: int = 1,
     cipher_key: bytes | None = None,
     key_id: int = 0,
 ) -> bytes:
-    """Encode ``data`` into a self-checking blob (header + payload).
+    """Encode ``data`` (whole or in pieces) into a self-checking blob (header + payload).
 
     ``level <= 0`` disables compression.  With ``cipher_key`` (32 bytes) the
     payload is AES-256-GCM encrypted and ``key_id`` is recorded; without it
-    ``key_id`` is ignored (stored as 0).
+    ``key_id`` is ignored (stored as 0).  Data kept raw and unencrypted (the
+    common case for incompressible data) is copied once, into the blob.
     """
-    view = _byte_view(data)
-    plain_len = len(view)
+    pieces = _pieces(data)
+    plain_len = sum(len(v) for v in pieces)
     if plain_len > _U32_MAX - TAG_SIZE:
         raise InvalidArgument(f"chunk too large to encode: {plain_len} bytes")
-    frame = _maybe_compress(view, level)
+    frame = _maybe_compress(pieces, plain_len, level)
     codec = CODEC_RAW if frame is None else CODEC_ZSTD
-    payload: BytesLike = view if frame is None else frame
     if cipher_key is None:
-        checksum = xxhash.xxh3_64_intdigest(payload)
-        header = _pack_header(codec, 0, 0, _ZERO_NONCE, plain_len, len(payload), checksum)
-        return b"".join((header, payload))
+        parts = pieces if frame is None else [memoryview(frame)]
+        digest = xxhash.xxh3_64()
+        for part in parts:
+            digest.update(part)
+        header = _pack_header(
+            codec,
+            0,
+            0,
+            _ZERO_NONCE,
+            plain_len,
+            plain_len if frame is None else len(frame),
+            digest.intdigest(),
+        )
+        return b"".join((header, *parts))
+    payload: BytesLike = _joined(pieces) if frame is None else frame
     if not 0 <= key_id <= 0xFFFF:
         raise InvalidArgument(f"key_id out of range: {key_id}")
     cipher = _cipher(cipher_key)

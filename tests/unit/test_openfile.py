@@ -33,6 +33,7 @@ class FakeClient:
     chunkio = None
 
     def __init__(self) -> None:
+        self.pieced = 0  # blocks handed over as the writes' own pieces (no copy)
         self.chunks: dict[bytes, bytes] = {}
         self.size = 0
         self.inline: bytes | None = None
@@ -55,13 +56,16 @@ class FakeClient:
     async def write_block(
         self,
         index: int,
-        data: bytes | bytearray,
+        data: bytes | bytearray | tuple[bytes | memoryview, ...],
         policy: object = None,
         *,
         force: bool = False,
         volume_codec: VolumeCodec | None = None,
     ) -> BlockRef:
         await trio.lowlevel.checkpoint()
+        if isinstance(data, tuple):
+            self.pieced += 1
+            data = b"".join(data)
         self.forced += force
         cid = hashlib.sha256(bytes(data)).digest()
         self.chunks[cid] = bytes(data)
@@ -144,6 +148,8 @@ payloads = st.one_of(st.binary(min_size=1, max_size=12), st.binary(min_size=1, m
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("write"), offsets, payloads),
+        # Several writes in order at the end of the file (a sequential writer's pieces).
+        st.tuples(st.just("append"), st.integers(1, 4), payloads),
         st.tuples(st.just("truncate"), offsets, st.just(b"")),
         st.tuples(st.just("commit"), st.just(0), st.just(b"")),
         st.tuples(st.just("reopen"), st.just(0), st.just(b"")),
@@ -161,7 +167,12 @@ def test_random_writes_read_back_and_commit_exactly(ops: list[tuple[str, int, by
         f = new_file(client)
         async with trio.open_nursery() as nursery:
             for kind, offset, data in ops:
-                if kind == "write":
+                if kind == "append":
+                    step = -(-len(data) // offset)
+                    for start in range(0, len(data), step):
+                        await f.write(len(model), data[start : start + step], nursery)
+                        model += data[start : start + step]
+                elif kind == "write":
                     await f.write(offset, data, nursery)
                     if len(model) < offset:
                         model.extend(bytes(offset - len(model)))
@@ -186,6 +197,24 @@ def test_random_writes_read_back_and_commit_exactly(ops: list[tuple[str, int, by
             assert client.blocks == {}
 
     trio.run(scenario)
+
+
+async def test_sequential_blocks_are_uploaded_uncopied_and_read_back() -> None:
+    client = FakeClient()
+    f = new_file(client)
+    data = os.urandom(5 * BS + 10)
+    half = BS // 2
+    async with trio.open_nursery() as nursery:
+        for start in range(0, len(data), half):
+            await f.write(start, data[start : start + half], nursery)
+        await trio.testing.wait_all_tasks_blocked()  # the full blocks' uploads are under way
+        # Reading a block still being appended to, then writing into it, keeps every byte.
+        assert await f.read(0, len(data)) == data
+        await f.write(5 * BS + 2, b"xy", nursery)
+        data = data[: 5 * BS + 2] + b"xy" + data[5 * BS + 4 :]
+        await f.commit(nursery)
+    assert client.committed_bytes() == data
+    assert client.pieced == 5  # the full blocks went out as the writes' own pieces
 
 
 async def test_write_racing_a_commit_stays_dirty() -> None:
@@ -237,4 +266,7 @@ async def test_held_attrs_follow_the_data_and_the_chown_rule() -> None:
         assert f.overlay(f.attr).mtime_ns == 123
         await f.commit(nursery)
     assert client.attrs == {"mode": 0o755, "uid": 7, "mtime_ns": 123}
+    assert client.committed_bytes() == b"x" * 10  # in the same commit as the attributes
+    assert client.commits == 1
     assert not f.pending_attrs
+    assert not f.is_dirty
