@@ -30,9 +30,13 @@ IDLE_S = 120.0
 
 
 class ChangeFeed:
-    def __init__(self, changelog: ChangeLog | None = None, *, ack_wait_s: float = ACK_WAIT_S) -> None:
+    def __init__(
+        self, changelog: ChangeLog | None = None, *, ack_wait_s: float = ACK_WAIT_S, complete: bool = False
+    ) -> None:
         self.log = changelog if changelog is not None else ChangeLog()
         self.ack_wait_s = ack_wait_s
+        # Every namespace change reaches this feed (see Answer.complete), not only this daemon's.
+        self.complete = complete
         self._appended = trio.Event()  # set (and replaced) when changes are recorded
         self._progress = trio.Event()  # set (and replaced) when a wait may be over
 
@@ -93,7 +97,7 @@ class ChangeFeed:
             # A new subscriber, or one that knew another daemon run: it drops all it caches.
             changelog.attach(sub, 0, now)
             changelog.detach(sub, now, gone=False)
-            return Answer(changelog.epoch, changelog.head, True, []).to_wire()
+            return Answer(changelog.epoch, changelog.head, True, [], self.complete).to_wire()
         changelog.attach(sub, cursor, now)
         self._wake_waiters()
         gone = True
@@ -114,4 +118,4 @@ class ChangeFeed:
         finally:
             # Cancelled: the connection closed (or the daemon stops), so nobody waits for it.
             changelog.detach(sub, trio.current_time(), gone=gone)
-        return Answer(changelog.epoch, batch.cursor, batch.reset, batch.changes).to_wire()
+        return Answer(changelog.epoch, batch.cursor, batch.reset, batch.changes, self.complete).to_wire()

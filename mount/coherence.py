@@ -17,8 +17,13 @@ directory pins that directory: a change in a directory the kernel does not
 know needs no kernel call (``Operations.lookups`` says which it knows).
 
 A ``reset`` (the daemon restarted, failed over, or we fell too far behind)
-drops every cache the mount has; the kernel's cached names, which can only be
-dropped one by one, then expire with the entry timeout.
+drops every cache the mount has, and every name the mount handed to the
+kernel (``Operations.names``), one by one.
+
+While the daemon's answers say its notices are ``complete`` (it holds the
+metadata), the mount lets the kernel cache names and attributes for long
+(``Operations.coherent``, mount/fs.py); a failed poll ends that until the next
+answer, which either carries what changed meanwhile or is a reset.
 
 Errors never end the task (or the mount): it retries with backoff, and a
 daemon without ``ns.changes`` leaves the mount as it was before this existed.
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyfuse3
 import trio
@@ -55,11 +60,15 @@ class KernelOp:
 
 
 def kernel_ops(
-    changes: Iterable[Change], kernel_ino: Callable[[int], int | None], known: Collection[int]
+    changes: Iterable[Change],
+    kernel_ino: Callable[[int], int | None],
+    known: Collection[int],
+    names: Iterable[tuple[int, bytes]] = (),
 ) -> list[KernelOp]:
     """What to tell the kernel for ``changes`` (single-name entries: see :meth:`Coherence.expand`).
     ``kernel_ino`` maps a daemon inode to the kernel's, None when the kernel cannot know it;
-    ``known`` lists every daemon inode the kernel may know (for ALL)."""
+    ``known`` lists every daemon inode the kernel may know and ``names`` every (directory,
+    name) it may cache (both for ALL)."""
     out: dict[KernelOp, None] = {}  # ordered, without repeats
     for change in changes:
         if change.kind == ALL:
@@ -67,6 +76,10 @@ def kernel_ops(
                 k = kernel_ino(ino)
                 if k is not None:
                     out[KernelOp(k, attr_only=False)] = None
+            for parent, name in names:
+                k = kernel_ino(parent)
+                if k is not None:
+                    out[KernelOp(k, name)] = None
             continue
         k = kernel_ino(change.ino)
         if k is None:
@@ -145,6 +158,8 @@ class Coherence:
                     task_status.started()
                 return
             except (DfsError, ValueError) as exc:
+                # Changes may go unheard until the next answer: short timeouts meanwhile.
+                self.ops.coherent = False
                 if not started:
                     task_status.started()
                     started = True
@@ -168,23 +183,39 @@ class Coherence:
                 # A bug here must not end the mount: forget what we can and carry on.
                 log.exception("applying %d change notice(s) failed", len(answer.changes))
                 self.drop_caches([Change(ALL)])
+                answer = replace(answer, complete=False)  # what the kernel caches is unknown now
+            self.ops.coherent = answer.complete
             epoch, cursor = answer.epoch, answer.cursor
             if not started:
                 task_status.started()
                 started = True
 
     async def apply(self, changes: list[Change]) -> None:
+        ops = self.ops
+        if any(change.kind == ALL for change in changes):
+            ops.coherent = False  # until the reset is applied (run() sets it again)
         expanded: list[Change] = []
         for change in changes:
             expanded.extend(await self.expand(change))
+        for change in list(expanded):
+            if change.kind == ENTRY and change.names:
+                # The inode that had the name: its link count and ctime changed too.
+                had = ops.names.pop((change.ino, change.names[0]), None)
+                if had is not None:
+                    expanded.append(Change(ATTR, had))
         self.drop_caches(expanded)
-        todo = kernel_ops(expanded, self.kernel_ino, [*self.ops.lookups, self.ops.root_ino])
+        # A reset: every name the kernel may cache, read before any await lets new ones in.
+        everything = any(change.kind == ALL for change in expanded)
+        names = list(ops.names) if everything else []
+        todo = kernel_ops(expanded, self.kernel_ino, [*ops.lookups, ops.root_ino], names)
         now = [op for op in todo if not blocks(op)]
         later = [op for op in todo if blocks(op)]
         if now:
             self._kernel(now)  # saves a thread hop on the most common path: a file made elsewhere
         if later:
             await trio.to_thread.run_sync(self._kernel, later)
+        # ``names`` stay: one looked up again meanwhile is cached anew, and one told twice costs
+        # an ENOENT; they go with their inodes (Operations._named).
         self.applied += len(changes)
 
     async def expand(self, change: Change) -> list[Change]:
@@ -212,10 +243,13 @@ class Coherence:
                 ops.known.clear()
                 ops.seen.clear()
                 ops.no_capability.clear()
+                ops.no_xattrs.clear()
+                ops.attrs.clear()
                 for f in ops.files.values():
                     f.attr_fresh_until = 0.0
                 continue
             ops.known.forget(change.ino)
+            ops.attrs.drop(change.ino)
             if change.kind == NEW:
                 continue
             if change.kind == ENTRY:
@@ -224,6 +258,7 @@ class Coherence:
                     f.attr_fresh_until = 0.0
                 continue
             ops.no_capability.pop(change.ino, None)
+            ops.no_xattrs.pop(change.ino, None)
             held = ops.files.get(change.ino)
             if held is not None:
                 held.attr_fresh_until = 0.0

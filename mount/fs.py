@@ -9,7 +9,14 @@ Inode numbers are the daemon's (never reused).  When a subdirectory is
 mounted, kernel inode 1 stands for that directory.
 
 Caching: entries and attributes are cached by the kernel for
-``attr_timeout_s`` (1 s by default).  Page cache is kept across opens only
+``attr_timeout_s`` (1 s by default), and for :data:`COHERENT_TIMEOUT_S` while
+the daemon's change notices cover every change (``coherent``, set by
+mount/coherence.py): a notice then drops what changed, and every name handed to
+the kernel is remembered (``names``) so that a reset can drop them all, and
+getattr of an inode not open here is answered from what the daemon last said
+(mount/attrs.py), which every change drops.
+Attributes of a file open here are never cached for long (its size, times and
+blocks are settled by the commit at close).  Page cache is kept across opens only
 when the daemon reports the same size and mtime this mount last saw
 (close-to-open consistency between mounts).  Within the same bound the mount
 answers some requests itself: negative lookups and getattr in directories
@@ -35,12 +42,13 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from dfs.client.cluster import Client
+from dfs.client.cluster import Client, DirStamp
 from dfs.core.config import MountConfig
 from dfs.core.errors import DfsError, Exists, NoAttribute
 from dfs.core.keys import volume_of
 from dfs.core.namespace import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap, StatFs
-from dfs.core.quotas import QUOTA_XATTRS, parse_xattr_value, statfs_within
+from dfs.core.quotas import QUOTA_XATTR_PREFIX, QUOTA_XATTRS, parse_xattr_value, statfs_within
+from mount.attrs import AttrCache
 from mount.dirs import CompleteDirs
 from mount.files import BlockCache, DirtyBudget, OpenFile
 
@@ -52,6 +60,14 @@ R = TypeVar("R")
 _READDIR_BATCH = 512
 _OPEN_EVENTS_BATCH_S = 0.02
 _CAPABILITY = b"security.capability"
+# How long the kernel may cache names and attributes while change notices cover every change.
+# Not forever: a bound on the cost of a bug in the notices.  Long enough that a tree written
+# by untar or rsync is still cached when it is walked again (rsync's second run).
+COHERENT_TIMEOUT_S = 300.0
+# Entries kept in the xattr caches at most (past it they are dropped: asked again).
+_XATTR_CACHE_MAX = 100_000
+# Remembered names are pruned of forgotten inodes when they outnumber those by this factor.
+_NAMES_SLACK = 2
 _ACL_PREFIX = b"system.posix_acl_"
 
 
@@ -138,6 +154,19 @@ class Operations(pyfuse3.Operations):
         self._open_events_ready = trio.Event()
         # inode -> monotonic expiry of a cached "no security.capability" answer
         self.no_capability: dict[int, float] = {}
+        # The daemon's change notices cover every change (mount/coherence.py keeps this current):
+        # the kernel may cache entries and attributes for COHERENT_TIMEOUT_S.
+        self.coherent = False
+        # inode -> (monotonic expiry, directory it was made in or 0) of "it has no xattrs at all":
+        # made here where nothing could be inherited, or an empty listxattr.  The kernel asks for
+        # security.capability before writes and chown, and for the access ACL after every
+        # setattr and attribute refresh: untar and rsync ask several times per file.
+        self.no_xattrs: dict[int, tuple[float, int]] = {}
+        # (directory, name) -> inode of every entry handed to the kernel (as far as it may still
+        # cache it): what a reset must drop.  Pruned lazily of inodes the kernel forgot.
+        self.names: dict[tuple[int, bytes], int] = {}
+        # Attributes of inodes not open here, for getattr while ``coherent`` (mount/attrs.py).
+        self.attrs = AttrCache()
 
     # -- helpers ------------------------------------------------------------------
     def _d(self, ino: int) -> int:
@@ -148,15 +177,28 @@ class Operations(pyfuse3.Operations):
         """Daemon inode -> kernel inode."""
         return pyfuse3.ROOT_INODE if ino == self.root_ino else ino
 
+    def _timeout_s(self, configured_s: float) -> float:
+        """How long the kernel may cache what this reply says (a timeout of 0 stays 0)."""
+        if self.coherent and configured_s > 0:
+            return max(configured_s, COHERENT_TIMEOUT_S)
+        return configured_s
+
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         f = self.files.get(attr.ino)
-        if f is not None:
-            attr = f.overlay(attr)
         e = pyfuse3.EntryAttributes()
+        e.entry_timeout = self._timeout_s(self.cfg.entry_timeout_s)
+        if attr.ino == self.root_ino:
+            # stat(2) of the mount point must reach us soon, or a dead mount (its process
+            # gone) would look alive from the kernel's cache (`dfs up` looks for those).
+            e.attr_timeout = self.cfg.attr_timeout_s
+        elif f is not None:
+            attr = f.overlay(attr)
+            # Provisional until the commit at close (blocks, ctime): ask again soon.
+            e.attr_timeout = self.cfg.attr_timeout_s
+        else:
+            e.attr_timeout = self._timeout_s(self.cfg.attr_timeout_s)
         e.st_ino = self._k(attr.ino)
         e.generation = attr.generation
-        e.entry_timeout = self.cfg.entry_timeout_s
-        e.attr_timeout = self.cfg.attr_timeout_s
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
@@ -175,10 +217,87 @@ class Operations(pyfuse3.Operations):
         for f in self.files.values():
             f.attr_fresh_until = 0.0
 
-    def _looked_up(self, ino: int, parent: int | None = None) -> None:
+    def _settled(self, ino: int) -> bool:
+        """Whether what the daemon says of ``ino`` now may be kept in ``attrs``: notices are
+        complete and nothing of it waits here for a commit (which drops it again)."""
+        f = self.files.get(ino)
+        return self.coherent and (f is None or not (f.is_dirty or f.pending_attrs))
+
+    def _xattrs_known_empty(self, ino: int) -> bool:
+        known = self.no_xattrs.get(ino)
+        if known is None:
+            return False
+        expiry_s, parent = known
+        # Made in ``parent`` while it had no default ACL: unless that knowledge was dropped since
+        # (a default ACL set there just before the create would then have been inherited).
+        return expiry_s > time.monotonic() and (parent == 0 or parent in self.no_xattrs)
+
+    def _no_xattrs(self, ino: int, parent: int = 0) -> None:
+        if len(self.no_xattrs) >= _XATTR_CACHE_MAX:
+            self.no_xattrs.clear()
+        self.no_xattrs[ino] = (time.monotonic() + self._timeout_s(self.cfg.attr_timeout_s), parent)
+
+    def _made(self, parent: int, ino: int) -> None:
+        """``ino`` was just made in ``parent``: it inherited nothing if ``parent`` has no xattrs
+        (a default ACL is the only thing a new inode inherits as xattrs)."""
+        if self._xattrs_known_empty(parent):
+            self._no_xattrs(ino, parent)
+
+    async def _learn_xattrs(self, ino: int) -> None:
+        """Find out (one call) whether directory ``ino`` has no xattrs, before making in it a
+        directory whose whole subtree then needs no xattr probes."""
+        if self._xattrs_known_empty(ino):
+            return
+        try:
+            names = await self.client.listxattr(ino)
+        except DfsError:
+            return  # the mkdir will say what is wrong
+        if not names:
+            self._no_xattrs(ino)
+
+    def _looked_up(self, ino: int, parent: int | None = None, name: bytes | None = None) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
         if parent is not None:
             self.parents[ino] = parent
+            if name is not None:
+                self._named(parent, name, ino)
+
+    def _named(self, parent: int, name: bytes, ino: int) -> None:
+        """The kernel may now cache ``name`` in ``parent`` (see ``names``)."""
+        if name in (b".", b".."):
+            return
+        self.names[(parent, name)] = ino
+        if len(self.names) > _NAMES_SLACK * len(self.lookups) + 1024:
+            lookups = self.lookups
+            self.names = {key: i for key, i in self.names.items() if i in lookups}
+
+    def _dirs_changed(
+        self,
+        stamps: Sequence[DirStamp],
+        *,
+        added: Sequence[tuple[int, bytes]] = (),
+        removed: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
+        """This mount changed these directories (and these names in them)."""
+        self.known.changed(stamps, added=added, removed=removed)
+        for st in stamps:
+            self.attrs.drop(st.ino)
+        for parent, name in removed:
+            gone = self.names.pop((parent, name), None)
+            if gone is not None:
+                self.attrs.drop(gone)  # its link count and ctime changed
+
+    def _renamed(self, old: int, name_old: bytes, new: int, name_new: bytes, flags: int) -> None:
+        """Keep ``names`` in step with a rename made here (the kernel moved its entry)."""
+        moved = self.names.pop((old, name_old), None)
+        if flags & RENAME_EXCHANGE:
+            other = self.names.pop((new, name_new), None)
+            if other is not None:
+                self.names[(old, name_old)] = other
+        else:
+            self.names.pop((new, name_new), None)
+        if moved is not None:
+            self.names[(new, name_new)] = moved
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -220,7 +339,7 @@ class Operations(pyfuse3.Operations):
             if found is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             attr = found
-        self._looked_up(attr.ino, parent)
+        self._looked_up(attr.ino, parent, None if name in (b".", b"..") else name)
         return self._entry(attr)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -245,7 +364,16 @@ class Operations(pyfuse3.Operations):
             # Open here and fetched within the attribute timeout: the same answer
             # the kernel's attribute cache could have given.
             return self._entry(f.attr)
-        return self._entry(await self.client.getattr(ino))
+        held = self.attrs.get(ino) if self.coherent and f is None else None
+        if held is not None:
+            return self._entry(held)
+        self.attrs.begin(ino)
+        attr: Attr | None = None
+        try:
+            attr = await self.client.getattr(ino)
+        finally:
+            self.attrs.end(ino, attr if self._settled(ino) else None)
+        return self._entry(attr)
 
     @_handler
     async def setattr(
@@ -278,8 +406,19 @@ class Operations(pyfuse3.Operations):
                 await f.commit(self._bg)
         elif f is not None and f.is_dirty and ("mtime_ns" in changes or "atime_ns" in changes):
             await f.commit(self._bg)
-        new, stamps = await self.client.setattr(ino, **changes)
+        self.attrs.begin(ino)
+        new: Attr | None = None
+        try:
+            new, stamps = await self.client.setattr(ino, **changes)
+        finally:
+            keep = new if self._settled(ino) else None
+            self.attrs.end(ino, keep)
+            if keep is None:
+                self.attrs.drop(ino)
         self.known.changed(stamps)  # a directory's own attributes changed
+        for st in stamps:
+            if st.ino != ino:  # (its own stamp says what ``new`` says)
+                self.attrs.drop(st.ino)
         if f is not None and "mtime_ns" in changes:
             f.mtime_set(new)
         elif f is not None:
@@ -304,17 +443,21 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
         attr, stamps = await self.client.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
-        self.known.changed(stamps, added=[(parent, name)])
-        self._looked_up(attr.ino, parent)
+        self._dirs_changed(stamps, added=[(parent, name)])
+        self._made(parent, attr.ino)
+        self._looked_up(attr.ino, parent, name)
         return self._entry(attr)
 
     @_handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
+        await self._learn_xattrs(parent)
         attr, stamps = await self.client.mkdir(parent, name, mode, ctx.uid, ctx.gid)
-        self.known.changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name)])
+        self._made(parent, attr.ino)
         self.known.made(attr)
         self._looked_up(attr.ino)
+        self._named(parent, name, attr.ino)
         return self._entry(attr)
 
     @_handler
@@ -322,13 +465,13 @@ class Operations(pyfuse3.Operations):
         parent = self._d(parent_inode)
         await self.send_open_events()  # files held open here must be registered before they lose a name
         self._stale_open_attrs()  # the unlinked file's nlink changes
-        self.known.changed(await self.client.unlink(parent, name), removed=[(parent, name)])
+        self._dirs_changed(await self.client.unlink(parent, name), removed=[(parent, name)])
 
     @_handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         parent = self._d(parent_inode)
         self._stale_open_attrs()
-        self.known.changed(await self.client.rmdir(parent, name), removed=[(parent, name)])
+        self._dirs_changed(await self.client.rmdir(parent, name), removed=[(parent, name)])
 
     @_handler
     async def symlink(
@@ -336,8 +479,10 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
         attr, stamps = await self.client.symlink(parent, name, target, ctx.uid, ctx.gid)
-        self.known.changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name)])
+        self._made(parent, attr.ino)
         self._looked_up(attr.ino)
+        self._named(parent, name, attr.ino)
         return self._entry(attr)
 
     @_handler
@@ -353,7 +498,27 @@ class Operations(pyfuse3.Operations):
         old, new = self._d(parent_inode_old), self._d(parent_inode_new)
         await self.send_open_events()  # a replaced target may be open here
         self._stale_open_attrs()  # ctime of the moved file, nlink of a replaced one
-        stamps = await self.client.rename(old, name_old, new, name_new, flags)
+        moved = self.names.get((old, name_old))
+        replaced = self.names.get((new, name_new))
+        if moved is not None:
+            self.attrs.begin(moved)
+        after: Attr | None = None
+        try:
+            stamps = await self.client.rename(old, name_old, new, name_new, flags)
+            held = None if moved is None else self.attrs.get(moved)
+            if held is not None and stamps and not flags & RENAME_EXCHANGE:
+                # The moved inode's ctime is the rename's time, which its directories show.
+                after = held._replace(ctime_ns=stamps[0].after.ctime_ns)
+        finally:
+            if moved is not None:
+                self.attrs.end(moved, after if self.coherent else None)
+                if after is None:
+                    self.attrs.drop(moved)
+        if replaced is not None:
+            self.attrs.drop(replaced)  # unlinked by the rename, or (exchange) its ctime changed
+        self._renamed(old, name_old, new, name_new, flags)
+        for st in stamps:
+            self.attrs.drop(st.ino)
         if flags & RENAME_EXCHANGE:
             self.known.changed(stamps)  # both names still exist
         else:
@@ -366,8 +531,9 @@ class Operations(pyfuse3.Operations):
         parent = self._d(new_parent_inode)
         self._stale_open_attrs()
         attr, stamps = await self.client.link(self._d(inode), parent, new_name)
-        self.known.changed(stamps, added=[(parent, new_name)])
-        self._looked_up(attr.ino, parent)
+        self.attrs.drop(attr.ino)
+        self._dirs_changed(stamps, added=[(parent, new_name)])
+        self._looked_up(attr.ino, parent, new_name)
         return self._entry(attr)
 
     # -- directories ----------------------------------------------------------------
@@ -397,7 +563,7 @@ class Operations(pyfuse3.Operations):
                     d.entries = d.entries[i:]
                     d.cookie = cookie
                     return
-                self._looked_up(entry.attr.ino, d.ino)
+                self._looked_up(entry.attr.ino, d.ino, entry.name)
                 cookie = entry.cookie
             exhausted = d.exhausted
             d.entries = None
@@ -479,6 +645,7 @@ class Operations(pyfuse3.Operations):
             reader, keep = self._open_file(fmap, asked)
             self._queue_open_event("open", ino)
             return pyfuse3.FileInfo(fh=self._register(ino, reader), keep_cache=keep)
+        self.attrs.drop(ino)  # it may change now: its attributes come from the OpenFile
         current = self.files.get(ino)
         if truncate and current is not None:
             await current.commit(self._bg)
@@ -507,13 +674,14 @@ class Operations(pyfuse3.Operations):
             if flags & os.O_EXCL:
                 raise
             return await self._open_existing(parent, name, flags)
-        self.known.changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name)])
         # A new file has no xattrs: spare the capability probe before its first write.
         self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
+        self._made(parent, attr.ino)
         self.parents[attr.ino] = parent
         f, _ = self._open_file(FileMap(attr, None, []), None)
         f.fresh = True
-        self._looked_up(attr.ino, parent)
+        self._looked_up(attr.ino, parent, name)
         fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
 
@@ -523,6 +691,7 @@ class Operations(pyfuse3.Operations):
         attr = await self.client.lookup(parent, name)
         if attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        self.attrs.drop(attr.ino)
         asked = self._asked(attr.ino)
         fmap = await self.client.open(
             attr.ino,
@@ -534,7 +703,7 @@ class Operations(pyfuse3.Operations):
             asked = self._asked(attr.ino)  # the truncation is this open's own change: adopt it
         self.parents[attr.ino] = parent
         f, keep = self._open_file(fmap, asked)
-        self._looked_up(attr.ino, parent)
+        self._looked_up(attr.ino, parent, name)
         fh = self._register(attr.ino, f)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._entry(fmap.attr)
 
@@ -553,7 +722,9 @@ class Operations(pyfuse3.Operations):
         return len(buf)
 
     async def _commit(self, f: OpenFile) -> None:
+        self.attrs.drop(f.ino)
         attr = await f.commit(self._bg)
+        self.attrs.drop(f.ino)
         if attr is not None:
             self.seen[f.ino] = (attr.size, attr.mtime_ns)
 
@@ -621,14 +792,20 @@ class Operations(pyfuse3.Operations):
             # would overwrite the ACL's mask with the older mode (tar: fchmod, then ACL).
             await f.commit(self._bg)
         self.no_capability.pop(ino, None)
+        self.no_xattrs.pop(ino, None)
+        self.attrs.drop(ino)
         self._stale_open_attrs()
         # The inode's ctime changes, and an ACL can change its mode: no answers from memory.
         self.known.forget(ino)
         await self.client.setxattr(ino, name, value, 0)
+        self.attrs.drop(ino)
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: Ctx) -> bytes:
         ino = self._d(inode)
+        if not name.startswith(QUOTA_XATTR_PREFIX) and self._xattrs_known_empty(ino):
+            # (A quota's view appears without a change notice: always asked.)
+            raise pyfuse3.FUSEError(errno.ENODATA)
         if name == _CAPABILITY:
             # The kernel asks before every write(2); answer repeats from memory.
             expiry = self.no_capability.get(ino)
@@ -645,15 +822,21 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def listxattr(self, inode: int, ctx: Ctx) -> Sequence[bytes]:
-        return await self.client.listxattr(self._d(inode))
+        ino = self._d(inode)
+        names = await self.client.listxattr(ino)
+        if not names:
+            self._no_xattrs(ino)
+        return names
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: Ctx) -> None:
         ino = self._d(inode)
         self.no_capability.pop(ino, None)
+        self.no_xattrs.pop(ino, None)
         self._stale_open_attrs()
         self.known.forget(ino)
         await self.client.removexattr(ino, name)
+        self.attrs.drop(ino)
 
     # -- misc ----------------------------------------------------------------------------
     @_handler

@@ -94,7 +94,9 @@ class Service:
             )
         # What changed in the namespace, for this daemon's mounts (ns.changes); on the primary
         # read from the oplog after each metadata call, the one place every change passes.
-        self.changes = ChangeFeed()
+        # Complete where this daemon holds the metadata (or follows the shared op-log); a
+        # secondary sees only the changes made through it.
+        self.changes = ChangeFeed(complete=store is not None)
         self.metacalls = MetaCalls(
             store,
             self.changes,

@@ -288,12 +288,18 @@ def _path(parent: int, names: list[bytes], resolve: Resolver | None, steps: str,
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What ``ns.changes`` answers: the daemon run (``epoch``), the cursor to ask with next,
-    whether to drop every cache instead, and the changes."""
+    whether to drop every cache instead, and the changes.
+
+    ``complete``: every change to the namespace reaches this daemon's notices (it holds the
+    metadata, or follows the shared op-log), not only those made through it.  A mount may then
+    let its kernel cache names and attributes for long: a notice drops them.  Missing in the
+    answers of older daemons, which counts as False."""
 
     epoch: str
     cursor: int
     reset: bool
     changes: list[Change]
+    complete: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -301,6 +307,7 @@ class Answer:
             "cursor": self.cursor,
             "reset": self.reset,
             "changes": [c.to_wire() for c in self.changes],
+            "complete": self.complete,
         }
 
     @classmethod
@@ -311,8 +318,9 @@ class Answer:
                 int(raw["cursor"]),
                 bool(raw["reset"]),
                 [Change.from_wire(c) for c in raw["changes"]],
+                raw.get("complete") is True,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed ns.changes answer: {exc}") from None
 
 

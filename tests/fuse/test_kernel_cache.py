@@ -1,0 +1,103 @@
+"""Long kernel caches while the daemon's change notices are complete (mount/fs.py).
+
+A mount of the daemon that holds the metadata lets the kernel cache names and
+attributes for minutes instead of the 1 s default, and stays coherent because
+every change made elsewhere arrives as a notice that drops what it changed; a
+reset (here: a daemon restart) drops every name the mount ever handed out.
+
+Whether the kernel asked is read from the mount's own metrics (FUSE operations
+by kind): a walk answered from the kernel's caches reaches no handler.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, Mount, free_port, needs_fuse, wait_for
+
+pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.slow]
+
+_WALKED = ("lookup", "getattr", "getxattr")
+
+
+def fuse_ops(port: int, ops: tuple[str, ...] = _WALKED) -> int:
+    """How many of these FUSE operations the mount has answered so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for op in ops:
+        m = re.search(rf'^dfs_fuse_op_seconds_count\{{op="{op}"\}} (\S+)$', text, re.M)
+        total += float(m.group(1)) if m else 0.0
+    return int(total)
+
+
+def test_long_caches_stay_coherent_and_a_reset_drops_them(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "var", free_port())
+    d.start()
+    port = free_port()
+    writer = Mount(d, tmp_path / "m1")
+    reader = Mount(d, tmp_path / "m2", options=f"metrics=127.0.0.1:{port}")
+    try:
+        writer.start()
+        reader.start()
+        deep = writer.path / "a" / "b" / "c"
+        deep.mkdir(parents=True)
+        (deep / "f").write_bytes(b"first")
+        seen = reader.path / "a" / "b" / "c" / "f"
+        assert seen.stat().st_size == 5  # the reader's kernel caches a, b, c and f now
+        # Past the 1 s default timeouts (with those, the walks below would ask again), and past
+        # the notices of the writer's own changes, which may arrive after the first walk.
+        time.sleep(1.5)
+        assert seen.stat().st_size == 5
+        before = fuse_ops(port, ("lookup", "getxattr"))
+        getattrs = fuse_ops(port, ("getattr",))
+        time.sleep(1.5)
+        assert seen.stat().st_size == 5
+        assert os.listdir(reader.path / "a" / "b") == ["c"]
+        walked = fuse_ops(port, ("lookup", "getxattr"))
+        assert walked == before, "the walk reached the mount: the kernel did not cache it"
+        # Only the mount point's own attributes stay short (a dead mount must show as such).
+        assert fuse_ops(port, ("getattr",)) <= getattrs + 1
+
+        # Changes made elsewhere still show at once: the notices drop the long-cached entries.
+        os.chmod(deep / "f", 0o600)
+        assert stat.S_IMODE(seen.stat().st_mode) == 0o600
+        (deep / "f").write_bytes(b"second!")
+        assert seen.read_bytes() == b"second!"
+        os.rename(deep / "f", deep / "g")
+        assert not seen.exists()
+        assert (reader.path / "a" / "b" / "c" / "g").read_bytes() == b"second!"
+        os.rename(writer.path / "a" / "b", writer.path / "a" / "moved")
+        assert not (reader.path / "a" / "b").exists()
+        assert (reader.path / "a" / "moved" / "c" / "g").exists()
+
+        # A daemon restart starts a new notice log: the reader drops every name it handed out,
+        # so its kernel asks again (without that, the walk stays cached for minutes).
+        cached = reader.path / "a" / "moved" / "c" / "g"
+        assert cached.stat().st_size == 7
+        d.stop()
+        d.start()
+        after = fuse_ops(port, ("lookup",))
+
+        def asks_again() -> bool:
+            # Lookups, not getattrs: the reset also drops every inode's attributes, which
+            # alone would make the kernel ask for those.
+            cached.stat()
+            return fuse_ops(port, ("lookup",)) > after
+
+        wait_for(asks_again, 30, "the reader's kernel to drop its cached names after the restart")
+        (writer.path / "a" / "moved" / "c" / "g").unlink()
+        assert not cached.exists()
+    finally:
+        reader.stop()
+        writer.stop()
+        if d.proc is not None:
+            d.assert_clean()
+        d.stop()
