@@ -258,7 +258,7 @@ class Service:
     async def _tier_specs(self) -> list[dict[str, Any]]:
         """The tier definitions: from metadata here, else from the primary."""
         if self.metacalls.store is not None:
-            specs: list[dict[str, Any]] = await self.metacalls.read(self.metacalls.meta.tier_specs)
+            specs: list[dict[str, Any]] = await self.metacalls.run(self.metacalls.meta.tier_specs)
             return specs
         primary = self.cluster_runner.primary
         if primary is None:

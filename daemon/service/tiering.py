@@ -417,7 +417,7 @@ class TierWorker:
         cold = vol["mode"] in ("tiered", "cloud") and not unknown
         after = 0
         while True:
-            nxt, work = await self._metacalls.read(
+            nxt, work = await self._m(
                 meta.tier_candidates,
                 int(vol["ino"]),
                 after,
@@ -486,7 +486,7 @@ class TierWorker:
         """Bring the cold chunks of pinned trees back to local disks (R copies), then warm."""
         meta = self._metacalls.meta
         for ino in await self._m(meta.tier_pins):
-            ids = await self._metacalls.read(meta.tier_pinned_chunks, ino, 1000)
+            ids = await self._metacalls.run(meta.tier_pinned_chunks, ino, 1000)
             if ids:
                 await self._warm(p, ids)
 
@@ -521,7 +521,7 @@ class TierWorker:
         after = b""
         known: set[bytes] = set()
         while True:
-            ids = await self._metacalls.read(meta.tier_rows, name, after, VERIFY_PAGE)
+            ids = await self._metacalls.run(meta.tier_rows, name, after, VERIFY_PAGE)
             known.update(ids)
             missing = [cid for cid in ids if cid not in listed]
             if missing:
@@ -607,9 +607,9 @@ class TierWorker:
     # -- status ----------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         meta = self._metacalls.meta
-        usage = await self._metacalls.read(meta.tier_usage)
-        specs = await self._metacalls.read(meta.tier_specs)
-        vols = await self._metacalls.read(meta.tier_volume_policies)
+        usage = await self._metacalls.run(meta.tier_usage)
+        specs = await self._metacalls.run(meta.tier_specs)
+        vols = await self._metacalls.run(meta.tier_volume_policies)
         tiers = []
         for doc in specs:
             spec = doc["spec"]
@@ -673,7 +673,7 @@ class TierHandlers:
         await self._tiers.refresh(force=True)
 
     async def specs(self) -> list[dict[str, Any]]:
-        specs: list[dict[str, Any]] = await self._metacalls.read(self._metacalls.meta.tier_specs)
+        specs: list[dict[str, Any]] = await self._metacalls.run(self._metacalls.meta.tier_specs)
         return specs
 
     async def status(self) -> dict[str, Any]:

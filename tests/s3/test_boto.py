@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from tests.conftest import Daemon
+from tests.s3.conftest import make_client
 
 KEYS = [
     "plain.txt",

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_client
 
 from tests.conftest import Daemon, Mount, free_port, http_call, needs_fuse, wait_for
+from tests.s3.conftest import make_client
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

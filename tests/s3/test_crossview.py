@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from tests.conftest import Daemon, Mount, free_port, needs_fuse, wait_for
+from tests.s3.conftest import make_client
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

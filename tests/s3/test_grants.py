@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from daemon.admin.openapi import OPENAPI
 from tests.conftest import Daemon, http_call
+from tests.s3.conftest import make_client
 from tests.unit.test_admin import validate
 
 BIN = Path(sys.executable).parent

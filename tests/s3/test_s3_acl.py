@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from botocore import UNSIGNED
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from dfs.core.s3acl import ALL_USERS, AUTHENTICATED_USERS, ROOT_ID, canonical_id
 from tests.conftest import Daemon
+from tests.s3.conftest import make_client
 from tests.s3.forms import post_form
 
 _names = itertools.count()

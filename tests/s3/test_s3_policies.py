@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from botocore import UNSIGNED
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from tests.conftest import Daemon, http_call
+from tests.s3.conftest import make_client
 
 _names = itertools.count()
 

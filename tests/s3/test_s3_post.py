@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from tests.conftest import Daemon
+from tests.s3.conftest import make_client
 from tests.s3.forms import post_form
 
 MiB = 1024 * 1024

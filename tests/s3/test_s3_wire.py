@@ -265,7 +265,8 @@ def test_key_management_cli(s3d: Daemon, s3: Any) -> None:
     import json
 
     from botocore.exceptions import ClientError
-    from conftest import make_client
+
+    from tests.s3.conftest import make_client
 
     made = json.loads(s3d.cli("s3", "key", "create", "--description", "ci key", "--json").stdout)
     listed = json.loads(s3d.cli("s3", "key", "list", "--json").stdout)
@@ -298,9 +299,8 @@ def test_oversized_upload_refused_before_its_body(s3d: Daemon, s3: Any) -> None:
 
 
 def test_abandoned_uploads_expire(tmp_path: Any) -> None:
-    from conftest import make_client
-
     from tests.conftest import free_port, wait_for
+    from tests.s3.conftest import make_client
 
     d = Daemon(tmp_path / "var", free_port(), s3_conf="upload_expiry_s = 2.0")
     d.start()
@@ -346,9 +346,8 @@ def test_empty_body_with_expect_continue_gets_its_100(s3d: Daemon, s3: Any) -> N
 def test_corrupt_chunk_fails_the_download_not_the_daemon(tmp_path: Any) -> None:
     """A chunk that fails its checksum mid-GET cuts the response short (never wrong bytes), and
     the daemon keeps serving, whether the client waits for the error or has gone away."""
-    from conftest import make_client
-
     from tests.conftest import free_port
+    from tests.s3.conftest import make_client
 
     d = Daemon(tmp_path / "var", free_port())
     d.start()

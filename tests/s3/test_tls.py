@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import make_client
 
 from tests.conftest import Daemon
+from tests.s3.conftest import make_client
 
 
 def test_https_put_get_with_trailers(s3tls: Daemon, tmp_path: Path) -> None:
