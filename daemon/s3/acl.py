@@ -18,8 +18,7 @@ import logging
 from collections.abc import Mapping
 
 from daemon.http import Response
-from daemon.s3.call import Call, xml
-from daemon.s3.tagging import read_checked_body
+from daemon.s3.call import Call, read_checked_body, xml
 from daemon.s3.tree import ObjectTree
 from dfs.core import s3acl, s3xml
 from dfs.core.errors import NotFound, S3Error

@@ -77,3 +77,14 @@ def authorize(c: Call, bucket: str, need: Perm) -> None:
     principal = c.principal
     if principal is None or not allowed(principal, bucket, need):
         raise S3Error("AccessDenied", "Access Denied", 403)
+
+
+async def read_checked_body(c: Call, limit_bytes: int) -> bytes:
+    """The whole (small) request body, its Content-MD5 / checksum / payload hash verified."""
+    body = await c.req.read_body(limit_bytes)
+    c.bytes_in = len(body)
+    assert c.auth is not None
+    checks = sigv4.BodyChecks(c.headers, c.auth)
+    checks.update(body)
+    checks.finish(None)
+    return body

@@ -19,8 +19,7 @@ import logging
 
 from daemon.http import Response
 from daemon.s3.bucket_cache import BucketCache
-from daemon.s3.call import Call, xml
-from daemon.s3.tagging import read_checked_body
+from daemon.s3.call import Call, read_checked_body, xml
 from daemon.s3.tree import ObjectTree
 from dfs.core import s3cors, s3xml
 from dfs.core.errors import DfsError, NoAttribute, S3Error

@@ -31,11 +31,11 @@ from typing import Any
 
 from daemon.http import Response
 from daemon.s3.bucket_cache import BucketCache
-from daemon.s3.call import Call, xml
+from daemon.s3.call import Call, read_checked_body, xml
 from daemon.s3.listing import Listing
 from daemon.s3.multipart import Multipart
 from daemon.s3.objects import Objects
-from daemon.s3.tagging import XA_TAGGING, read_checked_body
+from daemon.s3.tagging import XA_TAGGING
 from daemon.s3.tree import ObjectInfo, ObjectTree
 from dfs.core import endpoints, s3lifecycle, s3names, s3tags, s3xml
 from dfs.core.errors import DfsError, NoAttribute, NotADirectory, NotFound, NotPermitted, S3Error

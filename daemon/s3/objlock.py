@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.http import Response
-from daemon.s3.call import Call, authorize, xml
-from dfs.core import endpoints, s3objlock, sigv4
+from daemon.s3.call import Call, authorize, read_checked_body, xml
+from dfs.core import endpoints, s3objlock
 from dfs.core.errors import S3Error
 from dfs.core.namespace import Attr
 from dfs.core.s3grants import Perm
@@ -56,18 +56,6 @@ class _Tree(Protocol):
     async def bucket_ino(self, bucket: str) -> int: ...
 
     async def object(self, c: Call) -> tuple[_Info, bool]: ...
-
-
-async def _read_body(c: Call) -> bytes:
-    """A lock document, its Content-MD5 / checksum / payload hash verified (as tagging reads its
-    own: daemon/s3/tagging.py imports the object tree, which imports this module)."""
-    body = await c.req.read_body(MAX_LOCK_BODY_BYTES)
-    c.bytes_in = len(body)
-    assert c.auth is not None
-    checks = sigv4.BodyChecks(c.headers, c.auth)
-    checks.update(body)
-    checks.finish(None)
-    return body
 
 
 def _missing_config() -> S3Error:
@@ -139,7 +127,7 @@ class ObjectLocking:
 
     async def put_config(self, c: Call) -> Response:
         bucket_ino = await self.tree.bucket_ino(c.bucket)
-        cfg = s3objlock.parse_config(await _read_body(c))
+        cfg = s3objlock.parse_config(await read_checked_body(c, MAX_LOCK_BODY_BYTES))
         status = await endpoints.S3_VERSIONING_GET.call(self.client, bucket_ino)
         if status != _ENABLED:
             raise S3Error(
@@ -184,7 +172,7 @@ class ObjectLocking:
 
     async def put_retention(self, c: Call) -> Response:
         bucket_ino, ino, _ = await self._target(c)
-        mode, until_ns = s3objlock.parse_retention(await _read_body(c))
+        mode, until_ns = s3objlock.parse_retention(await read_checked_body(c, MAX_LOCK_BODY_BYTES))
         if until_ns is not None and until_ns <= time.time_ns():
             raise S3Error("InvalidArgument", "The retain until date must be in the future!", 400)
         if await bucket_config(self.client, bucket_ino) is None:
@@ -201,7 +189,7 @@ class ObjectLocking:
 
     async def put_legal_hold(self, c: Call) -> Response:
         bucket_ino, ino, _ = await self._target(c)
-        hold = s3objlock.parse_legal_hold(await _read_body(c))
+        hold = s3objlock.parse_legal_hold(await read_checked_body(c, MAX_LOCK_BODY_BYTES))
         if await bucket_config(self.client, bucket_ino) is None:
             raise _missing_config()
         await endpoints.S3_OBJLOCK_HOLD_SET.call(self.client, bucket_ino, ino, hold)

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from daemon.http import Response
 from daemon.s3.acl import XA_ACL, Acls, decode_or_private, header_acl, who
 from daemon.s3.bucket_cache import BucketCache
-from daemon.s3.call import Call, xml
-from daemon.s3.tagging import read_checked_body
+from daemon.s3.call import Call, read_checked_body, xml
 from daemon.s3.tree import ObjectTree
 from dfs.core import s3acl, s3policy, s3xml
 from dfs.core.errors import NoAttribute, S3Error

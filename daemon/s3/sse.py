@@ -33,9 +33,9 @@ from typing import Any
 
 from daemon.http import Response
 from daemon.s3.bucket_cache import BucketCache
-from daemon.s3.call import Call, xml
+from daemon.s3.call import Call, read_checked_body, xml
 from dfs.client.cluster import Client
-from dfs.core import endpoints, s3sse, sigv4
+from dfs.core import endpoints, s3sse
 from dfs.core.errors import NoAttribute, NotFound, S3Error
 from dfs.core.s3sse import BucketDefault, CustomerKey, Stored, WriteSse
 
@@ -104,7 +104,7 @@ class ServerSideEncryption:
 
     async def put_config(self, c: Call) -> Response:
         ino = await self.bucket_ino(c.bucket)
-        default = s3sse.parse_bucket_default(await _checked_body(c, s3sse.MAX_CONFIG_BYTES))
+        default = s3sse.parse_bucket_default(await read_checked_body(c, s3sse.MAX_CONFIG_BYTES))
         await self._s3_key_id(ino)  # fail now (not a volume, no master key), not on the next PUT
         await self.client.setxattr(ino, XA_BUCKET_SSE, s3sse.encode_bucket_default(default), 0)
         self._defaults.drop(c.bucket)
@@ -275,14 +275,3 @@ class ServerSideEncryption:
 
 def _bytes(value: Any) -> bytes | None:
     return bytes(value) if isinstance(value, (bytes, bytearray)) else None
-
-
-async def _checked_body(c: Call, limit_bytes: int) -> bytes:
-    """The whole (small) request body, its Content-MD5 / checksum / payload hash verified."""
-    body = await c.req.read_body(limit_bytes)
-    c.bytes_in = len(body)
-    assert c.auth is not None
-    checks = sigv4.BodyChecks(c.headers, c.auth)
-    checks.update(body)
-    checks.finish(None)
-    return body

@@ -14,25 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from daemon.http import Response
-from daemon.s3.call import Call, xml
+from daemon.s3.call import Call, read_checked_body, xml
 from daemon.s3.tree import ObjectInfo, ObjectTree
-from dfs.core import s3tags, s3xml, sigv4
+from dfs.core import s3tags, s3xml
 from dfs.core.errors import NoAttribute, NotFound, S3Error
 
 XA_TAGGING = b"user.s3.tagging"
 # Tagging bodies are small: 50 tags of the longest are well under this.
 MAX_TAGGING_BODY_BYTES = 256 * 1024
-
-
-async def read_checked_body(c: Call, limit_bytes: int) -> bytes:
-    """The whole (small) request body, its Content-MD5 / checksum / payload hash verified."""
-    body = await c.req.read_body(limit_bytes)
-    c.bytes_in = len(body)
-    assert c.auth is not None
-    checks = sigv4.BodyChecks(c.headers, c.auth)
-    checks.update(body)
-    checks.finish(None)
-    return body
 
 
 def header_xattrs(headers: Mapping[str, str]) -> dict[bytes, bytes]:
