@@ -39,6 +39,9 @@ from dfs.core.errors import (
     from_oserror,
 )
 
+# Its own generator: the process-wide one belongs to whoever seeded it (tests, hypothesis),
+# and draws from worker threads would perturb it.
+_JITTER = random.Random()
 # What daemon/meta/quotas.py's triggers raise (kept in step with QUOTA_EXCEEDED_MESSAGE there).
 _QUOTA_MESSAGE = "dfs: quota exceeded"
 # Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
@@ -105,7 +108,7 @@ def _api(fn: Callable[P, R]) -> Callable[P, R]:
                     attempt += 1
                     if not db.is_retryable(exc) or attempt >= RETRY_ATTEMPTS:
                         raise _db_error(db, exc, name) from exc
-                time.sleep(random.uniform(0, pause_s))
+                time.sleep(_JITTER.uniform(0, pause_s))
                 pause_s *= 2
         except OSError as exc:
             raise from_oserror(exc, f"metadata {name}") from exc

@@ -49,6 +49,9 @@ from dfs.core.replicas import Policy
 from dfs.core.tiers import TierSpec, TokenBucket, chunk_id_of_key, chunk_key
 
 log = logging.getLogger("dfs.tiers")
+# Its own generator: the process-wide one belongs to whoever seeded it (tests, hypothesis),
+# and draws from worker threads would perturb it.
+_SAMPLER = random.Random()
 
 #: How often a daemon re-reads the tier definitions (a new tier serves reads within this).
 REFRESH_S = 10.0
@@ -554,7 +557,7 @@ class TierWorker:
         forgotten, so the pass stores a sound copy again."""
         meta = self._metacalls.meta
         bad: list[bytes] = []
-        for cid in random.sample(ids, min(SCRUB_SAMPLE, len(ids))):
+        for cid in _SAMPLER.sample(ids, min(SCRUB_SAMPLE, len(ids))):
             try:
                 await self.tiers.get(name, cid)
             except CorruptChunk:

@@ -78,6 +78,9 @@ if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
 log = logging.getLogger(__name__)
+# Its own generator: the process-wide one belongs to whoever seeded it (tests, hypothesis),
+# and draws from worker threads would perturb it.
+_JITTER = random.Random()
 
 T = TypeVar("T")
 
@@ -516,7 +519,7 @@ class _GcsBackend(ObjectBackend):
                 if isinstance(exc, DfsError):
                     raise
                 if self._transient(exc) and attempt < self.spec.max_retries:
-                    backoff_s = min(_BACKOFF_MAX_S, _BACKOFF_INIT_S * 2**attempt) * random.uniform(0.5, 1)
+                    backoff_s = min(_BACKOFF_MAX_S, _BACKOFF_INIT_S * 2**attempt) * _JITTER.uniform(0.5, 1)
                     if time.monotonic() + backoff_s < deadline:
                         attempt += 1
                         log.debug(

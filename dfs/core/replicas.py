@@ -43,6 +43,8 @@ CONSISTENCY_LEVELS = ("strong", "quorum", "eventual")
 DOWN_STATES = frozenset({"dead", "left"})
 # Hot chunks are advertised in gossip by this many leading bytes of their id (hex).
 HOT_PREFIX_BYTES = 6
+# Read orders shuffle with their own generator: the process-wide one belongs to whoever seeded it.
+_SHUFFLE = random.Random()
 
 
 class Policy(NamedTuple):
@@ -158,7 +160,7 @@ def read_order(
     view: ClusterView,
     chunk_id: bytes,
     r: int | None = None,
-    rng: Callable[[], float] = random.random,
+    rng: Callable[[], float] = _SHUFFLE.random,
 ) -> list[str]:
     """Every node that may hold ``chunk_id``, the ones to try first first (see the module docstring)."""
     pref: list[str] = list(view.table.preference(partition_of(chunk_id)))

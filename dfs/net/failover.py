@@ -37,6 +37,9 @@ from dfs.core.endpoints import Caller
 from dfs.net.rpc import ConnectFailed, NoReply
 
 log = logging.getLogger("dfs.failover")
+# Its own generator: the process-wide one belongs to whoever seeded it (tests, hypothesis),
+# and draws from worker threads would perturb it.
+_JITTER = random.Random()
 
 # Calls safe to repeat on another daemon after a lost reply: those that only read, and those
 # whose repetition changes nothing more (declared in dfs/core/endpoints.py).
@@ -119,5 +122,5 @@ class FailoverCaller:
                 raise error
             if tried % len(self._clients) == 0:
                 # Every daemon was tried since the last pause: wait for one to come back.
-                await trio.sleep(min(random.uniform(0.5, 1.0) * pause_s, deadline - trio.current_time()))
+                await trio.sleep(min(_JITTER.uniform(0.5, 1.0) * pause_s, deadline - trio.current_time()))
                 pause_s = min(2 * pause_s, _PAUSE_MAX_S)
