@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from dfs.core import wire
 from dfs.core.errors import UnknownMethod
 
 Handler = Callable[..., Awaitable[Any]]
@@ -21,6 +22,9 @@ class LocalCaller:
         self._inline = inline
 
     async def call(self, method: str, *args: Any) -> Any:
+        if any(type(a) is wire.Pieces for a in args):
+            # A chunk encoded in parts for a socket (see wire.Pieces): handlers take bytes.
+            args = tuple(bytes(a) if type(a) is wire.Pieces else a for a in args)
         fn = self._inline.get(method)
         if fn is not None:
             await trio.lowlevel.checkpoint()

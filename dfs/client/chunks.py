@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from dfs.core import wire
 from dfs.core.endpoints import (
     CHUNK_DELETE,
     CHUNK_GET,
@@ -140,7 +141,9 @@ class ChunkIO:
         raise Unavailable(f"node {node_id} did not answer {endpoint.name} within {self.peer_timeout_s:g}s")
 
     # -- writes ----------------------------------------------------------------------
-    async def put(self, chunk_id: bytes, blob: bytes, policy: Policy, *, force: bool = False) -> int:
+    async def put(
+        self, chunk_id: bytes, blob: bytes | wire.Pieces, policy: Policy, *, force: bool = False
+    ) -> int:
         """Store ``blob`` durably on enough replicas for ``policy``; returns the copies made.
 
         ``force`` skips the "already held?" question (a retry after the metadata

@@ -222,6 +222,21 @@ def encode(
     ``key_id`` is ignored (stored as 0).  Data kept raw and unencrypted (the
     common case for incompressible data) is copied once, into the blob.
     """
+    parts = encode_parts(data, level=level, cipher_key=cipher_key, key_id=key_id)
+    first = parts[0]
+    return first if len(parts) == 1 and isinstance(first, bytes) else b"".join(parts)
+
+
+def encode_parts(
+    data: Plain,
+    *,
+    level: int = 1,
+    cipher_key: bytes | None = None,
+    key_id: int = 0,
+) -> list[BytesLike]:
+    """:func:`encode`, as the blob's parts in order (header first) without joining them: raw
+    data is not copied at all (a transport sends the parts back to back; see wire.Pieces).
+    The parts refer to ``data``'s buffers, which must not change while they are in use."""
     pieces = _pieces(data)
     plain_len = sum(len(v) for v in pieces)
     if plain_len > _U32_MAX - TAG_SIZE:
@@ -242,7 +257,7 @@ def encode(
             plain_len if frame is None else len(frame),
             digest.intdigest(),
         )
-        return b"".join((header, *parts))
+        return [header, *parts]
     payload: BytesLike = _joined(pieces) if frame is None else frame
     if not 0 <= key_id <= 0xFFFF:
         raise InvalidArgument(f"key_id out of range: {key_id}")
@@ -251,7 +266,7 @@ def encode(
     aad = _pack_header(codec, FLAG_ENCRYPTED, key_id, nonce, plain_len, len(payload) + TAG_SIZE, 0)
     aad = aad[:_AAD_SIZE]
     sealed = cipher.encrypt(nonce, payload, aad)
-    return b"".join((aad, struct.pack("<Q", xxhash.xxh3_64_intdigest(sealed)), sealed))
+    return [aad + struct.pack("<Q", xxhash.xxh3_64_intdigest(sealed)), sealed]
 
 
 def _parse(blob: BytesLike) -> ChunkHeader:

@@ -32,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -48,6 +49,7 @@ __all__ = [
     "RESPONSE",
     "Buffer",
     "FrameDecoder",
+    "Pieces",
     "Request",
     "Response",
     "encode_error",
@@ -117,6 +119,32 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
+class Pieces:
+    """One binary value given as several buffers: the encoder sends them back to back behind a
+    single ``bin32`` header and never joins them; the receiver decodes one ``bytes``.
+
+    What a chunk encoder makes of a writer's pieces (header, then the kernel's write buffers),
+    so a block travels to the daemon without being copied into one string first.
+    """
+
+    __slots__ = ("nbytes", "views")
+
+    def __init__(self, buffers: Sequence[Buffer]) -> None:
+        self.views = tuple(_flat(b) for b in buffers)
+        self.nbytes = sum(v.nbytes for v in self.views)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.views)
+
+
+def _flat(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 def _large_buffer(obj: object) -> memoryview | None:
     """Return a flat byte view of *obj* if it should travel uncopied, else None."""
     if isinstance(obj, (bytes, bytearray)):
@@ -131,6 +159,8 @@ def _has_large(obj: object, depth: int) -> bool:
     # common small case must stay cheap.
     if isinstance(obj, (bytes, bytearray)):
         return len(obj) >= LARGE_BUFFER_BYTES
+    if isinstance(obj, Pieces):
+        return True
     if isinstance(obj, memoryview):
         return _large_buffer(obj) is not None
     if isinstance(obj, (list, tuple)) and depth < _SCAN_MAX_DEPTH and len(obj) <= _SCAN_MAX_ITEMS:
@@ -151,7 +181,9 @@ class _PartsBuilder:
     def add(self, obj: object, depth: int) -> None:
         big = _large_buffer(obj)
         if big is not None:
-            self._add_large(big)
+            self._add_large((big,), big.nbytes)
+        elif isinstance(obj, Pieces):
+            self._add_large(obj.views, obj.nbytes)
         elif isinstance(obj, (list, tuple)) and depth < _SCAN_MAX_DEPTH and _has_large(obj, depth):
             self.run += _array_header(len(obj))
             for item in obj:
@@ -159,12 +191,13 @@ class _PartsBuilder:
         else:
             self.run += _packb(obj)
 
-    def _add_large(self, view: memoryview) -> None:
-        if view.nbytes > _MAX_ENCODABLE:
-            raise FrameTooLarge(f"buffer of {view.nbytes} bytes cannot be framed")
-        self.run += b"\xc6" + view.nbytes.to_bytes(4, "big")
+    def _add_large(self, views: Sequence[memoryview], nbytes: int) -> None:
+        """One ``bin32`` whose bytes are ``views``, back to back, each its own part."""
+        if nbytes > _MAX_ENCODABLE:
+            raise FrameTooLarge(f"buffer of {nbytes} bytes cannot be framed")
+        self.run += b"\xc6" + nbytes.to_bytes(4, "big")
         self.parts.append(self.run)
-        self.parts.append(view)
+        self.parts.extend(views)
         self.run = bytearray()
 
     def finish(self) -> list[Buffer]:

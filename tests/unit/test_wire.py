@@ -207,6 +207,19 @@ def test_large_result_part_is_the_callers_buffer() -> None:
     assert decode_one(wire.join_parts(parts)) == Response(1, None, data)
 
 
+def test_pieces_travel_as_one_bin_without_being_joined() -> None:
+    chunks = [b"h" * 64, bytes(range(256)) * 4096, memoryview(b"t" * 70_000)]
+    pieces = wire.Pieces(chunks)
+    assert len(pieces) == sum(len(c) for c in chunks) and bytes(pieces) == b"".join(chunks)
+    parts = wire.encode_request_parts(5, "chunk.put", [b"i" * 32, pieces])
+    assert any(isinstance(p, memoryview) and p.obj is chunks[1] for p in parts)  # not copied
+    ev = decode_one(wire.join_parts(parts))
+    assert ev == Request(5, "chunk.put", [b"i" * 32, b"".join(chunks)])
+    # Small pieces are still one bin, decoded as plain msgpack decodes it.
+    small = wire.encode_request(6, "m", [wire.Pieces([b"a", b"bc"])])
+    assert msgpack.unpackb(small[4:], raw=False) == [0, 6, "m", [b"abc"]]
+
+
 def test_64mib_result_round_trip() -> None:
     data = b"\xab" * (64 * 1024 * 1024)
     frame_bytes = wire.encode_response(2, [data, True])
