@@ -13,9 +13,14 @@ whenever the reported ctime equals C, the claim is proven current again and
 the lease renewed.  A different ctime means someone else changed the
 directory: the knowledge is dropped.  ctime, because nobody can set it.
 
-Between proofs, negative answers are given from memory for at most
-``lease_s`` (the entry timeout), so a name another mount creates there shows
-up here within that time: the bound the kernel's entry cache already gives.
+Between proofs, negative answers are given from memory for at most the
+lease (the entry timeout), so a name another mount creates there shows up here
+within that time: the bound the kernel's entry cache already gives.  While the
+daemon's change notices are complete, the lease is as long as the kernel's own
+caches then (mount/fs.py): another mount's change arrives as a notice, which
+drops the directory's knowledge, before that change's call returns.  The lease
+is asked at each use, so knowledge proven under a long lease is held to the
+short one again as soon as the notices stop being complete.
 
 Pure bookkeeping: no I/O, time is injected.
 """
@@ -34,28 +39,35 @@ from dfs.core.namespace import Attr
 @dataclass
 class _Known:
     attr: Attr
-    expires: float
+    proven: float  # when the claim was last proven current
     names: set[bytes] = field(default_factory=set)
 
 
 class CompleteDirs:
     def __init__(
-        self, lease_s: float, *, max_dirs: int = 4096, clock: Callable[[], float] = time.monotonic
+        self,
+        lease_s: float | Callable[[], float],
+        *,
+        max_dirs: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.lease_s = lease_s
+        self._lease = lease_s if callable(lease_s) else lambda: lease_s
         self.max_dirs = max_dirs
         self._clock = clock
         self._dirs: OrderedDict[int, _Known] = OrderedDict()
+
+    def _current(self, known: _Known | None) -> bool:
+        return known is not None and self._clock() < known.proven + self._lease()
 
     def __len__(self) -> int:
         return len(self._dirs)
 
     def made(self, attr: Attr) -> None:
         """This mount created the directory with these attributes: it is empty."""
-        if self.lease_s <= 0:
+        if self._lease() <= 0:
             return
         ino = attr.ino
-        self._dirs[ino] = _Known(attr, self._clock() + self.lease_s)
+        self._dirs[ino] = _Known(attr, self._clock())
         self._dirs.move_to_end(ino)
         while len(self._dirs) > self.max_dirs:
             self._dirs.popitem(last=False)
@@ -88,16 +100,14 @@ class CompleteDirs:
         if known.attr.ctime_ns != ctime_ns:
             del self._dirs[ino]  # someone else changed it
             return False
-        known.expires = self._clock() + self.lease_s
+        known.proven = self._clock()
         self._dirs.move_to_end(ino)
         return True
 
     def attr(self, ino: int) -> Attr | None:
         """The directory's attributes, if proven current within the lease."""
         known = self._dirs.get(ino)
-        if known is None or known.expires <= self._clock():
-            return None
-        return known.attr
+        return known.attr if known is not None and self._current(known) else None
 
     def forget(self, ino: int) -> None:
         self._dirs.pop(ino, None)
@@ -108,6 +118,6 @@ class CompleteDirs:
     def absent(self, parent: int, name: bytes) -> bool:
         """True if ``name`` is certainly not in ``parent`` (no need to ask the daemon)."""
         known = self._dirs.get(parent)
-        if known is None or known.expires <= self._clock():
+        if known is None or not self._current(known):
             return False  # unknown, or unproven for too long: ask (the answer may re-prove it)
         return name not in known.names

@@ -148,7 +148,8 @@ class Operations(pyfuse3.Operations):
         # (size, mtime_ns) this mount last saw for an inode's page cache contents.
         self.seen: dict[int, tuple[int, int]] = {}
         self.nursery: trio.Nursery | None = None
-        self.known = CompleteDirs(cfg.entry_timeout_s)
+        # Knowledge of whole directories, for as long as the kernel may cache their entries.
+        self.known = CompleteDirs(lambda: self._timeout_s(cfg.entry_timeout_s))
         # ("open"|"release", ino) registrations not yet sent, in order (see send_open_events).
         self._open_events: list[tuple[str, int]] = []
         self._open_events_ready = trio.Event()

@@ -85,3 +85,20 @@ def test_bounded_and_disabled() -> None:
     off = CompleteDirs(0.0, clock=Clock())
     off.made(dattr(1, 1))
     assert not off.absent(1, b"x")
+
+
+def test_the_lease_is_asked_at_each_use() -> None:
+    # While the daemon's notices are complete the lease is the kernel's long one; once they stop
+    # being complete, what was proven under the long lease is held to the short one at once.
+    clock = Clock()
+    lease = [300.0]
+    dirs = CompleteDirs(lambda: lease[0], clock=clock)
+    dirs.made(dattr(7, 10))
+    clock.now += 60
+    assert dirs.absent(7, b"x") and dirs.attr(7) is not None
+    lease[0] = 1.0
+    assert not dirs.absent(7, b"x") and dirs.attr(7) is None
+    assert dirs.confirm(7, 10)  # a lookup's answer proves it again, for the short lease
+    assert dirs.absent(7, b"x")
+    clock.now += 1.5
+    assert not dirs.absent(7, b"x")
