@@ -120,6 +120,7 @@ class _Upload:
     ref: BlockRef | None = None
     error: DfsError | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    held: bool = False  # stored, its bytes still kept for the commit (OpenFile.held_bytes)
 
 
 class OpenFile:
@@ -147,6 +148,11 @@ class OpenFile:
         self.appends: dict[int, _Appends] = {}  # blocks without a buffer yet (see the design note)
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, _Upload] = {}
+        # Bytes of blocks stored but not yet committed, still kept in memory (a read may want
+        # them, a commit may store them again): past the dirty budget, a commit is started so a
+        # long sequential write cannot hold the whole file in memory until it is closed.
+        self.held_bytes = 0
+        self._committing_early = False
         self.mtime_ns = fmap.attr.mtime_ns
         # The time of this mount's last write(2), while it may be newer than what the
         # daemon answers (a getattr racing our commit).  None once an explicit utime
@@ -378,8 +384,16 @@ class OpenFile:
         size = app.length if app is not None else len(data)
         await self.budget.acquire(size)
         up = _Upload(self.versions[index], data, size)
+        self._forget_upload(index)
         self.uploads[index] = up
-        nursery.start_soon(self._upload, index, up)
+        nursery.start_soon(self._upload, index, up, nursery)
+
+    def _forget_upload(self, index: int) -> None:
+        """Drop block ``index``'s upload, if any, from ``uploads`` (and its bytes from the count)."""
+        up = self.uploads.pop(index, None)
+        if up is not None and up.held:
+            up.held = False
+            self.held_bytes -= up.size
 
     async def _policy(self) -> Policy | None:
         if self.policy is None and self.client.chunkio is not None:
@@ -394,11 +408,17 @@ class OpenFile:
             self.volume_known = True
         return await self.client.volume_codec(self.volume)
 
-    async def _upload(self, index: int, up: _Upload) -> None:
+    async def _upload(self, index: int, up: _Upload, nursery: trio.Nursery) -> None:
         try:
             up.ref = await self.client.write_block(
                 index, up.data, await self._policy(), volume_codec=await self._codec()
             )
+            if self.uploads.get(index) is up:
+                up.held = True
+                self.held_bytes += up.size
+                if self.held_bytes >= self.budget.capacity_bytes and not self._committing_early:
+                    self._committing_early = True
+                    nursery.start_soon(self._commit_early, nursery)
         except DfsError as exc:
             up.error = exc
         except Exception as exc:
@@ -409,6 +429,18 @@ class OpenFile:
             up.done.set()
 
     # -- committing -------------------------------------------------------------
+    async def _commit_early(self, nursery: trio.Nursery) -> None:
+        """Commit what is stored so far, before close, to let go of its bytes.  A failure keeps
+        the data dirty: the next flush, fsync or close tries again and reports it."""
+        try:
+            await self.commit(nursery)
+        except DfsError as exc:
+            log.warning(
+                "early commit failed (retried at close): %s", exc.message, extra={"ctx": {"ino": self.ino}}
+            )
+        finally:
+            self._committing_early = False
+
     async def commit(self, nursery: trio.Nursery) -> Attr | None:
         """Upload what is dirty and commit it; returns the new attributes, or None if clean."""
         async with self.commit_lock:
@@ -453,7 +485,7 @@ class OpenFile:
                 # Keep the data dirty so a later fsync/close can retry.
                 for index, up in uploads.items():
                     if self.uploads.get(index) is up and up.error is not None:
-                        del self.uploads[index]
+                        self._forget_upload(index)
                         if index not in self.appends:
                             self.dirty.setdefault(index, bytearray(_as_bytes(up.data)))
                 raise errors[0]
@@ -511,7 +543,7 @@ class OpenFile:
         for index, version in versions.items():
             up = self.uploads.get(index)
             if up is not None and up.version == version:
-                del self.uploads[index]
+                self._forget_upload(index)
             if inline is not None and index in self.dirty and self.versions.get(index) == version:
                 del self.dirty[index]
         self.set_attr(attr)

@@ -139,8 +139,8 @@ class FakeClient:
         return bytes(out)
 
 
-def new_file(client: FakeClient) -> OpenFile:
-    return OpenFile(5, client.fmap(), client, BlockCache(1 << 20), DirtyBudget(1 << 20))  # type: ignore[arg-type]
+def new_file(client: FakeClient, budget_bytes: int = 1 << 20) -> OpenFile:
+    return OpenFile(5, client.fmap(), client, BlockCache(1 << 20), DirtyBudget(budget_bytes))  # type: ignore[arg-type]
 
 
 offsets = st.one_of(st.integers(0, INLINE_MAX), st.integers(0, 6 * BS))
@@ -159,12 +159,15 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops)
-def test_random_writes_read_back_and_commit_exactly(ops: list[tuple[str, int, bytes]]) -> None:
+# A small dirty budget makes stored blocks commit early, in the middle of the writes.
+@given(ops=ops, budget_bytes=st.sampled_from([1 << 20, 2 * BS]))
+def test_random_writes_read_back_and_commit_exactly(
+    ops: list[tuple[str, int, bytes]], budget_bytes: int
+) -> None:
     async def scenario() -> None:
         client = FakeClient()
         model = bytearray()
-        f = new_file(client)
+        f = new_file(client, budget_bytes)
         async with trio.open_nursery() as nursery:
             for kind, offset, data in ops:
                 if kind == "append":
@@ -188,7 +191,7 @@ def test_random_writes_read_back_and_commit_exactly(ops: list[tuple[str, int, by
                     assert not f.is_dirty
                 else:  # close and open again: only committed state survives
                     await f.commit(nursery)
-                    f = new_file(client)
+                    f = new_file(client, budget_bytes)
                 assert f.size == len(model)
                 assert await f.read(0, len(model) + 10) == bytes(model)
             await f.commit(nursery)
@@ -270,3 +273,21 @@ async def test_held_attrs_follow_the_data_and_the_chown_rule() -> None:
     assert client.commits == 1
     assert not f.pending_attrs
     assert not f.is_dirty
+
+
+async def test_a_long_sequential_write_commits_early_and_lets_go_of_its_bytes() -> None:
+    client = FakeClient()
+    f = new_file(client, budget_bytes=4 * BS)
+    data = os.urandom(50 * BS)
+    peak = 0
+    async with trio.open_nursery() as nursery:
+        for start in range(0, len(data), BS // 2):
+            await f.write(start, data[start : start + BS // 2], nursery)
+            await trio.testing.wait_all_tasks_blocked()
+            peak = max(peak, f.held_bytes)
+        assert client.commits > 0  # committed before any flush or close
+        await f.commit(nursery)
+    assert f.held_bytes == 0 and not f.uploads
+    # Bounded by the budget (plus the blocks stored while an early commit runs), not the file.
+    assert 0 < peak <= 2 * 4 * BS
+    assert client.committed_bytes() == data
