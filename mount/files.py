@@ -438,6 +438,9 @@ class OpenFile:
             log.warning(
                 "early commit failed (retried at close): %s", exc.message, extra={"ctx": {"ino": self.ino}}
             )
+        except Exception:
+            # A background task: a bug here must not take the mount's nursery down.
+            log.exception("early commit failed (retried at close)", extra={"ctx": {"ino": self.ino}})
         finally:
             self._committing_early = False
 
