@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator
 from daemon.http import Response
 from daemon.s3.acl import XA_ACL
 from daemon.s3.body import copy_range, prefetched_range, read_range
-from daemon.s3.call import MAX_XML_BYTES, Call, authorize, xml
+from daemon.s3.call import MAX_XML_BYTES, Call, authorize, read_checked_body, xml
 from daemon.s3.objlock import bypass_allowed, response_headers
 from daemon.s3.sse import XA_SSE
 from daemon.s3.tagging import XA_TAGGING, copy_xattrs, count_header, header_xattrs
@@ -38,7 +38,7 @@ from daemon.s3.tree import (
     stamp,
     version_error,
 )
-from dfs.core import endpoints, s3names, s3sse, s3xml, sigv4
+from dfs.core import endpoints, s3names, s3sse, s3xml
 from dfs.core.errors import DfsError, IsADirectory, NotADirectory, NotEmpty, NotFound, S3Error, s3_code
 from dfs.core.namespace import FileMap
 from dfs.core.s3grants import COPY_SOURCE
@@ -309,12 +309,7 @@ class Objects:
     async def delete_many(self, c: Call) -> Response:
         """DeleteObjects: each key (or version) deleted on its own, failures reported per key."""
         bucket_ino = await self.tree.bucket_ino(c.bucket)
-        body = await c.req.read_body(MAX_XML_BYTES)
-        c.bytes_in = len(body)
-        assert c.auth is not None
-        checks = sigv4.BodyChecks(c.headers, c.auth)
-        checks.update(body)
-        checks.finish(None)
+        body = await read_checked_body(c, MAX_XML_BYTES)
         quiet, targets = s3xml.parse_delete(body)
         deleted: list[s3xml.DeleteTarget] = []
         errors: list[tuple[s3xml.DeleteTarget, str, str]] = []

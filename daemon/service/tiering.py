@@ -489,7 +489,7 @@ class TierWorker:
         """Bring the cold chunks of pinned trees back to local disks (R copies), then warm."""
         meta = self._metacalls.meta
         for ino in await self._m(meta.tier_pins):
-            ids = await self._metacalls.run(meta.tier_pinned_chunks, ino, 1000)
+            ids = await self._m(meta.tier_pinned_chunks, ino, 1000)
             if ids:
                 await self._warm(p, ids)
 
@@ -524,7 +524,7 @@ class TierWorker:
         after = b""
         known: set[bytes] = set()
         while True:
-            ids = await self._metacalls.run(meta.tier_rows, name, after, VERIFY_PAGE)
+            ids = await self._m(meta.tier_rows, name, after, VERIFY_PAGE)
             known.update(ids)
             missing = [cid for cid in ids if cid not in listed]
             if missing:
@@ -610,9 +610,9 @@ class TierWorker:
     # -- status ----------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         meta = self._metacalls.meta
-        usage = await self._metacalls.run(meta.tier_usage)
-        specs = await self._metacalls.run(meta.tier_specs)
-        vols = await self._metacalls.run(meta.tier_volume_policies)
+        usage = await self._m(meta.tier_usage)
+        specs = await self._m(meta.tier_specs)
+        vols = await self._m(meta.tier_volume_policies)
         tiers = []
         for doc in specs:
             spec = doc["spec"]

@@ -150,7 +150,7 @@ def _large_buffer(obj: object) -> memoryview | None:
     if isinstance(obj, (bytes, bytearray)):
         return memoryview(obj) if len(obj) >= LARGE_BUFFER_BYTES else None
     if isinstance(obj, memoryview) and obj.nbytes >= LARGE_BUFFER_BYTES and obj.c_contiguous:
-        return obj.cast("B") if obj.format != "B" or obj.ndim != 1 else obj
+        return _flat(obj)
     return None
 
 
