@@ -13,6 +13,11 @@ whenever the reported ctime equals C, the claim is proven current again and
 the lease renewed.  A different ctime means someone else changed the
 directory: the knowledge is dropped.  ctime, because nobody can set it.
 
+Names come with the inode this mount gave or found them (when it knows it), so
+a lookup of a name in such a directory is answered from memory too, with the
+inode's held attributes (mount/attrs.py): after the kernel drops its caches,
+reading back a tree this mount wrote needs no lookup calls.
+
 Between proofs, negative answers are given from memory for at most the
 lease (the entry timeout), so a name another mount creates there shows up here
 within that time: the bound the kernel's entry cache already gives.  While the
@@ -40,7 +45,7 @@ from dfs.core.namespace import Attr
 class _Known:
     attr: Attr
     proven: float  # when the claim was last proven current
-    names: set[bytes] = field(default_factory=set)
+    names: dict[bytes, int | None] = field(default_factory=dict)  # name -> its inode, if known
 
 
 class CompleteDirs:
@@ -76,21 +81,22 @@ class CompleteDirs:
         self,
         stamps: Iterable[DirStamp],
         *,
-        added: Iterable[tuple[int, bytes]] = (),
+        added: Iterable[tuple[int, bytes, int | None]] = (),
         removed: Iterable[tuple[int, bytes]] = (),
     ) -> None:
-        """Apply this mount's own change; ``added``/``removed`` are (dir, name) pairs."""
+        """Apply this mount's own change; ``added`` are (dir, name, inode or None if not known)
+        triples, ``removed`` (dir, name) pairs."""
         for st in stamps:
             if self.confirm(st.ino, st.ctime_before_ns):
                 self._dirs[st.ino].attr = st.after
-        for ino, name in added:
+        for ino, name, child in added:
             known = self._dirs.get(ino)
             if known is not None:
-                known.names.add(name)
+                known.names[name] = child
         for ino, name in removed:
             known = self._dirs.get(ino)
             if known is not None:
-                known.names.discard(name)
+                known.names.pop(name, None)
 
     def confirm(self, ino: int, ctime_ns: int) -> bool:
         """The directory's ctime was observed: renew the lease if it proves our list current."""
@@ -121,3 +127,10 @@ class CompleteDirs:
         if known is None or not self._current(known):
             return False  # unknown, or unproven for too long: ask (the answer may re-prove it)
         return name not in known.names
+
+    def entry(self, parent: int, name: bytes) -> int | None:
+        """The inode ``name`` in ``parent`` certainly names (None: not known here, ask)."""
+        known = self._dirs.get(parent)
+        if known is None or not self._current(known):
+            return None
+        return known.names.get(name)

@@ -276,10 +276,10 @@ class Operations(pyfuse3.Operations):
         self,
         stamps: Sequence[DirStamp],
         *,
-        added: Sequence[tuple[int, bytes]] = (),
+        added: Sequence[tuple[int, bytes, int | None]] = (),
         removed: Sequence[tuple[int, bytes]] = (),
     ) -> None:
-        """This mount changed these directories (and these names in them)."""
+        """This mount changed these directories (and these names in them, with their inodes)."""
         self.known.changed(stamps, added=added, removed=removed)
         for st in stamps:
             self.attrs.drop(st.ino)
@@ -335,6 +335,10 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
             if self.known.absent(parent, name):
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            held = self._held_entry(parent, name)
+            if held is not None:
+                self._looked_up(held.ino, parent, name)
+                return self._entry(held)
             found, dir_ctime_ns = await self.client.lookup_versioned(parent, name)
             self.known.confirm(parent, dir_ctime_ns)
             if found is None:
@@ -342,6 +346,18 @@ class Operations(pyfuse3.Operations):
             attr = found
         self._looked_up(attr.ino, parent, None if name in (b".", b"..") else name)
         return self._entry(attr)
+
+    def _held_entry(self, parent: int, name: bytes) -> Attr | None:
+        """What ``name`` in ``parent`` is, from memory: a directory whose names this mount knows
+        (mount/dirs.py) and the held attributes of the inode it names, while notices are
+        complete (each of the two is dropped by any change to it).  Not for a file open here,
+        whose attributes come from its OpenFile."""
+        if not self.coherent:
+            return None
+        ino = self.known.entry(parent, name)
+        if ino is None or ino in self.files:
+            return None
+        return self.attrs.get(ino) or self.known.attr(ino)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -402,6 +418,7 @@ class Operations(pyfuse3.Operations):
             return self._entry(f.hold_attrs(changes, time.time_ns()))
         if fields.update_size:
             changes["size"] = attr.st_size
+            self.attrs.drop_map(ino)
             if f is not None:
                 # Committed state first, so the daemon truncates exactly what we wrote.
                 await f.commit(self._bg)
@@ -444,7 +461,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
         attr, stamps = await self.client.mknod(parent, name, mode, rdev, ctx.uid, ctx.gid)
-        self._dirs_changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         self._made(parent, attr.ino)
         self._looked_up(attr.ino, parent, name)
         return self._entry(attr)
@@ -454,7 +471,7 @@ class Operations(pyfuse3.Operations):
         parent = self._d(parent_inode)
         await self._learn_xattrs(parent)
         attr, stamps = await self.client.mkdir(parent, name, mode, ctx.uid, ctx.gid)
-        self._dirs_changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         self._made(parent, attr.ino)
         self.known.made(attr)
         self._looked_up(attr.ino)
@@ -464,7 +481,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         parent = self._d(parent_inode)
-        await self.send_open_events()  # files held open here must be registered before they lose a name
+        await self._register_opens(parent, name)  # an open file must be registered before it loses a name
         self._stale_open_attrs()  # the unlinked file's nlink changes
         self._dirs_changed(await self.client.unlink(parent, name), removed=[(parent, name)])
 
@@ -480,7 +497,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._d(parent_inode)
         attr, stamps = await self.client.symlink(parent, name, target, ctx.uid, ctx.gid)
-        self._dirs_changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         self._made(parent, attr.ino)
         self._looked_up(attr.ino)
         self._named(parent, name, attr.ino)
@@ -497,7 +514,8 @@ class Operations(pyfuse3.Operations):
         ctx: Ctx,
     ) -> None:
         old, new = self._d(parent_inode_old), self._d(parent_inode_new)
-        await self.send_open_events()  # a replaced target may be open here
+        if not flags & RENAME_EXCHANGE:
+            await self._register_opens(new, name_new)  # a replaced target may be open here
         self._stale_open_attrs()  # ctime of the moved file, nlink of a replaced one
         moved = self.names.get((old, name_old))
         replaced = self.names.get((new, name_new))
@@ -521,9 +539,10 @@ class Operations(pyfuse3.Operations):
         for st in stamps:
             self.attrs.drop(st.ino)
         if flags & RENAME_EXCHANGE:
-            self.known.changed(stamps)  # both names still exist
+            # Both names still exist, each now naming the other's inode.
+            self.known.changed(stamps, added=[(old, name_old, replaced), (new, name_new, moved)])
         else:
-            self.known.changed(stamps, added=[(new, name_new)], removed=[(old, name_old)])
+            self.known.changed(stamps, added=[(new, name_new, moved)], removed=[(old, name_old)])
 
     @_handler
     async def link(
@@ -533,7 +552,7 @@ class Operations(pyfuse3.Operations):
         self._stale_open_attrs()
         attr, stamps = await self.client.link(self._d(inode), parent, new_name)
         self.attrs.drop(attr.ino)
-        self._dirs_changed(stamps, added=[(parent, new_name)])
+        self._dirs_changed(stamps, added=[(parent, new_name, attr.ino)])
         self._looked_up(attr.ino, parent, new_name)
         return self._entry(attr)
 
@@ -541,7 +560,10 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def opendir(self, inode: int, ctx: Ctx) -> int:
         ino = self._d(inode)
-        attr = await self.client.getattr(ino)
+        # The kernel only opens what it knows as a directory; ask the daemon unless this mount
+        # holds its current attributes (rsync opens every directory it made to chmod it).
+        held = (self.known.attr(ino) or self.attrs.get(ino)) if self.coherent else None
+        attr = held if held is not None else await self.client.getattr(ino)
         if not attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self._new_fh()
@@ -642,7 +664,14 @@ class Operations(pyfuse3.Operations):
             # its registration (which keeps the file alive if unlinked, and relatime)
             # follows in the next batch of open events.
             asked = self._asked(ino)
-            fmap = await self.client.read_map(ino)
+            fmap = self.attrs.file_map(ino) if self.coherent and asked is None else None
+            if fmap is None:
+                self.attrs.begin(ino)
+                try:
+                    fmap = await self.client.read_map(ino)
+                finally:
+                    kept = fmap.attr if fmap is not None and self._settled(ino) else None
+                    self.attrs.end(ino, kept)
             reader, keep = self._open_file(fmap, asked)
             self._queue_open_event("open", ino)
             return pyfuse3.FileInfo(fh=self._register(ino, reader), keep_cache=keep)
@@ -675,7 +704,7 @@ class Operations(pyfuse3.Operations):
             if flags & os.O_EXCL:
                 raise
             return await self._open_existing(parent, name, flags)
-        self._dirs_changed(stamps, added=[(parent, name)])
+        self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         # A new file has no xattrs: spare the capability probe before its first write.
         self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
         self._made(parent, attr.ino)
@@ -723,11 +752,18 @@ class Operations(pyfuse3.Operations):
         return len(buf)
 
     async def _commit(self, f: OpenFile) -> None:
-        self.attrs.drop(f.ino)
-        attr = await f.commit(self._bg)
-        self.attrs.drop(f.ino)
+        ino = f.ino
+        self.attrs.drop(ino)
+        self.attrs.begin(ino)
+        attr: Attr | None = None
+        try:
+            attr = await f.commit(self._bg)
+        finally:
+            # What the commit answered is what getattr after close(2) needs (rsync, tar and
+            # cp stat every file they wrote), unless a change came in meanwhile.
+            self.attrs.end(ino, attr if self._settled(ino) else None)
         if attr is not None:
-            self.seen[f.ino] = (attr.size, attr.mtime_ns)
+            self.seen[ino] = (attr.size, attr.mtime_ns)
 
     @_handler
     async def flush(self, fh: int) -> None:
@@ -755,12 +791,30 @@ class Operations(pyfuse3.Operations):
             f.handles -= 1
             if f.handles <= 0 and not f.is_dirty:
                 self.files.pop(h.ino, None)
+                if self.coherent:
+                    self.attrs.park_map(h.ino, f.size, f.inline, list(f.blocks.values()))
             # The kernel does not wait for RELEASE; batch them into one transaction.
             self._queue_open_event("release", h.ino)
 
     def _queue_open_event(self, kind: str, ino: int) -> None:
         self._open_events.append((kind, ino))
         self._open_events_ready.set()
+
+    async def _register_opens(self, parent: int, name: bytes) -> None:
+        """Before ``name`` in ``parent`` loses its inode (unlink, rename over it): send the queued
+        open events if any is that inode's, so the daemon keeps it while open here (and purges
+        it at once if it is not).  Only the inode that loses its name matters: rsync renaming
+        a new file to a name not taken, after its open-fchmod-close, then costs no extra round
+        trip for the events queued meanwhile."""
+        if not self._open_events:
+            return
+        if self.coherent:
+            if self.known.absent(parent, name):
+                return  # nothing loses a name
+            ino = self.names.get((parent, name))
+            if ino is not None and all(queued != ino for _, queued in self._open_events):
+                return
+        await self.send_open_events()
 
     async def open_events_loop(self) -> None:
         """Send queued open/release registrations in batches, one transaction per batch."""

@@ -47,6 +47,10 @@ R = TypeVar("R")
 # After the needed copies are durable, wait this long (plus half the time taken) for the rest
 # before leaving them to hints: in a healthy cluster they land within it and no hint is written.
 _STRAGGLER_GRACE_S = 0.05
+# A chunk smaller than this is sent without asking first whether the node holds it: the
+# question costs a round trip and a handler, more than sending the bytes (a put of a chunk
+# already held only checks that it exists).  Small files are most chunks in a source tree.
+PROBE_MIN_BYTES = 64 * 1024
 _STRAGGLER_GRACE_MAX_S = 1.0
 # Bytes of chunk copies allowed to finish in the background after their write was acknowledged.
 _BACKGROUND_BYTES = 256 * 1024 * 1024
@@ -176,7 +180,7 @@ class ChunkIO:
             with scopes[node_id]:
                 try:
                     held = False
-                    if not force:
+                    if not force and len(blob) >= PROBE_MIN_BYTES:
                         (held,) = await self.call_node(node_id, CHUNK_HAS, [chunk_id], view=view)
                         self.stats.skipped += bool(held)
                     if not held:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import trio
 
-from dfs.client.chunks import ChunkIO
+from dfs.client.chunks import PROBE_MIN_BYTES, ChunkIO
 from dfs.core import codec, endpoints, wire
 from dfs.core.auth import Credential
 from dfs.core.changes import Answer
@@ -447,7 +447,7 @@ class Client:
             )
         else:
             held = False
-            if not force:
+            if not force and len(blob) >= PROBE_MIN_BYTES:
                 (held,) = await endpoints.CHUNK_HAS.call(self.rpc, [cid])
             if not held:
                 await endpoints.CHUNK_PUT.call(self.rpc, cid, blob)

@@ -4,6 +4,7 @@ plus ChunkIO's acknowledgement rule over fake nodes."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Any
@@ -14,7 +15,7 @@ import trio.testing
 
 from daemon.cluster.controller import dead_past_grace
 from daemon.cluster.deletions import DeletionLog
-from dfs.client.chunks import ChunkIO
+from dfs.client.chunks import PROBE_MIN_BYTES, ChunkIO
 from dfs.core.errors import ChunkMissing, CorruptChunk, Unavailable
 from dfs.core.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
 from dfs.core.replicas import ClusterView, Member, Policy, copies_needed, read_order, write_targets
@@ -124,6 +125,7 @@ class FakeNode:
         self.frozen.set()
         self.broken = False
         self.verified: list[bytes] = []
+        self.calls: list[str] = []
         nodes[name] = self
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -131,6 +133,7 @@ class FakeNode:
         await trio.lowlevel.checkpoint()
         if self.broken:
             raise Unavailable(f"{self.name} is broken")
+        self.calls.append(method)
         if method == "chunk.has":
             return [cid in self.blobs for cid in args[0]]
         if method == "chunk.put":
@@ -280,3 +283,19 @@ async def test_has_any_does_not_wait_for_a_frozen_node_when_others_answer(
         assert await io.has_any(ids) == set(ids)
         assert trio.current_time() - start < 1.0  # not the 5 s peer timeout
         nursery.cancel_scope.cancel()
+
+
+async def test_only_a_chunk_worth_a_round_trip_is_asked_about_before_it_is_sent() -> None:
+    nodes: dict[str, FakeNode] = {}
+    for i in range(3):
+        FakeNode(f"n{i}", nodes)
+    small, large = b"s" * (PROBE_MIN_BYTES - 1), b"l" * PROBE_MIN_BYTES
+    async with trio.open_nursery() as nursery:
+        io = await _chunkio(nursery, view(3), nodes)
+        for blob in (small, small, large, large):
+            await io.put(hashlib.sha256(blob).digest(), blob, Policy(3, "strong"))
+        nursery.cancel_scope.cancel()
+    for node in nodes.values():
+        # The small chunk is sent twice (a put of a chunk held is a cheap no-op there); the
+        # large one is asked about each time and sent once.
+        assert node.calls == ["chunk.put", "chunk.put", "chunk.has", "chunk.put", "chunk.has"]

@@ -39,7 +39,7 @@ def test_own_changes_renew_and_track_names() -> None:
     dirs.made(dattr(7, 10))
     for i in range(5):
         clock.now += 0.6  # each own change proves nobody else changed it, renewing the lease
-        dirs.changed([stamp(7, 10 + i, 11 + i)], added=[(7, f"f{i}".encode())])
+        dirs.changed([stamp(7, 10 + i, 11 + i)], added=[(7, f"f{i}".encode(), 100 + i)])
     assert not dirs.absent(7, b"f3")  # our own names are asked of the daemon
     assert dirs.absent(7, b"other")
     dirs.changed([stamp(7, 15, 16)], removed=[(7, b"f3")])
@@ -51,7 +51,7 @@ def test_foreign_change_drops_knowledge() -> None:
     dirs = CompleteDirs(1.0, clock=clock)
     dirs.made(dattr(7, 10))
     # Someone else changed the directory (mtime 12) before our change (12 -> 13).
-    dirs.changed([stamp(7, 12, 13)], added=[(7, b"mine")])
+    dirs.changed([stamp(7, 12, 13)], added=[(7, b"mine", 99)])
     assert not dirs.absent(7, b"theirs")
 
 
