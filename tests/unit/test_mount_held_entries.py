@@ -25,6 +25,7 @@ from mount.attrs import AttrCache
 from mount.coherence import Coherence
 from mount.dirs import CompleteDirs
 from mount.fs import Operations
+from tests.unit.test_mount_long_caches import Ctx
 
 _INFO = ClusterInfo("n", 1 << 20, 4096, 1, b"k" * 32, "", 60.0)
 
@@ -68,13 +69,6 @@ class TreeMeta:
             self.events_sent.set()
             return None
         raise AssertionError(method)
-
-
-class Ctx:
-    uid = 0
-    gid = 0
-    pid = 0
-    umask = 0o22
 
 
 class Fields:
