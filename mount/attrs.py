@@ -30,10 +30,18 @@ from dfs.core.namespace import Attr, BlockRef, FileMap
 
 class AttrCache:
     def __init__(
-        self, *, max_entries: int = 100_000, max_maps: int = 16_384, max_inline_bytes: int = 32 << 20
+        self,
+        *,
+        max_entries: int = 100_000,
+        max_maps: int = 16_384,
+        max_inline_bytes: int = 32 << 20,
+        max_map_blocks: int = 1024,
     ) -> None:
         self.max_entries = max_entries
         self.max_maps = max_maps
+        # A larger file's map is asked for again: one call is nothing beside reading it, and
+        # a few thousand maps of very large files would hold a lot of memory.
+        self.max_map_blocks = max_map_blocks
         self.max_inline_bytes = max_inline_bytes
         self._attrs: dict[int, Attr] = {}
         # inode -> (size, inline bytes, blocks) of a file closed here, least recently used first
@@ -84,10 +92,10 @@ class AttrCache:
     def park_map(self, ino: int, size: int, inline: bytes | None, blocks: list[BlockRef]) -> None:
         """``ino`` was closed here with this content; kept while its held attributes say
         ``size`` (not if they are not held, or a fetch of them is in flight)."""
-        attr = self._attrs.get(ino)
-        if attr is None or attr.size != size or ino in self._inflight:
-            return
         self.drop_map(ino)
+        attr = self._attrs.get(ino)
+        if attr is None or attr.size != size or ino in self._inflight or len(blocks) > self.max_map_blocks:
+            return
         self._maps[ino] = (size, inline, blocks)
         self._inline_bytes += len(inline or b"")
         while len(self._maps) > self.max_maps or self._inline_bytes > self.max_inline_bytes:

@@ -204,6 +204,9 @@ def test_a_parked_map_lives_exactly_as_long_as_the_held_attributes() -> None:
         cache.end(ino, attr._replace(ino=ino, size=0))
         cache.park_map(ino, 0, None, [BlockRef(0, b"c" * 32, 0, 0)])
     assert [cache.file_map(i) is not None for i in (1, 2, 3)] == [False, True, True]
+    huge = [BlockRef(i, b"c" * 32, 0, 0) for i in range(cache.max_map_blocks + 1)]
+    cache.park_map(3, 0, None, huge)  # too large a map is not parked (nor the older one kept)
+    assert cache.file_map(3) is None
     cache.begin(4)
     cache.end(4, attr._replace(ino=4, size=6))
     cache.park_map(4, 6, b"abcdef", [])  # more inline bytes than the whole budget
