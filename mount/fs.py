@@ -474,8 +474,8 @@ class Operations(pyfuse3.Operations):
         self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         self._made(parent, attr.ino)
         self.known.made(attr)
-        self._looked_up(attr.ino)
-        self._named(parent, name, attr.ino)
+        # With its parent: files made below then know their volume (its codec) without a call.
+        self._looked_up(attr.ino, parent, name)
         return self._entry(attr)
 
     @_handler
@@ -499,8 +499,7 @@ class Operations(pyfuse3.Operations):
         attr, stamps = await self.client.symlink(parent, name, target, ctx.uid, ctx.gid)
         self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         self._made(parent, attr.ino)
-        self._looked_up(attr.ino)
-        self._named(parent, name, attr.ino)
+        self._looked_up(attr.ino, parent, name)
         return self._entry(attr)
 
     @_handler

@@ -238,3 +238,14 @@ async def test_release_batches_are_still_sent_in_the_background(nursery: trio.Nu
         with trio.fail_after(10):
             await meta.events_sent.wait()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_file_made_below_directories_made_here_knows_its_volume(nursery: trio.Nursery) -> None:
+    meta, ops = mounted(nursery)
+    vol = (await ops.mkdir(pyfuse3.ROOT_INODE, b"vol", 0o755, Ctx())).st_ino  # type: ignore[arg-type]
+    sub = (await ops.mkdir(vol, b"sub", 0o755, Ctx())).st_ino  # type: ignore[arg-type]
+    info, entry = await ops.create(sub, b"f", 0o600, os.O_WRONLY | os.O_CREAT, Ctx())  # type: ignore[arg-type]
+    f = ops.files[entry.st_ino]
+    # Its blocks are encoded with its volume's codec, found without a meta.volume_of call.
+    assert (f.volume_known, f.volume) == (True, vol)
+    await ops.release(info.fh)
