@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import re
 import stat
 import time
@@ -33,6 +34,7 @@ from daemon.changefeed import ChangeFeed
 from daemon.service import Service
 from daemon.service.frontends import Frontends
 from daemon.service.meta_calls import MetaCalls
+from dfs.client.chunks import PROBE_MIN_BYTES
 from dfs.client.cluster import Client, fetch_info
 from dfs.core import config as config_mod
 from dfs.core import endpoints, sigv4, wire
@@ -299,6 +301,8 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await c.open(f.ino, "session-1", truncate=bool(0), read=True)
         ref = await c.write_block(0, b"x" * 10000)
         await c.write_block(0, b"x" * 10000, force=True)
+        # Only a chunk worth the round trip is asked about before it is sent (chunk.has).
+        await c.write_block(1, os.urandom(PROBE_MIN_BYTES))
         await c.commit_write(
             f.ino, size=10000, mtime_ns=now, blocks=[ref], inline=None, attrs={"mode": 0o600}
         )
