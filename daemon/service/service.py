@@ -9,6 +9,7 @@ figures metrics and the admin API show.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from daemon.cluster.membership import Membership
 from daemon.cluster.repair import Repair
 from daemon.disks import STATE_FILE, DiskSet
 from daemon.meta import MetaStore
+from daemon.meta.checkpoints import CHECKPOINT_INTERVAL_S, WalCheckpointer
 from daemon.service.backups import BackupHandlers, Backups, MetaDb
 from daemon.service.chunk_handlers import ChunkHandlers
 from daemon.service.cluster_runner import ClusterRunner
@@ -97,6 +99,9 @@ class Service:
         # Complete where this daemon holds the metadata (or follows the shared op-log); a
         # secondary sees only the changes made through it.
         self.changes = ChangeFeed(complete=store is not None)
+        # SQLite's log is copied back into the database file off the metadata thread.
+        sqlite = store is not None and not self.shared_meta
+        self.checkpointer = WalCheckpointer(str(self.data / "meta.db")) if sqlite else None
         self.metacalls = MetaCalls(
             store,
             self.changes,
@@ -254,6 +259,10 @@ class Service:
                 Periodic("master key sync", CHECK_INTERVAL_S, self.key_sync.step),
             ]
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
+        checkpointer = self.checkpointer
+        if checkpointer is not None:
+            step = functools.partial(trio.to_thread.run_sync, checkpointer.step)
+            self.workers.append(Periodic("wal checkpoint", CHECKPOINT_INTERVAL_S, step))
 
     async def _tier_specs(self) -> list[dict[str, Any]]:
         """The tier definitions: from metadata here, else from the primary."""
@@ -269,6 +278,8 @@ class Service:
         self.chunks.close()  # stops a running disk drain
         self.leadership.close()
         self.metacalls.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.hints.close()
 
     # -- metadata --------------------------------------------------------------------------------
