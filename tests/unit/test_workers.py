@@ -108,6 +108,7 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
             "snapshots",
             "tiering",
             "orphan sweep",
+            "wal checkpoint",  # SQLite's log, copied back off the metadata thread
             "registering in the layout",
             "layout controller",
         ]
