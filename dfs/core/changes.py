@@ -441,6 +441,16 @@ class ChangeLog:
         if self._busy[origin] <= 0:
             del self._busy[origin]
 
+    def news(self, origin: int | None) -> bool:
+        """Whether changes just made by ``origin`` are worth waking the polls for: some
+        subscriber other than ``origin`` has not read them, or ``origin``'s own unread ones
+        fill half the ring (its cursor moves past them only when it reads, and one that falls
+        out of the ring must drop everything).  A mount alone on its daemon is then not
+        woken for each change it made itself."""
+        if origin is None:
+            return True
+        return any(k != origin or self.head - s.acked >= self.capacity // 2 for k, s in self._subs.items())
+
     def waiting_on(self, seq: int, origin: int | None) -> list[int]:
         """The subscribers change ``seq`` (made by ``origin``) still waits for."""
         return [

@@ -112,6 +112,22 @@ def test_waiting_on_skips_the_origin_busy_lagging_and_acked() -> None:
     assert 4 in log.waiting_on(seq3, None)
 
 
+def test_news_is_for_other_subscribers_or_a_pile_of_own_changes() -> None:
+    log = ChangeLog(capacity=8)
+    assert not log.news(1)  # nobody subscribed
+    assert log.news(None)  # a change of no subscriber's is news to all
+    log.attach(1, 0, now=0.0)
+    log.append([Change(ATTR, 1)], origin=1)
+    assert not log.news(1)  # only its own subscriber: nobody to tell
+    log.append([Change(ATTR, 2), Change(ATTR, 3), Change(ATTR, 4)], origin=1)
+    assert log.news(1)  # half the ring unread: its cursor must move before it falls out
+    log.ack(1, log.head)
+    assert not log.news(1)
+    log.attach(2, log.head, now=0.0)
+    log.append([Change(ATTR, 5)], origin=1)
+    assert log.news(1) and log.news(2)
+
+
 def test_detach_and_prune() -> None:
     log = ChangeLog(capacity=4)
     log.attach(1, 0, now=0.0)
@@ -234,6 +250,24 @@ async def test_poll_waits_for_changes_and_skips_the_pollers_own() -> None:
     (answer,) = answers
     assert answer["changes"] == [Change(ATTR, 5).to_wire()]
     assert answer["cursor"] == 2 and answer["reset"] is False
+
+
+async def test_a_lone_pollers_own_changes_do_not_wake_it() -> None:
+    # A mount alone on its daemon: recording its own changes leaves its poll asleep, until
+    # they would fill half the ring (then it wakes to move its cursor past them).
+    feed = ChangeFeed(ChangeLog(capacity=8))
+    epoch = (await feed.poll(1, "", 0, 5.0))["epoch"]
+    woken = feed._appended
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed.poll, 1, epoch, 0, 5.0)
+        await trio.testing.wait_all_tasks_blocked()
+        feed.record([Change(ATTR, 4)], origin=1)
+        assert not woken.is_set()
+        feed.record([Change(ATTR, 5), Change(ATTR, 6), Change(ATTR, 7)], origin=1)
+        assert woken.is_set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert feed.log.waiting_on(feed.log.head, None) == []  # it read and acknowledged them
+        nursery.cancel_scope.cancel()
 
 
 async def test_poll_times_out_empty(autojump_clock: trio.testing.MockClock) -> None:

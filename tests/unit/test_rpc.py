@@ -38,7 +38,7 @@ from dfs.core.errors import (
     UnknownMethod,
 )
 from dfs.core.wire import FrameDecoder, Response
-from dfs.net.rpc import Address, RpcServer, open_client, open_listeners, parse_address
+from dfs.net.rpc import Address, NoReply, RpcServer, open_client, open_listeners, parse_address
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -361,6 +361,30 @@ async def test_default_call_timeout(addr: str) -> None:
         with trio.fail_after(5), pytest.raises(Unavailable):
             await client.call("hang")
         assert await client.call("add", 1, 2) == 3
+
+
+async def test_default_call_timeout_on_a_live_connection_ends_the_wait(addr: str) -> None:
+    # On a live connection the default timeout is kept by the connection's watchdog, not by a
+    # cancel scope per call: a hung call still ends, with the usual message, and others go on.
+    svc = Service()
+    async with serving(svc.handlers(), addr) as srv, open_client(srv.address, call_timeout_s=0.2) as client:
+        assert await client.call("add", 1, 2) == 3  # the connection is up: the watchdog path
+        failed: list[tuple[NoReply, float]] = []
+
+        async def hang() -> None:
+            started = trio.current_time()
+            with pytest.raises(NoReply, match=r"no reply within 0\.2s") as info:
+                await client.call("hang")
+            failed.append((info.value, trio.current_time() - started))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hang)
+                for i in range(20):
+                    assert await client.call("add", i, 1) == i + 1
+        [(_, waited_s)] = failed
+        assert 0.2 <= waited_s < 0.2 + 2 * 0.2 / 8 + 0.5
+        assert await client.call("add", 2, 2) == 4
 
 
 @pytest.mark.parametrize(
