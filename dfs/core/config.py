@@ -63,7 +63,9 @@ class RpcConfig:
 @dataclasses.dataclass(frozen=True)
 class StorageConfig:
     block_size: int = 4 * MiB
-    inline_max: int = 4096
+    # 32 KiB: below it a chunk's fixed cost (two fsyncs and a file on the chunk disk, per replica)
+    # outweighs a few more metadata pages; untar of the Django tree +27%, rsync +5% (README).
+    inline_max: int = 32 * 1024
     compression_level: int = 1  # zstd level; 0 disables compression
     # Master key of encrypted volumes (32 raw bytes, mode 0600); empty: <data dir>/master.key.
     # The environment variable DFS_MASTER_KEY (hex or base64) wins over the file.
