@@ -182,6 +182,7 @@ def up(directory: str) -> None:
         if cfg.rpc.unix_socket
         else Endpoint(address, client_context_for(cfg))
     )
+    started: subprocess.Popen[bytes] | None = None
     if not _settle(cfg, own):
         log_path = cfg.data_path / "dfsd.log"
         with open(log_path, "ab") as log_file:
@@ -192,6 +193,7 @@ def up(directory: str) -> None:
                 stderr=log_file,
                 start_new_session=True,
             )
+        started = proc
         run(_wait_ready, own, proc, log_path)
     if not _is_mounted(mnt):
         source = f"{address}:/"
@@ -204,7 +206,12 @@ def up(directory: str) -> None:
             [_bin("mount.dfs"), source, str(mnt), "-o", ",".join(opts)], capture_output=True, text=True
         )
         if res.returncode != 0:
-            raise CliError(res.stderr.strip().removeprefix("mount.dfs: ") or "mount.dfs failed")
+            reason = res.stderr.strip().removeprefix("mount.dfs: ") or "mount.dfs failed"
+            if started is not None:
+                # All or nothing: a daemon this command started is not left holding its ports.
+                _stop_started(started)
+                reason += " (the daemon it started is stopped again)"
+            raise CliError(reason)
     click.echo(f"dfs is up.\n  mount point: {mnt}\n  daemon:      {address} (data in {cfg.data_path})")
     if cfg.s3.enabled and cfg.s3_root_path.exists():
         root = json.loads(cfg.s3_root_path.read_text())
@@ -216,6 +223,16 @@ def up(directory: str) -> None:
         click.echo(f"  admin API:   {scheme}://{cfg.admin.listen}/storage/ (metrics at /metrics)")
         click.echo(f"    token:      {cfg.admin_token_path.read_text().strip()} (Authorization: Bearer)")
     click.echo(f"  status:      dfs status {directory}\n  stop:        dfs down {directory}")
+
+
+def _stop_started(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon ``dfs up`` started (SIGTERM, then SIGKILL after 30 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _unmount(mnt: Path) -> None:

@@ -657,6 +657,53 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
     shutil.rmtree(base)
 
 
+@pytest.mark.slow
+def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path) -> None:
+    # All or nothing: a daemon left running would hold the ports, and the next `dfs up` of
+    # another directory would fail on them.
+    from tests.conftest import BIN, free_port
+
+    base = tmp_path / "site"
+    (base / "var").mkdir(parents=True)
+    (base / "var" / "dfs.conf").write_text(
+        f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[s3]\nlisten = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[gossip]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    # mount.dfs reads $DFS_CONFIG (the daemon gets its file by --config): the mount fails.
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[mount]\nno_such_option = 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "DFS_CONFIG"}
+    try:
+        res = subprocess.run(
+            [str(BIN / "dfs"), "up", str(base)],
+            capture_output=True,
+            text=True,
+            env={**env, "DFS_CONFIG": str(bad)},
+            timeout=120,
+        )
+        assert res.returncode != 0
+        assert "no_such_option" in res.stderr and "the daemon it started is stopped again" in res.stderr
+        assert not os.path.ismount(base / "mnt")
+        assert not (base / "var" / "dfsd.pid").exists()
+        pattern = f"dfsd --config {base / 'var'}"
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        assert left.returncode == 1, f"a dfsd still runs: {left.stdout}"
+        again = subprocess.run(
+            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert again.returncode == 0, again.stderr
+        (base / "mnt" / "hello").write_text("hi")
+        assert (base / "mnt" / "hello").read_text() == "hi"
+    finally:
+        down = subprocess.run(
+            [str(BIN / "dfs"), "down", str(base)], capture_output=True, text=True, env=env, timeout=120
+        )
+    assert down.returncode == 0, down.stderr
+    assert not (base / "var" / "dfsd.pid").exists()
+    shutil.rmtree(base)
+
+
 def test_mount_t_dfs_and_subdir(daemon: Daemon, tmp_path: Path) -> None:
     """`mount -t dfs` finds the helper as /sbin/mount.dfs; a SUBDIR source mounts a subtree."""
     from tests.conftest import BIN, is_mounted
