@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from dfs.core.config import StorageConfig
 from dfs.core.placement import Layout, PlacementTable
 from tests.netns.harness import Net, NsDaemon, NsMount, start_cluster, wait_status
 
@@ -40,6 +41,8 @@ ZONES = ("z1", "z2", "z3", "z1", "z2")
 R = 3
 MiB = 1024 * 1024
 BLOCK = 4 * MiB
+# The daemons run with the default geometry: files up to this size live inline (no chunk).
+INLINE_MAX = StorageConfig().inline_max
 HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 # Short repair periods, like tests/cluster/test_replication.py.
@@ -224,6 +227,7 @@ def write_file(path: Path, data: bytes) -> None:
 TREE_SIZES = [
     0, 1, 100, 4096, 4097, 12_345, 50_000, 65_536, 300_000, 777_777,
     MiB, MiB + 7, 2 * MiB, 3 * MiB, BLOCK - 1, BLOCK, BLOCK + 1, 5_000_000, 9 * MiB + 3,
+    INLINE_MAX, INLINE_MAX + 1,
 ]  # fmt: skip
 
 
@@ -259,9 +263,9 @@ def make_tree(root: Path, rng: random.Random) -> dict[str, tuple[str, Any]]:
 
 
 BLOCK_INDEX = TREE_SIZES.index(BLOCK)
-# Distinct chunks of the tree: every block of every file above the inline limit (4 KiB) is
+# Distinct chunks of the tree: every block of every file above the inline limit is
 # random, so unique, except the copy's; the text file has two (different) blocks.
-TREE_CHUNKS = sum(-(-s // BLOCK) for s in TREE_SIZES if s > 4096) + 2
+TREE_CHUNKS = sum(-(-s // BLOCK) for s in TREE_SIZES if s > INLINE_MAX) + 2
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, Any]]:
