@@ -85,6 +85,18 @@ def fuse_available() -> bool:
 needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and root")
 
 
+def write_up_site(base: Path) -> Path:
+    """A `dfs up` directory whose daemon listens on free loopback ports (so a dfs already up on
+    this machine keeps its own); returns ``base``."""
+    (base / "var").mkdir(parents=True)
+    (base / "var" / "dfs.conf").write_text(
+        f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[s3]\nlisten = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[gossip]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    return base
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path / "var", free_port())

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dfs.cli.updown import is_dead_mount
-from tests.conftest import BIN, free_port, is_mounted, needs_fuse, wait_for
+from tests.conftest import BIN, free_port, is_mounted, needs_fuse, wait_for, write_up_site
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
@@ -58,13 +58,7 @@ def mount_pids(mnt: Path) -> list[int]:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Path]:
     """A `dfs up` directory on free ports; brought down (and its mount processes gone) after."""
-    base = tmp_path / "site"
-    (base / "var").mkdir(parents=True)
-    (base / "var" / "dfs.conf").write_text(
-        f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f'[s3]\nlisten = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f'[gossip]\nlisten = "127.0.0.1:{free_port()}"\n'
-    )
+    base = write_up_site(tmp_path / "site")
     try:
         yield base
     finally:

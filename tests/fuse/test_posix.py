@@ -661,15 +661,9 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
 def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path) -> None:
     # All or nothing: a daemon left running would hold the ports, and the next `dfs up` of
     # another directory would fail on them.
-    from tests.conftest import BIN, free_port
+    from tests.conftest import BIN, write_up_site
 
-    base = tmp_path / "site"
-    (base / "var").mkdir(parents=True)
-    (base / "var" / "dfs.conf").write_text(
-        f'[node]\ndata_dir = "{base / "var"}"\n[rpc]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f'[s3]\nlisten = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f'[gossip]\nlisten = "127.0.0.1:{free_port()}"\n'
-    )
+    base = write_up_site(tmp_path / "site")
     # mount.dfs reads $DFS_CONFIG (the daemon gets its file by --config): the mount fails.
     bad = tmp_path / "bad.conf"
     bad.write_text("[mount]\nno_such_option = 1\n")
