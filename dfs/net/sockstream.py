@@ -9,8 +9,8 @@ about a third of the cost of a metadata call.  :class:`DirectSocketStream`
 sends and receives with ``os.write``/``os.read`` on the socket's descriptor,
 waits with :func:`trio.lowlevel.wait_writable`/:func:`~trio.lowlevel.wait_readable`
 only when the kernel is not ready, and yields after :data:`YIELD_EVERY`
-consecutive calls that did not wait, so the fairness trio's own streams give is
-kept for a peer that keeps the socket full.
+consecutive calls that did not wait or :data:`YIELD_BYTES` moved by them, so the
+fairness trio's own streams give is kept for a peer that keeps the socket full.
 
 Only plain sockets are wrapped (TLS streams keep trio's path): :func:`direct`.
 The descriptor is read from the socket at each call, never kept, so a socket
@@ -24,8 +24,11 @@ import os
 
 import trio
 
-#: Calls that succeeded without waiting before one yields to the scheduler anyway.
+#: Calls that succeeded without waiting before one yields to the scheduler anyway...
 YIELD_EVERY = 16
+#: ...or bytes moved by such calls: a reader flooded with pipelined requests yields after each
+#: large receive, as trio's own streams do after every one (the work those bytes bring is bounded).
+YIELD_BYTES = 64 * 1024
 
 _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
@@ -48,6 +51,7 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         self.inner = inner
         self.socket = inner.socket
         self._unyielded = 0
+        self._unyielded_bytes = 0
 
     def _fd(self) -> int:
         fd = self.socket.fileno()
@@ -55,11 +59,16 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the socket was closed")
         return fd
 
-    async def _fair(self) -> None:
+    async def _fair(self, nbytes: int) -> None:
         self._unyielded += 1
-        if self._unyielded >= YIELD_EVERY:
-            self._unyielded = 0
+        self._unyielded_bytes += nbytes
+        if self._unyielded >= YIELD_EVERY or self._unyielded_bytes >= YIELD_BYTES:
+            self._waited()
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _waited(self) -> None:
+        self._unyielded = 0
+        self._unyielded_bytes = 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -77,9 +86,9 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise self._error(exc) from exc
         if waited:
-            self._unyielded = 0
+            self._waited()
         else:
-            await self._fair()
+            await self._fair(total)
 
     def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Write what the kernel takes of ``data`` now, without waiting: the bytes written
@@ -103,11 +112,11 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
                 data = os.read(fd, max_bytes)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
-                self._unyielded = 0
+                self._waited()
                 continue
             except OSError as exc:
                 raise self._error(exc) from exc
-            await self._fair()
+            await self._fair(len(data))
             return data
 
     def _error(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:

@@ -112,6 +112,27 @@ async def test_calls_that_never_wait_still_yield_to_other_tasks() -> None:
     await b.aclose()
 
 
+async def test_a_large_receive_that_never_waited_yields_at_once() -> None:
+    # A reader flooded with pipelined requests: each large buffer brings much work, so it
+    # yields after every one (as trio's streams do), not only every YIELD_EVERY calls.
+    a, b = _pair()
+    await a.send_all(bytes(sockstream.YIELD_BYTES * 2))
+    ran = []
+
+    async def other() -> None:
+        ran.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        calls = 0
+        while not ran:
+            assert len(await b.receive_some(sockstream.YIELD_BYTES)) == sockstream.YIELD_BYTES
+            calls += 1
+        assert calls <= 2  # (the other task may run after a batch in which this one ran first)
+    await a.aclose()
+    await b.aclose()
+
+
 async def test_outbox_writes_a_small_frame_at_once_and_queues_the_rest_of_a_large_one() -> None:
     a, b = _pair()
     outbox = _Outbox(a)
