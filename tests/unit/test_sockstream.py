@@ -90,47 +90,41 @@ async def test_a_reader_waiting_is_woken_by_a_close_from_another_task() -> None:
     await a.aclose()
 
 
-async def test_calls_that_never_wait_still_yield_to_other_tasks() -> None:
-    # A peer that keeps the socket full must not starve the rest of the event loop.
+async def _receives_before_another_task_runs(sent_bytes: int, receive_bytes: int) -> int:
+    """How many receives of ``receive_bytes``, none of which has to wait (``sent_bytes`` are all
+    there), a task makes before another task it started gets to run."""
     a, b = _pair()
-    await a.send_all(bytes(200_000))
+    await a.send_all(bytes(sent_bytes))
     ran = []
 
     async def other() -> None:
         ran.append(True)
 
+    calls = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(other)
-        calls = 0
         while not ran:
-            assert await b.receive_some(1)  # never waits: the bytes are all there
+            assert len(await b.receive_some(receive_bytes)) == receive_bytes
             calls += 1
-        # trio runs the tasks of one scheduling batch in random order: the other task has run
-        # by the end of the batch after the first yield.
-        assert calls <= 2 * sockstream.YIELD_EVERY
     await a.aclose()
     await b.aclose()
+    return calls
+
+
+# trio runs the tasks of one scheduling batch in random order: the other task has run by the
+# end of the batch after the first yield, hence the factor 2 below.
+
+
+async def test_calls_that_never_wait_still_yield_to_other_tasks() -> None:
+    # A peer that keeps the socket full must not starve the rest of the event loop.
+    assert await _receives_before_another_task_runs(200_000, 1) <= 2 * sockstream.YIELD_EVERY
 
 
 async def test_a_large_receive_that_never_waited_yields_at_once() -> None:
     # A reader flooded with pipelined requests: each large buffer brings much work, so it
     # yields after every one (as trio's streams do), not only every YIELD_EVERY calls.
-    a, b = _pair()
-    await a.send_all(bytes(sockstream.YIELD_BYTES * 2))
-    ran = []
-
-    async def other() -> None:
-        ran.append(True)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other)
-        calls = 0
-        while not ran:
-            assert len(await b.receive_some(sockstream.YIELD_BYTES)) == sockstream.YIELD_BYTES
-            calls += 1
-        assert calls <= 2  # (the other task may run after a batch in which this one ran first)
-    await a.aclose()
-    await b.aclose()
+    size = sockstream.YIELD_BYTES
+    assert await _receives_before_another_task_runs(2 * size, size) <= 2
 
 
 async def test_outbox_writes_a_small_frame_at_once_and_queues_the_rest_of_a_large_one() -> None:
