@@ -106,7 +106,6 @@ def _load_meta(cfg: Config, dump_path: Path, backup_info: str | None) -> str:
             cfg.data_path,
             dump_path,
             info,
-            inline_max=st.inline_max,
             block_size=st.block_size,
             meta=MetaDb.of(cfg.data_path, cfg.meta),
         )

@@ -147,7 +147,7 @@ class MetaBase:
     # Set by MetaStore.__init__; declared here so every concern mixin type-checks against them.
     _path: str
     _db: Db
-    _inline_max: int
+    _inline_limit: int
     _block_size: int
     _default_replicas: int
     _now: Callable[[], int]

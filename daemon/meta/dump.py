@@ -676,7 +676,6 @@ def load_dump(
     target: Path | str,
     *,
     secret: bytes,
-    inline_max: int,
     block_size: int,
     engine: str = "sqlite",
 ) -> DumpInfo:
@@ -705,13 +704,13 @@ def load_dump(
             return _load_pg(reader, str(target), where, block_size=block_size)
         db_path = Path(target)
         if db_path.exists():
-            return _load_sqlite(reader, db_path, inline_max=inline_max, block_size=block_size)
-        return _load_new(reader, db_path, inline_max=inline_max, block_size=block_size)
+            return _load_sqlite(reader, db_path, block_size=block_size)
+        return _load_new(reader, db_path, block_size=block_size)
     except OSError as exc:
         raise from_oserror(exc, f"loading metadata into {where}") from exc
 
 
-def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: int) -> DumpInfo:
+def _load_new(reader: _Reader, db_path: Path, *, block_size: int) -> DumpInfo:
     for suffix in ("-wal", "-shm"):
         if Path(f"{db_path}{suffix}").exists():
             # SQLite would apply a leftover WAL to the new database: refuse rather than guess.
@@ -719,7 +718,7 @@ def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: in
     tmp = db_path.with_name(db_path.name + ".loading")
     _remove_db(tmp)  # a leftover of an interrupted load: never a live store (never linked into place)
     try:
-        info = _load_sqlite(reader, tmp, inline_max=inline_max, block_size=block_size)
+        info = _load_sqlite(reader, tmp, block_size=block_size)
         try:
             os.link(tmp, db_path)  # not rename: never replace a database that appeared meanwhile
         except FileExistsError:
@@ -730,9 +729,9 @@ def _load_new(reader: _Reader, db_path: Path, *, inline_max: int, block_size: in
     return info
 
 
-def _load_sqlite(reader: _Reader, path: Path, *, inline_max: int, block_size: int) -> DumpInfo:
+def _load_sqlite(reader: _Reader, path: Path, *, block_size: int) -> DumpInfo:
     # The normal creation: schema, root and internal roots, block size; the load replaces them.
-    MetaStore(path, inline_max=inline_max, block_size=block_size).close()
+    MetaStore(path, block_size=block_size).close()
     db = _connect("sqlite", str(path), str(path))
     try:
         db.execute("PRAGMA busy_timeout=10000")

@@ -53,8 +53,8 @@ class Files(Inodes):
         if inline is not None and blocks:
             raise InvalidArgument("commit_write got both inline data and blocks")
         _check_replicas(replicas)
-        if inline is not None and len(inline) > self._inline_max:
-            raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_max}")
+        if inline is not None and len(inline) > self._inline_limit:
+            raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_limit}")
         if size < 0:
             raise InvalidArgument(f"negative size {size}")
         refs = [self._check_ref(ref) for ref in blocks]

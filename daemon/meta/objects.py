@@ -279,8 +279,8 @@ class Objects(Files, Versions, ObjectLocks):
         if inline is not None:
             if blocks:
                 raise InvalidArgument("put_object got both inline data and blocks")
-            if len(inline) > self._inline_max:
-                raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_max}")
+            if len(inline) > self._inline_limit:
+                raise InvalidArgument(f"inline data of {len(inline)} bytes exceeds {self._inline_limit}")
             if len(inline) != size:
                 raise InvalidArgument(f"inline data of {len(inline)} bytes for size {size}")
             return []

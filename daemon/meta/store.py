@@ -33,7 +33,7 @@ from daemon.meta.tiers import Tiers
 from daemon.meta.tokens import Tokens
 from daemon.meta.volume_keys import VolumeKeys
 from dfs.core.errors import ConfigError, InternalError, Unavailable
-from dfs.core.namespace import ROOT_INO
+from dfs.core.namespace import INLINE_LIMIT_BYTES, ROOT_INO
 
 
 class MetaStore(
@@ -61,7 +61,6 @@ class MetaStore(
         self,
         path: str | os.PathLike[str],
         *,
-        inline_max: int,
         block_size: int,
         now_ns: Callable[[], int] = time.time_ns,
         default_replicas: int = 1,
@@ -72,8 +71,8 @@ class MetaStore(
         """``path`` is the SQLite file, or with ``engine="postgresql"`` a libpq connection string;
         ``default_trash_days``: the trash retention of volumes whose policy names none
         (daemon/meta/trash.py; the Trash concern comes in through Namespace and Objects)."""
-        if block_size <= 0 or inline_max < 0:
-            raise ConfigError(f"bad metadata geometry: block_size={block_size} inline_max={inline_max}")
+        if block_size <= 0:
+            raise ConfigError(f"bad metadata geometry: block_size={block_size}")
         if _replicas_or_none(default_replicas) is None:
             raise ConfigError(f"default replicas must be 1..{MAX_REPLICAS}, not {default_replicas!r:.40}")
         if engine not in ENGINES:
@@ -81,7 +80,10 @@ class MetaStore(
         self._path = os.fspath(path)
         self._engine = engine
         self._where = self._path if engine == "sqlite" else describe_dsn(self._path)
-        self._inline_max = inline_max
+        # Inline data is refused only above the fixed ceiling, never above this daemon's own
+        # [storage] inline_max: that is each writer's choice, and daemons of one cluster (a rolling
+        # upgrade, a changed default) may differ without breaking each other's small-file closes.
+        self._inline_limit = min(INLINE_LIMIT_BYTES, block_size)
         self._block_size = block_size
         self._default_replicas = default_replicas
         self._trash_days_default = float(default_trash_days)
@@ -155,7 +157,6 @@ class MetaStore(
         """
         other = MetaStore(
             self._path,
-            inline_max=self._inline_max,
             block_size=self._block_size,
             now_ns=self._now,
             default_replicas=self._default_replicas,

@@ -435,7 +435,6 @@ def load_offline(
     dump_path: Path,
     info: dict[str, Any] | None,
     *,
-    inline_max: int,
     block_size: int,
     meta: MetaDb | None = None,
 ) -> str:
@@ -463,7 +462,6 @@ def load_offline(
             f,
             target.location,
             secret=secret,
-            inline_max=inline_max,
             block_size=block_size,
             engine=target.engine,
         )

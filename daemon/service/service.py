@@ -89,7 +89,6 @@ class Service:
                 cfg.meta.dsn if cfg.meta.engine == "postgresql" else self.data / "meta.db",
                 engine=cfg.meta.engine,
                 failover_timeout_s=cfg.meta.failover_timeout_s,
-                inline_max=cfg.storage.inline_max,
                 block_size=cfg.storage.block_size,
                 default_replicas=cfg.cluster.replicas,
                 default_trash_days=cfg.storage.trash_days,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from dfs.core.errors import ConfigError
+from dfs.core.namespace import INLINE_LIMIT_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/dfs/dfs.conf")
 MiB = 1024 * 1024
@@ -411,8 +412,8 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
     disk_specs(st, origin)
     if st.block_size < 64 * 1024 or st.block_size > 64 * MiB or st.block_size & (st.block_size - 1):
         raise ConfigError(f"{origin}: [storage] block_size must be a power of two in 64 KiB..64 MiB")
-    if not 0 <= st.inline_max <= min(64 * 1024, st.block_size):
-        raise ConfigError(f"{origin}: [storage] inline_max must be in 0..65536")
+    if not 0 <= st.inline_max <= INLINE_LIMIT_BYTES:
+        raise ConfigError(f"{origin}: [storage] inline_max must be in 0..{INLINE_LIMIT_BYTES}")
     if not -7 <= st.compression_level <= 22:
         raise ConfigError(f"{origin}: [storage] compression_level must be in -7..22")
     if cfg.rpc.max_frame_bytes < st.block_size + 1024 * 1024:

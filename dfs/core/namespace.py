@@ -32,6 +32,8 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
+# The most file data metadata holds inline, whatever a daemon's [storage] inline_max.
+INLINE_LIMIT_BYTES = 64 * 1024
 
 
 class Attr(NamedTuple):

@@ -38,7 +38,7 @@ PIECE = 512  # small pieces: every backup here spans several chunks
 def meta_db(tmp_path: Path) -> Path:
     """A SQLite metadata store with enough rows that its dump spans several pieces."""
     path = tmp_path / "meta.db"
-    store = MetaStore(path, inline_max=64, block_size=4096)
+    store = MetaStore(path, block_size=4096)
     try:
         for i in range(300):
             store.mkdir(ROOT_INO, os.urandom(12).hex().encode() + b"-%d" % i, 0o755, 0, 0)

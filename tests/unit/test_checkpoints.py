@@ -15,7 +15,7 @@ from dfs.core.namespace import ROOT_INO
 
 def test_the_checkpointer_copies_the_log_back_while_the_writer_goes_on(tmp_path: Path) -> None:
     path = tmp_path / "meta.db"
-    store = MetaStore(path, inline_max=64, block_size=4096)
+    store = MetaStore(path, block_size=4096)
     store._db.execute("PRAGMA wal_autocheckpoint=0")  # only the checkpointer copies pages back
     for i in range(40):
         store.mkdir(ROOT_INO, b"d%d" % i, 0o755, 0, 0)

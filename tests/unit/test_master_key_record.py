@@ -103,7 +103,7 @@ def test_an_environment_key_is_never_replaced(tmp_path: Path) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path, meta_engine: str) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=1 << 20)
+    s = open_meta(tmp_path / "meta.db", block_size=1 << 20)
     yield s
     s.close()
 

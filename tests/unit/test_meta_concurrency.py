@@ -63,7 +63,7 @@ def storm(store: MetaStore, dirs: list[int], seed: int, errors: list[str]) -> No
 
 @pytest.mark.slow
 def test_daemons_storming_shared_directories_keep_every_invariant(pg_dsn: str) -> None:
-    stores = [MetaStore(pg_dsn, engine="postgresql", inline_max=64, block_size=BS) for _ in range(DAEMONS)]
+    stores = [MetaStore(pg_dsn, engine="postgresql", block_size=BS) for _ in range(DAEMONS)]
     try:
         first = stores[0]
         top = [first.mkdir(ROOT_INO, b"shared%d" % i, 0o755, 0, 0).ino for i in range(3)]

@@ -52,7 +52,6 @@ engines = pytest.mark.usefixtures("meta_engine")
 
 ROOT = ROOT_INO
 BS = 4096
-INLINE_MAX = 64
 SESSION = "s1"
 SECRET = b"cluster-secret-0123456789abcdef!"
 S3_SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY-7f3a"
@@ -70,7 +69,6 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
 
 def open_store(path: Path, **kwargs: Any) -> MetaStore:
     """The store "at ``path``" in the test's engine (a SQLite file or a PostgreSQL schema)."""
-    kwargs.setdefault("inline_max", INLINE_MAX)
     kwargs.setdefault("block_size", BS)
     return open_meta(path, **kwargs)
 
@@ -217,7 +215,6 @@ def load(data: bytes, path: Path, *, secret: bytes = SECRET, block_size: int = B
         io.BytesIO(data),
         where(path),
         secret=secret,
-        inline_max=INLINE_MAX,
         block_size=block_size,
         engine=metastores.engine(),
     )
@@ -383,7 +380,7 @@ def test_old_schema_dump_loads(tmp_path: Path, chunks: set[bytes]) -> None:
     """A version-1 database (chunks without replicas; SQLite only) dumps as version 1 and loads
     as NULLs, into either engine."""
     old = tmp_path / "v1.db"
-    store = MetaStore(old, inline_max=INLINE_MAX, block_size=BS)
+    store = MetaStore(old, block_size=BS)
     f = new_file(store, b"f")
     write(store, chunks, f, [ref(0, cid(1))], replicas=2)
     store.close()
@@ -571,12 +568,11 @@ def move_across(
         io.BytesIO(out.getvalue()),
         dst_where,
         secret=SECRET,
-        inline_max=INLINE_MAX,
         block_size=BS,
         engine=dst_engine,
     )
     assert loaded == info and all(info.rows.values()), info.rows
-    dst = MetaStore(dst_where, inline_max=INLINE_MAX, block_size=BS, now_ns=Clock(clock.t), engine=dst_engine)
+    dst = MetaStore(dst_where, block_size=BS, now_ns=Clock(clock.t), engine=dst_engine)
     try:
         assert dst.engine == dst_engine != src.engine
         check(dst, chunks)
@@ -609,7 +605,7 @@ def test_sqlite_dump_loads_into_postgresql(
     tmp_path: Path, pg_dsn: str, chunks: set[bytes], clock: Clock
 ) -> None:
     """How a single host moves to PostgreSQL: its meta.db dumped, the dump loaded into a database."""
-    src = MetaStore(tmp_path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock)
+    src = MetaStore(tmp_path / "meta.db", block_size=BS, now_ns=clock)
     try:
         move_across(src, str(tmp_path / "meta.db"), pg_dsn, "postgresql", chunks, clock)
     finally:
@@ -619,7 +615,7 @@ def test_sqlite_dump_loads_into_postgresql(
 def test_postgresql_dump_loads_into_sqlite(
     tmp_path: Path, pg_dsn: str, chunks: set[bytes], clock: Clock
 ) -> None:
-    src = MetaStore(pg_dsn, inline_max=INLINE_MAX, block_size=BS, now_ns=clock, engine="postgresql")
+    src = MetaStore(pg_dsn, block_size=BS, now_ns=clock, engine="postgresql")
     try:
         move_across(src, pg_dsn, str(tmp_path / "meta.db"), "sqlite", chunks, clock)
     finally:
@@ -630,7 +626,7 @@ def test_postgresql_dump_leaves_the_engines_bookkeeping_out(
     tmp_path: Path, pg_dsn: str, chunks: set[bytes]
 ) -> None:
     """PostgreSQL keeps the schema version in config; a dump carries it in its header only."""
-    src = MetaStore(pg_dsn, inline_max=INLINE_MAX, block_size=BS, engine="postgresql")
+    src = MetaStore(pg_dsn, block_size=BS, engine="postgresql")
     try:
         assert src._db.execute("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
         out = io.BytesIO()
@@ -659,9 +655,7 @@ def test_postgresql_messages_never_show_the_password(tmp_path: Path, store: Meta
     with pytest.raises(DfsError) as dumping:
         write_dump(dsn, io.BytesIO(), secret=SECRET, engine="postgresql")
     with pytest.raises(DfsError) as loading:
-        load_dump(
-            io.BytesIO(data), dsn, secret=SECRET, inline_max=INLINE_MAX, block_size=BS, engine="postgresql"
-        )
+        load_dump(io.BytesIO(data), dsn, secret=SECRET, block_size=BS, engine="postgresql")
     for raised in (dumping, loading):
         assert "hunter2" not in str(raised.value) and "dbname=meta" in str(raised.value)
 
@@ -906,8 +900,7 @@ def test_memory_stays_bounded(tmp_path: Path) -> None:
     """Many files (random, incompressible inline data): dump and load hold one batch at a time
     (on PostgreSQL the dump reads through a server-side cursor)."""
     src = tmp_path / "big.db"
-    inline_max = 1024
-    open_store(src, inline_max=inline_max).close()
+    open_store(src).close()
     rng = os.urandom
     n = sized(50_000, 25_000)
     db: Any = sqlite3.connect(src) if metastores.engine() == "sqlite" else PgDb(where(src))
@@ -939,7 +932,6 @@ def test_memory_stays_bounded(tmp_path: Path) -> None:
                 inp,
                 where(tmp_path / "r.db"),
                 secret=SECRET,
-                inline_max=inline_max,
                 block_size=BS,
                 engine=metastores.engine(),
             )
@@ -950,7 +942,7 @@ def test_memory_stays_bounded(tmp_path: Path) -> None:
     assert info.rows["inodes"] == n + 1 + len(INTERNAL_DIRS) and size > n * 512
     assert dump_peak < min(size // 4, 8 << 20), (dump_peak, size)
     assert load_peak < min(size // 4, 8 << 20), (load_peak, size)
-    again = open_store(tmp_path / "r.db", inline_max=inline_max)
+    again = open_store(tmp_path / "r.db")
     try:
         assert again.fsck(lambda _: True, repair=False) == []
         assert again.counts()["files"] == n
@@ -969,7 +961,7 @@ def test_backup_from_postgresql_restores_on_a_sqlite_host(
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     secret = credentials.daemon_secret(data_dir, joining=False)
-    src = MetaStore(pg_dsn, inline_max=INLINE_MAX, block_size=BS, engine="postgresql")
+    src = MetaStore(pg_dsn, block_size=BS, engine="postgresql")
     try:
         build_rich(src, chunks)
         src.end_session(SESSION)
@@ -995,10 +987,10 @@ def test_backup_from_postgresql_restores_on_a_sqlite_host(
     dump_path = tmp_path / "rebuilt.dump"
     with dump_path.open("wb") as out:
         assemble_backup(info, data_dir / "chunks", backup_chunk_key(secret), out)
-    done = load_offline(other, dump_path, info, inline_max=INLINE_MAX, block_size=BS)
+    done = load_offline(other, dump_path, info, block_size=BS)
     assert done == f"loaded {info['rows']} rows from backup {info['id']} into {other / 'meta.db'}"
     assert (other / "cluster.key").read_bytes() == b"k" * 32
-    again = MetaStore(other / "meta.db", inline_max=INLINE_MAX, block_size=BS)
+    again = MetaStore(other / "meta.db", block_size=BS)
     try:
         check(again, chunks)
         assert public_views(again) == expected
@@ -1015,10 +1007,9 @@ def test_dfsd_load_meta_fills_the_configured_postgresql_database(
     dsn = pg_dsn + " password=hunter2"  # the test server trusts: the password is never checked
     d = Daemon(tmp_path / "var", free_port(), meta_conf=f'engine = "postgresql"\ndsn = {json.dumps(dsn)}\n')
     secret = credentials.daemon_secret(d.data_dir, joining=False)
-    geometry = config_mod.load(d.conf_path).storage
-    bs, inline_max = geometry.block_size, geometry.inline_max
+    bs = config_mod.load(d.conf_path).storage.block_size
     # A single host's meta.db, in the daemon's geometry.
-    src = MetaStore(tmp_path / "single.db", inline_max=inline_max, block_size=bs)
+    src = MetaStore(tmp_path / "single.db", block_size=bs)
     try:
         top = src.mkdir(ROOT, b"d", 0o755, 0, 0).ino
         f = new_file(src, b"f", top)
@@ -1046,7 +1037,7 @@ def test_dfsd_load_meta_fills_the_configured_postgresql_database(
     assert res.stdout.startswith("loaded ") and "into postgresql " in res.stdout
     assert "hunter2" not in res.stdout + res.stderr
     assert not (d.data_dir / "meta.db").exists()
-    again = MetaStore(pg_dsn, inline_max=inline_max, block_size=bs, engine="postgresql")
+    again = MetaStore(pg_dsn, block_size=bs, engine="postgresql")
     try:
         check(again, chunks)
         assert public_views(again) == expected
@@ -1066,7 +1057,7 @@ def test_postgresql_load_refuses_a_database_written_meanwhile(
     """A daemon already connected writes while the load runs: the load fails, nothing is committed."""
     build_rich(store, chunks)
     data, _ = dump_bytes(tmp_path / "meta.db")
-    running = MetaStore(pg_dsn, inline_max=INLINE_MAX, block_size=BS, engine="postgresql")
+    running = MetaStore(pg_dsn, block_size=BS, engine="postgresql")
     try:
 
         class Meddling(io.BytesIO):
@@ -1083,7 +1074,6 @@ def test_postgresql_load_refuses_a_database_written_meanwhile(
                 Meddling(data),
                 pg_dsn,
                 secret=SECRET,
-                inline_max=INLINE_MAX,
                 block_size=BS,
                 engine="postgresql",
             )

@@ -32,7 +32,7 @@ def recorded(store: MetaStore) -> int:
 
 @pytest.fixture
 def store(tmp_path: Path, meta_engine: str) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     yield s
     s.close()
 
@@ -160,7 +160,7 @@ class CuttingProxy:
 def proxied(pg_server: PgServer, pg_dsn: str) -> Iterator[tuple[MetaStore, CuttingProxy]]:
     proxy = CuttingProxy(pg_server.port)
     dsn = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port)
-    store = MetaStore(dsn, engine="postgresql", inline_max=64, block_size=BS, failover_timeout_s=10.0)
+    store = MetaStore(dsn, engine="postgresql", block_size=BS, failover_timeout_s=10.0)
     try:
         yield store, proxy
     finally:
@@ -191,7 +191,7 @@ def test_a_plain_change_whose_reply_was_lost_fails_clearly(proxied: tuple[MetaSt
 def test_a_reader_that_must_not_wait_fails_at_once(pg_server: PgServer, pg_dsn: str) -> None:
     proxy = CuttingProxy(pg_server.port)
     dsn = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port)
-    store = MetaStore(dsn, engine="postgresql", inline_max=64, block_size=BS)
+    store = MetaStore(dsn, engine="postgresql", block_size=BS)
     reader = store.reader()
     try:
         proxy.close()  # no new connections from now on

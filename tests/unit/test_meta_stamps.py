@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("meta_engine")
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=4096)
+    s = open_meta(tmp_path / "meta.db", block_size=4096)
     yield s
     assert s.fsck(lambda c: True, repair=False) == []
     s.close()

@@ -25,7 +25,7 @@ BS = 4096
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
+    s = open_meta(tmp_path / "meta.db", block_size=BS, now_ns=clock)
     yield s
     s.close()
 
@@ -190,8 +190,8 @@ def test_versions_survive_a_dump(store: MetaStore, tmp_path: Path, clock: Clock)
     write_dump(src, buf, secret=b"k" * 32, engine=kind)
     dst, dst_kind = location(tmp_path / "loaded.db")
     buf.seek(0)
-    load_dump(buf, dst, secret=b"k" * 32, inline_max=64, block_size=BS, engine=dst_kind)
-    loaded = open_meta(tmp_path / "loaded.db", inline_max=64, block_size=BS, now_ns=clock)
+    load_dump(buf, dst, secret=b"k" * 32, block_size=BS, engine=dst_kind)
+    loaded = open_meta(tmp_path / "loaded.db", block_size=BS, now_ns=clock)
     try:
         assert loaded.versioning_get(b) == "Enabled"
         assert content(loaded, loaded.versions_get(b, b"k", "a" * 32)["ino"]) == b"one"

@@ -36,6 +36,7 @@ from dfs.core.errors import (
     TooManyLinks,
 )
 from dfs.core.namespace import (
+    INLINE_LIMIT_BYTES,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
@@ -52,13 +53,12 @@ from tests.metastores import Clock, only_sqlite, open_meta
 pytestmark = pytest.mark.usefixtures("meta_engine")
 ROOT = ROOT_INO
 BS = 4096
-INLINE_MAX = 64
 SESSION = "s1"
 DAY_NS = 24 * 3600 * 10**9
 
 
 def open_store(path: Path, clock: Clock, *, block_size: int = BS) -> MetaStore:
-    return open_meta(path / "meta.db", inline_max=INLINE_MAX, block_size=block_size, now_ns=clock)
+    return open_meta(path / "meta.db", block_size=block_size, now_ns=clock)
 
 
 @pytest.fixture
@@ -155,13 +155,13 @@ def test_block_size_mismatch_is_config_error(tmp_path: Path, clock: Clock) -> No
 
 def test_bad_geometry_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
-        open_meta(tmp_path / "m.db", inline_max=10, block_size=0)
+        open_meta(tmp_path / "m.db", block_size=0)
 
 
 def test_unopenable_path_is_dfs_error(tmp_path: Path) -> None:
     only_sqlite("a file in a missing directory")
     with pytest.raises(DfsError):
-        open_meta(tmp_path / "missing-dir" / "m.db", inline_max=10, block_size=BS)
+        open_meta(tmp_path / "missing-dir" / "m.db", block_size=BS)
 
 
 # -- lookups ---------------------------------------------------------------------------------
@@ -1187,13 +1187,34 @@ def test_commit_write_inline(store: MetaStore, chunks: set[bytes]) -> None:
     assert store.read_map(f).inline == b""
     with pytest.raises(InvalidArgument):
         store.commit_write(
-            f, size=0, mtime_ns=4, blocks=[], inline=b"x" * (INLINE_MAX + 1), chunk_exists=chunks.__contains__
+            f, size=0, mtime_ns=4, blocks=[], inline=b"x" * (BS + 1), chunk_exists=chunks.__contains__
         )
     with pytest.raises(InvalidArgument):
         store.commit_write(
             f, size=0, mtime_ns=4, blocks=[ref(0, cid(1))], inline=b"x", chunk_exists=chunks.__contains__
         )
     check(store, chunks)
+
+
+def test_inline_limit_is_the_ceiling_not_a_daemon_setting(tmp_path: Path, chunks: set[bytes]) -> None:
+    """Any daemon's mounts may write inline up to the fixed ceiling (daemons of one cluster may
+    differ in [storage] inline_max, e.g. during a rolling upgrade); one byte more is refused,
+    and a block size below the ceiling bounds it too."""
+    store = open_meta(tmp_path / "big.db", block_size=1 << 20, now_ns=Clock())
+    try:
+        f = new_file(store, b"f")
+        data = os.urandom(INLINE_LIMIT_BYTES)
+        attr = store.commit_write(
+            f, size=len(data), mtime_ns=4, blocks=[], inline=data, chunk_exists=chunks.__contains__
+        )
+        assert attr.size == INLINE_LIMIT_BYTES and store.read_map(f).inline == data
+        with pytest.raises(InvalidArgument, match="exceeds 65536"):
+            store.commit_write(
+                f, size=0, mtime_ns=5, blocks=[], inline=data + b"x", chunk_exists=chunks.__contains__
+            )
+        check(store, chunks)
+    finally:
+        store.close()
 
 
 def test_commit_write_errors(store: MetaStore, chunks: set[bytes]) -> None:
@@ -1842,7 +1863,7 @@ def compare(store: MetaStore, model: Model) -> None:
 @given(st.lists(OPS, min_size=1, max_size=50))
 def test_random_namespace_operations_match_model(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_meta(Path(tmp) / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=Clock())
+        store = open_meta(Path(tmp) / "meta.db", block_size=BS, now_ns=Clock())
         try:
             model = Model()
             for op in [*SETUP, *ops]:

@@ -43,7 +43,7 @@ SESSION = "s1"
 
 
 def open_store(path: Path, clock: Clock, **kwargs: Any) -> MetaStore:
-    return open_meta(path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock, **kwargs)
+    return open_meta(path / "meta.db", block_size=BS, now_ns=clock, **kwargs)
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def wire_node(
 def test_layout_of_a_new_store(tmp_path: Path, clock: Clock, store: MetaStore) -> None:
     assert store.layout() == {"epoch": 0, "replicas": 1, "nodes": []}
     assert store._db.execute("SELECT 1 FROM config WHERE key = 'layout_epoch'").fetchone() is None
-    other = open_meta(tmp_path / "other.db", inline_max=INLINE_MAX, block_size=BS, default_replicas=3)
+    other = open_meta(tmp_path / "other.db", block_size=BS, default_replicas=3)
     try:
         assert other.layout()["replicas"] == 3
         reader = other.reader()
@@ -658,7 +658,7 @@ def test_policy_is_a_few_statements_at_any_depth(store: MetaStore) -> None:
 
 
 def test_chunk_factors_tell_unknown_chunks_from_default_ones(tmp_path: Path) -> None:
-    store = open_meta(tmp_path / "f.db", inline_max=16, block_size=64)
+    store = open_meta(tmp_path / "f.db", block_size=64)
     try:
         ino = store.create(ROOT_INO, b"f", 0o644, 0, 0, "s").ino
         refs = [BlockRef(0, cid(1), 64, 64), BlockRef(1, cid(2), 64, 64)]

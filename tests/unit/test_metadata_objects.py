@@ -38,7 +38,6 @@ from tests.metastores import Clock, open_meta
 pytestmark = pytest.mark.usefixtures("meta_engine")
 ROOT = ROOT_INO
 BS = 4096
-INLINE_MAX = 64
 SESSION = "s1"
 
 
@@ -46,7 +45,7 @@ SESSION = "s1"
 
 
 def open_store(path: Path, clock: Clock) -> MetaStore:
-    return open_meta(path / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=clock)
+    return open_meta(path / "meta.db", block_size=BS, now_ns=clock)
 
 
 @pytest.fixture
@@ -274,7 +273,7 @@ def test_list_dir_matches_model(
         tempfile.TemporaryDirectory() as tmp,
         mock.patch.object(daemon.meta.objects, "_LIST_DIR_SLACK", slack),
     ):
-        store = open_meta(Path(tmp) / "meta.db", inline_max=INLINE_MAX, block_size=BS, now_ns=Clock())
+        store = open_meta(Path(tmp) / "meta.db", block_size=BS, now_ns=Clock())
         try:
             for name, is_dir in entries.items():
                 if is_dir:
@@ -426,7 +425,7 @@ def test_put_object_errors(store: MetaStore, chunks: set[bytes]) -> None:
         (InvalidArgument, b"./x", {"inline": b"x"}),
         (NameTooLong, b"x" * 256, {"inline": b"x"}),
         (InvalidArgument, b"x", {"inline": b"x", "refs": (ref(0, cid(1)),)}),
-        (InvalidArgument, b"x", {"inline": b"x" * (INLINE_MAX + 1)}),
+        (InvalidArgument, b"x", {"inline": b"x" * (BS + 1)}),
         (InvalidArgument, b"x", {"inline": b"xy", "size": 5}),
         (InvalidArgument, b"x", {"refs": (ref(1, cid(1)),), "size": BS}),
         (InvalidArgument, b"x", {"refs": (ref(0, cid(1)), ref(0, cid(2)))}),

@@ -189,7 +189,7 @@ def test_certificate_expiry_read_and_followed_across_renewal(tmp_path: Path, cap
 
 async def test_leadership_changes_count_failovers_not_the_first_step(pg_dsn: str) -> None:
     # The schema: its config table keeps the fencing epoch.
-    MetaStore(pg_dsn, engine="postgresql", inline_max=64, block_size=4096).close()
+    MetaStore(pg_dsn, engine="postgresql", block_size=4096).close()
     a = Leadership(None, dsn=pg_dsn, node_id="a")  # type: ignore[arg-type]  # metacalls: fence only
     b = Leadership(None, dsn=pg_dsn, node_id="b")  # type: ignore[arg-type]
     try:

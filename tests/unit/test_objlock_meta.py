@@ -28,7 +28,7 @@ SESSION = "s1"
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
+    s = open_meta(tmp_path / "meta.db", block_size=BS, now_ns=clock)
     yield s
     s.close()
 
@@ -150,8 +150,8 @@ def test_default_retention_snapshot_restore_and_dump(store: MetaStore, clock: Cl
     write_dump(src, buf, secret=b"k" * 32, engine=kind)
     dst, dst_kind = location(tmp_path / "loaded.db")
     buf.seek(0)
-    load_dump(buf, dst, secret=b"k" * 32, inline_max=64, block_size=BS, engine=dst_kind)
-    loaded = open_meta(tmp_path / "loaded.db", inline_max=64, block_size=BS, now_ns=clock)
+    load_dump(buf, dst, secret=b"k" * 32, block_size=BS, engine=dst_kind)
+    loaded = open_meta(tmp_path / "loaded.db", block_size=BS, now_ns=clock)
     try:
         assert loaded.objlock_get(ino) == lock and loaded.objlock_config_get(b) is not None
         with pytest.raises(NotPermitted):

@@ -20,7 +20,7 @@ SESSION = "s1"
 
 
 def open_store(path: Path, clock: Clock) -> MetaStore:
-    return open_meta(path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
+    return open_meta(path / "meta.db", block_size=BS, now_ns=clock)
 
 
 @pytest.fixture

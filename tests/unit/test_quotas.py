@@ -26,7 +26,7 @@ SESSION = "s1"
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
+    s = open_meta(tmp_path / "meta.db", block_size=BS, now_ns=clock)
     yield s
     s.close()
 
@@ -283,7 +283,7 @@ def test_snapshots_are_charged_where_they_are_placed(store: MetaStore, chunks: s
 
 def test_two_racing_writers_never_overshoot(tmp_path: Path, chunks: set[bytes]) -> None:
     limit = 20 * BS
-    stores = [open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS) for _ in range(2)]
+    stores = [open_meta(tmp_path / "meta.db", block_size=BS) for _ in range(2)]
     try:
         vol = volume(stores[0], quota_bytes=limit)
         files = [new_file(stores[0], vol, b"f%d" % i) for i in range(2)]
@@ -380,8 +380,8 @@ def test_dump_and_load_keep_quotas(store: MetaStore, chunks: set[bytes], tmp_pat
     write_dump(src, out, secret=b"k" * 32, engine=kind)
     dst, dst_kind = location(tmp_path / "loaded.db")
     out.seek(0)
-    load_dump(out, dst, secret=b"k" * 32, inline_max=64, block_size=BS, engine=dst_kind)
-    loaded = open_meta(tmp_path / "loaded.db", inline_max=64, block_size=BS)
+    load_dump(out, dst, secret=b"k" * 32, block_size=BS, engine=dst_kind)
+    loaded = open_meta(tmp_path / "loaded.db", block_size=BS)
     try:
         q = loaded.get_quota(vol)
         assert q is not None and q["max_bytes"] == 10 * BS
@@ -393,7 +393,7 @@ def test_dump_and_load_keep_quotas(store: MetaStore, chunks: set[bytes], tmp_pat
 
 
 def test_volumes_from_before_quotas_get_their_domain_at_open(tmp_path: Path, chunks: set[bytes]) -> None:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     vol = volume(s)
     Writer(s, chunks).write(new_file(s, vol, b"f"), BS)
     with s._write():  # what a version-2 database looks like: no domain, nothing charged
@@ -401,7 +401,7 @@ def test_volumes_from_before_quotas_get_their_domain_at_open(tmp_path: Path, chu
         s._db.execute("DELETE FROM quota_chain")
         s._db.execute("DELETE FROM quotas")
     s.close()
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     try:
         assert usage(s, vol) == (BS, 2, 100)
         check(s, chunks)
@@ -462,7 +462,7 @@ def test_quota_outside_any_volume_with_a_nested_one(store: MetaStore, chunks: se
 
 
 def test_a_version_2_database_is_upgraded(tmp_path: Path, chunks: set[bytes]) -> None:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     vol = volume(s)
     Writer(s, chunks).write(new_file(s, vol, b"f"), BS)
     with s._write():  # back to what version 2 had: no column, tables or triggers
@@ -478,7 +478,7 @@ def test_a_version_2_database_is_upgraded(tmp_path: Path, chunks: set[bytes]) ->
     if engine() == "sqlite":
         s._db.execute("PRAGMA user_version=2")
     s.close()
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     try:
         assert usage(s, vol) == (BS, 2, 100)
         check(s, chunks)
@@ -495,10 +495,10 @@ def test_reopening_leaves_the_triggers_alone(tmp_path: Path) -> None:
             "AND pronamespace = current_schema()::regnamespace"
         ).fetchone()[0]
 
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     before = version(s)
     s.close()
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS)
+    s = open_meta(tmp_path / "meta.db", block_size=BS)
     try:
         assert version(s) == before  # no DDL at open: other connections keep their statements
     finally:

@@ -149,7 +149,7 @@ def test_permission_spellings() -> None:
 # -- metadata ----------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[MetaStore]:
-    s = MetaStore(tmp_path / "meta.db", inline_max=4096, block_size=1 << 20)
+    s = MetaStore(tmp_path / "meta.db", block_size=1 << 20)
     yield s
     s.close()
 

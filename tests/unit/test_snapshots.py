@@ -27,7 +27,7 @@ SESSION = "s1"
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
+    s = open_meta(tmp_path / "meta.db", block_size=BS, now_ns=clock)
     yield s
     s.close()
 
@@ -304,11 +304,10 @@ def test_dump_carries_the_registry_and_the_flag(
         io.BytesIO(out.getvalue()),
         location(tmp_path / "other.db")[0],
         secret=b"k" * 32,
-        inline_max=64,
         block_size=BS,
         engine=engine(),
     )
-    other = open_meta(tmp_path / "other.db", inline_max=64, block_size=BS, now_ns=clock)
+    other = open_meta(tmp_path / "other.db", block_size=BS, now_ns=clock)
     try:
         assert [(d["name"], d["origin"]) for d in other.list_snapshots()] == [("s1", "daily")]
         s = snap_inos(other, "s1")

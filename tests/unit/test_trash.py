@@ -26,7 +26,7 @@ SESSION = "s1"
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=BS, now_ns=clock)
+    s = open_meta(tmp_path / "meta.db", block_size=BS, now_ns=clock)
     yield s
     s.close()
 
@@ -107,7 +107,7 @@ def test_no_trash_without_retention(store: MetaStore, chunks: set[bytes]) -> Non
 
 
 def test_cluster_default_applies(tmp_path: Path, clock: Clock, chunks: set[bytes]) -> None:
-    s = open_meta(tmp_path / "d.db", inline_max=64, block_size=BS, now_ns=clock, default_trash_days=1.0)
+    s = open_meta(tmp_path / "d.db", block_size=BS, now_ns=clock, default_trash_days=1.0)
     try:
         vol = volume(s)
         off = volume(s, "off", trash_days=0)
@@ -218,8 +218,8 @@ def test_trash_survives_a_dump(store: MetaStore, tmp_path: Path, clock: Clock, c
     write_dump(src, buf, secret=b"k" * 32, engine=kind)
     dst, dst_kind = location(tmp_path / "loaded.db")
     buf.seek(0)
-    load_dump(buf, dst, secret=b"k" * 32, inline_max=64, block_size=BS, engine=dst_kind)
-    loaded = open_meta(tmp_path / "loaded.db", inline_max=64, block_size=BS, now_ns=clock)
+    load_dump(buf, dst, secret=b"k" * 32, block_size=BS, engine=dst_kind)
+    loaded = open_meta(tmp_path / "loaded.db", block_size=BS, now_ns=clock)
     try:
         assert [e["id"] for e in loaded.trash_list("vol")] == [ino]
         loaded.trash_restore("vol", ino)

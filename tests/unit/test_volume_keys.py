@@ -96,7 +96,7 @@ def test_ring_from_wire_and_encrypted_codec_round_trip() -> None:
 # -- the store ------------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path: Path, meta_engine: str) -> Iterator[MetaStore]:
-    s = open_meta(tmp_path / "meta.db", inline_max=64, block_size=1 << 20)
+    s = open_meta(tmp_path / "meta.db", block_size=1 << 20)
     yield s
     s.close()
 
