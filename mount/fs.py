@@ -742,7 +742,8 @@ class Operations(pyfuse3.Operations):
         data = await f.read(off, size)
         if len(data) == size:
             f.prefetch(self._bg, off + size)
-        return data
+        # pyfuse3 takes any contiguous buffer (PyObject_GetBuffer), though it declares bytes.
+        return data  # type: ignore[return-value]
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:

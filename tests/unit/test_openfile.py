@@ -220,6 +220,28 @@ async def test_sequential_blocks_are_uploaded_uncopied_and_read_back() -> None:
     assert client.pieced == 5  # the full blocks went out as the writes' own pieces
 
 
+async def test_a_read_within_a_committed_block_is_a_view_of_the_cached_chunk() -> None:
+    """No copy on the way to pyfuse3 for a read inside one clean block; reads across blocks,
+    of a dirty block or past a short block's end are copies and still exact."""
+    client = FakeClient()
+    f = new_file(client)
+    data = os.urandom(2 * BS + 10)
+    async with trio.open_nursery() as nursery:
+        await f.write(0, data, nursery)
+        await f.commit(nursery)
+    reopened = new_file(client)
+    inside = await reopened.read(BS + 3, 20)
+    assert isinstance(inside, memoryview) and inside == data[BS + 3 : BS + 23]
+    assert inside.obj is client.chunks[client.blocks[1].chunk_id]  # the chunk's own bytes
+    across = await reopened.read(BS - 5, 10)
+    assert isinstance(across, bytes) and across == data[BS - 5 : BS + 5]
+    assert await reopened.read(2 * BS + 4, 20) == data[2 * BS + 4 :]  # the file's end
+    async with trio.open_nursery() as nursery:
+        await reopened.write(BS + 5, b"new", nursery)
+    dirty = await reopened.read(BS + 3, 20)
+    assert isinstance(dirty, bytes) and dirty == data[BS + 3 : BS + 5] + b"new" + data[BS + 8 : BS + 23]
+
+
 async def test_write_racing_a_commit_stays_dirty() -> None:
     client = FakeClient()
     f = new_file(client)
