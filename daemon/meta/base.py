@@ -46,6 +46,9 @@ _JITTER = random.Random()
 _QUOTA_MESSAGE = "dfs: quota exceeded"
 # Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
 _IN_BATCH = 500
+# Oplog rows a write transaction keeps in memory for Oplog.logged_rows; a larger one's rows
+# are read back from the database in pages.
+KEPT_OPLOG_ROWS = 64
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -156,6 +159,9 @@ class MetaBase:
     _read_only = False
     # The first and last oplog seq the last call_once wrote (None: it wrote none).
     logged_seqs: tuple[int, int] | None = None
+    # The oplog rows the newest write transaction wrote (seq, op, packed args), while at most
+    # KEPT_OPLOG_ROWS; None once more (see Oplog.logged_rows).
+    _logged_rows: list[tuple[int, str, bytes]] | None = None
     # Set when a call is run again after losing the connection mid-way: only then can a
     # record of it exist (daemon/meta/requests.py).
     _outcome_unknown = False
@@ -187,6 +193,7 @@ class MetaBase:
                 db.execute("RELEASE SAVEPOINT nested")
             return
         db.begin_write()
+        self._logged_rows = []
         now = self._txn_now = self._now()
         try:
             yield now
@@ -243,11 +250,18 @@ class MetaBase:
 
     def _log(self, now: int, op: str, args: Sequence[object]) -> None:
         self._logged = True
+        packed = msgpack.packb(list(args), use_bin_type=True)
         seq: int = self._db.execute(
             "INSERT INTO oplog (seq, ts_ns, op, args) VALUES (COALESCE((SELECT MAX(seq) FROM oplog), "
             "(SELECT value FROM config WHERE key = 'oplog_seq'), 0) + 1, ?, ?, ?) RETURNING seq",
-            (now, op, msgpack.packb(list(args), use_bin_type=True)),
+            (now, op, packed),
         ).fetchone()[0]
+        rows = self._logged_rows
+        if rows is not None:
+            if len(rows) < KEPT_OPLOG_ROWS:
+                rows.append((seq, op, packed))
+            else:
+                self._logged_rows = None  # a large transaction: its rows are read back in pages
         # The rows of one transaction are consecutive: a concurrent writer (another daemon
         # sharing the database) read the same MAX(seq) and conflicts.
         if self.logged_seqs is None:

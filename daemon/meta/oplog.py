@@ -38,6 +38,15 @@ class Oplog(MetaBase):
             (int(s), str(op), msgpack.unpackb(args, raw=False, strict_map_key=False)) for s, op, args in rows
         ]
 
+    def logged_rows(self) -> list[tuple[int, str, list[Any]]] | None:
+        """The oplog rows the newest write transaction wrote, as :meth:`oplog_since` gives
+        them, without reading them back; None when it wrote more than ``KEPT_OPLOG_ROWS``.
+        Meaningful in the metadata thread right after the call that committed them."""
+        rows = self._logged_rows
+        if rows is None:
+            return None
+        return [(seq, op, msgpack.unpackb(args, raw=False, strict_map_key=False)) for seq, op, args in rows]
+
     @_api
     def oplog_trim(self, keep: int) -> int:
         # Not logged itself: trimming is local housekeeping, not a replicated change.

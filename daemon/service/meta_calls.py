@@ -170,7 +170,7 @@ class MetaCalls:
                     if store.total_changes != written:
                         found.extend(self._changes_since_last(store))
                 elif store.last_call_changed:
-                    own, peers = self._changes_split(store, store.logged_seqs)
+                    own, peers = self._changes_split(store, store.logged_seqs, store.logged_rows())
                     found.extend(own)
                     others.extend(peers)
 
@@ -206,10 +206,14 @@ class MetaCalls:
         return own + others
 
     def _changes_split(
-        self, store: MetaStore, own_seqs: tuple[int, int] | None
+        self,
+        store: MetaStore,
+        own_seqs: tuple[int, int] | None,
+        own_rows: list[tuple[int, str, list[Any]]] | None = None,
     ) -> tuple[list[Change], list[Change]]:
         """Metadata thread: the notices for the oplog rows since the last look, split into the
-        rows ``own_seqs`` spans (the call just made) and the others (other daemons')."""
+        rows ``own_seqs`` spans (the call just made) and the others (other daemons').
+        ``own_rows``: those rows as the call wrote them (Oplog.logged_rows), if it kept them."""
         out: list[Change] = []
         others: list[Change] = []
 
@@ -220,6 +224,20 @@ class MetaCalls:
                 return None
 
         try:
+            if (
+                own_seqs is not None
+                and own_rows
+                and own_rows[0][0] == self._oplog_seen + 1
+                and own_rows[-1][0] == own_seqs[1]
+            ):
+                # The call's rows follow the last look directly, so nobody else committed in
+                # between (rows commit in seq order: see MetaBase._log), and what it wrote is
+                # all there is to see: no query (on PostgreSQL a round trip per change).  A
+                # peer's row after them is found by the next look, which starts from a gap.
+                for _, op, args in own_rows:
+                    out.extend(changes_of(op, args, resolve))
+                self._oplog_seen = own_seqs[1]
+                return out, others
             while True:
                 rows = store.oplog_since(self._oplog_seen, _OPLOG_PAGE)
                 if rows:
