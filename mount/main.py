@@ -345,9 +345,14 @@ def _check_mountpoint(path: Path) -> None:
 
 def _spawn_background(argv: Sequence[str], spec: MountSpec) -> int:
     """Start the filesystem in a detached child; return once it reports ready."""
-    read_fd, write_fd = os.pipe()
     log_path = spec.values.get("log", "/dev/null")
-    with open(log_path, "ab") as log_file:
+    try:
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed below, once the child has it
+    except OSError as exc:
+        sys.stderr.write(f"mount.dfs: log file {log_path}: {exc.strerror}\n")
+        return 1
+    read_fd, write_fd = os.pipe()
+    with log_file:
         child = subprocess.Popen(
             [sys.executable, "-m", "mount.main", *argv, "-f", f"--ready-fd={write_fd}"],
             stdin=subprocess.DEVNULL,

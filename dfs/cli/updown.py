@@ -197,7 +197,8 @@ def up(directory: str) -> None:
         run(_wait_ready, own, proc, log_path)
     if not _is_mounted(mnt):
         source = f"{address}:/"
-        opts = [f"log={cfg.data_path / 'mount.log'}"]
+        # The mount reads the same file as the daemon: its [mount] settings are this site's.
+        opts = [f"config={cfg.data_path / 'dfs.conf'}", f"log={cfg.data_path / 'mount.log'}"]
         if cfg.rpc.unix_socket:
             opts.append(f"socket={cfg.unix_socket_path}")
         else:  # over TCP a mount proves itself with the client credential the daemon wrote

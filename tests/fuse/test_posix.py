@@ -664,25 +664,25 @@ def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path)
     from tests.conftest import BIN, write_up_site
 
     base = write_up_site(tmp_path / "site")
-    # mount.dfs reads $DFS_CONFIG (the daemon gets its file by --config): the mount fails.
-    bad = tmp_path / "bad.conf"
-    bad.write_text("[mount]\nno_such_option = 1\n")
+    # Only the mount fails: its log file (the daemon has its own) cannot be opened.
+    (base / "var" / "mount.log").mkdir()
     env = {k: v for k, v in os.environ.items() if k != "DFS_CONFIG"}
     try:
         res = subprocess.run(
-            [str(BIN / "dfs"), "up", str(base)],
-            capture_output=True,
-            text=True,
-            env={**env, "DFS_CONFIG": str(bad)},
-            timeout=120,
+            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
         )
         assert res.returncode != 0
-        assert "no_such_option" in res.stderr and "the daemon it started is stopped again" in res.stderr
+        # One line naming the cause, no traceback.
+        log = base / "var" / "mount.log"
+        assert res.stderr.strip() == (
+            f"dfs: log file {log}: Is a directory (the daemon it started is stopped again)"
+        )
         assert not os.path.ismount(base / "mnt")
         assert not (base / "var" / "dfsd.pid").exists()
         pattern = f"dfsd --config {base / 'var'}"
         left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         assert left.returncode == 1, f"a dfsd still runs: {left.stdout}"
+        (base / "var" / "mount.log").rmdir()
         again = subprocess.run(
             [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
         )
@@ -695,6 +695,32 @@ def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path)
         )
     assert down.returncode == 0, down.stderr
     assert not (base / "var" / "dfsd.pid").exists()
+    shutil.rmtree(base)
+
+
+def test_dfs_up_mounts_with_the_sites_own_config(tmp_path: Path) -> None:
+    """The mount `dfs up` starts reads DIR/var/dfs.conf, as its daemon does (it used to read
+    $DFS_CONFIG or /etc/dfs/dfs.conf, so the site's [mount] settings did nothing)."""
+    from tests.conftest import BIN, write_up_site
+
+    base = write_up_site(tmp_path / "site")
+    conf = base / "var" / "dfs.conf"
+    conf.write_text(conf.read_text() + '[log]\nlevel = "DEBUG"\n')
+    env = {k: v for k, v in os.environ.items() if k != "DFS_CONFIG"}
+    try:
+        res = subprocess.run(
+            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert res.returncode == 0, res.stderr
+        (base / "mnt" / "f").write_text("x")
+        assert (base / "mnt" / "f").read_text() == "x"
+    finally:
+        down = subprocess.run(
+            [str(BIN / "dfs"), "down", str(base)], capture_output=True, text=True, env=env, timeout=120
+        )
+    assert down.returncode == 0, down.stderr
+    # The default level is WARNING: debug records come only from the site's [log] level.
+    assert " debug " in (base / "var" / "mount.log").read_text()
     shutil.rmtree(base)
 
 
