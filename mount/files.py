@@ -149,8 +149,9 @@ class OpenFile:
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, _Upload] = {}
         # Bytes of blocks stored but not yet committed, still kept in memory (a read may want
-        # them, a commit may store them again): past the dirty budget, a commit is started so a
-        # long sequential write cannot hold the whole file in memory until it is closed.
+        # them, a commit may store them again); counted in the budget's held_bytes too, where
+        # past the dirty budget a commit is started, so long writes cannot hold their files in
+        # memory until they are closed.
         self.held_bytes = 0
         self._committing_early = False
         self.mtime_ns = fmap.attr.mtime_ns
@@ -407,6 +408,7 @@ class OpenFile:
         if up is not None and up.held:
             up.held = False
             self.held_bytes -= up.size
+            self.budget.held_bytes -= up.size
 
     async def _policy(self) -> Policy | None:
         if self.policy is None and self.client.chunkio is not None:
@@ -429,7 +431,10 @@ class OpenFile:
             if self.uploads.get(index) is up:
                 up.held = True
                 self.held_bytes += up.size
-                if self.held_bytes >= self.budget.capacity_bytes and not self._committing_early:
+                self.budget.held_bytes += up.size
+                # All files' held bytes count: several long writers together stay within the
+                # budget, not each of them (four parallel `dd`s held four budgets' worth).
+                if self.budget.held_bytes >= self.budget.capacity_bytes and not self._committing_early:
                     self._committing_early = True
                     nursery.start_soon(self._commit_early, nursery)
         except DfsError as exc:
@@ -568,11 +573,14 @@ class OpenFile:
 
 
 class DirtyBudget:
-    """Caps the bytes of block snapshots in flight, so writers wait instead of exhausting memory."""
+    """Caps the bytes of block snapshots in flight, so writers wait instead of exhausting memory,
+    and counts the stored blocks files keep until their commit (``held_bytes``): past the
+    capacity, a file whose block was just stored commits early to let its bytes go."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
+        self.held_bytes = 0
         self._waiters: list[trio.Event] = []
 
     async def acquire(self, n: int) -> None:

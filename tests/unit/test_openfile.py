@@ -313,3 +313,26 @@ async def test_a_long_sequential_write_commits_early_and_lets_go_of_its_bytes() 
     # Bounded by the budget (plus the blocks stored while an early commit runs), not the file.
     assert 0 < peak <= 2 * 4 * BS
     assert client.committed_bytes() == data
+
+
+async def test_parallel_writers_share_one_budget_of_held_bytes() -> None:
+    """Four files written side by side hold about one budget of stored blocks between them,
+    not one budget each; all of it is let go once they are committed."""
+    budget = DirtyBudget(4 * BS)
+    clients = [FakeClient() for _ in range(4)]
+    files = [OpenFile(5, c.fmap(), c, BlockCache(1 << 20), budget) for c in clients]  # type: ignore[arg-type]
+    data = [os.urandom(30 * BS) for _ in files]
+    peak = 0
+    async with trio.open_nursery() as nursery:
+        for start in range(0, 30 * BS, BS // 2):
+            for f, d in zip(files, data, strict=True):
+                await f.write(start, d[start : start + BS // 2], nursery)
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.held_bytes == sum(f.held_bytes for f in files)
+            peak = max(peak, budget.held_bytes)
+        for f in files:
+            await f.commit(nursery)
+    # One budget, plus what the others stored while early commits ran (four budgets before).
+    assert 0 < peak <= 2 * 4 * BS
+    assert budget.held_bytes == 0 and budget.used_bytes == 0
+    assert [c.committed_bytes() for c in clients] == data
