@@ -657,23 +657,30 @@ def test_dfs_up_and_down(tmp_path: Path) -> None:
     shutil.rmtree(base)
 
 
+def _site(command: str, base: Path) -> subprocess.CompletedProcess[str]:
+    """``dfs up|down BASE`` as a user runs it: without the test run's $DFS_CONFIG."""
+    from tests.conftest import BIN
+
+    env = {k: v for k, v in os.environ.items() if k != "DFS_CONFIG"}
+    return subprocess.run(
+        [str(BIN / "dfs"), command, str(base)], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
 @pytest.mark.slow
 def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path) -> None:
     # All or nothing: a daemon left running would hold the ports, and the next `dfs up` of
     # another directory would fail on them.
-    from tests.conftest import BIN, write_up_site
+    from tests.conftest import write_up_site
 
     base = write_up_site(tmp_path / "site")
     # Only the mount fails: its log file (the daemon has its own) cannot be opened.
-    (base / "var" / "mount.log").mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "DFS_CONFIG"}
+    log = base / "var" / "mount.log"
+    log.mkdir()
     try:
-        res = subprocess.run(
-            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
-        )
+        res = _site("up", base)
         assert res.returncode != 0
         # One line naming the cause, no traceback.
-        log = base / "var" / "mount.log"
         assert res.stderr.strip() == (
             f"dfs: log file {log}: Is a directory (the daemon it started is stopped again)"
         )
@@ -682,17 +689,13 @@ def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path)
         pattern = f"dfsd --config {base / 'var'}"
         left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         assert left.returncode == 1, f"a dfsd still runs: {left.stdout}"
-        (base / "var" / "mount.log").rmdir()
-        again = subprocess.run(
-            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
-        )
+        log.rmdir()
+        again = _site("up", base)
         assert again.returncode == 0, again.stderr
         (base / "mnt" / "hello").write_text("hi")
         assert (base / "mnt" / "hello").read_text() == "hi"
     finally:
-        down = subprocess.run(
-            [str(BIN / "dfs"), "down", str(base)], capture_output=True, text=True, env=env, timeout=120
-        )
+        down = _site("down", base)
     assert down.returncode == 0, down.stderr
     assert not (base / "var" / "dfsd.pid").exists()
     shutil.rmtree(base)
@@ -701,24 +704,14 @@ def test_dfs_up_stops_the_daemon_it_started_when_the_mount_fails(tmp_path: Path)
 def test_dfs_up_mounts_with_the_sites_own_config(tmp_path: Path) -> None:
     """The mount `dfs up` starts reads DIR/var/dfs.conf, as its daemon does (it used to read
     $DFS_CONFIG or /etc/dfs/dfs.conf, so the site's [mount] settings did nothing)."""
-    from tests.conftest import BIN, write_up_site
+    from tests.conftest import write_up_site
 
     base = write_up_site(tmp_path / "site")
     conf = base / "var" / "dfs.conf"
     conf.write_text(conf.read_text() + '[log]\nlevel = "DEBUG"\n')
-    env = {k: v for k, v in os.environ.items() if k != "DFS_CONFIG"}
-    try:
-        res = subprocess.run(
-            [str(BIN / "dfs"), "up", str(base)], capture_output=True, text=True, env=env, timeout=120
-        )
-        assert res.returncode == 0, res.stderr
-        (base / "mnt" / "f").write_text("x")
-        assert (base / "mnt" / "f").read_text() == "x"
-    finally:
-        down = subprocess.run(
-            [str(BIN / "dfs"), "down", str(base)], capture_output=True, text=True, env=env, timeout=120
-        )
-    assert down.returncode == 0, down.stderr
+    res = _site("up", base)
+    down = _site("down", base)
+    assert res.returncode == 0 and down.returncode == 0, res.stderr + down.stderr
     # The default level is WARNING: debug records come only from the site's [log] level.
     assert " debug " in (base / "var" / "mount.log").read_text()
     shutil.rmtree(base)
