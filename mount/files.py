@@ -473,10 +473,15 @@ class OpenFile:
                 self._attrs_sent(attrs)
                 self.set_attr(attr)
                 return attr
+            # An encrypted volume's files never live inline: metadata is not encrypted.  Asked
+            # before the snapshot below, since it may wait for the daemon: a write landing
+            # during that wait must be inside the snapshot of size and versions, or outside
+            # both (then it stays dirty), never inside the versions only, which dropped it.
+            checked = bool(self.size) and self.inline_candidate(self.size)
+            encrypted = checked and bool((await self._codec()).key_id)
             size = self.size
             mtime_ns = self.mtime_ns
-            # An encrypted volume's files never live inline: metadata is not encrypted.
-            if self.inline_candidate(size) and (size == 0 or not (await self._codec()).key_id):
+            if self.inline_candidate(size) and (size == 0 or (checked and not encrypted)):
                 for index in list(self.appends):
                     self._to_buffer(index)
                 # Snapshot versions before reading: a write racing the read stays dirty.

@@ -42,12 +42,15 @@ class FakeClient:
         self.commits = 0
         self.forced = 0
         self.lose_chunks_once = False  # the next commit finds its chunks collected (ChunkMissing)
+        self.volume_gate: trio.Event | None = None
 
     def fmap(self) -> FileMap:
         attr = Attr(5, 0o100644, 1, 0, 0, 0, self.size, 0, 0, self.commits, 0, 0)
         return FileMap(attr, self.inline, sorted(self.blocks.values()))
 
     async def volume_of(self, ino: int, parent: int | None = None) -> int | None:
+        if self.volume_gate is not None:
+            await self.volume_gate.wait()  # the daemon answering slowly
         return None
 
     async def volume_codec(self, volume: int | None) -> VolumeCodec:
@@ -240,6 +243,25 @@ async def test_a_read_within_a_committed_block_is_a_view_of_the_cached_chunk() -
         await reopened.write(BS + 5, b"new", nursery)
     dirty = await reopened.read(BS + 3, 20)
     assert isinstance(dirty, bytes) and dirty == data[BS + 3 : BS + 5] + b"new" + data[BS + 8 : BS + 23]
+
+
+async def test_a_write_landing_while_an_inline_commit_asks_for_the_volume_is_kept() -> None:
+    """The inline commit may wait for the daemon (the file's volume) before it snapshots what it
+    commits; a write landing then (two O_APPEND writers, one closing) was counted as committed
+    while the bytes committed ended before it: the write was lost."""
+    client = FakeClient()
+    f = new_file(client)
+    client.volume_gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await f.write(0, b"a" * 10, nursery)
+        nursery.start_soon(f.commit, nursery)
+        await trio.testing.wait_all_tasks_blocked()  # the commit waits for the volume
+        await f.write(10, b"b" * 10, nursery)
+        client.volume_gate.set()
+    async with trio.open_nursery() as nursery:
+        await f.commit(nursery)
+    assert f.size == 20 and not f.is_dirty
+    assert client.committed_bytes() == b"a" * 10 + b"b" * 10
 
 
 async def test_write_racing_a_commit_stays_dirty() -> None:
