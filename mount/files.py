@@ -120,7 +120,7 @@ class _Upload:
     ref: BlockRef | None = None
     error: DfsError | None = None
     done: trio.Event = field(default_factory=trio.Event)
-    held: bool = False  # stored, its bytes still kept for the commit (OpenFile.held_bytes)
+    held: bool = False  # stored, its bytes still kept for the commit (DirtyBudget.held_bytes)
 
 
 class OpenFile:
@@ -148,11 +148,6 @@ class OpenFile:
         self.appends: dict[int, _Appends] = {}  # blocks without a buffer yet (see the design note)
         self.versions: dict[int, int] = {}
         self.uploads: dict[int, _Upload] = {}
-        # Bytes of blocks stored but not yet committed, still kept in memory (a read may want
-        # them, a commit may store them again); counted in the budget's held_bytes too, where
-        # past the dirty budget a commit is started, so long writes cannot hold their files in
-        # memory until they are closed.
-        self.held_bytes = 0
         self._committing_early = False
         self.mtime_ns = fmap.attr.mtime_ns
         # The time of this mount's last write(2), while it may be newer than what the
@@ -197,6 +192,12 @@ class OpenFile:
             self._load_map(fmap)
             self.mtime_ns = fmap.attr.mtime_ns
             self.write_mtime_ns = None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of blocks stored but not yet committed, still kept in memory (a read may want
+        them, a commit may store them again); all files' together are the budget's."""
+        return sum(up.size for up in self.uploads.values() if up.held)
 
     @property
     def is_dirty(self) -> bool:
@@ -407,7 +408,6 @@ class OpenFile:
         up = self.uploads.pop(index, None)
         if up is not None and up.held:
             up.held = False
-            self.held_bytes -= up.size
             self.budget.held_bytes -= up.size
 
     async def _policy(self) -> Policy | None:
@@ -430,7 +430,6 @@ class OpenFile:
             )
             if self.uploads.get(index) is up:
                 up.held = True
-                self.held_bytes += up.size
                 self.budget.held_bytes += up.size
                 # All files' held bytes count: several long writers together stay within the
                 # budget, not each of them (four parallel `dd`s held four budgets' worth).
