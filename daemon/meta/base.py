@@ -172,6 +172,11 @@ class MetaBase:
     # While Namespace.stamped runs an operation: the ctime of each directory the operation
     # read before changing anything there (see _seen).
     _ctime_seen: dict[int, int] | None = None
+    # Commits of this store that changed the nodes table (the layout), counted after each
+    # commit: a cache of the layout on this host compares it, so it never serves a layout
+    # older than a change made here (daemon/service/cluster_runner.py).
+    layout_commits = 0
+    _layout_changed = False  # the open transaction changed the layout
 
     @contextlib.contextmanager
     def _write(self, *, commit: bool = True) -> Iterator[int]:
@@ -194,11 +199,14 @@ class MetaBase:
             return
         db.begin_write()
         self._logged_rows = []
+        self._layout_changed = False
         now = self._txn_now = self._now()
         try:
             yield now
             if commit:
                 db.commit()
+                if self._layout_changed:
+                    self.layout_commits += 1
             else:
                 db.rollback()
         except BaseException:

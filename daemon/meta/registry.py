@@ -54,6 +54,7 @@ class Registry(MetaBase):
             "INSERT INTO config VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET value = config.value + 1",
             (_LAYOUT_EPOCH,),
         )
+        self._layout_changed = True
 
     @_api
     def put_node(self, node_id: str, info: dict[str, Any]) -> dict[str, Any]:

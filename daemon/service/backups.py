@@ -628,5 +628,13 @@ class BackupHandlers:
 
     async def backup_manifest(self, info: dict[str, Any]) -> None:
         """Keep the manifest of a backup another node made (and prune; the maker deletes the
-        chunks of the backups pruned)."""
+        chunks of the backups pruned).
+
+        The layout is read again too: it must name every node the backup's pieces went to, for
+        a restore through this node after the primary is gone goes by the last layout read.
+        """
         await self._c(self._backups.add, info)
+        try:
+            await self._runner.reread_layout()
+        except DfsError as exc:
+            log.warning("layout not read after a backup manifest: %s", exc.message)

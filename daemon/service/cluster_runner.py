@@ -91,6 +91,7 @@ class ClusterRunner:
         self._keyring_lock = trio.Lock()
         self._layout_wire: dict[str, Any] | None = None
         self._layout_at = _NEVER
+        self._layout_commits = 0  # the store's layout_commits when the cached layout was read
         cl = cfg.cluster
         self.controller = Controller(cl.dead_grace_s, self._members_seen, self.layout_wire, self._mark_out)
         self.registration = Retrying(
@@ -116,33 +117,42 @@ class ClusterRunner:
         return self.cfg.rpc.advertise or self.cfg.rpc.listen
 
     async def layout_wire(self) -> dict[str, Any]:
-        """The layout (cached for ``refresh_s``; a secondary asks the primary)."""
+        """The layout (cached for ``refresh_s``; a secondary asks the primary).
+
+        The primary reads it again at once after a layout change committed here (an admin's
+        ``dfs node remove`` sees the node gone in the next ``dfs layout``).
+        """
         now = time.monotonic()
-        if self._layout_wire is None or now - self._layout_at >= self.cfg.cluster.refresh_s:
+        store = self._metacalls.store
+        commits = store.layout_commits if store is not None else 0
+        cached = self._layout_wire
+        expired = now - self._layout_at >= self.cfg.cluster.refresh_s
+        if cached is None or expired or commits != self._layout_commits:
             if self._metacalls.reader is not None:
                 try:
                     wire = self._metacalls.reader.layout()
                 except Unavailable:
                     # The metadata database is away (a failover): the layout last read stays
                     # right until it is back, and is far better than none.
-                    if self._layout_wire is None:
+                    if cached is None:
                         raise
-                    return self._layout_wire
+                    return cached
             elif self.primary is not None:
                 try:
                     wire = await endpoints.META_LAYOUT.call(self.primary)
                 except DfsError:
                     # The primary is down: the layout last asked for still says where chunks
                     # are (a restore through this node must find every backup piece).
-                    if self._layout_wire is None:
+                    if cached is None:
                         raise
-                    return self._layout_wire
+                    return cached
             else:
                 raise Unavailable("not connected to the metadata primary yet")
-            self._layout_wire = wire
+            self._layout_wire = cached = wire
             self._layout_at = now
+            self._layout_commits = commits  # read before the layout: a later commit reads again
             self.layout_epoch = int(wire["epoch"])
-        return self._layout_wire
+        return cached
 
     async def members(self) -> list[dict[str, Any]]:
         """The cluster as gossip sees it (just this node when gossip is off)."""
@@ -357,15 +367,18 @@ class ClusterRunner:
         else:
             assert self.primary is not None
             await endpoints.META_REGISTER_NODE.call(self.primary, *args)
+        await self.reread_layout()
+        return True
+
+    async def reread_layout(self) -> None:
+        """Read the layout again now; chunk I/O takes it on its next call."""
         self._layout_at = _NEVER
         await self.layout_wire()
         if self.chunkio is not None:
             self.chunkio.invalidate()
-        return True
 
     async def _mark_out(self, node_id: str) -> None:
         set_node = self._leadership.fence(self._metacalls.meta.set_node)
         await self._metacalls.run(set_node, node_id, state=NodeState.OUT.value)
-        self._layout_at = _NEVER
         if self.repair is not None:
             self.repair.kick()

@@ -100,11 +100,12 @@ def _active(d: Daemon) -> set[str]:
 
 
 @contextlib.contextmanager
-def _cluster(tmp_path: Path, n: int, meta_conf: str = "") -> Iterator[list[Daemon]]:
+def _cluster(tmp_path: Path, n: int, meta_conf: str = "", cluster_conf: str = "") -> Iterator[list[Daemon]]:
     """n1..n<n>, n1 the metadata primary, R = 2 (strong), all active in the layout.  No gossip
     seeds: a node stopped and started again is not left marked dead for a while, which would
     only slow repair here."""
-    with loopback_cluster(tmp_path, n, "[cluster]\n" + CLUSTER, meta_conf, seeds=False) as daemons:
+    conf = "[cluster]\n" + CLUSTER + cluster_conf
+    with loopback_cluster(tmp_path, n, conf, meta_conf, seeds=False) as daemons:
         yield daemons
 
 
@@ -327,8 +328,10 @@ def test_backup_chunks_are_on_r_nodes_every_node_lists_the_backup_and_a_peer_res
 
 def test_a_restore_through_a_peer_lacking_a_piece_fetches_it_from_another(tmp_path: Path) -> None:
     """The metadata host is gone, so the peer cannot ask it for the layout: it goes by the last
-    layout it read to find the pieces it lacks."""
-    with _cluster(tmp_path, 3) as daemons:
+    layout it read to find the pieces it lacks.  That layout is as new as the last backup's
+    manifest, not as the peer's periodic refresh (here too slow to matter: n2 read the layout
+    when it joined, before n3 had)."""
+    with _cluster(tmp_path, 3, cluster_conf="refresh_s = 600.0\n") as daemons:
         n1, n2, _ = daemons
         target = _backup_until(n1, daemons, lambda h: any(nodes == ["n1", "n3"] for nodes in h.values()))
         n1.stop()
