@@ -121,6 +121,7 @@ class _Upload:
     error: DfsError | None = None
     done: trio.Event = field(default_factory=trio.Event)
     held: bool = False  # stored, its bytes still kept for the commit (DirtyBudget.held_bytes)
+    started: bool = False  # past the budget: being stored (before, it waits for the budget)
 
 
 class OpenFile:
@@ -343,9 +344,10 @@ class OpenFile:
             # Every change bumps the version, so a commit racing this write keeps it dirty.
             self.versions[index] += 1
             pos += take
+            # Before any wait: a commit that takes this block's version takes its size too.
+            self.size = max(self.size, offset + pos)
             if full:
-                await self._start_upload(index, nursery)
-        self.size = max(self.size, offset + len(data))
+                await self._start_upload(index, nursery, writer=True)
         self.mtime_ns = self.write_mtime_ns = time.time_ns()
         self.pending_attrs.pop("mtime_ns", None)  # a write after utime sets mtime to now
 
@@ -391,16 +393,29 @@ class OpenFile:
             self.versions.setdefault(index, 0)
         return buf
 
-    async def _start_upload(self, index: int, nursery: trio.Nursery) -> None:
+    async def _start_upload(self, index: int, nursery: trio.Nursery, *, writer: bool) -> None:
         # The buffer itself becomes the upload (no copy): it is never written again,
         # a later write to this block starts a new buffer from it.
         app = self.appends.pop(index, None)
         data: _BlockData = tuple(app.pieces) if app is not None else self.dirty.pop(index)
         size = app.length if app is not None else len(data)
-        await self.budget.acquire(size)
+        # Taken and registered with no wait between: a write landing while this waits for the
+        # budget starts from this upload's bytes and supersedes it.  (Registered after the
+        # wait, a commit's upload of a block still being filled could supersede the writer's
+        # newer one of the full block and commit the older, shorter bytes; and meanwhile the
+        # block's bytes were in no buffer a read could see.)
         up = _Upload(self.versions[index], data, size)
         self._forget_upload(index)
         self.uploads[index] = up
+        try:
+            await self.budget.acquire(size, writer=writer)
+        except BaseException:
+            # Cancelled (unmount): a commit waiting for it must not wait forever, and one
+            # retrying later puts the bytes back in a buffer (see commit).
+            up.error = InternalError("block upload cancelled")
+            up.done.set()
+            raise
+        up.started = True
         nursery.start_soon(self._upload, index, up, nursery)
 
     def _forget_upload(self, index: int) -> None:
@@ -408,7 +423,7 @@ class OpenFile:
         up = self.uploads.pop(index, None)
         if up is not None and up.held:
             up.held = False
-            self.budget.held_bytes -= up.size
+            self.budget.unhold(up.size)
 
     async def _policy(self) -> Policy | None:
         if self.policy is None and self.client.chunkio is not None:
@@ -430,11 +445,13 @@ class OpenFile:
             )
             if self.uploads.get(index) is up:
                 up.held = True
-                self.budget.held_bytes += up.size
                 # All files' held bytes count: several long writers together stay within the
                 # budget, not each of them (four parallel `dd`s held four budgets' worth).
-                if self.budget.held_bytes >= self.budget.capacity_bytes and not self._committing_early:
+                if self.budget.hold(up.size) and not self._committing_early:
                     self._committing_early = True
+                    # Counted from now: writers wait for held bytes while an early commit is
+                    # due or runs (it never waits for a writer's block, see _commit_early).
+                    self.budget.early_commits += 1
                     nursery.start_soon(self._commit_early, nursery)
         except DfsError as exc:
             up.error = exc
@@ -450,7 +467,10 @@ class OpenFile:
         """Commit what is stored so far, before close, to let go of its bytes.  A failure keeps
         the data dirty: the next flush, fsync or close tries again and reports it."""
         try:
-            await self.commit(nursery)
+            # A commit running already lets the stored blocks go itself; waiting for it could
+            # wait for a writer whose block waits for this one (the held bytes it counts).
+            if not self.commit_lock.locked():
+                await self.commit(nursery, early=True)
         except DfsError as exc:
             log.warning(
                 "early commit failed (retried at close): %s", exc.message, extra={"ctx": {"ino": self.ino}}
@@ -460,87 +480,115 @@ class OpenFile:
             log.exception("early commit failed (retried at close)", extra={"ctx": {"ino": self.ino}})
         finally:
             self._committing_early = False
+            self.budget.early_commit_ended()
 
-    async def commit(self, nursery: trio.Nursery) -> Attr | None:
-        """Upload what is dirty and commit it; returns the new attributes, or None if clean."""
+    async def commit(self, nursery: trio.Nursery, *, early: bool = False) -> Attr | None:
+        """Upload what is dirty and commit it; returns the new attributes, or None if clean.
+
+        ``early``: only the blocks stored or being stored, to let their bytes go while the
+        file is still being written.  A block still being filled stays as it is: storing it
+        now would store it again once full.  The size committed then ends with the stored
+        blocks, so a crash shows no hole where unstored bytes were.
+        """
         async with self.commit_lock:
             if not self.is_dirty:
                 return None
-            attrs = dict(self.pending_attrs)
-            if not (self.dirty or self.appends or self.uploads):
-                attr, _ = await self.client.setattr(self.ino, **attrs)
-                self._attrs_sent(attrs)
-                self.set_attr(attr)
-                return attr
-            # An encrypted volume's files never live inline: metadata is not encrypted.  Asked
-            # before the snapshot below, since it may wait for the daemon: a write landing
-            # during that wait must be inside the snapshot of size and versions, or outside
-            # both (then it stays dirty), never inside the versions only, which dropped it.
-            checked = bool(self.size) and self.inline_candidate(self.size)
-            encrypted = checked and bool((await self._codec()).key_id)
-            size = self.size
-            mtime_ns = self.mtime_ns
-            if self.inline_candidate(size) and (size == 0 or (checked and not encrypted)):
-                for index in list(self.appends):
-                    self._to_buffer(index)
-                # Snapshot versions before reading: a write racing the read stays dirty.
-                versions = {i: self.versions[i] for i in self.dirty}
-                inline = bytes(await self.read(0, size))
-                attr = await self.client.commit_write(
-                    self.ino, size=size, mtime_ns=mtime_ns, blocks=[], inline=inline, attrs=attrs
-                )
-                self._attrs_sent(attrs)
-                self._after_commit(versions, size, [], inline, attr)
-                return attr
-            if self.inline is not None and not {0} & (
-                self.dirty.keys() | self.appends.keys() | self.uploads.keys()
-            ):
-                # An inline file growing into blocks: block 0 must carry the old bytes.
-                self.dirty[0] = bytearray(self.inline)
-                self.versions.setdefault(0, 0)
-            for index in [*self.dirty, *self.appends]:
-                if index in self.dirty or index in self.appends:  # not uploaded while we awaited
-                    await self._start_upload(index, nursery)
-            uploads = dict(self.uploads)
-            versions = {i: up.version for i, up in uploads.items()}
-            for up in uploads.values():
-                await up.done.wait()
-            errors = [up.error for up in uploads.values() if up.error is not None]
-            if errors:
-                # Keep the data dirty so a later fsync/close can retry.
-                for index, up in uploads.items():
-                    if self.uploads.get(index) is up and up.error is not None:
-                        self._forget_upload(index)
-                        if index not in self.appends:
-                            self.dirty.setdefault(index, bytearray(_as_bytes(up.data)))
-                raise errors[0]
-            refs = [up.ref for up in uploads.values() if up.ref is not None]
-            policy = await self._policy()
+            if early and not any(up.started for up in self.uploads.values()):
+                return None  # nothing stored to let go of (a close committed it meanwhile)
+            return await self._commit(nursery, early=early)
 
-            async def commit_refs() -> Attr:
-                return await self.client.commit_write(
-                    self.ino,
-                    size=size,
-                    mtime_ns=mtime_ns,
-                    blocks=refs,
-                    inline=None,
-                    attrs=attrs,
-                    replicas=policy.replicas if policy else None,
-                )
-
-            try:
-                attr = await commit_refs()
-            except ChunkMissing:
-                # A copy we relied on (dedup) was collected meanwhile: store every block again.
-                for index, up in uploads.items():
-                    up.ref = await self.client.write_block(
-                        index, up.data, policy, force=True, volume_codec=await self._codec()
-                    )
-                refs = [up.ref for up in uploads.values() if up.ref is not None]
-                attr = await commit_refs()
+    async def _commit(self, nursery: trio.Nursery, *, early: bool) -> Attr | None:
+        """:meth:`commit`, holding the commit lock.  An early commit waits for no block that
+        waits for the budget: such a block may be waiting for this commit to end."""
+        attrs = dict(self.pending_attrs)
+        if not (self.dirty or self.appends or self.uploads):
+            attr, _ = await self.client.setattr(self.ino, **attrs)
             self._attrs_sent(attrs)
-            self._after_commit(versions, size, refs, None, attr)
+            self.set_attr(attr)
             return attr
+        # An encrypted volume's files never live inline: metadata is not encrypted.  Asked
+        # before the snapshot below, since it may wait for the daemon: a write landing
+        # during that wait must be inside the snapshot of size and versions, or outside
+        # both (then it stays dirty), never inside the versions only, which dropped it.
+        checked = bool(self.size) and self.inline_candidate(self.size)
+        encrypted = checked and bool((await self._codec()).key_id)
+        size = self.size
+        mtime_ns = self.mtime_ns
+        if early and self.inline_candidate(size):
+            return None  # small enough to go inline at close: no block to let go of
+        if self.inline_candidate(size) and (size == 0 or (checked and not encrypted)):
+            for index in list(self.appends):
+                self._to_buffer(index)
+            # Snapshot versions before reading: a write racing the read stays dirty.
+            versions = {i: self.versions[i] for i in self.dirty}
+            inline = bytes(await self.read(0, size))
+            attr = await self.client.commit_write(
+                self.ino, size=size, mtime_ns=mtime_ns, blocks=[], inline=inline, attrs=attrs
+            )
+            self._attrs_sent(attrs)
+            self._after_commit(versions, size, [], inline, attr)
+            return attr
+        if self.inline is not None and not {0} & (
+            self.dirty.keys() | self.appends.keys() | self.uploads.keys()
+        ):
+            # An inline file growing into blocks: block 0 must carry the old bytes.
+            self.dirty[0] = bytearray(self.inline)
+            self.versions.setdefault(0, 0)
+        # Early: only an inline file's block 0, which must go with the first blocks.
+        todo = ([0] if self.inline is not None else []) if early else [*self.dirty, *self.appends]
+        for index in todo:
+            if index in self.dirty or index in self.appends:  # not uploaded while we awaited
+                await self._start_upload(index, nursery, writer=False)
+        if early and self.inline is not None and not (0 in self.uploads and self.uploads[0].started):
+            return None  # block 0, carrying the inline bytes, waits for the budget: at close then
+        uploads = {i: up for i, up in self.uploads.items() if up.started or not early}
+        versions = {i: up.version for i, up in uploads.items()}
+        # The size goes with the blocks taken, with no wait between: a write that landed
+        # while the blocks above were being started is either in them (its size counts,
+        # or its block would be marked clean past the committed size) or still dirty (its
+        # size waits for it: a crash must not show zeros where its bytes were).  An early
+        # commit's size ends with the blocks it stores.
+        end = max((i * self.block_size + up.size for i, up in uploads.items()), default=0)
+        size = min(self.size, max(self.attr.size if early else size, end))
+        mtime_ns = self.mtime_ns
+        for up in uploads.values():
+            await up.done.wait()
+        errors = [up.error for up in uploads.values() if up.error is not None]
+        if errors:
+            # Keep the data dirty so a later fsync/close can retry.
+            for index, up in uploads.items():
+                if self.uploads.get(index) is up and up.error is not None:
+                    self._forget_upload(index)
+                    if index not in self.appends:
+                        self.dirty.setdefault(index, bytearray(_as_bytes(up.data)))
+            raise errors[0]
+        refs = [up.ref for up in uploads.values() if up.ref is not None]
+        policy = await self._policy()
+
+        async def commit_refs() -> Attr:
+            return await self.client.commit_write(
+                self.ino,
+                size=size,
+                mtime_ns=mtime_ns,
+                blocks=refs,
+                inline=None,
+                attrs=attrs,
+                replicas=policy.replicas if policy else None,
+            )
+
+        try:
+            attr = await commit_refs()
+        except ChunkMissing:
+            # A copy we relied on (dedup) was collected meanwhile: store every block again.
+            for index, up in uploads.items():
+                up.ref = await self.client.write_block(
+                    index, up.data, policy, force=True, volume_codec=await self._codec()
+                )
+            refs = [up.ref for up in uploads.values() if up.ref is not None]
+            attr = await commit_refs()
+        self._attrs_sent(attrs)
+        self._after_commit(versions, size, refs, None, attr)
+        return attr
 
     def _attrs_sent(self, sent: dict[str, int]) -> None:
         # Keep what changed meanwhile: it goes with the next commit.
@@ -577,26 +625,55 @@ class OpenFile:
 
 
 class DirtyBudget:
-    """Caps the bytes of block snapshots in flight, so writers wait instead of exhausting memory,
-    and counts the stored blocks files keep until their commit (``held_bytes``): past the
-    capacity, a file whose block was just stored commits early to let its bytes go."""
+    """Caps the bytes of block snapshots a mount keeps, so writers wait instead of exhausting
+    memory: those in flight to the daemon (``used_bytes``) and those stored but kept until
+    their file's commit (``held_bytes``) together.  Past half the capacity held, a file whose
+    block was just stored commits early to let its bytes go; the writers go on meanwhile,
+    within the other half."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
         self.held_bytes = 0
+        self.early_commits = 0  # running now, in any file
         self._waiters: list[trio.Event] = []
 
-    async def acquire(self, n: int) -> None:
-        # One oversized request may always proceed alone, so nothing waits forever.
-        while self.used_bytes > 0 and self.used_bytes + n > self.capacity_bytes:
+    async def acquire(self, n: int, *, writer: bool) -> None:
+        """Wait until ``n`` more bytes may go in flight.  A commit's own blocks (``writer``
+        False) wait only for those in flight: held bytes go only when a commit ends, and that
+        commit may be this one.  A writer waits for held bytes only while an early commit runs,
+        which lets them go when it ends; one that failed must not stop every writer."""
+        while self._over(n, writer):
             event = trio.Event()
             self._waiters.append(event)
             await event.wait()
         self.used_bytes += n
 
+    def _over(self, n: int, writer: bool) -> bool:
+        held = self.held_bytes if writer and self.early_commits else 0
+        if self.used_bytes == 0 and held == 0:
+            return False  # alone, a request proceeds even past the capacity: nothing waits forever
+        return self.used_bytes + held + n > self.capacity_bytes
+
     def release(self, n: int) -> None:
+        """``n`` bytes are no longer in flight (stored, or failed)."""
         self.used_bytes -= n
+        self._wake()
+
+    def hold(self, n: int) -> bool:
+        """``n`` stored bytes are kept until their commit; True: time for an early commit."""
+        self.held_bytes += n
+        return self.held_bytes >= self.capacity_bytes // 2
+
+    def unhold(self, n: int) -> None:
+        self.held_bytes -= n
+        self._wake()
+
+    def early_commit_ended(self) -> None:
+        self.early_commits -= 1
+        self._wake()
+
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for event in waiters:
             event.set()

@@ -34,6 +34,7 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.pieced = 0  # blocks handed over as the writes' own pieces (no copy)
+        self.stored: list[int] = []  # the block index of each write_block, in order
         self.chunks: dict[bytes, bytes] = {}
         self.size = 0
         self.inline: bytes | None = None
@@ -43,6 +44,7 @@ class FakeClient:
         self.forced = 0
         self.lose_chunks_once = False  # the next commit finds its chunks collected (ChunkMissing)
         self.volume_gate: trio.Event | None = None
+        self.commit_gate: trio.Event | None = None
 
     def fmap(self) -> FileMap:
         attr = Attr(5, 0o100644, 1, 0, 0, 0, self.size, 0, 0, self.commits, 0, 0)
@@ -66,6 +68,7 @@ class FakeClient:
         volume_codec: VolumeCodec | None = None,
     ) -> BlockRef:
         await trio.lowlevel.checkpoint()
+        self.stored.append(index)
         if isinstance(data, tuple):
             self.pieced += 1
             data = b"".join(data)
@@ -90,6 +93,8 @@ class FakeClient:
         replicas: int | None = None,
     ) -> Attr:
         await trio.lowlevel.checkpoint()
+        if self.commit_gate is not None:
+            await self.commit_gate.wait()  # the daemon answering slowly
         if self.lose_chunks_once and blocks:
             self.lose_chunks_once = False
             for ref in blocks:
@@ -321,20 +326,82 @@ async def test_held_attrs_follow_the_data_and_the_chown_rule() -> None:
 
 async def test_a_long_sequential_write_commits_early_and_lets_go_of_its_bytes() -> None:
     client = FakeClient()
-    f = new_file(client, budget_bytes=4 * BS)
+    budget = DirtyBudget(4 * BS)
+    f = OpenFile(5, client.fmap(), client, BlockCache(1 << 20), budget)  # type: ignore[arg-type]
     data = os.urandom(50 * BS)
+    piece = BS // 3 + 1  # a write that fills a block goes on into the next
     peak = 0
     async with trio.open_nursery() as nursery:
-        for start in range(0, len(data), BS // 2):
-            await f.write(start, data[start : start + BS // 2], nursery)
+        for start in range(0, len(data), piece):
+            await f.write(start, data[start : start + piece], nursery)
+            peak = max(peak, budget.held_bytes + budget.used_bytes)
             await trio.testing.wait_all_tasks_blocked()
-            peak = max(peak, f.held_bytes)
+            peak = max(peak, budget.held_bytes + budget.used_bytes)
         assert client.commits > 0  # committed before any flush or close
         await f.commit(nursery)
     assert f.held_bytes == 0 and not f.uploads
-    # Bounded by the budget (plus the blocks stored while an early commit runs), not the file.
-    assert 0 < peak <= 2 * 4 * BS
+    # Stored and in-flight blocks together within the budget, however long the file.
+    assert 0 < peak <= 4 * BS
     assert client.committed_bytes() == data
+    # An early commit leaves the block being filled alone: every block is stored once.
+    assert sorted(client.stored) == list(range(50))
+
+
+async def test_a_writer_waits_while_an_early_commit_runs_instead_of_storing_more() -> None:
+    """A slow early commit (the daemon busy) must not let the writer store block after block
+    meanwhile, each kept until a commit: stored and in-flight blocks stay within the budget."""
+    client = FakeClient()
+    client.commit_gate = trio.Event()
+    budget = DirtyBudget(4 * BS)
+    f = OpenFile(5, client.fmap(), client, BlockCache(1 << 20), budget)  # type: ignore[arg-type]
+    data = os.urandom(20 * BS)
+    written = 0
+    finished = trio.Event()
+
+    async def writer(nursery: trio.Nursery) -> None:
+        nonlocal written
+        for start in range(0, len(data), BS // 2):
+            await f.write(start, data[start : start + BS // 2], nursery)
+            written = start + BS // 2
+        finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer, nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.commits == 0  # the early commit is waiting for the daemon
+        assert 0 < written < len(data)  # and so is the writer, for the budget
+        assert 0 < budget.held_bytes + budget.used_bytes <= 4 * BS
+        client.commit_gate.set()
+        await finished.wait()
+        await f.commit(nursery)
+    assert budget.held_bytes == 0 and budget.used_bytes == 0
+    assert client.committed_bytes() == data
+
+
+async def test_a_block_filled_while_its_commit_waits_for_the_budget_is_kept_whole() -> None:
+    """A commit stores the block still being filled while other files' blocks fill the budget;
+    the writer fills the block meanwhile.  The block's bytes stay readable throughout, and the
+    full block is what gets committed (the commit's older, half block once superseded the
+    writer's newer one: the half the writer added read back as zeros)."""
+    client = FakeClient()
+    budget = DirtyBudget(2 * BS)
+    f = OpenFile(5, client.fmap(), client, BlockCache(1 << 20), budget)  # type: ignore[arg-type]
+    data = os.urandom(2 * BS)
+    half = BS + BS // 2
+    async with trio.open_nursery() as nursery:
+        await f.write(0, data[:half], nursery)  # block 0 stored, block 1 half written
+        await trio.testing.wait_all_tasks_blocked()
+        budget.used_bytes += 2 * BS  # other files' blocks in flight
+        nursery.start_soon(f.commit, nursery)  # waits to store the half block 1
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(f.write, half, data[half:], nursery)  # fills it, waits to store it
+        await trio.testing.wait_all_tasks_blocked()
+        assert await f.read(0, half) == data[:half]  # (the write has not returned yet)
+        budget.release(2 * BS)
+        await trio.testing.wait_all_tasks_blocked()
+        await f.commit(nursery)
+    assert client.committed_bytes() == data
+    assert budget.used_bytes == 0 and budget.held_bytes == 0
 
 
 async def test_parallel_writers_share_one_budget_of_held_bytes() -> None:
@@ -351,10 +418,10 @@ async def test_parallel_writers_share_one_budget_of_held_bytes() -> None:
                 await f.write(start, d[start : start + BS // 2], nursery)
             await trio.testing.wait_all_tasks_blocked()
             assert budget.held_bytes == sum(f.held_bytes for f in files)
-            peak = max(peak, budget.held_bytes)
+            peak = max(peak, budget.held_bytes + budget.used_bytes)
         for f in files:
             await f.commit(nursery)
-    # One budget, plus what the others stored while early commits ran (four budgets before).
-    assert 0 < peak <= 2 * 4 * BS
+    # One budget for all, stored and in flight together (four budgets of stored ones before).
+    assert 0 < peak <= 4 * BS
     assert budget.held_bytes == 0 and budget.used_bytes == 0
     assert [c.committed_bytes() for c in clients] == data
