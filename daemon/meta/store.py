@@ -121,6 +121,12 @@ class MetaStore(
             db.execute("PRAGMA cache_size=-65536")  # 64 MiB
             db.execute("PRAGMA temp_store=MEMORY")
             db.execute("PRAGMA busy_timeout=10000")  # offline tools may hold the lock briefly
+            # Debian's SQLite zeroes every freed page (SECURE_DELETE): deleting a file with inline
+            # data wrote its overflow pages to the WAL again, as zeros.  FAST still clears deleted
+            # cells within the pages written anyway; a freed overflow page may keep old bytes
+            # until reused, as the disk's free blocks keep a deleted chunk file's (neither is
+            # shredded: encrypted volumes keep no data inline).
+            db.execute("PRAGMA secure_delete=FAST")
             # Checkpoint every ~40 MiB of WAL rather than 4 MiB: checkpoints fsync, and a longer WAL
             # lets hot pages (root directory, sequence table) be written back once per checkpoint.
             db.execute("PRAGMA wal_autocheckpoint=10000")

@@ -119,6 +119,8 @@ def test_root_created_on_first_open(store: MetaStore, chunks: set[bytes]) -> Non
     assert store.readdir(ROOT, 0, 100) == []
     if store.engine == "sqlite":
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        # Not Debian's default (1: every freed page zeroed, a deleted inline file written twice).
+        assert store._db.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
     check(store, chunks)
 
 
