@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dfs.client.cluster import Client
-from dfs.core.errors import ChunkMissing, DfsError, InternalError
+from dfs.core.errors import ChunkMissing, DfsError, InternalError, NoSpace, QuotaExceeded
 from dfs.core.keys import VolumeCodec
 from dfs.core.namespace import Attr, BlockRef, FileMap, chown_clears
 from dfs.core.replicas import Policy
@@ -168,6 +168,11 @@ class OpenFile:
         # cache of parents (fs.py); not known: asked once (Client.volume_of).
         self.volume: int | None = None
         self.volume_known = False
+        # The store is full (or the quota reached): set when storing or committing this file
+        # failed so, until a commit succeeds.  Writes then retry that commit first and fail as
+        # it does, as a full ext4 fails write(2): kept in memory instead, a writer filling a
+        # full store grew the mount without bound.
+        self.full_error: DfsError | None = None
 
     # -- state ------------------------------------------------------------------
     def _load_map(self, fmap: FileMap) -> None:
@@ -326,6 +331,8 @@ class OpenFile:
 
     # -- writing ----------------------------------------------------------------
     async def write(self, offset: int, data: bytes, nursery: trio.Nursery) -> None:
+        if self.full_error is not None:
+            await self.commit(nursery)  # raises while the store is still full
         bs = self.block_size
         view = memoryview(data)  # slices of a view copy nothing
         pos = 0
@@ -455,6 +462,7 @@ class OpenFile:
                     nursery.start_soon(self._commit_early, nursery)
         except DfsError as exc:
             up.error = exc
+            self._note_full(exc)
         except Exception as exc:
             log.exception("block upload failed", extra={"ctx": {"ino": self.ino, "block": index}})
             up.error = InternalError(f"block upload failed: {exc}")
@@ -578,6 +586,9 @@ class OpenFile:
 
         try:
             attr = await commit_refs()
+        except (NoSpace, QuotaExceeded) as exc:
+            self._note_full(exc)
+            raise
         except ChunkMissing:
             # A copy we relied on (dedup) was collected meanwhile: store every block again.
             for index, up in uploads.items():
@@ -589,6 +600,23 @@ class OpenFile:
         self._attrs_sent(attrs)
         self._after_commit(versions, size, refs, None, attr)
         return attr
+
+    def _note_full(self, exc: DfsError) -> None:
+        if isinstance(exc, (NoSpace, QuotaExceeded)):
+            self.full_error = exc
+
+    def discard(self) -> None:
+        """Let go of what could not be stored: after the last close, with the store full, no
+        one is left to retry it (close(2) or fsync(2) reported the error)."""
+        for index in list(self.uploads):
+            self._forget_upload(index)
+        self.dirty.clear()
+        self.appends.clear()
+        self.pending_attrs.clear()
+        self.full_error = None
+        self.size = self.attr.size  # back to what was committed
+        self.mtime_ns = self.attr.mtime_ns
+        self.write_mtime_ns = None
 
     def _attrs_sent(self, sent: dict[str, int]) -> None:
         # Keep what changed meanwhile: it goes with the next commit.
@@ -620,6 +648,7 @@ class OpenFile:
             if inline is not None and index in self.dirty and self.versions.get(index) == version:
                 del self.dirty[index]
         self.set_attr(attr)
+        self.full_error = None
         if not self.is_dirty:
             self.size = attr.size
 

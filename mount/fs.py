@@ -769,7 +769,25 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
         if h is not None and h.file.is_dirty:
-            await self._commit(h.file)
+            try:
+                await self._commit(h.file)
+            except DfsError:
+                if h.file.handles == 1:  # the last close: no one left to retry it
+                    self._drop_unstorable(h.file)
+                raise
+
+    def _drop_unstorable(self, f: OpenFile) -> None:
+        """Let go of what a full store refused, once close(2) or fsync(2) has said so and no
+        one is left to retry it: kept, every file written into a full store stayed in memory
+        for good (and failed the close of every later handle to it)."""
+        if f.is_dirty and f.full_error is not None:
+            log.warning(
+                "data not stored, dropped at the last close: %s",
+                f.full_error.message,
+                extra={"ctx": {"ino": f.ino}},
+            )
+            f.discard()
+            self.attrs.drop(f.ino)
 
     @_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -789,6 +807,8 @@ class Operations(pyfuse3.Operations):
                 await self._commit(f)
         finally:
             f.handles -= 1
+            if f.handles <= 0:
+                self._drop_unstorable(f)
             if f.handles <= 0 and not f.is_dirty:
                 self.files.pop(h.ino, None)
                 if self.coherent:

@@ -588,11 +588,23 @@ def test_full_disk_gives_enospc(tmp_path: Path) -> None:
                         os.fsync(f.fileno())
                     written[f"f{i}"] = data
             assert ei.value.errno == errno.ENOSPC
+            # Writes into the full store fail at once, not only at close: before, each one
+            # succeeded and the mount kept them all in memory, and still did after close.  What
+            # was not stored is let go of at close: the file keeps what it had.
+            appended = 0
+            with pytest.raises(OSError) as ei, open(m.path / "f0", "ab", buffering=0) as f:
+                for _ in range(64):
+                    f.write(os.urandom(1 << 20))
+                    appended += 1
+            assert ei.value.errno == errno.ENOSPC and appended < 64
+            assert "f0" in written  # (read back below, as it was)
             for name, data in written.items():
                 assert (m.path / name).read_bytes() == data
             for name in list(written)[: len(written) // 2]:
                 os.unlink(m.path / name)
-            d.cli("gc", "--now")
+            # --orphans: a block of the append above was stored before the store filled, and
+            # went unreferenced when the rest was dropped (no write is in flight now).
+            d.cli("gc", "--now", "--orphans")
             wait_for(lambda: os.statvfs(data_dir).f_bavail * 4096 > 8 * 1024 * 1024, 30, "space to come back")
             (m.path / "after").write_bytes(b"space again")
             assert (m.path / "after").read_bytes() == b"space again"

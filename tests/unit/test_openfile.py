@@ -13,12 +13,13 @@ import hashlib
 import os
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dfs.core.errors import ChunkMissing
+from dfs.core.errors import ChunkMissing, NoSpace
 from dfs.core.keys import VolumeCodec
 from dfs.core.namespace import Attr, BlockRef, FileMap
 from mount.files import BlockCache, DirtyBudget, OpenFile
@@ -45,6 +46,7 @@ class FakeClient:
         self.lose_chunks_once = False  # the next commit finds its chunks collected (ChunkMissing)
         self.volume_gate: trio.Event | None = None
         self.commit_gate: trio.Event | None = None
+        self.full = False  # the store refuses new chunks (ENOSPC)
 
     def fmap(self) -> FileMap:
         attr = Attr(5, 0o100644, 1, 0, 0, 0, self.size, 0, 0, self.commits, 0, 0)
@@ -68,6 +70,8 @@ class FakeClient:
         volume_codec: VolumeCodec | None = None,
     ) -> BlockRef:
         await trio.lowlevel.checkpoint()
+        if self.full:
+            raise NoSpace("no space left on the data disks")
         self.stored.append(index)
         if isinstance(data, tuple):
             self.pieced += 1
@@ -425,3 +429,45 @@ async def test_parallel_writers_share_one_budget_of_held_bytes() -> None:
     assert 0 < peak <= 4 * BS
     assert budget.held_bytes == 0 and budget.used_bytes == 0
     assert [c.committed_bytes() for c in clients] == data
+
+
+async def test_writes_into_a_full_store_fail_instead_of_piling_up_in_memory() -> None:
+    """Once a block cannot be stored for want of space, the next write retries the commit and
+    fails with ENOSPC as it does (kept in memory, a writer grew the mount without bound); once
+    space is back, the next write commits what was kept and goes on."""
+    client = FakeClient()
+    budget = DirtyBudget(4 * BS)
+    f = OpenFile(5, client.fmap(), client, BlockCache(1 << 20), budget)  # type: ignore[arg-type]
+    data = os.urandom(40 * BS)
+    client.full = True
+    async with trio.open_nursery() as nursery:
+        written = 0
+        with pytest.raises(NoSpace):
+            for start in range(0, len(data), BS):
+                await f.write(start, data[start : start + BS], nursery)
+                written = start + BS
+                await trio.testing.wait_all_tasks_blocked()
+        assert 0 < written <= 2 * BS  # failed at once, not after the whole file
+        kept = sum(len(b) for b in f.dirty.values()) + budget.used_bytes + budget.held_bytes
+        assert kept <= 2 * BS
+        client.full = False  # space again (files deleted elsewhere)
+        await f.write(written, data[written : written + BS], nursery)
+        await f.commit(nursery)
+    assert client.committed_bytes() == data[: written + BS]
+    assert f.full_error is None and not f.is_dirty
+
+
+async def test_discarding_what_a_full_store_refused_lets_go_of_its_bytes() -> None:
+    client = FakeClient()
+    budget = DirtyBudget(4 * BS)
+    f = OpenFile(5, client.fmap(), client, BlockCache(1 << 20), budget)  # type: ignore[arg-type]
+    client.full = True
+    async with trio.open_nursery() as nursery:
+        await f.write(0, os.urandom(3 * BS), nursery)
+        with pytest.raises(NoSpace):
+            await f.commit(nursery)
+        assert f.is_dirty and f.full_error is not None
+        f.discard()
+        assert f.size == 0 and await f.read(0, BS) == b""  # as committed
+    assert not f.is_dirty and f.full_error is None
+    assert budget.used_bytes == 0 and budget.held_bytes == 0
