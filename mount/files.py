@@ -333,6 +333,7 @@ class OpenFile:
     async def write(self, offset: int, data: bytes, nursery: trio.Nursery) -> None:
         if self.full_error is not None:
             await self.commit(nursery)  # raises while the store is still full
+            self.full_error = None  # stored now, or nothing was left to store
         bs = self.block_size
         view = memoryview(data)  # slices of a view copy nothing
         pos = 0
@@ -456,9 +457,7 @@ class OpenFile:
                 # budget, not each of them (four parallel `dd`s held four budgets' worth).
                 if self.budget.hold(up.size) and not self._committing_early:
                     self._committing_early = True
-                    # Counted from now: writers wait for held bytes while an early commit is
-                    # due or runs (it never waits for a writer's block, see _commit_early).
-                    self.budget.early_commits += 1
+                    self.budget.early_commit_due()
                     nursery.start_soon(self._commit_early, nursery)
         except DfsError as exc:
             up.error = exc
@@ -697,6 +696,12 @@ class DirtyBudget:
     def unhold(self, n: int) -> None:
         self.held_bytes -= n
         self._wake()
+
+    def early_commit_due(self) -> None:
+        """An early commit is about to start.  Counted from now: writers wait for held bytes
+        while one is due or runs (it never waits for a writer's block, see
+        OpenFile._commit_early), and it lets them go when it ends."""
+        self.early_commits += 1
 
     def early_commit_ended(self) -> None:
         self.early_commits -= 1

@@ -23,7 +23,9 @@ answers some requests itself: negative lookups and getattr in directories
 whose complete contents it has proven (mount/dirs.py), and getattr of files
 it holds open.  Read-only opens and all releases are registered with the
 daemon in ordered batches (``send_open_events``), flushed before any change
-that could remove a name.
+that could remove a name.  Data a file's last close could not store (the
+daemon unreachable) is tried again in the background for ``unstored_keep_s``
+(``retry_unstored``), then dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import trio
 
 from dfs.client.cluster import Client, DirStamp
 from dfs.core.config import MountConfig
-from dfs.core.errors import DfsError, Exists, NoAttribute
+from dfs.core.errors import DfsError, Exists, NoAttribute, NotFound, StaleHandle
 from dfs.core.keys import volume_of
 from dfs.core.namespace import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap, StatFs
 from dfs.core.quotas import QUOTA_XATTR_PREFIX, QUOTA_XATTRS, parse_xattr_value, statfs_within
@@ -59,6 +61,8 @@ R = TypeVar("R")
 
 _READDIR_BATCH = 512
 _OPEN_EVENTS_BATCH_S = 0.02
+#: How often the mount tries again to store what the last close of a file could not.
+_UNSTORED_RETRY_S = 2.0
 _CAPABILITY = b"security.capability"
 # How long the kernel may cache names and attributes while change notices cover every change.
 # Not forever: a bound on the cost of a bug in the notices.  Long enough that a tree written
@@ -153,6 +157,10 @@ class Operations(pyfuse3.Operations):
         # ("open"|"release", ino) registrations not yet sent, in order (see send_open_events).
         self._open_events: list[tuple[str, int]] = []
         self._open_events_ready = trio.Event()
+        # inode -> monotonic time to give up: files whose last close could not store their
+        # data (the daemon unreachable), tried again in the background (retry_unstored_loop).
+        self.unstored: dict[int, float] = {}
+        self._unstored_ready = trio.Event()
         # inode -> monotonic expiry of a cached "no security.capability" answer
         self.no_capability: dict[int, float] = {}
         # The daemon's change notices cover every change (mount/coherence.py keeps this current):
@@ -809,12 +817,79 @@ class Operations(pyfuse3.Operations):
             f.handles -= 1
             if f.handles <= 0:
                 self._drop_unstorable(f)
-            if f.handles <= 0 and not f.is_dirty:
-                self.files.pop(h.ino, None)
-                if self.coherent:
-                    self.attrs.park_map(h.ino, f.size, f.inline, list(f.blocks.values()))
+                if f.is_dirty:
+                    self._keep_unstored(f)
+                else:
+                    self._let_go(f)
             # The kernel does not wait for RELEASE; batch them into one transaction.
             self._queue_open_event("release", h.ino)
+
+    def _let_go(self, f: OpenFile) -> None:
+        """A file closed everywhere here with nothing left to store: forget it."""
+        self.files.pop(f.ino, None)
+        if self.coherent:
+            self.attrs.park_map(f.ino, f.size, f.inline, list(f.blocks.values()))
+
+    def _keep_unstored(self, f: OpenFile) -> None:
+        """The last close could not store ``f``'s data (close(2) reported it): try again in the
+        background for ``unstored_keep_s``, so a daemon restart or a short outage costs
+        nothing; then let it go.  Kept without retries it stayed in memory until the file's
+        next close here, which then committed it over whatever the file had become."""
+        keep_s = self.cfg.unstored_keep_s
+        if keep_s <= 0:
+            self._drop_unstored(f, "not kept ([mount] unstored_keep_s = 0)")
+            return
+        self.unstored.setdefault(f.ino, time.monotonic() + keep_s)
+        self._unstored_ready.set()
+
+    def _drop_unstored(self, f: OpenFile, why: str) -> None:
+        log.error("data of a closed file not stored, dropped: %s", why, extra={"ctx": {"ino": f.ino}})
+        f.discard()
+        self.attrs.drop(f.ino)
+        self.files.pop(f.ino, None)
+
+    async def retry_unstored_loop(self) -> None:
+        """Try again, every few seconds, to store what the last close of a file could not."""
+        while True:
+            await self._unstored_ready.wait()
+            await trio.sleep(_UNSTORED_RETRY_S)
+            await self.retry_unstored()
+
+    async def retry_unstored(self) -> None:
+        """One pass over the files whose last close could not store their data."""
+        for ino, give_up_at in list(self.unstored.items()):
+            f = self.files.get(ino)
+            if f is None or f.handles > 0 or not f.is_dirty:
+                # Reopened here (that handle's close stores it, or keeps it again), or stored.
+                del self.unstored[ino]
+                if f is not None and f.handles <= 0:
+                    self._let_go(f)
+                continue
+            try:
+                await self._commit(f)
+            except DfsError as exc:
+                if f.handles > 0 or self.unstored.get(ino) != give_up_at:
+                    continue  # reopened meanwhile: the next pass leaves it to that handle
+                if isinstance(exc, (NotFound, StaleHandle)):
+                    del self.unstored[ino]
+                    self._drop_unstored(f, f"the file is gone ({exc.message})")
+                elif f.full_error is not None:
+                    del self.unstored[ino]
+                    self._drop_unstorable(f)
+                    self._let_go(f)
+                elif time.monotonic() >= give_up_at:
+                    del self.unstored[ino]
+                    self._drop_unstored(
+                        f, f"still failing after {self.cfg.unstored_keep_s:g} s: {exc.message}"
+                    )
+                continue
+            log.info("data of a closed file stored on a later try", extra={"ctx": {"ino": ino}})
+            if self.unstored.get(ino) == give_up_at:
+                del self.unstored[ino]
+            if f.handles <= 0 and not f.is_dirty:
+                self._let_go(f)
+        if not self.unstored:
+            self._unstored_ready = trio.Event()
 
     def _queue_open_event(self, kind: str, ino: int) -> None:
         self._open_events.append((kind, ino))

@@ -301,6 +301,7 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                     os.close(ready_fd)
                     ready_fd = None
                 nursery.start_soon(ops.open_events_loop)
+                nursery.start_soon(ops.retry_unstored_loop)
                 nursery.start_soon(_raise_readahead, spec.mountpoint)
                 await pyfuse3.main(max_tasks=cfg.mount.max_tasks)
                 # Unmounted: `dfs down` stops the daemon right after, and nothing waits for us.

@@ -116,6 +116,9 @@ class MountConfig:
     dirty_bytes: int = 256 * MiB
     upload_concurrency: int = 4
     max_tasks: int = 99
+    # How long a mount keeps trying to store the data a file's last close could not (the
+    # daemon unreachable); then the data is dropped (0: dropped at that close).
+    unstored_keep_s: float = 300.0
     local_reads: bool = True  # read chunk files directly when the daemon's store is on this host
 
 
@@ -447,6 +450,8 @@ def validate(cfg: Config, origin: str = "dfs.conf") -> None:
         raise ConfigError(f"{origin}: [cluster] hot_ttl_s must be > 0")
     if cfg.mount.upload_concurrency < 1 or cfg.mount.max_tasks < 1:
         raise ConfigError(f"{origin}: [mount] upload_concurrency and max_tasks must be >= 1")
+    if cfg.mount.unstored_keep_s < 0:
+        raise ConfigError(f"{origin}: [mount] unstored_keep_s must be >= 0 (0: not kept)")
     if cfg.meta.engine not in ("sqlite", "postgresql"):
         raise ConfigError(f"{origin}: [meta] engine must be sqlite or postgresql")
     if (cfg.meta.engine == "postgresql") != bool(cfg.meta.dsn):
