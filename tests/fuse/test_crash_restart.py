@@ -8,6 +8,7 @@ be intact afterwards.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -187,4 +188,56 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None
         assert d.proc is not None and d.proc.poll() is None
         d.assert_clean()
     finally:
+        d.stop()
+
+
+@pytest.mark.slow
+def test_a_close_that_failed_while_the_daemon_was_down_is_stored_once_it_is_back(tmp_path: Path) -> None:
+    """The daemon stays away past the mount's failover window: close(2) fails with EIO, and
+    the mount keeps the data and stores it by itself once the daemon is back ([mount]
+    unstored_keep_s), as a second mount then shows.  Before, it stayed in the first mount's
+    memory until the file's next close there."""
+    from tests.conftest import Daemon, Mount
+
+    d = Daemon(
+        tmp_path / "var",
+        free_port(),
+        meta_conf="failover_timeout_s = 2.0",
+        extra_conf="\n[mount]\nunstored_keep_s = 120.0\n",
+    )
+    d.start()
+    first = Mount(d, tmp_path / "mnt", options=f"config={d.conf_path}")
+    second = Mount(d, tmp_path / "mnt2")
+    first.start()
+    try:
+        data = os.urandom((4 << 20) + 123_457)  # a whole block and a tail
+        fd = os.open(first.path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            d.stop()
+            with pytest.raises(OSError) as closing:
+                os.close(fd)
+        assert closing.value.errno == errno.EIO
+        log_path = d.data_dir / "mount-mnt.log"
+        # The kernel sends the release after close(2) returned; it fails the same way.
+        # Each of its attempts to reach the daemon waits out a connect timeout: ~35 s in all.
+        wait_for(lambda: "release failed" in log_path.read_text(), 120, "the release to fail")
+        d.start()
+        second.start()
+        path = second.path / "f"
+        wait_for(
+            lambda: path.exists() and path.stat().st_size == len(data),
+            30,
+            "the first mount to store what its close could not",
+        )
+        assert path.read_bytes() == data
+        assert "stored on a later try" in log_path.read_text()
+        second.stop()
+        first.stop()
+        report = d.fsck()
+        assert report["problems"] == [], report
+    finally:
+        second.stop()
+        first.stop()
         d.stop()
