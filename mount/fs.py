@@ -128,6 +128,9 @@ class _DirHandle:
 
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
+    # Off: in writeback mode the kernel trusts its own size and times of a cached file over
+    # ours (another mount's append would stay invisible here), and it measured slower on
+    # sequential, parallel and delete-heavy work (README, "The kernel's writeback cache").
     enable_writeback_cache = False
     # The kernel enforces POSIX ACLs and caches them per inode; the daemon stores them
     # and keeps each inode's mode and ACL in step (dfs/core/acl.py).
