@@ -886,10 +886,11 @@ class Operations(pyfuse3.Operations):
                         f, f"still failing after {self.cfg.unstored_keep_s:g} s: {exc.message}"
                     )
                 continue
+            if f.handles <= 0 and f.is_dirty:
+                continue  # written again meanwhile (mmap writeback after close): next pass
             log.info("data of a closed file stored on a later try", extra={"ctx": {"ino": ino}})
-            if self.unstored.get(ino) == give_up_at:
-                del self.unstored[ino]
-            if f.handles <= 0 and not f.is_dirty:
+            self.unstored.pop(ino, None)
+            if f.handles <= 0:
                 self._let_go(f)
         if not self.unstored:
             self._unstored_ready = trio.Event()
