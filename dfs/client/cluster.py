@@ -374,10 +374,12 @@ class Client:
             )
         return key
 
-    async def _decode(self, blob: bytes, customer_key: bytes | None = None) -> bytes:
+    async def _decode(self, blob: bytes | tuple[bytes, bytes], customer_key: bytes | None = None) -> bytes:
         """Verify and decode a blob; an encrypted one with its volume's data key, or (key id 0:
-        S3 SSE-C, dfs/core/s3sse.py) with ``customer_key``, the key derived from the customer's."""
-        header = codec.header_info(blob)
+        S3 SSE-C, dfs/core/s3sse.py) with ``customer_key``, the key derived from the customer's.
+        A local chunk file comes as its header and its payload (see _read_local)."""
+        head, payload = blob if isinstance(blob, tuple) else (blob, None)
+        header = codec.header_info(head)
         key: bytes | None = None
         if header.encrypted and header.key_id == 0:
             if customer_key is None:
@@ -389,9 +391,14 @@ class Client:
             key = customer_key
         elif header.encrypted:
             key = await self._data_key(header.key_id)
-        plain: bytes = await trio.to_thread.run_sync(
-            lambda: codec.decode(blob, cipher_key=key), limiter=self._codec_limiter
-        )
+        if payload is None:
+            plain: bytes = await trio.to_thread.run_sync(
+                lambda: codec.decode(head, cipher_key=key), limiter=self._codec_limiter
+            )
+        else:
+            plain = await trio.to_thread.run_sync(
+                lambda: codec.decode_parts(head, payload, cipher_key=key), limiter=self._codec_limiter
+            )
         return plain
 
     # -- data -------------------------------------------------------------------
@@ -458,7 +465,7 @@ class Client:
         opens an S3 SSE-C chunk (see :meth:`_decode`); without it such a chunk is
         PermissionDenied."""
 
-        async def decode(blob: bytes) -> bytes:
+        async def decode(blob: bytes | tuple[bytes, bytes]) -> bytes:
             try:
                 return await self._decode(blob, customer_key)
             except PermissionDenied:
@@ -471,9 +478,7 @@ class Client:
 
         if self.local_chunks is not None:
             try:
-                local: bytes = await trio.to_thread.run_sync(
-                    self._read_local, chunk_id, limiter=self._codec_limiter
-                )
+                local = await trio.to_thread.run_sync(self._read_local, chunk_id, limiter=self._codec_limiter)
                 return await decode(local)
             except (OSError, CorruptChunk):
                 pass  # ask the daemon: it has the authoritative view and reports damage
@@ -483,11 +488,14 @@ class Client:
         blob = await endpoints.CHUNK_GET.call(self.rpc, chunk_id)
         return await decode(blob)
 
-    def _read_local(self, chunk_id: bytes) -> bytes:
+    def _read_local(self, chunk_id: bytes) -> tuple[bytes, bytes]:
+        """A chunk file of the local store, as its header and its payload: each read into an
+        object of its own, so a raw chunk's payload is its data without a copy."""
         assert self.local_chunks is not None
         path = os.path.join(self.local_chunks, codec.chunk_relpath(chunk_id.hex()))
         with open(path, "rb", buffering=0) as f:
-            return f.read()
+            head = f.read(codec.HEADER_SIZE)
+            return head, f.read()
 
 
 def _local_chunk_dir(info: ClusterInfo) -> str | None:

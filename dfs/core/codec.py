@@ -330,9 +330,13 @@ def verify(blob: BytesLike) -> None:
 
 def _verify(blob: BytesLike) -> ChunkHeader:
     view = _byte_view(blob)
-    h = _parse(view)
-    _check_header(h, len(view))
-    payload = view[HEADER_SIZE:]
+    _parse(view)  # a blob shorter than the header is refused before it is split
+    return _verify_parts(view[:HEADER_SIZE], view[HEADER_SIZE:])
+
+
+def _verify_parts(head: memoryview, payload: memoryview) -> ChunkHeader:
+    h = _parse(head)
+    _check_header(h, HEADER_SIZE + len(payload))
     actual = xxhash.xxh3_64_intdigest(payload)
     if actual != h.checksum:
         raise CorruptChunk(f"chunk checksum mismatch: stored {h.checksum:016x}, computed {actual:016x}")
@@ -341,12 +345,11 @@ def _verify(blob: BytesLike) -> ChunkHeader:
     return h
 
 
-def _decrypt(h: ChunkHeader, blob: BytesLike, cipher_key: bytes | None) -> bytes:
+def _decrypt(h: ChunkHeader, head: memoryview, payload: memoryview, cipher_key: bytes | None) -> bytes:
     if cipher_key is None:
         raise CorruptChunk(f"chunk is encrypted (key id {h.key_id}) but no cipher key was given")
-    view = _byte_view(blob)
     try:
-        return _cipher(cipher_key).decrypt(h.nonce, view[HEADER_SIZE:], view[:_AAD_SIZE])
+        return _cipher(cipher_key).decrypt(h.nonce, payload, head[:_AAD_SIZE])
     except InvalidTag:
         raise CorruptChunk(f"chunk failed authentication (wrong key for key id {h.key_id}?)") from None
 
@@ -367,12 +370,23 @@ def _decompress(frame: BytesLike, plain_len: int) -> bytes:
 
 def decode(blob: BytesLike, *, cipher_key: bytes | None = None) -> bytes:
     """Verify, decrypt and decompress a blob back into the original data."""
-    h = _verify(blob)
-    payload: BytesLike
+    view = _byte_view(blob)
+    _parse(view)
+    return decode_parts(view[:HEADER_SIZE], view[HEADER_SIZE:], cipher_key=cipher_key)
+
+
+def decode_parts(head: BytesLike, payload: BytesLike, *, cipher_key: bytes | None = None) -> bytes:
+    """:func:`decode` of a blob held as its header and its payload apart (a chunk file read in
+    two parts): a raw chunk's data is then ``payload`` itself when it is ``bytes``, with no
+    copy of it made (a mount reading a file sequentially copied every 4 MiB chunk once more
+    here, holding the GIL its other threads wait for)."""
+    head_view, payload_view = _byte_view(head), _byte_view(payload)
+    if len(head_view) != HEADER_SIZE:
+        raise CorruptChunk(f"chunk header of {len(head_view)} bytes, not {HEADER_SIZE}")
+    h = _verify_parts(head_view, payload_view)
+    plain: BytesLike = payload
     if h.encrypted:
-        payload = _decrypt(h, blob, cipher_key)
-    else:
-        payload = _byte_view(blob)[HEADER_SIZE:]
+        plain = _decrypt(h, head_view, payload_view, cipher_key)
     if h.codec == CODEC_ZSTD:
-        return _decompress(payload, h.plain_len)
-    return payload if isinstance(payload, bytes) else bytes(payload)
+        return _decompress(plain, h.plain_len)
+    return plain if isinstance(plain, bytes) else bytes(plain)

@@ -23,6 +23,7 @@ from dfs.core.codec import (
     MAGIC,
     ChunkHeader,
     decode,
+    decode_parts,
     encode,
     header_info,
     verify,
@@ -65,12 +66,51 @@ def _blob(
 
 
 def _rejected(blob: bytes, cipher_key: bytes | None = None) -> bool:
-    try:
-        verify(blob)
-        decode(blob, cipher_key=cipher_key)
-    except CorruptChunk:
-        return True
-    return False
+    """Whether every way of reading ``blob`` refuses it (verify, decode, and decode_parts of
+    the blob split as a mount reads a local chunk file); a disagreement fails the test."""
+    refused = []
+    for check in (
+        lambda: verify(blob),
+        lambda: decode(blob, cipher_key=cipher_key),
+        lambda: decode_parts(blob[:HEADER_SIZE], blob[HEADER_SIZE:], cipher_key=cipher_key),
+    ):
+        try:
+            check()
+            refused.append(False)
+        except CorruptChunk:
+            refused.append(True)
+    if refused[0]:
+        assert all(refused), f"verify refused what a decode accepted: {refused}"
+    return refused[1] and refused[2]
+
+
+@pytest.mark.parametrize(
+    ("data", "cipher_key", "level"),
+    [
+        (os.urandom(100_000), None, 1),  # raw
+        (TEXT, None, 1),  # zstd
+        (TEXT, KEY, 1),  # zstd + encrypted
+        (os.urandom(1000), KEY, 1),  # raw + encrypted
+        (b"", None, 1),
+    ],
+)
+def test_decode_parts_matches_decode(data: bytes, cipher_key: bytes | None, level: int) -> None:
+    blob = encode(data, level=level, cipher_key=cipher_key, key_id=3 if cipher_key else 0)
+    head, payload = blob[:HEADER_SIZE], blob[HEADER_SIZE:]
+    assert decode_parts(head, payload, cipher_key=cipher_key) == decode(blob, cipher_key=cipher_key) == data
+
+
+def test_decode_parts_hands_a_raw_payload_back_uncopied() -> None:
+    blob = encode(os.urandom(4 << 20))
+    assert header_info(blob).codec == CODEC_RAW
+    payload = blob[HEADER_SIZE:]
+    assert decode_parts(blob[:HEADER_SIZE], payload) is payload
+
+
+def test_decode_parts_refuses_a_short_header() -> None:
+    blob = encode(b"x" * 100)
+    with pytest.raises(CorruptChunk, match="header of 37 bytes"):
+        decode_parts(blob[: HEADER_SIZE - 1], blob[HEADER_SIZE - 1 :])
 
 
 # -- chunk ids -------------------------------------------------------------------
