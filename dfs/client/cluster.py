@@ -479,6 +479,8 @@ class Client:
         if self.local_chunks is not None:
             try:
                 local = await trio.to_thread.run_sync(self._read_local, chunk_id, limiter=self._codec_limiter)
+                if isinstance(local, bytes):
+                    return local
                 return await decode(local)
             except (OSError, CorruptChunk):
                 pass  # ask the daemon: it has the authoritative view and reports damage
@@ -488,14 +490,18 @@ class Client:
         blob = await endpoints.CHUNK_GET.call(self.rpc, chunk_id)
         return await decode(blob)
 
-    def _read_local(self, chunk_id: bytes) -> tuple[bytes, bytes]:
-        """A chunk file of the local store, as its header and its payload: each read into an
-        object of its own, so a raw chunk's payload is its data without a copy."""
+    def _read_local(self, chunk_id: bytes) -> bytes | tuple[bytes, bytes]:
+        """A chunk file of the local store, read as its header and its payload, each into an
+        object of its own (so a raw chunk's payload is its data without a copy), and decoded
+        in the same worker thread when it needs no key; else the two parts, for _decode."""
         assert self.local_chunks is not None
         path = os.path.join(self.local_chunks, codec.chunk_relpath(chunk_id.hex()))
         with open(path, "rb", buffering=0) as f:
             head = f.read(codec.HEADER_SIZE)
-            return head, f.read()
+            payload = f.read()
+        if codec.header_info(head).encrypted:
+            return head, payload
+        return codec.decode_parts(head, payload)
 
 
 def _local_chunk_dir(info: ClusterInfo) -> str | None:
