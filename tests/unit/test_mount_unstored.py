@@ -63,6 +63,13 @@ async def _closed_unstored(ops: Operations, client: FlakyDaemon, data: bytes) ->
         await ops.release(fh)
 
 
+def _mount(cfg: MountConfig | None = None) -> tuple[FlakyDaemon, Operations]:
+    client = FlakyDaemon()
+    ops = Operations(client, cfg or MountConfig())  # type: ignore[arg-type]
+    ops.parents[INO] = 1  # as the lookup that precedes every open records
+    return client, ops
+
+
 def _check_settled(ops: Operations) -> None:
     """Invariants once nothing is pending: no handle left, nothing dirty, nothing queued."""
     assert not ops.handles
@@ -73,9 +80,7 @@ def _check_settled(ops: Operations) -> None:
 
 @pytest.mark.parametrize("size", [30, 3 * 64 + 5])  # inline, and blocks
 async def test_data_a_failed_close_kept_is_stored_once_the_daemon_is_back(size: int) -> None:
-    client = FlakyDaemon()
-    ops = Operations(client, MountConfig())  # type: ignore[arg-type]
-    ops.parents[INO] = 1
+    client, ops = _mount()
     data = os.urandom(size)
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
@@ -94,9 +99,7 @@ async def test_data_a_failed_close_kept_is_stored_once_the_daemon_is_back(size: 
 
 
 async def test_the_retry_loop_stores_it_by_itself(autojump_clock: trio.testing.MockClock) -> None:
-    client = FlakyDaemon()
-    ops = Operations(client, MountConfig())  # type: ignore[arg-type]
-    ops.parents[INO] = 1
+    client, ops = _mount()
     data = b"kept for a while " * 10
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
@@ -114,9 +117,7 @@ async def test_the_retry_loop_stores_it_by_itself(autojump_clock: trio.testing.M
 
 
 async def test_unstored_data_is_dropped_after_unstored_keep_s() -> None:
-    client = FlakyDaemon()
-    ops = Operations(client, MountConfig())  # type: ignore[arg-type]
-    ops.parents[INO] = 1
+    client, ops = _mount()
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         fh = (await ops.open(INO, os.O_WRONLY, None)).fh  # type: ignore[arg-type]
@@ -137,9 +138,7 @@ async def test_unstored_data_is_dropped_after_unstored_keep_s() -> None:
 
 
 async def test_unstored_data_of_a_deleted_file_is_dropped_at_once() -> None:
-    client = FlakyDaemon()
-    ops = Operations(client, MountConfig())  # type: ignore[arg-type]
-    ops.parents[INO] = 1
+    client, ops = _mount()
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         await _closed_unstored(ops, client, b"x" * 50)
@@ -151,9 +150,7 @@ async def test_unstored_data_of_a_deleted_file_is_dropped_at_once() -> None:
 
 
 async def test_unstored_keep_s_zero_drops_at_the_last_close() -> None:
-    client = FlakyDaemon()
-    ops = Operations(client, MountConfig(unstored_keep_s=0))  # type: ignore[arg-type]
-    ops.parents[INO] = 1
+    client, ops = _mount(MountConfig(unstored_keep_s=0))
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         await _closed_unstored(ops, client, b"x" * 50)
@@ -163,9 +160,7 @@ async def test_unstored_keep_s_zero_drops_at_the_last_close() -> None:
 
 
 async def test_a_reopen_takes_the_unstored_data_over() -> None:
-    client = FlakyDaemon()
-    ops = Operations(client, MountConfig())  # type: ignore[arg-type]
-    ops.parents[INO] = 1
+    client, ops = _mount()
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         await _closed_unstored(ops, client, b"first")
