@@ -46,7 +46,7 @@ import trio
 
 from dfs.client.cluster import Client, DirStamp
 from dfs.core.config import MountConfig
-from dfs.core.errors import DfsError, Exists, NoAttribute, NotFound, StaleHandle
+from dfs.core.errors import DfsError, Exists, NoAttribute, NotFound, StaleHandle, Unavailable
 from dfs.core.keys import volume_of
 from dfs.core.namespace import NAME_MAX, RENAME_EXCHANGE, ROOT_INO, Attr, DirEntry, FileMap, StatFs
 from dfs.core.quotas import QUOTA_XATTR_PREFIX, QUOTA_XATTRS, parse_xattr_value, statfs_within
@@ -859,7 +859,10 @@ class Operations(pyfuse3.Operations):
             await self.retry_unstored()
 
     async def retry_unstored(self) -> None:
-        """One pass over the files whose last close could not store their data."""
+        """One pass over the files whose last close could not store their data.  Once one of
+        them finds the daemon unreachable, the others are not tried in this pass (each try
+        would wait out the same connect timeouts); only those past their time are dropped."""
+        unreachable: Unavailable | None = None
         for ino, give_up_at in list(self.unstored.items()):
             f = self.files.get(ino)
             if f is None or f.handles > 0 or not f.is_dirty:
@@ -868,9 +871,18 @@ class Operations(pyfuse3.Operations):
                 if f is not None and f.handles <= 0:
                     self._let_go(f)
                 continue
+            if unreachable is not None:
+                if time.monotonic() >= give_up_at:
+                    del self.unstored[ino]
+                    self._drop_unstored(
+                        f, f"still failing after {self.cfg.unstored_keep_s:g} s: {unreachable.message}"
+                    )
+                continue
             try:
                 await self._commit(f)
             except DfsError as exc:
+                if isinstance(exc, Unavailable):
+                    unreachable = exc
                 if f.handles > 0 or self.unstored.get(ino) != give_up_at:
                     continue  # reopened meanwhile: the next pass leaves it to that handle
                 if isinstance(exc, (NotFound, StaleHandle)):

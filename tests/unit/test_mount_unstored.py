@@ -19,7 +19,7 @@ import trio.testing
 
 from dfs.core.config import MountConfig
 from dfs.core.errors import DfsError, NotFound, Unavailable
-from dfs.core.namespace import Attr, BlockRef
+from dfs.core.namespace import Attr, BlockRef, FileMap
 from mount.fs import _UNSTORED_RETRY_S, Operations
 from tests.unit.test_open_race import DaemonClient
 
@@ -33,9 +33,16 @@ class FlakyDaemon(DaemonClient):
         super().__init__()
         self.failure: DfsError | None = None
         self.tries = 0
+        self.committing: list[int] = []  # the inode of each commit asked for
+
+    async def open(self, ino: int, session: str, *, truncate: bool, read: bool) -> FileMap:
+        # Any inode opens as the one file this fake keeps (enough for files never stored).
+        fmap = await super().open(ino, session, truncate=truncate, read=read)
+        return fmap._replace(attr=fmap.attr._replace(ino=ino))
 
     async def commit_write(self, ino: int, **kwargs: Any) -> Attr:
         self.tries += 1
+        self.committing.append(ino)
         if self.failure is not None:
             await trio.lowlevel.checkpoint()
             raise self.failure
@@ -173,5 +180,34 @@ async def test_a_reopen_takes_the_unstored_data_over() -> None:
         await ops.write(fh, 5, b", second")
         await ops.release(fh)
         assert client.committed_bytes() == b"first, second"
+        _check_settled(ops)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pass_stops_trying_once_the_daemon_is_unreachable() -> None:
+    """Each try with the daemon away waits out connect timeouts: one per pass is enough."""
+    client, ops = _mount()
+    ops.parents[INO + 1] = 1
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        handles = [(await ops.open(ino, os.O_WRONLY, None)).fh for ino in (INO, INO + 1)]  # type: ignore[arg-type]
+        for fh in handles:
+            await ops.write(fh, 0, b"small, inline")
+        client.failure = Unavailable("daemon unreachable")
+        for fh in handles:
+            with pytest.raises(pyfuse3.FUSEError):
+                await ops.release(fh)
+        assert sorted(ops.unstored) == [INO, INO + 1]
+        client.committing.clear()
+        await ops.retry_unstored()
+        assert len(client.committing) == 1  # the second file was not tried
+        assert sorted(ops.unstored) == [INO, INO + 1]
+        # Past their time, both go in one pass, still with a single try.
+        for ino in ops.unstored:
+            ops.unstored[ino] = time.monotonic() - 1
+        client.committing.clear()
+        await ops.retry_unstored()
+        assert len(client.committing) == 1
+        assert not ops.files
         _check_settled(ops)
         nursery.cancel_scope.cancel()
