@@ -860,8 +860,10 @@ class Operations(pyfuse3.Operations):
 
     async def retry_unstored(self) -> None:
         """One pass over the files whose last close could not store their data.  Once one of
-        them finds the daemon unreachable, the others are not tried in this pass (each try
-        would wait out the same connect timeouts); only those past their time are dropped."""
+        them finds the daemon (or the nodes its blocks go to) unreachable, the others are not
+        tried in this pass: each try would wait out the same connect timeouts.  Those past
+        their time are still dropped.  A file whose try failed goes last, so the next pass
+        starts with another one and every file is tried in turn."""
         unreachable: Unavailable | None = None
         for ino, give_up_at in list(self.unstored.items()):
             f = self.files.get(ino)
@@ -897,6 +899,8 @@ class Operations(pyfuse3.Operations):
                     self._drop_unstored(
                         f, f"still failing after {self.cfg.unstored_keep_s:g} s: {exc.message}"
                     )
+                else:
+                    self.unstored[ino] = self.unstored.pop(ino)  # last in the next pass
                 continue
             if f.handles <= 0 and f.is_dirty:
                 continue  # written again meanwhile (mmap writeback after close): next pass
