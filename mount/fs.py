@@ -847,6 +847,7 @@ class Operations(pyfuse3.Operations):
 
     def _drop_unstored(self, f: OpenFile, why: str) -> None:
         log.error("data of a closed file not stored, dropped: %s", why, extra={"ctx": {"ino": f.ino}})
+        self.unstored.pop(f.ino, None)
         f.discard()
         self.attrs.drop(f.ino)
         self.files.pop(f.ino, None)
@@ -875,7 +876,6 @@ class Operations(pyfuse3.Operations):
                 continue
             if unreachable is not None:
                 if time.monotonic() >= give_up_at:
-                    del self.unstored[ino]
                     self._drop_unstored(
                         f, f"still failing after {self.cfg.unstored_keep_s:g} s: {unreachable.message}"
                     )
@@ -888,14 +888,12 @@ class Operations(pyfuse3.Operations):
                 if f.handles > 0 or self.unstored.get(ino) != give_up_at:
                     continue  # reopened meanwhile: the next pass leaves it to that handle
                 if isinstance(exc, (NotFound, StaleHandle)):
-                    del self.unstored[ino]
                     self._drop_unstored(f, f"the file is gone ({exc.message})")
                 elif f.full_error is not None:
                     del self.unstored[ino]
                     self._drop_unstorable(f)
                     self._let_go(f)
                 elif time.monotonic() >= give_up_at:
-                    del self.unstored[ino]
                     self._drop_unstored(
                         f, f"still failing after {self.cfg.unstored_keep_s:g} s: {exc.message}"
                     )
