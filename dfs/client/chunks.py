@@ -177,35 +177,33 @@ class ChunkIO:
                 enough.set()
 
         async def copy_to(node_id: str) -> None:
-            with scopes[node_id]:
-                try:
-                    held = False
-                    if not force and len(blob) >= PROBE_MIN_BYTES:
-                        (held,) = await self.call_node(node_id, CHUNK_HAS, [chunk_id], view=view)
-                        self.stats.skipped += bool(held)
-                    if not held:
-                        await self.call_node(node_id, CHUNK_PUT, chunk_id, blob, view=view)
-                    acked.append(node_id)
-                except Exception as exc:  # a bug here must not take down the caller's nursery
-                    if not isinstance(exc, DfsError):
-                        log.exception("copy of chunk %s to %s failed", chunk_id.hex()[:16], node_id)
-                        exc = Unavailable(f"copy to {node_id} failed: {exc!r:.200}")
-                    log.info("copy of chunk %s to %s failed: %s", chunk_id.hex()[:16], node_id, exc.message)
-                    failures.append(exc)
+            # After a failure the task goes on to the next spare itself (hinted handoff).  No
+            # closure here refers back to this one: with such a cycle (this calling a starter
+            # that named it) the blob lived until Python's cycle collector ran, which under a
+            # steady write was long after the copy; a mount kept up to 150 MiB of them.
+            scope = scopes[node_id]
+            with scope:
+                while True:
+                    error = await self._copy(node_id, chunk_id, blob, view, force=force)
+                    if error is None:
+                        acked.append(node_id)
+                        break
+                    failures.append(error)
                     owed.append(node_id)
-                    if spares:  # hinted handoff: the next live node takes the copy meanwhile
-                        self.stats.substitutes += 1
-                        start(spares.pop(0))
+                    if not spares:
+                        break
+                    self.stats.substitutes += 1
+                    pending.discard(node_id)
+                    node_id = spares.pop(0)
+                    pending.add(node_id)
+                    scopes[node_id] = scope
             pending.discard(node_id)
             settle()
 
-        def start(node_id: str) -> None:
+        for node_id in targets:
             pending.add(node_id)
             scopes[node_id] = trio.CancelScope()
             self._nursery.start_soon(copy_to, node_id)
-
-        for node_id in targets:
-            start(node_id)
         settle()
         await enough.wait()
         if len(acked) < need:
@@ -227,6 +225,28 @@ class ChunkIO:
             self._leave_in_background([scopes[x] for x in still], finished, len(blob))
         self.stats.copies += len(acked)
         return len(acked)
+
+    async def _copy(
+        self, node_id: str, chunk_id: bytes, blob: bytes | wire.Pieces, view: ClusterView, *, force: bool
+    ) -> DfsError | None:
+        """Put one copy on ``node_id``; the error if that failed, without its traceback or
+        chained errors: their frames hold the blob, and the caller keeps the error a while."""
+        try:
+            held = False
+            if not force and len(blob) >= PROBE_MIN_BYTES:
+                (held,) = await self.call_node(node_id, CHUNK_HAS, [chunk_id], view=view)
+                self.stats.skipped += bool(held)
+            if not held:
+                await self.call_node(node_id, CHUNK_PUT, chunk_id, blob, view=view)
+            return None
+        except Exception as exc:  # a bug here must not take down the caller's nursery
+            error = exc if isinstance(exc, DfsError) else None
+            if error is None:
+                log.exception("copy of chunk %s to %s failed", chunk_id.hex()[:16], node_id)
+                error = Unavailable(f"copy to {node_id} failed: {exc!r:.200}")
+            log.info("copy of chunk %s to %s failed: %s", chunk_id.hex()[:16], node_id, error.message)
+            error.__cause__ = error.__context__ = None
+            return error.with_traceback(None)
 
     def _leave_in_background(self, scopes: list[trio.CancelScope], finished: trio.Event, size: int) -> None:
         """Let copies still in flight finish after the write returned, within a memory budget
