@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from typing import Any
 
 import pytest
@@ -206,6 +207,7 @@ def test_random_writes_read_back_and_commit_exactly(
                     f = new_file(client, budget_bytes)
                 assert f.size == len(model)
                 assert await f.read(0, len(model) + 10) == bytes(model)
+                assert f.budget.buffered_bytes == sum(len(b) for b in f.dirty.values())
             await f.commit(nursery)
         assert client.committed_bytes() == bytes(model)
         if len(model) <= INLINE_MAX and client.inline is not None:
@@ -429,6 +431,35 @@ async def test_parallel_writers_share_one_budget_of_held_bytes() -> None:
     assert 0 < peak <= 4 * BS
     assert budget.held_bytes == 0 and budget.used_bytes == 0
     assert [c.committed_bytes() for c in clients] == data
+
+
+async def test_scattered_writes_keep_no_more_buffers_than_the_budget() -> None:
+    """Writes scattered over a large file buffer the blocks they touch; past the budget the
+    oldest buffers are stored (and committed early) so a random writer's memory stays bounded
+    (a buffer for every block touched took a mount to 2.1 GiB over a 1.5 GiB file)."""
+    client = FakeClient()
+    budget = DirtyBudget(4 * BS)
+    f = OpenFile(5, client.fmap(), client, BlockCache(1 << 20), budget)  # type: ignore[arg-type]
+    model = bytearray(os.urandom(40 * BS))
+    rng = random.Random(7)
+    peak = 0
+    async with trio.open_nursery() as nursery:
+        await f.write(0, bytes(model), nursery)
+        await f.commit(nursery)
+        for _ in range(400):
+            offset = rng.randrange(len(model) - 8)
+            piece = os.urandom(8)
+            await f.write(offset, piece, nursery)
+            model[offset : offset + 8] = piece
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.buffered_bytes == sum(len(b) for b in f.dirty.values())
+            peak = max(peak, budget.buffered_bytes)
+            assert budget.used_bytes + budget.held_bytes <= 4 * BS
+        assert await f.read(0, len(model)) == bytes(model)
+        await f.commit(nursery)
+    assert peak <= 5 * BS  # the budget, and the block just written
+    assert client.committed_bytes() == bytes(model)
+    assert budget.buffered_bytes == budget.used_bytes == budget.held_bytes == 0
 
 
 async def test_writes_into_a_full_store_fail_instead_of_piling_up_in_memory() -> None:
