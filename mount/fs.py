@@ -244,6 +244,11 @@ class Operations(pyfuse3.Operations):
         # (a default ACL set there just before the create would then have been inherited).
         return expiry_s > time.monotonic() and (parent == 0 or parent in self.no_xattrs)
 
+    def _no_capability(self, ino: int) -> None:
+        if len(self.no_capability) >= _XATTR_CACHE_MAX:
+            self.no_capability.clear()  # (each create added one, and nothing took them out)
+        self.no_capability[ino] = time.monotonic() + self.cfg.attr_timeout_s
+
     def _no_xattrs(self, ino: int, parent: int = 0) -> None:
         if len(self.no_xattrs) >= _XATTR_CACHE_MAX:
             self.no_xattrs.clear()
@@ -378,6 +383,10 @@ class Operations(pyfuse3.Operations):
             else:
                 self.lookups.pop(ino, None)
                 self.parents.pop(ino, None)
+                # The kernel let go of the inode, and of its page cache with it.  (Kept, an
+                # entry per inode ever opened here grew without bound: 10 million files
+                # read by a backup were about 2 GB.)
+                self.seen.pop(ino, None)
 
     @_handler
     async def getattr(self, inode: int, ctx: Ctx) -> pyfuse3.EntryAttributes:
@@ -716,7 +725,7 @@ class Operations(pyfuse3.Operations):
             return await self._open_existing(parent, name, flags)
         self._dirs_changed(stamps, added=[(parent, name, attr.ino)])
         # A new file has no xattrs: spare the capability probe before its first write.
-        self.no_capability[attr.ino] = time.monotonic() + self.cfg.attr_timeout_s
+        self._no_capability(attr.ino)
         self._made(parent, attr.ino)
         self.parents[attr.ino] = parent
         f, _ = self._open_file(FileMap(attr, None, []), None)
@@ -982,9 +991,7 @@ class Operations(pyfuse3.Operations):
             try:
                 return await self.client.getxattr(ino, name)
             except NoAttribute:
-                self.no_capability[ino] = time.monotonic() + self.cfg.attr_timeout_s
-                if len(self.no_capability) > 100_000:
-                    self.no_capability.clear()
+                self._no_capability(ino)
                 raise
         return await self.client.getxattr(ino, name)
 
