@@ -281,6 +281,12 @@ async def _connect_with_retry(
 # --------------------------------------------------------------------------- outbox
 
 
+# Parts of a frame whose caller gave up before it was sent (see RpcClient._round_trip).
+_NO_PARTS: list[wire.Buffer] = []
+# Queued frames past which a new one first drops those whose caller gave up (_Outbox.put).
+_QUEUE_PRUNE_ITEMS = 256
+
+
 class _Outgoing:
     """One queued frame.  *waiter* lets the writer skip a call whose caller already
     gave up; *on_sent* runs once the frame is fully written."""
@@ -319,6 +325,7 @@ class _Outbox:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._queue: deque[_Outgoing] = deque()
+        self._prune_at = _QUEUE_PRUNE_ITEMS
         self._lot = trio.lowlevel.ParkingLot()
         self._writing = False
         #: Set when a write was interrupted: the stream may end in half a frame.
@@ -328,7 +335,12 @@ class _Outbox:
 
     def put(self, item: _Outgoing) -> None:
         """Queue *item* for the writer task running :meth:`run`."""
-        self._queue.append(item)
+        queue = self._queue
+        if len(queue) >= self._prune_at:
+            # A writer stuck on a peer that does not read: drop the calls given up on meanwhile.
+            self._queue = queue = deque(x for x in queue if x.waiter is None or not x.waiter.gone)
+            self._prune_at = max(_QUEUE_PRUNE_ITEMS, 2 * len(queue))
+        queue.append(item)
         self.wake()
 
     @property
@@ -663,6 +675,11 @@ class RpcClient:
             # finds no waiter and is dropped by the reader.
             waiter.gone = True
             conn.pending.pop(msgid, None)
+            # Its payload goes now, not when the writer reaches the item: to a peer that
+            # stopped reading, with no stall watchdog on the connection (peer connections
+            # have none), every abandoned chunk put kept its blob queued.  A frame the writer
+            # took already is written from its own references to the parts.
+            item.parts = _NO_PARTS
 
     def _check_size(self, parts: list[wire.Buffer], method: str) -> None:
         body = wire.parts_nbytes(parts) - 4

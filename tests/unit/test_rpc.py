@@ -614,6 +614,35 @@ async def test_client_drops_server_that_stops_reading(addr: str, tmp_path: Path)
         nursery.cancel_scope.cancel()
 
 
+async def test_calls_given_up_on_a_peer_that_stops_reading_let_go_of_their_payloads(addr: str) -> None:
+    """A connection without a stall watchdog (those to other nodes have none) to a peer that
+    accepts but never reads: each call given up on releases its payload at once, and the
+    queue drops such calls, instead of keeping every blob until the peer reads again."""
+    accepted = trio.Event()
+
+    async def deaf(stream: trio.abc.Stream) -> None:
+        accepted.set()
+        await trio.sleep_forever()
+
+    listeners = await open_listeners(addr)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, deaf, listeners)
+        async with open_client(address_of(listeners[0]), call_timeout_s=None) as client:
+            with trio.move_on_after(0.5):  # fills the socket buffers: the writer is stuck
+                await client.call("echo", bytes(48 * 1024 * 1024))
+            assert accepted.is_set()
+            for _ in range(300):
+                with trio.move_on_after(0.001):  # as a chunk put gives up past peer_timeout_s
+                    await client.call("echo", bytes(1024 * 1024))
+            conn = client._conn
+            assert conn is not None and conn.failure is None  # nothing noticed the stall
+            queue = conn.outbox._queue
+            held = sum(wire.parts_nbytes(item.parts) for item in queue)
+            assert held < 1024 * 1024  # not 300 MiB of abandoned payloads
+            assert len(queue) < 300
+        nursery.cancel_scope.cancel()
+
+
 async def test_outbox_coalesces_and_skips_abandoned_calls() -> None:
     from dfs.net.rpc import _Outbox, _Outgoing, _Waiter
 
