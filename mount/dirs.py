@@ -54,10 +54,12 @@ class CompleteDirs:
         lease_s: float | Callable[[], float],
         *,
         max_dirs: int = 4096,
+        max_names: int = 65536,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lease = lease_s if callable(lease_s) else lambda: lease_s
         self.max_dirs = max_dirs
+        self.max_names = max_names  # per directory
         self._clock = clock
         self._dirs: OrderedDict[int, _Known] = OrderedDict()
 
@@ -93,6 +95,10 @@ class CompleteDirs:
             known = self._dirs.get(ino)
             if known is not None:
                 known.names[name] = child
+                if len(known.names) > self.max_names:
+                    # Its names would grow with the directory (ten million files written into
+                    # one: over a gigabyte kept); past this many, ask the daemon instead.
+                    del self._dirs[ino]
         for ino, name in removed:
             known = self._dirs.get(ino)
             if known is not None:

@@ -102,3 +102,17 @@ def test_the_lease_is_asked_at_each_use() -> None:
     assert dirs.absent(7, b"x")
     clock.now += 1.5
     assert not dirs.absent(7, b"x")
+
+
+def test_a_directory_with_more_names_than_the_bound_is_asked_about_instead() -> None:
+    """The names known of one directory are bounded: past ``max_names`` its knowledge goes
+    and lookups ask the daemon (kept, they grew with the directory without limit)."""
+    clock = Clock()
+    dirs = CompleteDirs(1.0, max_names=100, clock=clock)
+    dirs.made(dattr(7, 10))
+    for i in range(100):
+        dirs.changed([stamp(7, 10 + i, 11 + i)], added=[(7, b"f%d" % i, 1000 + i)])
+    assert dirs.absent(7, b"other") and dirs.entry(7, b"f5") == 1005
+    dirs.changed([stamp(7, 110, 111)], added=[(7, b"f100", 1100)])
+    assert len(dirs) == 0
+    assert not dirs.absent(7, b"other") and dirs.entry(7, b"f5") is None
