@@ -455,7 +455,11 @@ class _GcsBackend(ObjectBackend):
         self._secrets = secrets
         self._local = threading.local()
         self._clients_lock = threading.Lock()
-        self._clients: builtins.list[Any] = []  # every thread's, for close()
+        # Every live thread's client, with its thread (for close()).  The daemon's worker
+        # threads come and go (trio lets an idle one exit after 10 s), so a client whose thread
+        # ended is closed when another is made: kept, they grew by a client and its pooled
+        # sockets per thread ever started.
+        self._clients: builtins.list[tuple[threading.Thread, Any]] = []
         self._timeout = (min(_CONNECT_TIMEOUT_MAX_S, spec.request_timeout_s), spec.request_timeout_s)
 
     def _bucket(self) -> Any:
@@ -465,7 +469,11 @@ class _GcsBackend(ObjectBackend):
             bucket = self._local.bucket = client.bucket(self.spec.bucket)
             self._local.client = client
             with self._clients_lock:
-                self._clients.append(client)
+                ended = [c for thread, c in self._clients if not thread.is_alive()]
+                self._clients = [(t, c) for t, c in self._clients if t.is_alive()]
+                self._clients.append((threading.current_thread(), client))
+            for old in ended:
+                old.close()
         return bucket
 
     def _bucket_missing(self) -> bool:
@@ -610,7 +618,7 @@ class _GcsBackend(ObjectBackend):
     def close(self) -> None:
         with self._clients_lock:
             clients, self._clients = self._clients, []
-        for client in clients:
+        for _, client in clients:
             client.close()
 
 
