@@ -111,10 +111,21 @@ class ChunkIO:
             if time.monotonic() - self._view_at >= self.refresh_s:
                 try:
                     self._view = await self._fetch_view()
+                    self._drop_stale_peers()
                 except DfsError as exc:
                     log.warning("cluster view refresh failed: %s", exc.message)
                 self._view_at = time.monotonic()
         return self._view
+
+    def _drop_stale_peers(self) -> None:
+        """Close the connections to addresses no node has any more (a node that came back at
+        another address, one removed): kept, there was one per address ever seen."""
+        view = self._view
+        live = {n.address for n in view.layout.nodes} | {m.address for m in view.members.values()}
+        for address in [a for a in self._peers if a not in live]:
+            close = getattr(self._peers.pop(address), "aclose", None)
+            if close is not None:
+                self._nursery.start_soon(close)
 
     def set_view(self, view: ClusterView) -> None:
         self._view = view

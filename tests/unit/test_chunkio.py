@@ -4,6 +4,7 @@ plus ChunkIO's acknowledgement rule over fake nodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import math
@@ -18,6 +19,7 @@ import trio.testing
 from daemon.cluster.controller import dead_past_grace
 from daemon.cluster.deletions import DeletionLog
 from dfs.client.chunks import PROBE_MIN_BYTES, ChunkIO
+from dfs.core.endpoints import CHUNK_HAS
 from dfs.core.errors import ChunkMissing, CorruptChunk, Unavailable
 from dfs.core.placement import Layout, LayoutNode, NodeState, PlacementTable, partition_of
 from dfs.core.replicas import ClusterView, Member, Policy, copies_needed, read_order, write_targets
@@ -333,3 +335,46 @@ async def test_a_put_lets_go_of_the_blob_without_the_cycle_collector(broken: boo
     finally:
         gc.enable()
     assert sum(cid in n.blobs for n in nodes.values()) == 3
+
+
+async def test_connections_to_addresses_no_node_has_are_closed_on_refresh() -> None:
+    """A node that comes back at another address gets a new connection; the old one is closed
+    when the view no longer names its address (kept, there was one per address ever seen)."""
+    nodes: dict[str, FakeNode] = {}
+    for i in range(3):
+        FakeNode(f"n{i}", nodes)
+    closed: list[str] = []
+
+    class Peer:
+        def __init__(self, address: str) -> None:
+            self.address = address
+            self.node = nodes["n" + address[1:].split(":")[0]]
+
+        async def call(self, method: str, *args: Any) -> Any:
+            return await self.node.call(method, *args)
+
+        async def aclose(self) -> None:
+            closed.append(self.address)
+
+    current = [view(3)]
+
+    async def fetch() -> ClusterView:
+        return current[0]
+
+    async with trio.open_nursery() as nursery:
+        io = ChunkIO(nodes["n0"], "n0", nursery, fetch_view=fetch, connect=Peer, refresh_s=math.inf)
+        await io.view()
+        for i in (1, 2):
+            await io.call_node(f"n{i}", CHUNK_HAS, [os.urandom(32)])
+        assert sorted(io._peers) == ["h1:7400", "h2:7400"]
+        moved = list(layout(3).nodes)
+        moved[2] = dataclasses.replace(moved[2], address="h2:7401")  # n2 restarted elsewhere
+        current[0] = ClusterView(PlacementTable(Layout(2, tuple(moved))), home="n0")
+        io.invalidate()
+        await io.view()
+        await trio.testing.wait_all_tasks_blocked()
+        assert closed == ["h2:7400"]
+        assert sorted(io._peers) == ["h1:7400"]
+        await io.call_node("n2", CHUNK_HAS, [os.urandom(32)])
+        assert sorted(io._peers) == ["h1:7400", "h2:7401"]
+        nursery.cancel_scope.cancel()
