@@ -596,7 +596,9 @@ async def test_server_drops_client_that_stops_reading(addr: str) -> None:
             assert await client.call("add", 1, 1) == 2
 
 
-async def test_client_drops_server_that_stops_reading(addr: str, tmp_path: Path) -> None:
+@asynccontextmanager
+async def deaf_peer(addr: str) -> AsyncIterator[tuple[str, trio.Event]]:
+    """A server that accepts connections and never reads from them: (its address, accepted)."""
     accepted = trio.Event()
 
     async def deaf(stream: trio.abc.Stream) -> None:
@@ -606,41 +608,35 @@ async def test_client_drops_server_that_stops_reading(addr: str, tmp_path: Path)
     listeners = await open_listeners(addr)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, deaf, listeners)
-        async with open_client(address_of(listeners[0]), call_timeout_s=0.2) as client:
-            with trio.fail_after(10), pytest.raises(Unavailable):
-                await client.call("echo", bytes(48 * 1024 * 1024))
-            assert accepted.is_set()
-            await wait_until(lambda: not client.connected, timeout_s=10)
+        yield address_of(listeners[0]), accepted
         nursery.cancel_scope.cancel()
+
+
+async def test_client_drops_server_that_stops_reading(addr: str, tmp_path: Path) -> None:
+    async with deaf_peer(addr) as (address, accepted), open_client(address, call_timeout_s=0.2) as client:
+        with trio.fail_after(10), pytest.raises(Unavailable):
+            await client.call("echo", bytes(48 * 1024 * 1024))
+        assert accepted.is_set()
+        await wait_until(lambda: not client.connected, timeout_s=10)
 
 
 async def test_calls_given_up_on_a_peer_that_stops_reading_let_go_of_their_payloads(addr: str) -> None:
     """A connection without a stall watchdog (those to other nodes have none) to a peer that
     accepts but never reads: each call given up on releases its payload at once, and the
     queue drops such calls, instead of keeping every blob until the peer reads again."""
-    accepted = trio.Event()
-
-    async def deaf(stream: trio.abc.Stream) -> None:
-        accepted.set()
-        await trio.sleep_forever()
-
-    listeners = await open_listeners(addr)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, deaf, listeners)
-        async with open_client(address_of(listeners[0]), call_timeout_s=None) as client:
-            with trio.move_on_after(0.5):  # fills the socket buffers: the writer is stuck
-                await client.call("echo", bytes(48 * 1024 * 1024))
-            assert accepted.is_set()
-            for _ in range(300):
-                with trio.move_on_after(0.001):  # as a chunk put gives up past peer_timeout_s
-                    await client.call("echo", bytes(1024 * 1024))
-            conn = client._conn
-            assert conn is not None and conn.failure is None  # nothing noticed the stall
-            queue = conn.outbox._queue
-            held = sum(wire.parts_nbytes(item.parts) for item in queue)
-            assert held < 1024 * 1024  # not 300 MiB of abandoned payloads
-            assert len(queue) < 300
-        nursery.cancel_scope.cancel()
+    async with deaf_peer(addr) as (address, accepted), open_client(address, call_timeout_s=None) as client:
+        with trio.move_on_after(0.5):  # fills the socket buffers: the writer is stuck
+            await client.call("echo", bytes(48 * 1024 * 1024))
+        assert accepted.is_set()
+        for _ in range(300):
+            with trio.move_on_after(0.001):  # as a chunk put gives up past peer_timeout_s
+                await client.call("echo", bytes(1024 * 1024))
+        conn = client._conn
+        assert conn is not None and conn.failure is None  # nothing noticed the stall
+        queue = conn.outbox._queue
+        held = sum(wire.parts_nbytes(item.parts) for item in queue)
+        assert held < 1024 * 1024  # not 300 MiB of abandoned payloads
+        assert len(queue) < 300
 
 
 async def test_outbox_coalesces_and_skips_abandoned_calls() -> None:
