@@ -389,8 +389,7 @@ class OpenFile:
                 if before < start:
                     buf.extend(bytes(start - before))
                 buf[start : start + take] = piece
-                if self.dirty.get(index) is buf:
-                    self.dirty.grew(len(buf) - before)
+                self.dirty.grew(len(buf) - before)  # (buf is dirty[index]: no await since)
                 full = len(buf) == bs and start + take == bs
             # Every change bumps the version, so a commit racing this write keeps it dirty.
             self.versions[index] += 1
@@ -429,7 +428,7 @@ class OpenFile:
 
     async def _store_buffers(self, keep: int, nursery: trio.Nursery) -> None:
         """Store this file's oldest buffers but ``keep`` (the block just written) while the
-        mount's buffers and blocks in flight or held pass the budget.  Writes scattered over a
+        mount's buffers pass their budget (DirtyBudget.buffers_over).  Writes scattered over a
         large file made a buffer of every block they touched, without bound (a random writer
         over 1.5 GiB took the mount to 2.1 GiB); stored, a block's bytes go with the early
         commit that follows, and a later write starts a new buffer from the stored block."""
