@@ -16,7 +16,8 @@ dump), the ids of its chunks in order, the piece size, the copies each chunk was
 the cluster key sealed under the cluster secret: a fresh metadata host must name chunks as
 before.  Every node keeps the newest ``[meta] backup_keep`` manifests (the same number on every
 node: the maker deletes the chunks of the backups it prunes, everywhere, except those a backup it
-keeps still lists; two backups of a namespace that changed little share pieces).
+keeps still lists; two backups of a namespace that changed little share pieces).  A backup that
+fails (a copy could not be made durable) deletes the pieces it stored, wherever it can reach.
 
 Backup chunks.  Their ids are keyed by a key derived from the cluster secret for them alone
 (:data:`CHUNK_KEY_PURPOSE`), not by the cluster key that names files' chunks: a backup chunk
@@ -310,9 +311,18 @@ class Backups:
         with self._lock:
             self._pending.difference_update(chunk_ids)
 
+    def abandon(self, chunk_ids: list[bytes]) -> list[bytes]:
+        """Release the pieces of a backup that failed; those of them no manifest here lists, which
+        its maker deletes.  Pieces are named by content, so one may be a kept backup's too; and
+        a failure after its own manifest was written leaves that backup listed, pieces and all."""
+        self.release(chunk_ids)
+        listed = self.chunk_ids()
+        return [cid for cid in dict.fromkeys(chunk_ids) if cid not in listed]
+
     def make(self, db: MetaDb | Path, cluster_key: bytes, chunks: ChunkStore) -> dict[str, Any]:
         """A new backup of ``db`` stored in ``chunks``, this host's store (a single host: one copy
-        of each piece); its manifest.  The chunks only the backups pruned listed are deleted."""
+        of each piece); its manifest.  The chunks only the backups pruned listed are deleted, and
+        of a backup that failed, the pieces it stored."""
         dumped = self.dump(db, cluster_key)
         ids: list[bytes] = []
         try:
@@ -323,6 +333,12 @@ class Backups:
                 chunks.put(chunk_id, blob)
             info = dumped.manifest(ids, replicas=1)
             chunks.delete(self.add(info))
+        except BaseException:
+            try:
+                chunks.delete(self.abandon(ids))
+            except DfsError as exc:  # the original error is the one to report
+                log.warning("pieces of a failed backup left to the orphan sweep: %s", exc.message)
+            raise
         finally:
             self.discard(dumped)
             self.release(ids)
@@ -548,10 +564,18 @@ class BackupHandlers:
                 ids.append(chunk_id)
                 await chunkio.put(chunk_id, blob, policy)
             info = dumped.manifest(ids, view.replica_count(self._replicas))
-            # A failure before here leaves the pieces stored so far to the orphan sweep.  From
-            # here on no manifest lists the pruned backups' chunks: this node's copies go in the
-            # same thread call, so a cancelled request (its caller gone) cannot leak them.
+            # From here on no manifest lists the pruned backups' chunks: this node's copies go in
+            # the same thread call, so a cancelled request (its caller gone) cannot leak them.
             freed = await self._c(self._add_and_free, info)
+        except BaseException:
+            # The pieces stored so far (some copies of a put that failed too) are deleted where
+            # they can be, now: the orphan sweep would keep them for a whole orphan_delay_s.
+            with trio.CancelScope(shield=True), trio.move_on_after(_AFTER_PRUNE_S):
+                try:
+                    await self._delete_everywhere(chunkio, await self._c(self._backups.abandon, ids))
+                except DfsError as exc:  # the original error is the one to report
+                    log.warning("pieces of a failed backup left to the orphan sweep: %s", exc.message)
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await self._c(self._backups.discard, dumped)

@@ -416,3 +416,26 @@ def test_each_node_keeps_the_newest_backups(tmp_path: Path, keep: int) -> None:
         d.assert_clean()
     finally:
         d.stop()
+
+
+def test_a_backup_that_fails_deletes_its_pieces_everywhere(tmp_path: Path) -> None:
+    """R = 3 on three nodes with n3 stopped: each piece's copies on n1 and n2 are made, n3's
+    cannot be (no spare node), so the backup fails, and its maker deletes those copies at once
+    rather than leave them to the nodes' orphan sweeps (a day later by default)."""
+    conf = '[cluster]\nreplicas = 3\nconsistency = "strong"\n'
+    with loopback_cluster(tmp_path, 3, conf, seeds=False) as daemons:
+        n1, n2, n3 = daemons
+        kept = _backup(n1)["backup"]
+        stored = {d.node_id: _chunk_files(d) for d in (n1, n2)}
+        assert all(stored.values()), stored
+        n3.stop()
+        res = n1.cli("meta", "backup", check=False)
+        assert res.returncode != 0 and "2 of 3 required copies durable" in res.stderr, res.stderr
+        assert {d.node_id: _chunk_files(d) for d in (n1, n2)} == stored
+        assert _listed(n1) == _listed(n2) == [kept["id"]]
+        n3.start()
+        wait_for(lambda: n1.fsck()["problems"] == [], 60, "fsck clean with n3 back")
+
+
+def _chunk_files(d: Daemon) -> set[str]:
+    return {p.name for p in (d.data_dir / "chunks").rglob("*") if p.is_file()}

@@ -26,7 +26,7 @@ from dfs.cli.app import CliError
 from dfs.core import codec
 from dfs.core.backup_format import check_manifest
 from dfs.core.backup_format import chunk_key as backup_chunk_key
-from dfs.core.errors import EX_NOINPUT, ChunkMissing, CorruptChunk, InvalidArgument
+from dfs.core.errors import EX_NOINPUT, ChunkMissing, CorruptChunk, InvalidArgument, NoSpace
 from dfs.core.namespace import ROOT_INO
 
 SECRET = b"cluster-secret-0123456789abcdef!"
@@ -247,3 +247,37 @@ def test_chunks_of_a_backup_being_made_count_as_referenced(tmp_path: Path) -> No
     backups.add(_manifest("20260101T000000.000Z", [_id(5)]))
     backups.release([_id(5)])
     assert backups.chunk_ids() == {_id(5)}  # now the manifest lists it
+
+
+async def test_a_failed_backup_deletes_the_pieces_it_stored(tmp_path: Path, meta_db: Path) -> None:
+    backups = _backups(tmp_path)
+    store = ChunkStore(backups.data_dir, fsync=False)
+    kept = (await _handlers(backups, store, meta_db).backup_now())["backup"]
+    before = set(store.iter_ids())
+    real_put = store.put
+    puts = 0
+
+    def put_then_full(chunk_id: bytes, blob: bytes) -> bool:
+        nonlocal puts
+        puts += 1
+        if puts == 3:
+            raise NoSpace("the disk filled")
+        return real_put(chunk_id, blob)
+
+    store.put = put_then_full  # type: ignore[method-assign]
+    with pytest.raises(NoSpace):
+        await _handlers(backups, store, meta_db).backup_now()
+    assert puts == 3
+    # The two pieces it stored are gone at once (not left to the orphan sweep); the kept
+    # backup is whole, and nothing counts as a backup being made any more.
+    assert set(store.iter_ids()) == before
+    assert await _handlers(backups, store, None).backup_list() == [kept]
+    assert backups.chunk_ids() == {bytes.fromhex(h) for h in kept["chunks"]}
+
+
+def test_abandoning_a_backup_spares_the_pieces_a_kept_backup_lists(tmp_path: Path) -> None:
+    backups = _backups(tmp_path)
+    backups.add(_manifest("20260101T000000.000Z", [_id(1), _id(2)]))
+    backups.hold([_id(2), _id(3), _id(3)])
+    assert backups.abandon([_id(2), _id(3), _id(3)]) == [_id(3)]
+    assert backups.chunk_ids() == {_id(1), _id(2)}
