@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from dfs.core import codec
+from tests.cluster.test_disk_failure import chunk_names
 from tests.cluster.test_replication import loopback_cluster
 from tests.conftest import BIN, Daemon, Mount, free_port, needs_fuse, wait_for
 
@@ -426,16 +427,12 @@ def test_a_backup_that_fails_deletes_its_pieces_everywhere(tmp_path: Path) -> No
     with loopback_cluster(tmp_path, 3, conf, seeds=False) as daemons:
         n1, n2, n3 = daemons
         kept = _backup(n1)["backup"]
-        stored = {d.node_id: _chunk_files(d) for d in (n1, n2)}
+        stored = {d.node_id: chunk_names(d.data_dir) for d in (n1, n2)}
         assert all(stored.values()), stored
         n3.stop()
         res = n1.cli("meta", "backup", check=False)
         assert res.returncode != 0 and "2 of 3 required copies durable" in res.stderr, res.stderr
-        assert {d.node_id: _chunk_files(d) for d in (n1, n2)} == stored
+        assert {d.node_id: chunk_names(d.data_dir) for d in (n1, n2)} == stored
         assert _listed(n1) == _listed(n2) == [kept["id"]]
         n3.start()
         wait_for(lambda: n1.fsck()["problems"] == [], 60, "fsck clean with n3 back")
-
-
-def _chunk_files(d: Daemon) -> set[str]:
-    return {p.name for p in (d.data_dir / "chunks").rglob("*") if p.is_file()}
