@@ -30,7 +30,7 @@ import logging
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 import trio
@@ -46,13 +46,38 @@ _PREFETCH_BLOCKS = 4
 
 
 class BlockCache:
-    """LRU of decoded chunk plaintext keyed by chunk id (content ids never go stale)."""
+    """LRU of decoded chunk plaintext keyed by chunk id (content ids never go stale).
 
-    def __init__(self, capacity_bytes: int) -> None:
+    With ``written`` (the mount's :class:`DirtyBudget`), the cache and the mount's written
+    data share its capacity: while written data is held the cache keeps only what is left,
+    and never less than an eighth (so readahead still finds the blocks it fetched).  Reads
+    and writes then need the memory one at a time, not together: a random writer's buffers
+    and a random reader's cache each have the whole capacity, and a mount's peak is about
+    the larger of the two, not their sum."""
+
+    def __init__(self, capacity_bytes: int, written: DirtyBudget | None = None) -> None:
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
+        self._written = written
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
         self._loading: dict[bytes, trio.Event] = {}
+        if written is not None:
+            written.on_grow = self.shrink
+
+    def room_bytes(self) -> int:
+        """What the cache may hold now."""
+        if self._written is None:
+            return self.capacity_bytes
+        return max(self.capacity_bytes - self._written.written_bytes(), self.capacity_bytes // 8)
+
+    def shrink(self) -> None:
+        """Let the least recently used blocks go until the cache is within its room."""
+        if self.used_bytes <= self.capacity_bytes // 8:
+            return  # the floor: nothing to let go, and no sum to take on every write
+        room = self.room_bytes()
+        while self.used_bytes > room:
+            _, old = self._items.popitem(last=False)
+            self.used_bytes -= len(old)
 
     def get_nowait(self, chunk_id: bytes) -> bytes | None:
         data = self._items.get(chunk_id)
@@ -68,7 +93,8 @@ class BlockCache:
             return
         self._items[chunk_id] = data
         self.used_bytes += len(data)
-        while self.used_bytes > self.capacity_bytes:
+        room = self.room_bytes()
+        while self.used_bytes > room and len(self._items) > 1:
             _, old = self._items.popitem(last=False)
             self.used_bytes -= len(old)
 
@@ -137,7 +163,7 @@ class _Buffers(MutableMapping[int, bytearray]):
     def __setitem__(self, index: int, buf: bytearray) -> None:
         old = self._items.get(index)
         self._items[index] = buf
-        self._budget.buffered_bytes += len(buf) - (len(old) if old is not None else 0)
+        self._budget.buffered(len(buf) - (len(old) if old is not None else 0))
 
     def __delitem__(self, index: int) -> None:
         self._budget.buffered_bytes -= len(self._items.pop(index))
@@ -149,7 +175,7 @@ class _Buffers(MutableMapping[int, bytearray]):
         return len(self._items)
 
     def grew(self, delta: int) -> None:
-        self._budget.buffered_bytes += delta
+        self._budget.buffered(delta)
 
 
 @dataclass
@@ -723,6 +749,18 @@ class DirtyBudget:
         self.buffered_bytes = 0  # in files' block buffers, not yet snapshotted (_Buffers)
         self.early_commits = 0  # running now, in any file
         self._waiters: list[trio.Event] = []
+        # Called when the written bytes grew (the BlockCache sharing this capacity shrinks).
+        self.on_grow: Callable[[], None] | None = None
+
+    def written_bytes(self) -> int:
+        """Written data the mount holds: in flight, stored until their commit, and buffered."""
+        return self.used_bytes + self.held_bytes + self.buffered_bytes
+
+    def buffered(self, delta: int) -> None:
+        """Files' block buffers grew (or shrank) by ``delta`` bytes."""
+        self.buffered_bytes += delta
+        if delta > 0 and self.on_grow is not None:
+            self.on_grow()
 
     async def acquire(self, n: int, *, writer: bool) -> None:
         """Wait until ``n`` more bytes may go in flight.  A commit's own blocks (``writer``
@@ -734,6 +772,8 @@ class DirtyBudget:
             self._waiters.append(event)
             await event.wait()
         self.used_bytes += n
+        if self.on_grow is not None:
+            self.on_grow()
 
     def _over(self, n: int, writer: bool) -> bool:
         held = self.held_bytes if writer and self.early_commits else 0

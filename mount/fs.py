@@ -142,8 +142,8 @@ class Operations(pyfuse3.Operations):
         self.cfg = cfg
         self.root_ino = root_ino
         self.session = secrets.token_hex(16)
-        self.cache = BlockCache(cfg.cache_bytes)
         self.budget = DirtyBudget(cfg.dirty_bytes)
+        self.cache = BlockCache(cfg.cache_bytes, written=self.budget)
         self.lookups: dict[int, int] = {}
         # A directory each known file was reached through: its policy (replicas, consistency)
         # applies to the file's writes, and metadata cannot find a file's parent cheaply.

@@ -9,6 +9,7 @@ commit the committed state read back alone equals it too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -502,3 +503,50 @@ async def test_discarding_what_a_full_store_refused_lets_go_of_its_bytes() -> No
         assert f.size == 0 and await f.read(0, BS) == b""  # as committed
     assert not f.is_dirty and f.full_error is None
     assert budget.used_bytes == 0 and budget.held_bytes == 0
+
+
+def test_the_cache_gives_written_data_its_room_and_takes_it_back() -> None:
+    budget = DirtyBudget(8 * BS)
+    cache = BlockCache(8 * BS, written=budget)
+    for n in range(8):
+        cache.put(bytes([n]), bytes(BS))
+    assert cache.used_bytes == 8 * BS
+    budget.buffered(3 * BS)  # a writer's buffers: the oldest cached blocks make room
+    assert cache.used_bytes == 5 * BS
+    assert cache.get_nowait(bytes([0])) is None and cache.get_nowait(bytes([7])) is not None
+    trio.run(functools.partial(budget.acquire, 4 * BS, writer=True))  # blocks in flight count too
+    assert cache.used_bytes == BS  # down to the floor: an eighth of the capacity
+    budget.release(4 * BS)
+    budget.buffered(-3 * BS)
+    for n in range(8, 16):  # the writes are done: reads have the whole capacity again
+        cache.put(bytes([n]), bytes(BS))
+    assert cache.used_bytes == 8 * BS
+
+
+async def test_a_random_writer_over_a_file_just_read_shares_the_capacity_with_the_cache() -> None:
+    """The blocks a writer buffers and the cache of what was read share one capacity: a file
+    read whole and then rewritten at random holds about the capacity, not twice it (the
+    fio rows of the workload held 256 MiB of cache and 256 MiB of buffers at once)."""
+    client = FakeClient()
+    budget = DirtyBudget(8 * BS)
+    cache = BlockCache(8 * BS, written=budget)
+    f = OpenFile(5, client.fmap(), client, cache, budget)  # type: ignore[arg-type]
+    model = bytearray(os.urandom(16 * BS))
+    rng = random.Random(3)
+    async with trio.open_nursery() as nursery:
+        await f.write(0, bytes(model), nursery)
+        await f.commit(nursery)
+        f = OpenFile(5, client.fmap(), client, cache, budget)  # type: ignore[arg-type]
+        assert await f.read(0, len(model)) == bytes(model)
+        assert cache.used_bytes == 8 * BS  # the cache is full
+        for _ in range(200):
+            offset = rng.randrange(len(model) - 8)
+            piece = os.urandom(8)
+            await f.write(offset, piece, nursery)
+            model[offset : offset + 8] = piece
+            await trio.testing.wait_all_tasks_blocked()
+            # The budget (plus the block just written) and the cache's floor, not their sum.
+            assert cache.used_bytes + budget.buffered_bytes <= 8 * BS + BS + BS
+        assert await f.read(0, len(model)) == bytes(model)
+        await f.commit(nursery)
+    assert client.committed_bytes() == bytes(model)
