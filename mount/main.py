@@ -31,6 +31,7 @@ from dfs.core.auth import CallerClass, Credential
 from dfs.core.config import Config
 from dfs.core.errors import AuthFailed, CallerNotAllowed, DfsError, NotADirectory, Unavailable
 from dfs.core.namespace import ROOT_INO
+from dfs.heap import HeapTrimmer
 from dfs.net import credentials
 from dfs.net.certs import client_context_for
 from dfs.net.failover import FailoverCaller
@@ -303,6 +304,9 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
                 nursery.start_soon(ops.open_events_loop)
                 nursery.start_soon(ops.retry_unstored_loop)
                 nursery.start_soon(_raise_readahead, spec.mountpoint)
+                # The cache and write buffers let go of blocks by the hundred MiB: give the
+                # freed memory back (dfs/heap.py).
+                nursery.start_soon(HeapTrimmer().run)
                 await pyfuse3.main(max_tasks=cfg.mount.max_tasks)
                 # Unmounted: `dfs down` stops the daemon right after, and nothing waits for us.
                 meta.stop_waiting()

@@ -52,6 +52,7 @@ from dfs.core import endpoints
 from dfs.core.auth import Credential
 from dfs.core.config import Config, disk_specs
 from dfs.core.errors import Unavailable
+from dfs.heap import TRIM_INTERVAL_S, HeapTrimmer
 from dfs.net import credentials
 
 T = TypeVar("T")
@@ -258,6 +259,8 @@ class Service:
                 Periodic("master key sync", CHECK_INTERVAL_S, self.key_sync.step),
             ]
         self.workers.append(Periodic("orphan sweep", st.orphan_scan_interval_s, self.upkeep.sweep_orphans))
+        # Freed block buffers back to the system (dfs/heap.py).
+        self.workers.append(Periodic("heap trim", TRIM_INTERVAL_S, HeapTrimmer().step))
         checkpointer = self.checkpointer
         if checkpointer is not None:
             step = functools.partial(trio.to_thread.run_sync, checkpointer.step)

@@ -108,6 +108,7 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
             "snapshots",
             "tiering",
             "orphan sweep",
+            "heap trim",  # freed block buffers back to the system
             "wal checkpoint",  # SQLite's log, copied back off the metadata thread
             "registering in the layout",
             "layout controller",
@@ -120,4 +121,8 @@ def test_a_node_runs_its_housekeeping_as_workers(tmp_path: Path) -> None:
     # [tiers] interval_s = 0: no tiering passes (tiers still serve reads).
     assert "tiering" not in names("[tiers]\ninterval_s = 0\n")
     # A secondary keeps no metadata: it only sweeps its own chunks and registers.
-    assert names('[cluster]\nmeta = "127.0.0.1:1"\n') == ["orphan sweep", "registering in the layout"]
+    assert names('[cluster]\nmeta = "127.0.0.1:1"\n') == [
+        "heap trim",
+        "orphan sweep",
+        "registering in the layout",
+    ]
