@@ -70,6 +70,7 @@ class HeapTrimmer:
         self.trims = 0
         self._wait_s = TRIM_INTERVAL_S
         self._next_check = 0.0  # time.monotonic()
+        self._rss_checked = 0  # the RSS after the last check: growth past the threshold checks at once
         self._libc: ctypes.CDLL | None = None
         name = ctypes.util.find_library("c")
         try:
@@ -114,12 +115,14 @@ class HeapTrimmer:
 
     async def step(self) -> int:
         """:meth:`trim_if_due` in a worker thread (asking glibc walks its free lists, no work for
-        the event loop), unless the last ones gave little back: then checks come less often,
-        up to every ``TRIM_MAX_INTERVAL_S`` (a trim of freed memory already given back still
-        walks every free chunk: 50 ms for 100,000 of them).  Answers the bytes given back."""
-        if time.monotonic() < self._next_check:
-            return 0
+        the event loop).  When the last checks gave little back, checks come less often, up to
+        every ``TRIM_MAX_INTERVAL_S`` (a trim of freed memory already given back still walks
+        every free chunk: 50 ms for 100,000 of them), unless the process grew by the threshold
+        since the last one.  Answers the bytes given back."""
+        if time.monotonic() < self._next_check and _rss_bytes() < self._rss_checked + self.threshold_bytes:
+            return 0  # backing off, and the process has not grown since the last check
         released = await trio.to_thread.run_sync(self.trim_if_due)
+        self._rss_checked = _rss_bytes()
         if released >= self.threshold_bytes // 4:
             self._wait_s = TRIM_INTERVAL_S
         else:

@@ -75,3 +75,12 @@ def test_checks_that_give_nothing_back_come_less_often(monkeypatch: pytest.Monke
         now[0] += heap.TRIM_INTERVAL_S
     # Waits of 2, 4, 8, then 16 s.
     assert [t - 1000 for t in looked] == [0, 2, 6, 14, 30]
+    # Unless the process grew by the threshold since the last look.
+    trimmer.threshold_bytes = 1 << 20
+    grown = heap._rss_bytes() + (4 << 20)
+    monkeypatch.setattr(heap, "_rss_bytes", lambda: grown)
+    looked.clear()
+    for _ in range(3):
+        trio.run(trimmer.step)
+        now[0] += heap.TRIM_INTERVAL_S
+    assert [t - 1000 for t in looked] == [40]  # then it stays the same size: backing off again
