@@ -434,6 +434,16 @@ async def test_parallel_writers_share_one_budget_of_held_bytes() -> None:
     assert [c.committed_bytes() for c in clients] == data
 
 
+async def write_somewhere(f: OpenFile, model: bytearray, rng: random.Random, nursery: trio.Nursery) -> None:
+    """8 random bytes at a random offset of the file and of its model; then whatever the write
+    started (stores, early commits) runs until it waits."""
+    offset = rng.randrange(len(model) - 8)
+    piece = os.urandom(8)
+    await f.write(offset, piece, nursery)
+    model[offset : offset + 8] = piece
+    await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_scattered_writes_keep_no_more_buffers_than_the_budget() -> None:
     """Writes scattered over a large file buffer the blocks they touch; past the budget the
     oldest buffers are stored (and committed early) so a random writer's memory stays bounded
@@ -448,11 +458,7 @@ async def test_scattered_writes_keep_no_more_buffers_than_the_budget() -> None:
         await f.write(0, bytes(model), nursery)
         await f.commit(nursery)
         for _ in range(400):
-            offset = rng.randrange(len(model) - 8)
-            piece = os.urandom(8)
-            await f.write(offset, piece, nursery)
-            model[offset : offset + 8] = piece
-            await trio.testing.wait_all_tasks_blocked()
+            await write_somewhere(f, model, rng, nursery)
             assert budget.buffered_bytes == sum(len(b) for b in f.dirty.values())
             peak = max(peak, budget.buffered_bytes)
             assert budget.used_bytes + budget.held_bytes <= 4 * BS
@@ -540,11 +546,7 @@ async def test_a_random_writer_over_a_file_just_read_shares_the_capacity_with_th
         assert await f.read(0, len(model)) == bytes(model)
         assert cache.used_bytes == 8 * BS  # the cache is full
         for _ in range(200):
-            offset = rng.randrange(len(model) - 8)
-            piece = os.urandom(8)
-            await f.write(offset, piece, nursery)
-            model[offset : offset + 8] = piece
-            await trio.testing.wait_all_tasks_blocked()
+            await write_somewhere(f, model, rng, nursery)
             # The budget (plus the block just written) and the cache's floor, not their sum.
             assert cache.used_bytes + budget.buffered_bytes <= 8 * BS + BS + BS
         assert await f.read(0, len(model)) == bytes(model)
