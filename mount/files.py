@@ -74,8 +74,12 @@ class BlockCache:
         """Let the least recently used blocks go until the cache is within its room."""
         if self.used_bytes <= self.capacity_bytes // 8:
             return  # the floor: nothing to let go, and no sum to take on every write
-        room = self.room_bytes()
-        while self.used_bytes > room:
+        self._let_go(self.room_bytes())
+
+    def _let_go(self, room: int, keep: int = 0) -> None:
+        """Drop the least recently used blocks until ``room`` is kept, sparing the ``keep``
+        newest."""
+        while self.used_bytes > room and len(self._items) > keep:
             _, old = self._items.popitem(last=False)
             self.used_bytes -= len(old)
 
@@ -93,10 +97,7 @@ class BlockCache:
             return
         self._items[chunk_id] = data
         self.used_bytes += len(data)
-        room = self.room_bytes()
-        while self.used_bytes > room and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self.used_bytes -= len(old)
+        self._let_go(self.room_bytes(), keep=1)  # the block just put stays, whatever the room
 
     async def get(self, client: Client, chunk_id: bytes) -> bytes:
         while True:
