@@ -61,6 +61,13 @@ R = TypeVar("R")
 
 _READDIR_BATCH = 512
 _OPEN_EVENTS_BATCH_S = 0.02
+#: How long a batch of releases alone may wait.  Nothing waits for a release: a late one only
+#: delays the purge of a file unlinked while open here, and one that matters sooner is sent
+#: first (``_register_opens``).  Writing a tree file after file then costs one call a second
+#: instead of one every 20 ms (untar of 6,798 files: 1,849 calls of ~1 ms each).
+_RELEASES_BATCH_S = 1.0
+#: A queue this long is sent without waiting further.
+_OPEN_EVENTS_MAX = 1024
 #: How often the mount tries again to store what the last close of a file could not.
 _UNSTORED_RETRY_S = 2.0
 _CAPABILITY = b"security.capability"
@@ -159,7 +166,9 @@ class Operations(pyfuse3.Operations):
         self.known = CompleteDirs(lambda: self._timeout_s(cfg.entry_timeout_s))
         # ("open"|"release", ino) registrations not yet sent, in order (see send_open_events).
         self._open_events: list[tuple[str, int]] = []
-        self._open_events_ready = trio.Event()
+        self._open_events_inos: set[int] = set()  # the inodes in _open_events
+        self._open_events_ready = trio.Event()  # something is queued
+        self._open_events_due = trio.Event()  # an open is queued, or the queue is full
         # inode -> monotonic time to give up: files whose last close could not store their
         # data (the daemon unreachable), tried again in the background (retry_unstored_loop).
         self.unstored: dict[int, float] = {}
@@ -920,7 +929,12 @@ class Operations(pyfuse3.Operations):
 
     def _queue_open_event(self, kind: str, ino: int) -> None:
         self._open_events.append((kind, ino))
+        self._open_events_inos.add(ino)
         self._open_events_ready.set()
+        # An open not yet registered lets another mount's unlink purge the file under this
+        # one's reader: those go within _OPEN_EVENTS_BATCH_S, releases may wait longer.
+        if kind != "release" or len(self._open_events) >= _OPEN_EVENTS_MAX:
+            self._open_events_due.set()
 
     async def _register_opens(self, parent: int, name: bytes) -> None:
         """Before ``name`` in ``parent`` loses its inode (unlink, rename over it): send the queued
@@ -934,7 +948,7 @@ class Operations(pyfuse3.Operations):
             if self.known.absent(parent, name):
                 return  # nothing loses a name
             ino = self.names.get((parent, name))
-            if ino is not None and all(queued != ino for _, queued in self._open_events):
+            if ino is not None and ino not in self._open_events_inos:
                 return
         await self.send_open_events()
 
@@ -942,6 +956,8 @@ class Operations(pyfuse3.Operations):
         """Send queued open/release registrations in batches, one transaction per batch."""
         while True:
             await self._open_events_ready.wait()
+            with trio.move_on_after(_RELEASES_BATCH_S):
+                await self._open_events_due.wait()
             # Nobody waits for these: collect a few milliseconds' worth per transaction.
             await trio.sleep(_OPEN_EVENTS_BATCH_S)
             await self.send_open_events()
@@ -951,7 +967,10 @@ class Operations(pyfuse3.Operations):
         knows about every file this mount holds open before a name can vanish."""
         while self._open_events:
             self._open_events_ready = trio.Event()
+            if self._open_events_due.is_set():  # (an unset one may be what the loop waits on)
+                self._open_events_due = trio.Event()
             batch, self._open_events = self._open_events, []
+            self._open_events_inos = set()
             try:
                 with trio.CancelScope(shield=True):
                     await self.client.open_events(batch, self.session)

@@ -21,6 +21,7 @@ from dfs.client.cluster import Client, ClusterInfo
 from dfs.core.changes import ATTR, DATA, Change
 from dfs.core.config import MountConfig
 from dfs.core.namespace import Attr, BlockRef, FileMap
+from mount import fs
 from mount.attrs import AttrCache
 from mount.coherence import Coherence
 from mount.dirs import CompleteDirs
@@ -229,15 +230,46 @@ def test_names_carry_their_inodes_and_forget_them_with_the_directory() -> None:
     assert dirs.entry(7, b"a") is None
 
 
-async def test_release_batches_are_still_sent_in_the_background(nursery: trio.Nursery) -> None:
+async def test_releases_alone_wait_longer_than_an_open(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     meta, ops = mounted(nursery)
     top = (await ops.mkdir(5, b"top", 0o755, Ctx())).st_ino  # type: ignore[arg-type]
-    await written(ops, top, b"f")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ops.open_events_loop)
-        with trio.fail_after(10):
-            await meta.events_sent.wait()
-        nursery.cancel_scope.cancel()
+    sent_at: list[float] = []
+    calls = meta.call
+
+    async def timed(method: str, *args: Any) -> Any:
+        if method == "meta.open_events":
+            sent_at.append(trio.current_time())
+        return await calls(method, *args)
+
+    meta.call = timed  # type: ignore[method-assign]
+    async with trio.open_nursery() as background:
+        background.start_soon(ops.open_events_loop)
+        # A tree written file after file: its releases go in one call per second at most.
+        started = trio.current_time()
+        closed = [await written(ops, top, b"f%d" % i) for i in range(50)]
+        await trio.sleep(0.5)
+        assert sent_at == []
+        await trio.sleep(0.6)
+        waited = fs._RELEASES_BATCH_S + fs._OPEN_EVENTS_BATCH_S
+        assert len(sent_at) == 1 and sent_at[0] - started == pytest.approx(waited)
+        # A read-only open waits no longer than before, releases queued ahead of it or not.
+        await written(ops, top, b"g")
+        opened_at = trio.current_time()
+        await read_open(ops, closed[0])
+        await trio.sleep(0.1)
+        assert len(sent_at) == 2 and sent_at[1] - opened_at == pytest.approx(fs._OPEN_EVENTS_BATCH_S)
+        # A queue grown to its bound goes at once.
+        filled_at = trio.current_time()
+        for _ in range(fs._OPEN_EVENTS_MAX // 2):
+            await read_open(ops, closed[1])  # (its open is sent too; then only releases)
+        await trio.sleep(0.1)
+        for i in range(fs._OPEN_EVENTS_MAX):
+            ops._queue_open_event("release", closed[i % 50])
+        await trio.sleep(0.1)
+        assert len(sent_at) == 4 and sent_at[3] - filled_at < 0.5
+        background.cancel_scope.cancel()
 
 
 async def test_a_file_made_below_directories_made_here_knows_its_volume(nursery: trio.Nursery) -> None:
