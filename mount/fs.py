@@ -928,13 +928,31 @@ class Operations(pyfuse3.Operations):
             self._unstored_ready = trio.Event()
 
     def _queue_open_event(self, kind: str, ino: int) -> None:
-        self._open_events.append((kind, ino))
+        events = self._open_events
+        covered = kind == "open" and ino in self._open_events_inos and self._open_before_release(ino)
+        if not covered:
+            events.append((kind, ino))
         self._open_events_inos.add(ino)
         self._open_events_ready.set()
         # An open not yet registered lets another mount's unlink purge the file under this
         # one's reader: those go within _OPEN_EVENTS_BATCH_S, releases may wait longer.
-        if kind != "release" or len(self._open_events) >= _OPEN_EVENTS_MAX:
+        if (kind == "open" and not covered) or len(events) >= _OPEN_EVENTS_MAX:
             self._open_events_due.set()
+
+    def _open_before_release(self, ino: int) -> bool:
+        """Queue an open of ``ino`` just ahead of a release of it still queued, if there is one.
+
+        That release means the daemon still counts an earlier open here, so nobody can purge
+        the file yet: the open may wait with the releases.  Ahead of the release, the count
+        never touches zero in between (rsync opens each file it just wrote and closed, to
+        chmod it, before renaming it: one call per file when each open went within 20 ms).
+        """
+        events = self._open_events
+        for i in range(len(events) - 1, -1, -1):
+            if events[i] == ("release", ino):
+                events.insert(i, ("open", ino))
+                return True
+        return False
 
     async def _register_opens(self, parent: int, name: bytes) -> None:
         """Before ``name`` in ``parent`` loses its inode (unlink, rename over it): send the queued

@@ -39,6 +39,7 @@ class TreeMeta:
         self.attrs: dict[int, Attr] = {}
         self.next_ino = 100
         self.events_sent_at: list[float] = []  # when each meta.open_events call came
+        self.events_sent: list[list[tuple[str, int]]] = []  # and what it carried
 
     async def call(self, method: str, *args: Any) -> Any:
         self.calls.append(method)
@@ -68,6 +69,7 @@ class TreeMeta:
             return [None, []]
         if method == "meta.open_events":
             self.events_sent_at.append(trio.current_time())
+            self.events_sent.append([(kind, ino) for kind, ino in args[0]])
             return None
         raise AssertionError(method)
 
@@ -261,6 +263,33 @@ async def test_releases_alone_wait_longer_than_an_open(
             ops._queue_open_event("release", closed[i % 50])
         await trio.sleep(0.1)
         assert len(sent_at) == 4 and sent_at[3] - filled_at < 0.5
+        background.cancel_scope.cancel()
+
+
+async def test_an_open_behind_a_queued_release_of_its_file_waits_with_the_releases(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    meta, ops = mounted(nursery)
+    top = (await ops.mkdir(5, b"top", 0o755, Ctx())).st_ino  # type: ignore[arg-type]
+    async with trio.open_nursery() as background:
+        background.start_soon(ops.open_events_loop)
+        started = trio.current_time()
+        # rsync: write the temporary file, close it, open it again to chmod it, close.
+        ino = await written(ops, top, b".f.tmp")
+        await read_open(ops, ino)
+        await trio.sleep(0.5)
+        assert meta.events_sent_at == []  # the daemon still counted the create's open
+        await trio.sleep(0.6)
+        waited = fs._RELEASES_BATCH_S + fs._OPEN_EVENTS_BATCH_S
+        assert len(meta.events_sent_at) == 1 and meta.events_sent_at[0] - started == pytest.approx(waited)
+        # Ahead of the earlier release: the count goes 1, 2, 1, 0, never 0 in between.
+        assert meta.events_sent == [[("open", ino), ("release", ino), ("release", ino)]]
+        # With no release of it queued, an open still goes within the short batch.
+        opened_at = trio.current_time()
+        await read_open(ops, ino)
+        await trio.sleep(0.1)
+        assert meta.events_sent[1] == [("open", ino), ("release", ino)]
+        assert meta.events_sent_at[1] - opened_at == pytest.approx(fs._OPEN_EVENTS_BATCH_S)
         background.cancel_scope.cancel()
 
 
