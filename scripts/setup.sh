@@ -63,6 +63,6 @@ fi
 
 # Byte code for the project's own modules.  The editable install leaves none, and where
 # PYTHONDONTWRITEBYTECODE is set no import writes it later: every daemon, mount and CLI would
-# start by compiling its modules from source (the daemon ~300 of them, over a second of CPU).
+# start by compiling its modules from source (the daemon about 150 of them, over a second of CPU).
 # Only sources changed since the last run are compiled again.
 .venv/bin/python -m compileall -q -j 0 dfs daemon mount >/dev/null
