@@ -57,6 +57,11 @@ class ChangeFeed:
             self._wake_polls()
         return seq
 
+    def others_listening(self, origin: int | None) -> bool:
+        """Whether a change by ``origin`` may have to wait for another mount (any thread may ask:
+        see ChangeLog.listeners_besides)."""
+        return self.log.listeners_besides(origin)
+
     @contextlib.contextmanager
     def busy(self, origin: int | None) -> Iterator[None]:
         """Around a change by ``origin``: nobody waits for its acknowledgements meanwhile."""

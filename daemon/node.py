@@ -63,8 +63,15 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
         listeners = await rpc.open_listeners(cfg.rpc.listen)
         if cfg.rpc.unix_socket:
             listeners += await rpc.open_listeners(f"unix:{cfg.unix_socket_path}", unix_group_gid=group_gid)
+        lane = service.lane
+        lane_listeners = []
+        if lane is not None:
+            lane_listeners = await rpc.open_listeners(f"unix:{lane.path}", unix_group_gid=group_gid)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
+            if lane is not None:
+                metrics.watch_lane(lane)
+                await nursery.start(lane.run, lane_listeners[0], server, metrics.observe_rpc, group_gid)
             if cfg.gossip.enabled:
                 service.membership = _membership(cfg, service)
                 await nursery.start(service.membership.run)

@@ -35,6 +35,7 @@ from dfs.heap import HeapTrimmer
 from dfs.net import credentials
 from dfs.net.certs import client_context_for
 from dfs.net.failover import FailoverCaller
+from dfs.net.lane import LaneClient
 from dfs.net.rpc import RpcClient, open_client
 from mount.coherence import Coherence
 from mount.fs import Operations, set_op_observer
@@ -245,6 +246,14 @@ async def run_mount(spec: MountSpec, cfg: Config, ready_fd: int | None) -> None:
     async with contextlib.AsyncExitStack() as stack:
         credential = mount_credential(cfg)  # read once: the metadata and chunk connections share it
         conn, info, meta = await _connect_first(stack, addresses, cfg, credential)
+        # The first daemon's changes go over its metadata lane once open (dfs/net/lane.py), when
+        # it has one this host can reach.  The lane's connection tasks run until the stack closes.
+        lane_nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(lane_nursery.cancel_scope.cancel)
+        meta.lane = LaneClient(
+            conn, lane_nursery, call_timeout_s=cfg.rpc.call_timeout_s, max_frame_bytes=cfg.rpc.max_frame_bytes
+        )
+        meta.lane.reopen()
         chunkio = await stack.enter_async_context(
             open_chunkio(
                 conn,

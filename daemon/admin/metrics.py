@@ -512,6 +512,48 @@ class _ClusterCollector:
         return [nodes, up]
 
 
+class LaneSource(Protocol):
+    """What :meth:`Metrics.watch_lane` exports: the metadata lane's counters."""
+
+    answered_here: int
+    answered_on_loop: int
+    refused: int
+
+    @property
+    def connections_open(self) -> int: ...
+
+
+class _LaneCollector:
+    """The metadata lane's calls by where they were answered, read at scrape time."""
+
+    def __init__(self, lane: LaneSource) -> None:
+        self._lane = lane
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        lane = self._lane
+        calls = CounterMetricFamily(
+            "dfs_rpc_lane_calls",
+            "Calls on the metadata lane: answered by its own thread (lane), or on the event loop "
+            "(loop: calls it does not run itself, and every call while another mount listens)",
+            labels=["answered"],
+        )
+        calls.add_metric(["lane"], float(lane.answered_here))
+        calls.add_metric(["loop"], float(lane.answered_on_loop))
+        refused = CounterMetricFamily(
+            "dfs_rpc_lane_connections_refused",
+            "Metadata lane connections closed after one error frame (peer, limit, no ticket)",
+        )
+        refused.add_metric([], float(lane.refused))
+        return [
+            calls,
+            refused,
+            _gauge("dfs_rpc_lane_connections_open", "Metadata lane connections open", lane.connections_open),
+        ]
+
+
 class _RpcCollector:
     """Who the RPC port turned away: read off the server's counters at scrape time."""
 
@@ -712,6 +754,10 @@ class Metrics:
         """Export the RPC server's refusals (connections and calls)."""
         self.registry.register(_RpcCollector(stats))
 
+    def watch_lane(self, lane: LaneSource) -> None:
+        """Export the metadata lane's counters (daemon/service/lane.py)."""
+        self.registry.register(_LaneCollector(lane))
+
     # -- observations ----------------------------------------------------------------
     # observe_meta may run in any thread (prometheus values are locked); the others touch the
     # plain ``requests_served`` ints too, so they belong on the event loop, where their callers are.
@@ -729,6 +775,13 @@ class Metrics:
         """One admin request; ``route`` is the route template, never the raw path."""
         self.admin_requests.labels(route, str(status)).inc()
         self.requests_served["admin"] += 1
+
+    def observe_rpc(self, method: str, ok: bool, seconds: float) -> None:
+        """One call answered outside the RPC server's handlers: the metadata lane's own
+        (daemon/service/lane.py), under the method meta.once made."""
+        self.rpc_requests.labels(method, "ok" if ok else "error").inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+        self.requests_served["rpc"] += 1
 
     def observe_meta(self, op: str, seconds: float) -> None:
         """One metadata write transaction (the service times its metadata-thread calls)."""

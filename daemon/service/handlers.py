@@ -41,6 +41,7 @@ from daemon.service.tiering import TierHandlers
 from daemon.service.upkeep import Upkeep
 from daemon.service.volume_keys import VolumeKeyService
 from dfs.core import endpoints
+from dfs.core.auth import CallerClass
 from dfs.core.changes import changes_of
 from dfs.core.errors import CallerNotAllowed, InvalidArgument, Unavailable
 from dfs.net import rpc
@@ -55,6 +56,22 @@ NOTICED_METHODS = tuple(ep.name for ep in endpoints.ALL.values() if ep.notices)
 def _by_name(bindings: Mapping[endpoints.Endpoint[Any], T]) -> dict[str, T]:
     """A handler table keyed by the method names the wire carries."""
     return {ep.name: fn for ep, fn in bindings.items()}
+
+
+def check_once(request_id: bytes, method: str, args: list[Any], caller: CallerClass | None) -> None:
+    """Refuse a meta.once call of ``method`` that ``caller`` (None: the daemon itself) may not
+    make, or whose arguments or request id are no such call."""
+    ep = endpoints.ALL.get(method)
+    if ep is None or not ep.once:
+        raise InvalidArgument(f"meta.once: {method!r:.60} is not a call meta.once makes")
+    if caller is not None and caller not in ep.callers:
+        raise CallerNotAllowed(f"{method}: not open to {caller.value} callers")
+    problem = ep.check_args(args)
+    if problem is not None:
+        raise InvalidArgument(problem)
+    low, high = endpoints.REQUEST_ID_BYTES
+    if not low <= len(request_id) <= high:
+        raise InvalidArgument(f"meta.once: a request id is {low} to {high} bytes")
 
 
 class HandlerTable:
@@ -90,6 +107,8 @@ class HandlerTable:
         self._upkeep = upkeep
         self._shaped = shaped
         self._frontends = frontends
+        #: The calls the metadata lane runs itself, by endpoint name (filled by :meth:`tasks`).
+        self.lane_calls: dict[str, Callable[..., Any]] = {}
 
     def tasks(self) -> dict[str, Handler]:
         """Every endpoint this daemon serves in a task."""
@@ -250,6 +269,12 @@ class HandlerTable:
             ep.name: self._stamped(fn, *ep.stamps) if ep.stamps else self._meta_call(fn)
             for ep, fn in in_meta_thread.items()
         }
+        # What the metadata lane may run in its own thread (daemon/service/lane.py): the changes
+        # a handler makes in one metadata-thread call and nothing else.
+        self.lane_calls.update(
+            {ep.name: self._thread_body(fn, ep.stamps) for ep, fn in in_meta_thread.items() if ep.once}
+        )
+        self.lane_calls[e.META_COMMIT_WRITE.name] = sh.commit_write_here
         f = self._frontends
         table.update(
             _by_name(
@@ -291,21 +316,10 @@ class HandlerTable:
         """meta.once: ``method`` from ``table`` under the client's request id (a secondary checks
         the call, then forwards it whole: the primary's metadata thread records it)."""
         metacalls = self._metacalls
-        low, high = endpoints.REQUEST_ID_BYTES
         forwarded = table[endpoints.META_ONCE.name] if forward else None
 
         async def once(request_id: bytes, retried: bool, method: str, args: list[Any]) -> Any:
-            ep = endpoints.ALL.get(method)
-            if ep is None or not ep.once:
-                raise InvalidArgument(f"meta.once: {method!r:.60} is not a call meta.once makes")
-            caller = rpc.current_caller()  # None: an in-process caller, the daemon itself
-            if caller is not None and caller not in ep.callers:
-                raise CallerNotAllowed(f"{method}: not open to {caller.value} callers")
-            problem = ep.check_args(args)
-            if problem is not None:
-                raise InvalidArgument(problem)
-            if not low <= len(request_id) <= high:
-                raise InvalidArgument(f"meta.once: a request id is {low} to {high} bytes")
+            check_once(request_id, method, args, rpc.current_caller())
             if forwarded is not None:
                 return await forwarded(request_id, retried, method, args)
             with metacalls.request(request_id, retried):
@@ -359,12 +373,7 @@ class HandlerTable:
         stamps are one transaction (MetaStore.stamped): no other write can
         interleave.
         """
-        meta = self._metacalls.meta
-
-        def run(*args: Any) -> list[Any]:
-            return meta.stamped(list(dict.fromkeys(args[i] for i in dir_args)), fn, *args)
-
-        run.__name__ = getattr(fn, "__name__", "run")
+        run = self._thread_body(fn, dir_args)
         metacalls = self._metacalls
 
         # wraps: inspect.signature(handler) shows fn's arguments (tests/unit/test_endpoints.py).
@@ -373,6 +382,18 @@ class HandlerTable:
             return await metacalls.run(run, *args)
 
         return call
+
+    def _thread_body(self, fn: Callable[..., Any], dir_args: tuple[int, ...]) -> Callable[..., Any]:
+        """What the metadata thread runs for a call of ``fn`` (see :meth:`_stamped`)."""
+        if not dir_args:
+            return fn
+        meta = self._metacalls.meta
+
+        def run(*args: Any) -> list[Any]:
+            return meta.stamped(list(dict.fromkeys(args[i] for i in dir_args)), fn, *args)
+
+        run.__name__ = getattr(fn, "__name__", "run")
+        return run
 
     def _read_call(self, fn: Callable[..., Any]) -> Handler:
         metacalls = self._metacalls

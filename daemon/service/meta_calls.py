@@ -30,10 +30,12 @@ import contextlib
 import contextvars
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
+
+import outcome
 
 from daemon.changefeed import ChangeFeed
 from daemon.meta import MetaStore
@@ -44,6 +46,11 @@ from dfs.net import rpc
 
 log = logging.getLogger("dfs.daemon")
 T = TypeVar("T")
+
+
+class NotOnLane(Exception):
+    """Raised by a metadata lane call (daemon/service/lane.py) before it changes anything: the
+    call needs the event loop (it asks other nodes first), which answers it instead."""
 
 
 @dataclass(slots=True)
@@ -160,19 +167,7 @@ class MetaCalls:
         others: list[Change] = []  # shared metadata: what other daemons committed meanwhile
 
         def run() -> T:
-            written = store.total_changes
-            try:
-                return call()
-            finally:
-                # Still in the metadata thread: exactly the rows this call committed
-                # (reads, which wrote nothing, skip the oplog query).
-                if not self.shared and request is None:
-                    if store.total_changes != written:
-                        found.extend(self._changes_since_last(store))
-                elif store.last_call_changed:
-                    own, peers = self._changes_split(store, store.logged_seqs, store.logged_rows())
-                    found.extend(own)
-                    others.extend(peers)
+            return self._noting_changes(store, call, request is not None, found, others)
 
         run.__name__ = getattr(fn, "__name__", "call")  # the metadata observer's label
         origin = rpc.current_connection()
@@ -186,6 +181,46 @@ class MetaCalls:
             if seq is not None:
                 await self.changes.settle(seq, origin)
         return result
+
+    def run_here(
+        self, fn: Callable[..., T], args: Sequence[Any], request_id: bytes, retried: bool
+    ) -> tuple[outcome.Outcome[T], list[Change], list[Change]]:
+        """The metadata lane's thread (daemon/service/lane.py): ``fn(*args)`` exactly once under
+        ``request_id``, as :meth:`run` would in the metadata thread, serialized with it; its
+        outcome, the notices for the changes it made and for other daemons' (shared metadata).
+        The caller records those on the event loop."""
+        store = self.meta
+        found: list[Change] = []
+        others: list[Change] = []
+        call = partial(store.call_once, request_id, fn, *args, retried=retried)
+        name = getattr(fn, "__name__", "call")
+        with self.worker.holding(name):
+            result = outcome.capture(self._noting_changes, store, call, True, found, others)
+        return result, found, others
+
+    def _noting_changes(
+        self,
+        store: MetaStore,
+        call: Callable[[], T],
+        requested: bool,
+        found: list[Change],
+        others: list[Change],
+    ) -> T:
+        """Metadata thread: ``call()``, then the notices for exactly the rows it committed into
+        ``found`` (and, with shared metadata, other daemons' since the last look into ``others``),
+        whether it succeeded or not."""
+        written = store.total_changes
+        try:
+            return call()
+        finally:
+            # Reads, which wrote nothing, skip the oplog query.
+            if not self.shared and not requested:
+                if store.total_changes != written:
+                    found.extend(self._changes_since_last(store))
+            elif store.last_call_changed:
+                own, peers = self._changes_split(store, store.logged_seqs, store.logged_rows())
+                found.extend(own)
+                others.extend(peers)
 
     async def poll_changes(self) -> None:
         """Shared metadata: notices for the changes other daemons committed (the oplog is one for

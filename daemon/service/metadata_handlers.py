@@ -16,7 +16,7 @@ from typing import Any
 from daemon.chunks import ChunkStore
 from daemon.cluster.deletions import AnyDeletionLog
 from daemon.service.cluster_runner import ClusterRunner
-from daemon.service.meta_calls import MetaCalls
+from daemon.service.meta_calls import MetaCalls, NotOnLane
 from daemon.service.threads import ChunkThreads
 from dfs.core.errors import InvalidArgument
 from dfs.core.namespace import Attr, BlockRef, FileMap
@@ -178,20 +178,50 @@ class MetaHandlers:
             _check_setattr(attrs)  # before the commit: applied after it, in the same call
         exists = await self._chunk_exists_for(refs)
         r = _replicas_arg(replicas)
+        return await self._m(self._commit_write, ino, size, mtime_ns, refs, inline, exists, r, attrs)
 
-        def run() -> Attr:
-            attr = self._metacalls.meta.commit_write(
-                ino,
-                size=size,
-                mtime_ns=mtime_ns,
-                blocks=refs,
-                inline=inline,
-                chunk_exists=exists,
-                replicas=r,
-            )
-            return self.setattr(ino, attrs) if attrs else attr
+    def commit_write_here(
+        self,
+        ino: int,
+        size: int,
+        mtime_ns: int,
+        blocks: list[Any],
+        inline: bytes | None,
+        attrs: dict[str, Any] | None = None,
+        replicas: int | None = None,
+    ) -> Attr:
+        """:meth:`commit_write` as one metadata-thread call, for the metadata lane
+        (daemon/service/lane.py): alone, this daemon's chunk store answers whether a chunk is
+        stored; in a cluster the other nodes are asked first, on the event loop (NotOnLane)."""
+        if self._cluster.clustered():
+            raise NotOnLane("a cluster's chunks are asked about on the event loop")
+        refs = [BlockRef.from_wire(b) for b in blocks]
+        if attrs:
+            _check_setattr(attrs)
+        r = _replicas_arg(replicas)
+        return self._commit_write(ino, size, mtime_ns, refs, inline, self.chunks.exists, r, attrs)
 
-        return await self._m(run)
+    def _commit_write(
+        self,
+        ino: int,
+        size: int,
+        mtime_ns: int,
+        refs: list[BlockRef],
+        inline: bytes | None,
+        exists: Callable[[bytes], bool],
+        replicas: int | None,
+        attrs: dict[str, Any] | None,
+    ) -> Attr:
+        attr = self._metacalls.meta.commit_write(
+            ino,
+            size=size,
+            mtime_ns=mtime_ns,
+            blocks=refs,
+            inline=inline,
+            chunk_exists=exists,
+            replicas=replicas,
+        )
+        return self.setattr(ino, attrs) if attrs else attr
 
     async def _chunk_exists_for(self, refs: list[BlockRef]) -> Callable[[bytes], bool]:
         """The "is this chunk stored?" test a commit uses for chunks it references anew (see the

@@ -32,6 +32,7 @@ from daemon.service.cluster_runner import ClusterRunner
 from daemon.service.frontends import ForwardedAdmin, Frontends
 from daemon.service.handlers import HandlerTable
 from daemon.service.keys import ClusterKey, load_or_create_root_key
+from daemon.service.lane import MetadataLane, no_lane
 from daemon.service.leadership import Leadership
 from daemon.service.local import Handler, LocalCaller
 from daemon.service.master_key_sync import CHECK_INTERVAL_S, MasterKeySync
@@ -222,6 +223,19 @@ class Service:
             tiers=TierHandlers(self.metacalls, self.tiers, self.tier_worker),
         )
         self.handlers: dict[str, Handler] = self.table.tasks()
+        # The metadata lane (daemon/service/lane.py): the primary's, beside its unix socket.
+        self.lane: MetadataLane | None = None
+        if cfg.rpc.unix_socket and cfg.rpc.metadata_lane and store is not None:
+            self.lane = MetadataLane(
+                str(cfg.data_path / "lane.sock"),
+                self.metacalls,
+                self.changes,
+                self.table.lane_calls,
+                max_frame_bytes=cfg.rpc.max_frame_bytes,
+                max_inflight=cfg.rpc.max_inflight_per_conn,
+                send_timeout_s=cfg.rpc.call_timeout_s,
+            )
+        self.handlers[endpoints.META_LANE.name] = self.lane.issue if self.lane is not None else no_lane
         # The background loops; the node starts each once run_cluster has started.
         self.workers: list[Periodic | Retrying] = list(runner.workers)
         st = cfg.storage

@@ -2,8 +2,10 @@
 
 - :class:`MetaWorker`: every metadata transaction that writes runs in one
   dedicated thread on the writer connection, so commits never block the event
-  loop and are serialized without extra locks.  The hand-off is a queue plus
-  ``run_sync_soon``, about half the cost of ``trio.to_thread``.
+  loop.  The hand-off is a queue plus ``run_sync_soon``, about half the cost of
+  ``trio.to_thread``.  The metadata lane's threads (daemon/service/lane.py) run
+  their transactions on the same connection under the worker's lock
+  (:meth:`MetaWorker.holding`), one at a time with the worker's.
 - :class:`ChunkThreads`: chunk I/O (read, verify, write, fsync) runs in worker
   threads under its own limiter (the chunk store is thread-safe); repair and
   hot-chunk copies share the limiter, so together they never take more threads.
@@ -11,10 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
@@ -37,21 +40,33 @@ class MetaWorker:
         self._thread: threading.Thread | None = None
         # Called in the metadata thread with (operation, seconds) after each transaction.
         self.observe: Callable[[str, float], None] | None = None
+        # Held around every transaction, the worker's and the lane's (one writer at a time).
+        self._lock = threading.Lock()
 
     def _loop(self) -> None:
         token = self._token
         assert token is not None
         while (item := self._queue.get()) is not None:
             fn, task = item
-            started = time.perf_counter()
-            result = outcome.capture(fn)
-            if self.observe is not None:
-                inner = getattr(fn, "func", fn)
-                self.observe(getattr(inner, "__name__", "call"), time.perf_counter() - started)
+            inner = getattr(fn, "func", fn)
+            with self.holding(getattr(inner, "__name__", "call")):
+                result = outcome.capture(fn)
             try:
                 token.run_sync_soon(trio.lowlevel.reschedule, task, result)
             except trio.RunFinishedError:
                 return
+
+    @contextlib.contextmanager
+    def holding(self, name: str) -> Iterator[None]:
+        """Within: no other transaction runs (in this thread or another); ``observe`` is told
+        how long it took, under ``name``."""
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                if self.observe is not None:
+                    self.observe(name, time.perf_counter() - started)
 
     async def run(self, fn: Callable[[], T]) -> T:
         if self._thread is None:

@@ -432,6 +432,13 @@ class ChangeLog:
     def subscribers(self) -> int:
         return len(self._subs)
 
+    def listeners_besides(self, origin: int | None) -> bool:
+        """Whether a subscriber other than ``origin`` is known.  Safe from another thread than
+        the one changing the log: the keys are copied in one C-level step, under the GIL."""
+        subs = set(self._subs)
+        subs.discard(origin)  # type: ignore[arg-type]
+        return bool(subs)
+
     def busy(self, origin: int) -> None:
         """``origin`` has a change in progress (see the module docstring)."""
         self._busy[origin] += 1

@@ -47,6 +47,8 @@ class RpcConfig:
     # The address other nodes and clients reach this daemon's RPC at; empty: the listen address.
     advertise: str = ""
     unix_socket: bool = True  # also listen on <data_dir>/rpc.sock (faster for local clients)
+    # The primary serves local mounts' changes on <data_dir>/lane.sock, in a thread per mount.
+    metadata_lane: bool = True
     # A group whose members may use the unix socket besides root and the daemon's user; empty: none.
     unix_socket_group: str = ""
     max_frame_bytes: int = 72 * MiB

@@ -677,6 +677,12 @@ META_ONCE: Endpoint[Any] = _declare(
     callers=ANYONE,
 )
 REQUEST_ID_BYTES = (16, 32)
+# The metadata lane (daemon/service/lane.py): asked with no ticket, on a connection to this
+# daemon, ``{"socket": path, "ticket": bytes}`` (None: this daemon serves no lane); the ticket,
+# good once and for a minute, is the first call on a connection to that unix socket, and ties
+# it to the asking connection: what a mount changes through the lane is not news to itself.
+# Idempotent: a repeat only makes another ticket.
+META_LANE: Endpoint[Any] = _declare("meta.lane", "ticket:bytes?", idempotent=True, callers=ANYONE)
 
 # -- volume encryption keys (dfs/core/keys.py, daemon/service/volume_keys.py) -------------------
 # Every volume's codec (zstd level, key id to encrypt with) and every data key, unwrapped by the

@@ -67,6 +67,9 @@ class FailoverCaller:
         self._retry_window_s = retry_window_s
         self._waiting = True
         self.switches = 0
+        #: The metadata lane of the first daemon (dfs/net/lane.py), when it has one: changes
+        #: go there while it is open and that daemon is the current one.
+        self.lane: Caller | None = None
 
     @property
     def current(self) -> str:
@@ -95,6 +98,14 @@ class FailoverCaller:
         if once:
             wire_args: tuple[Any, ...] = (secrets.token_bytes(_REQUEST_ID_BYTES), False, method, list(args))
             method = _ONCE_METHOD
+            if self.lane is not None and self._index == 0:
+                try:
+                    return await self.lane.call(method, *wire_args)
+                except ConnectFailed:
+                    pass  # not sent: over the connection
+                except NoReply:
+                    # Maybe applied: over the connection, as a repeat (answered from the record).
+                    wire_args = (wire_args[0], True, *wire_args[2:])
         else:
             wire_args = args
         deadline = trio.current_time() + self._retry_window_s

@@ -62,6 +62,7 @@ Large payloads travel as separate buffers from the caller's memory (see
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -72,7 +73,7 @@ import ssl
 import stat
 import struct
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -163,6 +164,22 @@ def current_connection() -> int | None:
     Lets a service tell one client's calls from another's, e.g. not to notify a client of
     its own changes (daemon/changefeed.py).  Never reused within a process."""
     return _serving_connection.get()
+
+
+def new_connection_id() -> int:
+    """A number for a connection served another way (the metadata lane): never reused."""
+    return next(_connection_ids)
+
+
+@contextlib.contextmanager
+def serving(connection: int, caller: CallerClass) -> Iterator[None]:
+    """Within: handlers see ``connection`` and ``caller`` as the ones they serve."""
+    tokens = _serving_connection.set(connection), _serving_caller.set(caller)
+    try:
+        yield
+    finally:
+        _serving_caller.reset(tokens[1])
+        _serving_connection.reset(tokens[0])
 
 
 def current_caller() -> CallerClass | None:
@@ -1015,7 +1032,7 @@ class RpcServer:
         self.stats.connections_opened += 1
         self.stats.connections_open += 1
         # This task serves only this connection, so the value stays with it and its request tasks.
-        _serving_connection.set(next(_connection_ids))
+        _serving_connection.set(new_connection_id())
         unix = _is_unix(stream)
         refusal: DfsError | None = None
         if self.stats.connections_open > self._max_connections:
@@ -1100,15 +1117,13 @@ class RpcServer:
         return event
 
     def _unix_class(self, stream: trio.abc.Stream) -> CallerClass:
-        """Root and this daemon's user could read every credential file: ``node``; the allowed
-        group is ``client`` (admitted at all only after :meth:`_check_unix_peer`)."""
-        sock = getattr(stream, "socket", None)
+        """The class of a unix socket caller admitted by :meth:`_check_unix_peer`."""
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)  # type: ignore[union-attr]
-            uid = _PEERCRED.unpack(raw)[1]
-        except (OSError, AttributeError, struct.error):
-            return CallerClass.CLIENT
-        return CallerClass.NODE if uid in (0, self._own_uid) else CallerClass.CLIENT
+            return unix_caller(
+                getattr(stream, "socket", None), own_uid=self._own_uid, group_gid=self._unix_group_gid
+            )
+        except NotPermitted:
+            return CallerClass.CLIENT  # gone meanwhile: the least the check admitted
 
     def _refusal(self, conn: _ServerConnection, method: str) -> CallerNotAllowed | None:
         """Why this connection's caller may not call ``method`` (None: it may)."""
@@ -1166,18 +1181,13 @@ class RpcServer:
 
     def _check_unix_peer(self, stream: trio.abc.Stream) -> DfsError | None:
         """Why a unix socket caller is refused (None: admitted), from its SO_PEERCRED."""
-        sock = getattr(stream, "socket", None)
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)  # type: ignore[union-attr]
-            pid, uid, gid = _PEERCRED.unpack(raw)
-        except (OSError, AttributeError, struct.error) as exc:
-            return NotPermitted(f"cannot tell who is calling on the unix socket: {exc}")
-        groups: frozenset[int] = frozenset()
-        if self._unix_group_gid is not None and gid != self._unix_group_gid:
-            groups = _supplementary_groups(pid)
-        if unix_peer_allowed(uid, gid, groups, own_uid=self._own_uid, group_gid=self._unix_group_gid):
-            return None
-        return NotPermitted(f"uid {uid} may not use this daemon's unix socket")
+            unix_caller(
+                getattr(stream, "socket", None), own_uid=self._own_uid, group_gid=self._unix_group_gid
+            )
+        except NotPermitted as exc:
+            return exc
+        return None
 
     async def _reject_connection(self, conn: _ServerConnection, exc: DfsError) -> None:
         if isinstance(exc, ProtocolError):
@@ -1205,7 +1215,7 @@ class RpcServer:
 
     async def _run_request(self, conn: _ServerConnection, req: wire.Request) -> None:
         try:
-            parts = await self._dispatch(req)
+            parts = await self.dispatch(req)
         except BaseException:
             conn.slots.release()  # only cancellation gets here: the connection is closing
             raise
@@ -1220,8 +1230,9 @@ class RpcServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.close()  # the client went away (or a write broke): nobody to answer
 
-    async def _dispatch(self, req: wire.Request) -> list[wire.Buffer]:
-        """Run one request and return its encoded response frame."""
+    async def dispatch(self, req: wire.Request) -> list[wire.Buffer]:
+        """Run one request and return its encoded response frame (also for a request that came
+        another way: the metadata lane's, daemon/service/lane.py, within :func:`serving`)."""
         handler = self._handlers.get(req.method)
         if handler is None:
             self.stats.calls[_UNKNOWN_METHOD_KEY] += 1
@@ -1292,6 +1303,23 @@ class RpcServer:
 
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def unix_caller(sock: Any, *, own_uid: int, group_gid: int | None) -> CallerClass:
+    """The caller class of the peer of unix socket ``sock``, from its SO_PEERCRED: root and
+    ``own_uid`` (who could read every credential file) are ``node``, members of ``group_gid``
+    ``client``; NotPermitted for anyone else, or when the kernel cannot say who it is."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        pid, uid, gid = _PEERCRED.unpack(raw)
+    except (OSError, AttributeError, struct.error) as exc:
+        raise NotPermitted(f"cannot tell who is calling on the unix socket: {exc}") from None
+    groups: frozenset[int] = frozenset()
+    if group_gid is not None and gid != group_gid:
+        groups = _supplementary_groups(pid)
+    if not unix_peer_allowed(uid, gid, groups, own_uid=own_uid, group_gid=group_gid):
+        raise NotPermitted(f"uid {uid} may not use this daemon's unix socket")
+    return CallerClass.NODE if uid in (0, own_uid) else CallerClass.CLIENT
 
 
 def unix_peer_allowed(

@@ -467,6 +467,9 @@ async def test_the_arguments_in_repo_callers_send_pass_the_check(primary: Servic
         await e.META_CHUNK_FACTORS.call(conn, [ref.chunk_id])
         await e.META_CHUNK_REPLICAS.call(conn, [ref.chunk_id])
         await e.META_CLAIM_ORPHANS.call(conn, [b"\0" * 32])
+        # A mount asks for the metadata lane (dfs/net/lane.py); a ticket belongs on the lane.
+        await e.META_LANE.call(conn)
+        await _attempt(e.META_LANE.call(conn, b"t" * 16))
         secondary_cfg = config_mod.parse(
             f'[node]\ndata_dir = "{tmp_path / "sec"}"\n[cluster]\nmeta = "127.0.0.1:1"\n',
             env={},

@@ -77,6 +77,33 @@ async def test_a_change_whose_reply_was_lost_goes_again_with_the_same_id_marked_
     assert again[2:] == ("meta.rename", [1, b"a", 1, b"b", 0])
 
 
+async def test_changes_go_over_the_lane_while_it_is_open_and_the_first_daemon_is_current() -> None:
+    fo, (a, b, _) = caller()
+    lane = Fake("lane")
+    fo.lane = lane
+    assert await fo.call("meta.mkdir", 1, b"x", 0o755, 0, 0) == "lane"
+    assert await fo.call("meta.getattr", 1) == "d0"  # only changes take the lane
+    assert lane.methods == ["meta.once"] and lane.calls[0][1][1:] == (
+        False,
+        "meta.mkdir",
+        [1, b"x", 0o755, 0, 0],
+    )
+    lane.fail = ConnectFailed("the metadata lane is not open")  # nothing sent: as new, over the connection
+    assert await fo.call("meta.mkdir", 1, b"y", 0o755, 0, 0) == "d0"
+    assert a.calls[-1][1][1:] == (False, "meta.mkdir", [1, b"y", 0o755, 0, 0])
+    assert a.calls[-1][1][0] == lane.calls[-1][1][0]
+    lane.fail = NoReply("lane lost")  # maybe applied: the same id again, marked retried
+    assert await fo.call("meta.rename", 1, b"a", 1, b"b", 0) == "d0"
+    assert a.calls[-1][1][:2] == (lane.calls[-1][1][0], True)
+    a.fail = ConnectFailed("refused")
+    lane.fail = None
+    assert await fo.call("meta.mkdir", 1, b"z", 0o755, 0, 0) == "lane"  # the lane's daemon is current
+    assert await fo.call("meta.getattr", 1) == "d1"  # the first daemon is gone: moved on...
+    lane_calls = len(lane.calls)
+    assert await fo.call("meta.mkdir", 1, b"w", 0o755, 0, 0) == "d1"  # ...and its lane is not used
+    assert len(lane.calls) == lane_calls and b.methods[-1] == "meta.once"
+
+
 async def test_one_daemon_is_waited_for_while_it_restarts(autojump_clock: trio.testing.MockClock) -> None:
     fo, (a,) = caller(1)
     a.fail, a.fail_times = NoReply("connection lost"), 5
