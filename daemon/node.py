@@ -10,6 +10,7 @@ it stops everything, and the stores are closed after every task has finished.
 from __future__ import annotations
 
 import grp
+import logging
 import ssl
 
 import trio
@@ -28,6 +29,8 @@ from dfs.core.config import Config
 from dfs.core.errors import ConfigError
 from dfs.net import rpc
 from dfs.net.certs import server_context_for
+
+log = logging.getLogger("dfs.daemon")
 
 
 def _unix_group_gid(cfg: Config) -> int | None:
@@ -66,7 +69,12 @@ async def serve(cfg: Config, *, task_status: trio.TaskStatus[Service] = trio.TAS
         lane = service.lane
         lane_listeners = []
         if lane is not None:
-            lane_listeners = await rpc.open_listeners(f"unix:{lane.path}", unix_group_gid=group_gid)
+            try:
+                lane_listeners = await rpc.open_listeners(f"unix:{lane.path}", unix_group_gid=group_gid)
+            except ConfigError as exc:
+                # e.g. a data_dir path too long for one more socket: mounts go over rpc.sock.
+                log.warning("serving no metadata lane: %s", exc.message)
+                lane = None
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listeners)
             if lane is not None:
