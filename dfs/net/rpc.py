@@ -166,14 +166,10 @@ def current_connection() -> int | None:
     return _serving_connection.get()
 
 
-def new_connection_id() -> int:
-    """A number for a connection served another way (the metadata lane): never reused."""
-    return next(_connection_ids)
-
-
 @contextlib.contextmanager
 def serving(connection: int, caller: CallerClass) -> Iterator[None]:
-    """Within: handlers see ``connection`` and ``caller`` as the ones they serve."""
+    """Within: handlers see ``connection`` and ``caller`` as the ones they serve (the metadata
+    lane's calls handed to the event loop stand for the connection their ticket came from)."""
     tokens = _serving_connection.set(connection), _serving_caller.set(caller)
     try:
         yield
@@ -1032,7 +1028,7 @@ class RpcServer:
         self.stats.connections_opened += 1
         self.stats.connections_open += 1
         # This task serves only this connection, so the value stays with it and its request tasks.
-        _serving_connection.set(new_connection_id())
+        _serving_connection.set(next(_connection_ids))
         unix = _is_unix(stream)
         refusal: DfsError | None = None
         if self.stats.connections_open > self._max_connections:
