@@ -339,7 +339,10 @@ class MetadataLane:
         if token is None:
             raise OSError("the daemon is stopping")
         self.answered_on_loop += 1
-        token.run_sync_soon(self._start_on_loop, conn, req)
+        try:
+            token.run_sync_soon(self._start_on_loop, conn, req)
+        except trio.RunFinishedError:
+            raise OSError("the daemon stopped") from None
 
     def _leave(
         self, origin: int | None, found: list[Change], others: list[Change], method: str, ok: bool, s: float
