@@ -18,9 +18,10 @@ runs its transaction itself and answers: one wake-up each way.
   told of its own changes (daemon/changefeed.py).
 - **What.** ``meta.once`` only.  A call whose handler is one metadata-thread call
   (HandlerTable.lane_calls; a commit only while this daemon is alone: in a cluster
-  it asks other nodes about its chunks first, NotOnLane) runs in the lane's thread, under the metadata
-  worker's lock (one transaction at a time, on the same connection), while no
-  other mount listens to this daemon's change notices; its notices are then
+  it asks other nodes about its chunks first, NotOnLane) runs in the lane's
+  thread, under the metadata worker's lock (one transaction at a time, on the
+  same connection), while no other mount listens to this daemon's change
+  notices; its notices are then
   recorded on the event loop after the answer, since nobody has to apply them
   first.  Any other call, and every call while another mount listens (a change
   must then wait for it to apply the notice, :meth:`ChangeFeed.settle`), goes to
@@ -91,10 +92,10 @@ _thread_ids = itertools.count(1)
 class _Connection:
     sock: socket.socket
     caller: CallerClass
+    #: Calls of this connection on the event loop: reading pauses while all are taken.
+    slots: threading.BoundedSemaphore
     #: The connection whose ticket this one presented (None until it has).
     origin: int | None = None
-    #: Calls of this connection on the event loop: reading pauses while all are taken.
-    slots: threading.BoundedSemaphore = field(default_factory=threading.BoundedSemaphore)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
 
@@ -213,7 +214,7 @@ class MetadataLane:
             with self._connections_lock:
                 if len(self._connections) >= MAX_CONNECTIONS:
                     raise NotPermitted(f"the metadata lane serves {MAX_CONNECTIONS} connections at most")
-                conn = _Connection(sock, caller, slots=threading.BoundedSemaphore(self._max_inflight))
+                conn = _Connection(sock, caller, threading.BoundedSemaphore(self._max_inflight))
                 self._connections.add(conn)
         except NotPermitted as exc:
             self.refused += 1

@@ -75,6 +75,17 @@ def _replicas_arg(value: Any) -> int | None:
     return value
 
 
+def _commit_args(
+    blocks: list[Any], attrs: dict[str, Any] | None, replicas: Any
+) -> tuple[list[BlockRef], int | None]:
+    """A commit's blocks as refs and its R, with its held-back ``attrs`` checked before the
+    commit (they are applied after it, in the same metadata-thread call)."""
+    refs = [BlockRef.from_wire(b) for b in blocks]
+    if attrs:
+        _check_setattr(attrs)
+    return refs, _replicas_arg(replicas)
+
+
 class MetaHandlers:
     """Shaped metadata calls: the ``_``-prefixed ones run in the metadata thread (the handler
     table wraps them), the public ones are whole handlers."""
@@ -173,11 +184,8 @@ class MetaHandlers:
         """Commit a file's new blocks; ``attrs`` are setattr changes the mount held
         back while it wrote the file, applied right after (same metadata-thread call).
         ``replicas`` is the R the blocks were written with (repair keeps that many copies)."""
-        refs = [BlockRef.from_wire(b) for b in blocks]
-        if attrs:
-            _check_setattr(attrs)  # before the commit: applied after it, in the same call
+        refs, r = _commit_args(blocks, attrs, replicas)
         exists = await self._chunk_exists_for(refs)
-        r = _replicas_arg(replicas)
         return await self._m(self._commit_write, ino, size, mtime_ns, refs, inline, exists, r, attrs)
 
     def commit_write_here(
@@ -195,10 +203,7 @@ class MetaHandlers:
         stored; in a cluster the other nodes are asked first, on the event loop (NotOnLane)."""
         if self._cluster.clustered():
             raise NotOnLane("a cluster's chunks are asked about on the event loop")
-        refs = [BlockRef.from_wire(b) for b in blocks]
-        if attrs:
-            _check_setattr(attrs)
-        r = _replicas_arg(replicas)
+        refs, r = _commit_args(blocks, attrs, replicas)
         return self._commit_write(ino, size, mtime_ns, refs, inline, self.chunks.exists, r, attrs)
 
     def _commit_write(

@@ -52,12 +52,6 @@ class LaneClient:
         self._opening = False
         self._retry_at = -math.inf
         self._retry_s = RETRY_FIRST_S
-        #: Times the lane was opened (for tests and the mount's log).
-        self.opened = 0
-
-    @property
-    def open(self) -> bool:
-        return self._client is not None and self._client.connected
 
     async def call(self, method: str, *args: Any) -> Any:
         """``method(*args)`` over the lane.  ConnectFailed when it is not open (nothing was
@@ -96,7 +90,6 @@ class LaneClient:
             )
             await client.call(_LANE, where["ticket"])
             self._client, client = client, None
-            self.opened += 1
             self._retry_s = RETRY_FIRST_S
             log.debug("metadata lane open at %s", where["socket"])
         except (DfsError, KeyError, TypeError) as exc:
