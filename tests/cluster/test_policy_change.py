@@ -113,7 +113,9 @@ def test_rest_node_removal_keeps_the_cli_rules(cluster: list[Daemon]) -> None:
     for i in range(6):
         s3.put_object(Bucket="data", Key=f"k{i}", Body=os.urandom((1 << 20) + i))
     names = set(copies(cluster)) - before
-    wait_for(lambda: set(counts(cluster, names)) == {2}, 30, "two copies of every chunk")
+    # At least R: under load a put that outlived peer_timeout_s went to a spare as well, and
+    # that surplus copy stays until an anti-entropy round (600 s here) trims it.
+    wait_for(lambda: min(counts(cluster, names)) >= 2, 30, "two copies of every chunk")
 
     # Active: refused by both paths, even forced.
     status, body = admin(n1, "DELETE", "/storage/nodes/n3")
