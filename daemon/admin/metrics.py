@@ -50,6 +50,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from daemon.meta.store import SCAN_CACHE_BYTES
 from dfs.core import endpoints
 from dfs.core.endpoints import declared
 from dfs.core.errors import DfsError, InvalidArgument
@@ -821,6 +822,13 @@ class Metrics:
             snap = await self.refresh(node)
         return snap
 
+    def _scan_reader(self, node: MetricsSource) -> MetaStore:
+        """The metrics' own reader (under ``_reader_guard``), opened on first use.  A small page
+        cache: its scans read each page once, and kept, they only grew the daemon's RSS."""
+        if self._reader is None:
+            self._reader = node.meta.reader(cache_bytes=SCAN_CACHE_BYTES)
+        return self._reader
+
     def _counts(self, node: MetricsSource) -> dict[str, int]:
         # Worker thread.  A private read-only connection: WAL readers neither wait for nor block
         # the writer, and counts() scans whole tables, too slow for the event-loop reader.
@@ -829,9 +837,7 @@ class Metrics:
                 return dict(self.snapshot.counts)
             if not node.is_primary:
                 return {}  # the namespace lives on the metadata primary; its /metrics has the counts
-            if self._reader is None:
-                self._reader = node.meta.reader()
-            return self._reader.counts()
+            return self._scan_reader(node).counts()
 
     def _snapshot_stats(self, node: MetricsSource) -> dict[str, tuple[int, int]]:
         # Worker thread, the same private reader as _counts: one indexed scan of the registry.
@@ -840,10 +846,8 @@ class Metrics:
                 return dict(self.snapshot.snapshots)
             if not node.is_primary:
                 return {}
-            if self._reader is None:
-                self._reader = node.meta.reader()
             out: dict[str, tuple[int, int]] = {}
-            for row in self._reader.list_snapshots():
+            for row in self._scan_reader(node).list_snapshots():
                 count, last = out.get(row["volume"], (0, 0))
                 out[row["volume"]] = (count + 1, max(last, row["created_ns"]))
             return out
@@ -855,14 +859,13 @@ class Metrics:
                 return dict(self.snapshot.volumes), self.snapshot.provisioned_bytes  # type: ignore[arg-type]
             if not node.is_primary:
                 return {}, None
-            if self._reader is None:
-                self._reader = node.meta.reader()
+            reader = self._scan_reader(node)
             volumes: dict[str, dict[str, int | None]] = {}
-            for vol in self._reader.list_volumes():
-                row = self._reader.get_quota(int(vol["ino"]))
+            for vol in reader.list_volumes():
+                row = reader.get_quota(int(vol["ino"]))
                 if row is not None:
                     volumes[str(vol["name"])] = row
-            for usage in self._reader.trash_usage():  # one grouped scan of the trash table
+            for usage in reader.trash_usage():  # one grouped scan of the trash table
                 name = str(usage["volume"])
                 if name in volumes:
                     volumes[name] = {
@@ -870,7 +873,7 @@ class Metrics:
                         "trash_bytes": int(usage["bytes"]),
                         "trash_entries": int(usage["entries"]),
                     }
-            return volumes, self._reader.provisioned_bytes()
+            return volumes, reader.provisioned_bytes()
 
     def close(self) -> None:
         """Release the metrics' SQLite connection; idempotent."""

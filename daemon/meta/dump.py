@@ -101,6 +101,7 @@ from daemon.meta.quotas import recompute_usage
 from daemon.meta.schema import _INTERNAL_KEY, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.store import (
     MetaStore,
+    MiB,
     _connect,
     catch_up_sequences,
     describe_dsn,
@@ -735,7 +736,7 @@ def _load_sqlite(reader: _Reader, path: Path, *, block_size: int) -> DumpInfo:
     db = _connect("sqlite", str(path), str(path))
     try:
         db.execute("PRAGMA busy_timeout=10000")
-        db.execute("PRAGMA cache_size=-65536")  # 64 MiB, as MetaStore
+        db.set_cache_bytes(64 * MiB)  # a bulk load fills every index: more than a daemon keeps
         info = _load_rows(reader, db, str(path), block_size=block_size)
         # Fold the WAL into the database file (and fsync it) before the file is linked into place.
         busy, wal_pages, done_pages = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -116,6 +116,10 @@ class Db:
         """Refuse writes through this connection from now on."""
         raise NotImplementedError
 
+    def set_cache_bytes(self, n: int) -> None:
+        """Keep at most about ``n`` bytes of database pages in this process for this
+        connection (an engine whose cache is the server's has nothing to set)."""
+
     def reconnect(self, *, deadline: float) -> bool:
         """Replace a lost connection, trying until ``deadline`` (monotonic); False if it could not."""
         return False
@@ -174,6 +178,9 @@ class SqliteDb(Db):
 
     def set_read_only(self) -> None:
         self.conn.execute("PRAGMA query_only=ON")
+
+    def set_cache_bytes(self, n: int) -> None:
+        self.conn.execute(f"PRAGMA cache_size=-{max(1, n // 1024)}")  # negative: KiB, not pages
 
     def is_full(self, exc: Exception) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)

@@ -35,6 +35,17 @@ from daemon.meta.volume_keys import VolumeKeys
 from dfs.core.errors import ConfigError, InternalError, Unavailable
 from dfs.core.namespace import INLINE_LIMIT_BYTES, ROOT_INO
 
+MiB = 1024 * 1024
+# SQLite pages a connection keeps in this process (each connection has its own cache; the
+# operating system's page cache holds the file besides, and a page missed here is read from
+# there).  16 MiB holds the inner pages of the indexes of a namespace of millions of entries;
+# at 64 MiB the writer's and the event loop's reader's caches filled with the leaf pages of
+# small files' inline data, which the mounts cache themselves.
+CACHE_BYTES = 16 * MiB
+# A connection for whole-table scans (the metrics' counts): the pages it reads are each read
+# once, so a large cache only keeps them in the daemon's RSS (20 MiB more after the workload).
+SCAN_CACHE_BYTES = 2 * MiB
+
 
 class MetaStore(
     Namespace,
@@ -118,7 +129,7 @@ class MetaStore(
                 raise ConfigError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
             # NORMAL in WAL mode: commits survive a process crash; sync() adds power-loss durability.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA cache_size=-65536")  # 64 MiB
+            db.set_cache_bytes(CACHE_BYTES)
             db.execute("PRAGMA temp_store=MEMORY")
             db.execute("PRAGMA busy_timeout=10000")  # offline tools may hold the lock briefly
             # Debian's SQLite zeroes every freed page (SECURE_DELETE): deleting a file with inline
@@ -155,11 +166,12 @@ class MetaStore(
                 f"{self._where}: block maps use block_size {row[0]}, configured {self._block_size}"
             )
 
-    def reader(self, *, failover_timeout_s: float | None = None) -> MetaStore:
+    def reader(self, *, failover_timeout_s: float | None = None, cache_bytes: int = CACHE_BYTES) -> MetaStore:
         """A second, read-only connection to the same database.
 
         WAL readers never block the writer and see every committed
         transaction, so lookups can be answered without queueing behind writes.
+        ``cache_bytes``: the pages it keeps (SQLite; each connection has its own cache).
         """
         other = MetaStore(
             self._path,
@@ -171,6 +183,7 @@ class MetaStore(
             default_trash_days=self._trash_days_default,
         )
         other._db.set_read_only()
+        other._db.set_cache_bytes(cache_bytes)
         other._read_only = True
         return other
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from daemon.meta import DIR_SIZE, LINK_MAX, MetaStore
+from daemon.meta.store import CACHE_BYTES, SCAN_CACHE_BYTES
 from dfs.core.errors import (
     ChunkMissing,
     ConfigError,
@@ -121,6 +122,15 @@ def test_root_created_on_first_open(store: MetaStore, chunks: set[bytes]) -> Non
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         # Not Debian's default (1: every freed page zeroed, a deleted inline file written twice).
         assert store._db.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
+        # Each connection's own page cache, in KiB: the writer's and a reader's 16 MiB, a
+        # scanning reader's (the metrics' counts) 2 MiB.
+        assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_BYTES // 1024 == -16384
+        for cache_bytes, kib in ((CACHE_BYTES, 16384), (SCAN_CACHE_BYTES, 2048)):
+            reader = store.reader(cache_bytes=cache_bytes)
+            try:
+                assert reader._db.execute("PRAGMA cache_size").fetchone()[0] == -kib
+            finally:
+                reader.close()
     check(store, chunks)
 
 
