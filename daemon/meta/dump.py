@@ -101,7 +101,6 @@ from daemon.meta.quotas import recompute_usage
 from daemon.meta.schema import _INTERNAL_KEY, COUNTER_COLUMNS, INTERNAL_DIRS, SCHEMA_VERSION
 from daemon.meta.store import (
     MetaStore,
-    MiB,
     _connect,
     catch_up_sequences,
     describe_dsn,
@@ -109,6 +108,7 @@ from daemon.meta.store import (
     schema_version,
 )
 from dfs.core.auth import derive_key
+from dfs.core.config import MiB
 from dfs.core.errors import (
     ConfigError,
     InternalError,

@@ -32,10 +32,10 @@ from daemon.meta.stats import Stats
 from daemon.meta.tiers import Tiers
 from daemon.meta.tokens import Tokens
 from daemon.meta.volume_keys import VolumeKeys
+from dfs.core.config import MiB
 from dfs.core.errors import ConfigError, InternalError, Unavailable
 from dfs.core.namespace import INLINE_LIMIT_BYTES, ROOT_INO
 
-MiB = 1024 * 1024
 # SQLite pages a connection keeps in this process (each connection has its own cache; the
 # operating system's page cache holds the file besides, and a page missed here is read from
 # there).  16 MiB holds the inner pages of the indexes of a namespace of millions of entries;
