@@ -18,8 +18,10 @@ from dfs.core.errors import InvalidArgument
 
 log = logging.getLogger("dfs.daemon")
 
-#: How long a change waits for mounts to apply it.  Past the kernel's entry/attribute
-#: timeout (1 s by default) waiting buys nothing: entries cached before the change are gone.
+#: How long a change waits for mounts to apply it.  A mount slower than that (stuck, or on
+#: a starved machine) is not waited for until it catches up, and until it has applied the
+#: change its kernel may still answer from what it cached before: a bounded stall for
+#: everyone else is worth more than that window.
 ACK_WAIT_S = 1.0
 #: The longest a poll may hang; mounts ask for less than their RPC call timeout.
 MAX_POLL_S = 60.0

@@ -224,8 +224,8 @@ class OpenFile:
         # or the pending utime, is the truth, as POSIX requires of the next stat.
         self.write_mtime_ns: int | None = None
         self.commit_lock = trio.Lock()
-        # Created by this mount and open since: its chmod/chown/utime may wait for the
-        # commit at close (see hold_attrs), like its data.
+        # Created by this mount and not closed since (a flush ends it): its chmod/chown/utime
+        # may wait for the commit at close (see hold_attrs), like its data.
         self.fresh = False
         self.pending_attrs: dict[str, int] = {}
         # Replication factor and consistency level for this file's blocks, asked once per open file.

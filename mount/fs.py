@@ -797,6 +797,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
+        if h is not None:
+            # close(2): a chmod or utime from now on no longer comes through the descriptor
+            # being written.  RELEASE follows later (not at all while an mmap or a dup holds
+            # the file); held until then, such a change was invisible to other mounts after
+            # its call returned, and lost with this mount.
+            h.file.fresh = False
         if h is not None and h.file.is_dirty:
             try:
                 await self._commit(h.file)

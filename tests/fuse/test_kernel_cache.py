@@ -11,6 +11,7 @@ by kind): a walk answered from the kernel's caches reaches no handler.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import stat
@@ -107,4 +108,34 @@ def test_long_caches_stay_coherent_and_a_reset_drops_them(tmp_path: Path) -> Non
         writer.stop()
         if d.proc is not None:
             d.assert_clean()
+        d.stop()
+
+
+def test_a_change_after_close_is_seen_elsewhere_before_the_file_is_released(tmp_path: Path) -> None:
+    """A file created by one mount may still be held by the kernel after close(2) returned
+    (RELEASE comes later; here an mmap keeps it): a chmod or utime by path from then on is
+    not made through the descriptor that wrote it, and another mount sees it at once."""
+    d = Daemon(tmp_path / "var", free_port())
+    d.start()
+    a, b = Mount(d, tmp_path / "a"), Mount(d, tmp_path / "b")
+    try:
+        a.start()
+        b.start()
+        fd = os.open(a.path / "f", os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"x" * 4096)
+        held = mmap.mmap(fd, 4096)
+        os.close(fd)  # FLUSH; no RELEASE while the mapping holds the file
+        try:
+            assert (b.path / "f").read_bytes() == b"x" * 4096
+            os.chmod(a.path / "f", 0o600)
+            assert stat.S_IMODE((b.path / "f").stat().st_mode) == 0o600
+            os.utime(a.path / "f", ns=(1_000_000_000, 2_000_000_000))
+            assert (b.path / "f").stat().st_mtime_ns == 2_000_000_000
+        finally:
+            held.close()
+        assert stat.S_IMODE((a.path / "f").stat().st_mode) == 0o600
+    finally:
+        a.stop()
+        b.stop()
+        d.assert_clean()
         d.stop()
