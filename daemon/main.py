@@ -24,7 +24,7 @@ import trio
 
 from daemon.node import serve
 from daemon.service.backups import MetaDb, load_offline
-from dfs import logs
+from dfs import heap, logs
 from dfs.core import config as config_mod
 from dfs.core.config import Config
 from dfs.core.errors import DfsError, only_dfs_error
@@ -148,6 +148,7 @@ def main(
         if load_meta:
             click.echo(_load_meta(cfg, Path(load_meta), backup_info))
             return
+        heap.leave_trimming_to_the_trimmer()  # the service runs the trimmer
         trio.run(_main, cfg)
     except OSError as exc:
         click.echo(f"dfsd: {exc}", err=True)

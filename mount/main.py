@@ -24,7 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from dfs import logs
+from dfs import heap, logs
 from dfs.client.cluster import DEFAULT_PORT, Client, ClusterInfo, fetch_info, open_chunkio
 from dfs.core import config as config_mod
 from dfs.core.auth import CallerClass, Credential
@@ -403,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not foreground:
         sys.exit(_spawn_background(args, spec))
     logs.setup(cfg.log)
+    heap.leave_trimming_to_the_trimmer()  # run_mount runs the trimmer
     try:
         trio.run(run_mount, spec, cfg, ready_fd)
     except DfsError as exc:

@@ -84,3 +84,44 @@ def test_checks_that_give_nothing_back_come_less_often(monkeypatch: pytest.Monke
         trio.run(trimmer.step)
         now[0] += heap.TRIM_INTERVAL_S
     assert [t - 1000 for t in looked] == [40]  # then it stays the same size: backing off again
+
+
+# Bursts of 4 MiB blocks allocated and freed together, as a write fills and stores them; the
+# page faults of the bursts after the first, in a process of its own.
+_BURSTS = textwrap.dedent(
+    """
+    import resource, sys
+    from dfs import heap
+
+    took = heap.leave_trimming_to_the_trimmer() if sys.argv[1] == "fixed" else None
+
+    def burst():
+        blocks = [bytearray(4 << 20) for _ in range(16)]  # zeroed: every page touched
+        del blocks
+
+    burst()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        burst()
+    print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+def _burst_faults(mode: str) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _BURSTS, mode], capture_output=True, text=True, check=True, timeout=60
+    )
+    took, faults = out.stdout.split()
+    return took, int(faults)
+
+
+def test_freed_blocks_are_reused_without_faulting_them_in_again() -> None:
+    # glibc alone hands a burst freed at the top of the heap back at once: each next burst
+    # faults all its 16,384 pages in again.
+    assert _burst_faults("glibc")[1] >= 10 * 16 * 1024 // 2
+    # With the thresholds fixed, the next bursts reuse the pages (the trimmer gives back what
+    # stays free).
+    took, faults = _burst_faults("fixed")
+    assert took == "True"
+    assert faults < 16 * 1024 // 4
