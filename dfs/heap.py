@@ -20,9 +20,10 @@ itself glibc raises its mmap threshold to a block's size after the first is
 freed, and with it the threshold at which ``free`` shrinks the top of a heap (to
 twice that): a burst of blocks freed at the top went back to the system at once,
 and the next burst faulted every page in again.  It did not happen in every run:
-writing a fresh GiB cost the daemon 41,000-140,000 page faults in four runs
-alternating with four of the fixed thresholds, which cost 16,000-21,000; later
-the same hour both cost 16,000-23,000.  The fixed thresholds (blocks up to 32 MiB
+writing a fresh GiB cost the daemon 41,000-97,000 page faults in four runs
+alternating with four with the thresholds fixed (16,000-21,000); of the old
+code's thirteen runs that hour the first eight were high, the last five low.
+The fixed thresholds (blocks up to 32 MiB
 from the heaps, no trimming by ``free``) keep the pages for the next blocks; the
 trimmer still hands back what stays free.
 """
