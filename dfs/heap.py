@@ -23,9 +23,9 @@ and the next burst faulted every page in again.  It did not happen in every run:
 writing a fresh GiB cost the daemon 41,000-97,000 page faults in four runs
 alternating with four with the thresholds fixed (16,000-21,000); of the old
 code's thirteen runs that hour the first eight were high, the last five low.
-The fixed thresholds (blocks up to 32 MiB
-from the heaps, no trimming by ``free``) keep the pages for the next blocks; the
-trimmer still hands back what stays free.
+The fixed thresholds (blocks up to 32 MiB from the heaps, no trimming by
+``free``) keep the pages for the next blocks; the trimmer still hands back what
+stays free.
 """
 
 from __future__ import annotations
